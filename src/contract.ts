@@ -1,0 +1,51 @@
+// The names action.yml declares, once. Everything else (the action, the CLI's --json, the manifest,
+// the README check) refers to these constants, never to string literals.
+
+export const Inputs = {
+  Distro: 'distro',
+  Arch: 'arch',
+  Memory: 'memory',
+  Cpus: 'cpus',
+  Browser: 'browser',
+  Kvm: 'kvm',
+  Redownload: 'redownload',
+  Snapshot: 'snapshot',
+  Cache: 'cache',
+  CacheDir: 'cache-dir',
+  Packages: 'packages',
+  ImageUrl: 'image-url',
+  ImageChecksum: 'image-checksum',
+  InstallDeps: 'install-deps',
+} as const;
+export type InputName = (typeof Inputs)[keyof typeof Inputs];
+
+export const Outputs = {
+  Image: 'image',
+  EfiCode: 'efi-code',
+  EfiVarsTemplate: 'efi-vars-template',
+  Prepared: 'prepared',
+  Snapshot: 'snapshot',
+  SnapshotDisk: 'snapshot-disk',
+  SnapshotEfivars: 'snapshot-efivars',
+  SnapshotSeedIso: 'snapshot-seed-iso',
+  SnapshotMemoryMb: 'snapshot-memory-mb',
+  SshKey: 'ssh-key',
+  SshPublicKey: 'ssh-public-key',
+  SshUser: 'ssh-user',
+  BrowserImage: 'browser-image',
+  BrowserSnapshotDisk: 'browser-snapshot-disk',
+  BrowserSnapshotEfivars: 'browser-snapshot-efivars',
+  BrowserSnapshotSeedIso: 'browser-snapshot-seed-iso',
+  Accel: 'accel',
+  Qemu: 'qemu',
+  CacheHit: 'cache-hit',
+  Manifest: 'manifest',
+} as const;
+export type OutputName = (typeof Outputs)[keyof typeof Outputs];
+export type OutputValues = Record<OutputName, string>;
+
+/** Keys of the action's saved state between main and post. */
+export const State = {
+  RuntimeDir: 'runtime-dir',
+  Manifest: 'manifest',
+} as const;

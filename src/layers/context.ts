@@ -1,0 +1,33 @@
+// What every layer builder needs: the config, the host, the catalogue entry, the cache dir, and the
+// time limits for this accelerator (the seed's: KVM 120-300 s, TCG 600-900 s to SSH).
+import type { DistroImage } from '../distro.js';
+import type { Host } from '../host/setup.js';
+import type { Config } from '../inputs.js';
+
+export interface Timeouts {
+  /** Cold boot of a fresh image to SSH. */
+  prepareSshMs: number;
+  /** Boot of the prepared image to SSH. */
+  bootSshMs: number;
+  /** cloud-init installing packages. */
+  packagesMs: number;
+  /** Restore from a snapshot to SSH. */
+  restoreSshMs: number;
+}
+
+export function timeoutsFor(accel: 'kvm' | 'tcg'): Timeouts {
+  const env = Number(process.env.RYRA_VM_TIMEOUT_SCALE) || 1;
+  const t =
+    accel === 'kvm'
+      ? { prepareSshMs: 300_000, bootSshMs: 120_000, packagesMs: 1_800_000, restoreSshMs: 60_000 }
+      : { prepareSshMs: 900_000, bootSshMs: 600_000, packagesMs: 3_600_000, restoreSshMs: 300_000 };
+  return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v * env])) as unknown as Timeouts;
+}
+
+export interface LayerContext {
+  config: Config;
+  host: Host;
+  image: DistroImage;
+  dir: string;
+  timeouts: Timeouts;
+}

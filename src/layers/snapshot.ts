@@ -1,0 +1,176 @@
+// The snapshot layer: the prepared (or browser) image booted with the shared key and the layout
+// every later VM uses, set up as the seed does, RAM zeroed so the state stays small, `savevm ready`
+// over QMP, then proven by restoring a throw-away copy before it is moved into place.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { log } from '../log.js';
+import { run } from '../util/proc.js';
+import { copyFile, listSnapshots, rebaseUnsafe } from '../vm/images.js';
+import { Machine } from '../vm/machine.js';
+import type { VmLayout } from '../vm/spec.js';
+import type { KeyPair } from '../vm/ssh.js';
+import type { LayerContext } from './context.js';
+import { bootBuilder, GUEST_FILES } from './guest.js';
+import { tempPath } from './manifest.js';
+
+export const SNAPSHOT_TAG = 'ready';
+export const SHARE_TAG = 'images';
+
+/**
+ * The seed's setup, exactly: /mnt/images made but NOT mounted (a mounted virtfs export blocks
+ * savevm), rootless podman pointed at it, user units reloaded.
+ */
+export const SNAPSHOT_SETUP =
+  'sudo mkdir -p /mnt/images; ' +
+  'mkdir -p ~/.config/containers && ' +
+  `printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf && ` +
+  `printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf; ` +
+  'systemctl --user daemon-reload';
+
+/**
+ * QEMU stores no zero pages: drop caches, fill free memory with zeros in a tmpfs, free it. The
+ * freed pages keep their zeros, so the saved state is only what the guest really uses.
+ */
+export const SHRINK_RAM =
+  'sync; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null; ' +
+  'd=$(mktemp -d); sudo mount -t tmpfs -o size=100% none "$d"; ' +
+  `n=$(awk '/MemAvailable/ {print int($2/1024) - 160}' /proc/meminfo); ` +
+  '[ "$n" -gt 0 ] && sudo dd if=/dev/zero of="$d/zero" bs=1M count="$n" status=none; ' +
+  'sudo rm -f "$d/zero"; sudo umount "$d"; rmdir "$d"; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null';
+
+export interface SnapshotFiles {
+  disk: string;
+  efivars: string;
+  seed: string;
+}
+
+export interface SnapshotBuild {
+  layout: VmLayout;
+  /** QEMU's own savevm time (QMP round trip). */
+  savevmMs: number;
+  /** The pipeline's whole savevm step: shrink + savevm + listing check. */
+  stepMs: number;
+  /** Restore of the throw-away copy to SSH. */
+  verifyRestoreMs: number;
+  /** Size of the saved RAM state (from `qemu-img snapshot -l` of the UEFI vars drive). */
+  stateBytes: number;
+}
+
+/** Restores a snapshot's disk + vars copy into `workDir` and waits for SSH: the layout comes from the record. */
+export async function restoreMachine(
+  ctx: Pick<LayerContext, 'host'>,
+  o: { name: string; files: SnapshotFiles; backing: string; layout: VmLayout; workDir: string; key: KeyPair; sshTimeoutMs: number; sharePath?: string; detached?: boolean },
+): Promise<{ machine: Machine; readyMs: number }> {
+  const disk = path.join(o.workDir, 'disk.qcow2');
+  const efiVars = path.join(o.workDir, 'efivars.qcow2');
+  copyFile(o.files.disk, disk);
+  copyFile(o.files.efivars, efiVars);
+  // The copy's relative backing path no longer points at the base: point it there (header only).
+  await rebaseUnsafe(disk, path.resolve(o.backing));
+  const vmDir = path.join(o.workDir, 'vm');
+  fs.mkdirSync(vmDir, { recursive: true });
+  const machine = await Machine.spawn({
+    ...o.layout,
+    qemu: ctx.host.qemu.path,
+    name: o.name,
+    efiCode: ctx.host.firmware.code,
+    efiVars,
+    disk,
+    seedIso: o.files.seed,
+    sharePath: o.layout.shareTag ? (o.sharePath ?? o.workDir) : undefined,
+    loadvm: SNAPSHOT_TAG,
+    workDir: vmDir,
+    user: 'ryra',
+    privateKey: o.key.privateKey,
+    detached: o.detached,
+  });
+  try {
+    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, `SSH on restored ${o.name}`) };
+  } catch (err) {
+    await machine.destroy();
+    throw err;
+  }
+}
+
+async function stateSize(file: string): Promise<number> {
+  const r = await run('qemu-img', ['snapshot', '-U', '-l', file]);
+  const row = r.stdout.split('\n').find((l) => l.trim().split(/\s+/)[1] === SNAPSHOT_TAG);
+  const m = row && /\s(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s/.exec(row.replace(/^\s*\S+\s+\S+/, ' '));
+  if (!m) return 0;
+  const unit = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[m[2] as '' | 'K' | 'M' | 'G' | 'T'];
+  return Math.round(Number(m[1]) * unit);
+}
+
+export async function buildSnapshot(
+  ctx: LayerContext,
+  o: { name: string; base: string; out: SnapshotFiles; key: KeyPair; memoryMb: number; cpus: number; shrink?: boolean },
+): Promise<SnapshotBuild> {
+  const work = tempPath(ctx.dir, `${o.name}-work`);
+  const share = path.join(ctx.dir, 'images');
+  fs.mkdirSync(work, { recursive: true });
+  fs.mkdirSync(share, { recursive: true });
+  try {
+    const m = await bootBuilder(ctx, {
+      name: o.name,
+      base: o.base,
+      workDir: work,
+      key: o.key,
+      memoryMb: o.memoryMb,
+      cpus: o.cpus,
+      seed: { hostname: 'ryra-vm' },
+      share: { path: share, tag: SHARE_TAG },
+      sshTimeoutMs: ctx.timeouts.bootSshMs,
+      cloudInitTimeoutMs: ctx.timeouts.bootSshMs,
+    });
+    let layout: VmLayout;
+    let savevmMs: number;
+    const stepStart = Date.now();
+    try {
+      await m.check(SNAPSHOT_SETUP, 'snapshot setup');
+      if (o.shrink !== false) await m.check(SHRINK_RAM, 'zeroing free guest memory');
+      savevmMs = await m.saveSnapshot(SNAPSHOT_TAG);
+      layout = {
+        arch: m.spec.arch,
+        machine: m.spec.machine,
+        accel: m.spec.accel,
+        memoryMb: m.spec.memoryMb,
+        cpus: m.spec.cpus,
+        firmwareFormat: m.spec.firmwareFormat,
+        seed: true,
+        shareTag: SHARE_TAG,
+      };
+    } finally {
+      await m.destroy();
+    }
+    const stepMs = Date.now() - stepStart;
+    const disk = path.join(work, GUEST_FILES.disk);
+    const efivars = path.join(work, GUEST_FILES.efivars);
+    if (!(await listSnapshots(disk)).includes(SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
+    const stateBytes = await stateSize(efivars);
+    log.info(`  ${o.name}: savevm ${(savevmMs / 1000).toFixed(1)} s, RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
+
+    const verifyDir = path.join(work, 'verify');
+    fs.mkdirSync(verifyDir);
+    const { machine, readyMs } = await restoreMachine(ctx, {
+      name: `${o.name}-verify`,
+      files: { disk, efivars, seed: path.join(work, GUEST_FILES.seed) },
+      backing: o.base,
+      layout,
+      workDir: verifyDir,
+      key: o.key,
+      sshTimeoutMs: ctx.timeouts.restoreSshMs,
+      sharePath: share,
+    });
+    await machine.destroy();
+    log.info(`  ${o.name}: restored copy reached SSH in ${(readyMs / 1000).toFixed(1)} s`);
+
+    // Relative backing path, so the cache dir can move; then into place under the seed's names.
+    await rebaseUnsafe(disk, path.relative(path.dirname(o.out.disk), path.resolve(o.base)));
+    fs.renameSync(disk, o.out.disk);
+    fs.renameSync(efivars, o.out.efivars);
+    fs.renameSync(path.join(work, GUEST_FILES.seed), o.out.seed);
+    return { layout, savevmMs, stepMs, verifyRestoreMs: readyMs, stateBytes };
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}

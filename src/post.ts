@@ -1,0 +1,4 @@
+import { runPost } from './action.js';
+
+await runPost();
+process.exit();

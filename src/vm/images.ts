@@ -1,0 +1,52 @@
+// qemu-img operations used by the layers and by VM boots.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { run } from '../util/proc.js';
+
+/** A qcow2 overlay on `backing`. A relative backing path keeps a cache dir movable. */
+export async function createOverlay(backing: string, file: string, opts: { size?: string; relative?: boolean } = {}): Promise<void> {
+  const b = opts.relative ? path.relative(path.dirname(file), backing) : path.resolve(backing);
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', b, '-F', 'qcow2', file, ...(opts.size ? [opts.size] : [])]);
+}
+
+/** Points an overlay at another backing file without touching data (the same content, moved). */
+export async function rebaseUnsafe(file: string, backing: string): Promise<void> {
+  await run('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', backing, '-F', 'qcow2', file]);
+}
+
+export async function convert(src: string, dst: string, opts: { srcFormat?: string; compress?: boolean } = {}): Promise<void> {
+  await run('qemu-img', ['convert', '-f', opts.srcFormat ?? 'qcow2', '-O', 'qcow2', ...(opts.compress ? ['-c'] : []), src, dst]);
+}
+
+export async function listSnapshots(file: string): Promise<string[]> {
+  const r = await run('qemu-img', ['snapshot', '-U', '-l', file]);
+  // Rows after the header: "ID  TAG  VM SIZE  DATE  VM CLOCK  ICOUNT"
+  return r.stdout
+    .split('\n')
+    .slice(2)
+    .map((l) => l.trim().split(/\s+/)[1])
+    .filter((t): t is string => !!t);
+}
+
+export interface ImageInfo {
+  format: string;
+  virtualSize: number;
+  backingFile?: string;
+}
+
+export async function imageInfo(file: string): Promise<ImageInfo> {
+  const r = await run('qemu-img', ['info', '-U', '--output=json', file]);
+  const j = JSON.parse(r.stdout) as { format: string; 'virtual-size': number; 'backing-filename'?: string };
+  return { format: j.format, virtualSize: j['virtual-size'], backingFile: j['backing-filename'] };
+}
+
+/** `qemu-img check`: true when the qcow2 metadata is consistent. */
+export async function checkImage(file: string): Promise<boolean> {
+  const r = await run('qemu-img', ['check', '-q', '-U', file], { allowFailure: true });
+  return r.code === 0;
+}
+
+/** Copies a file as a reflink where the filesystem can, else a plain copy; never writes `src`. */
+export function copyFile(src: string, dst: string): void {
+  fs.copyFileSync(src, dst, fs.constants.COPYFILE_FICLONE);
+}

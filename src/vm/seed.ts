@@ -1,0 +1,58 @@
+// cloud-init NoCloud seed: user-data and meta-data in an ISO 9660 volume labelled `cidata`.
+import { randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
+import { GUEST_USER } from '../distro.js';
+import { buildIso } from './iso9660.js';
+
+export interface SeedOptions {
+  publicKey: string;
+  hostname: string;
+  /** Packages cloud-init installs at first boot (prepared layer only). */
+  packages?: readonly string[];
+  instanceId?: string;
+  user?: string;
+}
+
+/**
+ * `#cloud-config` user-data. JSON is valid YAML, so the document is written as JSON: no YAML
+ * library, and no quoting mistakes with keys or package names.
+ */
+export function userData(o: SeedOptions): string {
+  const doc: Record<string, unknown> = {
+    hostname: o.hostname,
+    // Without it the guest cannot resolve its own name and every sudo stalls on the lookup.
+    manage_etc_hosts: true,
+    users: [
+      {
+        name: o.user ?? GUEST_USER,
+        sudo: 'ALL=(ALL) NOPASSWD:ALL',
+        shell: '/bin/bash',
+        lock_passwd: true,
+        ssh_authorized_keys: [o.publicKey.trim()],
+      },
+    ],
+    ssh_pwauth: false,
+    disable_root: true,
+  };
+  if (o.packages && o.packages.length > 0) {
+    doc.package_update = true;
+    doc.package_upgrade = false;
+    doc.packages = [...o.packages];
+  }
+  return `#cloud-config\n${JSON.stringify(doc, null, 2)}\n`;
+}
+
+export function metaData(o: SeedOptions): string {
+  return `instance-id: ${o.instanceId ?? `ryra-${randomUUID()}`}\nlocal-hostname: ${o.hostname}\n`;
+}
+
+export function seedIso(o: SeedOptions): Buffer {
+  return buildIso('cidata', [
+    { name: 'user-data', data: userData(o) },
+    { name: 'meta-data', data: metaData(o) },
+  ]);
+}
+
+export function writeSeedIso(file: string, o: SeedOptions): void {
+  fs.writeFileSync(file, seedIso(o));
+}

@@ -1,0 +1,217 @@
+// SSH to guests through ssh2: key generation, connect-until-ready that gives up as soon as QEMU
+// exits, and exec with streamed output and exit codes. One place holds the connection options.
+import * as fs from 'node:fs';
+import type { Writable } from 'node:stream';
+import ssh2, { type ClientChannel, type SFTPWrapper } from 'ssh2';
+
+// ssh2 is CommonJS: its named exports come through the default import under Node's ESM loader.
+const { Client, utils } = ssh2;
+
+export interface SshTarget {
+  port: number;
+  user: string;
+  privateKey: Buffer | string;
+  host?: string;
+}
+
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ExecOptions {
+  /** Copies of the command's output as it arrives (e.g. process.stdout). */
+  stdout?: Writable;
+  stderr?: Writable;
+  /** Data written to the command's stdin, then EOF. */
+  input?: string | Buffer;
+  /** Allocate a pseudo-terminal (interactive shells). */
+  pty?: boolean;
+  timeoutMs?: number;
+}
+
+/** The connection dropped before or during a command: it may not have run, or not to its end. */
+export class SshConnectionError extends Error {
+  override name = 'SshConnectionError';
+  constructor(
+    message: string,
+    /** True when the command had not started, so running it again is safe. */
+    readonly notStarted: boolean,
+  ) {
+    super(message);
+  }
+}
+
+export interface KeyPair {
+  privateKey: string;
+  publicKey: string;
+}
+
+export function generateKeyPair(comment = 'ryra-vm'): KeyPair {
+  const k = utils.generateKeyPairSync('ed25519', { comment });
+  return { privateKey: k.private, publicKey: k.public.trim() };
+}
+
+/** Writes a key pair as `<file>` (0600) and `<file>.pub` unless both exist; returns it. */
+export function ensureKeyFile(file: string): KeyPair {
+  if (fs.existsSync(file) && fs.existsSync(`${file}.pub`)) {
+    fs.chmodSync(file, 0o600);
+    return { privateKey: fs.readFileSync(file, 'utf8'), publicKey: fs.readFileSync(`${file}.pub`, 'utf8').trim() };
+  }
+  const pair = generateKeyPair();
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs.writeFileSync(`${tmp}.pub`, pair.publicKey + '\n');
+  fs.writeFileSync(tmp, pair.privateKey, { mode: 0o600 });
+  fs.renameSync(`${tmp}.pub`, `${file}.pub`);
+  fs.renameSync(tmp, file);
+  return pair;
+}
+
+export class SshClient {
+  private closed = false;
+
+  private constructor(private readonly conn: InstanceType<typeof Client>) {
+    conn.on('close', () => (this.closed = true));
+    conn.on('end', () => (this.closed = true));
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** One connection attempt. A TCG guest's handshake alone takes 1.5-2.5 s, hence the ready timeout. */
+  static connect(target: SshTarget, readyTimeoutMs = 30_000): Promise<SshClient> {
+    return new Promise((resolve, reject) => {
+      const conn = new Client();
+      let settled = false;
+      // ssh2 may emit several errors for one failed attempt; keep a handler for all of them.
+      conn.on('error', (err) => {
+        if (settled) return;
+        settled = true;
+        conn.end();
+        reject(err);
+      });
+      conn.once('ready', () => {
+        settled = true;
+        resolve(new SshClient(conn));
+      });
+      conn.connect({
+        host: target.host ?? '127.0.0.1',
+        port: target.port,
+        username: target.user,
+        privateKey: target.privateKey,
+        readyTimeout: readyTimeoutMs,
+        keepaliveInterval: 10_000,
+        keepaliveCountMax: 6,
+        // Guests are fresh VMs whose host keys are made at first boot: nothing to pin them to.
+        hostVerifier: () => true,
+      });
+    });
+  }
+
+  exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    return new Promise((resolve, reject) => {
+      if (this.closed) return reject(new SshConnectionError('not connected', true));
+      this.conn.exec(command, opts.pty ? { pty: true } : {}, (err, stream: ClientChannel) => {
+        if (err) return reject(new SshConnectionError(`cannot start command: ${err.message}`, true));
+        let stdout = '';
+        let stderr = '';
+        let code: number | undefined;
+        let signal: string | undefined;
+        const timer = opts.timeoutMs
+          ? setTimeout(() => {
+              stream.close();
+              reject(new Error(`command timed out after ${opts.timeoutMs! / 1000} s: ${command.slice(0, 80)}`));
+            }, opts.timeoutMs)
+          : undefined;
+        stream.on('data', (d: Buffer) => {
+          stdout += d.toString();
+          opts.stdout?.write(d);
+        });
+        stream.stderr.on('data', (d: Buffer) => {
+          stderr += d.toString();
+          opts.stderr?.write(d);
+        });
+        stream.on('exit', (c: number | null, sig?: string) => {
+          if (c !== null && c !== undefined) code = c;
+          signal = sig;
+        });
+        stream.on('close', () => {
+          clearTimeout(timer);
+          if (code !== undefined) resolve({ code, stdout, stderr });
+          else if (signal) resolve({ code: 128 + 1, stdout, stderr: stderr + `\n(killed by signal ${signal})` });
+          else reject(new SshConnectionError(`connection lost while running: ${command.slice(0, 80)}`, false));
+        });
+        if (opts.input !== undefined) stream.end(opts.input);
+        else if (!opts.pty) stream.end();
+      });
+    });
+  }
+
+  /** An interactive shell wired to the given streams; resolves with its exit code. */
+  shell(stdin: NodeJS.ReadableStream, stdout: Writable, term: { rows: number; cols: number; term: string }): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.conn.shell({ rows: term.rows, cols: term.cols, term: term.term }, (err, stream) => {
+        if (err) return reject(err);
+        let code = 0;
+        stdin.pipe(stream);
+        stream.pipe(stdout);
+        stream.stderr.pipe(stdout);
+        stream.on('exit', (c: number | null) => (code = c ?? 0));
+        stream.on('close', () => {
+          stdin.unpipe(stream);
+          resolve(code);
+        });
+      });
+    });
+  }
+
+  sftp(): Promise<SFTPWrapper> {
+    return new Promise((resolve, reject) => this.conn.sftp((err, s) => (err ? reject(err) : resolve(s))));
+  }
+
+  end(): void {
+    this.closed = true;
+    this.conn.end();
+  }
+}
+
+export interface WaitOptions {
+  timeoutMs: number;
+  /** Rejects when the guest can no longer come up (QEMU exited): the wait stops at once. */
+  abort: Promise<never>;
+  /** Pause between attempts. */
+  retryMs?: number;
+}
+
+/** Connects (and proves a command runs) until it works, the overall timeout passes, or `abort` fires. */
+export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<SshClient> {
+  const deadline = Date.now() + opts.timeoutMs;
+  let last: unknown;
+  let aborted: unknown;
+  opts.abort.catch((e) => (aborted = e));
+  for (;;) {
+    if (aborted) throw aborted;
+    const left = deadline - Date.now();
+    if (left <= 0) break;
+    try {
+      const attempt = (async () => {
+        const c = await SshClient.connect(target, Math.min(30_000, Math.max(left, 1000)));
+        const r = await c.exec('true');
+        if (r.code !== 0) {
+          c.end();
+          throw new Error(`'true' exited ${r.code}: ${r.stderr.trim()}`);
+        }
+        return c;
+      })();
+      attempt.catch(() => {});
+      return await Promise.race([attempt, opts.abort]);
+    } catch (err) {
+      if (aborted) throw aborted;
+      last = err;
+    }
+    await Promise.race([new Promise((r) => setTimeout(r, opts.retryMs ?? 1000)), opts.abort.catch(() => {})]);
+  }
+  throw new Error(`SSH to 127.0.0.1:${target.port} not ready after ${Math.round(opts.timeoutMs / 1000)} s (last error: ${(last as Error)?.message ?? 'none'})`);
+}

@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { describe, test } from 'node:test';
+import { planInstall } from '../../src/host/deps.js';
+import { AARCH64_PFLASH_SIZE, firmwareNotFound, padTo, selectFromDescriptors, selectFromKnownPaths } from '../../src/host/firmware.js';
+import { accelArgs, chooseAccel, hostCpuIdentity, parseMachineAlias, parseQemuVersion, probeKvm, qemuBinary } from '../../src/host/platform.js';
+
+describe('platform', () => {
+  test('guest binary per arch', () => {
+    assert.equal(qemuBinary('arm64'), 'qemu-system-aarch64');
+    assert.equal(qemuBinary('amd64'), 'qemu-system-x86_64');
+  });
+
+  test('versioned machine from -machine help', () => {
+    const help = 'Supported machines are:\nvirt                 QEMU 7.2 ARM Virtual Machine (alias of virt-7.2)\nvirt-7.2             QEMU 7.2 ARM Virtual Machine\n';
+    assert.equal(parseMachineAlias(help, 'virt'), 'virt-7.2');
+    const x86 = 'q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\npc                   Standard PC (alias of pc-i440fx-7.2)\n';
+    assert.equal(parseMachineAlias(x86, 'q35'), 'pc-q35-7.2');
+    assert.equal(parseMachineAlias(x86, 'virt'), undefined);
+    assert.equal(parseQemuVersion('QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)'), '7.2.22');
+  });
+
+  test('accelerator arguments', () => {
+    assert.deepEqual(accelArgs('aarch64', 'kvm'), { accel: 'kvm', args: ['-accel', 'kvm', '-cpu', 'host'], machineProps: ['gic-version=3'] });
+    assert.deepEqual(accelArgs('aarch64', 'tcg').args, ['-accel', 'tcg,thread=multi', '-cpu', 'max,pauth-impdef=on']);
+    assert.deepEqual(accelArgs('x86_64', 'tcg').args, ['-accel', 'tcg,thread=multi', '-cpu', 'max']);
+    assert.deepEqual(accelArgs('x86_64', 'kvm'), { accel: 'kvm', args: ['-accel', 'kvm', '-cpu', 'host'], machineProps: [] });
+  });
+
+  test('accelerator choice', () => {
+    const ok = { usable: true };
+    const no = { usable: false, reason: '/dev/kvm cannot be opened read-write (EACCES)' };
+    assert.deepEqual(chooseAccel('auto', false, ok), { accel: 'kvm' });
+    assert.deepEqual(chooseAccel('false', false, ok), { accel: 'tcg' });
+    const auto = chooseAccel('auto', false, no);
+    assert.equal(auto.accel, 'tcg');
+    assert.match(auto.warning!, /EACCES.*kvm group.*udev rule/);
+    const forced = chooseAccel('true', false, no);
+    assert.match(forced.error!, /^kvm: true but KVM is not usable: .*EACCES.*usermod -aG kvm.*MODE="0666"/);
+    assert.match(chooseAccel('auto', true, ok).warning!, /TCG emulation/);
+  });
+
+  test('KVM probe is time-limited and reports why', async () => {
+    const r = await probeKvm('/bin/sleep-does-not-exist', 2000).catch((e: Error) => ({ usable: false, reason: e.message }));
+    assert.equal(r.usable, false);
+    assert.ok(r.reason);
+  });
+
+  test('host CPU identity', () => {
+    assert.equal(hostCpuIdentity('vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Intel Xeon\n'), 'GenuineIntel Intel Xeon family 6 model 85');
+    assert.equal(hostCpuIdentity('CPU implementer\t: 0x41\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\n'), 'arm implementer 0x41 part 0xd0c variant 0x3');
+  });
+});
+
+describe('firmware', () => {
+  const desc = (o: { arch: string; machines: string[]; features?: string[]; code: string; vars: string; format?: string }) =>
+    JSON.stringify({
+      'interface-types': ['uefi'],
+      mapping: { device: 'flash', executable: { filename: o.code, format: o.format ?? 'raw' }, 'nvram-template': { filename: o.vars, format: o.format ?? 'raw' } },
+      targets: [{ architecture: o.arch, machines: o.machines }],
+      features: o.features ?? [],
+    });
+  const all = () => true;
+
+  test('descriptors: arch, machine glob, no secure boot, name order', () => {
+    const ds = [
+      { file: '/d/50-secure.json', json: desc({ arch: 'x86_64', machines: ['pc-q35-*'], features: ['secure-boot', 'requires-smm'], code: '/s.fd', vars: '/sv.fd' }) },
+      { file: '/d/60-x86.json', json: desc({ arch: 'x86_64', machines: ['pc-q35-*'], code: '/c.fd', vars: '/v.fd' }) },
+      { file: '/d/40-arm.json', json: desc({ arch: 'aarch64', machines: ['virt-*'], code: '/a.fd', vars: '/av.fd' }) },
+      { file: '/d/10-broken.json', json: '{not json' },
+    ];
+    assert.deepEqual(selectFromDescriptors(ds, 'x86_64', 'pc-q35-7.2', all), { code: '/c.fd', vars: '/v.fd', format: 'raw', source: '/d/60-x86.json' });
+    assert.equal(selectFromDescriptors(ds, 'aarch64', 'virt-7.2', all)?.code, '/a.fd');
+    assert.equal(selectFromDescriptors(ds, 'x86_64', 'pc-i440fx-7.2', all), undefined);
+    assert.equal(selectFromDescriptors(ds, 'x86_64', 'pc-q35-7.2', (p) => p !== '/c.fd'), undefined);
+  });
+
+  test('known paths: the seed’s aarch64 pairs, Debian’s 4M OVMF first', () => {
+    assert.equal(selectFromKnownPaths('aarch64', all)?.code, '/usr/share/AAVMF/AAVMF_CODE.fd');
+    assert.equal(selectFromKnownPaths('aarch64', (p) => p.includes('edk2'))?.vars, '/usr/share/edk2/aarch64/vars-template-pflash.raw');
+    assert.equal(selectFromKnownPaths('x86_64', all)?.code, '/usr/share/OVMF/OVMF_CODE_4M.fd');
+    assert.equal(selectFromKnownPaths('x86_64', () => false), undefined);
+  });
+
+  test('not found: install commands for the right arch', () => {
+    assert.match(firmwareNotFound('aarch64').message, /EFI firmware not found.*\n.*qemu-efi-aarch64.*\n.*dnf install edk2-aarch64.*\n.*pacman -S edk2-aarch64/);
+    assert.match(firmwareNotFound('x86_64').message, /apt install ovmf.*\n.*edk2-ovmf/);
+  });
+
+  test('a 2 MiB aarch64 image is padded (a copy) to 64 MiB', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fw-'));
+    try {
+      const src = path.join(dir, 'QEMU_EFI.fd');
+      fs.writeFileSync(src, Buffer.alloc(2 << 20, 7));
+      const padded = padTo(src, AARCH64_PFLASH_SIZE, path.join(dir, 'pad'));
+      assert.notEqual(padded, src);
+      assert.equal(fs.statSync(padded).size, AARCH64_PFLASH_SIZE);
+      assert.equal(fs.statSync(src).size, 2 << 20);
+      assert.equal(fs.readFileSync(padded).subarray(0, 4).toString('hex'), '07070707');
+      assert.equal(padTo(padded, AARCH64_PFLASH_SIZE, dir), padded);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('dependency plan', () => {
+  test('apt on arm64, as a user: sudo, update, then the packages', () => {
+    const p = planInstall('apt', 'aarch64', ['qemu-system', 'qemu-img', 'firmware', 'zstd'], false);
+    assert.deepEqual(p.packages, ['qemu-system-arm', 'qemu-utils', 'qemu-efi-aarch64', 'zstd']);
+    assert.deepEqual(p.commands[0], ['sudo', '-n', 'apt-get', 'update', '-qq']);
+    assert.deepEqual(p.commands[1].slice(0, 3), ['sudo', '-n', 'env']);
+    assert.ok(p.commands[1].includes('qemu-efi-aarch64'));
+  });
+  test('only what is missing; nothing when nothing is', () => {
+    assert.deepEqual(planInstall('apt', 'x86_64', ['firmware'], true), {
+      packages: ['ovmf'],
+      commands: [['apt-get', 'update', '-qq'], ['env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '-qq', '--no-install-recommends', 'ovmf']],
+    });
+    assert.deepEqual(planInstall('dnf', 'x86_64', [], true), { packages: [], commands: [] });
+  });
+  test('dnf and pacman names', () => {
+    assert.deepEqual(planInstall('dnf', 'aarch64', ['qemu-system', 'qemu-img', 'firmware'], true).packages, ['qemu-system-aarch64-core', 'qemu-img', 'edk2-aarch64']);
+    assert.deepEqual(planInstall('dnf', 'x86_64', ['qemu-system', 'firmware'], true).packages, ['qemu-system-x86-core', 'edk2-ovmf']);
+    const pac = planInstall('pacman', 'aarch64', ['qemu-system', 'firmware', 'zstd'], false);
+    assert.deepEqual(pac.packages, ['qemu-system-aarch64', 'edk2-aarch64', 'zstd']);
+    assert.deepEqual(pac.commands, [['sudo', '-n', 'pacman', '-S', '--noconfirm', '--needed', 'qemu-system-aarch64', 'edk2-aarch64', 'zstd']]);
+  });
+});
