@@ -15,7 +15,8 @@ import {
   plainLogger,
   setLogger,
   setupHost
-} from "./chunks/chunk-5J434RUN.js";
+} from "./chunks/chunk-AWYFBMPF.js";
+import "./chunks/chunk-LHFSR3XE.js";
 
 // src/cli.ts
 import { parseArgs } from "node:util";

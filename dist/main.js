@@ -6,8 +6,9 @@ const __filename = __ryraFileURLToPath(import.meta.url);
 const __dirname = __ryraDirname(__filename);
 import {
   runMain
-} from "./chunks/chunk-NRGAWAFC.js";
-import "./chunks/chunk-5J434RUN.js";
+} from "./chunks/chunk-EZKTE2S4.js";
+import "./chunks/chunk-AWYFBMPF.js";
+import "./chunks/chunk-LHFSR3XE.js";
 
 // src/main.ts
 await runMain();

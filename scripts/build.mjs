@@ -8,7 +8,7 @@ import * as path from 'node:path';
 const outdir = path.resolve(process.argv[2] ?? 'dist');
 fs.rmSync(outdir, { recursive: true, force: true });
 await build({
-  entryPoints: { main: 'src/main.ts', post: 'src/post.ts', cli: 'src/cli.ts' },
+  entryPoints: { main: 'src/main.ts', post: 'src/post.ts', cli: 'src/cli.ts', 'cache-worker': 'src/cache/worker.ts' },
   outdir,
   bundle: true,
   platform: 'node',

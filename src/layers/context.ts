@@ -1,5 +1,6 @@
 // What every layer builder needs: the config, the host, the catalogue entry, the cache dir, and the
 // time limits for this accelerator (the seed's: KVM 120-300 s, TCG 600-900 s to SSH).
+import type { ActionsCache } from '../cache/actions.js';
 import type { DistroImage } from '../distro.js';
 import type { Host } from '../host/setup.js';
 import type { Config } from '../inputs.js';
@@ -30,4 +31,6 @@ export interface LayerContext {
   image: DistroImage;
   dir: string;
   timeouts: Timeouts;
+  /** The Actions cache tier, when enabled and available. */
+  cache?: ActionsCache;
 }

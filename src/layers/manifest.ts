@@ -28,6 +28,8 @@ export interface Manifest {
   parentId?: string;
   files: ManifestFile[];
   layout?: VmLayout;
+  /** The raw layer's verified digest (`sha512:HEX`). */
+  digest?: string;
   createdAt: string;
   buildSeconds: number;
 }
@@ -59,9 +61,11 @@ export function readManifest(file: string): Manifest | undefined {
 }
 
 /** Why a manifest does not describe a usable layer, or undefined when it does. Cheap: stats only. */
-export function invalidReason(m: Manifest | undefined, dir: string, key: string, parentId?: string): string | undefined {
+export function invalidReason(m: Manifest | undefined, dir: string, want: { key: string; inputs: Record<string, unknown> }, parentId?: string): string | undefined {
   if (!m) return 'no manifest';
-  if (m.key !== key) return `built for other inputs (key ${m.key}, need ${key})`;
+  const differing = Object.keys({ ...want.inputs, ...m.inputs }).filter((k) => hashOf(m.inputs[k] ?? null) !== hashOf(want.inputs[k] ?? null));
+  if (differing.length) return `built with other ${differing.join(', ')} (${differing.map((k) => `${JSON.stringify(m.inputs[k])} ≠ ${JSON.stringify(want.inputs[k])}`).join('; ').slice(0, 300)})`;
+  if (m.key !== want.key) return `built for other inputs (key ${m.key}, need ${want.key})`;
   if (parentId !== undefined && m.parentId !== parentId) return 'its parent layer was rebuilt since';
   for (const f of m.files) {
     let size: number;

@@ -9,11 +9,14 @@ import type { Config } from '../inputs.js';
 import { errorMessage, log } from '../log.js';
 import { runtimeDir } from '../paths.js';
 import { ensureKeyFile, type KeyPair } from '../vm/ssh.js';
+import { actionsCache, cacheServiceAvailable } from '../cache/actions.js';
 import { userData } from '../vm/seed.js';
 import { BROWSER_CPUS, BROWSER_MEMORY_MB, browserInstallScript } from './browser.js';
 import { timeoutsFor, type LayerContext } from './context.js';
 import {
   cleanStaleTemps,
+  MANIFEST_SUFFIX,
+  tempPath,
   describeFiles,
   hashOf,
   invalidReason,
@@ -26,6 +29,7 @@ import {
   type Manifest,
 } from './manifest.js';
 import { CLEAN_FOR_TEMPLATE, buildImage } from './prepared.js';
+import { checkImage } from '../vm/images.js';
 import { download, expectedChecksum } from './raw.js';
 import { SHRINK_RAM, SNAPSHOT_SETUP, buildSnapshot, type SnapshotBuild } from './snapshot.js';
 
@@ -137,7 +141,7 @@ export interface EnsureResult {
 /** The valid manifest of a layer, or undefined (with the reason logged). */
 export function validLayer(dir: string, p: LayerPlan, parentId?: string): Manifest | undefined {
   const m = readManifest(manifestPath(dir, p.base));
-  const why = invalidReason(m, dir, p.key, parentId);
+  const why = invalidReason(m, dir, p, parentId);
   if (why && m) log.info(`  ${p.layer} layer ${p.base} not usable: ${why}`);
   return why ? undefined : m;
 }
@@ -146,9 +150,47 @@ function bytesOf(dir: string, m: Manifest): number {
   return m.files.reduce((n, f) => n + f.size, 0);
 }
 
+/** A child layer's cache key names its parent's build, so it can only ever restore onto that build. */
+export function cacheKeyFor(p: LayerPlan, parentId?: string): string {
+  return parentId ? `${p.cacheKey}-${hashOf(parentId).slice(0, 12)}` : p.cacheKey;
+}
+
+/** Restores a layer from the Actions cache into a scratch dir, validates it, then moves it in place. */
+async function restoreLayer(ctx: LayerContext, p: LayerPlan, key: string, parentId?: string): Promise<Manifest | undefined> {
+  const staging = tempPath(ctx.dir, `${p.base}-restore`);
+  fs.mkdirSync(staging, { recursive: true });
+  try {
+    if (!(await ctx.cache!.restore(key, cachePaths(p), staging))) return undefined;
+    const m = readManifest(manifestPath(staging, p.base));
+    const why = invalidReason(m, staging, p, parentId) ?? (await imagesCorrupt(staging, p.files));
+    if (why) {
+      log.warning(`Actions cache entry ${key} is not usable (${why}); building instead`);
+      return undefined;
+    }
+    removeLayer(ctx.dir, p.base, p.files);
+    for (const f of p.files) fs.renameSync(path.join(staging, f), path.join(ctx.dir, f));
+    fs.renameSync(manifestPath(staging, p.base), manifestPath(ctx.dir, p.base));
+    return m;
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+async function imagesCorrupt(dir: string, files: string[]): Promise<string | undefined> {
+  for (const f of files.filter((x) => x.endsWith('.qcow2'))) {
+    if (!(await checkImage(path.join(dir, f)))) return `qemu-img check fails on ${f}`;
+  }
+  return undefined;
+}
+
+function cachePaths(p: LayerPlan): string[] {
+  return [...p.files, p.base + MANIFEST_SUFFIX];
+}
+
 /**
  * Ensures one layer: valid → used; else, under its lock, checked again (another run may have
- * built it meanwhile), then built by `build` and recorded with a manifest written last.
+ * built it meanwhile), restored from the Actions cache, or built and recorded with a manifest
+ * written last — and then saved to the Actions cache at once, so a later failure cannot lose it.
  */
 async function ensureLayer(
   ctx: LayerContext,
@@ -157,24 +199,35 @@ async function ensureLayer(
   o: { parentId?: string; build: () => Promise<Partial<Manifest> | void> },
 ): Promise<Manifest> {
   const start = Date.now();
+  const result = (source: LayerSource, m: Manifest, note?: string) =>
+    results.push({ layer: p.layer, source, seconds: (Date.now() - start) / 1000, bytes: bytesOf(ctx.dir, m), ...(note ? { note } : {}) });
   const have = validLayer(ctx.dir, p, o.parentId);
   if (have) {
     log.info(`${p.layer}: using ${p.files[0]} (local cache)`);
-    results.push({ layer: p.layer, source: 'local', seconds: (Date.now() - start) / 1000, bytes: bytesOf(ctx.dir, have) });
+    result('local', have);
     return have;
   }
   return withLayerLock(ctx.dir, p.base, async () => {
     const again = validLayer(ctx.dir, p, o.parentId);
     if (again) {
       log.info(`${p.layer}: ${p.files[0]} was built by another run meanwhile`);
-      results.push({ layer: p.layer, source: 'local', seconds: (Date.now() - start) / 1000, bytes: bytesOf(ctx.dir, again), note: 'waited for another run' });
+      result('local', again, 'waited for another run');
       return again;
     }
-    return log.group(`Building the ${p.layer} layer (${p.files[0]})`, async () => {
+    const key = cacheKeyFor(p, o.parentId);
+    if (ctx.cache) {
+      const restored = await log.group(`Restoring the ${p.layer} layer from the Actions cache (${key})`, () => restoreLayer(ctx, p, key, o.parentId));
+      if (restored) {
+        log.info(`${p.layer}: restored ${p.files[0]} from the Actions cache`);
+        result('actions cache', restored);
+        return restored;
+      }
+    }
+    const m = await log.group(`Building the ${p.layer} layer (${p.files[0]})`, async () => {
       removeLayer(ctx.dir, p.base, p.files);
       const extra = (await o.build()) ?? {};
       const files = await describeFiles(ctx.dir, p.files);
-      const m = writeManifest(manifestPath(ctx.dir, p.base), {
+      const built = writeManifest(manifestPath(ctx.dir, p.base), {
         layer: p.layer,
         key: p.key,
         inputs: p.inputs,
@@ -183,10 +236,16 @@ async function ensureLayer(
         buildSeconds: Math.round((Date.now() - start) / 1000),
         ...extra,
       });
-      results.push({ layer: p.layer, source: 'built', seconds: (Date.now() - start) / 1000, bytes: bytesOf(ctx.dir, m) });
       log.info(`${p.layer}: built ${p.files[0]} in ${((Date.now() - start) / 1000).toFixed(0)} s`);
-      return m;
+      return built;
     });
+    let note: string | undefined;
+    if (ctx.cache) {
+      const saved = await log.group(`Saving the ${p.layer} layer to the Actions cache (${key})`, () => ctx.cache!.save(key, cachePaths(p), ctx.dir));
+      note = saved === 'saved' ? 'saved to the Actions cache' : saved === 'exists' ? 'another job saved it first' : 'not saved to the Actions cache';
+    }
+    result('built', m, note);
+    return m;
   });
 }
 
@@ -226,7 +285,9 @@ export async function ensureLayers(config: Config, host: Host): Promise<EnsureRe
   cleanStaleTemps(dir);
   const key = await withLayerLock(dir, SSH_KEY_FILE, async () => ensureKeyFile(path.join(dir, SSH_KEY_FILE)));
   const plan = planLayers(config, host, key.publicKey);
-  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel) };
+  const useCache = config.cache && cacheServiceAvailable();
+  if (config.cache && !useCache) log.info('Actions cache: not available in this environment; using the local cache only');
+  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), cache: useCache ? actionsCache() : undefined };
   const results: LayerResult[] = [];
   const at = (f: string) => path.join(dir, f);
 
@@ -244,7 +305,7 @@ export async function ensureLayers(config: Config, host: Host): Promise<EnsureRe
           log.info(`Downloading ${url}`);
           const dest = at(plan.raw.files[0]);
           await download(url, dest, `${dest}.partial`, expected);
-          return { inputs: { ...plan.raw.inputs, verified: `${expected.algorithm}:${expected.hex}` } };
+          return { digest: `${expected.algorithm}:${expected.hex}` };
         },
       });
       await buildImage(ctx, {

@@ -67,9 +67,16 @@ function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   // Last resort: a job or test that dies must not leave guests running.
-  process.on('exit', () => {
+  const killAll = () => {
     for (const m of live) m.killNow();
-  });
+  };
+  process.on('exit', killAll);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      killAll();
+      process.kill(process.pid, sig); // the default action, now that our handler is gone
+    });
+  }
 }
 
 export class QemuExitedError extends Error {
@@ -134,7 +141,8 @@ export class Machine {
       const errFd = fs.openSync(stderrFile, 'w');
       const argv = qemuArgv(spec);
       log.debug(`${opts.qemu} ${argv.join(' ')}`);
-      const child = spawn(opts.qemu, argv, { stdio: ['ignore', 'ignore', errFd], detached: true });
+      // Only a VM meant to outlive us leaves our process group; others die with a group kill too.
+      const child = spawn(opts.qemu, argv, { stdio: ['ignore', 'ignore', errFd], detached: !!opts.detached });
       fs.closeSync(errFd);
       const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
         child.once('exit', (code, signal) => resolve({ code, signal }));

@@ -1,7 +1,9 @@
 // SSH to guests through ssh2: key generation, connect-until-ready that gives up as soon as QEMU
 // exits, and exec with streamed output and exit codes. One place holds the connection options.
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import type { Writable } from 'node:stream';
+import { log } from '../log.js';
 import ssh2, { type ClientChannel, type SFTPWrapper } from 'ssh2';
 
 // ssh2 is CommonJS: its named exports come through the default import under Node's ESM loader.
@@ -96,6 +98,12 @@ export class SshClient {
         settled = true;
         resolve(new SshClient(conn));
       });
+      // A connection can also just close during the handshake (sshd restarting), with no error.
+      conn.once('close', () => {
+        if (settled) return;
+        settled = true;
+        reject(new Error('connection closed during the SSH handshake'));
+      });
       conn.connect({
         host: target.host ?? '127.0.0.1',
         port: target.port,
@@ -177,6 +185,26 @@ export class SshClient {
   }
 }
 
+/**
+ * True when something at the port sends an SSH banner within `timeoutMs`. QEMU's user network
+ * accepts a forwarded connection before the guest can answer it, so a full handshake attempt
+ * would hang until its own timeout; the banner shows sshd is really there.
+ */
+export function sshBanner(port: number, timeoutMs: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createConnection({ host, port });
+    const done = (ok: boolean) => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(ok);
+    };
+    const t = setTimeout(() => done(false), timeoutMs);
+    s.once('data', (d: Buffer) => done(d.toString('latin1').startsWith('SSH-')));
+    s.once('error', () => done(false));
+    s.once('close', () => done(false));
+  });
+}
+
 export interface WaitOptions {
   timeoutMs: number;
   /** Rejects when the guest can no longer come up (QEMU exited): the wait stops at once. */
@@ -197,8 +225,9 @@ export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<
     if (left <= 0) break;
     try {
       const attempt = (async () => {
+        if (!(await sshBanner(target.port, Math.min(3000, left), target.host))) throw new Error('no SSH banner yet');
         const c = await SshClient.connect(target, Math.min(30_000, Math.max(left, 1000)));
-        const r = await c.exec('true');
+        const r = await c.exec('true', { timeoutMs: 30_000 }).catch((err: Error) => ({ code: -1, stderr: err.message }));
         if (r.code !== 0) {
           c.end();
           throw new Error(`'true' exited ${r.code}: ${r.stderr.trim()}`);
@@ -210,6 +239,7 @@ export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<
     } catch (err) {
       if (aborted) throw aborted;
       last = err;
+      log.debug(`ssh 127.0.0.1:${target.port}: ${(err as Error).message}`);
     }
     await Promise.race([new Promise((r) => setTimeout(r, opts.retryMs ?? 1000)), opts.abort.catch(() => {})]);
   }

@@ -11,18 +11,20 @@ import {
   actionsLogger,
   ensureLayers,
   errorMessage,
+  parseConfig,
+  setLogger,
+  setupHost
+} from "./chunk-AWYFBMPF.js";
+import {
   getInput,
   getState,
   info,
-  parseConfig,
   saveState,
   setFailed,
-  setLogger,
   setOutput,
   setSecret,
-  setupHost,
   summary
-} from "./chunk-5J434RUN.js";
+} from "./chunk-LHFSR3XE.js";
 
 // src/action.ts
 import * as fs from "node:fs";

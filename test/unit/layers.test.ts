@@ -1,0 +1,135 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { accelArgs } from '../../src/host/platform.js';
+import type { Host } from '../../src/host/setup.js';
+import { parseConfig } from '../../src/inputs.js';
+import { cleanStaleTemps, hashOf, invalidReason, readManifest, tempPath, withLayerLock, writeManifest } from '../../src/layers/manifest.js';
+import { basePackages, cacheKeyFor, planLayers } from '../../src/layers/pipeline.js';
+import { parseChecksumFile, download } from '../../src/layers/raw.js';
+import { createHash } from 'node:crypto';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'layers-unit-'));
+after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const host = (over: Partial<Host> = {}): Host => ({
+  qemuArch: 'aarch64',
+  qemu: { binary: 'qemu-system-aarch64', path: '/usr/bin/qemu-system-aarch64', version: '7.2.22', machine: 'virt-7.2' },
+  accel: accelArgs('aarch64', 'tcg'),
+  firmware: { code: '/fw/code.fd', vars: '/fw/vars.fd', format: 'raw', source: 'known path' },
+  cpuIdentity: 'tcg',
+  ...over,
+});
+const cfg = (inputs: Record<string, string> = {}) => {
+  const all: Record<string, string> = { arch: 'arm64', 'cache-dir': tmp, ...inputs };
+  return parseConfig((n) => all[n], { arch: 'arm64', env: {}, homedir: '/h' });
+};
+
+describe('layer plan', () => {
+  test('seed file names and readable exact cache keys', () => {
+    const p = planLayers(cfg(), host(), 'ssh-ed25519 AAAA k', {});
+    assert.deepEqual(p.raw.files, ['debian-13-generic-arm64.qcow2']);
+    assert.deepEqual(p.prepared.files, ['debian-13-prepared-arm64.qcow2']);
+    assert.deepEqual(p.snapshot.files, ['debian-13-arm64-snapshot-2048.qcow2', 'debian-13-arm64-snapshot-2048-efivars.qcow2', 'debian-13-arm64-snapshot-2048-seed.iso']);
+    assert.deepEqual(p.browser.files, ['debian-13-browser-arm64.qcow2']);
+    assert.equal(p.browserSnapshot.files[0], 'debian-13-browser-arm64-snapshot-2048.qcow2');
+    assert.match(p.snapshot.cacheKey, /^ryra-vm-v1-snapshot-debian-13-arm64-m2048-[0-9a-f]{20}$/);
+    assert.match(p.prepared.cacheKey, /^ryra-vm-v1-prepared-debian-13-arm64-[0-9a-f]{20}$/);
+    assert.ok(p.snapshot.cacheKey.length <= 512 && !p.snapshot.cacheKey.includes(','));
+    assert.deepEqual(p.packages, ['podman', 'podman-compose', 'uidmap', 'git', 'systemd-container', 'curl', 'postgresql-client', 'restic']);
+  });
+
+  test('what changes a layer changes its key, and only its own and its children’s', () => {
+    const base = planLayers(cfg(), host(), 'k', {});
+    const differs = (p: ReturnType<typeof planLayers>) => (['raw', 'prepared', 'snapshot', 'browser'] as const).filter((l) => p[l].key !== base[l].key);
+    assert.deepEqual(differs(planLayers(cfg({ packages: 'jq' }), host(), 'k', {})), ['prepared', 'snapshot', 'browser']);
+    assert.deepEqual(differs(planLayers(cfg({ memory: '4096' }), host(), 'k', {})), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg({ cpus: '4' }), host(), 'k', {})), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg(), host({ qemu: { ...host().qemu, version: '8.2.0' } }), 'k', {})), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg(), host({ qemu: { ...host().qemu, machine: 'virt-8.2' } }), 'k', {})), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg(), host({ accel: accelArgs('aarch64', 'kvm'), cpuIdentity: 'arm 0x41' }), 'k', {})), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg(), host(), 'other key', {})), ['snapshot']);
+    const img = { 'image-url': '/m/x.qcow2', 'image-checksum': `sha256:${'a'.repeat(64)}` };
+    assert.deepEqual(differs(planLayers(cfg(img), host(), 'k', {})), ['raw', 'prepared', 'snapshot', 'browser']);
+    assert.deepEqual(differs(planLayers(cfg(), host(), 'k', { RYRA_VM_BASE_PACKAGES: 'jq' })), ['prepared', 'snapshot', 'browser']);
+  });
+
+  test('a child’s cache key names its parent build', () => {
+    const p = planLayers(cfg(), host(), 'k', {});
+    assert.notEqual(cacheKeyFor(p.snapshot, 'build-a'), cacheKeyFor(p.snapshot, 'build-b'));
+    assert.ok(cacheKeyFor(p.snapshot, 'build-a').startsWith(p.snapshot.cacheKey));
+    assert.equal(cacheKeyFor(p.raw), p.raw.cacheKey);
+  });
+
+  test('test-only base package list', () => {
+    const img = planLayers(cfg(), host(), 'k', {}).image;
+    assert.deepEqual(basePackages(img, ['jq'], { RYRA_VM_BASE_PACKAGES: '' }), ['jq']);
+    assert.deepEqual(basePackages(img, ['git'], {}).filter((x) => x === 'git').length, 1);
+  });
+});
+
+describe('manifests', () => {
+  test('valid only with matching inputs, key, parent and sizes; the reason says which', () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'm-'));
+    fs.writeFileSync(path.join(dir, 'a.qcow2'), 'data');
+    const inputs = { qemu: '7.2.22', memoryMb: 2048 };
+    const want = { key: hashOf(inputs), inputs };
+    writeManifest(path.join(dir, 'a.manifest.json'), { layer: 'snapshot', key: want.key, inputs, parentId: 'p1', files: [{ name: 'a.qcow2', size: 4, sha256: 'x' }], buildSeconds: 1 });
+    const m = readManifest(path.join(dir, 'a.manifest.json'))!;
+    assert.equal(invalidReason(m, dir, want, 'p1'), undefined);
+    assert.equal(invalidReason(undefined, dir, want), 'no manifest');
+    assert.match(invalidReason(m, dir, want, 'p2')!, /parent layer was rebuilt/);
+    assert.match(invalidReason({ ...m, inputs: { ...inputs, qemu: '6.2.0' } }, dir, want)!, /built with other qemu \("6\.2\.0" ≠ "7\.2\.22"\)/);
+    fs.appendFileSync(path.join(dir, 'a.qcow2'), '!');
+    assert.match(invalidReason(m, dir, want, 'p1')!, /a\.qcow2 is 5 bytes, the manifest says 4/);
+    fs.rmSync(path.join(dir, 'a.qcow2'));
+    assert.match(invalidReason(m, dir, want, 'p1')!, /a\.qcow2 is missing/);
+  });
+
+  test('stale temps of dead processes are removed, live ones kept', () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 't-'));
+    const mine = tempPath(dir, 'x');
+    fs.writeFileSync(mine, '');
+    fs.mkdirSync(path.join(dir, 'work.ryra-tmp-999999999-abcd'));
+    fs.writeFileSync(path.join(dir, 'keep.qcow2'), '');
+    cleanStaleTemps(dir);
+    assert.deepEqual(fs.readdirSync(dir).sort(), [path.basename(mine), 'keep.qcow2'].sort());
+  });
+
+  test('the layer lock serialises holders', async () => {
+    const order: string[] = [];
+    const hold = (name: string, ms: number) =>
+      withLayerLock(tmp, 'lk', async () => {
+        order.push(`${name}+`);
+        await new Promise((r) => setTimeout(r, ms));
+        order.push(`${name}-`);
+      });
+    await Promise.all([hold('a', 300), hold('b', 10)]);
+    assert.ok(order.join() === 'a+,a-,b+,b-' || order.join() === 'b+,b-,a+,a-', order.join());
+  });
+});
+
+describe('raw layer', () => {
+  test('checksum files: Debian SHA512SUMS and Fedora CHECKSUM', () => {
+    const h = 'ab'.repeat(64);
+    assert.deepEqual(parseChecksumFile(`${'cd'.repeat(64)}  debian-13-generic-amd64.qcow2\n${h}  debian-13-generic-arm64.qcow2\n`, 'sha512sums', 'debian-13-generic-arm64.qcow2'), { algorithm: 'sha512', hex: h });
+    const f = `# Fedora-Cloud-43\nSHA256 (Fedora-Cloud-Base-Generic-43-1.1.aarch64.qcow2) = ${'EF'.repeat(32)}\n`;
+    assert.deepEqual(parseChecksumFile(f, 'fedora-checksum', 'Fedora-Cloud-Base-Generic-43-1.1.aarch64.qcow2'), { algorithm: 'sha256', hex: 'ef'.repeat(32) });
+    assert.equal(parseChecksumFile(f, 'fedora-checksum', 'other.qcow2'), undefined);
+  });
+
+  test('download verifies while streaming; a mismatch deletes the file and names both digests', async () => {
+    const src = path.join(tmp, 'img.bin');
+    fs.writeFileSync(src, Buffer.alloc(3 << 20, 1));
+    const good = createHash('sha256').update(fs.readFileSync(src)).digest('hex');
+    const dest = path.join(tmp, 'out.qcow2');
+    await download(`file://${src}`, dest, `${dest}.partial`, { algorithm: 'sha256', hex: good });
+    assert.ok(fs.readFileSync(dest).equals(fs.readFileSync(src)));
+    const dest2 = path.join(tmp, 'out2.qcow2');
+    await assert.rejects(download(src, dest2, `${dest2}.partial`, { algorithm: 'sha256', hex: '0'.repeat(64) }), new RegExp(`expected sha256:${'0'.repeat(64)}, got sha256:${good}`));
+    assert.equal(fs.existsSync(dest2), false);
+    assert.equal(fs.existsSync(`${dest2}.partial`), false);
+  });
+});
