@@ -80,8 +80,10 @@ try {
   await m.destroy();
   const restoreDir = fs.mkdtempSync(path.join(root, 'restore-'));
   const t2 = Date.now();
-  const r = await restoreMachine(ctx, {
+  const r = await restoreMachine({
     name: 'bench-restore',
+    qemu: host.qemu.path,
+    efiCode: host.firmware.code,
     files: { disk: cold.outputs['snapshot-disk'], efivars: cold.outputs['snapshot-efivars'], seed: cold.outputs['snapshot-seed-iso'] },
     backing: cold.outputs.image,
     layout: cold.snapshotBuild!.layout,

@@ -1,9 +1,9 @@
 import { createRequire as __ryraCreateRequire } from 'node:module';
 import { fileURLToPath as __ryraFileURLToPath } from 'node:url';
-import { dirname as __ryraDirname } from 'node:path';
+import { dirname as __ryraPathDirname } from 'node:path';
 const require = __ryraCreateRequire(import.meta.url);
-const __filename = __ryraFileURLToPath(import.meta.url);
-const __dirname = __ryraDirname(__filename);
+const __ryraFilename = __ryraFileURLToPath(import.meta.url);
+const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   BearerCredentialHandler,
   HttpClient,
@@ -23,7 +23,7 @@ import {
   setSecret,
   warning,
   which
-} from "./chunks/chunk-LHFSR3XE.js";
+} from "./chunks/chunk-GZMXWCY5.js";
 
 // node_modules/semver/internal/constants.js
 var require_constants = __commonJS({

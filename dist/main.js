@@ -1,14 +1,14 @@
 import { createRequire as __ryraCreateRequire } from 'node:module';
 import { fileURLToPath as __ryraFileURLToPath } from 'node:url';
-import { dirname as __ryraDirname } from 'node:path';
+import { dirname as __ryraPathDirname } from 'node:path';
 const require = __ryraCreateRequire(import.meta.url);
-const __filename = __ryraFileURLToPath(import.meta.url);
-const __dirname = __ryraDirname(__filename);
+const __ryraFilename = __ryraFileURLToPath(import.meta.url);
+const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-EZKTE2S4.js";
-import "./chunks/chunk-AWYFBMPF.js";
-import "./chunks/chunk-LHFSR3XE.js";
+} from "./chunks/chunk-6BC5IQAG.js";
+import "./chunks/chunk-K3VMOHGP.js";
+import "./chunks/chunk-GZMXWCY5.js";
 
 // src/main.ts
 await runMain();

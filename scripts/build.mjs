@@ -19,14 +19,17 @@ await build({
   external: ['*.node'],
   legalComments: 'none',
   logLevel: 'warning',
+  // Free references to __filename/__dirname become the banner's names; modules that declare their
+  // own (some toolkit code does) keep theirs, so nothing is declared twice.
+  define: { __filename: '__ryraFilename', __dirname: '__ryraDirname' },
   banner: {
     js: [
       "import { createRequire as __ryraCreateRequire } from 'node:module';",
       "import { fileURLToPath as __ryraFileURLToPath } from 'node:url';",
-      "import { dirname as __ryraDirname } from 'node:path';",
+      "import { dirname as __ryraPathDirname } from 'node:path';",
       'const require = __ryraCreateRequire(import.meta.url);',
-      'const __filename = __ryraFileURLToPath(import.meta.url);',
-      'const __dirname = __ryraDirname(__filename);',
+      'const __ryraFilename = __ryraFileURLToPath(import.meta.url);',
+      'const __ryraDirname = __ryraPathDirname(__ryraFilename);',
     ].join('\n'),
   },
 });

@@ -108,10 +108,11 @@ export function removeLayer(dir: string, base: string, files: string[]): void {
  * layer built. A lock left by a killed run goes stale (its mtime stops moving) and is taken over.
  */
 export async function withLayerLock<T>(dir: string, base: string, fn: () => Promise<T>): Promise<T> {
+  // proper-lockfile keys its registry by the locked path: one path per layer, so nested locks
+  // (raw inside prepared) stay independent. The lock itself is the directory `<base>.lock`.
   const target = path.join(dir, `${base}.lock`);
   fs.mkdirSync(dir, { recursive: true });
-  const release = await lockfile.lock(dir, {
-    lockfilePath: target,
+  const release = await lockfile.lock(path.join(dir, base), {
     realpath: false,
     stale: 30_000,
     update: 5_000,

@@ -378,6 +378,7 @@ export async function ensureLayers(config: Config, host: Host): Promise<EnsureRe
         cacheDir: dir,
         distro: config.distro,
         arch: config.arch,
+        machine: host.qemu.machine,
         layout: snap.manifest?.layout,
         browserLayout: browserSnap.manifest?.layout,
         firmware: host.firmware,

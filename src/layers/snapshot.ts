@@ -57,10 +57,21 @@ export interface SnapshotBuild {
 }
 
 /** Restores a snapshot's disk + vars copy into `workDir` and waits for SSH: the layout comes from the record. */
-export async function restoreMachine(
-  ctx: Pick<LayerContext, 'host'>,
-  o: { name: string; files: SnapshotFiles; backing: string; layout: VmLayout; workDir: string; key: KeyPair; sshTimeoutMs: number; sharePath?: string; detached?: boolean },
-): Promise<{ machine: Machine; readyMs: number }> {
+export interface RestoreOptions {
+  name: string;
+  qemu: string;
+  efiCode: string;
+  files: SnapshotFiles;
+  backing: string;
+  layout: VmLayout;
+  workDir: string;
+  key: KeyPair;
+  sshTimeoutMs: number;
+  sharePath?: string;
+  detached?: boolean;
+}
+
+export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Machine; readyMs: number }> {
   const disk = path.join(o.workDir, 'disk.qcow2');
   const efiVars = path.join(o.workDir, 'efivars.qcow2');
   copyFile(o.files.disk, disk);
@@ -71,9 +82,9 @@ export async function restoreMachine(
   fs.mkdirSync(vmDir, { recursive: true });
   const machine = await Machine.spawn({
     ...o.layout,
-    qemu: ctx.host.qemu.path,
+    qemu: o.qemu,
     name: o.name,
-    efiCode: ctx.host.firmware.code,
+    efiCode: o.efiCode,
     efiVars,
     disk,
     seedIso: o.files.seed,
@@ -151,8 +162,10 @@ export async function buildSnapshot(
 
     const verifyDir = path.join(work, 'verify');
     fs.mkdirSync(verifyDir);
-    const { machine, readyMs } = await restoreMachine(ctx, {
+    const { machine, readyMs } = await restoreMachine({
       name: `${o.name}-verify`,
+      qemu: ctx.host.qemu.path,
+      efiCode: ctx.host.firmware.code,
       files: { disk, efivars, seed: path.join(work, GUEST_FILES.seed) },
       backing: o.base,
       layout,

@@ -7,24 +7,18 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { heartbeat, log } from '../log.js';
 import { Qmp } from './qmp.js';
-import { qemuArgv, type VmLayout, type VmSpec } from './spec.js';
+import { qemuArgv, type VmSpec } from './spec.js';
 import { SshClient, SshConnectionError, waitForSsh, type ExecOptions, type ExecResult } from './ssh.js';
 
-export interface MachineOptions extends VmLayout {
-  qemu: string;
-  name: string;
-  efiCode: string;
-  efiVars: string;
-  disk: string;
-  seedIso?: string;
-  sharePath?: string;
-  loadvm?: string;
+/** A VmSpec minus what the Machine chooses itself (port, sockets, logs), plus how to reach it. */
+export interface MachineOptions extends Omit<VmSpec, 'sshPort' | 'qmpSocket' | 'serialLog' | 'pidFile' | 'seed'> {
   /** The machine's own directory (sockets, logs, pidfile); see makeWorkDir. */
   workDir: string;
   user: string;
   privateKey: string;
   /** Keep QEMU running after this process exits (the CLI's `boot`). */
   detached?: boolean;
+  seed?: boolean;
 }
 
 /** Creates a unique work directory, so concurrent jobs on one host never share one. */
@@ -127,9 +121,10 @@ export class Machine {
   /** Starts QEMU and returns once its monitor answers; a taken SSH port is retried with another. */
   static async spawn(opts: MachineOptions): Promise<Machine> {
     installExitHook();
+    const { workDir: _w, user: _u, privateKey: _k, detached: _d, ...vm } = opts;
     for (let attempt = 1; ; attempt++) {
       const spec: VmSpec = {
-        ...opts,
+        ...vm,
         seed: !!opts.seedIso,
         sshPort: await freePort(),
         qmpSocket: path.join(opts.workDir, 'qmp.sock'),

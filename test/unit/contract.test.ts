@@ -81,6 +81,26 @@ describe('dist', () => {
   });
 });
 
+describe('the bundle runs on Node 24 (the action’s runtime) as well as Node 20', () => {
+  const node24 = spawnSync('bash', ['scripts/node24.sh'], { encoding: 'utf8' });
+  const bin = node24.stdout.trim().split('\n').pop() ?? '';
+  test('version, help and input errors', { skip: node24.status !== 0 && `no Node 24 binary: ${node24.stderr.slice(-200)}` }, () => {
+    assert.match(spawnSync(bin, ['--version'], { encoding: 'utf8' }).stdout, /^v24\./);
+    const v = spawnSync(bin, ['dist/cli.js', '--version'], { encoding: 'utf8' });
+    assert.equal(v.status, 0, v.stderr);
+    const m = spawnSync(bin, ['dist/main.js'], { encoding: 'utf8', env: { PATH: process.env.PATH, INPUT_DISTRO: 'ubuntu-99' } });
+    assert.equal(m.status, 1);
+    assert.match(m.stdout, /::error::unknown distro: ubuntu-99/);
+    // The cache worker loads the bundled toolkit; with no service configured it reports a miss, not a crash.
+    const w = spawnSync(bin, ['dist/cache-worker.js', JSON.stringify({ op: 'lookup', dir: process.cwd(), paths: ['x'], key: 'k' })], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+      env: { PATH: process.env.PATH },
+    });
+    assert.equal(w.status, 0, w.stderr);
+  });
+});
+
 describe('bundled action rejects bad inputs before any work', () => {
   const runMain = (inputs: Record<string, string>) => {
     const home = fs.mkdtempSync(path.join(os.tmpdir(), 'home-'));

@@ -109,6 +109,19 @@ describe('manifests', () => {
     await Promise.all([hold('a', 300), hold('b', 10)]);
     assert.ok(order.join() === 'a+,a-,b+,b-' || order.join() === 'b+,b-,a+,a-', order.join());
   });
+
+  test('nested locks of different layers (raw inside prepared) are independent', async () => {
+    const inner = await withLayerLock(tmp, 'outer', async () => {
+      const v = await withLayerLock(tmp, 'inner', async () => 'inner done');
+      // The outer lock is still held and still refreshed after the inner one is released.
+      await new Promise((r) => setTimeout(r, 5500));
+      assert.ok(fs.existsSync(path.join(tmp, 'outer.lock')));
+      return v;
+    });
+    assert.equal(inner, 'inner done');
+    assert.equal(fs.existsSync(path.join(tmp, 'outer.lock')), false);
+    assert.equal(fs.existsSync(path.join(tmp, 'inner.lock')), false);
+  });
 });
 
 describe('raw layer', () => {

@@ -1,9 +1,9 @@
 import { createRequire as __ryraCreateRequire } from 'node:module';
 import { fileURLToPath as __ryraFileURLToPath } from 'node:url';
-import { dirname as __ryraDirname } from 'node:path';
+import { dirname as __ryraPathDirname } from 'node:path';
 const require = __ryraCreateRequire(import.meta.url);
-const __filename = __ryraFileURLToPath(import.meta.url);
-const __dirname = __ryraDirname(__filename);
+const __ryraFilename = __ryraFileURLToPath(import.meta.url);
+const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   InputError,
   Outputs,
@@ -11,23 +11,30 @@ import {
   actionsLogger,
   ensureLayers,
   errorMessage,
+  listVms,
+  logTail,
   parseConfig,
   setLogger,
-  setupHost
-} from "./chunk-AWYFBMPF.js";
+  setupHost,
+  stopVm
+} from "./chunk-K3VMOHGP.js";
 import {
+  addPath,
   getInput,
   getState,
+  group,
   info,
   saveState,
   setFailed,
   setOutput,
   setSecret,
-  summary
-} from "./chunk-LHFSR3XE.js";
+  summary,
+  warning
+} from "./chunk-GZMXWCY5.js";
 
 // src/action.ts
 import * as fs from "node:fs";
+import * as path from "node:path";
 
 // src/summary.ts
 function size(bytes) {
@@ -51,18 +58,45 @@ async function runMain() {
     const result = await ensureLayers(config, host);
     const outputs = result.outputs;
     for (const [name, value] of Object.entries(outputs)) setOutput(name, value);
-    setSecret(fs.readFileSync(outputs[Outputs.SshKey], "utf8"));
+    for (const line of fs.readFileSync(outputs[Outputs.SshKey], "utf8").split("\n")) if (line.length > 20 && !line.startsWith("-----")) setSecret(line);
     saveState(State.Manifest, outputs[Outputs.Manifest]);
     saveState(State.RuntimeDir, result.runtimeDir);
+    addCliToPath(result.runtimeDir);
     await summary.addHeading("ryra-vm", 3).addRaw(summaryTable(result.layers, outputs), true).write();
   } catch (err) {
     setFailed(err instanceof InputError ? err.message : errorMessage(err));
   }
 }
+function addCliToPath(rt) {
+  const bin = path.join(rt, "bin");
+  fs.mkdirSync(bin, { recursive: true });
+  const cli = path.join(path.dirname(path.resolve(process.argv[1])), "cli.js");
+  fs.writeFileSync(path.join(bin, "ryra-vm"), `#!/bin/sh
+exec "${process.execPath}" "${cli}" "$@"
+`, { mode: 493 });
+  addPath(bin);
+}
 async function runPost() {
   setLogger(actionsLogger);
-  const manifest = getState(State.Manifest);
-  if (manifest && fs.existsSync(manifest)) info(`ryra-vm outputs were recorded in ${manifest}`);
+  try {
+    const rt = getState(State.RuntimeDir);
+    if (rt) process.env.RYRA_VM_RUNTIME_DIR = rt;
+    const vms = listVms();
+    const rows = [];
+    for (const vm of vms) {
+      if (!vm.running) {
+        await group(`VM ${vm.name} exited on its own: serial console, last lines`, async () => info(logTail(vm.serialLog, 60)));
+      }
+      await stopVm(vm);
+      if (vm.running) info(`stopped VM ${vm.name} (left running by a later step)`);
+      rows.push(`<tr><td>${vm.name}</td><td>${vm.mode}</td><td>${(vm.readyMs / 1e3).toFixed(1)}</td><td>${vm.running ? "stopped by post" : "exited"}</td></tr>`);
+    }
+    if (rows.length) {
+      await summary.addHeading("ryra-vm: VMs", 3).addRaw(`<table><tr><th>VM</th><th>boot</th><th>seconds to SSH</th><th>end</th></tr>${rows.join("")}</table>`, true).write();
+    }
+  } catch (err) {
+    warning(`post step: ${errorMessage(err)}`);
+  }
 }
 
 export {

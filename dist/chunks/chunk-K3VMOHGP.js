@@ -1,9 +1,9 @@
 import { createRequire as __ryraCreateRequire } from 'node:module';
 import { fileURLToPath as __ryraFileURLToPath } from 'node:url';
-import { dirname as __ryraDirname } from 'node:path';
+import { dirname as __ryraPathDirname } from 'node:path';
 const require = __ryraCreateRequire(import.meta.url);
-const __filename = __ryraFileURLToPath(import.meta.url);
-const __dirname = __ryraDirname(__filename);
+const __ryraFilename = __ryraFileURLToPath(import.meta.url);
+const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   __commonJS,
   __require,
@@ -14,7 +14,7 @@ import {
   group,
   info,
   warning
-} from "./chunk-LHFSR3XE.js";
+} from "./chunk-GZMXWCY5.js";
 
 // node_modules/asn1/lib/ber/errors.js
 var require_errors = __commonJS({
@@ -4778,7 +4778,7 @@ var require_poly1305 = __commonJS({
   "node_modules/ssh2/lib/protocol/crypto/poly1305.js"(exports, module) {
     var createPoly1305 = (function() {
       var _scriptDir = typeof document !== "undefined" && document.currentScript ? document.currentScript.src : void 0;
-      if (typeof __filename !== "undefined") _scriptDir = _scriptDir || __filename;
+      if (typeof __ryraFilename !== "undefined") _scriptDir = _scriptDir || __ryraFilename;
       return (function(createPoly13052) {
         createPoly13052 = createPoly13052 || {};
         var b;
@@ -4791,7 +4791,7 @@ var require_poly1305 = __commonJS({
         var u = {}, w;
         for (w in b) b.hasOwnProperty(w) && (u[w] = b[w]);
         var x = "object" === typeof window, y = "function" === typeof importScripts, z = "object" === typeof process && "object" === typeof process.versions && "string" === typeof process.versions.node, B = "", C, D, E, F, G;
-        if (z) B = y ? __require("path").dirname(B) + "/" : __dirname + "/", C = function(a, c) {
+        if (z) B = y ? __require("path").dirname(B) + "/" : __ryraDirname + "/", C = function(a, c) {
           var d = H(a);
           if (d) return c ? d : d.toString();
           F || (F = __require("fs"));
@@ -6502,7 +6502,7 @@ var require_crypto = __commonJS({
       MAC_INFO,
       bindingAvailable: !!binding,
       init: (() => {
-        return new Promise(async (resolve6, reject) => {
+        return new Promise(async (resolve7, reject) => {
           try {
             POLY1305_WASM_MODULE = await require_poly1305()();
             POLY1305_RESULT_MALLOC = POLY1305_WASM_MODULE._malloc(16);
@@ -6514,7 +6514,7 @@ var require_crypto = __commonJS({
           } catch (ex) {
             return reject(ex);
           }
-          resolve6();
+          resolve7();
         });
       })(),
       NullCipher,
@@ -7772,7 +7772,7 @@ var require_agent = __commonJS({
     "use strict";
     var { Socket } = __require("net");
     var { Duplex } = __require("stream");
-    var { resolve: resolve6 } = __require("path");
+    var { resolve: resolve7 } = __require("path");
     var { readFile } = __require("fs");
     var { execFile, spawn: spawn4 } = __require("child_process");
     var { isParsedKey, parseKey } = require_keyParser();
@@ -7908,7 +7908,7 @@ var require_agent = __commonJS({
       const RET_ERR_BINSTDIN = 13;
       const RET_ERR_BINSTDOUT = 14;
       const RET_ERR_BADLEN = 15;
-      const EXEPATH = resolve6(__dirname, "..", "util/pagent.exe");
+      const EXEPATH = resolve7(__ryraDirname, "..", "util/pagent.exe");
       const ERROR = {
         [RET_ERR_BADARGS]: new Error("Invalid pagent.exe arguments"),
         [RET_ERR_UNAVAILABLE]: new Error("Pageant is not running"),
@@ -8074,11 +8074,11 @@ var require_agent = __commonJS({
       };
     })();
     var WINDOWS_PIPE_REGEX = /^[/\\][/\\]\.[/\\]pipe[/\\].+/;
-    function createAgent(path13) {
-      if (process.platform === "win32" && !WINDOWS_PIPE_REGEX.test(path13)) {
-        return path13 === "pageant" ? new PageantAgent() : new CygwinAgent(path13);
+    function createAgent(path14) {
+      if (process.platform === "win32" && !WINDOWS_PIPE_REGEX.test(path14)) {
+        return path14 === "pageant" ? new PageantAgent() : new CygwinAgent(path14);
       }
-      return new OpenSSHAgent(path13);
+      return new OpenSSHAgent(path14);
     }
     var AgentProtocol = (() => {
       const SSH_AGENTC_REQUEST_IDENTITIES = 11;
@@ -13053,8 +13053,8 @@ var require_SFTP = __commonJS({
   "node_modules/ssh2/lib/protocol/SFTP.js"(exports, module) {
     "use strict";
     var EventEmitter2 = __require("events");
-    var fs15 = __require("fs");
-    var { constants: constants3 } = fs15;
+    var fs16 = __require("fs");
+    var { constants: constants3 } = fs16;
     var {
       Readable: ReadableStream,
       Writable: WritableStream
@@ -13322,17 +13322,17 @@ var require_SFTP = __commonJS({
       // ===========================================================================
       // Client-specific ===========================================================
       // ===========================================================================
-      createReadStream(path13, options) {
+      createReadStream(path14, options) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        return new ReadStream(this, path13, options);
+        return new ReadStream(this, path14, options);
       }
-      createWriteStream(path13, options) {
+      createWriteStream(path14, options) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        return new WriteStream(this, path13, options);
+        return new WriteStream(this, path14, options);
       }
-      open(path13, flags_, attrs, cb) {
+      open(path14, flags_, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         if (typeof attrs === "function") {
@@ -13351,7 +13351,7 @@ var require_SFTP = __commonJS({
           attrsFlags = attrs.flags;
           attrsLen = attrs.nb;
         }
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen + 4 + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -13359,7 +13359,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         writeUInt32BE(buf, attrsFlags, p += 4);
         if (attrsLen) {
@@ -13483,14 +13483,14 @@ var require_SFTP = __commonJS({
       fastGet(remotePath, localPath2, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(this, fs15, remotePath, localPath2, opts, cb);
+        fastXfer(this, fs16, remotePath, localPath2, opts, cb);
       }
       fastPut(localPath2, remotePath, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(fs15, this, localPath2, remotePath, opts, cb);
+        fastXfer(fs16, this, localPath2, remotePath, opts, cb);
       }
-      readFile(path13, options, callback_) {
+      readFile(path14, options, callback_) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let callback;
@@ -13563,13 +13563,13 @@ var require_SFTP = __commonJS({
             return callback && callback(er, buffer);
           });
         };
-        this.open(path13, flag, 438, (er, handle_) => {
+        this.open(path14, flag, 438, (er, handle_) => {
           if (er)
             return callback && callback(er);
           handle = handle_;
           const tryStat = (er2, st) => {
             if (er2) {
-              this.stat(path13, (er_, st_) => {
+              this.stat(path14, (er_, st_) => {
                 if (er_) {
                   return this.close(handle, () => {
                     callback && callback(er2);
@@ -13590,7 +13590,7 @@ var require_SFTP = __commonJS({
           this.fstat(handle, tryStat);
         });
       }
-      writeFile(path13, data, options, callback_) {
+      writeFile(path14, data, options, callback_) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let callback;
@@ -13609,7 +13609,7 @@ var require_SFTP = __commonJS({
         if (options.encoding && !Buffer.isEncoding(options.encoding))
           throw new Error(`Unknown encoding: ${options.encoding}`);
         const flag = options.flag || "w";
-        this.open(path13, flag, options.mode, (openErr, handle) => {
+        this.open(path14, flag, options.mode, (openErr, handle) => {
           if (openErr) {
             callback && callback(openErr);
           } else {
@@ -13618,7 +13618,7 @@ var require_SFTP = __commonJS({
             if (position === null) {
               const tryStat = (er, st) => {
                 if (er) {
-                  this.stat(path13, (er_, st_) => {
+                  this.stat(path14, (er_, st_) => {
                     if (er_) {
                       return this.close(handle, () => {
                         callback && callback(er);
@@ -13637,7 +13637,7 @@ var require_SFTP = __commonJS({
           }
         });
       }
-      appendFile(path13, data, options, callback_) {
+      appendFile(path14, data, options, callback_) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let callback;
@@ -13655,12 +13655,12 @@ var require_SFTP = __commonJS({
           throw new TypeError("Bad arguments");
         if (!options.flag)
           options = Object.assign({ flag: "a" }, options);
-        this.writeFile(path13, data, options, callback);
+        this.writeFile(path14, data, options, callback);
       }
-      exists(path13, cb) {
+      exists(path14, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        this.stat(path13, (err) => {
+        this.stat(path14, (err) => {
           cb && cb(err ? false : true);
         });
       }
@@ -13703,7 +13703,7 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} RENAME`
         );
       }
-      mkdir(path13, attrs, cb) {
+      mkdir(path14, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let flags = 0;
@@ -13717,7 +13717,7 @@ var require_SFTP = __commonJS({
           flags = attrs.flags;
           attrsLen = attrs.nb;
         }
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -13725,7 +13725,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         if (attrsLen) {
           p += 4;
@@ -13741,10 +13741,10 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} MKDIR`
         );
       }
-      rmdir(path13, cb) {
+      rmdir(path14, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -13752,7 +13752,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
@@ -13842,10 +13842,10 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} FSTAT`
         );
       }
-      stat(path13, cb) {
+      stat(path14, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -13853,17 +13853,17 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} STAT`
         );
       }
-      lstat(path13, cb) {
+      lstat(path14, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -13871,17 +13871,17 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} LSTAT`
         );
       }
-      opendir(path13, cb) {
+      opendir(path14, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -13889,14 +13889,14 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} OPENDIR`
         );
       }
-      setstat(path13, attrs, cb) {
+      setstat(path14, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let flags = 0;
@@ -13908,7 +13908,7 @@ var require_SFTP = __commonJS({
         } else if (typeof attrs === "function") {
           cb = attrs;
         }
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -13916,7 +13916,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         if (attrsLen) {
           p += 4;
@@ -13976,8 +13976,8 @@ var require_SFTP = __commonJS({
           mtime: toUnixTimestamp(mtime)
         }, cb);
       }
-      utimes(path13, atime, mtime, cb) {
-        return this.setstat(path13, {
+      utimes(path14, atime, mtime, cb) {
+        return this.setstat(path14, {
           atime: toUnixTimestamp(atime),
           mtime: toUnixTimestamp(mtime)
         }, cb);
@@ -13988,8 +13988,8 @@ var require_SFTP = __commonJS({
           gid
         }, cb);
       }
-      chown(path13, uid, gid, cb) {
-        return this.setstat(path13, {
+      chown(path14, uid, gid, cb) {
+        return this.setstat(path14, {
           uid,
           gid
         }, cb);
@@ -13999,15 +13999,15 @@ var require_SFTP = __commonJS({
           mode
         }, cb);
       }
-      chmod(path13, mode, cb) {
-        return this.setstat(path13, {
+      chmod(path14, mode, cb) {
+        return this.setstat(path14, {
           mode
         }, cb);
       }
-      readlink(path13, cb) {
+      readlink(path14, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -14015,7 +14015,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         this._requests[reqid] = {
           cb: (err, names) => {
             if (typeof cb !== "function")
@@ -14060,10 +14060,10 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} SYMLINK`
         );
       }
-      realpath(path13, cb) {
+      realpath(path14, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -14071,7 +14071,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         this._requests[reqid] = {
           cb: (err, names) => {
             if (typeof cb !== "function")
@@ -14116,13 +14116,13 @@ var require_SFTP = __commonJS({
           this._debug(`SFTP: Outbound: ${which2} posix-rename@openssh.com`);
         }
       }
-      ext_openssh_statvfs(path13, cb) {
+      ext_openssh_statvfs(path14, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         const ext = this._extensions["statvfs@openssh.com"];
         if (!ext || ext !== "2")
           throw new Error("Server does not support this extended request");
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + 19 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -14132,7 +14132,7 @@ var require_SFTP = __commonJS({
         writeUInt32BE(buf, 19, p);
         buf.utf8Write("statvfs@openssh.com", p += 4, 19);
         writeUInt32BE(buf, pathLen, p += 19);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         this._requests[reqid] = { extended: "statvfs@openssh.com", cb };
         const isBuffered = sendOrBuffer(this, buf);
         if (this._debug) {
@@ -14218,7 +14218,7 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} fsync@openssh.com`
         );
       }
-      ext_openssh_lsetstat(path13, attrs, cb) {
+      ext_openssh_lsetstat(path14, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         const ext = this._extensions["lsetstat@openssh.com"];
@@ -14233,7 +14233,7 @@ var require_SFTP = __commonJS({
         } else if (typeof attrs === "function") {
           cb = attrs;
         }
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + 20 + 4 + pathLen + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -14243,7 +14243,7 @@ var require_SFTP = __commonJS({
         writeUInt32BE(buf, 20, p);
         buf.utf8Write("lsetstat@openssh.com", p += 4, 20);
         writeUInt32BE(buf, pathLen, p += 20);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         if (attrsLen) {
           p += 4;
@@ -14260,13 +14260,13 @@ var require_SFTP = __commonJS({
           this._debug(`SFTP: Outbound: ${status} lsetstat@openssh.com`);
         }
       }
-      ext_openssh_expandPath(path13, cb) {
+      ext_openssh_expandPath(path14, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         const ext = this._extensions["expand-path@openssh.com"];
         if (ext !== "1")
           throw new Error("Server does not support this extended request");
-        const pathLen = Buffer.byteLength(path13);
+        const pathLen = Buffer.byteLength(path14);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + 23 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -14276,7 +14276,7 @@ var require_SFTP = __commonJS({
         writeUInt32BE(buf, 23, p);
         buf.utf8Write("expand-path@openssh.com", p += 4, 23);
         writeUInt32BE(buf, pathLen, p += 20);
-        buf.utf8Write(path13, p += 4, pathLen);
+        buf.utf8Write(path14, p += 4, pathLen);
         this._requests[reqid] = {
           cb: (err, names) => {
             if (typeof cb !== "function")
@@ -14749,13 +14749,13 @@ var require_SFTP = __commonJS({
             if (--left === 0)
               cb(err);
           };
-          if (srcHandle && (src === fs15 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs16 || src.outgoing.state === "open"))
             ++left;
-          if (dstHandle && (dst === fs15 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs16 || dst.outgoing.state === "open"))
             ++left;
-          if (srcHandle && (src === fs15 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs16 || src.outgoing.state === "open"))
             src.close(srcHandle, cbfinal);
-          if (dstHandle && (dst === fs15 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs16 || dst.outgoing.state === "open"))
             dst.close(dstHandle, cbfinal);
         } else {
           cb(err);
@@ -14771,7 +14771,7 @@ var require_SFTP = __commonJS({
           tryStat(null, { size: fileSize2 });
         function tryStat(err2, attrs) {
           if (err2) {
-            if (src !== fs15) {
+            if (src !== fs16) {
               src.stat(srcPath, (err_, attrs_) => {
                 if (err_)
                   return onerror(err2);
@@ -15554,12 +15554,12 @@ var require_SFTP = __commonJS({
       [REQUEST.LSTAT]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path13 = bufferParser.readString(true);
+        const path14 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path13 === void 0)
+        if (path14 === void 0)
           return doFatalSFTPError(sftp, "Malformed LSTAT packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received LSTAT (id:${reqID})`);
-        if (!sftp.emit("LSTAT", reqID, path13)) {
+        if (!sftp.emit("LSTAT", reqID, path14)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -15578,13 +15578,13 @@ var require_SFTP = __commonJS({
       [REQUEST.SETSTAT]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path13 = bufferParser.readString(true);
+        const path14 = bufferParser.readString(true);
         const attrs = readAttrs(sftp._biOpt);
         bufferParser.clear();
         if (attrs === void 0)
           return doFatalSFTPError(sftp, "Malformed SETSTAT packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received SETSTAT (id:${reqID})`);
-        if (!sftp.emit("SETSTAT", reqID, path13, attrs)) {
+        if (!sftp.emit("SETSTAT", reqID, path14, attrs)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -15606,12 +15606,12 @@ var require_SFTP = __commonJS({
       [REQUEST.OPENDIR]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path13 = bufferParser.readString(true);
+        const path14 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path13 === void 0)
+        if (path14 === void 0)
           return doFatalSFTPError(sftp, "Malformed OPENDIR packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received OPENDIR (id:${reqID})`);
-        if (!sftp.emit("OPENDIR", reqID, path13)) {
+        if (!sftp.emit("OPENDIR", reqID, path14)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -15630,63 +15630,63 @@ var require_SFTP = __commonJS({
       [REQUEST.REMOVE]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path13 = bufferParser.readString(true);
+        const path14 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path13 === void 0)
+        if (path14 === void 0)
           return doFatalSFTPError(sftp, "Malformed REMOVE packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received REMOVE (id:${reqID})`);
-        if (!sftp.emit("REMOVE", reqID, path13)) {
+        if (!sftp.emit("REMOVE", reqID, path14)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.MKDIR]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path13 = bufferParser.readString(true);
+        const path14 = bufferParser.readString(true);
         const attrs = readAttrs(sftp._biOpt);
         bufferParser.clear();
         if (attrs === void 0)
           return doFatalSFTPError(sftp, "Malformed MKDIR packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received MKDIR (id:${reqID})`);
-        if (!sftp.emit("MKDIR", reqID, path13, attrs)) {
+        if (!sftp.emit("MKDIR", reqID, path14, attrs)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.RMDIR]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path13 = bufferParser.readString(true);
+        const path14 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path13 === void 0)
+        if (path14 === void 0)
           return doFatalSFTPError(sftp, "Malformed RMDIR packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received RMDIR (id:${reqID})`);
-        if (!sftp.emit("RMDIR", reqID, path13)) {
+        if (!sftp.emit("RMDIR", reqID, path14)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.REALPATH]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path13 = bufferParser.readString(true);
+        const path14 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path13 === void 0)
+        if (path14 === void 0)
           return doFatalSFTPError(sftp, "Malformed REALPATH packet");
         sftp._debug && sftp._debug(
           `SFTP: Inbound: Received REALPATH (id:${reqID})`
         );
-        if (!sftp.emit("REALPATH", reqID, path13)) {
+        if (!sftp.emit("REALPATH", reqID, path14)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.STAT]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path13 = bufferParser.readString(true);
+        const path14 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path13 === void 0)
+        if (path14 === void 0)
           return doFatalSFTPError(sftp, "Malformed STAT packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received STAT (id:${reqID})`);
-        if (!sftp.emit("STAT", reqID, path13)) {
+        if (!sftp.emit("STAT", reqID, path14)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -15706,14 +15706,14 @@ var require_SFTP = __commonJS({
       [REQUEST.READLINK]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path13 = bufferParser.readString(true);
+        const path14 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path13 === void 0)
+        if (path14 === void 0)
           return doFatalSFTPError(sftp, "Malformed READLINK packet");
         sftp._debug && sftp._debug(
           `SFTP: Inbound: Received READLINK (id:${reqID})`
         );
-        if (!sftp.emit("READLINK", reqID, path13)) {
+        if (!sftp.emit("READLINK", reqID, path14)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -15784,7 +15784,7 @@ var require_SFTP = __commonJS({
     function roundUpToMultipleOf8(n) {
       return n + 7 & ~7;
     }
-    function ReadStream(sftp, path13, options) {
+    function ReadStream(sftp, path14, options) {
       if (options === void 0)
         options = {};
       else if (typeof options === "string")
@@ -15798,7 +15798,7 @@ var require_SFTP = __commonJS({
       options.emitClose = false;
       options.autoDestroy = false;
       ReadableStream.call(this, options);
-      this.path = path13;
+      this.path = path14;
       this.flags = options.flags === void 0 ? "r" : options.flags;
       this.mode = options.mode === void 0 ? 438 : options.mode;
       this.start = options.start;
@@ -15929,7 +15929,7 @@ var require_SFTP = __commonJS({
       },
       configurable: true
     });
-    function WriteStream(sftp, path13, options) {
+    function WriteStream(sftp, path14, options) {
       if (options === void 0)
         options = {};
       else if (typeof options === "string")
@@ -15941,7 +15941,7 @@ var require_SFTP = __commonJS({
       options.emitClose = false;
       options.autoDestroy = false;
       WritableStream.call(this, options);
-      this.path = path13;
+      this.path = path14;
       this.flags = options.flags === void 0 ? "w" : options.flags;
       this.mode = options.mode === void 0 ? 438 : options.mode;
       this.start = options.start;
@@ -20171,54 +20171,54 @@ var require_polyfills = __commonJS({
     }
     var chdir;
     module.exports = patch;
-    function patch(fs15) {
+    function patch(fs16) {
       if (constants3.hasOwnProperty("O_SYMLINK") && process.version.match(/^v0\.6\.[0-2]|^v0\.5\./)) {
-        patchLchmod(fs15);
+        patchLchmod(fs16);
       }
-      if (!fs15.lutimes) {
-        patchLutimes(fs15);
+      if (!fs16.lutimes) {
+        patchLutimes(fs16);
       }
-      fs15.chown = chownFix(fs15.chown);
-      fs15.fchown = chownFix(fs15.fchown);
-      fs15.lchown = chownFix(fs15.lchown);
-      fs15.chmod = chmodFix(fs15.chmod);
-      fs15.fchmod = chmodFix(fs15.fchmod);
-      fs15.lchmod = chmodFix(fs15.lchmod);
-      fs15.chownSync = chownFixSync(fs15.chownSync);
-      fs15.fchownSync = chownFixSync(fs15.fchownSync);
-      fs15.lchownSync = chownFixSync(fs15.lchownSync);
-      fs15.chmodSync = chmodFixSync(fs15.chmodSync);
-      fs15.fchmodSync = chmodFixSync(fs15.fchmodSync);
-      fs15.lchmodSync = chmodFixSync(fs15.lchmodSync);
-      fs15.stat = statFix(fs15.stat);
-      fs15.fstat = statFix(fs15.fstat);
-      fs15.lstat = statFix(fs15.lstat);
-      fs15.statSync = statFixSync(fs15.statSync);
-      fs15.fstatSync = statFixSync(fs15.fstatSync);
-      fs15.lstatSync = statFixSync(fs15.lstatSync);
-      if (fs15.chmod && !fs15.lchmod) {
-        fs15.lchmod = function(path13, mode, cb) {
+      fs16.chown = chownFix(fs16.chown);
+      fs16.fchown = chownFix(fs16.fchown);
+      fs16.lchown = chownFix(fs16.lchown);
+      fs16.chmod = chmodFix(fs16.chmod);
+      fs16.fchmod = chmodFix(fs16.fchmod);
+      fs16.lchmod = chmodFix(fs16.lchmod);
+      fs16.chownSync = chownFixSync(fs16.chownSync);
+      fs16.fchownSync = chownFixSync(fs16.fchownSync);
+      fs16.lchownSync = chownFixSync(fs16.lchownSync);
+      fs16.chmodSync = chmodFixSync(fs16.chmodSync);
+      fs16.fchmodSync = chmodFixSync(fs16.fchmodSync);
+      fs16.lchmodSync = chmodFixSync(fs16.lchmodSync);
+      fs16.stat = statFix(fs16.stat);
+      fs16.fstat = statFix(fs16.fstat);
+      fs16.lstat = statFix(fs16.lstat);
+      fs16.statSync = statFixSync(fs16.statSync);
+      fs16.fstatSync = statFixSync(fs16.fstatSync);
+      fs16.lstatSync = statFixSync(fs16.lstatSync);
+      if (fs16.chmod && !fs16.lchmod) {
+        fs16.lchmod = function(path14, mode, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs15.lchmodSync = function() {
+        fs16.lchmodSync = function() {
         };
       }
-      if (fs15.chown && !fs15.lchown) {
-        fs15.lchown = function(path13, uid, gid, cb) {
+      if (fs16.chown && !fs16.lchown) {
+        fs16.lchown = function(path14, uid, gid, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs15.lchownSync = function() {
+        fs16.lchownSync = function() {
         };
       }
       if (platform === "win32") {
-        fs15.rename = typeof fs15.rename !== "function" ? fs15.rename : (function(fs$rename) {
+        fs16.rename = typeof fs16.rename !== "function" ? fs16.rename : (function(fs$rename) {
           function rename(from, to, cb) {
             var start = Date.now();
             var backoff = 0;
             fs$rename(from, to, function CB(er) {
               if (er && (er.code === "EACCES" || er.code === "EPERM" || er.code === "EBUSY") && Date.now() - start < 6e4) {
                 setTimeout(function() {
-                  fs15.stat(to, function(stater, st) {
+                  fs16.stat(to, function(stater, st) {
                     if (stater && stater.code === "ENOENT")
                       fs$rename(from, to, CB);
                     else
@@ -20234,9 +20234,9 @@ var require_polyfills = __commonJS({
           }
           if (Object.setPrototypeOf) Object.setPrototypeOf(rename, fs$rename);
           return rename;
-        })(fs15.rename);
+        })(fs16.rename);
       }
-      fs15.read = typeof fs15.read !== "function" ? fs15.read : (function(fs$read) {
+      fs16.read = typeof fs16.read !== "function" ? fs16.read : (function(fs$read) {
         function read(fd, buffer, offset, length, position, callback_) {
           var callback;
           if (callback_ && typeof callback_ === "function") {
@@ -20244,22 +20244,22 @@ var require_polyfills = __commonJS({
             callback = function(er, _, __) {
               if (er && er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
-                return fs$read.call(fs15, fd, buffer, offset, length, position, callback);
+                return fs$read.call(fs16, fd, buffer, offset, length, position, callback);
               }
               callback_.apply(this, arguments);
             };
           }
-          return fs$read.call(fs15, fd, buffer, offset, length, position, callback);
+          return fs$read.call(fs16, fd, buffer, offset, length, position, callback);
         }
         if (Object.setPrototypeOf) Object.setPrototypeOf(read, fs$read);
         return read;
-      })(fs15.read);
-      fs15.readSync = typeof fs15.readSync !== "function" ? fs15.readSync : /* @__PURE__ */ (function(fs$readSync) {
+      })(fs16.read);
+      fs16.readSync = typeof fs16.readSync !== "function" ? fs16.readSync : /* @__PURE__ */ (function(fs$readSync) {
         return function(fd, buffer, offset, length, position) {
           var eagCounter = 0;
           while (true) {
             try {
-              return fs$readSync.call(fs15, fd, buffer, offset, length, position);
+              return fs$readSync.call(fs16, fd, buffer, offset, length, position);
             } catch (er) {
               if (er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
@@ -20269,11 +20269,11 @@ var require_polyfills = __commonJS({
             }
           }
         };
-      })(fs15.readSync);
-      function patchLchmod(fs16) {
-        fs16.lchmod = function(path13, mode, callback) {
-          fs16.open(
-            path13,
+      })(fs16.readSync);
+      function patchLchmod(fs17) {
+        fs17.lchmod = function(path14, mode, callback) {
+          fs17.open(
+            path14,
             constants3.O_WRONLY | constants3.O_SYMLINK,
             mode,
             function(err, fd) {
@@ -20281,80 +20281,80 @@ var require_polyfills = __commonJS({
                 if (callback) callback(err);
                 return;
               }
-              fs16.fchmod(fd, mode, function(err2) {
-                fs16.close(fd, function(err22) {
+              fs17.fchmod(fd, mode, function(err2) {
+                fs17.close(fd, function(err22) {
                   if (callback) callback(err2 || err22);
                 });
               });
             }
           );
         };
-        fs16.lchmodSync = function(path13, mode) {
-          var fd = fs16.openSync(path13, constants3.O_WRONLY | constants3.O_SYMLINK, mode);
+        fs17.lchmodSync = function(path14, mode) {
+          var fd = fs17.openSync(path14, constants3.O_WRONLY | constants3.O_SYMLINK, mode);
           var threw = true;
           var ret;
           try {
-            ret = fs16.fchmodSync(fd, mode);
+            ret = fs17.fchmodSync(fd, mode);
             threw = false;
           } finally {
             if (threw) {
               try {
-                fs16.closeSync(fd);
+                fs17.closeSync(fd);
               } catch (er) {
               }
             } else {
-              fs16.closeSync(fd);
+              fs17.closeSync(fd);
             }
           }
           return ret;
         };
       }
-      function patchLutimes(fs16) {
-        if (constants3.hasOwnProperty("O_SYMLINK") && fs16.futimes) {
-          fs16.lutimes = function(path13, at, mt, cb) {
-            fs16.open(path13, constants3.O_SYMLINK, function(er, fd) {
+      function patchLutimes(fs17) {
+        if (constants3.hasOwnProperty("O_SYMLINK") && fs17.futimes) {
+          fs17.lutimes = function(path14, at, mt, cb) {
+            fs17.open(path14, constants3.O_SYMLINK, function(er, fd) {
               if (er) {
                 if (cb) cb(er);
                 return;
               }
-              fs16.futimes(fd, at, mt, function(er2) {
-                fs16.close(fd, function(er22) {
+              fs17.futimes(fd, at, mt, function(er2) {
+                fs17.close(fd, function(er22) {
                   if (cb) cb(er2 || er22);
                 });
               });
             });
           };
-          fs16.lutimesSync = function(path13, at, mt) {
-            var fd = fs16.openSync(path13, constants3.O_SYMLINK);
+          fs17.lutimesSync = function(path14, at, mt) {
+            var fd = fs17.openSync(path14, constants3.O_SYMLINK);
             var ret;
             var threw = true;
             try {
-              ret = fs16.futimesSync(fd, at, mt);
+              ret = fs17.futimesSync(fd, at, mt);
               threw = false;
             } finally {
               if (threw) {
                 try {
-                  fs16.closeSync(fd);
+                  fs17.closeSync(fd);
                 } catch (er) {
                 }
               } else {
-                fs16.closeSync(fd);
+                fs17.closeSync(fd);
               }
             }
             return ret;
           };
-        } else if (fs16.futimes) {
-          fs16.lutimes = function(_a, _b, _c, cb) {
+        } else if (fs17.futimes) {
+          fs17.lutimes = function(_a, _b, _c, cb) {
             if (cb) process.nextTick(cb);
           };
-          fs16.lutimesSync = function() {
+          fs17.lutimesSync = function() {
           };
         }
       }
       function chmodFix(orig) {
         if (!orig) return orig;
         return function(target, mode, cb) {
-          return orig.call(fs15, target, mode, function(er) {
+          return orig.call(fs16, target, mode, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -20364,7 +20364,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, mode) {
           try {
-            return orig.call(fs15, target, mode);
+            return orig.call(fs16, target, mode);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -20373,7 +20373,7 @@ var require_polyfills = __commonJS({
       function chownFix(orig) {
         if (!orig) return orig;
         return function(target, uid, gid, cb) {
-          return orig.call(fs15, target, uid, gid, function(er) {
+          return orig.call(fs16, target, uid, gid, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -20383,7 +20383,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, uid, gid) {
           try {
-            return orig.call(fs15, target, uid, gid);
+            return orig.call(fs16, target, uid, gid);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -20403,13 +20403,13 @@ var require_polyfills = __commonJS({
             }
             if (cb) cb.apply(this, arguments);
           }
-          return options ? orig.call(fs15, target, options, callback) : orig.call(fs15, target, callback);
+          return options ? orig.call(fs16, target, options, callback) : orig.call(fs16, target, callback);
         };
       }
       function statFixSync(orig) {
         if (!orig) return orig;
         return function(target, options) {
-          var stats = options ? orig.call(fs15, target, options) : orig.call(fs15, target);
+          var stats = options ? orig.call(fs16, target, options) : orig.call(fs16, target);
           if (stats) {
             if (stats.uid < 0) stats.uid += 4294967296;
             if (stats.gid < 0) stats.gid += 4294967296;
@@ -20438,16 +20438,16 @@ var require_legacy_streams = __commonJS({
   "node_modules/graceful-fs/legacy-streams.js"(exports, module) {
     var Stream = __require("stream").Stream;
     module.exports = legacy;
-    function legacy(fs15) {
+    function legacy(fs16) {
       return {
         ReadStream,
         WriteStream
       };
-      function ReadStream(path13, options) {
-        if (!(this instanceof ReadStream)) return new ReadStream(path13, options);
+      function ReadStream(path14, options) {
+        if (!(this instanceof ReadStream)) return new ReadStream(path14, options);
         Stream.call(this);
         var self2 = this;
-        this.path = path13;
+        this.path = path14;
         this.fd = null;
         this.readable = true;
         this.paused = false;
@@ -20481,7 +20481,7 @@ var require_legacy_streams = __commonJS({
           });
           return;
         }
-        fs15.open(this.path, this.flags, this.mode, function(err, fd) {
+        fs16.open(this.path, this.flags, this.mode, function(err, fd) {
           if (err) {
             self2.emit("error", err);
             self2.readable = false;
@@ -20492,10 +20492,10 @@ var require_legacy_streams = __commonJS({
           self2._read();
         });
       }
-      function WriteStream(path13, options) {
-        if (!(this instanceof WriteStream)) return new WriteStream(path13, options);
+      function WriteStream(path14, options) {
+        if (!(this instanceof WriteStream)) return new WriteStream(path14, options);
         Stream.call(this);
-        this.path = path13;
+        this.path = path14;
         this.fd = null;
         this.writable = true;
         this.flags = "w";
@@ -20520,7 +20520,7 @@ var require_legacy_streams = __commonJS({
         this.busy = false;
         this._queue = [];
         if (this.fd === null) {
-          this._open = fs15.open;
+          this._open = fs16.open;
           this._queue.push([this._open, this.path, this.flags, this.mode, void 0]);
           this.flush();
         }
@@ -20555,7 +20555,7 @@ var require_clone = __commonJS({
 // node_modules/graceful-fs/graceful-fs.js
 var require_graceful_fs = __commonJS({
   "node_modules/graceful-fs/graceful-fs.js"(exports, module) {
-    var fs15 = __require("fs");
+    var fs16 = __require("fs");
     var polyfills = require_polyfills();
     var legacy = require_legacy_streams();
     var clone = require_clone();
@@ -20587,12 +20587,12 @@ var require_graceful_fs = __commonJS({
         m = "GFS4: " + m.split(/\n/).join("\nGFS4: ");
         console.error(m);
       };
-    if (!fs15[gracefulQueue]) {
+    if (!fs16[gracefulQueue]) {
       queue = global[gracefulQueue] || [];
-      publishQueue(fs15, queue);
-      fs15.close = (function(fs$close) {
+      publishQueue(fs16, queue);
+      fs16.close = (function(fs$close) {
         function close(fd, cb) {
-          return fs$close.call(fs15, fd, function(err) {
+          return fs$close.call(fs16, fd, function(err) {
             if (!err) {
               resetQueue();
             }
@@ -20604,48 +20604,48 @@ var require_graceful_fs = __commonJS({
           value: fs$close
         });
         return close;
-      })(fs15.close);
-      fs15.closeSync = (function(fs$closeSync) {
+      })(fs16.close);
+      fs16.closeSync = (function(fs$closeSync) {
         function closeSync3(fd) {
-          fs$closeSync.apply(fs15, arguments);
+          fs$closeSync.apply(fs16, arguments);
           resetQueue();
         }
         Object.defineProperty(closeSync3, previousSymbol, {
           value: fs$closeSync
         });
         return closeSync3;
-      })(fs15.closeSync);
+      })(fs16.closeSync);
       if (/\bgfs4\b/i.test(process.env.NODE_DEBUG || "")) {
         process.on("exit", function() {
-          debug2(fs15[gracefulQueue]);
-          __require("assert").equal(fs15[gracefulQueue].length, 0);
+          debug2(fs16[gracefulQueue]);
+          __require("assert").equal(fs16[gracefulQueue].length, 0);
         });
       }
     }
     var queue;
     if (!global[gracefulQueue]) {
-      publishQueue(global, fs15[gracefulQueue]);
+      publishQueue(global, fs16[gracefulQueue]);
     }
-    module.exports = patch(clone(fs15));
-    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs15.__patched) {
-      module.exports = patch(fs15);
-      fs15.__patched = true;
+    module.exports = patch(clone(fs16));
+    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs16.__patched) {
+      module.exports = patch(fs16);
+      fs16.__patched = true;
     }
-    function patch(fs16) {
-      polyfills(fs16);
-      fs16.gracefulify = patch;
-      fs16.createReadStream = createReadStream3;
-      fs16.createWriteStream = createWriteStream2;
-      var fs$readFile = fs16.readFile;
-      fs16.readFile = readFile;
-      function readFile(path13, options, cb) {
+    function patch(fs17) {
+      polyfills(fs17);
+      fs17.gracefulify = patch;
+      fs17.createReadStream = createReadStream3;
+      fs17.createWriteStream = createWriteStream2;
+      var fs$readFile = fs17.readFile;
+      fs17.readFile = readFile;
+      function readFile(path14, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        return go$readFile(path13, options, cb);
-        function go$readFile(path14, options2, cb2, startTime) {
-          return fs$readFile(path14, options2, function(err) {
+        return go$readFile(path14, options, cb);
+        function go$readFile(path15, options2, cb2, startTime) {
+          return fs$readFile(path15, options2, function(err) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$readFile, [path14, options2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$readFile, [path15, options2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -20653,16 +20653,16 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$writeFile = fs16.writeFile;
-      fs16.writeFile = writeFile;
-      function writeFile(path13, data, options, cb) {
+      var fs$writeFile = fs17.writeFile;
+      fs17.writeFile = writeFile;
+      function writeFile(path14, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        return go$writeFile(path13, data, options, cb);
-        function go$writeFile(path14, data2, options2, cb2, startTime) {
-          return fs$writeFile(path14, data2, options2, function(err) {
+        return go$writeFile(path14, data, options, cb);
+        function go$writeFile(path15, data2, options2, cb2, startTime) {
+          return fs$writeFile(path15, data2, options2, function(err) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$writeFile, [path14, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$writeFile, [path15, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -20670,17 +20670,17 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$appendFile = fs16.appendFile;
+      var fs$appendFile = fs17.appendFile;
       if (fs$appendFile)
-        fs16.appendFile = appendFile;
-      function appendFile(path13, data, options, cb) {
+        fs17.appendFile = appendFile;
+      function appendFile(path14, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        return go$appendFile(path13, data, options, cb);
-        function go$appendFile(path14, data2, options2, cb2, startTime) {
-          return fs$appendFile(path14, data2, options2, function(err) {
+        return go$appendFile(path14, data, options, cb);
+        function go$appendFile(path15, data2, options2, cb2, startTime) {
+          return fs$appendFile(path15, data2, options2, function(err) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$appendFile, [path14, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$appendFile, [path15, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -20688,9 +20688,9 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$copyFile = fs16.copyFile;
+      var fs$copyFile = fs17.copyFile;
       if (fs$copyFile)
-        fs16.copyFile = copyFile2;
+        fs17.copyFile = copyFile2;
       function copyFile2(src, dest, flags, cb) {
         if (typeof flags === "function") {
           cb = flags;
@@ -20708,34 +20708,34 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$readdir = fs16.readdir;
-      fs16.readdir = readdir;
+      var fs$readdir = fs17.readdir;
+      fs17.readdir = readdir;
       var noReaddirOptionVersions = /^v[0-5]\./;
-      function readdir(path13, options, cb) {
+      function readdir(path14, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        var go$readdir = noReaddirOptionVersions.test(process.version) ? function go$readdir2(path14, options2, cb2, startTime) {
-          return fs$readdir(path14, fs$readdirCallback(
-            path14,
+        var go$readdir = noReaddirOptionVersions.test(process.version) ? function go$readdir2(path15, options2, cb2, startTime) {
+          return fs$readdir(path15, fs$readdirCallback(
+            path15,
             options2,
             cb2,
             startTime
           ));
-        } : function go$readdir2(path14, options2, cb2, startTime) {
-          return fs$readdir(path14, options2, fs$readdirCallback(
-            path14,
+        } : function go$readdir2(path15, options2, cb2, startTime) {
+          return fs$readdir(path15, options2, fs$readdirCallback(
+            path15,
             options2,
             cb2,
             startTime
           ));
         };
-        return go$readdir(path13, options, cb);
-        function fs$readdirCallback(path14, options2, cb2, startTime) {
+        return go$readdir(path14, options, cb);
+        function fs$readdirCallback(path15, options2, cb2, startTime) {
           return function(err, files) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
               enqueue([
                 go$readdir,
-                [path14, options2, cb2],
+                [path15, options2, cb2],
                 err,
                 startTime || Date.now(),
                 Date.now()
@@ -20750,21 +20750,21 @@ var require_graceful_fs = __commonJS({
         }
       }
       if (process.version.substr(0, 4) === "v0.8") {
-        var legStreams = legacy(fs16);
+        var legStreams = legacy(fs17);
         ReadStream = legStreams.ReadStream;
         WriteStream = legStreams.WriteStream;
       }
-      var fs$ReadStream = fs16.ReadStream;
+      var fs$ReadStream = fs17.ReadStream;
       if (fs$ReadStream) {
         ReadStream.prototype = Object.create(fs$ReadStream.prototype);
         ReadStream.prototype.open = ReadStream$open;
       }
-      var fs$WriteStream = fs16.WriteStream;
+      var fs$WriteStream = fs17.WriteStream;
       if (fs$WriteStream) {
         WriteStream.prototype = Object.create(fs$WriteStream.prototype);
         WriteStream.prototype.open = WriteStream$open;
       }
-      Object.defineProperty(fs16, "ReadStream", {
+      Object.defineProperty(fs17, "ReadStream", {
         get: function() {
           return ReadStream;
         },
@@ -20774,7 +20774,7 @@ var require_graceful_fs = __commonJS({
         enumerable: true,
         configurable: true
       });
-      Object.defineProperty(fs16, "WriteStream", {
+      Object.defineProperty(fs17, "WriteStream", {
         get: function() {
           return WriteStream;
         },
@@ -20785,7 +20785,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileReadStream = ReadStream;
-      Object.defineProperty(fs16, "FileReadStream", {
+      Object.defineProperty(fs17, "FileReadStream", {
         get: function() {
           return FileReadStream;
         },
@@ -20796,7 +20796,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileWriteStream = WriteStream;
-      Object.defineProperty(fs16, "FileWriteStream", {
+      Object.defineProperty(fs17, "FileWriteStream", {
         get: function() {
           return FileWriteStream;
         },
@@ -20806,7 +20806,7 @@ var require_graceful_fs = __commonJS({
         enumerable: true,
         configurable: true
       });
-      function ReadStream(path13, options) {
+      function ReadStream(path14, options) {
         if (this instanceof ReadStream)
           return fs$ReadStream.apply(this, arguments), this;
         else
@@ -20826,7 +20826,7 @@ var require_graceful_fs = __commonJS({
           }
         });
       }
-      function WriteStream(path13, options) {
+      function WriteStream(path14, options) {
         if (this instanceof WriteStream)
           return fs$WriteStream.apply(this, arguments), this;
         else
@@ -20844,22 +20844,22 @@ var require_graceful_fs = __commonJS({
           }
         });
       }
-      function createReadStream3(path13, options) {
-        return new fs16.ReadStream(path13, options);
+      function createReadStream3(path14, options) {
+        return new fs17.ReadStream(path14, options);
       }
-      function createWriteStream2(path13, options) {
-        return new fs16.WriteStream(path13, options);
+      function createWriteStream2(path14, options) {
+        return new fs17.WriteStream(path14, options);
       }
-      var fs$open = fs16.open;
-      fs16.open = open;
-      function open(path13, flags, mode, cb) {
+      var fs$open = fs17.open;
+      fs17.open = open;
+      function open(path14, flags, mode, cb) {
         if (typeof mode === "function")
           cb = mode, mode = null;
-        return go$open(path13, flags, mode, cb);
-        function go$open(path14, flags2, mode2, cb2, startTime) {
-          return fs$open(path14, flags2, mode2, function(err, fd) {
+        return go$open(path14, flags, mode, cb);
+        function go$open(path15, flags2, mode2, cb2, startTime) {
+          return fs$open(path15, flags2, mode2, function(err, fd) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$open, [path14, flags2, mode2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$open, [path15, flags2, mode2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -20867,20 +20867,20 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      return fs16;
+      return fs17;
     }
     function enqueue(elem) {
       debug2("ENQUEUE", elem[0].name, elem[1]);
-      fs15[gracefulQueue].push(elem);
+      fs16[gracefulQueue].push(elem);
       retry();
     }
     var retryTimer;
     function resetQueue() {
       var now = Date.now();
-      for (var i = 0; i < fs15[gracefulQueue].length; ++i) {
-        if (fs15[gracefulQueue][i].length > 2) {
-          fs15[gracefulQueue][i][3] = now;
-          fs15[gracefulQueue][i][4] = now;
+      for (var i = 0; i < fs16[gracefulQueue].length; ++i) {
+        if (fs16[gracefulQueue][i].length > 2) {
+          fs16[gracefulQueue][i][3] = now;
+          fs16[gracefulQueue][i][4] = now;
         }
       }
       retry();
@@ -20888,9 +20888,9 @@ var require_graceful_fs = __commonJS({
     function retry() {
       clearTimeout(retryTimer);
       retryTimer = void 0;
-      if (fs15[gracefulQueue].length === 0)
+      if (fs16[gracefulQueue].length === 0)
         return;
-      var elem = fs15[gracefulQueue].shift();
+      var elem = fs16[gracefulQueue].shift();
       var fn = elem[0];
       var args = elem[1];
       var err = elem[2];
@@ -20912,7 +20912,7 @@ var require_graceful_fs = __commonJS({
           debug2("RETRY", fn.name, args);
           fn.apply(null, args.concat([startTime]));
         } else {
-          fs15[gracefulQueue].push(elem);
+          fs16[gracefulQueue].push(elem);
         }
       }
       if (retryTimer === void 0) {
@@ -21347,10 +21347,10 @@ var require_mtime_precision = __commonJS({
   "node_modules/proper-lockfile/lib/mtime-precision.js"(exports, module) {
     "use strict";
     var cacheSymbol = /* @__PURE__ */ Symbol();
-    function probe(file, fs15, callback) {
-      const cachedPrecision = fs15[cacheSymbol];
+    function probe(file, fs16, callback) {
+      const cachedPrecision = fs16[cacheSymbol];
       if (cachedPrecision) {
-        return fs15.stat(file, (err, stat) => {
+        return fs16.stat(file, (err, stat) => {
           if (err) {
             return callback(err);
           }
@@ -21358,16 +21358,16 @@ var require_mtime_precision = __commonJS({
         });
       }
       const mtime = new Date(Math.ceil(Date.now() / 1e3) * 1e3 + 5);
-      fs15.utimes(file, mtime, mtime, (err) => {
+      fs16.utimes(file, mtime, mtime, (err) => {
         if (err) {
           return callback(err);
         }
-        fs15.stat(file, (err2, stat) => {
+        fs16.stat(file, (err2, stat) => {
           if (err2) {
             return callback(err2);
           }
           const precision = stat.mtime.getTime() % 1e3 === 0 ? "s" : "ms";
-          Object.defineProperty(fs15, cacheSymbol, { value: precision });
+          Object.defineProperty(fs16, cacheSymbol, { value: precision });
           callback(null, stat.mtime, precision);
         });
       });
@@ -21388,8 +21388,8 @@ var require_mtime_precision = __commonJS({
 var require_lockfile = __commonJS({
   "node_modules/proper-lockfile/lib/lockfile.js"(exports, module) {
     "use strict";
-    var path13 = __require("path");
-    var fs15 = require_graceful_fs();
+    var path14 = __require("path");
+    var fs16 = require_graceful_fs();
     var retry = require_retry2();
     var onExit = require_signal_exit();
     var mtimePrecision = require_mtime_precision();
@@ -21399,7 +21399,7 @@ var require_lockfile = __commonJS({
     }
     function resolveCanonicalPath(file, options, callback) {
       if (!options.realpath) {
-        return callback(null, path13.resolve(file));
+        return callback(null, path14.resolve(file));
       }
       options.fs.realpath(file, callback);
     }
@@ -21520,7 +21520,7 @@ var require_lockfile = __commonJS({
         update: null,
         realpath: true,
         retries: 0,
-        fs: fs15,
+        fs: fs16,
         onCompromised: (err) => {
           throw err;
         },
@@ -21564,7 +21564,7 @@ var require_lockfile = __commonJS({
     }
     function unlock(file, options, callback) {
       options = {
-        fs: fs15,
+        fs: fs16,
         realpath: true,
         ...options
       };
@@ -21586,7 +21586,7 @@ var require_lockfile = __commonJS({
       options = {
         stale: 1e4,
         realpath: true,
-        fs: fs15,
+        fs: fs16,
         ...options
       };
       options.stale = Math.max(options.stale || 0, 2e3);
@@ -21625,16 +21625,16 @@ var require_lockfile = __commonJS({
 var require_adapter = __commonJS({
   "node_modules/proper-lockfile/lib/adapter.js"(exports, module) {
     "use strict";
-    var fs15 = require_graceful_fs();
-    function createSyncFs(fs16) {
+    var fs16 = require_graceful_fs();
+    function createSyncFs(fs17) {
       const methods = ["mkdir", "realpath", "stat", "rmdir", "utimes"];
-      const newFs = { ...fs16 };
+      const newFs = { ...fs17 };
       methods.forEach((method) => {
         newFs[method] = (...args) => {
           const callback = args.pop();
           let ret;
           try {
-            ret = fs16[`${method}Sync`](...args);
+            ret = fs17[`${method}Sync`](...args);
           } catch (err) {
             return callback(err);
           }
@@ -21644,12 +21644,12 @@ var require_adapter = __commonJS({
       return newFs;
     }
     function toPromise(method) {
-      return (...args) => new Promise((resolve6, reject) => {
+      return (...args) => new Promise((resolve7, reject) => {
         args.push((err, result) => {
           if (err) {
             reject(err);
           } else {
-            resolve6(result);
+            resolve7(result);
           }
         });
         method(...args);
@@ -21672,7 +21672,7 @@ var require_adapter = __commonJS({
     }
     function toSyncOptions(options) {
       options = { ...options };
-      options.fs = createSyncFs(options.fs || fs15);
+      options.fs = createSyncFs(options.fs || fs16);
       if (typeof options.retries === "number" && options.retries > 0 || options.retries && typeof options.retries.retries === "number" && options.retries.retries > 0) {
         throw Object.assign(new Error("Cannot use retries with the sync api"), { code: "ESYNC" });
       }
@@ -21818,7 +21818,7 @@ var CommandError = class extends Error {
   result;
 };
 function run(cmd, args, opts = {}) {
-  return new Promise((resolve6, reject) => {
+  return new Promise((resolve7, reject) => {
     const child = spawn(cmd, args, {
       env: opts.env ?? process.env,
       cwd: opts.cwd,
@@ -21840,7 +21840,7 @@ function run(cmd, args, opts = {}) {
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       const result = { code, signal, stdout, stderr, timedOut };
-      if (code === 0 && !timedOut || opts.allowFailure) return resolve6(result);
+      if (code === 0 && !timedOut || opts.allowFailure) return resolve7(result);
       const why = timedOut ? `timed out after ${opts.timeoutMs} ms` : `exited with ${code ?? signal}`;
       const detail = stderr.trim().split("\n").slice(-5).join("\n");
       reject(new CommandError(`${cmd} ${args.join(" ")} ${why}${detail ? `: ${detail}` : ""}`, result));
@@ -22339,20 +22339,6 @@ function parseConfig(get, host = currentHost()) {
   };
 }
 
-// src/layers/pipeline.ts
-import * as fs14 from "node:fs";
-import * as path12 from "node:path";
-
-// src/paths.ts
-import * as os2 from "node:os";
-import * as path4 from "node:path";
-function runtimeDir(env = process.env) {
-  if (env.RYRA_VM_RUNTIME_DIR) return path4.resolve(env.RYRA_VM_RUNTIME_DIR);
-  if (env.RUNNER_TEMP) return path4.join(env.RUNNER_TEMP, "ryra-vm");
-  if (env.XDG_RUNTIME_DIR) return path4.join(env.XDG_RUNTIME_DIR, "ryra-vm");
-  return path4.join(os2.tmpdir(), `ryra-vm-${process.getuid?.() ?? "user"}`);
-}
-
 // src/vm/ssh.ts
 import * as fs3 from "node:fs";
 import * as net from "node:net";
@@ -22396,7 +22382,7 @@ var SshClient = class _SshClient {
   }
   /** One connection attempt. A TCG guest's handshake alone takes 1.5-2.5 s, hence the ready timeout. */
   static connect(target, readyTimeoutMs = 3e4) {
-    return new Promise((resolve6, reject) => {
+    return new Promise((resolve7, reject) => {
       const conn = new Client();
       let settled = false;
       conn.on("error", (err) => {
@@ -22407,7 +22393,7 @@ var SshClient = class _SshClient {
       });
       conn.once("ready", () => {
         settled = true;
-        resolve6(new _SshClient(conn));
+        resolve7(new _SshClient(conn));
       });
       conn.once("close", () => {
         if (settled) return;
@@ -22428,7 +22414,7 @@ var SshClient = class _SshClient {
     });
   }
   exec(command, opts = {}) {
-    return new Promise((resolve6, reject) => {
+    return new Promise((resolve7, reject) => {
       if (this.closed) return reject(new SshConnectionError("not connected", true));
       this.conn.exec(command, opts.pty ? { pty: true } : {}, (err, stream) => {
         if (err) return reject(new SshConnectionError(`cannot start command: ${err.message}`, true));
@@ -22454,8 +22440,8 @@ var SshClient = class _SshClient {
         });
         stream.on("close", () => {
           clearTimeout(timer);
-          if (code !== void 0) resolve6({ code, stdout, stderr });
-          else if (signal) resolve6({ code: 128 + 1, stdout, stderr: stderr + `
+          if (code !== void 0) resolve7({ code, stdout, stderr });
+          else if (signal) resolve7({ code: 128 + 1, stdout, stderr: stderr + `
 (killed by signal ${signal})` });
           else reject(new SshConnectionError(`connection lost while running: ${command.slice(0, 80)}`, false));
         });
@@ -22466,7 +22452,7 @@ var SshClient = class _SshClient {
   }
   /** An interactive shell wired to the given streams; resolves with its exit code. */
   shell(stdin, stdout, term) {
-    return new Promise((resolve6, reject) => {
+    return new Promise((resolve7, reject) => {
       this.conn.shell({ rows: term.rows, cols: term.cols, term: term.term }, (err, stream) => {
         if (err) return reject(err);
         let code = 0;
@@ -22476,13 +22462,13 @@ var SshClient = class _SshClient {
         stream.on("exit", (c) => code = c ?? 0);
         stream.on("close", () => {
           stdin.unpipe(stream);
-          resolve6(code);
+          resolve7(code);
         });
       });
     });
   }
   sftp() {
-    return new Promise((resolve6, reject) => this.conn.sftp((err, s) => err ? reject(err) : resolve6(s)));
+    return new Promise((resolve7, reject) => this.conn.sftp((err, s) => err ? reject(err) : resolve7(s)));
   }
   end() {
     this.closed = true;
@@ -22490,12 +22476,12 @@ var SshClient = class _SshClient {
   }
 };
 function sshBanner(port, timeoutMs, host = "127.0.0.1") {
-  return new Promise((resolve6) => {
+  return new Promise((resolve7) => {
     const s = net.createConnection({ host, port });
     const done = (ok) => {
       clearTimeout(t);
       s.destroy();
-      resolve6(ok);
+      resolve7(ok);
     };
     const t = setTimeout(() => done(false), timeoutMs);
     s.once("data", (d) => done(d.toString("latin1").startsWith("SSH-")));
@@ -22537,6 +22523,20 @@ async function waitForSsh(target, opts) {
   throw new Error(`SSH to 127.0.0.1:${target.port} not ready after ${Math.round(opts.timeoutMs / 1e3)} s (last error: ${last?.message ?? "none"})`);
 }
 
+// src/layers/pipeline.ts
+import * as fs14 from "node:fs";
+import * as path12 from "node:path";
+
+// src/paths.ts
+import * as os2 from "node:os";
+import * as path4 from "node:path";
+function runtimeDir(env = process.env) {
+  if (env.RYRA_VM_RUNTIME_DIR) return path4.resolve(env.RYRA_VM_RUNTIME_DIR);
+  if (env.RUNNER_TEMP) return path4.join(env.RUNNER_TEMP, "ryra-vm");
+  if (env.XDG_RUNTIME_DIR) return path4.join(env.XDG_RUNTIME_DIR, "ryra-vm");
+  return path4.join(os2.tmpdir(), `ryra-vm-${process.getuid?.() ?? "user"}`);
+}
+
 // src/cache/actions.ts
 import { spawn as spawn2 } from "node:child_process";
 import * as fs4 from "node:fs";
@@ -22561,7 +22561,7 @@ function workerCommand() {
   throw new Error("cache worker not found next to the action");
 }
 function callWorker(req, timeoutMs) {
-  return new Promise((resolve6) => {
+  return new Promise((resolve7) => {
     const child = spawn2(process.execPath, [...workerCommand(), JSON.stringify(req)], { stdio: ["ignore", "pipe", "pipe", "pipe"] });
     let out = "";
     let result = "";
@@ -22581,7 +22581,7 @@ function callWorker(req, timeoutMs) {
       if (rate) outcome.rateLimited = { retryAfterS: Number(rate[1] ?? 0) || 1 };
       if (/another job may be creating this cache|already_exists|already exists/i.exec(out)) outcome.duplicate = true;
       for (const m of out.matchAll(/^::warning::(.*)$/gm)) log.info(`  cache: ${m[1]}`);
-      resolve6(outcome);
+      resolve7(outcome);
     });
   });
 }
@@ -23047,8 +23047,7 @@ function removeLayer(dir, base, files) {
 async function withLayerLock(dir, base, fn) {
   const target = path5.join(dir, `${base}.lock`);
   fs7.mkdirSync(dir, { recursive: true });
-  const release = await import_proper_lockfile.default.lock(dir, {
-    lockfilePath: target,
+  const release = await import_proper_lockfile.default.lock(path5.join(dir, base), {
     realpath: false,
     stale: 3e4,
     update: 5e3,
@@ -23159,14 +23158,14 @@ var Qmp = class _Qmp extends EventEmitter {
   closedError;
   /** Connects, reads the greeting and negotiates capabilities. */
   static async connect(socketPath) {
-    const sock = await new Promise((resolve6, reject) => {
+    const sock = await new Promise((resolve7, reject) => {
       const s = net2.createConnection(socketPath);
-      s.once("connect", () => resolve6(s));
+      s.once("connect", () => resolve7(s));
       s.once("error", reject);
     });
     const qmp = new _Qmp(sock);
-    await new Promise((resolve6, reject) => {
-      qmp.once("greeting", () => resolve6());
+    await new Promise((resolve7, reject) => {
+      qmp.once("greeting", () => resolve7());
       qmp.once("closed", reject);
     });
     await qmp.execute("qmp_capabilities");
@@ -23178,8 +23177,8 @@ var Qmp = class _Qmp extends EventEmitter {
   execute(command, args) {
     if (this.closedError) return Promise.reject(this.closedError);
     const id = String(this.nextId++);
-    return new Promise((resolve6, reject) => {
-      this.pending.set(id, { resolve: resolve6, reject });
+    return new Promise((resolve7, reject) => {
+      this.pending.set(id, { resolve: resolve7, reject });
       this.sock.write(JSON.stringify({ execute: command, ...args ? { arguments: args } : {}, id }) + "\n");
     });
   }
@@ -23192,12 +23191,12 @@ var Qmp = class _Qmp extends EventEmitter {
   }
   /** Resolves with the next event of this name. */
   waitEvent(name) {
-    return new Promise((resolve6, reject) => {
+    return new Promise((resolve7, reject) => {
       const onEvent = (e) => {
         if (e.event !== name) return;
         this.off("event", onEvent);
         this.off("closed", onClosed);
-        resolve6(e);
+        resolve7(e);
       };
       const onClosed = (err) => {
         this.off("event", onEvent);
@@ -23300,13 +23299,13 @@ function qemuArgv(spec) {
 
 // src/vm/machine.ts
 function freePort() {
-  return new Promise((resolve6, reject) => {
+  return new Promise((resolve7, reject) => {
     const srv = net3.createServer();
     srv.unref();
     srv.once("error", reject);
     srv.listen(0, "127.0.0.1", () => {
       const port = srv.address().port;
-      srv.close(() => resolve6(port));
+      srv.close(() => resolve7(port));
     });
   });
 }
@@ -23381,9 +23380,10 @@ ${this.diagnostics()}`);
   /** Starts QEMU and returns once its monitor answers; a taken SSH port is retried with another. */
   static async spawn(opts) {
     installExitHook();
+    const { workDir: _w, user: _u, privateKey: _k, detached: _d, ...vm } = opts;
     for (let attempt = 1; ; attempt++) {
       const spec = {
-        ...opts,
+        ...vm,
         seed: !!opts.seedIso,
         sshPort: await freePort(),
         qmpSocket: path7.join(opts.workDir, "qmp.sock"),
@@ -23397,9 +23397,9 @@ ${this.diagnostics()}`);
       log.debug(`${opts.qemu} ${argv.join(" ")}`);
       const child = spawn3(opts.qemu, argv, { stdio: ["ignore", "ignore", errFd], detached: !!opts.detached });
       fs9.closeSync(errFd);
-      const exited = new Promise((resolve6) => {
-        child.once("exit", (code, signal) => resolve6({ code, signal }));
-        child.once("error", () => resolve6({ code: -1, signal: null }));
+      const exited = new Promise((resolve7) => {
+        child.once("exit", (code, signal) => resolve7({ code, signal }));
+        child.once("error", () => resolve7({ code: -1, signal: null }));
       });
       if (opts.detached) child.unref();
       const qmp = await connectQmp(spec.qmpSocket, exited);
@@ -23749,7 +23749,7 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
           log.info(`  ${total ? `${Math.floor(bytes / total * 100)}% ` : ""}${mb(bytes)}${total ? `/${mb(total)}` : ""} MB at ${rate.toFixed(1)} MB/s`);
         }
       }
-      await new Promise((resolve6, reject) => out.end((err) => err ? reject(err) : resolve6()));
+      await new Promise((resolve7, reject) => out.end((err) => err ? reject(err) : resolve7()));
     } catch (err) {
       out.destroy();
       fs12.rmSync(partial, { force: true });
@@ -23776,7 +23776,7 @@ var SNAPSHOT_TAG = "ready";
 var SHARE_TAG = "images";
 var SNAPSHOT_SETUP = `sudo mkdir -p /mnt/images; mkdir -p ~/.config/containers && printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf && printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf; systemctl --user daemon-reload`;
 var SHRINK_RAM = `sync; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null; d=$(mktemp -d); sudo mount -t tmpfs -o size=100% none "$d"; n=$(awk '/MemAvailable/ {print int($2/1024) - 160}' /proc/meminfo); [ "$n" -gt 0 ] && sudo dd if=/dev/zero of="$d/zero" bs=1M count="$n" status=none; sudo rm -f "$d/zero"; sudo umount "$d"; rmdir "$d"; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null`;
-async function restoreMachine(ctx, o) {
+async function restoreMachine(o) {
   const disk = path11.join(o.workDir, "disk.qcow2");
   const efiVars = path11.join(o.workDir, "efivars.qcow2");
   copyFile(o.files.disk, disk);
@@ -23786,9 +23786,9 @@ async function restoreMachine(ctx, o) {
   fs13.mkdirSync(vmDir, { recursive: true });
   const machine = await Machine.spawn({
     ...o.layout,
-    qemu: ctx.host.qemu.path,
+    qemu: o.qemu,
     name: o.name,
-    efiCode: ctx.host.firmware.code,
+    efiCode: o.efiCode,
     efiVars,
     disk,
     seedIso: o.files.seed,
@@ -23860,8 +23860,10 @@ async function buildSnapshot(ctx, o) {
     log.info(`  ${o.name}: savevm ${(savevmMs / 1e3).toFixed(1)} s, RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
     const verifyDir = path11.join(work, "verify");
     fs13.mkdirSync(verifyDir);
-    const { machine, readyMs } = await restoreMachine(ctx, {
+    const { machine, readyMs } = await restoreMachine({
       name: `${o.name}-verify`,
+      qemu: ctx.host.qemu.path,
+      efiCode: ctx.host.firmware.code,
       files: { disk, efivars, seed: path11.join(work, GUEST_FILES.seed) },
       backing: o.base,
       layout,
@@ -24143,6 +24145,7 @@ async function ensureLayers(config, host) {
         cacheDir: dir,
         distro: config.distro,
         arch: config.arch,
+        machine: host.qemu.machine,
         layout: snap.manifest?.layout,
         browserLayout: browserSnap.manifest?.layout,
         firmware: host.firmware,
@@ -24153,6 +24156,155 @@ async function ensureLayers(config, host) {
     ) + "\n"
   );
   return { outputs, layers: results, runtimeDir: rt, plan, snapshotBuild: snap.build };
+}
+
+// src/vms.ts
+import * as fs15 from "node:fs";
+import * as path13 from "node:path";
+function vmsDir(env = process.env) {
+  return path13.join(runtimeDir(env), "vms");
+}
+function findOutputs(opts = {}) {
+  if (opts.file) return JSON.parse(fs15.readFileSync(opts.file, "utf8"));
+  const dir = runtimeDir();
+  const files = (fs15.existsSync(dir) ? fs15.readdirSync(dir) : []).filter((f) => /^outputs-.*\.json$/.test(f)).map((f) => path13.join(dir, f)).map((f) => ({ f, t: fs15.statSync(f).mtimeMs, o: JSON.parse(fs15.readFileSync(f, "utf8")) })).filter((x) => !opts.cacheDir || path13.resolve(x.o.cacheDir) === path13.resolve(opts.cacheDir)).sort((a, b) => b.t - a.t);
+  if (!files.length) throw new InputError(`no prepared layers recorded in ${dir}: run the action (or ryra-vm prepare) first`);
+  return files[0].o;
+}
+function processAlive2(pid, marker) {
+  try {
+    return fs15.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
+  } catch {
+    return false;
+  }
+}
+function listVms() {
+  const dir = vmsDir();
+  if (!fs15.existsSync(dir)) return [];
+  return fs15.readdirSync(dir).map((n) => path13.join(dir, n, "vm.json")).filter((f) => fs15.existsSync(f)).map((f) => JSON.parse(fs15.readFileSync(f, "utf8"))).map((v) => ({ ...v, running: processAlive2(v.pid, v.workDir) })).sort((a, b) => a.name.localeCompare(b.name));
+}
+function getVm(name) {
+  const all = listVms();
+  const vm = all.find((v) => v.name === name);
+  if (!vm) {
+    const running = all.filter((v) => v.running).map((v) => v.name);
+    throw new InputError(`no VM named ${name} (running: ${running.length ? running.join(", ") : "none"})`);
+  }
+  if (!vm.running) throw new Error(`VM ${name} is not running (its QEMU exited). Serial console, last lines:
+${logTail(vm.serialLog)}`);
+  return vm;
+}
+function freeName() {
+  const taken = new Set(listVms().map((v) => v.name));
+  for (let i = 1; ; i++) if (!taken.has(`vm${i}`)) return `vm${i}`;
+}
+async function bootVm(o) {
+  const rec = findOutputs({ cacheDir: o.cacheDir, file: o.outputsFile });
+  const out = rec.outputs;
+  const name = o.name ?? freeName();
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(name)) throw new InputError(`invalid VM name: ${name} (letters, digits, . _ -)`);
+  if (listVms().some((v) => v.name === name && v.running)) throw new InputError(`a VM named ${name} is already running`);
+  const workDir = path13.join(vmsDir(), name);
+  fs15.rmSync(workDir, { recursive: true, force: true });
+  fs15.mkdirSync(workDir, { recursive: true });
+  const key = { privateKey: fs15.readFileSync(out["ssh-key"], "utf8"), publicKey: out["ssh-public-key"] };
+  const layout = o.browser ? rec.browserLayout : rec.layout;
+  const snap = o.browser ? { disk: out["browser-snapshot-disk"], efivars: out["browser-snapshot-efivars"], seed: out["browser-snapshot-seed-iso"] } : { disk: out["snapshot-disk"], efivars: out["snapshot-efivars"], seed: out["snapshot-seed-iso"] };
+  const image = o.browser ? out["browser-image"] : out.image;
+  if (o.browser && !image) throw new InputError("no browser layer was prepared: run the action with browser: true");
+  const start = Date.now();
+  let machine;
+  let mode;
+  if (layout && snap.disk) {
+    for (const [flag, want, have] of [
+      ["--memory", layout.memoryMb, o.memoryMb],
+      ["--cpus", layout.cpus, o.cpus]
+    ]) {
+      if (have !== void 0 && have !== want) {
+        throw new InputError(`invalid ${flag}: ${have} (the snapshot was saved with ${want}; boot with ${flag} ${want}, or prepare a snapshot of that size)`);
+      }
+    }
+    mode = "restore";
+    ({ machine } = await restoreMachine({
+      name,
+      qemu: out.qemu,
+      efiCode: out["efi-code"],
+      files: snap,
+      backing: image,
+      layout,
+      workDir,
+      key,
+      sshTimeoutMs: 3e5,
+      sharePath: path13.join(rec.cacheDir, "images"),
+      detached: true
+    }));
+    await machine.check(`sudo date -u -s @${(Date.now() / 1e3).toFixed(3)} >/dev/null`, "setting the guest clock");
+  } else {
+    mode = "cold";
+    log.info(`no snapshot recorded: cold-booting ${name} from ${path13.basename(image)}`);
+    const disk = path13.join(workDir, "disk.qcow2");
+    const efiVars = path13.join(workDir, "efivars.qcow2");
+    const seedIso2 = path13.join(workDir, "seed.iso");
+    await createOverlay(image, disk, { size: "20G" });
+    await convert(rec.firmware.vars, efiVars, { srcFormat: rec.firmware.format });
+    writeSeedIso(seedIso2, { publicKey: key.publicKey, hostname: name });
+    const vmDir = path13.join(workDir, "vm");
+    fs15.mkdirSync(vmDir);
+    const arch = QEMU_ARCH[rec.arch];
+    machine = await Machine.spawn({
+      qemu: out.qemu,
+      arch,
+      machine: rec.machine,
+      accel: accelArgs(arch, out.accel),
+      memoryMb: o.memoryMb ?? 2048,
+      cpus: o.cpus ?? 2,
+      firmwareFormat: rec.firmware.format,
+      seed: true,
+      name,
+      efiCode: out["efi-code"],
+      efiVars,
+      disk,
+      seedIso: seedIso2,
+      workDir: vmDir,
+      user: out["ssh-user"],
+      privateKey: key.privateKey,
+      detached: true
+    });
+    try {
+      await machine.waitReady(9e5);
+      const warning2 = await machine.waitCloudInit(9e5);
+      if (warning2) log.warning(warning2);
+    } catch (err) {
+      await machine.destroy();
+      throw err;
+    }
+  }
+  const vm = {
+    name,
+    pid: machine.pid,
+    port: machine.sshPort,
+    user: out["ssh-user"],
+    key: out["ssh-key"],
+    image,
+    mode,
+    startedAt: new Date(start).toISOString(),
+    readyMs: Date.now() - start,
+    workDir,
+    serialLog: machine.spec.serialLog
+  };
+  fs15.writeFileSync(path13.join(workDir, "vm.json"), JSON.stringify(vm, null, 2) + "\n");
+  machine.release();
+  return vm;
+}
+async function stopVm(vm) {
+  const alive = () => processAlive2(vm.pid, vm.workDir);
+  if (alive()) {
+    process.kill(vm.pid, "SIGTERM");
+    for (let i = 0; i < 50 && alive(); i++) await new Promise((r) => setTimeout(r, 100));
+    if (alive()) process.kill(vm.pid, "SIGKILL");
+    for (let i = 0; i < 50 && alive(); i++) await new Promise((r) => setTimeout(r, 100));
+  }
+  fs15.rmSync(vm.workDir, { recursive: true, force: true });
 }
 
 export {
@@ -24167,5 +24319,11 @@ export {
   setupHost,
   InputError,
   parseConfig,
-  ensureLayers
+  SshClient,
+  logTail,
+  ensureLayers,
+  listVms,
+  getVm,
+  bootVm,
+  stopVm
 };

@@ -1,0 +1,155 @@
+// The layer pipeline through the bundled CLI on real guests (TCG): cold builds, packages installed
+// from Debian's archive inside the guest, snapshot restore, reruns that build nothing, a tampered
+// image, a run killed mid-prepare, concurrent runs, and a manifest from another QEMU.
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { OutputValues } from '../../src/contract.js';
+import type { LayerResult } from '../../src/layers/pipeline.js';
+import { restoreMachine } from '../../src/layers/snapshot.js';
+import type { Machine } from '../../src/vm/machine.js';
+import type { VmLayout } from '../../src/vm/spec.js';
+import { ensureFixture, testArches, type Fixture } from '../support/fixtures.js';
+import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
+import { killAllCliRuns, readJson, runCli } from '../support/cli.js';
+
+const root = tempRoot('pipeline');
+const machines: Machine[] = [];
+const figures: string[] = [];
+
+after(async () => {
+  killAllCliRuns();
+  for (const m of machines) await m.destroy().catch(() => {});
+  await new Promise((r) => setTimeout(r, 500));
+  const left = qemuProcessesUnder(root.dir);
+  root.remove();
+  if (figures.length) console.log(`pipeline figures: ${figures.join('; ')}`);
+  assert.deepEqual(left, [], 'no qemu process may outlive the suite');
+});
+
+interface OutputsFile {
+  outputs: OutputValues;
+  layout?: VmLayout;
+  layers: LayerResult[];
+}
+
+function prepareArgs(arch: string, fx: Fixture, cacheDir: string, extra: string[] = []): string[] {
+  return ['prepare', '--json', '--arch', arch, '--kvm', 'false', '--memory', '1024', '--packages', 'jq', '--image-url', fx.image, '--image-checksum', fx.checksum, '--cache-dir', cacheDir, ...extra];
+}
+
+let runN = 0;
+function prepare(arch: string, fx: Fixture, cacheDir: string, env: NodeJS.ProcessEnv = {}, extra: string[] = []) {
+  const rt = path.join(root.dir, `runtime-${++runN}`);
+  const run = runCli(prepareArgs(arch, fx, cacheDir, extra), { RYRA_VM_RUNTIME_DIR: rt, TMPDIR: root.dir, ...env });
+  const result = async () => {
+    const r = await run.done;
+    assert.equal(r.code, 0, `prepare failed:\n${r.stderr.slice(-4000)}`);
+    const outputs = JSON.parse(r.stdout) as OutputValues;
+    const file = readJson<OutputsFile>(outputs.manifest);
+    return { ...r, outputs, file, sources: Object.fromEntries(file.layers.map((l) => [l.layer, l.source])) };
+  };
+  return { run, result };
+}
+
+/** Restores a VM from the outputs' snapshot files and runs `cmd` in it. */
+async function inRestoredVm(arch: 'amd64' | 'arm64', o: OutputsFile, cmd: string): Promise<string> {
+  const workDir = fs.mkdtempSync(path.join(root.dir, 'restore-'));
+  const { machine } = await restoreMachine(
+    {
+      name: 'check',
+      qemu: o.outputs.qemu,
+      efiCode: o.outputs['efi-code'],
+      files: { disk: o.outputs['snapshot-disk'], efivars: o.outputs['snapshot-efivars'], seed: o.outputs['snapshot-seed-iso'] },
+      backing: o.outputs.image,
+      layout: o.layout!,
+      workDir,
+      key: { privateKey: fs.readFileSync(o.outputs['ssh-key'], 'utf8'), publicKey: o.outputs['ssh-public-key'] },
+      sshTimeoutMs: 300_000,
+  });
+  machines.push(machine);
+  try {
+    return (await machine.check(cmd, cmd)).stdout.trim();
+  } finally {
+    await machine.destroy();
+  }
+}
+
+describe('raw layer refuses a tampered image', () => {
+  test('one byte changed: fails naming both digests, keeps nothing', async () => {
+    const fx = ensureFixture(testArches()[0]);
+    const tampered = path.join(root.dir, 'tampered.qcow2');
+    fs.copyFileSync(fx.image, tampered);
+    const fd = fs.openSync(tampered, 'r+');
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, 70_000);
+    b[0] ^= 0xff;
+    fs.writeSync(fd, b, 0, 1, 70_000);
+    fs.closeSync(fd);
+    const cacheDir = path.join(root.dir, 'cache-tampered');
+    const r = await runCli(prepareArgs(testArches()[0], { ...fx, image: tampered }, cacheDir), { RYRA_VM_RUNTIME_DIR: path.join(root.dir, 'rt-t') }).done;
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`checksum mismatch for .*tampered.qcow2: expected sha512:${fx.sha512}, got sha512:[0-9a-f]{128}`));
+    const left = fs.readdirSync(cacheDir).filter((f) => f.endsWith('.qcow2') || f.endsWith('.partial'));
+    assert.deepEqual(left, []);
+  });
+});
+
+for (const arch of testArches()) {
+  describe(`pipeline ${arch}`, { timeout: 80 * 60_000 }, () => {
+    let fx: Fixture;
+    const cacheDir = path.join(root.dir, `cache-${arch}`);
+    // amd64 prepares with the catalogue's full Debian list (podman & co.); arm64 with jq alone, to keep TCG time sane.
+    const fullList = arch === 'amd64';
+    const env = fullList ? {} : { RYRA_VM_BASE_PACKAGES: '' };
+
+    before(() => {
+      fx = ensureFixture(arch);
+    });
+
+    test('a run killed mid-prepare, then two concurrent runs: both succeed, each layer built once', async () => {
+      const killed = prepare(arch, fx, cacheDir, env);
+      await killed.run.waitFor(/prepared-\w+: SSH ready after/);
+      killed.run.killGroup();
+      await killed.run.done;
+      assert.ok(fs.readdirSync(cacheDir).some((f) => f.includes('.ryra-tmp-')), 'the killed run left its temp work behind');
+
+      const a = prepare(arch, fx, cacheDir, env);
+      const b = prepare(arch, fx, cacheDir, env);
+      const [ra, rb] = await Promise.all([a.result(), b.result()]);
+      for (const layer of ['prepared', 'snapshot']) {
+        const built = [ra.sources[layer], rb.sources[layer]].filter((s) => s === 'built').length;
+        assert.equal(built, 1, `${layer} built once: ${ra.sources[layer]} / ${rb.sources[layer]}`);
+      }
+      assert.deepEqual(ra.outputs, { ...rb.outputs, manifest: ra.outputs.manifest });
+      assert.equal(ra.outputs.snapshot, 'true');
+      assert.equal(ra.outputs.accel, 'tcg');
+      assert.ok(!fs.readdirSync(cacheDir).some((f) => f.includes('.ryra-tmp-')), 'stale temps were cleaned');
+      assert.equal(fs.statSync(ra.outputs['ssh-key']).mode & 0o777, 0o600);
+      figures.push(`${arch}: cold prepare (raw+prepared+snapshot${fullList ? ', full package list' : ''}) ${(Math.max(ra.ms, rb.ms) / 1000).toFixed(0)} s`);
+
+      const out = await inRestoredVm(arch, ra.file, fullList ? 'jq --version && podman --version' : 'jq --version');
+      assert.match(out, /^jq-1\.\d/);
+      if (fullList) assert.match(out, /podman version \d/);
+
+      const again = await prepare(arch, fx, cacheDir, env).result();
+      assert.deepEqual(Object.values(again.sources).filter((s) => s !== 'local'), [], JSON.stringify(again.sources));
+      assert.equal(again.sources.raw, undefined, 'a valid prepared layer needs no raw layer');
+      assert.ok(again.ms < 10_000, `all-valid rerun took ${again.ms} ms`);
+      figures.push(`${arch}: all-valid rerun ${(again.ms / 1000).toFixed(1)} s`);
+    });
+
+    test('a snapshot manifest from another QEMU version is rebuilt, not loaded', async () => {
+      const m = fs.readdirSync(cacheDir).find((f) => /-snapshot-1024\.manifest\.json$/.test(f))!;
+      const file = path.join(cacheDir, m);
+      const manifest = readJson<{ inputs: { qemu: string } }>(file);
+      manifest.inputs.qemu = '6.2.0';
+      fs.writeFileSync(file, JSON.stringify(manifest));
+      const r = await prepare(arch, fx, cacheDir, env).result();
+      assert.equal(r.sources.prepared, 'local');
+      assert.equal(r.sources.snapshot, 'built');
+      assert.match(r.stderr, /snapshot layer .* not usable: built with other qemu \("6\.2\.0" ≠ "\d+\.\d+/);
+      assert.match(await inRestoredVm(arch, r.file, 'jq --version'), /^jq-1/);
+    });
+  });
+}

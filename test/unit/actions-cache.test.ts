@@ -1,0 +1,91 @@
+// The Actions cache tier against the project's local cache service, with the real @actions/cache in
+// its worker process: exact keys, duplicates, a 429 retried once, and a stalled service that the
+// tier's own timeout stops (the toolkit's lookups have none).
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { actionsCache, cacheServiceAvailable } from '../../src/cache/actions.js';
+import { startCacheServer, type CacheServer } from '../support/cache-server.js';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'actions-cache-'));
+let server: CacheServer;
+const saved = { ...process.env };
+
+before(async () => {
+  server = await startCacheServer({ dir: tmp });
+  process.env.RUNNER_TEMP = path.join(tmp, 'runner');
+  fs.mkdirSync(process.env.RUNNER_TEMP);
+  delete process.env.GITHUB_SERVER_URL;
+});
+after(async () => {
+  await server.close();
+  process.env = saved;
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+function layerDir(name: string, content: string): string {
+  const d = fs.mkdtempSync(path.join(tmp, `${name}-`));
+  fs.writeFileSync(path.join(d, 'x.qcow2'), content);
+  fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}');
+  return d;
+}
+const names = ['x.qcow2', 'x.manifest.json'];
+
+for (const protocol of ['v2', 'v1'] as const) {
+  describe(`cache tier over ${protocol}`, () => {
+    before(() => Object.assign(process.env, server.env(protocol)));
+
+    test('available only when configured', () => {
+      assert.equal(cacheServiceAvailable(), true);
+      assert.equal(cacheServiceAvailable({}), false);
+      assert.equal(cacheServiceAvailable({ ...process.env, ACTIONS_CACHE_MODE: 'none' }), false);
+    });
+
+    test('save, duplicate, restore elsewhere byte-identical, exact keys only', async () => {
+      const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+      const key = `ryra-vm-v1-prepared-test-${protocol}-abc`;
+      assert.equal(await c.save(key, names, layerDir('src', 'layer bytes')), 'saved');
+      assert.equal(await c.save(key, names, layerDir('src2', 'other bytes')), 'exists');
+      const dst = fs.mkdtempSync(path.join(tmp, 'dst-'));
+      assert.equal(await c.restore(key, names, dst), true);
+      assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), 'layer bytes');
+      assert.equal(await c.lookup(key, names), true);
+      assert.equal(await c.restore(`${key.slice(0, -1)}`, names, fs.mkdtempSync(path.join(tmp, 'p-'))), false, 'a key prefix is not a hit');
+      assert.equal(await c.restore(`${key}-more`, names, fs.mkdtempSync(path.join(tmp, 'm-'))), false);
+    });
+  });
+}
+
+describe('faults', () => {
+  before(() => Object.assign(process.env, server.env('v2')));
+
+  test('a 429 is retried once after Retry-After, then restores', async () => {
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    const key = 'ryra-vm-v1-snapshot-429';
+    assert.equal(await c.save(key, names, layerDir('s', '429 data')), 'saved');
+    server.inject({ kind: '429', op: 'twirp.GetCacheEntryDownloadURL', retryAfter: 1 });
+    const dst = fs.mkdtempSync(path.join(tmp, 'r-'));
+    assert.equal(await c.restore(key, names, dst), true);
+    assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), '429 data');
+  });
+
+  test('a stalled lookup is stopped by the tier’s timeout, not waited on forever', async () => {
+    const c = actionsCache({ lookupMs: 3000, transferMs: 3000 });
+    const h = server.inject({ kind: 'stall', op: 'twirp.GetCacheEntryDownloadURL', times: Infinity });
+    const start = Date.now();
+    assert.equal(await c.restore('ryra-vm-v1-stalled', names, fs.mkdtempSync(path.join(tmp, 'st-'))), false);
+    const ms = Date.now() - start;
+    h.cancel();
+    assert.ok(h.hits >= 1, 'the service was reached');
+    assert.ok(ms >= 2900 && ms < 10_000, `stopped after ${ms} ms`);
+  });
+
+  test('a stalled upload is stopped too, and the save reports failure', async () => {
+    const c = actionsCache({ lookupMs: 3000, transferMs: 4000 });
+    const h = server.inject({ kind: 'stall', op: ['blob.putBlob', 'blob.putBlock'], times: Infinity });
+    assert.equal(await c.save('ryra-vm-v1-upload-stall', names, layerDir('u', 'never arrives')), 'failed');
+    h.cancel();
+  });
+});
