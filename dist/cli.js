@@ -20,7 +20,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-K3VMOHGP.js";
+} from "./chunks/chunk-ABLB33NN.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

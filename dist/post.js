@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-6BC5IQAG.js";
-import "./chunks/chunk-K3VMOHGP.js";
+} from "./chunks/chunk-FCQYBGZK.js";
+import "./chunks/chunk-ABLB33NN.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/post.ts

@@ -9,5 +9,5 @@ arch=$(dpkg --print-architecture)
 image=$(bash test/fixtures/build-debian-image.sh "$arch" | tail -n 1)
 sum=$(awk -v f="$(basename "$image")" '$2 == f {print $1}' "$(dirname "$image")/SHA512SUMS")
 kvm=${RYRA_VM_KVM:-auto}
-node dist/cli.js prepare --arch "$arch" --kvm "$kvm" --packages jq --image-url "$image" --image-checksum "sha512:$sum" \
+node dist/cli.js prepare --arch "$arch" --kvm "$kvm" --packages "jq libpam-systemd" --image-url "$image" --image-checksum "sha512:$sum" \
   --cache-dir "${RYRA_VM_CACHE_DIR:-$HOME/.cache/ryra-vm-demo}" --json

@@ -41,6 +41,7 @@ export interface VmRecord {
   readyMs: number;
   workDir: string;
   serialLog: string;
+  qmpSocket: string;
 }
 
 export function vmsDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -203,6 +204,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
     readyMs: Date.now() - start,
     workDir,
     serialLog: machine.spec.serialLog,
+    qmpSocket: machine.spec.qmpSocket,
   };
   fs.writeFileSync(path.join(workDir, 'vm.json'), JSON.stringify(vm, null, 2) + '\n');
   machine.release();
@@ -219,4 +221,5 @@ export async function stopVm(vm: VmRecord): Promise<void> {
     for (let i = 0; i < 50 && alive(); i++) await new Promise((r) => setTimeout(r, 100));
   }
   fs.rmSync(vm.workDir, { recursive: true, force: true });
+  fs.rmSync(path.dirname(vm.qmpSocket), { recursive: true, force: true });
 }

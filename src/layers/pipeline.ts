@@ -274,7 +274,7 @@ async function ensureSnapshotLayer(
     return { manifest, build };
   } catch (err) {
     log.warning(`failed to create the ${p.layer} (VMs will cold-boot instead): ${errorMessage(err)}`);
-    results.push({ layer: p.layer, source: 'failed', seconds: 0, bytes: 0, note: errorMessage(err).split('\n')[0] });
+    results.push({ layer: p.layer, source: 'failed', seconds: 0, bytes: 0, note: errorMessage(err).replace(/\s*\n\s*/g, ' ').slice(0, 240) });
     return {};
   }
 }

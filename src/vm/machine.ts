@@ -122,12 +122,13 @@ export class Machine {
   static async spawn(opts: MachineOptions): Promise<Machine> {
     installExitHook();
     const { workDir: _w, user: _u, privateKey: _k, detached: _d, ...vm } = opts;
+    const socketDir = makeSocketDir();
     for (let attempt = 1; ; attempt++) {
       const spec: VmSpec = {
         ...vm,
         seed: !!opts.seedIso,
         sshPort: await freePort(),
-        qmpSocket: path.join(opts.workDir, 'qmp.sock'),
+        qmpSocket: path.join(socketDir, 'qmp.sock'),
         serialLog: path.join(opts.workDir, 'serial.log'),
         pidFile: path.join(opts.workDir, 'qemu.pid'),
       };
@@ -155,6 +156,7 @@ export class Machine {
         log.info(`  port ${spec.sshPort} was taken; retrying with another`);
         continue;
       }
+      fs.rmSync(socketDir, { recursive: true, force: true });
       throw new QemuExitedError(`QEMU failed to start ${opts.name}: ${stderr || 'no error output'}\n  command: ${opts.qemu} ${argv.join(' ')}`);
     }
   }
@@ -267,7 +269,9 @@ export class Machine {
       asked = err instanceof SshConnectionError && !err.notStarted;
     }
     if (!asked) await this.qmp.execute('system_powerdown').catch(() => {});
-    const done = await Promise.race([this.exited.then(() => true), sleep(timeoutMs).then(() => false)]);
+    let timer: NodeJS.Timeout | undefined;
+    const done = await Promise.race([this.exited.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), timeoutMs)))]);
+    clearTimeout(timer);
     if (!done) {
       log.warning(`${this.spec.name} did not power off within ${timeoutMs / 1000} s; killing QEMU`);
       await this.kill();
@@ -296,6 +300,7 @@ export class Machine {
   async destroy(): Promise<void> {
     await this.kill();
     fs.rmSync(this.opts.workDir, { recursive: true, force: true });
+    fs.rmSync(path.dirname(this.spec.qmpSocket), { recursive: true, force: true });
   }
 
   /** Lets this process exit while QEMU runs on (CLI `boot`). */
@@ -307,7 +312,16 @@ export class Machine {
 }
 
 function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms).unref());
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * A short private directory for QEMU's unix sockets: a socket path must stay under 108 bytes,
+ * and work dirs under a runner's cache or temp dir can be longer than that.
+ */
+export function makeSocketDir(): string {
+  const base = fs.existsSync('/tmp') ? '/tmp' : os.tmpdir();
+  return fs.mkdtempSync(path.join(base, 'rvm-'));
 }
 
 async function connectQmp(socket: string, exited: Promise<unknown>): Promise<Qmp | undefined> {

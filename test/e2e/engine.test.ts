@@ -126,7 +126,11 @@ for (const arch of testArches()) {
     test('a QEMU that dies during boot fails the wait within seconds, with the serial tail', async () => {
       await createOverlay(image, path.join(dir, 'disk.qcow2'), { size: '8G' });
       await convert(host.firmware.vars, path.join(dir, 'efivars.qcow2'), { srcFormat: host.firmware.format });
-      const m = await Machine.spawn(await optsFor(makeWorkDir('dies', root.dir)));
+      // A deep work dir too: QEMU's sockets must not inherit its length (unix paths stop at 107 bytes).
+      const deep = path.join(root.dir, 'a-rather-long-directory-name-like-a-runner-cache'.repeat(2), 'deeper');
+      fs.mkdirSync(deep, { recursive: true });
+      const m = await Machine.spawn(await optsFor(makeWorkDir('dies', deep)));
+      assert.ok(m.spec.serialLog.length > 120);
       machines.push(m);
       setTimeout(() => process.kill(m.pid, 'SIGKILL'), 8000);
       const start = Date.now();

@@ -35,7 +35,7 @@ interface OutputsFile {
 }
 
 function prepareArgs(arch: string, fx: Fixture, cacheDir: string, extra: string[] = []): string[] {
-  return ['prepare', '--json', '--arch', arch, '--kvm', 'false', '--memory', '1024', '--packages', 'jq', '--image-url', fx.image, '--image-checksum', fx.checksum, '--cache-dir', cacheDir, ...extra];
+  return ['prepare', '--json', '--arch', arch, '--kvm', 'false', '--memory', '1024', '--packages', 'jq libpam-systemd', '--image-url', fx.image, '--image-checksum', fx.checksum, '--cache-dir', cacheDir, ...extra];
 }
 
 let runN = 0;
@@ -53,7 +53,7 @@ function prepare(arch: string, fx: Fixture, cacheDir: string, env: NodeJS.Proces
 }
 
 /** Restores a VM from the outputs' snapshot files and runs `cmd` in it. */
-async function inRestoredVm(arch: 'amd64' | 'arm64', o: OutputsFile, cmd: string): Promise<string> {
+async function inRestoredVm(o: OutputsFile, cmd: string): Promise<string> {
   const workDir = fs.mkdtempSync(path.join(root.dir, 'restore-'));
   const { machine } = await restoreMachine(
     {
@@ -107,28 +107,38 @@ for (const arch of testArches()) {
       fx = ensureFixture(arch);
     });
 
-    test('a run killed mid-prepare, then two concurrent runs: both succeed, each layer built once', async () => {
-      const killed = prepare(arch, fx, cacheDir, env);
-      await killed.run.waitFor(/prepared-\w+: SSH ready after/);
-      killed.run.killGroup();
-      await killed.run.done;
-      assert.ok(fs.readdirSync(cacheDir).some((f) => f.includes('.ryra-tmp-')), 'the killed run left its temp work behind');
+    // The kill and concurrency scenarios run once, on the first arch; every arch does a cold build.
+    const first = arch === testArches()[0];
 
-      const a = prepare(arch, fx, cacheDir, env);
-      const b = prepare(arch, fx, cacheDir, env);
-      const [ra, rb] = await Promise.all([a.result(), b.result()]);
-      for (const layer of ['prepared', 'snapshot']) {
-        const built = [ra.sources[layer], rb.sources[layer]].filter((s) => s === 'built').length;
-        assert.equal(built, 1, `${layer} built once: ${ra.sources[layer]} / ${rb.sources[layer]}`);
+    test(first ? 'a run killed mid-prepare, then two concurrent runs: both succeed, each layer built once' : 'cold build', async () => {
+      let ra;
+      if (first) {
+        const killed = prepare(arch, fx, cacheDir, env);
+        await killed.run.waitFor(/prepared-\w+: SSH ready after/);
+        killed.run.killGroup();
+        await killed.run.done;
+        assert.ok(fs.readdirSync(cacheDir).some((f) => f.includes('.ryra-tmp-')), 'the killed run left its temp work behind');
+
+        const a = prepare(arch, fx, cacheDir, env);
+        const b = prepare(arch, fx, cacheDir, env);
+        const [r1, r2] = await Promise.all([a.result(), b.result()]);
+        for (const layer of ['prepared', 'snapshot']) {
+          const built = [r1.sources[layer], r2.sources[layer]].filter((s) => s === 'built').length;
+          assert.equal(built, 1, `${layer} built once: ${r1.sources[layer]} / ${r2.sources[layer]}`);
+        }
+        assert.deepEqual(r1.outputs, { ...r2.outputs, manifest: r1.outputs.manifest });
+        assert.ok(!fs.readdirSync(cacheDir).some((f) => f.includes('.ryra-tmp-')), 'stale temps were cleaned');
+        ra = r1.ms > r2.ms ? r1 : r2;
+      } else {
+        ra = await prepare(arch, fx, cacheDir, env).result();
+        assert.deepEqual(ra.sources, { raw: 'built', prepared: 'built', snapshot: 'built' });
       }
-      assert.deepEqual(ra.outputs, { ...rb.outputs, manifest: ra.outputs.manifest });
       assert.equal(ra.outputs.snapshot, 'true');
       assert.equal(ra.outputs.accel, 'tcg');
-      assert.ok(!fs.readdirSync(cacheDir).some((f) => f.includes('.ryra-tmp-')), 'stale temps were cleaned');
       assert.equal(fs.statSync(ra.outputs['ssh-key']).mode & 0o777, 0o600);
-      figures.push(`${arch}: cold prepare (raw+prepared+snapshot${fullList ? ', full package list' : ''}) ${(Math.max(ra.ms, rb.ms) / 1000).toFixed(0)} s`);
+      figures.push(`${arch}: cold prepare (raw+prepared+snapshot${fullList ? ', full package list' : ''}) ${(ra.ms / 1000).toFixed(0)} s`);
 
-      const out = await inRestoredVm(arch, ra.file, fullList ? 'jq --version && podman --version' : 'jq --version');
+      const out = await inRestoredVm(ra.file, fullList ? 'jq --version && podman --version' : 'jq --version');
       assert.match(out, /^jq-1\.\d/);
       if (fullList) assert.match(out, /podman version \d/);
 
@@ -139,7 +149,7 @@ for (const arch of testArches()) {
       figures.push(`${arch}: all-valid rerun ${(again.ms / 1000).toFixed(1)} s`);
     });
 
-    test('a snapshot manifest from another QEMU version is rebuilt, not loaded', async () => {
+    test('a snapshot manifest from another QEMU version is rebuilt, not loaded', { skip: arch !== testArches()[0] && 'once is enough' }, async () => {
       const m = fs.readdirSync(cacheDir).find((f) => /-snapshot-1024\.manifest\.json$/.test(f))!;
       const file = path.join(cacheDir, m);
       const manifest = readJson<{ inputs: { qemu: string } }>(file);
@@ -149,7 +159,7 @@ for (const arch of testArches()) {
       assert.equal(r.sources.prepared, 'local');
       assert.equal(r.sources.snapshot, 'built');
       assert.match(r.stderr, /snapshot layer .* not usable: built with other qemu \("6\.2\.0" ≠ "\d+\.\d+/);
-      assert.match(await inRestoredVm(arch, r.file, 'jq --version'), /^jq-1/);
+      assert.match(await inRestoredVm(r.file, 'jq --version'), /^jq-1/);
     });
   });
 }

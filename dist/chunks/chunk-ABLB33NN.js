@@ -23129,6 +23129,7 @@ import * as path8 from "node:path";
 import { spawn as spawn3 } from "node:child_process";
 import * as fs9 from "node:fs";
 import * as net3 from "node:net";
+import * as os3 from "node:os";
 import * as path7 from "node:path";
 
 // src/vm/qmp.ts
@@ -23381,12 +23382,13 @@ ${this.diagnostics()}`);
   static async spawn(opts) {
     installExitHook();
     const { workDir: _w, user: _u, privateKey: _k, detached: _d, ...vm } = opts;
+    const socketDir = makeSocketDir();
     for (let attempt = 1; ; attempt++) {
       const spec = {
         ...vm,
         seed: !!opts.seedIso,
         sshPort: await freePort(),
-        qmpSocket: path7.join(opts.workDir, "qmp.sock"),
+        qmpSocket: path7.join(socketDir, "qmp.sock"),
         serialLog: path7.join(opts.workDir, "serial.log"),
         pidFile: path7.join(opts.workDir, "qemu.pid")
       };
@@ -23413,6 +23415,7 @@ ${this.diagnostics()}`);
         log.info(`  port ${spec.sshPort} was taken; retrying with another`);
         continue;
       }
+      fs9.rmSync(socketDir, { recursive: true, force: true });
       throw new QemuExitedError(`QEMU failed to start ${opts.name}: ${stderr || "no error output"}
   command: ${opts.qemu} ${argv.join(" ")}`);
     }
@@ -23523,7 +23526,9 @@ ${list}`);
     }
     if (!asked) await this.qmp.execute("system_powerdown").catch(() => {
     });
-    const done = await Promise.race([this.exited.then(() => true), sleep(timeoutMs).then(() => false)]);
+    let timer;
+    const done = await Promise.race([this.exited.then(() => true), new Promise((r) => timer = setTimeout(() => r(false), timeoutMs))]);
+    clearTimeout(timer);
     if (!done) {
       log.warning(`${this.spec.name} did not power off within ${timeoutMs / 1e3} s; killing QEMU`);
       await this.kill();
@@ -23548,6 +23553,7 @@ ${list}`);
   async destroy() {
     await this.kill();
     fs9.rmSync(this.opts.workDir, { recursive: true, force: true });
+    fs9.rmSync(path7.dirname(this.spec.qmpSocket), { recursive: true, force: true });
   }
   /** Lets this process exit while QEMU runs on (CLI `boot`). */
   release() {
@@ -23557,7 +23563,11 @@ ${list}`);
   }
 };
 function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms).unref());
+  return new Promise((r) => setTimeout(r, ms));
+}
+function makeSocketDir() {
+  const base = fs9.existsSync("/tmp") ? "/tmp" : os3.tmpdir();
+  return fs9.mkdtempSync(path7.join(base, "rvm-"));
 }
 async function connectQmp(socket, exited) {
   let gone = false;
@@ -24048,7 +24058,7 @@ async function ensureSnapshotLayer(ctx, p, base, parent, key, results) {
     return { manifest, build };
   } catch (err) {
     log.warning(`failed to create the ${p.layer} (VMs will cold-boot instead): ${errorMessage(err)}`);
-    results.push({ layer: p.layer, source: "failed", seconds: 0, bytes: 0, note: errorMessage(err).split("\n")[0] });
+    results.push({ layer: p.layer, source: "failed", seconds: 0, bytes: 0, note: errorMessage(err).replace(/\s*\n\s*/g, " ").slice(0, 240) });
     return {};
   }
 }
@@ -24290,7 +24300,8 @@ async function bootVm(o) {
     startedAt: new Date(start).toISOString(),
     readyMs: Date.now() - start,
     workDir,
-    serialLog: machine.spec.serialLog
+    serialLog: machine.spec.serialLog,
+    qmpSocket: machine.spec.qmpSocket
   };
   fs15.writeFileSync(path13.join(workDir, "vm.json"), JSON.stringify(vm, null, 2) + "\n");
   machine.release();
@@ -24305,6 +24316,7 @@ async function stopVm(vm) {
     for (let i = 0; i < 50 && alive(); i++) await new Promise((r) => setTimeout(r, 100));
   }
   fs15.rmSync(vm.workDir, { recursive: true, force: true });
+  fs15.rmSync(path13.dirname(vm.qmpSocket), { recursive: true, force: true });
 }
 
 export {

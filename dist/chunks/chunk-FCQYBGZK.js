@@ -17,7 +17,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-K3VMOHGP.js";
+} from "./chunk-ABLB33NN.js";
 import {
   addPath,
   getInput,
