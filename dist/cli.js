@@ -20,7 +20,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-ABLB33NN.js";
+} from "./chunks/chunk-EAE7KF52.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

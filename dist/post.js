@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-FCQYBGZK.js";
-import "./chunks/chunk-ABLB33NN.js";
+} from "./chunks/chunk-2V4MY7SL.js";
+import "./chunks/chunk-EAE7KF52.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/post.ts

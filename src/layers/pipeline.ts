@@ -9,7 +9,7 @@ import type { Config } from '../inputs.js';
 import { errorMessage, log } from '../log.js';
 import { runtimeDir } from '../paths.js';
 import { ensureKeyFile, type KeyPair } from '../vm/ssh.js';
-import { actionsCache, cacheServiceAvailable } from '../cache/actions.js';
+import { actionsCache, cacheServiceAvailable, type ActionsCache } from '../cache/actions.js';
 import { userData } from '../vm/seed.js';
 import { BROWSER_CPUS, BROWSER_MEMORY_MB, browserInstallScript } from './browser.js';
 import { timeoutsFor, type LayerContext } from './context.js';
@@ -279,15 +279,50 @@ async function ensureSnapshotLayer(
   }
 }
 
+/** The SSH key's Actions cache entry: one per repository, so every runner's snapshots share it. */
+export const SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
+
+/**
+ * The shared SSH key, which every snapshot has baked in: the local one; else the one in the
+ * Actions cache (so snapshots saved by other runners accept it); else a new one, saved there.
+ */
+async function ensureSshKey(dir: string, cache: ActionsCache | undefined): Promise<KeyPair> {
+  const file = path.join(dir, SSH_KEY_FILE);
+  const names = [SSH_KEY_FILE, `${SSH_KEY_FILE}.pub`];
+  const local = () => fs.existsSync(file) && fs.existsSync(`${file}.pub`);
+  if (local() || !cache) return ensureKeyFile(file);
+  const adopt = async (): Promise<boolean> => {
+    const staging = tempPath(dir, 'ssh-key-restore');
+    fs.mkdirSync(staging);
+    try {
+      if (!(await cache.restore(SSH_KEY_CACHE_KEY, names, staging))) return false;
+      fs.renameSync(path.join(staging, names[1]), `${file}.pub`);
+      fs.renameSync(path.join(staging, names[0]), file);
+      return true;
+    } finally {
+      fs.rmSync(staging, { recursive: true, force: true });
+    }
+  };
+  if (await adopt()) {
+    log.info('SSH key: restored from the Actions cache');
+    return ensureKeyFile(file);
+  }
+  ensureKeyFile(file);
+  // Another job may have saved its key first: then use that one, so all snapshots agree.
+  if ((await cache.save(SSH_KEY_CACHE_KEY, names, dir)) === 'exists' && (await adopt())) log.info('SSH key: another job saved one first; using it');
+  return ensureKeyFile(file);
+}
+
 export async function ensureLayers(config: Config, host: Host): Promise<EnsureResult> {
   const dir = config.cacheDir;
   fs.mkdirSync(dir, { recursive: true });
   cleanStaleTemps(dir);
-  const key = await withLayerLock(dir, SSH_KEY_FILE, async () => ensureKeyFile(path.join(dir, SSH_KEY_FILE)));
-  const plan = planLayers(config, host, key.publicKey);
   const useCache = config.cache && cacheServiceAvailable();
   if (config.cache && !useCache) log.info('Actions cache: not available in this environment; using the local cache only');
-  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), cache: useCache ? actionsCache() : undefined };
+  const cache = useCache ? actionsCache() : undefined;
+  const key = await withLayerLock(dir, SSH_KEY_FILE, () => ensureSshKey(dir, cache));
+  const plan = planLayers(config, host, key.publicKey);
+  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), cache };
   const results: LayerResult[] = [];
   const at = (f: string) => path.join(dir, f);
 

@@ -171,7 +171,8 @@ describe(`action end to end (${arch}, TCG)`, { timeout: 80 * 60_000 }, () => {
     assert.equal(run1.outputs['cache-hit'], '');
     assert.equal(run1.outputs.snapshot, 'true');
     const keys = server.entries().map((e) => e.key).sort();
-    assert.equal(keys.length, 3, keys.join(', '));
+    assert.equal(keys.length, 4, keys.join(', '));
+    assert.ok(keys.includes('ryra-vm-v1-ssh-key'), 'the SSH key every snapshot accepts is shared too');
     assert.ok(keys.some((k) => /^ryra-vm-v1-snapshot-debian-13-\w+-m1024-/.test(k)));
     assert.match(run1.summary, /<th>layer<\/th>.*<td>prepared<\/td><td>built/s);
     assert.equal(fs.statSync(run1.outputs['ssh-key']).mode & 0o777, 0o600);
@@ -235,6 +236,8 @@ describe(`action end to end (${arch}, TCG)`, { timeout: 80 * 60_000 }, () => {
       return Object.fromEntries(Object.entries(r.outputs).filter(([k]) => !['manifest', 'cache-hit'].includes(k)).map(([k, v]) => [k, v.replaceAll(dir, '<cache>')]));
     };
     assert.deepEqual(norm(run2), norm(run1));
+    assert.equal(fs.readFileSync(run2.outputs['ssh-key'], 'utf8'), fs.readFileSync(run1.outputs['ssh-key'], 'utf8'));
+    assert.equal(fs.statSync(run2.outputs['ssh-key']).mode & 0o777, 0o600);
     assert.match(run2.post, /stopped VM a \(left running by a later step\)/);
     assert.deepEqual(qemuProcessesUnder(root.dir), [], 'post left no VM running');
     assert.match(run2.summary, /<th>VM<\/th>.*<td>a<\/td><td>restore<\/td>/s);
@@ -272,7 +275,7 @@ describe(`action end to end (${arch}, TCG)`, { timeout: 80 * 60_000 }, () => {
     server.inject({ kind: '429', op: 'twirp.GetCacheEntryDownloadURL', retryAfter: 1 });
     server.inject({ kind: '503', op: 'twirp.GetCacheEntryDownloadURL' });
     let gets = 0;
-    server.inject({ kind: 'truncate', match: (r) => r.op === 'blob.get' && ++gets === 2 }); // the snapshot's archive
+    server.inject({ kind: 'truncate', match: (r) => r.op === 'blob.get' && ++gets === 3 }); // SSH key, prepared, then the snapshot's archive
     server.inject({ kind: 'stall', op: ['blob.putBlob', 'blob.putBlock'], times: Infinity });
     const run4 = await job('run4', {}, { protocol: 'v2', env: { RYRA_VM_CACHE_TRANSFER_TIMEOUT_MS: '30000' } });
     server.clearFaults();

@@ -17,7 +17,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-ABLB33NN.js";
+} from "./chunk-EAE7KF52.js";
 import {
   addPath,
   getInput,

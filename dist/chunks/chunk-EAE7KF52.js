@@ -24062,15 +24062,42 @@ async function ensureSnapshotLayer(ctx, p, base, parent, key, results) {
     return {};
   }
 }
+var SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
+async function ensureSshKey(dir, cache) {
+  const file = path12.join(dir, SSH_KEY_FILE);
+  const names = [SSH_KEY_FILE, `${SSH_KEY_FILE}.pub`];
+  const local = () => fs14.existsSync(file) && fs14.existsSync(`${file}.pub`);
+  if (local() || !cache) return ensureKeyFile(file);
+  const adopt = async () => {
+    const staging = tempPath(dir, "ssh-key-restore");
+    fs14.mkdirSync(staging);
+    try {
+      if (!await cache.restore(SSH_KEY_CACHE_KEY, names, staging)) return false;
+      fs14.renameSync(path12.join(staging, names[1]), `${file}.pub`);
+      fs14.renameSync(path12.join(staging, names[0]), file);
+      return true;
+    } finally {
+      fs14.rmSync(staging, { recursive: true, force: true });
+    }
+  };
+  if (await adopt()) {
+    log.info("SSH key: restored from the Actions cache");
+    return ensureKeyFile(file);
+  }
+  ensureKeyFile(file);
+  if (await cache.save(SSH_KEY_CACHE_KEY, names, dir) === "exists" && await adopt()) log.info("SSH key: another job saved one first; using it");
+  return ensureKeyFile(file);
+}
 async function ensureLayers(config, host) {
   const dir = config.cacheDir;
   fs14.mkdirSync(dir, { recursive: true });
   cleanStaleTemps(dir);
-  const key = await withLayerLock(dir, SSH_KEY_FILE, async () => ensureKeyFile(path12.join(dir, SSH_KEY_FILE)));
-  const plan = planLayers(config, host, key.publicKey);
   const useCache = config.cache && cacheServiceAvailable();
   if (config.cache && !useCache) log.info("Actions cache: not available in this environment; using the local cache only");
-  const ctx = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), cache: useCache ? actionsCache() : void 0 };
+  const cache = useCache ? actionsCache() : void 0;
+  const key = await withLayerLock(dir, SSH_KEY_FILE, () => ensureSshKey(dir, cache));
+  const plan = planLayers(config, host, key.publicKey);
+  const ctx = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), cache };
   const results = [];
   const at = (f) => path12.join(dir, f);
   if (config.redownload) {
