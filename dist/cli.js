@@ -20,7 +20,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-EAE7KF52.js";
+} from "./chunks/chunk-D4ZZ7F5X.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-2V4MY7SL.js";
-import "./chunks/chunk-EAE7KF52.js";
+} from "./chunks/chunk-VUWCKYPD.js";
+import "./chunks/chunk-D4ZZ7F5X.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/main.ts

@@ -11,7 +11,7 @@ import { log } from './log.js';
 import { runtimeDir } from './paths.js';
 import { restoreMachine } from './layers/snapshot.js';
 import { convert, createOverlay } from './vm/images.js';
-import { Machine, logTail } from './vm/machine.js';
+import { GuestPanicError, Machine, logTail } from './vm/machine.js';
 import { writeSeedIso } from './vm/seed.js';
 import type { VmLayout } from './vm/spec.js';
 import type { KeyPair } from './vm/ssh.js';
@@ -162,9 +162,8 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
     await convert(rec.firmware.vars, efiVars, { srcFormat: rec.firmware.format });
     writeSeedIso(seedIso, { publicKey: key.publicKey, hostname: name });
     const vmDir = path.join(workDir, 'vm');
-    fs.mkdirSync(vmDir);
     const arch = QEMU_ARCH[rec.arch];
-    machine = await Machine.spawn({
+    const spawnCold = () => Machine.spawn({
       qemu: out.qemu,
       arch,
       machine: rec.machine,
@@ -183,13 +182,21 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       privateKey: key.privateKey,
       detached: true,
     });
-    try {
-      await machine.waitReady(900_000);
-      const warning = await machine.waitCloudInit(900_000);
-      if (warning) log.warning(warning);
-    } catch (err) {
-      await machine.destroy();
-      throw err;
+    // A kernel panic at boot is tried once more (see bootBuilder).
+    for (let attempt = 1; ; attempt++) {
+      fs.mkdirSync(vmDir, { recursive: true });
+      machine = await spawnCold();
+      try {
+        await machine.waitReady(900_000);
+        const warning = await machine.waitCloudInit(900_000);
+        if (warning) log.warning(warning);
+        break;
+      } catch (err) {
+        await machine.destroy();
+        if (!(err instanceof GuestPanicError) || attempt > 1) throw err;
+        log.warning(`${name}: the guest kernel panicked at boot; booting once more`);
+        await createOverlay(image, disk, { size: '20G' });
+      }
     }
   }
   const vm: VmRecord = {

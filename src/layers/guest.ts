@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { log } from '../log.js';
 import { convert, createOverlay } from '../vm/images.js';
-import { Machine } from '../vm/machine.js';
+import { GuestPanicError, Machine } from '../vm/machine.js';
 import { writeSeedIso, type SeedOptions } from '../vm/seed.js';
 import type { KeyPair } from '../vm/ssh.js';
 import type { LayerContext } from './context.js';
@@ -26,10 +26,26 @@ export interface BuilderGuest {
 
 export const GUEST_FILES = { disk: 'disk.qcow2', efivars: 'efivars.qcow2', seed: 'seed.iso' } as const;
 
+/**
+ * Boots a builder guest; a cold boot whose kernel panicked is tried once more from scratch
+ * (multi-threaded TCG on QEMU 7.2 can race with the kernel patching its own code at boot:
+ * `Oops: int3` in sched_clock_tick, seen here on x86_64 guests under load).
+ */
 export async function bootBuilder(ctx: LayerContext, g: BuilderGuest): Promise<Machine> {
+  try {
+    return await bootOnce(ctx, g);
+  } catch (err) {
+    if (!(err instanceof GuestPanicError)) throw err;
+    log.warning(`${g.name}: ${err.message.split('\n')[0]}; booting once more`);
+    return bootOnce(ctx, g);
+  }
+}
+
+async function bootOnce(ctx: LayerContext, g: BuilderGuest): Promise<Machine> {
   const disk = path.join(g.workDir, GUEST_FILES.disk);
   const efiVars = path.join(g.workDir, GUEST_FILES.efivars);
   const seedIso = path.join(g.workDir, GUEST_FILES.seed);
+  fs.rmSync(disk, { force: true });
   await createOverlay(path.resolve(g.base), disk, { size: g.diskSize ?? '20G' });
   await convert(ctx.host.firmware.vars, efiVars, { srcFormat: ctx.host.firmware.format });
   writeSeedIso(seedIso, { ...g.seed, publicKey: g.key.publicKey });
@@ -63,7 +79,7 @@ export async function bootBuilder(ctx: LayerContext, g: BuilderGuest): Promise<M
     if (warning) log.warning(warning);
     return m;
   } catch (err) {
-    await m.kill();
+    await m.destroy();
     throw err;
   }
 }

@@ -77,6 +77,42 @@ export class QemuExitedError extends Error {
   override name = 'QemuExitedError';
 }
 
+/** The guest kernel panicked: it will never answer, so waiting stops at once. */
+export class GuestPanicError extends Error {
+  override name = 'GuestPanicError';
+}
+
+const PANIC = /Kernel panic - not syncing/;
+
+/** Rejects when the serial log shows a kernel panic; reads only what is new each time. */
+function watchForPanic(serialLog: string, everyMs = 2000): { found: Promise<never>; stop: () => void } {
+  let offset = 0;
+  let carry = '';
+  let timer: NodeJS.Timeout | undefined;
+  const found = new Promise<never>((_, reject) => {
+    timer = setInterval(() => {
+      let fd: number | undefined;
+      try {
+        fd = fs.openSync(serialLog, 'r');
+        const size = fs.fstatSync(fd).size;
+        if (size <= offset) return;
+        const buf = Buffer.alloc(size - offset);
+        fs.readSync(fd, buf, 0, buf.length, offset);
+        offset = size;
+        const text = carry + buf.toString('latin1');
+        carry = text.slice(-64);
+        if (PANIC.test(text)) reject(new GuestPanicError(`the guest kernel panicked. Serial console, last lines:\n${logTail(serialLog)}`));
+      } catch {
+        /* no serial output yet */
+      } finally {
+        if (fd !== undefined) fs.closeSync(fd);
+      }
+    }, everyMs);
+  });
+  found.catch(() => {});
+  return { found, stop: () => clearInterval(timer) };
+}
+
 const HOSTFWD_FAILURE = /host ?forward|hostfwd/i;
 const START_TIMEOUT_MS = 30_000;
 
@@ -180,13 +216,15 @@ export class Machine {
   async waitReady(timeoutMs: number, label = `SSH on ${this.spec.name}`): Promise<number> {
     const start = Date.now();
     const stop = heartbeat(label, timeoutMs);
+    const panic = watchForPanic(this.spec.serialLog);
     try {
-      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: this.died });
+      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: Promise.race([this.died, panic.found]) });
     } catch (err) {
-      if (err instanceof QemuExitedError) throw err;
+      if (err instanceof QemuExitedError || err instanceof GuestPanicError) throw err;
       throw new Error(`${(err as Error).message}\n${this.diagnostics()}`);
     } finally {
       stop();
+      panic.stop();
     }
     return Date.now() - start;
   }

@@ -23339,6 +23339,38 @@ function installExitHook() {
 var QemuExitedError = class extends Error {
   name = "QemuExitedError";
 };
+var GuestPanicError = class extends Error {
+  name = "GuestPanicError";
+};
+var PANIC = /Kernel panic - not syncing/;
+function watchForPanic(serialLog, everyMs = 2e3) {
+  let offset = 0;
+  let carry = "";
+  let timer;
+  const found = new Promise((_, reject) => {
+    timer = setInterval(() => {
+      let fd;
+      try {
+        fd = fs9.openSync(serialLog, "r");
+        const size = fs9.fstatSync(fd).size;
+        if (size <= offset) return;
+        const buf = Buffer.alloc(size - offset);
+        fs9.readSync(fd, buf, 0, buf.length, offset);
+        offset = size;
+        const text = carry + buf.toString("latin1");
+        carry = text.slice(-64);
+        if (PANIC.test(text)) reject(new GuestPanicError(`the guest kernel panicked. Serial console, last lines:
+${logTail(serialLog)}`));
+      } catch {
+      } finally {
+        if (fd !== void 0) fs9.closeSync(fd);
+      }
+    }, everyMs);
+  });
+  found.catch(() => {
+  });
+  return { found, stop: () => clearInterval(timer) };
+}
 var HOSTFWD_FAILURE = /host ?forward|hostfwd/i;
 var START_TIMEOUT_MS = 3e4;
 var Machine = class _Machine {
@@ -23438,14 +23470,16 @@ ${logTail(this.spec.serialLog)}`;
   async waitReady(timeoutMs, label = `SSH on ${this.spec.name}`) {
     const start = Date.now();
     const stop = heartbeat(label, timeoutMs);
+    const panic = watchForPanic(this.spec.serialLog);
     try {
-      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: this.died });
+      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: Promise.race([this.died, panic.found]) });
     } catch (err) {
-      if (err instanceof QemuExitedError) throw err;
+      if (err instanceof QemuExitedError || err instanceof GuestPanicError) throw err;
       throw new Error(`${err.message}
 ${this.diagnostics()}`);
     } finally {
       stop();
+      panic.stop();
     }
     return Date.now() - start;
   }
@@ -23588,9 +23622,19 @@ async function connectQmp(socket, exited) {
 // src/layers/guest.ts
 var GUEST_FILES = { disk: "disk.qcow2", efivars: "efivars.qcow2", seed: "seed.iso" };
 async function bootBuilder(ctx, g) {
+  try {
+    return await bootOnce(ctx, g);
+  } catch (err) {
+    if (!(err instanceof GuestPanicError)) throw err;
+    log.warning(`${g.name}: ${err.message.split("\n")[0]}; booting once more`);
+    return bootOnce(ctx, g);
+  }
+}
+async function bootOnce(ctx, g) {
   const disk = path8.join(g.workDir, GUEST_FILES.disk);
   const efiVars = path8.join(g.workDir, GUEST_FILES.efivars);
   const seedIso2 = path8.join(g.workDir, GUEST_FILES.seed);
+  fs10.rmSync(disk, { force: true });
   await createOverlay(path8.resolve(g.base), disk, { size: g.diskSize ?? "20G" });
   await convert(ctx.host.firmware.vars, efiVars, { srcFormat: ctx.host.firmware.format });
   writeSeedIso(seedIso2, { ...g.seed, publicKey: g.key.publicKey });
@@ -23624,7 +23668,7 @@ async function bootBuilder(ctx, g) {
     if (warning2) log.warning(warning2);
     return m;
   } catch (err) {
-    await m.kill();
+    await m.destroy();
     throw err;
   }
 }
@@ -24286,9 +24330,8 @@ async function bootVm(o) {
     await convert(rec.firmware.vars, efiVars, { srcFormat: rec.firmware.format });
     writeSeedIso(seedIso2, { publicKey: key.publicKey, hostname: name });
     const vmDir = path13.join(workDir, "vm");
-    fs15.mkdirSync(vmDir);
     const arch = QEMU_ARCH[rec.arch];
-    machine = await Machine.spawn({
+    const spawnCold = () => Machine.spawn({
       qemu: out.qemu,
       arch,
       machine: rec.machine,
@@ -24307,13 +24350,20 @@ async function bootVm(o) {
       privateKey: key.privateKey,
       detached: true
     });
-    try {
-      await machine.waitReady(9e5);
-      const warning2 = await machine.waitCloudInit(9e5);
-      if (warning2) log.warning(warning2);
-    } catch (err) {
-      await machine.destroy();
-      throw err;
+    for (let attempt = 1; ; attempt++) {
+      fs15.mkdirSync(vmDir, { recursive: true });
+      machine = await spawnCold();
+      try {
+        await machine.waitReady(9e5);
+        const warning2 = await machine.waitCloudInit(9e5);
+        if (warning2) log.warning(warning2);
+        break;
+      } catch (err) {
+        await machine.destroy();
+        if (!(err instanceof GuestPanicError) || attempt > 1) throw err;
+        log.warning(`${name}: the guest kernel panicked at boot; booting once more`);
+        await createOverlay(image, disk, { size: "20G" });
+      }
     }
   }
   const vm = {

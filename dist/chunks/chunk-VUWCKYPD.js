@@ -17,7 +17,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-EAE7KF52.js";
+} from "./chunk-D4ZZ7F5X.js";
 import {
   addPath,
   getInput,
