@@ -938,12 +938,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
         if (type !== 'BlockBlob') throw new HttpError(400, 'InvalidHeaderValue', `Unsupported x-ms-blob-type: ${type}`);
         const stored = await storeBody(ctx, newFile('blob'));
         if (!stored) return;
-        if (blob.file) await fsp.rm(blob.file, { force: true });
-        await discardBlocks(blob);
-        blob.file = stored.file;
-        blob.size = stored.size;
-        blob.etag = newEtag();
-        blob.lastModified = new Date();
+        await commitBlob(blob, stored.file, stored.size);
         await send(ctx, 201, {
           ...azureHeaders(ctx),
           ETag: blob.etag,
@@ -1000,12 +995,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
         }
         ws.end();
         await finished(ws);
-        if (blob.file) await fsp.rm(blob.file, { force: true });
-        await discardBlocks(blob);
-        blob.file = out;
-        blob.size = size;
-        blob.etag = newEtag();
-        blob.lastModified = new Date();
+        await commitBlob(blob, out, size);
         await send(ctx, 201, {
           ...azureHeaders(ctx),
           ETag: blob.etag,
@@ -1093,7 +1083,17 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
     return { file, size, md5: digest };
   }
 
-  async function discardBlocks(blob: Blob): Promise<void> {
+  /** Makes `file` the blob's committed content (a single PUT or a block list), dropping what was there. */
+async function commitBlob(blob: Blob, file: string, size: number): Promise<void> {
+  if (blob.file) await fsp.rm(blob.file, { force: true });
+  await discardBlocks(blob);
+  blob.file = file;
+  blob.size = size;
+  blob.etag = newEtag();
+  blob.lastModified = new Date();
+}
+
+async function discardBlocks(blob: Blob): Promise<void> {
     for (const b of blob.blocks.values()) await fsp.rm(b.file, { force: true });
     blob.blocks.clear();
     blob.blockIdLength = undefined;
