@@ -20,7 +20,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-D4ZZ7F5X.js";
+} from "./chunks/chunk-ZBRZK76U.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-VUWCKYPD.js";
-import "./chunks/chunk-D4ZZ7F5X.js";
+} from "./chunks/chunk-WELRIYWC.js";
+import "./chunks/chunk-ZBRZK76U.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/main.ts

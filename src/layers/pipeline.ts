@@ -90,7 +90,8 @@ export function planLayers(config: Config, host: Host, publicKey: string, env: N
     machine: host.qemu.machine,
     accel: host.accel,
     cpu: host.cpuIdentity,
-    firmware: { code: host.firmware.code, size: fileSize(host.firmware.code), format: host.firmware.format },
+    // The firmware's identity, not its path: a padded copy lives under the cache dir, which differs per runner.
+    firmware: { code: path.basename(host.firmware.code), size: fileSize(host.firmware.code), format: host.firmware.format },
     cpus: config.cpus,
     memoryMb: config.memoryMb,
     sshKey: hashOf(publicKey.trim()),

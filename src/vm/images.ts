@@ -40,9 +40,13 @@ export async function imageInfo(file: string): Promise<ImageInfo> {
   return { format: j.format, virtualSize: j['virtual-size'], backingFile: j['backing-filename'] };
 }
 
-/** `qemu-img check`: true when the qcow2 metadata is consistent. */
+/**
+ * `qemu-img check` of the file alone: true when its qcow2 metadata is consistent. Its backing file is
+ * not opened (a restored overlay is checked before it sits beside its base).
+ */
 export async function checkImage(file: string): Promise<boolean> {
-  const r = await run('qemu-img', ['check', '-q', '-U', file], { allowFailure: true });
+  const spec = JSON.stringify({ driver: 'qcow2', backing: null, file: { driver: 'file', filename: path.resolve(file) } });
+  const r = await run('qemu-img', ['check', '-q', '-U', `json:${spec}`], { allowFailure: true });
   return r.code === 0;
 }
 

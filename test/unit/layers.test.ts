@@ -146,3 +146,20 @@ describe('raw layer', () => {
     assert.equal(fs.existsSync(`${dest2}.partial`), false);
   });
 });
+
+describe('qemu-img check of a restored layer', () => {
+  test('an overlay is checked without its backing file; corruption is still found', async () => {
+    const { checkImage, createOverlay } = await import('../../src/vm/images.js');
+    const { execFileSync } = await import('node:child_process');
+    const d = fs.mkdtempSync(path.join(tmp, 'qc-'));
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', path.join(d, 'base.qcow2'), '64M']);
+    fs.mkdirSync(path.join(d, 'staging'));
+    await createOverlay(path.join(d, 'base.qcow2'), path.join(d, 'staging', 'top.qcow2'), { relative: true });
+    // In the staging dir the relative backing path points nowhere, as it does for a restored snapshot.
+    assert.equal(await checkImage(path.join(d, 'staging', 'top.qcow2')), true);
+    const fd = fs.openSync(path.join(d, 'staging', 'top.qcow2'), 'r+');
+    fs.writeSync(fd, Buffer.from('x'), 0, 1, 20);
+    fs.closeSync(fd);
+    assert.equal(await checkImage(path.join(d, 'staging', 'top.qcow2')), false);
+  });
+});

@@ -23114,7 +23114,8 @@ async function listSnapshots(file) {
   return r.stdout.split("\n").slice(2).map((l) => l.trim().split(/\s+/)[1]).filter((t) => !!t);
 }
 async function checkImage(file) {
-  const r = await run("qemu-img", ["check", "-q", "-U", file], { allowFailure: true });
+  const spec = JSON.stringify({ driver: "qcow2", backing: null, file: { driver: "file", filename: path6.resolve(file) } });
+  const r = await run("qemu-img", ["check", "-q", "-U", `json:${spec}`], { allowFailure: true });
   return r.code === 0;
 }
 function copyFile(src, dst) {
@@ -23969,7 +23970,8 @@ function planLayers(config, host, publicKey, env = process.env) {
     machine: host.qemu.machine,
     accel: host.accel,
     cpu: host.cpuIdentity,
-    firmware: { code: host.firmware.code, size: fileSize(host.firmware.code), format: host.firmware.format },
+    // The firmware's identity, not its path: a padded copy lives under the cache dir, which differs per runner.
+    firmware: { code: path12.basename(host.firmware.code), size: fileSize(host.firmware.code), format: host.firmware.format },
     cpus: config.cpus,
     memoryMb: config.memoryMb,
     sshKey: hashOf(publicKey.trim()),

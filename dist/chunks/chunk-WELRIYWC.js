@@ -17,7 +17,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-D4ZZ7F5X.js";
+} from "./chunk-ZBRZK76U.js";
 import {
   addPath,
   getInput,
