@@ -20,7 +20,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-ZBRZK76U.js";
+} from "./chunks/chunk-2ENYMXL7.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

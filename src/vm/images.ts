@@ -47,7 +47,8 @@ export async function imageInfo(file: string): Promise<ImageInfo> {
 export async function checkImage(file: string): Promise<boolean> {
   const spec = JSON.stringify({ driver: 'qcow2', backing: null, file: { driver: 'file', filename: path.resolve(file) } });
   const r = await run('qemu-img', ['check', '-q', '-U', `json:${spec}`], { allowFailure: true });
-  return r.code === 0;
+  // 0: clean; 3: leaked clusters only (wasted space, e.g. after QEMU is killed following savevm).
+  return r.code === 0 || r.code === 3;
 }
 
 /** Copies a file as a reflink where the filesystem can, else a plain copy; never writes `src`. */

@@ -17,7 +17,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-ZBRZK76U.js";
+} from "./chunk-2ENYMXL7.js";
 import {
   addPath,
   getInput,

@@ -23116,7 +23116,7 @@ async function listSnapshots(file) {
 async function checkImage(file) {
   const spec = JSON.stringify({ driver: "qcow2", backing: null, file: { driver: "file", filename: path6.resolve(file) } });
   const r = await run("qemu-img", ["check", "-q", "-U", `json:${spec}`], { allowFailure: true });
-  return r.code === 0;
+  return r.code === 0 || r.code === 3;
 }
 function copyFile(src, dst) {
   fs8.copyFileSync(src, dst, fs8.constants.COPYFILE_FICLONE);
