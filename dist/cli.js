@@ -20,7 +20,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-2ENYMXL7.js";
+} from "./chunks/chunk-DQEVKFKX.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

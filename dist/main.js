@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-6G4SAXCK.js";
-import "./chunks/chunk-2ENYMXL7.js";
+} from "./chunks/chunk-BY5DE35L.js";
+import "./chunks/chunk-DQEVKFKX.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/main.ts

@@ -80,6 +80,9 @@ export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Mach
   await rebaseUnsafe(disk, path.resolve(o.backing));
   const vmDir = path.join(o.workDir, 'vm');
   fs.mkdirSync(vmDir, { recursive: true });
+  // The share is part of the saved device layout; on a runner that restored the layers it may not exist yet.
+  const sharePath = o.layout.shareTag ? (o.sharePath ?? path.join(o.workDir, 'share')) : undefined;
+  if (sharePath) fs.mkdirSync(sharePath, { recursive: true });
   const machine = await Machine.spawn({
     ...o.layout,
     qemu: o.qemu,
@@ -88,7 +91,7 @@ export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Mach
     efiVars,
     disk,
     seedIso: o.files.seed,
-    sharePath: o.layout.shareTag ? (o.sharePath ?? o.workDir) : undefined,
+    sharePath,
     loadvm: SNAPSHOT_TAG,
     workDir: vmDir,
     user: 'ryra',

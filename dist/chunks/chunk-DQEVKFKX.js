@@ -23839,6 +23839,8 @@ async function restoreMachine(o) {
   await rebaseUnsafe(disk, path11.resolve(o.backing));
   const vmDir = path11.join(o.workDir, "vm");
   fs13.mkdirSync(vmDir, { recursive: true });
+  const sharePath = o.layout.shareTag ? o.sharePath ?? path11.join(o.workDir, "share") : void 0;
+  if (sharePath) fs13.mkdirSync(sharePath, { recursive: true });
   const machine = await Machine.spawn({
     ...o.layout,
     qemu: o.qemu,
@@ -23847,7 +23849,7 @@ async function restoreMachine(o) {
     efiVars,
     disk,
     seedIso: o.files.seed,
-    sharePath: o.layout.shareTag ? o.sharePath ?? o.workDir : void 0,
+    sharePath,
     loadvm: SNAPSHOT_TAG,
     workDir: vmDir,
     user: "ryra",

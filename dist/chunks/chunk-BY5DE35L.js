@@ -17,7 +17,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-2ENYMXL7.js";
+} from "./chunk-DQEVKFKX.js";
 import {
   addPath,
   getInput,
