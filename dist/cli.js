@@ -20,7 +20,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-DQEVKFKX.js";
+} from "./chunks/chunk-D45VXWOO.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

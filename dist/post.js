@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-BY5DE35L.js";
-import "./chunks/chunk-DQEVKFKX.js";
+} from "./chunks/chunk-BIHE2NBN.js";
+import "./chunks/chunk-D45VXWOO.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/post.ts

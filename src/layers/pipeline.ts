@@ -147,7 +147,7 @@ export function validLayer(dir: string, p: LayerPlan, parentId?: string): Manife
   return why ? undefined : m;
 }
 
-function bytesOf(dir: string, m: Manifest): number {
+function bytesOf(m: Manifest): number {
   return m.files.reduce((n, f) => n + f.size, 0);
 }
 
@@ -201,7 +201,7 @@ async function ensureLayer(
 ): Promise<Manifest> {
   const start = Date.now();
   const result = (source: LayerSource, m: Manifest, note?: string) =>
-    results.push({ layer: p.layer, source, seconds: (Date.now() - start) / 1000, bytes: bytesOf(ctx.dir, m), ...(note ? { note } : {}) });
+    results.push({ layer: p.layer, source, seconds: (Date.now() - start) / 1000, bytes: bytesOf(m), ...(note ? { note } : {}) });
   const have = validLayer(ctx.dir, p, o.parentId);
   if (have) {
     log.info(`${p.layer}: using ${p.files[0]} (local cache)`);

@@ -4,7 +4,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { log } from '../log.js';
-import { run } from '../util/proc.js';
 import { copyFile, listSnapshots, rebaseUnsafe } from '../vm/images.js';
 import { Machine } from '../vm/machine.js';
 import type { VmLayout } from '../vm/spec.js';
@@ -106,15 +105,6 @@ export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Mach
   }
 }
 
-async function stateSize(file: string): Promise<number> {
-  const r = await run('qemu-img', ['snapshot', '-U', '-l', file]);
-  const row = r.stdout.split('\n').find((l) => l.trim().split(/\s+/)[1] === SNAPSHOT_TAG);
-  const m = row && /\s(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s/.exec(row.replace(/^\s*\S+\s+\S+/, ' '));
-  if (!m) return 0;
-  const unit = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[m[2] as '' | 'K' | 'M' | 'G' | 'T'];
-  return Math.round(Number(m[1]) * unit);
-}
-
 export async function buildSnapshot(
   ctx: LayerContext,
   o: { name: string; base: string; out: SnapshotFiles; key: KeyPair; memoryMb: number; cpus: number; shrink?: boolean },
@@ -159,8 +149,9 @@ export async function buildSnapshot(
     const stepMs = Date.now() - stepStart;
     const disk = path.join(work, GUEST_FILES.disk);
     const efivars = path.join(work, GUEST_FILES.efivars);
-    if (!(await listSnapshots(disk)).includes(SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
-    const stateBytes = await stateSize(efivars);
+    if (!(await listSnapshots(disk)).some((x) => x.tag === SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
+    // QEMU writes the RAM state into the first writable qcow2 drive: the UEFI vars.
+    const stateBytes = (await listSnapshots(efivars)).find((x) => x.tag === SNAPSHOT_TAG)?.vmStateBytes ?? 0;
     log.info(`  ${o.name}: savevm ${(savevmMs / 1000).toFixed(1)} s, RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
 
     const verifyDir = path.join(work, 'verify');

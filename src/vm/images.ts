@@ -18,14 +18,17 @@ export async function convert(src: string, dst: string, opts: { srcFormat?: stri
   await run('qemu-img', ['convert', '-f', opts.srcFormat ?? 'qcow2', '-O', 'qcow2', ...(opts.compress ? ['-c'] : []), src, dst]);
 }
 
-export async function listSnapshots(file: string): Promise<string[]> {
-  const r = await run('qemu-img', ['snapshot', '-U', '-l', file]);
-  // Rows after the header: "ID  TAG  VM SIZE  DATE  VM CLOCK  ICOUNT"
-  return r.stdout
-    .split('\n')
-    .slice(2)
-    .map((l) => l.trim().split(/\s+/)[1])
-    .filter((t): t is string => !!t);
+export interface InternalSnapshot {
+  tag: string;
+  /** Bytes of saved VM state (RAM and devices) in this file; 0 for a disk-only snapshot. */
+  vmStateBytes: number;
+}
+
+/** Internal snapshots of a qcow2 file, from `qemu-img info`'s JSON (exact sizes, no table parsing). */
+export async function listSnapshots(file: string): Promise<InternalSnapshot[]> {
+  const r = await run('qemu-img', ['info', '-U', '--output=json', file]);
+  const j = JSON.parse(r.stdout) as { snapshots?: { name: string; 'vm-state-size': number }[] };
+  return (j.snapshots ?? []).map((x) => ({ tag: x.name, vmStateBytes: x['vm-state-size'] }));
 }
 
 export interface ImageInfo {

@@ -23110,8 +23110,9 @@ async function convert(src, dst, opts = {}) {
   await run("qemu-img", ["convert", "-f", opts.srcFormat ?? "qcow2", "-O", "qcow2", ...opts.compress ? ["-c"] : [], src, dst]);
 }
 async function listSnapshots(file) {
-  const r = await run("qemu-img", ["snapshot", "-U", "-l", file]);
-  return r.stdout.split("\n").slice(2).map((l) => l.trim().split(/\s+/)[1]).filter((t) => !!t);
+  const r = await run("qemu-img", ["info", "-U", "--output=json", file]);
+  const j = JSON.parse(r.stdout);
+  return (j.snapshots ?? []).map((x) => ({ tag: x.name, vmStateBytes: x["vm-state-size"] }));
 }
 async function checkImage(file) {
   const spec = JSON.stringify({ driver: "qcow2", backing: null, file: { driver: "file", filename: path6.resolve(file) } });
@@ -23863,14 +23864,6 @@ async function restoreMachine(o) {
     throw err;
   }
 }
-async function stateSize(file) {
-  const r = await run("qemu-img", ["snapshot", "-U", "-l", file]);
-  const row = r.stdout.split("\n").find((l) => l.trim().split(/\s+/)[1] === SNAPSHOT_TAG);
-  const m = row && /\s(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s/.exec(row.replace(/^\s*\S+\s+\S+/, " "));
-  if (!m) return 0;
-  const unit = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[m[2]];
-  return Math.round(Number(m[1]) * unit);
-}
 async function buildSnapshot(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
   const share = path11.join(ctx.dir, "images");
@@ -23912,8 +23905,8 @@ async function buildSnapshot(ctx, o) {
     const stepMs = Date.now() - stepStart;
     const disk = path11.join(work, GUEST_FILES.disk);
     const efivars = path11.join(work, GUEST_FILES.efivars);
-    if (!(await listSnapshots(disk)).includes(SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
-    const stateBytes = await stateSize(efivars);
+    if (!(await listSnapshots(disk)).some((x) => x.tag === SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
+    const stateBytes = (await listSnapshots(efivars)).find((x) => x.tag === SNAPSHOT_TAG)?.vmStateBytes ?? 0;
     log.info(`  ${o.name}: savevm ${(savevmMs / 1e3).toFixed(1)} s, RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
     const verifyDir = path11.join(work, "verify");
     fs13.mkdirSync(verifyDir);
@@ -24006,7 +23999,7 @@ function validLayer(dir, p, parentId) {
   if (why && m) log.info(`  ${p.layer} layer ${p.base} not usable: ${why}`);
   return why ? void 0 : m;
 }
-function bytesOf(dir, m) {
+function bytesOf(m) {
   return m.files.reduce((n, f) => n + f.size, 0);
 }
 function cacheKeyFor(p, parentId) {
@@ -24042,7 +24035,7 @@ function cachePaths(p) {
 }
 async function ensureLayer(ctx, p, results, o) {
   const start = Date.now();
-  const result = (source, m, note) => results.push({ layer: p.layer, source, seconds: (Date.now() - start) / 1e3, bytes: bytesOf(ctx.dir, m), ...note ? { note } : {} });
+  const result = (source, m, note) => results.push({ layer: p.layer, source, seconds: (Date.now() - start) / 1e3, bytes: bytesOf(m), ...note ? { note } : {} });
   const have = validLayer(ctx.dir, p, o.parentId);
   if (have) {
     log.info(`${p.layer}: using ${p.files[0]} (local cache)`);

@@ -17,7 +17,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-DQEVKFKX.js";
+} from "./chunk-D45VXWOO.js";
 import {
   addPath,
   getInput,
