@@ -82,7 +82,7 @@ export class GuestPanicError extends Error {
   override name = 'GuestPanicError';
 }
 
-const PANIC = /Kernel panic - not syncing/;
+const PANIC = /Kernel panic - not syncing:[^\r\n]*/;
 
 /** Rejects when the serial log shows a kernel panic; reads only what is new each time. */
 function watchForPanic(serialLog: string, everyMs = 2000): { found: Promise<never>; stop: () => void } {
@@ -101,7 +101,9 @@ function watchForPanic(serialLog: string, everyMs = 2000): { found: Promise<neve
         offset = size;
         const text = carry + buf.toString('latin1');
         carry = text.slice(-64);
-        if (PANIC.test(text)) reject(new GuestPanicError(`the guest kernel panicked. Serial console, last lines:\n${logTail(serialLog)}`));
+        // The panic line itself leads: the tail is mostly the stack trace printed after it.
+        const line = PANIC.exec(text)?.[0];
+        if (line) reject(new GuestPanicError(`the guest kernel panicked (${line.trim()}). Serial console, last lines:\n${logTail(serialLog)}`));
       } catch {
         /* no serial output yet */
       } finally {
