@@ -9,10 +9,8 @@ import { accelArgs, QEMU_ARCH, type Accel } from './host/platform.js';
 import { InputError } from './inputs.js';
 import { log } from './log.js';
 import { runtimeDir } from './paths.js';
-import { restoreMachine } from './layers/snapshot.js';
-import { convert, createOverlay } from './vm/images.js';
-import { GuestPanicError, Machine, logTail } from './vm/machine.js';
-import { writeSeedIso } from './vm/seed.js';
+import { coldBoot, restoreMachine } from './vm/boot.js';
+import { logTail, type Machine } from './vm/machine.js';
 import type { VmLayout } from './vm/spec.js';
 import type { KeyPair } from './vm/ssh.js';
 
@@ -146,6 +144,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       layout,
       workDir,
       key,
+      user: out['ssh-user'],
       sshTimeoutMs: 300_000,
       sharePath: path.join(rec.cacheDir, 'images'),
       detached: true,
@@ -155,49 +154,25 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   } else {
     mode = 'cold';
     log.info(`no snapshot recorded: cold-booting ${name} from ${path.basename(image)}`);
-    const disk = path.join(workDir, 'disk.qcow2');
-    const efiVars = path.join(workDir, 'efivars.qcow2');
-    const seedIso = path.join(workDir, 'seed.iso');
-    await createOverlay(image, disk, { size: '20G' });
-    await convert(rec.firmware.vars, efiVars, { srcFormat: rec.firmware.format });
-    writeSeedIso(seedIso, { publicKey: key.publicKey, hostname: name });
-    const vmDir = path.join(workDir, 'vm');
     const arch = QEMU_ARCH[rec.arch];
-    const spawnCold = () => Machine.spawn({
+    machine = await coldBoot({
+      name,
       qemu: out.qemu,
       arch,
       machine: rec.machine,
       accel: accelArgs(arch, out.accel as Accel),
+      firmware: { ...rec.firmware, code: out['efi-code'] },
       memoryMb: o.memoryMb ?? 2048,
       cpus: o.cpus ?? 2,
-      firmwareFormat: rec.firmware.format,
-      seed: true,
-      name,
-      efiCode: out['efi-code'],
-      efiVars,
-      disk,
-      seedIso,
-      workDir: vmDir,
+      base: image,
+      workDir,
+      key,
       user: out['ssh-user'],
-      privateKey: key.privateKey,
+      seed: { hostname: name },
+      sshTimeoutMs: 900_000,
+      cloudInitTimeoutMs: 900_000,
       detached: true,
     });
-    // A kernel panic at boot is tried once more (see bootBuilder).
-    for (let attempt = 1; ; attempt++) {
-      fs.mkdirSync(vmDir, { recursive: true });
-      machine = await spawnCold();
-      try {
-        await machine.waitReady(900_000);
-        const warning = await machine.waitCloudInit(900_000);
-        if (warning) log.warning(warning);
-        break;
-      } catch (err) {
-        await machine.destroy();
-        if (!(err instanceof GuestPanicError) || attempt > 1) throw err;
-        log.warning(`${name}: the guest kernel panicked at boot; booting once more`);
-        await createOverlay(image, disk, { size: '20G' });
-      }
-    }
   }
   const vm: VmRecord = {
     name,

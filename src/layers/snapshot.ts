@@ -4,15 +4,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { log } from '../log.js';
-import { copyFile, listSnapshots, rebaseUnsafe } from '../vm/images.js';
-import { Machine } from '../vm/machine.js';
+import { GUEST_FILES, restoreMachine, SNAPSHOT_TAG } from '../vm/boot.js';
+import { listSnapshots, rebaseUnsafe } from '../vm/images.js';
 import type { VmLayout } from '../vm/spec.js';
 import type { KeyPair } from '../vm/ssh.js';
 import type { LayerContext } from './context.js';
-import { bootBuilder, GUEST_FILES } from './guest.js';
+import { bootBuilder } from './guest.js';
 import { tempPath } from './manifest.js';
 
-export const SNAPSHOT_TAG = 'ready';
 export const SHARE_TAG = 'images';
 
 /**
@@ -53,56 +52,6 @@ export interface SnapshotBuild {
   verifyRestoreMs: number;
   /** Size of the saved RAM state (from `qemu-img snapshot -l` of the UEFI vars drive). */
   stateBytes: number;
-}
-
-/** Restores a snapshot's disk + vars copy into `workDir` and waits for SSH: the layout comes from the record. */
-export interface RestoreOptions {
-  name: string;
-  qemu: string;
-  efiCode: string;
-  files: SnapshotFiles;
-  backing: string;
-  layout: VmLayout;
-  workDir: string;
-  key: KeyPair;
-  sshTimeoutMs: number;
-  sharePath?: string;
-  detached?: boolean;
-}
-
-export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Machine; readyMs: number }> {
-  const disk = path.join(o.workDir, 'disk.qcow2');
-  const efiVars = path.join(o.workDir, 'efivars.qcow2');
-  copyFile(o.files.disk, disk);
-  copyFile(o.files.efivars, efiVars);
-  // The copy's relative backing path no longer points at the base: point it there (header only).
-  await rebaseUnsafe(disk, path.resolve(o.backing));
-  const vmDir = path.join(o.workDir, 'vm');
-  fs.mkdirSync(vmDir, { recursive: true });
-  // The share is part of the saved device layout; on a runner that restored the layers it may not exist yet.
-  const sharePath = o.layout.shareTag ? (o.sharePath ?? path.join(o.workDir, 'share')) : undefined;
-  if (sharePath) fs.mkdirSync(sharePath, { recursive: true });
-  const machine = await Machine.spawn({
-    ...o.layout,
-    qemu: o.qemu,
-    name: o.name,
-    efiCode: o.efiCode,
-    efiVars,
-    disk,
-    seedIso: o.files.seed,
-    sharePath,
-    loadvm: SNAPSHOT_TAG,
-    workDir: vmDir,
-    user: 'ryra',
-    privateKey: o.key.privateKey,
-    detached: o.detached,
-  });
-  try {
-    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, `SSH on restored ${o.name}`) };
-  } catch (err) {
-    await machine.destroy();
-    throw err;
-  }
 }
 
 export async function buildSnapshot(

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { OutputValues } from '../../src/contract.js';
 import type { LayerResult } from '../../src/layers/pipeline.js';
-import { restoreMachine } from '../../src/layers/snapshot.js';
+import { restoreMachine } from '../../src/vm/boot.js';
 import type { VmLayout } from '../../src/vm/spec.js';
 import { startCacheServer, type CacheProtocol, type CacheServer } from '../support/cache-server.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
@@ -259,6 +259,23 @@ describe(`action end to end (${arch}, TCG)`, { timeout: 80 * 60_000 }, () => {
     });
     assert.equal(server.requests.length, before, 'no request reached the cache service');
     assert.deepEqual(sources(run5), { prepared: 'local', snapshot: 'built' });
+  });
+
+  test('snapshot: false: outputs say so, and ryra-vm boot cold-boots the prepared image', async () => {
+    const run6 = await job('run6', { cache: 'false', snapshot: 'false', 'cache-dir': path.dirname(run1.outputs.image) }, {
+      steps: async (vm, outputs) => {
+        assert.equal(outputs.snapshot, 'false');
+        assert.equal(outputs['snapshot-disk'] ?? '', '');
+        const boot = await vm(['boot', '--name', 'coldvm', '--memory', '1024']);
+        assert.equal(boot.code, 0, boot.stderr);
+        assert.match(boot.stdout, /^coldvm port=\d+ pid=\d+ ready in [\d.]+ s \(cold\)$/m);
+        // The seed names the guest after the VM; cloud-init finished before boot returned.
+        assert.match((await vm(['ssh', 'coldvm', '--', 'hostname; cloud-init status'])).stdout, /^coldvm\nstatus: (degraded )?done\n/);
+        assert.equal((await vm(['stop', 'coldvm'])).code, 0);
+        assert.deepEqual(qemuProcessesUnder(root.dir), []);
+      },
+    });
+    assert.deepEqual(sources(run6), { prepared: 'local' });
   });
 
   test('v1: restores through the REST protocol and saves a new snapshot size with it', async () => {

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { OutputValues } from '../../src/contract.js';
 import type { LayerResult } from '../../src/layers/pipeline.js';
-import { restoreMachine } from '../../src/layers/snapshot.js';
+import { restoreMachine } from '../../src/vm/boot.js';
 import type { Machine } from '../../src/vm/machine.js';
 import type { VmLayout } from '../../src/vm/spec.js';
 import { ensureFixture, testArches, type Fixture } from '../support/fixtures.js';
