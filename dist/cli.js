@@ -20,7 +20,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-D45VXWOO.js";
+} from "./chunks/chunk-PA4OU2QK.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-BIHE2NBN.js";
-import "./chunks/chunk-D45VXWOO.js";
+} from "./chunks/chunk-VIUWPDOH.js";
+import "./chunks/chunk-PA4OU2QK.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/post.ts

@@ -79,10 +79,14 @@ export function invalidReason(m: Manifest | undefined, dir: string, want: { key:
   return undefined;
 }
 
-export async function sha256File(file: string): Promise<string> {
-  const h = createHash('sha256');
+export async function fileDigest(file: string, algorithm: string): Promise<string> {
+  const h = createHash(algorithm);
   for await (const chunk of fs.createReadStream(file)) h.update(chunk as Buffer);
   return h.digest('hex');
+}
+
+export function sha256File(file: string): Promise<string> {
+  return fileDigest(file, 'sha256');
 }
 
 export async function describeFiles(dir: string, names: string[]): Promise<ManifestFile[]> {

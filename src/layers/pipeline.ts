@@ -18,6 +18,7 @@ import {
   MANIFEST_SUFFIX,
   tempPath,
   describeFiles,
+  fileDigest,
   hashOf,
   invalidReason,
   manifestPath,
@@ -188,6 +189,26 @@ function cachePaths(p: LayerPlan): string[] {
   return [...p.files, p.base + MANIFEST_SUFFIX];
 }
 
+/** Writes a layer's manifest, last, over files already in place. */
+async function record(ctx: LayerContext, p: LayerPlan, start: number, parentId: string | undefined, extra: Partial<Manifest>): Promise<Manifest> {
+  return writeManifest(manifestPath(ctx.dir, p.base), {
+    layer: p.layer,
+    key: p.key,
+    inputs: p.inputs,
+    parentId,
+    files: await describeFiles(ctx.dir, p.files),
+    buildSeconds: Math.round((Date.now() - start) / 1000),
+    ...extra,
+  });
+}
+
+/** Saves a new layer to the Actions cache at once (so a later failure cannot lose it); says how it went. */
+async function saveLayer(ctx: LayerContext, p: LayerPlan, key: string): Promise<string> {
+  if (!ctx.cache) return 'no Actions cache';
+  const saved = await log.group(`Saving the ${p.layer} layer to the Actions cache (${key})`, () => ctx.cache!.save(key, cachePaths(p), ctx.dir));
+  return saved === 'saved' ? 'saved to the Actions cache' : saved === 'exists' ? 'another job saved it first' : 'not saved to the Actions cache';
+}
+
 /**
  * Ensures one layer: valid → used; else, under its lock, checked again (another run may have
  * built it meanwhile), restored from the Actions cache, or built and recorded with a manifest
@@ -197,7 +218,15 @@ async function ensureLayer(
   ctx: LayerContext,
   p: LayerPlan,
   results: LayerResult[],
-  o: { parentId?: string; build: () => Promise<Partial<Manifest> | void> },
+  o: {
+    parentId?: string;
+    build: () => Promise<Partial<Manifest> | void>;
+    /**
+     * Files of this layer left without any manifest (the Rust tool this action replaces kept the
+     * same names): returns manifest fields when they check out, else undefined (they are rebuilt).
+     */
+    adopt?: () => Promise<Partial<Manifest> | undefined>;
+  },
 ): Promise<Manifest> {
   const start = Date.now();
   const result = (source: LayerSource, m: Manifest, note?: string) =>
@@ -216,6 +245,14 @@ async function ensureLayer(
       return again;
     }
     const key = cacheKeyFor(p, o.parentId);
+    const unrecorded = !fs.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs.existsSync(path.join(ctx.dir, f)));
+    const adopted = unrecorded && o.adopt ? await o.adopt() : undefined;
+    if (adopted) {
+      const m = await record(ctx, p, start, o.parentId, adopted);
+      log.info(`${p.layer}: adopted ${p.files[0]} left by an earlier tool (verified)`);
+      result('local', m, `adopted an unrecorded file (${await saveLayer(ctx, p, key)})`);
+      return m;
+    }
     if (ctx.cache) {
       const restored = await log.group(`Restoring the ${p.layer} layer from the Actions cache (${key})`, () => restoreLayer(ctx, p, key, o.parentId));
       if (restored) {
@@ -226,26 +263,11 @@ async function ensureLayer(
     }
     const m = await log.group(`Building the ${p.layer} layer (${p.files[0]})`, async () => {
       removeLayer(ctx.dir, p.base, p.files);
-      const extra = (await o.build()) ?? {};
-      const files = await describeFiles(ctx.dir, p.files);
-      const built = writeManifest(manifestPath(ctx.dir, p.base), {
-        layer: p.layer,
-        key: p.key,
-        inputs: p.inputs,
-        parentId: o.parentId,
-        files,
-        buildSeconds: Math.round((Date.now() - start) / 1000),
-        ...extra,
-      });
+      const built = await record(ctx, p, start, o.parentId, (await o.build()) ?? {});
       log.info(`${p.layer}: built ${p.files[0]} in ${((Date.now() - start) / 1000).toFixed(0)} s`);
       return built;
     });
-    let note: string | undefined;
-    if (ctx.cache) {
-      const saved = await log.group(`Saving the ${p.layer} layer to the Actions cache (${key})`, () => ctx.cache!.save(key, cachePaths(p), ctx.dir));
-      note = saved === 'saved' ? 'saved to the Actions cache' : saved === 'exists' ? 'another job saved it first' : 'not saved to the Actions cache';
-    }
-    result('built', m, note);
+    result('built', m, ctx.cache ? await saveLayer(ctx, p, key) : undefined);
     return m;
   });
 }
@@ -334,10 +356,21 @@ export async function ensureLayers(config: Config, host: Host): Promise<EnsureRe
 
   const prepared = await ensureLayer(ctx, plan.prepared, results, {
     build: async () => {
+      const expectedRaw = () => expectedChecksum(plan.image, config.imageChecksum);
       const raw = await ensureLayer(ctx, plan.raw, results, {
+        // The seed's download under the same name is used when its digest is the published one.
+        adopt: async () => {
+          const expected = await expectedRaw();
+          const file = at(plan.raw.files[0]);
+          log.info(`${plan.raw.files[0]} has no manifest: checking its ${expected.algorithm} before using it`);
+          const actual = await fileDigest(file, expected.algorithm);
+          if (actual === expected.hex) return { digest: `${expected.algorithm}:${expected.hex}` };
+          log.info(`  it is not the published image (${expected.algorithm}:${actual.slice(0, 16)}…): downloading afresh`);
+          return undefined;
+        },
         build: async () => {
           const url = config.imageUrl ?? plan.image.url;
-          const expected = await expectedChecksum(plan.image, config.imageChecksum);
+          const expected = await expectedRaw();
           log.info(`Downloading ${url}`);
           const dest = at(plan.raw.files[0]);
           await download(url, dest, `${dest}.partial`, expected);

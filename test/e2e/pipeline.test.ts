@@ -87,8 +87,13 @@ describe('raw layer refuses a tampered image', () => {
     fs.writeSync(fd, b, 0, 1, 70_000);
     fs.closeSync(fd);
     const cacheDir = path.join(root.dir, 'cache-tampered');
+    // The same bytes already sit under the raw layer's file name with no manifest (as an earlier
+    // tool would leave them): not adopted, since the digest is not the expected one.
+    fs.mkdirSync(cacheDir, { recursive: true });
+    fs.copyFileSync(tampered, path.join(cacheDir, path.basename(fx.image)));
     const r = await runCli(prepareArgs(testArches()[0], { ...fx, image: tampered }, cacheDir), { RYRA_VM_RUNTIME_DIR: path.join(root.dir, 'rt-t') }).done;
     assert.equal(r.code, 1);
+    assert.match(r.stderr, /has no manifest: checking its sha512 before using it\n.*it is not the published image \(sha512:[0-9a-f]{16}…\): downloading afresh/);
     assert.match(r.stderr, new RegExp(`checksum mismatch for .*tampered.qcow2: expected sha512:${fx.sha512}, got sha512:[0-9a-f]{128}`));
     const left = fs.readdirSync(cacheDir).filter((f) => f.endsWith('.qcow2') || f.endsWith('.partial'));
     assert.deepEqual(left, []);
@@ -130,8 +135,13 @@ for (const arch of testArches()) {
         assert.ok(!fs.readdirSync(cacheDir).some((f) => f.includes('.ryra-tmp-')), 'stale temps were cleaned');
         ra = r1.ms > r2.ms ? r1 : r2;
       } else {
-        ra = await prepare(arch, fx, cacheDir, env).result();
-        assert.deepEqual(ra.sources, { raw: 'built', prepared: 'built', snapshot: 'built' });
+        // The raw image is already here under the seed's file name, with no manifest (the Rust tool
+        // kept none): its digest checks out, so it is adopted and the URL is never read.
+        fs.mkdirSync(cacheDir, { recursive: true });
+        fs.copyFileSync(fx.image, path.join(cacheDir, path.basename(fx.image)));
+        ra = await prepare(arch, { ...fx, image: path.join(root.dir, 'nowhere', path.basename(fx.image)) }, cacheDir, env).result();
+        assert.deepEqual(ra.sources, { raw: 'local', prepared: 'built', snapshot: 'built' });
+        assert.match(ra.file.layers.find((l) => l.layer === 'raw')?.note ?? '', /^adopted an unrecorded file/);
       }
       assert.equal(ra.outputs.snapshot, 'true');
       assert.equal(ra.outputs.accel, 'tcg');

@@ -17,7 +17,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-D45VXWOO.js";
+} from "./chunk-PA4OU2QK.js";
 import {
   addPath,
   getInput,

@@ -22809,12 +22809,12 @@ function directorySectors(files, nameOf) {
 function writeDirectory(image, dir, files, nameOf, recDate) {
   const start = dir.lba * SECTOR;
   let offset = 0;
-  const put = (record) => {
+  const put = (record2) => {
     const inSector = offset % SECTOR;
-    if (inSector + record.length > SECTOR) offset += SECTOR - inSector;
-    if (offset + record.length > dir.size) throw new Error("buildIso: internal error, directory overflow");
-    record.copy(image, start + offset);
-    offset += record.length;
+    if (inSector + record2.length > SECTOR) offset += SECTOR - inSector;
+    if (offset + record2.length > dir.size) throw new Error("buildIso: internal error, directory overflow");
+    record2.copy(image, start + offset);
+    offset += record2.length;
   };
   put(directoryRecord(dir.lba, dir.size, true, Buffer.from([0]), recDate));
   put(directoryRecord(dir.lba, dir.size, true, Buffer.from([1]), recDate));
@@ -23025,10 +23025,13 @@ function invalidReason(m, dir, want, parentId) {
   }
   return void 0;
 }
-async function sha256File(file) {
-  const h = createHash("sha256");
+async function fileDigest(file, algorithm) {
+  const h = createHash(algorithm);
   for await (const chunk of fs7.createReadStream(file)) h.update(chunk);
   return h.digest("hex");
+}
+function sha256File(file) {
+  return fileDigest(file, "sha256");
 }
 async function describeFiles(dir, names) {
   return Promise.all(names.map(async (name) => ({ name, size: fs7.statSync(path5.join(dir, name)).size, sha256: await sha256File(path5.join(dir, name)) })));
@@ -23123,7 +23126,7 @@ function copyFile(src, dst) {
   fs8.copyFileSync(src, dst, fs8.constants.COPYFILE_FICLONE);
 }
 
-// src/layers/guest.ts
+// src/vm/boot.ts
 import * as fs10 from "node:fs";
 import * as path8 from "node:path";
 
@@ -23344,7 +23347,7 @@ var QemuExitedError = class extends Error {
 var GuestPanicError = class extends Error {
   name = "GuestPanicError";
 };
-var PANIC = /Kernel panic - not syncing/;
+var PANIC = /Kernel panic - not syncing:[^\r\n]*/;
 function watchForPanic(serialLog, everyMs = 2e3) {
   let offset = 0;
   let carry = "";
@@ -23361,7 +23364,8 @@ function watchForPanic(serialLog, everyMs = 2e3) {
         offset = size;
         const text = carry + buf.toString("latin1");
         carry = text.slice(-64);
-        if (PANIC.test(text)) reject(new GuestPanicError(`the guest kernel panicked. Serial console, last lines:
+        const line = PANIC.exec(text)?.[0];
+        if (line) reject(new GuestPanicError(`the guest kernel panicked (${line.trim()}). Serial console, last lines:
 ${logTail(serialLog)}`));
       } catch {
       } finally {
@@ -23621,58 +23625,99 @@ async function connectQmp(socket, exited) {
   return void 0;
 }
 
-// src/layers/guest.ts
+// src/vm/boot.ts
+var SNAPSHOT_TAG = "ready";
 var GUEST_FILES = { disk: "disk.qcow2", efivars: "efivars.qcow2", seed: "seed.iso" };
-async function bootBuilder(ctx, g) {
+async function coldBoot(o) {
   try {
-    return await bootOnce(ctx, g);
+    return await coldBootOnce(o);
   } catch (err) {
     if (!(err instanceof GuestPanicError)) throw err;
-    log.warning(`${g.name}: ${err.message.split("\n")[0]}; booting once more`);
-    return bootOnce(ctx, g);
+    log.warning(`${o.name}: ${err.message.split("\n")[0]}; booting once more`);
+    return coldBootOnce(o);
   }
 }
-async function bootOnce(ctx, g) {
-  const disk = path8.join(g.workDir, GUEST_FILES.disk);
-  const efiVars = path8.join(g.workDir, GUEST_FILES.efivars);
-  const seedIso2 = path8.join(g.workDir, GUEST_FILES.seed);
+async function coldBootOnce(o) {
+  const disk = path8.join(o.workDir, GUEST_FILES.disk);
+  const efiVars = path8.join(o.workDir, GUEST_FILES.efivars);
+  const seedIso2 = path8.join(o.workDir, GUEST_FILES.seed);
   fs10.rmSync(disk, { force: true });
-  await createOverlay(path8.resolve(g.base), disk, { size: g.diskSize ?? "20G" });
-  await convert(ctx.host.firmware.vars, efiVars, { srcFormat: ctx.host.firmware.format });
-  writeSeedIso(seedIso2, { ...g.seed, publicKey: g.key.publicKey });
-  const vmDir = path8.join(g.workDir, "vm");
+  await createOverlay(path8.resolve(o.base), disk, { size: o.diskSize ?? "20G" });
+  await convert(o.firmware.vars, efiVars, { srcFormat: o.firmware.format });
+  writeSeedIso(seedIso2, { ...o.seed, publicKey: o.key.publicKey, user: o.user });
+  const vmDir = path8.join(o.workDir, "vm");
+  fs10.rmSync(vmDir, { recursive: true, force: true });
   fs10.mkdirSync(vmDir, { recursive: true });
   const m = await Machine.spawn({
-    qemu: ctx.host.qemu.path,
-    arch: ctx.host.qemuArch,
-    machine: ctx.host.qemu.machine,
-    accel: ctx.host.accel,
-    memoryMb: g.memoryMb,
-    cpus: g.cpus,
-    firmwareFormat: ctx.host.firmware.format,
+    qemu: o.qemu,
+    arch: o.arch,
+    machine: o.machine,
+    accel: o.accel,
+    memoryMb: o.memoryMb,
+    cpus: o.cpus,
+    firmwareFormat: o.firmware.format,
     seed: true,
-    shareTag: g.share?.tag,
-    sharePath: g.share?.path,
-    name: g.name,
-    efiCode: ctx.host.firmware.code,
+    shareTag: o.share?.tag,
+    sharePath: o.share?.path,
+    name: o.name,
+    efiCode: o.firmware.code,
     efiVars,
     disk,
     seedIso: seedIso2,
     workDir: vmDir,
-    user: "ryra",
-    privateKey: g.key.privateKey
+    user: o.user ?? GUEST_USER,
+    privateKey: o.key.privateKey,
+    detached: o.detached
   });
   try {
-    log.info(`  ${g.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.spec.serialLog}`);
-    const ms = await m.waitReady(g.sshTimeoutMs);
-    log.info(`  ${g.name}: SSH ready after ${(ms / 1e3).toFixed(1)} s; waiting for cloud-init`);
-    const warning2 = await m.waitCloudInit(g.cloudInitTimeoutMs);
+    log.info(`  ${o.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.spec.serialLog}`);
+    const ms = await m.waitReady(o.sshTimeoutMs);
+    log.info(`  ${o.name}: SSH ready after ${(ms / 1e3).toFixed(1)} s; waiting for cloud-init`);
+    const warning2 = await m.waitCloudInit(o.cloudInitTimeoutMs);
     if (warning2) log.warning(warning2);
     return m;
   } catch (err) {
     await m.destroy();
     throw err;
   }
+}
+async function restoreMachine(o) {
+  const disk = path8.join(o.workDir, GUEST_FILES.disk);
+  const efiVars = path8.join(o.workDir, GUEST_FILES.efivars);
+  copyFile(o.files.disk, disk);
+  copyFile(o.files.efivars, efiVars);
+  await rebaseUnsafe(disk, path8.resolve(o.backing));
+  const vmDir = path8.join(o.workDir, "vm");
+  fs10.mkdirSync(vmDir, { recursive: true });
+  const sharePath = o.layout.shareTag ? o.sharePath ?? path8.join(o.workDir, "share") : void 0;
+  if (sharePath) fs10.mkdirSync(sharePath, { recursive: true });
+  const machine = await Machine.spawn({
+    ...o.layout,
+    qemu: o.qemu,
+    name: o.name,
+    efiCode: o.efiCode,
+    efiVars,
+    disk,
+    seedIso: o.files.seed,
+    sharePath,
+    loadvm: SNAPSHOT_TAG,
+    workDir: vmDir,
+    user: o.user ?? GUEST_USER,
+    privateKey: o.key.privateKey,
+    detached: o.detached
+  });
+  try {
+    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, `SSH on restored ${o.name}`) };
+  } catch (err) {
+    await machine.destroy();
+    throw err;
+  }
+}
+
+// src/layers/guest.ts
+function bootBuilder(ctx, g) {
+  const { host } = ctx;
+  return coldBoot({ ...g, qemu: host.qemu.path, arch: host.qemuArch, machine: host.qemu.machine, accel: host.accel, firmware: host.firmware });
 }
 
 // src/layers/prepared.ts
@@ -23828,42 +23873,9 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
 // src/layers/snapshot.ts
 import * as fs13 from "node:fs";
 import * as path11 from "node:path";
-var SNAPSHOT_TAG = "ready";
 var SHARE_TAG = "images";
 var SNAPSHOT_SETUP = `sudo mkdir -p /mnt/images; mkdir -p ~/.config/containers && printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf && printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf; systemctl --user daemon-reload`;
 var SHRINK_RAM = `sync; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null; d=$(mktemp -d); sudo mount -t tmpfs -o size=100% none "$d"; n=$(awk '/MemAvailable/ {print int($2/1024) - 160}' /proc/meminfo); [ "$n" -gt 0 ] && sudo dd if=/dev/zero of="$d/zero" bs=1M count="$n" status=none; sudo rm -f "$d/zero"; sudo umount "$d"; rmdir "$d"; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null`;
-async function restoreMachine(o) {
-  const disk = path11.join(o.workDir, "disk.qcow2");
-  const efiVars = path11.join(o.workDir, "efivars.qcow2");
-  copyFile(o.files.disk, disk);
-  copyFile(o.files.efivars, efiVars);
-  await rebaseUnsafe(disk, path11.resolve(o.backing));
-  const vmDir = path11.join(o.workDir, "vm");
-  fs13.mkdirSync(vmDir, { recursive: true });
-  const sharePath = o.layout.shareTag ? o.sharePath ?? path11.join(o.workDir, "share") : void 0;
-  if (sharePath) fs13.mkdirSync(sharePath, { recursive: true });
-  const machine = await Machine.spawn({
-    ...o.layout,
-    qemu: o.qemu,
-    name: o.name,
-    efiCode: o.efiCode,
-    efiVars,
-    disk,
-    seedIso: o.files.seed,
-    sharePath,
-    loadvm: SNAPSHOT_TAG,
-    workDir: vmDir,
-    user: "ryra",
-    privateKey: o.key.privateKey,
-    detached: o.detached
-  });
-  try {
-    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, `SSH on restored ${o.name}`) };
-  } catch (err) {
-    await machine.destroy();
-    throw err;
-  }
-}
 async function buildSnapshot(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
   const share = path11.join(ctx.dir, "images");
@@ -24033,6 +24045,22 @@ async function imagesCorrupt(dir, files) {
 function cachePaths(p) {
   return [...p.files, p.base + MANIFEST_SUFFIX];
 }
+async function record(ctx, p, start, parentId, extra) {
+  return writeManifest(manifestPath(ctx.dir, p.base), {
+    layer: p.layer,
+    key: p.key,
+    inputs: p.inputs,
+    parentId,
+    files: await describeFiles(ctx.dir, p.files),
+    buildSeconds: Math.round((Date.now() - start) / 1e3),
+    ...extra
+  });
+}
+async function saveLayer(ctx, p, key) {
+  if (!ctx.cache) return "no Actions cache";
+  const saved = await log.group(`Saving the ${p.layer} layer to the Actions cache (${key})`, () => ctx.cache.save(key, cachePaths(p), ctx.dir));
+  return saved === "saved" ? "saved to the Actions cache" : saved === "exists" ? "another job saved it first" : "not saved to the Actions cache";
+}
 async function ensureLayer(ctx, p, results, o) {
   const start = Date.now();
   const result = (source, m, note) => results.push({ layer: p.layer, source, seconds: (Date.now() - start) / 1e3, bytes: bytesOf(m), ...note ? { note } : {} });
@@ -24050,6 +24078,14 @@ async function ensureLayer(ctx, p, results, o) {
       return again;
     }
     const key = cacheKeyFor(p, o.parentId);
+    const unrecorded = !fs14.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs14.existsSync(path12.join(ctx.dir, f)));
+    const adopted = unrecorded && o.adopt ? await o.adopt() : void 0;
+    if (adopted) {
+      const m2 = await record(ctx, p, start, o.parentId, adopted);
+      log.info(`${p.layer}: adopted ${p.files[0]} left by an earlier tool (verified)`);
+      result("local", m2, `adopted an unrecorded file (${await saveLayer(ctx, p, key)})`);
+      return m2;
+    }
     if (ctx.cache) {
       const restored = await log.group(`Restoring the ${p.layer} layer from the Actions cache (${key})`, () => restoreLayer(ctx, p, key, o.parentId));
       if (restored) {
@@ -24060,26 +24096,11 @@ async function ensureLayer(ctx, p, results, o) {
     }
     const m = await log.group(`Building the ${p.layer} layer (${p.files[0]})`, async () => {
       removeLayer(ctx.dir, p.base, p.files);
-      const extra = await o.build() ?? {};
-      const files = await describeFiles(ctx.dir, p.files);
-      const built = writeManifest(manifestPath(ctx.dir, p.base), {
-        layer: p.layer,
-        key: p.key,
-        inputs: p.inputs,
-        parentId: o.parentId,
-        files,
-        buildSeconds: Math.round((Date.now() - start) / 1e3),
-        ...extra
-      });
+      const built = await record(ctx, p, start, o.parentId, await o.build() ?? {});
       log.info(`${p.layer}: built ${p.files[0]} in ${((Date.now() - start) / 1e3).toFixed(0)} s`);
       return built;
     });
-    let note;
-    if (ctx.cache) {
-      const saved = await log.group(`Saving the ${p.layer} layer to the Actions cache (${key})`, () => ctx.cache.save(key, cachePaths(p), ctx.dir));
-      note = saved === "saved" ? "saved to the Actions cache" : saved === "exists" ? "another job saved it first" : "not saved to the Actions cache";
-    }
-    result("built", m, note);
+    result("built", m, ctx.cache ? await saveLayer(ctx, p, key) : void 0);
     return m;
   });
 }
@@ -24147,10 +24168,21 @@ async function ensureLayers(config, host) {
   }
   const prepared = await ensureLayer(ctx, plan.prepared, results, {
     build: async () => {
+      const expectedRaw = () => expectedChecksum(plan.image, config.imageChecksum);
       const raw = await ensureLayer(ctx, plan.raw, results, {
+        // The seed's download under the same name is used when its digest is the published one.
+        adopt: async () => {
+          const expected = await expectedRaw();
+          const file = at(plan.raw.files[0]);
+          log.info(`${plan.raw.files[0]} has no manifest: checking its ${expected.algorithm} before using it`);
+          const actual = await fileDigest(file, expected.algorithm);
+          if (actual === expected.hex) return { digest: `${expected.algorithm}:${expected.hex}` };
+          log.info(`  it is not the published image (${expected.algorithm}:${actual.slice(0, 16)}\u2026): downloading afresh`);
+          return void 0;
+        },
         build: async () => {
           const url = config.imageUrl ?? plan.image.url;
-          const expected = await expectedChecksum(plan.image, config.imageChecksum);
+          const expected = await expectedRaw();
           log.info(`Downloading ${url}`);
           const dest = at(plan.raw.files[0]);
           await download(url, dest, `${dest}.partial`, expected);
@@ -24312,6 +24344,7 @@ async function bootVm(o) {
       layout,
       workDir,
       key,
+      user: out["ssh-user"],
       sshTimeoutMs: 3e5,
       sharePath: path13.join(rec.cacheDir, "images"),
       detached: true
@@ -24320,48 +24353,25 @@ async function bootVm(o) {
   } else {
     mode = "cold";
     log.info(`no snapshot recorded: cold-booting ${name} from ${path13.basename(image)}`);
-    const disk = path13.join(workDir, "disk.qcow2");
-    const efiVars = path13.join(workDir, "efivars.qcow2");
-    const seedIso2 = path13.join(workDir, "seed.iso");
-    await createOverlay(image, disk, { size: "20G" });
-    await convert(rec.firmware.vars, efiVars, { srcFormat: rec.firmware.format });
-    writeSeedIso(seedIso2, { publicKey: key.publicKey, hostname: name });
-    const vmDir = path13.join(workDir, "vm");
     const arch = QEMU_ARCH[rec.arch];
-    const spawnCold = () => Machine.spawn({
+    machine = await coldBoot({
+      name,
       qemu: out.qemu,
       arch,
       machine: rec.machine,
       accel: accelArgs(arch, out.accel),
+      firmware: { ...rec.firmware, code: out["efi-code"] },
       memoryMb: o.memoryMb ?? 2048,
       cpus: o.cpus ?? 2,
-      firmwareFormat: rec.firmware.format,
-      seed: true,
-      name,
-      efiCode: out["efi-code"],
-      efiVars,
-      disk,
-      seedIso: seedIso2,
-      workDir: vmDir,
+      base: image,
+      workDir,
+      key,
       user: out["ssh-user"],
-      privateKey: key.privateKey,
+      seed: { hostname: name },
+      sshTimeoutMs: 9e5,
+      cloudInitTimeoutMs: 9e5,
       detached: true
     });
-    for (let attempt = 1; ; attempt++) {
-      fs15.mkdirSync(vmDir, { recursive: true });
-      machine = await spawnCold();
-      try {
-        await machine.waitReady(9e5);
-        const warning2 = await machine.waitCloudInit(9e5);
-        if (warning2) log.warning(warning2);
-        break;
-      } catch (err) {
-        await machine.destroy();
-        if (!(err instanceof GuestPanicError) || attempt > 1) throw err;
-        log.warning(`${name}: the guest kernel panicked at boot; booting once more`);
-        await createOverlay(image, disk, { size: "20G" });
-      }
-    }
   }
   const vm = {
     name,
