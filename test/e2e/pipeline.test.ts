@@ -1,7 +1,8 @@
 // The layer pipeline through the bundled CLI on real guests (TCG): cold builds, packages installed
 // from Debian's archive inside the guest, snapshot restore, reruns that build nothing, a tampered
-// image, a run killed mid-prepare, concurrent runs, and a manifest from another QEMU.
+// image, a run killed mid-prepare, concurrent runs, a manifest from another QEMU, and the browser layer.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -31,6 +32,7 @@ after(async () => {
 interface OutputsFile {
   outputs: OutputValues;
   layout?: VmLayout;
+  browserLayout?: VmLayout;
   layers: LayerResult[];
 }
 
@@ -52,17 +54,20 @@ function prepare(arch: string, fx: Fixture, cacheDir: string, env: NodeJS.Proces
   return { run, result };
 }
 
-/** Restores a VM from the outputs' snapshot files and runs `cmd` in it. */
-async function inRestoredVm(o: OutputsFile, cmd: string): Promise<string> {
+/** Restores a VM from the outputs' snapshot files (or the browser snapshot's) and runs `cmd` in it. */
+async function inRestoredVm(o: OutputsFile, cmd: string, browser = false): Promise<string> {
   const workDir = fs.mkdtempSync(path.join(root.dir, 'restore-'));
+  const out = o.outputs;
   const { machine } = await restoreMachine(
     {
       name: 'check',
-      qemu: o.outputs.qemu,
-      efiCode: o.outputs['efi-code'],
-      files: { disk: o.outputs['snapshot-disk'], efivars: o.outputs['snapshot-efivars'], seed: o.outputs['snapshot-seed-iso'] },
-      backing: o.outputs.image,
-      layout: o.layout!,
+      qemu: out.qemu,
+      efiCode: out['efi-code'],
+      files: browser
+        ? { disk: out['browser-snapshot-disk'], efivars: out['browser-snapshot-efivars'], seed: out['browser-snapshot-seed-iso'] }
+        : { disk: out['snapshot-disk'], efivars: out['snapshot-efivars'], seed: out['snapshot-seed-iso'] },
+      backing: browser ? out['browser-image'] : out.image,
+      layout: (browser ? o.browserLayout : o.layout)!,
       workDir,
       key: { privateKey: fs.readFileSync(o.outputs['ssh-key'], 'utf8'), publicKey: o.outputs['ssh-public-key'] },
       sshTimeoutMs: 300_000,
@@ -170,6 +175,32 @@ for (const arch of testArches()) {
       assert.equal(r.sources.snapshot, 'built');
       assert.match(r.stderr, /snapshot layer .* not usable: built with other qemu \("6\.2\.0" ≠ "\d+\.\d+/);
       assert.match(await inRestoredVm(r.file, 'jq --version'), /^jq-1/);
+    });
+
+    test('browser: true builds the browser layer and its own snapshot on the prepared layer', { skip: arch !== testArches()[0] && 'once is enough' }, async () => {
+      // A stand-in for the seed's script (bun.sh and playwright's CDN are unreachable here): its first
+      // line as the seed has it (apt from Debian's archive), then files where the real one puts them.
+      const script = path.join(root.dir, 'browser-install.sh');
+      fs.writeFileSync(
+        script,
+        'set -e\nsudo apt-get update -qq && sudo apt-get install -y -qq unzip >/dev/null 2>&1\n' +
+          'sudo mkdir -p /opt/playwright && sudo chown $USER:$USER /opt/playwright\n' +
+          'echo stand-in > /opt/playwright/marker\necho \'export BROWSER_STAND_IN=1\' >> $HOME/.bashrc\n',
+      );
+      const benv = { ...env, RYRA_VM_BROWSER_SCRIPT: script };
+      const r = await prepare(arch, fx, cacheDir, benv, ['--browser']).result();
+      assert.deepEqual(r.sources, { prepared: 'local', snapshot: 'local', browser: 'built', 'browser-snapshot': 'built' });
+      assert.equal(r.file.browserLayout?.memoryMb, 1024);
+      for (const k of ['browser-image', 'browser-snapshot-disk', 'browser-snapshot-efivars', 'browser-snapshot-seed-iso'] as const) {
+        assert.ok(fs.existsSync(r.outputs[k]), `${k}: ${r.outputs[k]}`);
+      }
+      // Standalone: the browser image carries the prepared layer's packages and no backing file.
+      assert.doesNotMatch(execFileSync('qemu-img', ['info', r.outputs['browser-image']], { encoding: 'utf8' }), /backing file/);
+      const out = await inRestoredVm(r.file, 'cat /opt/playwright/marker && unzip -v | head -1 && jq --version', true);
+      assert.match(out, /^stand-in\nUnZip \d.*\njq-1/);
+      const again = await prepare(arch, fx, cacheDir, benv, ['--browser']).result();
+      assert.deepEqual(Object.values(again.sources).filter((x) => x !== 'local'), [], JSON.stringify(again.sources));
+      figures.push(`${arch}: browser layer + its snapshot ${(r.ms / 1000).toFixed(0)} s`);
     });
   });
 }
