@@ -79,18 +79,26 @@ export function invalidReason(m: Manifest | undefined, dir: string, want: { key:
   return undefined;
 }
 
-export async function fileDigest(file: string, algorithm: string): Promise<string> {
-  const h = createHash(algorithm);
-  for await (const chunk of fs.createReadStream(file)) h.update(chunk as Buffer);
-  return h.digest('hex');
+/** Hashes that see every chunk of a stream; several algorithms in one read. */
+export function digester(algorithms: readonly string[]): { update: (b: Buffer) => void; hex: () => Record<string, string> } {
+  const hashes = Object.fromEntries([...new Set(algorithms)].map((a) => [a, createHash(a)]));
+  return {
+    update: (b) => Object.values(hashes).forEach((h) => h.update(b)),
+    hex: () => Object.fromEntries(Object.entries(hashes).map(([a, h]) => [a, h.digest('hex')])),
+  };
 }
 
-export function sha256File(file: string): Promise<string> {
-  return fileDigest(file, 'sha256');
+/** Digests of a file, every algorithm from one read. */
+export async function fileDigests(file: string, algorithms: readonly string[]): Promise<Record<string, string>> {
+  const d = digester(algorithms);
+  for await (const chunk of fs.createReadStream(file)) d.update(chunk as Buffer);
+  return d.hex();
 }
 
 export async function describeFiles(dir: string, names: string[]): Promise<ManifestFile[]> {
-  return Promise.all(names.map(async (name) => ({ name, size: fs.statSync(path.join(dir, name)).size, sha256: await sha256File(path.join(dir, name)) })));
+  return Promise.all(
+    names.map(async (name) => ({ name, size: fs.statSync(path.join(dir, name)).size, sha256: (await fileDigests(path.join(dir, name), ['sha256'])).sha256 })),
+  );
 }
 
 export function writeManifest(file: string, m: Omit<Manifest, 'version' | 'id' | 'createdAt'> & { id?: string }): Manifest {

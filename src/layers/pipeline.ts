@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Outputs, type OutputValues } from '../contract.js';
 import { distroImage, GUEST_USER, type DistroImage } from '../distro.js';
 import type { Host } from '../host/setup.js';
-import type { Config } from '../inputs.js';
+import type { Checksum, Config } from '../inputs.js';
 import { errorMessage, log } from '../log.js';
 import { runtimeDir } from '../paths.js';
 import { ensureKeyFile, type KeyPair } from '../vm/ssh.js';
@@ -18,7 +18,7 @@ import {
   MANIFEST_SUFFIX,
   tempPath,
   describeFiles,
-  fileDigest,
+  fileDigests,
   hashOf,
   invalidReason,
   manifestPath,
@@ -196,9 +196,10 @@ async function record(ctx: LayerContext, p: LayerPlan, start: number, parentId: 
     key: p.key,
     inputs: p.inputs,
     parentId,
-    files: await describeFiles(ctx.dir, p.files),
     buildSeconds: Math.round((Date.now() - start) / 1000),
     ...extra,
+    // A builder that already read its files says so; else they are hashed here, once.
+    files: extra.files ?? (await describeFiles(ctx.dir, p.files)),
   });
 }
 
@@ -356,25 +357,31 @@ export async function ensureLayers(config: Config, host: Host): Promise<EnsureRe
 
   const prepared = await ensureLayer(ctx, plan.prepared, results, {
     build: async () => {
-      const expectedRaw = () => expectedChecksum(plan.image, config.imageChecksum);
+      // Fetched once: adoption and the download check against the same published digest.
+      let expectedRaw: Promise<Checksum> | undefined;
+      const expected = () => (expectedRaw ??= expectedChecksum(plan.image, config.imageChecksum));
+      // The raw image is read once: the verified digest and the manifest's sha256 come from that read.
+      const recorded = (e: Checksum, sha256: string) => ({
+        digest: `${e.algorithm}:${e.hex}`,
+        files: [{ name: plan.raw.files[0], size: fs.statSync(at(plan.raw.files[0])).size, sha256 }],
+      });
       const raw = await ensureLayer(ctx, plan.raw, results, {
         // The seed's download under the same name is used when its digest is the published one.
         adopt: async () => {
-          const expected = await expectedRaw();
-          const file = at(plan.raw.files[0]);
-          log.info(`${plan.raw.files[0]} has no manifest: checking its ${expected.algorithm} before using it`);
-          const actual = await fileDigest(file, expected.algorithm);
-          if (actual === expected.hex) return { digest: `${expected.algorithm}:${expected.hex}` };
-          log.info(`  it is not the published image (${expected.algorithm}:${actual.slice(0, 16)}…): downloading afresh`);
+          const e = await expected();
+          log.info(`${plan.raw.files[0]} has no manifest: checking its ${e.algorithm} before using it`);
+          const d = await fileDigests(at(plan.raw.files[0]), [e.algorithm, 'sha256']);
+          if (d[e.algorithm] === e.hex) return recorded(e, d.sha256);
+          log.info(`  it is not the published image (${e.algorithm}:${d[e.algorithm].slice(0, 16)}…): downloading afresh`);
           return undefined;
         },
         build: async () => {
           const url = config.imageUrl ?? plan.image.url;
-          const expected = await expectedRaw();
+          const e = await expected();
           log.info(`Downloading ${url}`);
           const dest = at(plan.raw.files[0]);
-          await download(url, dest, `${dest}.partial`, expected);
-          return { digest: `${expected.algorithm}:${expected.hex}` };
+          const { sha256 } = await download(url, dest, `${dest}.partial`, e);
+          return recorded(e, sha256);
         },
       });
       await buildImage(ctx, {

@@ -1,6 +1,6 @@
 // The raw layer: the cloud image, downloaded (or copied from file:// or a path) to a temp name,
 // hashed while it streams, compared with the published or given digest, then renamed into place.
-import { createHash } from 'node:crypto';
+import { digester } from './manifest.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -84,10 +84,11 @@ function mb(n: number): string {
  * Streams `url` into `dest` through `partial`, hashing on the way; renames only when the digest
  * matches. A mismatch deletes the partial file and names both digests.
  */
-export async function download(url: string, dest: string, partial: string, expected: Checksum, progressEveryMs = 5000): Promise<{ bytes: number }> {
+/** Downloads `url` to `dest` verifying `expected` while streaming; also returns the sha256 manifests record. */
+export async function download(url: string, dest: string, partial: string, expected: Checksum, progressEveryMs = 5000): Promise<{ bytes: number; sha256: string }> {
   return withRetries(`download ${url}`, async () => {
     const { stream, total } = await openSource(url);
-    const hash = createHash(expected.algorithm);
+    const hash = digester([expected.algorithm, 'sha256']);
     const out = fs.createWriteStream(partial);
     const start = Date.now();
     let bytes = 0;
@@ -111,7 +112,8 @@ export async function download(url: string, dest: string, partial: string, expec
       fs.rmSync(partial, { force: true });
       throw err;
     }
-    const actual = hash.digest('hex');
+    const digests = hash.hex();
+    const actual = digests[expected.algorithm];
     if (actual !== expected.hex) {
       fs.rmSync(partial, { force: true });
       throw new ChecksumMismatchError(
@@ -121,6 +123,6 @@ export async function download(url: string, dest: string, partial: string, expec
     fs.renameSync(partial, dest);
     const secs = (Date.now() - start) / 1000;
     log.info(`  ${mb(bytes)} MB in ${secs.toFixed(1)} s, ${expected.algorithm} verified`);
-    return { bytes };
+    return { bytes, sha256: digests.sha256 };
   });
 }

@@ -140,6 +140,10 @@ describe('raw layer', () => {
     const dest = path.join(tmp, 'out.qcow2');
     await download(`file://${src}`, dest, `${dest}.partial`, { algorithm: 'sha256', hex: good });
     assert.ok(fs.readFileSync(dest).equals(fs.readFileSync(src)));
+    // A sha512-published image: verified with sha512, and the manifest's sha256 comes from the same read.
+    const sha512 = createHash('sha512').update(fs.readFileSync(src)).digest('hex');
+    const dest3 = path.join(tmp, 'out3.qcow2');
+    assert.deepEqual(await download(src, dest3, `${dest3}.partial`, { algorithm: 'sha512', hex: sha512 }), { bytes: 3 << 20, sha256: good });
     const dest2 = path.join(tmp, 'out2.qcow2');
     await assert.rejects(download(src, dest2, `${dest2}.partial`, { algorithm: 'sha256', hex: '0'.repeat(64) }), new RegExp(`expected sha256:${'0'.repeat(64)}, got sha256:${good}`));
     assert.equal(fs.existsSync(dest2), false);
