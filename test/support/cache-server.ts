@@ -1084,16 +1084,16 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
   }
 
   /** Makes `file` the blob's committed content (a single PUT or a block list), dropping what was there. */
-async function commitBlob(blob: Blob, file: string, size: number): Promise<void> {
-  if (blob.file) await fsp.rm(blob.file, { force: true });
-  await discardBlocks(blob);
-  blob.file = file;
-  blob.size = size;
-  blob.etag = newEtag();
-  blob.lastModified = new Date();
-}
+  async function commitBlob(blob: Blob, file: string, size: number): Promise<void> {
+    if (blob.file) await fsp.rm(blob.file, { force: true });
+    await discardBlocks(blob);
+    blob.file = file;
+    blob.size = size;
+    blob.etag = newEtag();
+    blob.lastModified = new Date();
+  }
 
-async function discardBlocks(blob: Blob): Promise<void> {
+  async function discardBlocks(blob: Blob): Promise<void> {
     for (const b of blob.blocks.values()) await fsp.rm(b.file, { force: true });
     blob.blocks.clear();
     blob.blockIdLength = undefined;
