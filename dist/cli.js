@@ -20,7 +20,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-PA4OU2QK.js";
+} from "./chunks/chunk-EEU42WZ5.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

@@ -9,6 +9,7 @@ import { accelArgs, QEMU_ARCH, type Accel } from './host/platform.js';
 import { InputError } from './inputs.js';
 import { log } from './log.js';
 import { runtimeDir } from './paths.js';
+import { timeoutsFor } from './layers/context.js';
 import { coldBoot, restoreMachine } from './vm/boot.js';
 import { logTail, type Machine } from './vm/machine.js';
 import type { VmLayout } from './vm/spec.js';
@@ -96,6 +97,13 @@ function freeName(): string {
   for (let i = 1; ; i++) if (!taken.has(`vm${i}`)) return `vm${i}`;
 }
 
+/** A snapshot's files and the image its disk sits on, as the outputs name them. */
+export function snapshotOf(out: OutputValues, browser: boolean): { files: { disk: string; efivars: string; seed: string }; image: string } {
+  return browser
+    ? { files: { disk: out['browser-snapshot-disk'], efivars: out['browser-snapshot-efivars'], seed: out['browser-snapshot-seed-iso'] }, image: out['browser-image'] }
+    : { files: { disk: out['snapshot-disk'], efivars: out['snapshot-efivars'], seed: out['snapshot-seed-iso'] }, image: out.image };
+}
+
 export interface BootOptions {
   name?: string;
   browser?: boolean;
@@ -117,11 +125,10 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   fs.mkdirSync(workDir, { recursive: true });
   const key: KeyPair = { privateKey: fs.readFileSync(out['ssh-key'], 'utf8'), publicKey: out['ssh-public-key'] };
   const layout = o.browser ? rec.browserLayout : rec.layout;
-  const snap = o.browser
-    ? { disk: out['browser-snapshot-disk'], efivars: out['browser-snapshot-efivars'], seed: out['browser-snapshot-seed-iso'] }
-    : { disk: out['snapshot-disk'], efivars: out['snapshot-efivars'], seed: out['snapshot-seed-iso'] };
-  const image = o.browser ? out['browser-image'] : out.image;
+  const { files: snap, image } = snapshotOf(out, !!o.browser);
   if (o.browser && !image) throw new InputError('no browser layer was prepared: run the action with browser: true');
+  // The layer builders' limits for this accelerator (TCG: minutes; KVM: far less).
+  const timeouts = timeoutsFor(out.accel as Accel);
   const start = Date.now();
   let machine: Machine;
   let mode: VmRecord['mode'];
@@ -145,7 +152,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       workDir,
       key,
       user: out['ssh-user'],
-      sshTimeoutMs: 300_000,
+      sshTimeoutMs: timeouts.restoreSshMs,
       sharePath: path.join(rec.cacheDir, 'images'),
       detached: true,
     }));
@@ -161,7 +168,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       arch,
       machine: rec.machine,
       accel: accelArgs(arch, out.accel as Accel),
-      firmware: { ...rec.firmware, code: out['efi-code'] },
+      firmware: rec.firmware,
       memoryMb: o.memoryMb ?? 2048,
       cpus: o.cpus ?? 2,
       base: image,
@@ -169,8 +176,8 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       key,
       user: out['ssh-user'],
       seed: { hostname: name },
-      sshTimeoutMs: 900_000,
-      cloudInitTimeoutMs: 900_000,
+      sshTimeoutMs: timeouts.bootSshMs,
+      cloudInitTimeoutMs: timeouts.bootSshMs,
       detached: true,
     });
   }

@@ -7,7 +7,7 @@ import { GUEST_USER } from '../distro.js';
 import type { AccelChoice, QemuArch } from '../host/platform.js';
 import { log } from '../log.js';
 import { convert, copyFile, createOverlay, rebaseUnsafe } from './images.js';
-import { GuestPanicError, Machine } from './machine.js';
+import { GuestPanicError, Machine, type MachineOptions } from './machine.js';
 import { writeSeedIso, type SeedOptions } from './seed.js';
 import type { VmLayout } from './spec.js';
 import type { KeyPair } from './ssh.js';
@@ -17,6 +17,20 @@ export const SNAPSHOT_TAG = 'ready';
 
 /** File names inside a guest's work dir. */
 export const GUEST_FILES = { disk: 'disk.qcow2', efivars: 'efivars.qcow2', seed: 'seed.iso' } as const;
+
+/** Starts QEMU with its own `vm/` dir under `workDir`, runs `ready`; a guest that never gets there is destroyed. */
+async function startIn<T>(workDir: string, opts: Omit<MachineOptions, 'workDir'>, ready: (m: Machine) => Promise<T>): Promise<T> {
+  const vmDir = path.join(workDir, 'vm');
+  fs.rmSync(vmDir, { recursive: true, force: true });
+  fs.mkdirSync(vmDir, { recursive: true });
+  const m = await Machine.spawn({ ...opts, workDir: vmDir });
+  try {
+    return await ready(m);
+  } catch (err) {
+    await m.destroy();
+    throw err;
+  }
+}
 
 export interface ColdBootOptions {
   name: string;
@@ -66,41 +80,37 @@ async function coldBootOnce(o: ColdBootOptions): Promise<Machine> {
   await createOverlay(path.resolve(o.base), disk, { size: o.diskSize ?? '20G' });
   await convert(o.firmware.vars, efiVars, { srcFormat: o.firmware.format });
   writeSeedIso(seedIso, { ...o.seed, publicKey: o.key.publicKey, user: o.user });
-  const vmDir = path.join(o.workDir, 'vm');
-  fs.rmSync(vmDir, { recursive: true, force: true });
-  fs.mkdirSync(vmDir, { recursive: true });
-  const m = await Machine.spawn({
-    qemu: o.qemu,
-    arch: o.arch,
-    machine: o.machine,
-    accel: o.accel,
-    memoryMb: o.memoryMb,
-    cpus: o.cpus,
-    firmwareFormat: o.firmware.format,
-    seed: true,
-    shareTag: o.share?.tag,
-    sharePath: o.share?.path,
-    name: o.name,
-    efiCode: o.firmware.code,
-    efiVars,
-    disk,
-    seedIso,
-    workDir: vmDir,
-    user: o.user ?? GUEST_USER,
-    privateKey: o.key.privateKey,
-    detached: o.detached,
-  });
-  try {
-    log.info(`  ${o.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.spec.serialLog}`);
-    const ms = await m.waitReady(o.sshTimeoutMs);
-    log.info(`  ${o.name}: SSH ready after ${(ms / 1000).toFixed(1)} s; waiting for cloud-init`);
-    const warning = await m.waitCloudInit(o.cloudInitTimeoutMs);
-    if (warning) log.warning(warning);
-    return m;
-  } catch (err) {
-    await m.destroy();
-    throw err;
-  }
+  return startIn(
+    o.workDir,
+    {
+      qemu: o.qemu,
+      arch: o.arch,
+      machine: o.machine,
+      accel: o.accel,
+      memoryMb: o.memoryMb,
+      cpus: o.cpus,
+      firmwareFormat: o.firmware.format,
+      seed: true,
+      shareTag: o.share?.tag,
+      sharePath: o.share?.path,
+      name: o.name,
+      efiCode: o.firmware.code,
+      efiVars,
+      disk,
+      seedIso,
+      user: o.user ?? GUEST_USER,
+      privateKey: o.key.privateKey,
+      detached: o.detached,
+    },
+    async (m) => {
+      log.info(`  ${o.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.spec.serialLog}`);
+      const ms = await m.waitReady(o.sshTimeoutMs);
+      log.info(`  ${o.name}: SSH ready after ${(ms / 1000).toFixed(1)} s; waiting for cloud-init`);
+      const warning = await m.waitCloudInit(o.cloudInitTimeoutMs);
+      if (warning) log.warning(warning);
+      return m;
+    },
+  );
 }
 
 export interface RestoreOptions {
@@ -129,30 +139,25 @@ export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Mach
   copyFile(o.files.efivars, efiVars);
   // The copy's relative backing path no longer points at the base: point it there (header only).
   await rebaseUnsafe(disk, path.resolve(o.backing));
-  const vmDir = path.join(o.workDir, 'vm');
-  fs.mkdirSync(vmDir, { recursive: true });
   // The share is part of the saved device layout; on a runner that restored the layers it may not exist yet.
   const sharePath = o.layout.shareTag ? (o.sharePath ?? path.join(o.workDir, 'share')) : undefined;
   if (sharePath) fs.mkdirSync(sharePath, { recursive: true });
-  const machine = await Machine.spawn({
-    ...o.layout,
-    qemu: o.qemu,
-    name: o.name,
-    efiCode: o.efiCode,
-    efiVars,
-    disk,
-    seedIso: o.files.seed,
-    sharePath,
-    loadvm: SNAPSHOT_TAG,
-    workDir: vmDir,
-    user: o.user ?? GUEST_USER,
-    privateKey: o.key.privateKey,
-    detached: o.detached,
-  });
-  try {
-    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, `SSH on restored ${o.name}`) };
-  } catch (err) {
-    await machine.destroy();
-    throw err;
-  }
+  return startIn(
+    o.workDir,
+    {
+      ...o.layout,
+      qemu: o.qemu,
+      name: o.name,
+      efiCode: o.efiCode,
+      efiVars,
+      disk,
+      seedIso: o.files.seed,
+      sharePath,
+      loadvm: SNAPSHOT_TAG,
+      user: o.user ?? GUEST_USER,
+      privateKey: o.key.privateKey,
+      detached: o.detached,
+    },
+    async (machine) => ({ machine, readyMs: await machine.waitReady(o.sshTimeoutMs, `SSH on restored ${o.name}`) }),
+  );
 }

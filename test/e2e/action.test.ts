@@ -11,6 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import type { OutputValues } from '../../src/contract.js';
 import type { LayerResult } from '../../src/layers/pipeline.js';
 import { restoreMachine } from '../../src/vm/boot.js';
+import { snapshotOf } from '../../src/vms.js';
 import type { VmLayout } from '../../src/vm/spec.js';
 import { startCacheServer, type CacheProtocol, type CacheServer } from '../support/cache-server.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
@@ -142,13 +143,14 @@ const sources = (r: Run) => Object.fromEntries(r.layers.map((l) => [l.layer, l.s
 
 async function restoresToSsh(r: Run): Promise<number> {
   const workDir = fs.mkdtempSync(path.join(root.dir, 'vm-'));
+  const { files, image } = snapshotOf(r.file.outputs, false);
   const { machine, readyMs } = await restoreMachine(
     {
       name: 'from-outputs',
       qemu: r.outputs.qemu,
       efiCode: r.outputs['efi-code'],
-      files: { disk: r.outputs['snapshot-disk'], efivars: r.outputs['snapshot-efivars'], seed: r.outputs['snapshot-seed-iso'] },
-      backing: r.outputs.image,
+      files,
+      backing: image,
       layout: r.file.layout!,
       workDir,
       key: { privateKey: fs.readFileSync(r.outputs['ssh-key'], 'utf8'), publicKey: r.outputs['ssh-public-key'] },

@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import type { OutputValues } from '../../src/contract.js';
 import type { LayerResult } from '../../src/layers/pipeline.js';
 import { restoreMachine } from '../../src/vm/boot.js';
+import { snapshotOf } from '../../src/vms.js';
 import type { Machine } from '../../src/vm/machine.js';
 import type { VmLayout } from '../../src/vm/spec.js';
 import { ensureFixture, testArches, type Fixture } from '../support/fixtures.js';
@@ -58,15 +59,14 @@ function prepare(arch: string, fx: Fixture, cacheDir: string, env: NodeJS.Proces
 async function inRestoredVm(o: OutputsFile, cmd: string, browser = false): Promise<string> {
   const workDir = fs.mkdtempSync(path.join(root.dir, 'restore-'));
   const out = o.outputs;
+  const { files, image } = snapshotOf(out, browser);
   const { machine } = await restoreMachine(
     {
       name: 'check',
       qemu: out.qemu,
       efiCode: out['efi-code'],
-      files: browser
-        ? { disk: out['browser-snapshot-disk'], efivars: out['browser-snapshot-efivars'], seed: out['browser-snapshot-seed-iso'] }
-        : { disk: out['snapshot-disk'], efivars: out['snapshot-efivars'], seed: out['snapshot-seed-iso'] },
-      backing: browser ? out['browser-image'] : out.image,
+      files,
+      backing: image,
       layout: (browser ? o.browserLayout : o.layout)!,
       workDir,
       key: { privateKey: fs.readFileSync(o.outputs['ssh-key'], 'utf8'), publicKey: o.outputs['ssh-public-key'] },

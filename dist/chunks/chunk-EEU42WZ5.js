@@ -6532,7 +6532,7 @@ var require_keyParser = __commonJS({
     var {
       createDecipheriv,
       createECDH,
-      createHash: createHash3,
+      createHash: createHash2,
       createHmac,
       createSign,
       createVerify,
@@ -7220,11 +7220,11 @@ ${formatted}-----END ${type} KEY-----`;
                 );
               }
               const ivSlice = bufferSlice(cipherIV, 0, 8);
-              let cipherKey = createHash3("md5").update(passphrase).update(ivSlice).digest();
+              let cipherKey = createHash2("md5").update(passphrase).update(ivSlice).digest();
               while (cipherKey.length < encInfo.keyLen) {
                 cipherKey = combineBuffers(
                   cipherKey,
-                  createHash3("md5").update(cipherKey).update(passphrase).update(ivSlice).digest()
+                  createHash2("md5").update(cipherKey).update(passphrase).update(ivSlice).digest()
                 );
               }
               if (cipherKey.length > encInfo.keyLen)
@@ -7389,8 +7389,8 @@ ${formatted}-----END ${type} KEY-----`;
         if (encrypted) {
           const encInfo = CIPHER_INFO[cipherName];
           let cipherKey = combineBuffers(
-            createHash3("sha1").update(PPK_PP1).update(passphrase).digest(),
-            createHash3("sha1").update(PPK_PP2).update(passphrase).digest()
+            createHash2("sha1").update(PPK_PP1).update(passphrase).digest(),
+            createHash2("sha1").update(PPK_PP2).update(passphrase).digest()
           );
           if (cipherKey.length > encInfo.keyLen)
             cipherKey = bufferSlice(cipherKey, 0, encInfo.keyLen);
@@ -7430,7 +7430,7 @@ ${formatted}-----END ${type} KEY-----`;
           passphrase = EMPTY_PASSPHRASE;
         const calcMAC = createHmac(
           "sha1",
-          createHash3("sha1").update("putty-private-key-file-mac-key").update(passphrase).digest()
+          createHash2("sha1").update("putty-private-key-file-mac-key").update(passphrase).digest()
         ).update(macData).digest("hex");
         if (calcMAC !== mac) {
           if (encrypted) {
@@ -9752,7 +9752,7 @@ var require_kex = __commonJS({
       createDiffieHellman,
       createDiffieHellmanGroup,
       createECDH,
-      createHash: createHash3,
+      createHash: createHash2,
       createPublicKey,
       diffieHellman,
       generateKeyPairSync,
@@ -10178,7 +10178,7 @@ var require_kex = __commonJS({
               DISCONNECT_REASON.KEY_EXCHANGE_FAILED
             );
           }
-          const hash = createHash3(this.hashName);
+          const hash = createHash2(this.hashName);
           hashString(hash, isServer ? this._remoteIdentRaw : this._identRaw);
           hashString(hash, isServer ? this._identRaw : this._remoteIdentRaw);
           hashString(hash, isServer ? this._remoteKexinit : this._kexinit);
@@ -11186,9 +11186,9 @@ var require_kex = __commonJS({
     function generateKEXVal(len, hashName, secret, exchangeHash, sessionID, char) {
       let ret;
       if (len) {
-        let digest = createHash3(hashName).update(secret).update(exchangeHash).update(char).update(sessionID).digest();
+        let digest = createHash2(hashName).update(secret).update(exchangeHash).update(char).update(sessionID).digest();
         while (digest.length < len) {
-          const chunk = createHash3(hashName).update(secret).update(exchangeHash).update(digest).digest();
+          const chunk = createHash2(hashName).update(secret).update(exchangeHash).update(digest).digest();
           const extended = Buffer.allocUnsafe(digest.length + chunk.length);
           extended.set(digest, 0);
           extended.set(chunk, digest.length);
@@ -16623,7 +16623,7 @@ var require_client = __commonJS({
   "node_modules/ssh2/lib/client.js"(exports, module) {
     "use strict";
     var {
-      createHash: createHash3,
+      createHash: createHash2,
       getHashes,
       randomFillSync
     } = __require("crypto");
@@ -16845,7 +16845,7 @@ var require_client = __commonJS({
           }
           hostVerifier = (key, verify) => {
             if (hashAlgo)
-              key = createHash3(hashAlgo).update(key).digest("hex");
+              key = createHash2(hashAlgo).update(key).digest("hex");
             const ret = hashCb(key, verify);
             if (ret !== void 0)
               verify(ret);
@@ -23025,16 +23025,22 @@ function invalidReason(m, dir, want, parentId) {
   }
   return void 0;
 }
-async function fileDigest(file, algorithm) {
-  const h = createHash(algorithm);
-  for await (const chunk of fs7.createReadStream(file)) h.update(chunk);
-  return h.digest("hex");
+function digester(algorithms) {
+  const hashes = Object.fromEntries([...new Set(algorithms)].map((a) => [a, createHash(a)]));
+  return {
+    update: (b) => Object.values(hashes).forEach((h) => h.update(b)),
+    hex: () => Object.fromEntries(Object.entries(hashes).map(([a, h]) => [a, h.digest("hex")]))
+  };
 }
-function sha256File(file) {
-  return fileDigest(file, "sha256");
+async function fileDigests(file, algorithms) {
+  const d = digester(algorithms);
+  for await (const chunk of fs7.createReadStream(file)) d.update(chunk);
+  return d.hex();
 }
 async function describeFiles(dir, names) {
-  return Promise.all(names.map(async (name) => ({ name, size: fs7.statSync(path5.join(dir, name)).size, sha256: await sha256File(path5.join(dir, name)) })));
+  return Promise.all(
+    names.map(async (name) => ({ name, size: fs7.statSync(path5.join(dir, name)).size, sha256: (await fileDigests(path5.join(dir, name), ["sha256"])).sha256 }))
+  );
 }
 function writeManifest(file, m) {
   const full = { version: 1, id: m.id ?? randomUUID2(), createdAt: (/* @__PURE__ */ new Date()).toISOString(), ...m };
@@ -23628,6 +23634,18 @@ async function connectQmp(socket, exited) {
 // src/vm/boot.ts
 var SNAPSHOT_TAG = "ready";
 var GUEST_FILES = { disk: "disk.qcow2", efivars: "efivars.qcow2", seed: "seed.iso" };
+async function startIn(workDir, opts, ready) {
+  const vmDir = path8.join(workDir, "vm");
+  fs10.rmSync(vmDir, { recursive: true, force: true });
+  fs10.mkdirSync(vmDir, { recursive: true });
+  const m = await Machine.spawn({ ...opts, workDir: vmDir });
+  try {
+    return await ready(m);
+  } catch (err) {
+    await m.destroy();
+    throw err;
+  }
+}
 async function coldBoot(o) {
   try {
     return await coldBootOnce(o);
@@ -23645,41 +23663,37 @@ async function coldBootOnce(o) {
   await createOverlay(path8.resolve(o.base), disk, { size: o.diskSize ?? "20G" });
   await convert(o.firmware.vars, efiVars, { srcFormat: o.firmware.format });
   writeSeedIso(seedIso2, { ...o.seed, publicKey: o.key.publicKey, user: o.user });
-  const vmDir = path8.join(o.workDir, "vm");
-  fs10.rmSync(vmDir, { recursive: true, force: true });
-  fs10.mkdirSync(vmDir, { recursive: true });
-  const m = await Machine.spawn({
-    qemu: o.qemu,
-    arch: o.arch,
-    machine: o.machine,
-    accel: o.accel,
-    memoryMb: o.memoryMb,
-    cpus: o.cpus,
-    firmwareFormat: o.firmware.format,
-    seed: true,
-    shareTag: o.share?.tag,
-    sharePath: o.share?.path,
-    name: o.name,
-    efiCode: o.firmware.code,
-    efiVars,
-    disk,
-    seedIso: seedIso2,
-    workDir: vmDir,
-    user: o.user ?? GUEST_USER,
-    privateKey: o.key.privateKey,
-    detached: o.detached
-  });
-  try {
-    log.info(`  ${o.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.spec.serialLog}`);
-    const ms = await m.waitReady(o.sshTimeoutMs);
-    log.info(`  ${o.name}: SSH ready after ${(ms / 1e3).toFixed(1)} s; waiting for cloud-init`);
-    const warning2 = await m.waitCloudInit(o.cloudInitTimeoutMs);
-    if (warning2) log.warning(warning2);
-    return m;
-  } catch (err) {
-    await m.destroy();
-    throw err;
-  }
+  return startIn(
+    o.workDir,
+    {
+      qemu: o.qemu,
+      arch: o.arch,
+      machine: o.machine,
+      accel: o.accel,
+      memoryMb: o.memoryMb,
+      cpus: o.cpus,
+      firmwareFormat: o.firmware.format,
+      seed: true,
+      shareTag: o.share?.tag,
+      sharePath: o.share?.path,
+      name: o.name,
+      efiCode: o.firmware.code,
+      efiVars,
+      disk,
+      seedIso: seedIso2,
+      user: o.user ?? GUEST_USER,
+      privateKey: o.key.privateKey,
+      detached: o.detached
+    },
+    async (m) => {
+      log.info(`  ${o.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.spec.serialLog}`);
+      const ms = await m.waitReady(o.sshTimeoutMs);
+      log.info(`  ${o.name}: SSH ready after ${(ms / 1e3).toFixed(1)} s; waiting for cloud-init`);
+      const warning2 = await m.waitCloudInit(o.cloudInitTimeoutMs);
+      if (warning2) log.warning(warning2);
+      return m;
+    }
+  );
 }
 async function restoreMachine(o) {
   const disk = path8.join(o.workDir, GUEST_FILES.disk);
@@ -23687,31 +23701,26 @@ async function restoreMachine(o) {
   copyFile(o.files.disk, disk);
   copyFile(o.files.efivars, efiVars);
   await rebaseUnsafe(disk, path8.resolve(o.backing));
-  const vmDir = path8.join(o.workDir, "vm");
-  fs10.mkdirSync(vmDir, { recursive: true });
   const sharePath = o.layout.shareTag ? o.sharePath ?? path8.join(o.workDir, "share") : void 0;
   if (sharePath) fs10.mkdirSync(sharePath, { recursive: true });
-  const machine = await Machine.spawn({
-    ...o.layout,
-    qemu: o.qemu,
-    name: o.name,
-    efiCode: o.efiCode,
-    efiVars,
-    disk,
-    seedIso: o.files.seed,
-    sharePath,
-    loadvm: SNAPSHOT_TAG,
-    workDir: vmDir,
-    user: o.user ?? GUEST_USER,
-    privateKey: o.key.privateKey,
-    detached: o.detached
-  });
-  try {
-    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, `SSH on restored ${o.name}`) };
-  } catch (err) {
-    await machine.destroy();
-    throw err;
-  }
+  return startIn(
+    o.workDir,
+    {
+      ...o.layout,
+      qemu: o.qemu,
+      name: o.name,
+      efiCode: o.efiCode,
+      efiVars,
+      disk,
+      seedIso: o.files.seed,
+      sharePath,
+      loadvm: SNAPSHOT_TAG,
+      user: o.user ?? GUEST_USER,
+      privateKey: o.key.privateKey,
+      detached: o.detached
+    },
+    async (machine) => ({ machine, readyMs: await machine.waitReady(o.sshTimeoutMs, `SSH on restored ${o.name}`) })
+  );
 }
 
 // src/layers/guest.ts
@@ -23764,7 +23773,6 @@ async function buildImage(ctx, o) {
 }
 
 // src/layers/raw.ts
-import { createHash as createHash2 } from "node:crypto";
 import * as fs12 from "node:fs";
 import * as path10 from "node:path";
 import { Readable } from "node:stream";
@@ -23832,7 +23840,7 @@ function mb(n) {
 async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
   return withRetries(`download ${url}`, async () => {
     const { stream, total } = await openSource(url);
-    const hash = createHash2(expected.algorithm);
+    const hash = digester([expected.algorithm, "sha256"]);
     const out = fs12.createWriteStream(partial);
     const start = Date.now();
     let bytes = 0;
@@ -23856,7 +23864,8 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
       fs12.rmSync(partial, { force: true });
       throw err;
     }
-    const actual = hash.digest("hex");
+    const digests = hash.hex();
+    const actual = digests[expected.algorithm];
     if (actual !== expected.hex) {
       fs12.rmSync(partial, { force: true });
       throw new ChecksumMismatchError(
@@ -23866,7 +23875,7 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
     fs12.renameSync(partial, dest);
     const secs = (Date.now() - start) / 1e3;
     log.info(`  ${mb(bytes)} MB in ${secs.toFixed(1)} s, ${expected.algorithm} verified`);
-    return { bytes };
+    return { bytes, sha256: digests.sha256 };
   });
 }
 
@@ -24051,9 +24060,10 @@ async function record(ctx, p, start, parentId, extra) {
     key: p.key,
     inputs: p.inputs,
     parentId,
-    files: await describeFiles(ctx.dir, p.files),
     buildSeconds: Math.round((Date.now() - start) / 1e3),
-    ...extra
+    ...extra,
+    // A builder that already read its files says so; else they are hashed here, once.
+    files: extra.files ?? await describeFiles(ctx.dir, p.files)
   });
 }
 async function saveLayer(ctx, p, key) {
@@ -24168,25 +24178,29 @@ async function ensureLayers(config, host) {
   }
   const prepared = await ensureLayer(ctx, plan.prepared, results, {
     build: async () => {
-      const expectedRaw = () => expectedChecksum(plan.image, config.imageChecksum);
+      let expectedRaw;
+      const expected = () => expectedRaw ??= expectedChecksum(plan.image, config.imageChecksum);
+      const recorded = (e, sha256) => ({
+        digest: `${e.algorithm}:${e.hex}`,
+        files: [{ name: plan.raw.files[0], size: fs14.statSync(at(plan.raw.files[0])).size, sha256 }]
+      });
       const raw = await ensureLayer(ctx, plan.raw, results, {
         // The seed's download under the same name is used when its digest is the published one.
         adopt: async () => {
-          const expected = await expectedRaw();
-          const file = at(plan.raw.files[0]);
-          log.info(`${plan.raw.files[0]} has no manifest: checking its ${expected.algorithm} before using it`);
-          const actual = await fileDigest(file, expected.algorithm);
-          if (actual === expected.hex) return { digest: `${expected.algorithm}:${expected.hex}` };
-          log.info(`  it is not the published image (${expected.algorithm}:${actual.slice(0, 16)}\u2026): downloading afresh`);
+          const e = await expected();
+          log.info(`${plan.raw.files[0]} has no manifest: checking its ${e.algorithm} before using it`);
+          const d = await fileDigests(at(plan.raw.files[0]), [e.algorithm, "sha256"]);
+          if (d[e.algorithm] === e.hex) return recorded(e, d.sha256);
+          log.info(`  it is not the published image (${e.algorithm}:${d[e.algorithm].slice(0, 16)}\u2026): downloading afresh`);
           return void 0;
         },
         build: async () => {
           const url = config.imageUrl ?? plan.image.url;
-          const expected = await expectedRaw();
+          const e = await expected();
           log.info(`Downloading ${url}`);
           const dest = at(plan.raw.files[0]);
-          await download(url, dest, `${dest}.partial`, expected);
-          return { digest: `${expected.algorithm}:${expected.hex}` };
+          const { sha256 } = await download(url, dest, `${dest}.partial`, e);
+          return recorded(e, sha256);
         }
       });
       await buildImage(ctx, {
@@ -24308,6 +24322,9 @@ function freeName() {
   const taken = new Set(listVms().map((v) => v.name));
   for (let i = 1; ; i++) if (!taken.has(`vm${i}`)) return `vm${i}`;
 }
+function snapshotOf(out, browser) {
+  return browser ? { files: { disk: out["browser-snapshot-disk"], efivars: out["browser-snapshot-efivars"], seed: out["browser-snapshot-seed-iso"] }, image: out["browser-image"] } : { files: { disk: out["snapshot-disk"], efivars: out["snapshot-efivars"], seed: out["snapshot-seed-iso"] }, image: out.image };
+}
 async function bootVm(o) {
   const rec = findOutputs({ cacheDir: o.cacheDir, file: o.outputsFile });
   const out = rec.outputs;
@@ -24319,9 +24336,9 @@ async function bootVm(o) {
   fs15.mkdirSync(workDir, { recursive: true });
   const key = { privateKey: fs15.readFileSync(out["ssh-key"], "utf8"), publicKey: out["ssh-public-key"] };
   const layout = o.browser ? rec.browserLayout : rec.layout;
-  const snap = o.browser ? { disk: out["browser-snapshot-disk"], efivars: out["browser-snapshot-efivars"], seed: out["browser-snapshot-seed-iso"] } : { disk: out["snapshot-disk"], efivars: out["snapshot-efivars"], seed: out["snapshot-seed-iso"] };
-  const image = o.browser ? out["browser-image"] : out.image;
+  const { files: snap, image } = snapshotOf(out, !!o.browser);
   if (o.browser && !image) throw new InputError("no browser layer was prepared: run the action with browser: true");
+  const timeouts = timeoutsFor(out.accel);
   const start = Date.now();
   let machine;
   let mode;
@@ -24345,7 +24362,7 @@ async function bootVm(o) {
       workDir,
       key,
       user: out["ssh-user"],
-      sshTimeoutMs: 3e5,
+      sshTimeoutMs: timeouts.restoreSshMs,
       sharePath: path13.join(rec.cacheDir, "images"),
       detached: true
     }));
@@ -24360,7 +24377,7 @@ async function bootVm(o) {
       arch,
       machine: rec.machine,
       accel: accelArgs(arch, out.accel),
-      firmware: { ...rec.firmware, code: out["efi-code"] },
+      firmware: rec.firmware,
       memoryMb: o.memoryMb ?? 2048,
       cpus: o.cpus ?? 2,
       base: image,
@@ -24368,8 +24385,8 @@ async function bootVm(o) {
       key,
       user: out["ssh-user"],
       seed: { hostname: name },
-      sshTimeoutMs: 9e5,
-      cloudInitTimeoutMs: 9e5,
+      sshTimeoutMs: timeouts.bootSshMs,
+      cloudInitTimeoutMs: timeouts.bootSshMs,
       detached: true
     });
   }

@@ -17,7 +17,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-PA4OU2QK.js";
+} from "./chunk-EEU42WZ5.js";
 import {
   addPath,
   getInput,
