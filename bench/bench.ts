@@ -1,152 +1,191 @@
-// Side-by-side figures from one run on the host-arch test image (TCG unless RYRA_BENCH_KVM=auto):
-// cold boot → SSH vs snapshot restore → SSH, the pipeline's savevm step vs QEMU's own savevm, the
-// saved RAM state with and without zeroing free memory, and the all-valid rerun's wall time.
-import { execFileSync } from 'node:child_process';
-import assert from 'node:assert/strict';
+// `npm run bench`: figures of the production bundle (dist/), each beside the plain tool it should
+// come close to, measured side by side in one run on the host-arch test image (TCG unless
+// RYRA_BENCH_KVM=auto). One table: figure, measured, reference, ratio, goal.
+//   - the Actions cache tier's worker (dist/cache-worker.js, as the action runs it) restoring and
+//     saving a layer-sized archive of incompressible data at 180 and 600 MiB, against a local cache
+//     service, vs plain `zstd -d | tar x` of the very archive the service stored, and `tar | zstd`;
+//   - the all-local action run (dist/main.js), median of 5;
+//   - snapshot RAM state at 2048 and 4096 MiB, restore → SSH for each, cold boot → SSH;
+//   - `ryra-vm run` syncing 5,000 small files + one 100 MB file in and back, vs `tar | ssh`.
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { setupHost } from '../src/host/setup.js';
-import { parseConfig } from '../src/inputs.js';
-import { ensureLayers } from '../src/layers/pipeline.js';
-import { timeoutsFor } from '../src/layers/context.js';
-import { bootBuilder } from '../src/layers/guest.js';
-import { buildSnapshot } from '../src/layers/snapshot.js';
-import { restoreMachine } from '../src/vm/boot.js';
-import { plainLogger, setLogger } from '../src/log.js';
-import { distroImage } from '../src/distro.js';
-import { generateKeyPair } from '../src/vm/ssh.js';
+import * as readline from 'node:readline';
+import type { RunRecord } from '../src/record.js';
+import { startCacheServer, type CacheServer } from '../test/support/cache-server.js';
 import { ensureFixture } from '../test/support/fixtures.js';
-import { startCacheServer } from '../test/support/cache-server.js';
-import { actionsCache } from '../src/cache/actions.js';
+import { exec, runner } from '../test/support/runner.js';
+import { LIGHT, configInputs } from '../test/support/shared.js';
 
-setLogger(plainLogger());
 const arch = process.arch === 'arm64' ? 'arm64' : 'amd64';
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ryra-bench-'));
-const rows: [string, string][] = [];
-const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
-const mib = (b: number) => `${(b / 1048576).toFixed(0)} MiB`;
+const rows: { figure: string; value: string; reference?: string; ratio?: string; goal?: string; ok?: boolean }[] = [];
+const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const kvm = process.env.RYRA_BENCH_KVM ?? 'false';
+
+function row(figure: string, ms: number, refMs: number | undefined, goal?: { max: number; of: 'ratio' | 'value' }) {
+  const ratio = refMs ? ms / refMs : undefined;
+  const v = goal?.of === 'ratio' ? ratio : ms / 1000;
+  rows.push({
+    figure,
+    value: s(ms),
+    reference: refMs !== undefined ? s(refMs) : undefined,
+    ratio: ratio !== undefined ? `${ratio.toFixed(2)}×` : undefined,
+    goal: goal ? (goal.of === 'ratio' ? `≤ ${goal.max}×` : `≤ ${goal.max} s`) : undefined,
+    ok: goal && v !== undefined ? v <= goal.max : undefined,
+  });
+}
+
+/** The production cache worker, driven as actions.ts drives it: one process, JSON lines. */
+async function worker<T>(env: NodeJS.ProcessEnv, fn: (call: (req: object) => Promise<Record<string, unknown>>) => Promise<T>): Promise<T> {
+  const child = spawn(process.execPath, [path.resolve('dist/cache-worker.js')], { env, stdio: ['pipe', 'ignore', 'ignore', 'pipe'] });
+  const waiting = new Map<number, (r: Record<string, unknown>) => void>();
+  readline.createInterface({ input: child.stdio[3] as NodeJS.ReadableStream }).on('line', (l) => {
+    const r = JSON.parse(l);
+    waiting.get(r.id)?.(r);
+  });
+  let id = 0;
+  const call = (req: object) =>
+    new Promise<Record<string, unknown>>((resolve) => {
+      waiting.set(++id, resolve);
+      child.stdin!.write(JSON.stringify({ ...req, id }) + '\n');
+    });
+  try {
+    return await fn(call);
+  } finally {
+    child.stdin!.end();
+  }
+}
+
+async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
+  for (const size of [180, 600]) {
+    // A layer-like pair: an incompressible image (layers are compressed qcow2) and its manifest.
+    const src = fs.mkdtempSync(path.join(root, `layer-${size}-`));
+    const f = fs.openSync(path.join(src, 'layer.qcow2'), 'w');
+    for (let i = 0; i < size; i++) fs.writeSync(f, randomBytes(2 ** 20));
+    fs.closeSync(f);
+    fs.writeFileSync(path.join(src, 'layer.manifest.json'), '{}');
+    const paths = ['layer.qcow2', 'layer.manifest.json'];
+    const key = `bench-${size}-${Date.now()}`;
+    // Save: the worker (tar | zstd | upload) vs plain tar | zstd of the same files.
+    const saveMs = await worker(env, async (call) => {
+      const t = Date.now();
+      await call({ op: 'save', dir: src, paths, key });
+      return Date.now() - t;
+    });
+    const t0 = Date.now();
+    execFileSync('sh', ['-c', `tar -cf - -C ${src} ${paths.join(' ')} | zstd -T0 -q -o ${path.join(root, `plain-${size}.tar.zst`)}`]);
+    const plainSaveMs = Date.now() - t0;
+    // Restore: the worker's lookup + restore (one process for both, as in a run) vs zstd -d | tar x.
+    const times: number[] = [];
+    const plain: number[] = [];
+    const blob = fs.readdirSync(server.storageDir, { recursive: true, withFileTypes: true })
+      .filter((e) => e.isFile())
+      .map((e) => path.join(e.parentPath, e.name))
+      .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)[0];
+    for (let i = 0; i < 3; i++) {
+      const dst = fs.mkdtempSync(path.join(root, 'dst-'));
+      times.push(
+        await worker(env, async (call) => {
+          const t = Date.now();
+          await call({ op: 'lookup', dir: dst, paths, key });
+          await call({ op: 'restore', dir: dst, paths, key });
+          return Date.now() - t;
+        }),
+      );
+      if (!fs.existsSync(path.join(dst, 'layer.qcow2')) || fs.statSync(path.join(dst, 'layer.qcow2')).size !== size * 2 ** 20) throw new Error('the worker did not restore the layer');
+      fs.rmSync(dst, { recursive: true });
+      const p = fs.mkdtempSync(path.join(root, 'plain-'));
+      const t1 = Date.now();
+      execFileSync('sh', ['-c', `zstd -d -q -c ${blob} | tar -xf - -C ${p}`]);
+      plain.push(Date.now() - t1);
+      fs.rmSync(p, { recursive: true });
+    }
+    row(`Actions cache restore, ${size} MiB layer (median of 3)`, median(times), median(plain), { max: 2.0, of: 'ratio' });
+    row(`Actions cache save, ${size} MiB layer`, saveMs, plainSaveMs, { max: 2.0, of: 'ratio' });
+    fs.rmSync(src, { recursive: true });
+  }
+}
 
 try {
   const fx = ensureFixture(arch);
   const server = await startCacheServer({ dir: root });
-  Object.assign(process.env, server.env('v2'), { RUNNER_TEMP: path.join(root, 'runner') });
-  fs.mkdirSync(process.env.RUNNER_TEMP!, { recursive: true });
-  process.env.RYRA_VM_BASE_PACKAGES = ''; // jq only: the figures are about boots and snapshots
-  process.env.RYRA_VM_RUNTIME_DIR = path.join(root, 'rt');
-  const inputs: Record<string, string> = {
-    arch,
-    kvm: process.env.RYRA_BENCH_KVM ?? 'false',
-    memory: '2048',
-    packages: 'jq libpam-systemd',
-    'image-url': fx.image,
-    'image-checksum': fx.checksum,
-    'cache-dir': path.join(root, 'cache'),
-    'install-deps': 'false',
-  };
-  const config = parseConfig((n) => inputs[n]);
-  const host = await setupHost(config);
+  const env = { ...process.env, ...server.env('v2'), RUNNER_TEMP: path.join(root, 'runner-temp') };
+  fs.mkdirSync(env.RUNNER_TEMP!, { recursive: true });
+  console.error('bench: cache tier…');
+  await cacheFigures(server, env);
 
-  // Run 1: an empty runner builds every layer and saves it; run 2: another empty runner restores.
-  const t00 = Date.now();
-  const cold = await ensureLayers(config, host);
-  const run1Ms = Date.now() - t00;
-  const snap = cold.snapshotBuild!;
+  // Layers of the light configuration at 2048 and 4096 MiB, built by the bundled action (local cache dir).
+  const cacheDir = path.join(root, 'cache');
+  const r = runner(root, 'bench', { RYRA_VM_BASE_PACKAGES: '' });
+  const states: Record<string, RunRecord> = {};
+  for (const memory of ['2048', '4096']) {
+    console.error(`bench: layers at ${memory} MiB…`);
+    const a = await r.action({ ...configInputs({ ...LIGHT, arch }, fx), kvm, memory, cache: 'false', 'cache-dir': cacheDir });
+    if (a.code !== 0) throw new Error(a.stdout.slice(-3000));
+    states[memory] = a.record!;
+  }
+  const stateOf = (rec: RunRecord) => JSON.parse(fs.readFileSync(path.join(cacheDir, path.basename(rec.restore!.disk, '.qcow2') + '.manifest.json'), 'utf8')).stateBytes as number;
+  const s2 = stateOf(states['2048']);
+  const s4 = stateOf(states['4096']);
+  rows.push({ figure: 'snapshot RAM state, 2048 MiB guest', value: mib(s2), goal: '≤ 180 MiB', ok: s2 <= 180 * 2 ** 20 });
+  rows.push({ figure: 'snapshot RAM state, 4096 MiB guest', value: mib(s4), reference: mib(s2), ratio: `${(s4 / s2).toFixed(2)}×`, goal: '≤ 200 MiB', ok: s4 <= 200 * 2 ** 20 });
+
+  // The all-local action run, median of 5.
+  const warm: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const a = await r.action({ ...configInputs({ ...LIGHT, arch }, fx), kvm, memory: '2048', cache: 'false', 'cache-dir': cacheDir });
+    warm.push(a.ms);
+  }
+  row('warm all-local action run (dist/main.js, median of 5)', median(warm), undefined, { max: 0.5, of: 'value' });
+
+  // Restore → SSH (ryra-vm boot, restores and personalizes) vs a cold boot of the prepared image.
+  for (const memory of ['2048', '4096']) {
+    const b = await exec(process.execPath, [path.resolve('dist/cli.js'), 'boot', '--name', `m${memory}`, '--config', states[memory].outputs.manifest, '--json'], { ...r.env, RYRA_VM_RUNTIME_DIR: path.join(root, 'rt') });
+    if (b.code !== 0) throw new Error(b.stderr);
+    rows.push({ figure: `ryra-vm boot: restore → SSH, ${memory} MiB`, value: s(JSON.parse(b.stdout).readyMs) });
+  }
+
+  // Sync: 5,000 small files + one 100 MB file in and back through ryra-vm run, vs tar | ssh.
+  const ws = path.join(root, 'ws');
+  for (let d = 0; d < 50; d++) {
+    fs.mkdirSync(path.join(ws, `d${d}`), { recursive: true });
+    for (let i = 0; i < 100; i++) fs.writeFileSync(path.join(ws, `d${d}`, `f${i}.txt`), `file ${d}/${i}\n`.repeat(20));
+  }
+  const big = fs.openSync(path.join(ws, 'big.bin'), 'w');
+  for (let i = 0; i < 100; i++) fs.writeSync(big, randomBytes(2 ** 20));
+  fs.closeSync(big);
+  const vm = JSON.parse(fs.readFileSync(path.join(root, 'rt', 'vms', 'm2048', 'vm.json'), 'utf8'));
+  const script = path.join(root, 'touch-all.sh');
+  fs.writeFileSync(script, 'find . -type f -exec touch {} +\n');
+  const run = await exec(process.execPath, [path.resolve('dist/cli.js'), 'run', '--name', 'm2048', script], { ...r.env, RYRA_VM_RUNTIME_DIR: path.join(root, 'rt'), GITHUB_WORKSPACE: ws });
+  if (run.code !== 0) throw new Error(run.stderr);
+  const inMs = Number(/synced \d+ entries .* in ([\d.]+) s/.exec(run.stderr)![1]) * 1000;
+  const backMs = Number(/synced \d+ changed and \d+ deleted entries back in ([\d.]+) s/.exec(run.stderr)![1]) * 1000;
+  const ssh = `ssh -i ${vm.key} -p ${vm.port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR ${vm.user}@127.0.0.1`;
   const t0 = Date.now();
-  await ensureLayers(config, host);
-  const rerunMs = Date.now() - t0;
-  const t01 = Date.now();
-  const run2 = await ensureLayers({ ...config, cacheDir: path.join(root, 'cache2') }, host);
-  const run2Ms = Date.now() - t01;
-  assert.deepEqual(run2.layers.map((l) => l.source), ['actions cache', 'actions cache'], 'run 2 restores prepared and snapshot');
-
-  const ctx = { config, host, image: distroImage(config.distro, arch), dir: config.cacheDir, timeouts: timeoutsFor(host.accel.accel) };
-  const key = { privateKey: fs.readFileSync(cold.outputs['ssh-key'], 'utf8'), publicKey: cold.outputs['ssh-public-key'] };
-
-  // The same snapshot without zeroing free memory first, for the state size.
-  const plain = path.join(root, 'plain');
-  fs.mkdirSync(plain);
-  const unshrunk = await buildSnapshot(ctx, {
-    name: 'bench-unshrunk',
-    base: cold.outputs.image,
-    out: { disk: path.join(plain, 'd.qcow2'), efivars: path.join(plain, 'e.qcow2'), seed: path.join(plain, 's.iso') },
-    key,
-    memoryMb: config.memoryMb,
-    cpus: config.cpus,
-    shrink: false,
-  });
-
-  // Cold boot of the prepared image to SSH vs restore of its snapshot to SSH, back to back.
-  const coldDir = fs.mkdtempSync(path.join(root, 'cold-'));
+  spawnSync('sh', ['-c', `tar -cf - -C ${ws} . | ${ssh} 'mkdir -p /tmp/plain && tar -xf - -C /tmp/plain'`], { stdio: 'ignore' });
+  const plainIn = Date.now() - t0;
+  const back = fs.mkdtempSync(path.join(root, 'back-'));
   const t1 = Date.now();
-  const m = await bootBuilder(ctx, {
-    name: 'bench-cold',
-    base: cold.outputs.image,
-    workDir: coldDir,
-    key: generateKeyPair(),
-    memoryMb: config.memoryMb,
-    cpus: config.cpus,
-    seed: { hostname: 'bench' },
-    sshTimeoutMs: ctx.timeouts.bootSshMs,
-    cloudInitTimeoutMs: ctx.timeouts.bootSshMs,
-  });
-  const coldMs = Date.now() - t1;
-  await m.destroy();
-  const restoreDir = fs.mkdtempSync(path.join(root, 'restore-'));
-  const t2 = Date.now();
-  const r = await restoreMachine({
-    name: 'bench-restore',
-    qemu: host.qemu.path,
-    efiCode: host.firmware.code,
-    files: { disk: cold.outputs['snapshot-disk'], efivars: cold.outputs['snapshot-efivars'], seed: cold.outputs['snapshot-seed-iso'] },
-    backing: cold.outputs.image,
-    layout: cold.snapshotBuild!.layout,
-    workDir: restoreDir,
-    key,
-    sshTimeoutMs: ctx.timeouts.restoreSshMs,
-  });
-  const restoreMs = Date.now() - t2;
-  await r.machine.destroy();
-
-  // The prepared layer through the Actions cache service (real toolkit, local service) vs plain
-  // tar + zstd -d of the very archive the service stored.
-  const cache = actionsCache();
-  const names = [path.basename(cold.outputs.image), path.basename(cold.outputs.image).replace(/\.qcow2$/, '.manifest.json')];
-  await cache.save('bench-prepared', names, config.cacheDir);
-  const via = fs.mkdtempSync(path.join(root, 'via-'));
-  const t3 = Date.now();
-  assert(await cache.restore('bench-prepared', names, via), 'restore through the cache service');
-  const viaMs = Date.now() - t3;
-  const blob = fs.readdirSync(server.storageDir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name)).sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0];
-  const plainDir = fs.mkdtempSync(path.join(root, 'tar-'));
-  const t4 = Date.now();
-  execFileSync('tar', ['--use-compress-program', 'zstd -d', '-xf', blob, '-C', plainDir]);
-  const tarMs = Date.now() - t4;
-  const archiveBytes = fs.statSync(blob).size;
+  spawnSync('sh', ['-c', `${ssh} 'tar -cf - -C /tmp/plain .' | tar -xf - -C ${back}`], { stdio: 'ignore' });
+  const plainBack = Date.now() - t1;
+  row('ryra-vm run: workspace in (5,000 files + 100 MB)', inMs, plainIn, { max: 1.3, of: 'ratio' });
+  row('ryra-vm run: workspace back (all changed)', backMs, plainBack, { max: 1.3, of: 'ratio' });
+  await exec(process.execPath, [path.resolve('dist/cli.js'), 'stop', '--all'], { ...r.env, RYRA_VM_RUNTIME_DIR: path.join(root, 'rt') });
+  await r.post();
   await server.close();
 
-  rows.push(
-    ['accelerator', host.accel.accel],
-    ['cold boot of the prepared image → SSH + cloud-init', s(coldMs)],
-    ['snapshot restore → SSH', s(restoreMs)],
-    ['ratio cold / restore', `${(coldMs / restoreMs).toFixed(1)}×`],
-    ['pipeline savevm step (shrink + savevm + check)', s(snap.stepMs)],
-    ["QEMU's own savevm (QMP round trip)", s(snap.savevmMs)],
-    ['ratio step / savevm', `${(snap.stepMs / snap.savevmMs).toFixed(1)}×`],
-    ['RAM state, free memory zeroed', mib(snap.stateBytes)],
-    ['RAM state, as is', mib(unshrunk.stateBytes)],
-    ['ratio as is / zeroed', `${(unshrunk.stateBytes / snap.stateBytes).toFixed(2)}×`],
-    ['all-valid rerun wall time', s(rerunMs)],
-    ['run 1: empty runner, builds and saves every layer', s(run1Ms)],
-    ['run 2: another empty runner, restores from the cache', s(run2Ms)],
-    ['ratio run 1 / run 2', `${(run1Ms / run2Ms).toFixed(1)}×`],
-    [`prepared layer (${mib(archiveBytes)} archive) restored via the cache service`, s(viaMs)],
-    ['the same archive with plain tar + zstd -d', s(tarMs)],
-    ['ratio service / plain', `${(viaMs / tarMs).toFixed(2)}×`],
-  );
-  const w = Math.max(...rows.map(([k]) => k.length));
-  console.log(`\nryra-vm bench (${arch}, ${config.memoryMb} MiB, ${host.accel.accel})`);
-  for (const [k, v] of rows) console.log(`  ${k.padEnd(w)}  ${v}`);
+  const w = Math.max(...rows.map((x) => x.figure.length));
+  console.log(`\nryra-vm bench (${arch}, ${kvm === 'false' ? 'tcg' : 'kvm: ' + kvm}, production bundle dist/)`);
+  console.log(`  ${'figure'.padEnd(w)}  ${'measured'.padStart(9)}  ${'reference'.padStart(9)}  ${'ratio'.padStart(7)}  goal`);
+  for (const x of rows) {
+    console.log(`  ${x.figure.padEnd(w)}  ${x.value.padStart(9)}  ${(x.reference ?? '').padStart(9)}  ${(x.ratio ?? '').padStart(7)}  ${x.goal ?? ''}${x.ok === undefined ? '' : x.ok ? '  ✓' : '  ✗'}`);
+  }
 } finally {
   fs.rmSync(root, { recursive: true, force: true });
 }

@@ -1137,7 +1137,7 @@ var require_trim_comparator_whitespace = __commonJS({
       return isWhitespace(range3[position]) ? position : -1;
     };
     var trimComparatorWhitespace = (range3) => {
-      let result2 = "";
+      let result = "";
       let copyFrom = 0;
       let cursor = 0;
       const digitRuns = { start: -1, end: -1, previousStart: -1, previousEnd: -1 };
@@ -1157,12 +1157,12 @@ var require_trim_comparator_whitespace = __commonJS({
         }
         const whitespacePosition = findRemovableWhitespaceIndex(range3, matchStart);
         if (whitespacePosition !== -1) {
-          result2 += range3.slice(copyFrom, whitespacePosition);
+          result += range3.slice(copyFrom, whitespacePosition);
           copyFrom = whitespacePosition + 1;
         }
         cursor = findVersionEndIndex(range3, cursor, digitRuns);
       }
-      return result2 + range3.slice(copyFrom);
+      return result + range3.slice(copyFrom);
     };
     module.exports = trimComparatorWhitespace;
   }
@@ -1274,9 +1274,9 @@ var require_range = __commonJS({
         if (rangeMap.size > 1 && rangeMap.has("")) {
           rangeMap.delete("");
         }
-        const result2 = [...rangeMap.values()];
-        cache.set(memoKey, result2);
-        return result2;
+        const result = [...rangeMap.values()];
+        cache.set(memoKey, result);
+        return result;
       }
       intersects(range3, options) {
         if (!(range3 instanceof _Range)) {
@@ -1332,16 +1332,16 @@ var require_range = __commonJS({
     var isNullSet = (c) => c.value === "<0.0.0-0";
     var isAny = (c) => c.value === "";
     var isSatisfiable = (comparators, options) => {
-      let result2 = true;
+      let result = true;
       const remainingComparators = comparators.slice();
       let testComparator = remainingComparators.pop();
-      while (result2 && remainingComparators.length) {
-        result2 = remainingComparators.every((otherComparator) => {
+      while (result && remainingComparators.length) {
+        result = remainingComparators.every((otherComparator) => {
           return testComparator.intersects(otherComparator, options);
         });
         testComparator = remainingComparators.pop();
       }
-      return result2;
+      return result;
     };
     var parseComparator = (comp26, options) => {
       comp26 = comp26.replace(re[t.BUILD], "");
@@ -2910,12 +2910,12 @@ var require_helpers = __commonJS({
     });
     var __importStar = exports2 && exports2.__importStar || function(mod) {
       if (mod && mod.__esModule) return mod;
-      var result2 = {};
+      var result = {};
       if (mod != null) {
-        for (var k in mod) if (k !== "default" && Object.prototype.hasOwnProperty.call(mod, k)) __createBinding(result2, mod, k);
+        for (var k in mod) if (k !== "default" && Object.prototype.hasOwnProperty.call(mod, k)) __createBinding(result, mod, k);
       }
-      __setModuleDefault(result2, mod);
-      return result2;
+      __setModuleDefault(result, mod);
+      return result;
     };
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.req = exports2.json = exports2.toBuffer = void 0;
@@ -2943,16 +2943,16 @@ var require_helpers = __commonJS({
       }
     }
     exports2.json = json;
-    function req2(url2, opts = {}) {
+    function req(url2, opts = {}) {
       const href = typeof url2 === "string" ? url2 : url2.href;
-      const req3 = (href.startsWith("https:") ? https2 : http2).request(url2, opts);
+      const req2 = (href.startsWith("https:") ? https2 : http2).request(url2, opts);
       const promise = new Promise((resolve2, reject) => {
-        req3.once("response", resolve2).once("error", reject).end();
+        req2.once("response", resolve2).once("error", reject).end();
       });
-      req3.then = promise.then.bind(promise);
-      return req3;
+      req2.then = promise.then.bind(promise);
+      return req2;
     }
-    exports2.req = req2;
+    exports2.req = req;
   }
 });
 
@@ -2980,12 +2980,12 @@ var require_dist = __commonJS({
     });
     var __importStar = exports2 && exports2.__importStar || function(mod) {
       if (mod && mod.__esModule) return mod;
-      var result2 = {};
+      var result = {};
       if (mod != null) {
-        for (var k in mod) if (k !== "default" && Object.prototype.hasOwnProperty.call(mod, k)) __createBinding(result2, mod, k);
+        for (var k in mod) if (k !== "default" && Object.prototype.hasOwnProperty.call(mod, k)) __createBinding(result, mod, k);
       }
-      __setModuleDefault(result2, mod);
-      return result2;
+      __setModuleDefault(result, mod);
+      return result;
     };
     var __exportStar = exports2 && exports2.__exportStar || function(m, exports3) {
       for (var p in m) if (p !== "default" && !Object.prototype.hasOwnProperty.call(exports3, p)) __createBinding(exports3, m, p);
@@ -3060,24 +3060,24 @@ var require_dist = __commonJS({
         }
         return super.getName(options);
       }
-      createSocket(req2, options, cb) {
+      createSocket(req, options, cb) {
         const connectOpts = {
           ...options,
           secureEndpoint: this.isSecureEndpoint(options)
         };
         const name = this.getName(connectOpts);
         const fakeSocket = this.incrementSockets(name);
-        Promise.resolve().then(() => this.connect(req2, connectOpts)).then((socket) => {
+        Promise.resolve().then(() => this.connect(req, connectOpts)).then((socket) => {
           this.decrementSockets(name, fakeSocket);
           if (socket instanceof http2.Agent) {
             try {
-              return socket.addRequest(req2, connectOpts);
+              return socket.addRequest(req, connectOpts);
             } catch (err) {
               return cb(err);
             }
           }
           this[INTERNAL].currentSocket = socket;
-          super.createSocket(req2, options, cb);
+          super.createSocket(req, options, cb);
         }, (err) => {
           this.decrementSockets(name, fakeSocket);
           cb(err);
@@ -3232,12 +3232,12 @@ var require_dist2 = __commonJS({
     });
     var __importStar = exports2 && exports2.__importStar || function(mod) {
       if (mod && mod.__esModule) return mod;
-      var result2 = {};
+      var result = {};
       if (mod != null) {
-        for (var k in mod) if (k !== "default" && Object.prototype.hasOwnProperty.call(mod, k)) __createBinding(result2, mod, k);
+        for (var k in mod) if (k !== "default" && Object.prototype.hasOwnProperty.call(mod, k)) __createBinding(result, mod, k);
       }
-      __setModuleDefault(result2, mod);
-      return result2;
+      __setModuleDefault(result, mod);
+      return result;
     };
     var __importDefault = exports2 && exports2.__importDefault || function(mod) {
       return mod && mod.__esModule ? mod : { "default": mod };
@@ -3282,7 +3282,7 @@ var require_dist2 = __commonJS({
        * Called when the node-core HTTP client library is creating a
        * new HTTP request.
        */
-      async connect(req2, opts) {
+      async connect(req, opts) {
         const { proxy } = this;
         if (!opts.host) {
           throw new TypeError('No "host" provided');
@@ -3315,10 +3315,10 @@ var require_dist2 = __commonJS({
         socket.write(`${payload}\r
 `);
         const { connect, buffered } = await proxyResponsePromise;
-        req2.emit("proxyConnect", connect);
-        this.emit("proxyConnect", connect, req2);
+        req.emit("proxyConnect", connect);
+        this.emit("proxyConnect", connect, req);
         if (connect.statusCode === 200) {
-          req2.once("socket", resume);
+          req.once("socket", resume);
           if (opts.secureEndpoint) {
             debug2("Upgrading socket connection to TLS");
             return tls.connect({
@@ -3331,7 +3331,7 @@ var require_dist2 = __commonJS({
         socket.destroy();
         const fakeSocket = new net.Socket({ writable: false });
         fakeSocket.readable = true;
-        req2.once("socket", (s) => {
+        req.once("socket", (s) => {
           debug2("Replaying proxy buffer for failed request");
           (0, assert_1.default)(s.listenerCount("data") > 0);
           s.push(buffered);
@@ -3382,12 +3382,12 @@ var require_dist3 = __commonJS({
     });
     var __importStar = exports2 && exports2.__importStar || function(mod) {
       if (mod && mod.__esModule) return mod;
-      var result2 = {};
+      var result = {};
       if (mod != null) {
-        for (var k in mod) if (k !== "default" && Object.prototype.hasOwnProperty.call(mod, k)) __createBinding(result2, mod, k);
+        for (var k in mod) if (k !== "default" && Object.prototype.hasOwnProperty.call(mod, k)) __createBinding(result, mod, k);
       }
-      __setModuleDefault(result2, mod);
-      return result2;
+      __setModuleDefault(result, mod);
+      return result;
     };
     var __importDefault = exports2 && exports2.__importDefault || function(mod) {
       return mod && mod.__esModule ? mod : { "default": mod };
@@ -3415,21 +3415,21 @@ var require_dist3 = __commonJS({
           port
         };
       }
-      addRequest(req2, opts) {
-        req2._header = null;
-        this.setRequestProps(req2, opts);
-        super.addRequest(req2, opts);
+      addRequest(req, opts) {
+        req._header = null;
+        this.setRequestProps(req, opts);
+        super.addRequest(req, opts);
       }
-      setRequestProps(req2, opts) {
+      setRequestProps(req, opts) {
         const { proxy } = this;
         const protocol = opts.secureEndpoint ? "https:" : "http:";
-        const hostname = req2.getHeader("host") || "localhost";
+        const hostname = req.getHeader("host") || "localhost";
         const base = `${protocol}//${hostname}`;
-        const url2 = new url_1.URL(req2.path, base);
+        const url2 = new url_1.URL(req.path, base);
         if (opts.port !== 80) {
           url2.port = String(opts.port);
         }
-        req2.path = String(url2);
+        req.path = String(url2);
         const headers = typeof this.proxyHeaders === "function" ? this.proxyHeaders() : { ...this.proxyHeaders };
         if (proxy.username || proxy.password) {
           const auth = `${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`;
@@ -3441,25 +3441,25 @@ var require_dist3 = __commonJS({
         for (const name of Object.keys(headers)) {
           const value = headers[name];
           if (value) {
-            req2.setHeader(name, value);
+            req.setHeader(name, value);
           }
         }
       }
-      async connect(req2, opts) {
-        req2._header = null;
-        if (!req2.path.includes("://")) {
-          this.setRequestProps(req2, opts);
+      async connect(req, opts) {
+        req._header = null;
+        if (!req.path.includes("://")) {
+          this.setRequestProps(req, opts);
         }
         let first;
         let endOfHeaders;
         debug2("Regenerating stored HTTP header string for request");
-        req2._implicitHeader();
-        if (req2.outputData && req2.outputData.length > 0) {
+        req._implicitHeader();
+        if (req.outputData && req.outputData.length > 0) {
           debug2("Patching connection write() output buffer with updated header");
-          first = req2.outputData[0].data;
+          first = req.outputData[0].data;
           endOfHeaders = first.indexOf("\r\n\r\n") + 4;
-          req2.outputData[0].data = req2._header + first.substring(endOfHeaders);
-          debug2("Output buffer: %o", req2.outputData[0].data);
+          req.outputData[0].data = req._header + first.substring(endOfHeaders);
+          debug2("Output buffer: %o", req.outputData[0].data);
         }
         let socket;
         if (this.proxy.protocol === "https:") {
@@ -3943,37 +3943,37 @@ var require_goog_varint = __commonJS({
     exports2.varint32write = varint32write;
     function varint32read() {
       let b = this.buf[this.pos++];
-      let result2 = b & 127;
+      let result = b & 127;
       if ((b & 128) == 0) {
         this.assertBounds();
-        return result2;
+        return result;
       }
       b = this.buf[this.pos++];
-      result2 |= (b & 127) << 7;
+      result |= (b & 127) << 7;
       if ((b & 128) == 0) {
         this.assertBounds();
-        return result2;
+        return result;
       }
       b = this.buf[this.pos++];
-      result2 |= (b & 127) << 14;
+      result |= (b & 127) << 14;
       if ((b & 128) == 0) {
         this.assertBounds();
-        return result2;
+        return result;
       }
       b = this.buf[this.pos++];
-      result2 |= (b & 127) << 21;
+      result |= (b & 127) << 21;
       if ((b & 128) == 0) {
         this.assertBounds();
-        return result2;
+        return result;
       }
       b = this.buf[this.pos++];
-      result2 |= (b & 15) << 28;
+      result |= (b & 15) << 28;
       for (let readBytes = 5; (b & 128) !== 0 && readBytes < 10; readBytes++)
         b = this.buf[this.pos++];
       if ((b & 128) != 0)
         throw new Error("invalid varint");
       this.assertBounds();
-      return result2 >>> 0;
+      return result >>> 0;
     }
     exports2.varint32read = varint32read;
   }
@@ -4026,10 +4026,10 @@ var require_pb_long = __commonJS({
        * Convert to a native number.
        */
       toNumber() {
-        let result2 = this.hi * TWO_PWR_32_DBL + (this.lo >>> 0);
-        if (!Number.isSafeInteger(result2))
+        let result = this.hi * TWO_PWR_32_DBL + (this.lo >>> 0);
+        if (!Number.isSafeInteger(result))
           throw new Error("cannot convert to safe number");
-        return result2;
+        return result;
       }
     };
     var PbULong = class _PbULong extends SharedPbLong {
@@ -4876,12 +4876,12 @@ var require_reflection_type_check = __commonJS({
       prepare() {
         if (this.data)
           return;
-        const req2 = [], known = [], oneofs = [];
+        const req = [], known = [], oneofs = [];
         for (let field of this.fields) {
           if (field.oneof) {
             if (!oneofs.includes(field.oneof)) {
               oneofs.push(field.oneof);
-              req2.push(field.oneof);
+              req.push(field.oneof);
               known.push(field.oneof);
             }
           } else {
@@ -4890,19 +4890,19 @@ var require_reflection_type_check = __commonJS({
               case "scalar":
               case "enum":
                 if (!field.opt || field.repeat)
-                  req2.push(field.localName);
+                  req.push(field.localName);
                 break;
               case "message":
                 if (field.repeat)
-                  req2.push(field.localName);
+                  req.push(field.localName);
                 break;
               case "map":
-                req2.push(field.localName);
+                req.push(field.localName);
                 break;
             }
           }
         }
-        this.data = { req: req2, known, oneofs: Object.values(oneofs) };
+        this.data = { req, known, oneofs: Object.values(oneofs) };
       }
       /**
        * Is the argument a valid message as specified by the
@@ -7044,15 +7044,15 @@ var require_rpc_output_stream = __commonJS({
       }
       // "push" a new iterator result.
       // this either resolves a pending promise, or enqueues the result.
-      pushIt(result2) {
+      pushIt(result) {
         let state3 = this._itState;
         if (state3.p) {
           const p = state3.p;
           runtime_1.assert(p.state == deferred_1.DeferredState.PENDING, "iterator contract broken");
-          "value" in result2 ? p.resolve(result2) : p.reject(result2);
+          "value" in result ? p.resolve(result) : p.reject(result);
           delete state3.p;
         } else {
-          state3.q.push(result2);
+          state3.q.push(result);
         }
       }
     };
@@ -7085,8 +7085,8 @@ var require_unary_call = __commonJS({
             reject(e);
           }
         }
-        function step(result2) {
-          result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+        function step(result) {
+          result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -7154,8 +7154,8 @@ var require_server_streaming_call = __commonJS({
             reject(e);
           }
         }
-        function step(result2) {
-          result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+        function step(result) {
+          result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -7224,8 +7224,8 @@ var require_client_streaming_call = __commonJS({
             reject(e);
           }
         }
-        function step(result2) {
-          result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+        function step(result) {
+          result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -7293,8 +7293,8 @@ var require_duplex_streaming_call = __commonJS({
             reject(e);
           }
         }
-        function step(result2) {
-          result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+        function step(result) {
+          result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -7361,8 +7361,8 @@ var require_test_transport = __commonJS({
             reject(e);
           }
         }
-        function step(result2) {
-          result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+        function step(result) {
+          result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -7826,7 +7826,7 @@ import * as fs from "fs";
 
 // node_modules/@actions/glob/lib/internal-glob-options-helper.js
 function getOptions(copy) {
-  const result2 = {
+  const result = {
     followSymbolicLinks: true,
     implicitDescendants: true,
     matchDirectories: true,
@@ -7835,27 +7835,27 @@ function getOptions(copy) {
   };
   if (copy) {
     if (typeof copy.followSymbolicLinks === "boolean") {
-      result2.followSymbolicLinks = copy.followSymbolicLinks;
-      debug(`followSymbolicLinks '${result2.followSymbolicLinks}'`);
+      result.followSymbolicLinks = copy.followSymbolicLinks;
+      debug(`followSymbolicLinks '${result.followSymbolicLinks}'`);
     }
     if (typeof copy.implicitDescendants === "boolean") {
-      result2.implicitDescendants = copy.implicitDescendants;
-      debug(`implicitDescendants '${result2.implicitDescendants}'`);
+      result.implicitDescendants = copy.implicitDescendants;
+      debug(`implicitDescendants '${result.implicitDescendants}'`);
     }
     if (typeof copy.matchDirectories === "boolean") {
-      result2.matchDirectories = copy.matchDirectories;
-      debug(`matchDirectories '${result2.matchDirectories}'`);
+      result.matchDirectories = copy.matchDirectories;
+      debug(`matchDirectories '${result.matchDirectories}'`);
     }
     if (typeof copy.omitBrokenSymbolicLinks === "boolean") {
-      result2.omitBrokenSymbolicLinks = copy.omitBrokenSymbolicLinks;
-      debug(`omitBrokenSymbolicLinks '${result2.omitBrokenSymbolicLinks}'`);
+      result.omitBrokenSymbolicLinks = copy.omitBrokenSymbolicLinks;
+      debug(`omitBrokenSymbolicLinks '${result.omitBrokenSymbolicLinks}'`);
     }
     if (typeof copy.excludeHiddenFiles === "boolean") {
-      result2.excludeHiddenFiles = copy.excludeHiddenFiles;
-      debug(`excludeHiddenFiles '${result2.excludeHiddenFiles}'`);
+      result.excludeHiddenFiles = copy.excludeHiddenFiles;
+      debug(`excludeHiddenFiles '${result.excludeHiddenFiles}'`);
     }
   }
-  return result2;
+  return result;
 }
 
 // node_modules/@actions/glob/lib/internal-globber.js
@@ -7870,11 +7870,11 @@ function dirname2(p) {
   if (IS_WINDOWS && /^\\\\[^\\]+(\\[^\\]+)?$/.test(p)) {
     return p;
   }
-  let result2 = path.dirname(p);
-  if (IS_WINDOWS && /^\\\\[^\\]+\\[^\\]+\\$/.test(result2)) {
-    result2 = safeTrimTrailingSeparator(result2);
+  let result = path.dirname(p);
+  if (IS_WINDOWS && /^\\\\[^\\]+\\[^\\]+\\$/.test(result)) {
+    result = safeTrimTrailingSeparator(result);
   }
-  return result2;
+  return result;
 }
 function ensureAbsoluteRoot(root, itemPath) {
   assert(root, `ensureAbsoluteRoot parameter 'root' must not be empty`);
@@ -7971,7 +7971,7 @@ function getSearchPaths(patterns) {
     const key = IS_WINDOWS2 ? pattern.searchPath.toUpperCase() : pattern.searchPath;
     searchPathMap[key] = "candidate";
   }
-  const result2 = [];
+  const result = [];
   for (const pattern of patterns) {
     const key = IS_WINDOWS2 ? pattern.searchPath.toUpperCase() : pattern.searchPath;
     if (searchPathMap[key] === "included") {
@@ -7989,22 +7989,22 @@ function getSearchPaths(patterns) {
       parent = dirname2(tempKey);
     }
     if (!foundAncestor) {
-      result2.push(pattern.searchPath);
+      result.push(pattern.searchPath);
       searchPathMap[key] = "included";
     }
   }
-  return result2;
+  return result;
 }
 function match(patterns, itemPath) {
-  let result2 = MatchKind.None;
+  let result = MatchKind.None;
   for (const pattern of patterns) {
     if (pattern.negate) {
-      result2 &= ~pattern.match(itemPath);
+      result &= ~pattern.match(itemPath);
     } else {
-      result2 |= pattern.match(itemPath);
+      result |= pattern.match(itemPath);
     }
   }
-  return result2;
+  return result;
 }
 function partialMatch(patterns, itemPath) {
   return patterns.some((x) => !x.negate && x.partialMatch(itemPath));
@@ -8017,7 +8017,7 @@ import assert3 from "assert";
 
 // node_modules/balanced-match/dist/esm/index.js
 var range = (a, b, str) => {
-  let begs, beg, left, right = void 0, result2;
+  let begs, beg, left, right = void 0, result;
   let ai = str.indexOf(a);
   let bi = str.indexOf(b, ai + 1);
   let i = ai;
@@ -8027,14 +8027,14 @@ var range = (a, b, str) => {
     }
     begs = [];
     left = str.length;
-    while (i >= 0 && !result2) {
+    while (i >= 0 && !result) {
       if (i === ai) {
         begs.push(i);
         ai = str.indexOf(a, i + 1);
       } else if (begs.length === 1) {
         const r = begs.pop();
         if (r !== void 0)
-          result2 = [r, bi];
+          result = [r, bi];
       } else {
         beg = begs.pop();
         if (beg !== void 0 && beg < left) {
@@ -8046,10 +8046,10 @@ var range = (a, b, str) => {
       i = ai < bi && ai >= 0 ? ai : bi;
     }
     if (begs.length && right !== void 0) {
-      result2 = [left, right];
+      result = [left, right];
     }
   }
-  return result2;
+  return result;
 };
 
 // node_modules/brace-expansion/dist/esm/index.js
@@ -9077,26 +9077,26 @@ var AST = class {
       }
     } else {
       let iterations = 0;
-      let done = false;
+      let done2 = false;
       do {
-        done = true;
+        done2 = true;
         for (let i = 0; i < this.#parts.length; i++) {
           const c = this.#parts[i];
           if (typeof c === "object") {
             c.#flatten();
             if (this.#canAdopt(c)) {
-              done = false;
+              done2 = false;
               this.#adopt(c, i);
             } else if (this.#canAdoptWithSpace(c)) {
-              done = false;
+              done2 = false;
               this.#adoptWithSpace(c, i);
             } else if (this.#canUsurp(c)) {
-              done = false;
+              done2 = false;
               this.#usurp(c);
             }
           }
         }
-      } while (!done && ++iterations < 10);
+      } while (!done2 && ++iterations < 10);
     }
     this.#toString = void 0;
   }
@@ -9609,38 +9609,38 @@ var Minimatch = class {
   partsMatch(a, b, emptyGSMatch = false) {
     let ai = 0;
     let bi = 0;
-    let result2 = [];
+    let result = [];
     let which2 = "";
     while (ai < a.length && bi < b.length) {
       if (a[ai] === b[bi]) {
-        result2.push(which2 === "b" ? b[bi] : a[ai]);
+        result.push(which2 === "b" ? b[bi] : a[ai]);
         ai++;
         bi++;
       } else if (emptyGSMatch && a[ai] === "**" && b[bi] === a[ai + 1]) {
-        result2.push(a[ai]);
+        result.push(a[ai]);
         ai++;
       } else if (emptyGSMatch && b[bi] === "**" && a[ai] === b[bi + 1]) {
-        result2.push(b[bi]);
+        result.push(b[bi]);
         bi++;
       } else if (a[ai] === "*" && b[bi] && (this.options.dot || !b[bi].startsWith(".")) && b[bi] !== "**") {
         if (which2 === "b")
           return false;
         which2 = "a";
-        result2.push(a[ai]);
+        result.push(a[ai]);
         ai++;
         bi++;
       } else if (b[bi] === "*" && a[ai] && (this.options.dot || !a[ai].startsWith(".")) && a[ai] !== "**") {
         if (which2 === "a")
           return false;
         which2 = "b";
-        result2.push(b[bi]);
+        result.push(b[bi]);
         ai++;
         bi++;
       } else {
         return false;
       }
     }
-    return a.length === b.length && result2;
+    return a.length === b.length && result;
   }
   parseNegate() {
     if (this.nonegate)
@@ -10027,17 +10027,17 @@ var Path = class {
    * Converts the path to it's string representation
    */
   toString() {
-    let result2 = this.segments[0];
-    let skipSlash = result2.endsWith(path3.sep) || IS_WINDOWS3 && /^[A-Z]:$/i.test(result2);
+    let result = this.segments[0];
+    let skipSlash = result.endsWith(path3.sep) || IS_WINDOWS3 && /^[A-Z]:$/i.test(result);
     for (let i = 1; i < this.segments.length; i++) {
       if (skipSlash) {
         skipSlash = false;
       } else {
-        result2 += path3.sep;
+        result += path3.sep;
       }
-      result2 += this.segments[i];
+      result += this.segments[i];
     }
-    return result2;
+    return result;
   }
 };
 
@@ -10231,8 +10231,8 @@ var __awaiter = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -10313,13 +10313,13 @@ var DefaultGlobber = class _DefaultGlobber {
   glob() {
     return __awaiter(this, void 0, void 0, function* () {
       var _a2, e_1, _b, _c;
-      const result2 = [];
+      const result = [];
       try {
         for (var _d = true, _e = __asyncValues(this.globGenerator()), _f; _f = yield _e.next(), _a2 = _f.done, !_a2; _d = true) {
           _c = _f.value;
           _d = false;
           const itemPath = _c;
-          result2.push(itemPath);
+          result.push(itemPath);
         }
       } catch (e_1_1) {
         e_1 = { error: e_1_1 };
@@ -10330,7 +10330,7 @@ var DefaultGlobber = class _DefaultGlobber {
           if (e_1) throw e_1.error;
         }
       }
-      return result2;
+      return result;
     });
   }
   globGenerator() {
@@ -10394,21 +10394,21 @@ var DefaultGlobber = class _DefaultGlobber {
    */
   static create(patterns, options) {
     return __awaiter(this, void 0, void 0, function* () {
-      const result2 = new _DefaultGlobber(options);
+      const result = new _DefaultGlobber(options);
       if (IS_WINDOWS5) {
         patterns = patterns.replace(/\r\n/g, "\n");
         patterns = patterns.replace(/\r/g, "\n");
       }
-      const lines = patterns.split("\n").map((x) => x.trim());
-      for (const line of lines) {
+      const lines2 = patterns.split("\n").map((x) => x.trim());
+      for (const line of lines2) {
         if (!line || line.startsWith("#")) {
           continue;
         } else {
-          result2.patterns.push(new Pattern(line));
+          result.patterns.push(new Pattern(line));
         }
       }
-      result2.searchPaths.push(...getSearchPaths(result2.patterns));
-      return result2;
+      result.searchPaths.push(...getSearchPaths(result.patterns));
+      return result;
     });
   }
   static stat(item, options, traversalChain) {
@@ -10468,8 +10468,8 @@ var __awaiter2 = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -10536,8 +10536,8 @@ var __awaiter3 = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -10845,9 +10845,9 @@ function namespaceMatches(namespace, patternToMatch) {
   return namespaceDone && (patternDone || trailingWildCard);
 }
 function disable() {
-  const result2 = enabledString || "";
+  const result = enabledString || "";
   enable("");
-  return result2;
+  return result;
 }
 function createDebugger(namespace) {
   const newDebugger = Object.assign(debug2, {
@@ -11029,17 +11029,17 @@ var HttpHeadersImpl = class {
    * Get the JSON object representation of this HTTP header collection.
    */
   toJSON(options = {}) {
-    const result2 = {};
+    const result = {};
     if (options.preserveCase) {
       for (const entry of this._headersMap.values()) {
-        result2[entry.name] = entry.value;
+        result[entry.name] = entry.value;
       }
     } else {
       for (const [normalizedName, entry] of this._headersMap) {
-        result2[normalizedName] = entry.value;
+        result[normalizedName] = entry.value;
       }
     }
-    return result2;
+    return result;
   }
   /**
    * Get the string representation of this HTTP header collection.
@@ -11151,10 +11151,10 @@ var HttpPipeline = class _HttpPipeline {
   sendRequest(httpClient, request) {
     const policies = this.getOrderedPolicies();
     const pipeline2 = policies.reduceRight((next, policy) => {
-      return (req2) => {
-        return policy.sendRequest(req2, next);
+      return (req) => {
+        return policy.sendRequest(req, next);
       };
-    }, (req2) => httpClient.sendRequest(req2));
+    }, (req) => httpClient.sendRequest(req));
     return pipeline2(request);
   }
   getOrderedPolicies() {
@@ -11170,7 +11170,7 @@ var HttpPipeline = class _HttpPipeline {
     return new _HttpPipeline();
   }
   orderPolicies() {
-    const result2 = [];
+    const result = [];
     const policyMap = /* @__PURE__ */ new Map();
     function createPhase(name) {
       return {
@@ -11252,7 +11252,7 @@ var HttpPipeline = class _HttpPipeline {
           continue;
         }
         if (node.dependsOn.size === 0) {
-          result2.push(node.policy);
+          result.push(node.policy);
           for (const dependant of node.dependants) {
             dependant.dependsOn.delete(node);
           }
@@ -11278,13 +11278,13 @@ var HttpPipeline = class _HttpPipeline {
     let iteration = 0;
     while (policyMap.size > 0) {
       iteration++;
-      const initialResultLength = result2.length;
+      const initialResultLength = result.length;
       walkPhases();
-      if (result2.length <= initialResultLength && iteration > 1) {
+      if (result.length <= initialResultLength && iteration > 1) {
         throw new Error("Cannot satisfy policy dependencies due to requirements cycle.");
       }
     }
-    return result2;
+    return result;
   }
 };
 function createEmptyPipeline() {
@@ -11698,28 +11698,28 @@ var NodeHttpClient = class {
       ...request.requestOverrides
     };
     return new Promise((resolve2, reject) => {
-      const req2 = isInsecure ? http.request(options, resolve2) : https.request(options, resolve2);
-      req2.once("error", (err) => {
+      const req = isInsecure ? http.request(options, resolve2) : https.request(options, resolve2);
+      req.once("error", (err) => {
         reject(new RestError(err.message, { code: err.code ?? RestError.REQUEST_SEND_ERROR, request }));
       });
       abortController.signal.addEventListener("abort", () => {
         const abortError = new AbortError("The operation was aborted. Rejecting from abort signal callback while making request.");
-        req2.destroy(abortError);
+        req.destroy(abortError);
         reject(abortError);
       });
       if (body2 && isReadableStream(body2)) {
-        body2.pipe(req2);
+        body2.pipe(req);
       } else if (body2) {
         if (typeof body2 === "string" || Buffer.isBuffer(body2)) {
-          req2.end(body2);
+          req.end(body2);
         } else if (isArrayBuffer(body2)) {
-          req2.end(ArrayBuffer.isView(body2) ? Buffer.from(body2.buffer, body2.byteOffset, body2.byteLength) : Buffer.from(body2));
+          req.end(ArrayBuffer.isView(body2) ? Buffer.from(body2.buffer, body2.byteOffset, body2.byteLength) : Buffer.from(body2));
         } else {
           logger.error("Unrecognized body type", body2);
           reject(new RestError("Unrecognized body type"));
         }
       } else {
-        req2.end();
+        req.end();
       }
     });
   }
@@ -12193,11 +12193,11 @@ var agentPolicyName = "agentPolicy";
 function agentPolicy(agent) {
   return {
     name: agentPolicyName,
-    sendRequest: async (req2, next) => {
-      if (!req2.agent) {
-        req2.agent = agent;
+    sendRequest: async (req, next) => {
+      if (!req.agent) {
+        req.agent = agent;
       }
-      return next(req2);
+      return next(req);
     }
   };
 }
@@ -12207,11 +12207,11 @@ var tlsPolicyName = "tlsPolicy";
 function tlsPolicy(tlsSettings) {
   return {
     name: tlsPolicyName,
-    sendRequest: async (req2, next) => {
-      if (!req2.tlsSettings) {
-        req2.tlsSettings = tlsSettings;
+    sendRequest: async (req, next) => {
+      if (!req.tlsSettings) {
+        req.tlsSettings = tlsSettings;
       }
-      return next(req2);
+      return next(req);
     }
   };
 }
@@ -12418,8 +12418,8 @@ async function* streamAsyncIterator() {
   const reader = this.getReader();
   try {
     while (true) {
-      const { done, value } = await reader.read();
-      if (done) {
+      const { done: done2, value } = await reader.read();
+      if (done2) {
         return;
       }
       yield value;
@@ -12471,12 +12471,12 @@ function generateBoundary() {
   return `----AzSDKFormBoundary${randomUUID2()}`;
 }
 function encodeHeaders(headers) {
-  let result2 = "";
+  let result = "";
   for (const [key, value] of headers) {
-    result2 += `${key}: ${value}\r
+    result += `${key}: ${value}\r
 `;
   }
-  return result2;
+  return result;
 }
 function getLength(source) {
   if (source instanceof Uint8Array) {
@@ -12932,9 +12932,9 @@ function createTracingClient(options) {
   async function withSpan(name, operationOptions, callback, spanOptions) {
     const { span, updatedOptions } = startSpan(name, operationOptions, spanOptions);
     try {
-      const result2 = await withContext(updatedOptions.tracingOptions.tracingContext, () => Promise.resolve(callback(updatedOptions, span)));
+      const result = await withContext(updatedOptions.tracingOptions.tracingContext, () => Promise.resolve(callback(updatedOptions, span)));
       span.setStatus({ status: "success" });
-      return result2;
+      return result;
     } catch (err) {
       span.setStatus({ status: "error", error: err });
       throw err;
@@ -13950,9 +13950,9 @@ function serializeDictionaryType(serializer, mapper, object, objectName, isXml, 
   }
   if (isXml && mapper.xmlNamespace) {
     const xmlnsKey = mapper.xmlNamespacePrefix ? `xmlns:${mapper.xmlNamespacePrefix}` : "xmlns";
-    const result2 = tempDictionary;
-    result2[XML_ATTRKEY] = { [xmlnsKey]: mapper.xmlNamespace };
-    return result2;
+    const result = tempDictionary;
+    result[XML_ATTRKEY] = { [xmlnsKey]: mapper.xmlNamespace };
+    return result;
   }
   return tempDictionary;
 }
@@ -14073,15 +14073,15 @@ function getXmlObjectValue(propertyMapper, serializedValue, isXml, options) {
     if (serializedValue[XML_ATTRKEY]) {
       return serializedValue;
     } else {
-      const result3 = { ...serializedValue };
-      result3[XML_ATTRKEY] = xmlNamespace;
-      return result3;
+      const result2 = { ...serializedValue };
+      result2[XML_ATTRKEY] = xmlNamespace;
+      return result2;
     }
   }
-  const result2 = {};
-  result2[options.xml.xmlCharKey] = serializedValue;
-  result2[XML_ATTRKEY] = xmlNamespace;
-  return result2;
+  const result = {};
+  result[options.xml.xmlCharKey] = serializedValue;
+  result[XML_ATTRKEY] = xmlNamespace;
+  return result;
 }
 function isSpecialXmlProperty(propertyName, options) {
   return [XML_ATTRKEY, options.xml.xmlCharKey].includes(propertyName);
@@ -14360,7 +14360,7 @@ function getOperationArgumentValueFromParameter(operationArguments, parameter, f
   return value;
 }
 function getPropertyFromParameterPath(parent, parameterPath) {
-  const result2 = { propertyFound: false };
+  const result = { propertyFound: false };
   let i = 0;
   for (; i < parameterPath.length; ++i) {
     const parameterPathPart = parameterPath[i];
@@ -14371,10 +14371,10 @@ function getPropertyFromParameterPath(parent, parameterPath) {
     }
   }
   if (i === parameterPath.length) {
-    result2.propertyValue = parent;
-    result2.propertyFound = true;
+    result.propertyValue = parent;
+    result.propertyFound = true;
   }
-  return result2;
+  return result;
 }
 var originalRequestSymbol = /* @__PURE__ */ Symbol.for("@azure/core-client original request");
 function hasOriginalRequest(request) {
@@ -14417,32 +14417,32 @@ function deserializationPolicy(options = {}) {
   };
 }
 function getOperationResponseMap(parsedResponse) {
-  let result2;
+  let result;
   const request = parsedResponse.request;
   const operationInfo = getOperationRequestInfo(request);
   const operationSpec = operationInfo?.operationSpec;
   if (operationSpec) {
     if (!operationInfo?.operationResponseGetter) {
-      result2 = operationSpec.responses[parsedResponse.status];
+      result = operationSpec.responses[parsedResponse.status];
     } else {
-      result2 = operationInfo?.operationResponseGetter(operationSpec, parsedResponse);
+      result = operationInfo?.operationResponseGetter(operationSpec, parsedResponse);
     }
   }
-  return result2;
+  return result;
 }
 function shouldDeserializeResponse(parsedResponse) {
   const request = parsedResponse.request;
   const operationInfo = getOperationRequestInfo(request);
   const shouldDeserialize = operationInfo?.shouldDeserialize;
-  let result2;
+  let result;
   if (shouldDeserialize === void 0) {
-    result2 = true;
+    result = true;
   } else if (typeof shouldDeserialize === "boolean") {
-    result2 = shouldDeserialize;
+    result = shouldDeserialize;
   } else {
-    result2 = shouldDeserialize(parsedResponse);
+    result = shouldDeserialize(parsedResponse);
   }
-  return result2;
+  return result;
 }
 async function deserializeResponseBody(jsonContentTypes, xmlContentTypes, response, options, parseXML2) {
   const parsedResponse = await parse(jsonContentTypes, xmlContentTypes, response, options, parseXML2);
@@ -14580,25 +14580,25 @@ async function parse(jsonContentTypes, xmlContentTypes, operationResponse, opts,
 
 // node_modules/@azure/core-client/dist/esm/interfaceHelpers.js
 function getStreamingResponseStatusCodes(operationSpec) {
-  const result2 = /* @__PURE__ */ new Set();
+  const result = /* @__PURE__ */ new Set();
   for (const [statusCode, operationResponse] of Object.entries(operationSpec.responses)) {
     if (operationResponse.bodyMapper && operationResponse.bodyMapper.type.name === MapperTypeNames.Stream) {
-      result2.add(Number(statusCode));
+      result.add(Number(statusCode));
     }
   }
-  return result2;
+  return result;
 }
 function getPathStringFromParameter(parameter) {
   const { parameterPath, mapper } = parameter;
-  let result2;
+  let result;
   if (typeof parameterPath === "string") {
-    result2 = parameterPath;
+    result = parameterPath;
   } else if (Array.isArray(parameterPath)) {
-    result2 = parameterPath.join(".");
+    result = parameterPath.join(".");
   } else {
-    result2 = mapper.serializedName;
+    result = mapper.serializedName;
   }
-  return result2;
+  return result;
 }
 
 // node_modules/@azure/core-client/dist/esm/serializationPolicy.js
@@ -14698,10 +14698,10 @@ function serializeRequestBody(request, operationArguments, operationSpec, string
 }
 function getXmlValueWithNamespace(xmlNamespace, xmlnsKey, typeName, serializedValue, options) {
   if (xmlNamespace && !["Composite", "Sequence", "Dictionary"].includes(typeName)) {
-    const result2 = {};
-    result2[options.xml.xmlCharKey] = serializedValue;
-    result2[XML_ATTRKEY] = { [xmlnsKey]: xmlNamespace };
-    return result2;
+    const result = {};
+    result[options.xml.xmlCharKey] = serializedValue;
+    result[XML_ATTRKEY] = { [xmlnsKey]: xmlNamespace };
+    return result;
   }
   return serializedValue;
 }
@@ -14712,9 +14712,9 @@ function prepareXMLRootList(obj, elementName, xmlNamespaceKey, xmlNamespace) {
   if (!xmlNamespaceKey || !xmlNamespace) {
     return { [elementName]: obj };
   }
-  const result2 = { [elementName]: obj };
-  result2[XML_ATTRKEY] = { [xmlNamespaceKey]: xmlNamespace };
-  return result2;
+  const result = { [elementName]: obj };
+  result[XML_ATTRKEY] = { [xmlNamespaceKey]: xmlNamespace };
+  return result;
 }
 
 // node_modules/@azure/core-client/dist/esm/pipeline.js
@@ -14771,14 +14771,14 @@ function getRequestUrl(baseUri, operationSpec, operationArguments, fallbackObjec
   return requestUrl;
 }
 function replaceAll(input, replacements) {
-  let result2 = input;
+  let result = input;
   for (const [searchValue, replaceValue] of replacements) {
-    result2 = result2.split(searchValue).join(replaceValue);
+    result = result.split(searchValue).join(replaceValue);
   }
-  return result2;
+  return result;
 }
 function calculateUrlReplacements(operationSpec, operationArguments, fallbackObject) {
-  const result2 = /* @__PURE__ */ new Map();
+  const result = /* @__PURE__ */ new Map();
   if (operationSpec.urlParameters?.length) {
     for (const urlParameter of operationSpec.urlParameters) {
       let urlParameterValue = getOperationArgumentValueFromParameter(operationArguments, urlParameter, fallbackObject);
@@ -14787,10 +14787,10 @@ function calculateUrlReplacements(operationSpec, operationArguments, fallbackObj
       if (!urlParameter.skipEncoding) {
         urlParameterValue = encodeURIComponent(urlParameterValue);
       }
-      result2.set(`{${urlParameter.mapper.serializedName || parameterPathString}}`, urlParameterValue);
+      result.set(`{${urlParameter.mapper.serializedName || parameterPathString}}`, urlParameterValue);
     }
   }
-  return result2;
+  return result;
 }
 function isAbsoluteUrl(url2) {
   return url2.includes("://");
@@ -14822,7 +14822,7 @@ function appendPath(url2, pathToAppend) {
   return parsedUrl.toString();
 }
 function calculateQueryParameters(operationSpec, operationArguments, fallbackObject) {
-  const result2 = /* @__PURE__ */ new Map();
+  const result = /* @__PURE__ */ new Map();
   const sequenceParams = /* @__PURE__ */ new Set();
   if (operationSpec.queryParameters?.length) {
     for (const queryParameter of operationSpec.queryParameters) {
@@ -14858,36 +14858,36 @@ function calculateQueryParameters(operationSpec, operationArguments, fallbackObj
         if (Array.isArray(queryParameterValue) && (queryParameter.collectionFormat === "CSV" || queryParameter.collectionFormat === "Pipes")) {
           queryParameterValue = queryParameterValue.join(delimiter2);
         }
-        result2.set(queryParameter.mapper.serializedName || getPathStringFromParameter(queryParameter), queryParameterValue);
+        result.set(queryParameter.mapper.serializedName || getPathStringFromParameter(queryParameter), queryParameterValue);
       }
     }
   }
   return {
-    queryParams: result2,
+    queryParams: result,
     sequenceParams
   };
 }
 function simpleParseQueryParams(queryString) {
-  const result2 = /* @__PURE__ */ new Map();
+  const result = /* @__PURE__ */ new Map();
   if (!queryString || queryString[0] !== "?") {
-    return result2;
+    return result;
   }
   queryString = queryString.slice(1);
   const pairs = queryString.split("&");
   for (const pair of pairs) {
     const [name, value] = pair.split("=", 2);
-    const existingValue = result2.get(name);
+    const existingValue = result.get(name);
     if (existingValue) {
       if (Array.isArray(existingValue)) {
         existingValue.push(value);
       } else {
-        result2.set(name, [existingValue, value]);
+        result.set(name, [existingValue, value]);
       }
     } else {
-      result2.set(name, value);
+      result.set(name, value);
     }
   }
-  return result2;
+  return result;
 }
 function appendQueryParams(url2, queryParams, sequenceParams, noOverwrite = false) {
   if (queryParams.size === 0) {
@@ -15327,9 +15327,9 @@ var HttpHeaders = class _HttpHeaders {
    * @param headerName - The name of the header to remove.
    */
   remove(headerName) {
-    const result2 = this.contains(headerName);
+    const result = this.contains(headerName);
     delete this._headersMap[getHeaderKey(headerName)];
-    return result2;
+    return result;
   }
   /**
    * Get the headers that are contained this collection as an object.
@@ -15373,19 +15373,19 @@ var HttpHeaders = class _HttpHeaders {
    * Get the JSON object representation of this HTTP header collection.
    */
   toJson(options = {}) {
-    const result2 = {};
+    const result = {};
     if (options.preserveCase) {
       for (const headerKey in this._headersMap) {
         const header = this._headersMap[headerKey];
-        result2[header.name] = header.value;
+        result[header.name] = header.value;
       }
     } else {
       for (const headerKey in this._headersMap) {
         const header = this._headersMap[headerKey];
-        result2[getHeaderKey(header.name)] = header.value;
+        result[getHeaderKey(header.name)] = header.value;
       }
     }
-    return result2;
+    return result;
   }
   /**
    * Get the string representation of this HTTP header collection.
@@ -15489,13 +15489,13 @@ var ExtendedServiceClient = class extends ServiceClient {
       ...operationArguments.options,
       onResponse
     };
-    const result2 = await super.sendOperationRequest(operationArguments, operationSpec);
+    const result = await super.sendOperationRequest(operationArguments, operationSpec);
     if (lastResponse) {
-      Object.defineProperty(result2, "_response", {
+      Object.defineProperty(result, "_response", {
         value: toCompatResponse(lastResponse)
       });
     }
-    return result2;
+    return result;
   }
 };
 
@@ -15636,12 +15636,12 @@ function validate(xmlData, options) {
           }
           return getErrorObject("InvalidTag", msg, getLineNumberForPosition(xmlData, i));
         }
-        const result2 = readAttributeStr(xmlData, i);
-        if (result2 === false) {
+        const result = readAttributeStr(xmlData, i);
+        if (result === false) {
           return getErrorObject("InvalidAttr", "Attributes for '" + tagName + "' have open quote.", getLineNumberForPosition(xmlData, i));
         }
-        let attrStr = result2.value;
-        i = result2.index;
+        let attrStr = result.value;
+        i = result.index;
         if (attrStr[attrStr.length - 1] === "/") {
           const attrStrStart = i - attrStr.length;
           attrStr = attrStr.substring(0, attrStr.length - 1);
@@ -15652,7 +15652,7 @@ function validate(xmlData, options) {
             return getErrorObject(isValid.err.code, isValid.err.msg, getLineNumberForPosition(xmlData, attrStrStart + isValid.err.line));
           }
         } else if (closingTag) {
-          if (!result2.tagClosed) {
+          if (!result.tagClosed) {
             return getErrorObject("InvalidTag", "Closing tag '" + tagName + "' doesn't have proper closing.", getLineNumberForPosition(xmlData, i));
           } else if (attrStr.trim().length > 0) {
             return getErrorObject("InvalidTag", "Closing tag '" + tagName + "' can't have attributes or invalid starting.", getLineNumberForPosition(xmlData, tagStartPos));
@@ -15928,11 +15928,11 @@ function validateTagName(tagname) {
   return isName(tagname);
 }
 function getLineNumberForPosition(xmlData, index) {
-  const lines = xmlData.substring(0, index).split(/\r?\n/);
+  const lines2 = xmlData.substring(0, index).split(/\r?\n/);
   return {
-    line: lines.length,
+    line: lines2.length,
     // column number is last line's length + 1, because column numbering starts at 1:
-    col: lines[lines.length - 1].length + 1
+    col: lines2[lines2.length - 1].length + 1
   };
 }
 function getPositionFromMatch(match3) {
@@ -16316,8 +16316,8 @@ var EntityDecoder = class {
       }
     }
     if (last < len) chunks.push(str.slice(last));
-    const result2 = chunks.length === 0 ? str : chunks.join("");
-    return this._postCheck(result2, original);
+    const result = chunks.length === 0 ? str : chunks.join("");
+    return this._postCheck(result, original);
   }
   // -------------------------------------------------------------------------
   // Private: limit tier check
@@ -16648,9 +16648,9 @@ var createValidator = (production, { xmlVersion = "1.0", asciiOnly = false, maxC
   const validator = (str) => {
     const cached = cache.get(str);
     if (cached !== void 0) return cached;
-    const result2 = regex.test(str);
-    if (cache.size < maxCacheSize) cache.set(str, result2);
-    return result2;
+    const result = regex.test(str);
+    if (cache.size < maxCacheSize) cache.set(str, result);
+    return result;
   };
   validator.reset = () => {
     cache = /* @__PURE__ */ new Map();
@@ -18002,11 +18002,11 @@ var Matcher = class {
       if (this._pathStringCache !== null) {
         return this._pathStringCache;
       }
-      const result2 = this.path.map(
+      const result = this.path.map(
         (n) => n.namespace ? `${n.namespace}:${n.tag}` : n.tag
       ).join(sep8);
-      this._pathStringCache = result2;
-      return result2;
+      this._pathStringCache = result;
+      return result;
     }
     return this.path.map(
       (n) => includeNamespace && n.namespace ? `${n.namespace}:${n.tag}` : n.tag
@@ -19211,9 +19211,9 @@ var parseXml = function(xmlData) {
       } else if (c1 === 33 && xmlData.charCodeAt(i + 2) === 68) {
         if (this.doctypefound) throw new Error("Multiple DOCTYPE declarations found.");
         this.doctypefound = true;
-        const result2 = docTypeReader.readDocType(xmlData, i);
-        this.entityDecoder.addInputEntities(result2.entities);
-        i = result2.i;
+        const result = docTypeReader.readDocType(xmlData, i);
+        this.entityDecoder.addInputEntities(result.entities);
+        i = result.i;
       } else if (c1 === 33 && xmlData.charCodeAt(i + 2) === 91) {
         const closeIndex = findClosingIndex(xmlData, "]]>", i, "CDATA is not closed.") - 2;
         const tagExp = xmlData.substring(i + 9, closeIndex);
@@ -19227,16 +19227,16 @@ var parseXml = function(xmlData) {
         }
         i = closeIndex + 2;
       } else {
-        let result2 = readTagExp(xmlData, i, options.removeNSPrefix);
-        if (!result2) {
+        let result = readTagExp(xmlData, i, options.removeNSPrefix);
+        if (!result) {
           const context3 = xmlData.substring(Math.max(0, i - 50), Math.min(xmlLen, i + 50));
           throw new Error(`readTagExp returned undefined at position ${i}. Context: "${context3}"`);
         }
-        let tagName = result2.tagName;
-        const rawTagName = result2.rawTagName;
-        let tagExp = result2.tagExp;
-        let attrExpPresent = result2.attrExpPresent;
-        let closeIndex = result2.closeIndex;
+        let tagName = result.tagName;
+        const rawTagName = result.rawTagName;
+        let tagExp = result.tagExp;
+        let attrExpPresent = result.attrExpPresent;
+        let closeIndex = result.closeIndex;
         ({ tagName, tagExp } = transformTagName(options.transformTagName, tagName, tagExp, options));
         if (options.strictReservedNames && (tagName === options.commentPropName || tagName === options.cdataPropName || tagName === options.textNodeName || tagName === options.attributesGroupName)) {
           throw new Error(`Invalid tag name: ${tagName}`);
@@ -19282,14 +19282,14 @@ var parseXml = function(xmlData) {
         if (this.isCurrentNodeStopNode) {
           let tagContent = "";
           if (isSelfClosing) {
-            i = result2.closeIndex;
+            i = result.closeIndex;
           } else if (options.unpairedTagsSet.has(tagName)) {
-            i = result2.closeIndex;
+            i = result.closeIndex;
           } else {
-            const result3 = this.readStopNodeData(xmlData, rawTagName, closeIndex + 1);
-            if (!result3) throw new Error(`Unexpected end of ${rawTagName}`);
-            i = result3.i;
-            tagContent = result3.tagContent;
+            const result2 = this.readStopNodeData(xmlData, rawTagName, closeIndex + 1);
+            if (!result2) throw new Error(`Unexpected end of ${rawTagName}`);
+            i = result2.i;
+            tagContent = result2.tagContent;
           }
           const childNode = new XmlNode(tagName);
           if (prefixedAttrs) {
@@ -19322,11 +19322,11 @@ var parseXml = function(xmlData) {
             }
             this.addChild(currentNode, childNode, this.readonlyMatcher, startIndex);
             if (options.captureMetaData) {
-              currentNode.addEndIndex(getOriginalIndex(result2.closeIndex + 1, crlfPositions));
+              currentNode.addEndIndex(getOriginalIndex(result.closeIndex + 1, crlfPositions));
             }
             this.matcher.pop();
             this.isCurrentNodeStopNode = false;
-            i = result2.closeIndex;
+            i = result.closeIndex;
             continue;
           } else {
             const childNode = new XmlNode(tagName);
@@ -19363,10 +19363,10 @@ function getOriginalIndex(index, crlfPositions) {
 function addChild(currentNode, childNode, matcher, startIndex) {
   if (!this.options.captureMetaData) startIndex = void 0;
   const jPathOrMatcher = this.options.jPath ? matcher.toString() : matcher;
-  const result2 = this.options.updateTag(childNode.tagname, jPathOrMatcher, childNode[":@"]);
-  if (result2 === false) {
-  } else if (typeof result2 === "string") {
-    childNode.tagname = result2;
+  const result = this.options.updateTag(childNode.tagname, jPathOrMatcher, childNode[":@"]);
+  if (result === false) {
+  } else if (typeof result === "string") {
+    childNode.tagname = result;
     currentNode.addChild(childNode, startIndex);
   } else {
     currentNode.addChild(childNode, startIndex);
@@ -19417,7 +19417,7 @@ function tagExpWithClosingIndex(xmlData, i, closingChar = ">") {
   const len = xmlData.length;
   const closeCode0 = closingChar.charCodeAt(0);
   const closeCode1 = closingChar.length > 1 ? closingChar.charCodeAt(1) : -1;
-  let result2 = "";
+  let result = "";
   let segmentStart = i;
   for (let index = i; index < len; index++) {
     const code = xmlData.charCodeAt(index);
@@ -19427,15 +19427,15 @@ function tagExpWithClosingIndex(xmlData, i, closingChar = ">") {
     } else if (code === closeCode0) {
       if (closeCode1 !== -1) {
         if (xmlData.charCodeAt(index + 1) === closeCode1) {
-          result2 += xmlData.substring(segmentStart, index);
-          return { data: result2, index };
+          result += xmlData.substring(segmentStart, index);
+          return { data: result, index };
         }
       } else {
-        result2 += xmlData.substring(segmentStart, index);
-        return { data: result2, index };
+        result += xmlData.substring(segmentStart, index);
+        return { data: result, index };
       }
     } else if (code === 9) {
-      result2 += xmlData.substring(segmentStart, index) + " ";
+      result += xmlData.substring(segmentStart, index) + " ";
       segmentStart = index + 1;
     }
   }
@@ -19454,10 +19454,10 @@ function findClosingChar(xmlData, char, i, errMsg) {
   return closingIndex;
 }
 function readTagExp(xmlData, i, removeNSPrefix, closingChar = ">") {
-  const result2 = tagExpWithClosingIndex(xmlData, i + 1, closingChar);
-  if (!result2) return;
-  let tagExp = result2.data;
-  const closeIndex = result2.index;
+  const result = tagExpWithClosingIndex(xmlData, i + 1, closingChar);
+  if (!result) return;
+  let tagExp = result.data;
+  const closeIndex = result.index;
   const separatorIndex = tagExp.search(/\s/);
   let tagName = tagExp;
   let attrExpPresent = true;
@@ -19470,7 +19470,7 @@ function readTagExp(xmlData, i, removeNSPrefix, closingChar = ">") {
     const colonIndex = tagName.indexOf(":");
     if (colonIndex !== -1) {
       tagName = tagName.substr(colonIndex + 1);
-      attrExpPresent = tagName !== result2.data.substr(colonIndex + 1);
+      attrExpPresent = tagName !== result.data.substr(colonIndex + 1);
     }
   }
   return {
@@ -19708,9 +19708,9 @@ var XMLParser = class {
     }
     if (validationOption) {
       if (validationOption === true) validationOption = {};
-      const result2 = validate(xmlData, validationOption);
-      if (result2 !== true) {
-        throw Error(`${result2.err.msg}:${result2.err.line}:${result2.err.col}`);
+      const result = validate(xmlData, validationOption);
+      if (result !== true) {
+        throw Error(`${result.err.msg}:${result.err.line}:${result.err.col}`);
       }
     }
     const orderedObjParser = new OrderedObjParser(this.options, this.externalEntities);
@@ -19767,11 +19767,11 @@ function resolveName(name, isAttribute2, options, matcher, validator) {
   const isPI = !isAttribute2 && name[0] === "?";
   const bare = isPI ? name.slice(1) : name;
   if (validator(bare)) return name;
-  const result2 = options.sanitizeName(bare, { isAttribute: isAttribute2, matcher: matcher.readOnly() });
-  if (typeof result2 !== "string" || !validator(result2)) {
+  const result = options.sanitizeName(bare, { isAttribute: isAttribute2, matcher: matcher.readOnly() });
+  if (typeof result !== "string" || !validator(result)) {
     throw new Error(`sanitizeName returned an invalid XML name for "${bare}"`);
   }
-  return isPI ? "?" + result2 : result2;
+  return isPI ? "?" + result : result;
 }
 
 // node_modules/fast-xml-builder/src/orderedJs2Xml.js
@@ -20215,11 +20215,11 @@ Builder.prototype.j2x = function(jObj, level, matcher, qNameValidator) {
         } else if (typeof item === "object") {
           if (this.options.oneListGroup) {
             matcher.push(resolvedKey);
-            const result2 = this.j2x(item, level + 1, matcher, qNameValidator);
+            const result = this.j2x(item, level + 1, matcher, qNameValidator);
             matcher.pop();
-            listTagVal += result2.val;
+            listTagVal += result.val;
             if (this.options.attributesGroupName && item.hasOwnProperty(this.options.attributesGroupName)) {
-              listTagAttr += result2.attrStr;
+              listTagAttr += result.attrStr;
             }
           } else {
             listTagVal += this.processTextOrObjNode(item, resolvedKey, level, matcher, qNameValidator);
@@ -20285,14 +20285,14 @@ function processTextOrObjNode(object, key, level, matcher, qNameValidator) {
     matcher.pop();
     return this.buildObjectNode(rawContent2, key, attrStr, level);
   }
-  const result2 = this.j2x(object, level + 1, matcher, qNameValidator);
+  const result = this.j2x(object, level + 1, matcher, qNameValidator);
   matcher.pop();
   if (key[0] === "?") {
-    return this.buildTextValNode("", key, result2.attrStr, level, matcher);
+    return this.buildTextValNode("", key, result.attrStr, level, matcher);
   } else if (object[this.options.textNodeName] !== void 0 && Object.keys(object).length === 1) {
-    return this.buildTextValNode(object[this.options.textNodeName], key, result2.attrStr, level, matcher);
+    return this.buildTextValNode(object[this.options.textNodeName], key, result.attrStr, level, matcher);
   } else {
-    return this.buildObjectNode(result2.val, key, result2.attrStr, level);
+    return this.buildObjectNode(result.val, key, result.attrStr, level);
   }
 }
 Builder.prototype.extractAttributes = function(obj) {
@@ -22302,10 +22302,10 @@ var NativeCRC64 = (() => {
       }
       addRunDependency("wasm-instantiate");
       var trueModule = Module;
-      function receiveInstantiationResult(result2) {
+      function receiveInstantiationResult(result) {
         assert4(Module === trueModule, "the Module object should not be replaced during async compilation - perhaps the order of HTML elements is wrong?");
         trueModule = null;
-        receiveInstance(result2["instance"]);
+        receiveInstance(result["instance"]);
       }
       function instantiateArrayBuffer(receiver) {
         return getBinaryPromise().then(function(binary) {
@@ -23213,12 +23213,12 @@ var NativeCRC64 = (() => {
     };
     ;
     Crc64Hash.prototype["OnFinal"] = Crc64Hash.prototype.OnFinal = /** @suppress {undefinedVars, duplicate} @this{Object} */
-    function(data, length, result2) {
+    function(data, length, result) {
       var self2 = this.ptr;
       if (data && typeof data === "object") data = data.ptr;
       if (length && typeof length === "object") length = length.ptr;
-      if (result2 && typeof result2 === "object") result2 = result2.ptr;
-      _emscripten_bind_Crc64Hash_OnFinal_3(self2, data, length, result2);
+      if (result && typeof result === "object") result = result.ptr;
+      _emscripten_bind_Crc64Hash_OnFinal_3(self2, data, length, result);
     };
     ;
     Crc64Hash.prototype["__destroy__"] = Crc64Hash.prototype.__destroy__ = /** @suppress {undefinedVars, duplicate} @this{Object} */
@@ -41276,7 +41276,7 @@ var AvroReader = class {
       await this.initialize(options);
     }
     while (this.hasNext()) {
-      const result2 = await this._itemType.read(this._dataStream, {
+      const result = await this._itemType.read(this._dataStream, {
         abortSignal: options.abortSignal
       });
       this._itemsRemainingInBlock--;
@@ -41301,7 +41301,7 @@ var AvroReader = class {
           await AvroParser.readLong(this._dataStream, { abortSignal: options.abortSignal });
         }
       }
-      yield result2;
+      yield result;
     }
   }
 };
@@ -42282,16 +42282,16 @@ var update = async function update2(options = {}) {
   const { blobClient, copySource: copySource2, startCopyFromURLOptions } = state3;
   if (!state3.isStarted) {
     state3.isStarted = true;
-    const result2 = await blobClient.startCopyFromURL(copySource2, startCopyFromURLOptions);
-    state3.copyId = result2.copyId;
-    if (result2.copyStatus === "success") {
-      state3.result = result2;
+    const result = await blobClient.startCopyFromURL(copySource2, startCopyFromURLOptions);
+    state3.copyId = result.copyId;
+    if (result.copyStatus === "success") {
+      state3.result = result;
       state3.isCompleted = true;
     }
   } else if (!state3.isCompleted) {
     try {
-      const result2 = await state3.blobClient.getProperties({ abortSignal: options.abortSignal });
-      const { copyStatus, copyProgress } = result2;
+      const result = await state3.blobClient.getProperties({ abortSignal: options.abortSignal });
+      const { copyStatus, copyProgress } = result;
       const prevCopyProgress = state3.copyProgress;
       if (copyProgress) {
         state3.copyProgress = copyProgress;
@@ -42299,10 +42299,10 @@ var update = async function update2(options = {}) {
       if (copyStatus === "pending" && copyProgress !== prevCopyProgress && typeof options.fireProgress === "function") {
         options.fireProgress(state3);
       } else if (copyStatus === "success") {
-        state3.result = result2;
+        state3.result = result;
         state3.isCompleted = true;
       } else if (copyStatus === "failed") {
-        state3.error = new Error(`Blob copy failed with reason: "${result2.copyStatusDescription || "unknown"}"`);
+        state3.error = new Error(`Blob copy failed with reason: "${result.copyStatusDescription || "unknown"}"`);
         state3.isCompleted = true;
       }
     } catch (err) {
@@ -44868,7 +44868,7 @@ var PageBlobClient = class _PageBlobClient extends BlobClient {
   async getPageRangesDiff(offset, count, prevSnapshot, options = {}) {
     options.conditions = options.conditions || {};
     return tracingClient.withSpan("PageBlobClient-getPageRangesDiff", options, async (updatedOptions) => {
-      const result2 = assertResponse(await this.pageBlobContext.getPageRangesDiff({
+      const result = assertResponse(await this.pageBlobContext.getPageRangesDiff({
         abortSignal: options.abortSignal,
         leaseAccessConditions: options.conditions,
         modifiedAccessConditions: {
@@ -44879,7 +44879,7 @@ var PageBlobClient = class _PageBlobClient extends BlobClient {
         range: rangeToString({ offset, count }),
         tracingOptions: updatedOptions.tracingOptions
       }));
-      return rangeResponseFromModel(result2);
+      return rangeResponseFromModel(result);
     });
   }
   /**
@@ -45250,8 +45250,8 @@ var __awaiter4 = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -45394,8 +45394,8 @@ var __awaiter5 = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -45519,8 +45519,8 @@ var __awaiter6 = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -45720,11 +45720,11 @@ function downloadSegmentRetry(httpClient, archiveLocation, offset, count) {
     while (true) {
       try {
         const timeout = 3e4;
-        const result2 = yield promiseWithTimeout(timeout, downloadSegment(httpClient, archiveLocation, offset, count));
-        if (typeof result2 === "string") {
+        const result = yield promiseWithTimeout(timeout, downloadSegment(httpClient, archiveLocation, offset, count));
+        if (typeof result === "string") {
           throw new Error("downloadSegmentRetry failed due to timeout");
         }
-        return result2;
+        return result;
       } catch (err) {
         if (failures >= retries) {
           throw err;
@@ -45778,16 +45778,16 @@ function downloadCacheStorageSDK(archiveLocation, archivePath, options) {
           const segmentStart = downloadProgress.segmentOffset + downloadProgress.segmentSize;
           const segmentSize = Math.min(maxSegmentSize, contentLength2 - segmentStart);
           downloadProgress.nextSegment(segmentSize);
-          const result2 = yield promiseWithTimeout(options.segmentTimeoutInMs || 36e5, client.downloadToBuffer(segmentStart, segmentSize, {
+          const result = yield promiseWithTimeout(options.segmentTimeoutInMs || 36e5, client.downloadToBuffer(segmentStart, segmentSize, {
             abortSignal,
             concurrency: options.downloadConcurrency,
             onProgress: downloadProgress.onProgress()
           }));
-          if (result2 === "timeout") {
+          if (result === "timeout") {
             controller.abort();
             throw new Error("Aborting cache download as the download time exceeded the timeout.");
-          } else if (Buffer.isBuffer(result2)) {
-            fs4.writeFileSync(fd, result2);
+          } else if (Buffer.isBuffer(result)) {
+            fs4.writeFileSync(fd, result);
           }
         }
       } finally {
@@ -45802,39 +45802,39 @@ var promiseWithTimeout = (timeoutMs, promise) => __awaiter6(void 0, void 0, void
   const timeoutPromise = new Promise((resolve2) => {
     timeoutHandle = setTimeout(() => resolve2("timeout"), timeoutMs);
   });
-  return Promise.race([promise, timeoutPromise]).then((result2) => {
+  return Promise.race([promise, timeoutPromise]).then((result) => {
     clearTimeout(timeoutHandle);
-    return result2;
+    return result;
   });
 });
 
 // node_modules/@actions/cache/lib/options.js
 function getUploadOptions(copy) {
-  const result2 = {
+  const result = {
     useAzureSdk: false,
     uploadConcurrency: 4,
     uploadChunkSize: 32 * 1024 * 1024
   };
   if (copy) {
     if (typeof copy.useAzureSdk === "boolean") {
-      result2.useAzureSdk = copy.useAzureSdk;
+      result.useAzureSdk = copy.useAzureSdk;
     }
     if (typeof copy.uploadConcurrency === "number") {
-      result2.uploadConcurrency = copy.uploadConcurrency;
+      result.uploadConcurrency = copy.uploadConcurrency;
     }
     if (typeof copy.uploadChunkSize === "number") {
-      result2.uploadChunkSize = copy.uploadChunkSize;
+      result.uploadChunkSize = copy.uploadChunkSize;
     }
   }
-  result2.uploadConcurrency = !isNaN(Number(process.env["CACHE_UPLOAD_CONCURRENCY"])) ? Math.min(32, Number(process.env["CACHE_UPLOAD_CONCURRENCY"])) : result2.uploadConcurrency;
-  result2.uploadChunkSize = !isNaN(Number(process.env["CACHE_UPLOAD_CHUNK_SIZE"])) ? Math.min(128 * 1024 * 1024, Number(process.env["CACHE_UPLOAD_CHUNK_SIZE"]) * 1024 * 1024) : result2.uploadChunkSize;
-  debug(`Use Azure SDK: ${result2.useAzureSdk}`);
-  debug(`Upload concurrency: ${result2.uploadConcurrency}`);
-  debug(`Upload chunk size: ${result2.uploadChunkSize}`);
-  return result2;
+  result.uploadConcurrency = !isNaN(Number(process.env["CACHE_UPLOAD_CONCURRENCY"])) ? Math.min(32, Number(process.env["CACHE_UPLOAD_CONCURRENCY"])) : result.uploadConcurrency;
+  result.uploadChunkSize = !isNaN(Number(process.env["CACHE_UPLOAD_CHUNK_SIZE"])) ? Math.min(128 * 1024 * 1024, Number(process.env["CACHE_UPLOAD_CHUNK_SIZE"]) * 1024 * 1024) : result.uploadChunkSize;
+  debug(`Use Azure SDK: ${result.useAzureSdk}`);
+  debug(`Upload concurrency: ${result.uploadConcurrency}`);
+  debug(`Upload chunk size: ${result.uploadChunkSize}`);
+  return result;
 }
 function getDownloadOptions(copy) {
-  const result2 = {
+  const result = {
     useAzureSdk: false,
     concurrentBlobDownloads: true,
     downloadConcurrency: 8,
@@ -45844,35 +45844,35 @@ function getDownloadOptions(copy) {
   };
   if (copy) {
     if (typeof copy.useAzureSdk === "boolean") {
-      result2.useAzureSdk = copy.useAzureSdk;
+      result.useAzureSdk = copy.useAzureSdk;
     }
     if (typeof copy.concurrentBlobDownloads === "boolean") {
-      result2.concurrentBlobDownloads = copy.concurrentBlobDownloads;
+      result.concurrentBlobDownloads = copy.concurrentBlobDownloads;
     }
     if (typeof copy.downloadConcurrency === "number") {
-      result2.downloadConcurrency = copy.downloadConcurrency;
+      result.downloadConcurrency = copy.downloadConcurrency;
     }
     if (typeof copy.timeoutInMs === "number") {
-      result2.timeoutInMs = copy.timeoutInMs;
+      result.timeoutInMs = copy.timeoutInMs;
     }
     if (typeof copy.segmentTimeoutInMs === "number") {
-      result2.segmentTimeoutInMs = copy.segmentTimeoutInMs;
+      result.segmentTimeoutInMs = copy.segmentTimeoutInMs;
     }
     if (typeof copy.lookupOnly === "boolean") {
-      result2.lookupOnly = copy.lookupOnly;
+      result.lookupOnly = copy.lookupOnly;
     }
   }
   const segmentDownloadTimeoutMins = process.env["SEGMENT_DOWNLOAD_TIMEOUT_MINS"];
   if (segmentDownloadTimeoutMins && !isNaN(Number(segmentDownloadTimeoutMins)) && isFinite(Number(segmentDownloadTimeoutMins))) {
-    result2.segmentTimeoutInMs = Number(segmentDownloadTimeoutMins) * 60 * 1e3;
+    result.segmentTimeoutInMs = Number(segmentDownloadTimeoutMins) * 60 * 1e3;
   }
-  debug(`Use Azure SDK: ${result2.useAzureSdk}`);
-  debug(`Download concurrency: ${result2.downloadConcurrency}`);
-  debug(`Request timeout (ms): ${result2.timeoutInMs}`);
+  debug(`Use Azure SDK: ${result.useAzureSdk}`);
+  debug(`Download concurrency: ${result.downloadConcurrency}`);
+  debug(`Request timeout (ms): ${result.timeoutInMs}`);
   debug(`Cache segment download timeout mins env var: ${process.env["SEGMENT_DOWNLOAD_TIMEOUT_MINS"]}`);
-  debug(`Segment download timeout (ms): ${result2.segmentTimeoutInMs}`);
-  debug(`Lookup only: ${result2.lookupOnly}`);
-  return result2;
+  debug(`Segment download timeout (ms): ${result.segmentTimeoutInMs}`);
+  debug(`Lookup only: ${result.lookupOnly}`);
+  return result;
 }
 
 // node_modules/@actions/cache/lib/internal/config.js
@@ -45943,8 +45943,8 @@ var __awaiter7 = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -46840,8 +46840,8 @@ var __awaiter8 = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -47014,8 +47014,8 @@ var __awaiter9 = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -47228,8 +47228,8 @@ var __awaiter10 = function(thisArg, _arguments, P, generator) {
         reject(e);
       }
     }
-    function step(result2) {
-      result2.done ? resolve2(result2.value) : adopt(result2.value).then(fulfilled, rejected);
+    function step(result) {
+      result.done ? resolve2(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -47635,15 +47635,20 @@ function saveCacheV2(paths_1, key_1, options_1) {
 
 // src/cache/worker.ts
 import * as fs6 from "node:fs";
-var req = JSON.parse(process.argv[2]);
-process.chdir(req.dir);
-process.env.GITHUB_WORKSPACE = req.dir;
-var result;
-try {
-  if (req.op === "save") result = { id: await saveCache2(req.paths, req.key) };
-  else result = { matchedKey: await restoreCache(req.paths, req.key, [], { lookupOnly: req.op === "lookup" }) ?? null };
-} catch (err) {
-  result = { error: err instanceof Error ? err.message : String(err) };
+import * as readline from "node:readline";
+process.env.ZSTD_CLEVEL ??= "1";
+var done = (r) => fs6.writeSync(3, JSON.stringify(r) + "\n");
+var lines = readline.createInterface({ input: process.stdin });
+for await (const line of lines) {
+  if (!line.trim()) continue;
+  const req = JSON.parse(line);
+  try {
+    process.chdir(req.dir);
+    process.env.GITHUB_WORKSPACE = req.dir;
+    if (req.op === "save") done({ id: req.id, entryId: await saveCache2(req.paths, req.key) });
+    else done({ id: req.id, matchedKey: await restoreCache(req.paths, req.key, [], { lookupOnly: req.op === "lookup" }) ?? null });
+  } catch (err) {
+    done({ id: req.id, error: err instanceof Error ? err.message : String(err) });
+  }
 }
-fs6.writeSync(3, JSON.stringify(result) + "\n");
 process.exit(0);

@@ -6,27 +6,287 @@ const require = __ryraCreateRequire(import.meta.url);
 const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
+  INPUT_DEFAULTS,
   InputError,
   Inputs,
   SshClient,
   bootVm,
+  currentHost,
+  defaultCacheDir,
+  dirBytes,
   ensureLayers,
   errorMessage,
+  evict,
+  findVm,
   getVm,
   listVms,
+  loadRecord,
   log,
   parseConfig,
+  parseSize,
   plainLogger,
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-EEU42WZ5.js";
+} from "./chunks/chunk-XM2LN4B5.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts
+import * as fs4 from "node:fs";
+import * as path4 from "node:path";
+import { parseArgs } from "node:util";
+
+// src/run.ts
+import { randomUUID } from "node:crypto";
 import * as fs2 from "node:fs";
 import * as path2 from "node:path";
-import { parseArgs } from "node:util";
+
+// src/sync.ts
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { PassThrough, Writable } from "node:stream";
+var FIND_STATE = `find . -mindepth 1 -printf '%y/%s/%T@/%C@/%m/%l\\0%P\\0'`;
+function parseState(buf) {
+  const parts = buf.toString("latin1").split("\0");
+  const out = /* @__PURE__ */ new Map();
+  for (let i = 0; i + 1 < parts.length; i += 2) {
+    const stamp = parts[i];
+    const p2 = parts[i + 1];
+    if (!p2) continue;
+    out.set(p2, { type: stamp[0], stamp, path: p2 });
+  }
+  return out;
+}
+function diffStates(before, after) {
+  const changed = [];
+  for (const [p2, e] of after) {
+    const was = before.get(p2);
+    if (!was || was.stamp !== e.stamp) {
+      if (was && was.type === "d" && e.type === "d" && sameMode(was.stamp, e.stamp)) continue;
+      changed.push(p2);
+    }
+  }
+  const deleted = [...before.keys()].filter((p2) => !after.has(p2)).sort((a, b) => b.split("/").length - a.split("/").length);
+  return { changed: changed.sort(), deleted };
+}
+function sameMode(a, b) {
+  return a.split("/")[4] === b.split("/")[4];
+}
+var shq = (s) => `'${s.replaceAll("'", `'\\''`)}'`;
+function safeRelative(p2) {
+  return p2.length > 0 && !p2.startsWith("/") && !p2.split("/").some((c) => c === "" || c === "." || c === "..");
+}
+function collect() {
+  const chunks = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      chunks.push(chunk);
+      cb();
+    }
+  });
+  return { sink, bytes: () => Buffer.concat(chunks) };
+}
+function tarProcess(args, cwd) {
+  const child = spawn("tar", args, { cwd, stdio: ["pipe", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.setEncoding("utf8").on("data", (d) => stderr += d);
+  const done = new Promise((resolve3, reject) => {
+    child.once("error", reject);
+    child.once("close", (code) => code === 0 ? resolve3() : reject(new Error(`tar ${args.join(" ")} exited ${code}: ${stderr.trim().split("\n").slice(-5).join("\n")}`)));
+  });
+  child.stdin.on("error", () => {
+  });
+  const stdout = child.stdout.pipe(new PassThrough());
+  return { stdin: child.stdin, stdout, done };
+}
+var STAGING_PREFIX = ".ryra-sync-";
+var excludeArgs = (o) => [`--exclude=./${STAGING_PREFIX}*`, ...(o.excludes ?? []).map((e) => `--exclude=${e}`)];
+async function syncIn(exec, o) {
+  const tar = tarProcess(["-c", "--format=posix", "-f", "-", ...excludeArgs(o), "."], o.hostDir);
+  const g = shq(o.guestDir);
+  const state = collect();
+  const stderr = new PassThrough();
+  let err = "";
+  stderr.setEncoding("utf8").on("data", (d) => err += d);
+  const r = await exec(
+    // sudo only where the user cannot make the dir (a sudo costs seconds in an emulated guest).
+    `set -e; mkdir -p ${g} 2>/dev/null || sudo install -d -o "$(id -u)" -g "$(id -g)" ${g}; cd ${g}; tar -x -p -f - --no-same-owner --warning=no-unknown-keyword; ${FIND_STATE}`,
+    { stdin: tar.stdout, stdout: state.sink, stderr }
+  );
+  await tar.done;
+  if (r.code !== 0) throw new Error(`syncing ${o.hostDir} into the guest failed (exit ${r.code}): ${err.trim().split("\n").slice(-5).join("\n")}`);
+  return parseState(state.bytes());
+}
+async function syncBack(exec, o, before) {
+  const g = shq(o.guestDir);
+  const now = collect();
+  const r1 = await exec(`cd ${g} && ${FIND_STATE}`, { stdout: now.sink });
+  if (r1.code !== 0) throw new Error(`listing ${o.guestDir} in the guest failed (exit ${r1.code}): ${r1.stderr.trim()}`);
+  const { changed, deleted } = diffStates(before, parseState(now.bytes()));
+  const staging = fs.mkdtempSync(path.join(o.hostDir, STAGING_PREFIX));
+  try {
+    if (changed.length) {
+      const tar = tarProcess(["-x", "-p", "-f", "-", "--no-same-owner", "--warning=no-unknown-keyword"], staging);
+      const list2 = Buffer.from(changed.map((p2) => p2 + "\0").join(""), "latin1");
+      const stderr = new PassThrough();
+      let err = "";
+      stderr.setEncoding("utf8").on("data", (d) => err += d);
+      const r2 = await exec(`cd ${g} && tar -c --format=posix --null --no-recursion ${excludeArgs(o).map(shq).join(" ")} -T - -f -`, {
+        input: list2,
+        stdout: tar.stdin,
+        stderr
+      });
+      tar.stdin.end();
+      await tar.done;
+      if (r2.code !== 0) throw new Error(`packing the changes in the guest failed (exit ${r2.code}): ${err.trim().split("\n").slice(-5).join("\n")}`);
+      moveIn(staging, o.hostDir);
+    }
+    let removed = 0;
+    for (const p2 of deleted) if (removeInside(o.hostDir, p2)) removed++;
+    return { changed: changed.length, deleted: removed };
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
+}
+function bp(root, rel) {
+  return rel ? Buffer.concat([Buffer.from(root), Buffer.from("/"), Buffer.from(rel, "latin1")]) : Buffer.from(root);
+}
+function lstat(p2) {
+  try {
+    return fs.lstatSync(p2);
+  } catch {
+    return void 0;
+  }
+}
+function parentsAreDirs(root, rel) {
+  const parts = rel.split("/").slice(0, -1);
+  for (let i = 1; i <= parts.length; i++) {
+    const st = lstat(bp(root, parts.slice(0, i).join("/")));
+    if (st && !st.isDirectory()) return false;
+  }
+  return true;
+}
+function realParents(root, rel) {
+  const parts = rel.split("/").slice(0, -1);
+  for (let i = 1; i <= parts.length; i++) {
+    const p2 = bp(root, parts.slice(0, i).join("/"));
+    const st = lstat(p2);
+    if (st?.isDirectory()) continue;
+    if (st) fs.rmSync(p2, { force: true });
+    fs.mkdirSync(p2);
+  }
+}
+function moveIn(staging, root) {
+  const walk = (rel) => {
+    for (const name of fs.readdirSync(bp(staging, rel), { encoding: "buffer" })) {
+      const r = rel ? `${rel}/${name.toString("latin1")}` : name.toString("latin1");
+      const src = bp(staging, r);
+      const dst = bp(root, r);
+      const st = fs.lstatSync(src);
+      if (!parentsAreDirs(root, r)) realParents(root, r);
+      const cur = lstat(dst);
+      if (st.isDirectory()) {
+        if (cur && !cur.isDirectory()) fs.rmSync(dst, { force: true });
+        if (!cur || !cur.isDirectory()) fs.mkdirSync(dst);
+        walk(r);
+        fs.chmodSync(dst, st.mode & 4095);
+        fs.utimesSync(dst, st.atime, st.mtime);
+      } else {
+        if (cur?.isDirectory()) fs.rmSync(dst, { recursive: true, force: true });
+        fs.renameSync(src, dst);
+      }
+    }
+  };
+  walk("");
+}
+function removeInside(root, rel) {
+  if (!safeRelative(rel) || !parentsAreDirs(root, rel)) return false;
+  const p2 = bp(root, rel);
+  const st = lstat(p2);
+  if (!st) return false;
+  try {
+    if (st.isDirectory()) fs.rmdirSync(p2);
+    else fs.unlinkSync(p2);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// src/run.ts
+var STEP_FILES = ["GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_PATH", "GITHUB_STEP_SUMMARY"];
+var shq2 = (s) => `'${s.replaceAll("'", `'\\''`)}'`;
+function scriptEnv(env, names) {
+  const out = {};
+  for (const [k, v] of Object.entries(env)) {
+    if (v === void 0) continue;
+    if (k === "CI" || k.startsWith("GITHUB_") || k.startsWith("RUNNER_") || names.includes(k)) out[k] = v;
+  }
+  return out;
+}
+function envFile(vars) {
+  return Object.entries(vars).filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).map(([k, v]) => `export ${k}=${shq2(v)}
+`).join("");
+}
+async function runScript(o) {
+  if (!fs2.existsSync(o.script)) throw new Error(`no such script: ${o.script}`);
+  const record = loadRecord({ config: o.config, cacheDir: o.cacheDir });
+  const sync = o.sync ?? record.run.sync;
+  const names = [...record.run.environmentVariables, ...o.env];
+  const workspace = path2.resolve(process.env.GITHUB_WORKSPACE || process.cwd());
+  const name = o.fresh ? `run-${process.pid}-${randomUUID().slice(0, 6)}` : o.name ?? "default";
+  let vm = findVm(name);
+  if (vm && !vm.running) {
+    log.info(`VM ${name} had exited; starting it again`);
+    await stopVm(vm);
+    vm = void 0;
+  }
+  const booted = !vm;
+  const rec = vm ?? await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir });
+  if (booted) log.info(`${rec.name}: ${rec.mode === "restore" ? "restored" : "cold-booted"} in ${(rec.readyMs / 1e3).toFixed(1)} s`);
+  const client = await SshClient.connect({ port: rec.port, user: rec.user, privateKey: fs2.readFileSync(rec.key, "utf8") }, 6e4);
+  const exec = (cmd, opts) => client.exec(cmd, opts);
+  const id = randomUUID().slice(0, 8);
+  const dir = `~/.ryra-run/${id}`;
+  try {
+    const syncOpts = { hostDir: workspace, guestDir: workspace, excludes: o.excludes };
+    const t0 = Date.now();
+    const before = sync === "none" ? void 0 : await syncIn(exec, syncOpts);
+    if (before) log.info(`synced ${before.size} entries of ${workspace} into ${rec.name} in ${((Date.now() - t0) / 1e3).toFixed(1)} s`);
+    const vars = scriptEnv(process.env, names);
+    for (const f of STEP_FILES) if (vars[f]) vars[f] = `/home/${rec.user}/.ryra-run/${id}/${f}`;
+    const setup = await exec(`mkdir -p ${dir} && cd ${dir} && touch ${STEP_FILES.join(" ")} && cat > script && printf %s ${shq2(envFile(vars))} > env`, {
+      input: fs2.readFileSync(o.script),
+      timeoutMs: 6e4
+    });
+    if (setup.code !== 0) throw new Error(`preparing the script in ${rec.name} failed: ${setup.stderr.trim()}`);
+    const cd = sync === "none" ? `mkdir -p ${shq2(workspace)} 2>/dev/null || true; cd ${shq2(workspace)} 2>/dev/null || cd` : `cd ${shq2(workspace)}`;
+    const r = await exec(`set -a; . ${dir}/env; set +a; ${cd}; bash -e ${dir}/script`, {
+      stdout: process.stdout,
+      stderr: process.stderr,
+      timeoutMs: 24 * 36e5
+    });
+    const files = await exec(`cd ${dir} && for f in ${STEP_FILES.join(" ")}; do printf '%s\\0' "$f"; base64 -w0 "$f"; printf '\\0'; done`, { timeoutMs: 6e4 });
+    const parts = files.stdout.split("\0");
+    for (let i = 0; i + 1 < parts.length; i += 2) {
+      const target = process.env[parts[i]];
+      const content = Buffer.from(parts[i + 1], "base64");
+      if (target && content.length) fs2.appendFileSync(target, content);
+    }
+    if (before && sync === "both") {
+      const t1 = Date.now();
+      const back = await syncBack(exec, syncOpts, before);
+      log.info(`synced ${back.changed} changed and ${back.deleted} deleted entries back in ${((Date.now() - t1) / 1e3).toFixed(1)} s`);
+    }
+    await exec(`rm -rf ${dir}`, { timeoutMs: 6e4 }).catch(() => {
+    });
+    return r.code;
+  } finally {
+    client.end();
+    if (o.fresh) await stopVm(rec);
+  }
+}
 
 // package.json
 var package_default = {
@@ -54,8 +314,7 @@ var package_default = {
     "@actions/cache": "^6.3.0",
     "@actions/core": "^3.0.1",
     "@actions/exec": "^3.0.0",
-    "@actions/io": "^3.0.2",
-    "@actions/tool-cache": "^4.0.0",
+    "@actions/http-client": "^4.0.1",
     "proper-lockfile": "^4.1.2",
     ssh2: "^1.17.0"
   },
@@ -74,116 +333,192 @@ var package_default = {
 var VERSION = package_default.version;
 
 // src/vm/transfer.ts
-import * as fs from "node:fs";
-import * as path from "node:path";
-var p = (fn) => new Promise((resolve, reject) => fn((err, v) => err ? reject(err) : resolve(v)));
+import * as fs3 from "node:fs";
+import * as path3 from "node:path";
+var p = (fn) => new Promise((resolve3, reject) => fn((err, v) => err ? reject(err) : resolve3(v)));
 async function remoteStat(sftp, file) {
   return p((cb) => sftp.stat(file, cb)).catch(() => void 0);
 }
+async function remoteLstat(sftp, file) {
+  return p((cb) => sftp.lstat(file, cb)).catch(() => void 0);
+}
+function checkRemoteName(name, dir) {
+  if (!name || name === "." || name === ".." || name.includes("/") || name.includes("\0")) {
+    throw new Error(`refusing the name ${JSON.stringify(name)} listed in the guest's ${dir}: not a plain file name`);
+  }
+}
+function refuseSymlink(local) {
+  try {
+    if (fs3.lstatSync(local).isSymbolicLink()) throw new Error(`refusing to write through the symlink ${local}`);
+  } catch (err) {
+    if (err.code !== "ENOENT") throw err;
+  }
+}
 async function upload(sftp, src, dst) {
   const existing = await remoteStat(sftp, dst);
-  const target = existing?.isDirectory() ? path.posix.join(dst, path.basename(src)) : dst;
+  const target = existing?.isDirectory() ? path3.posix.join(dst, path3.basename(src)) : dst;
   return uploadTo(sftp, src, target);
 }
 async function uploadTo(sftp, src, dst) {
-  const st = fs.statSync(src);
+  const st = fs3.statSync(src);
   if (st.isDirectory()) {
     if (!await remoteStat(sftp, dst)) await p((cb) => sftp.mkdir(dst, { mode: st.mode & 4095 }, (e) => cb(e, void 0)));
     let n = 0;
-    for (const e of fs.readdirSync(src)) n += await uploadTo(sftp, path.join(src, e), path.posix.join(dst, e));
+    for (const e of fs3.readdirSync(src)) n += await uploadTo(sftp, path3.join(src, e), path3.posix.join(dst, e));
     return n;
   }
   await p((cb) => sftp.fastPut(src, dst, { mode: st.mode & 4095 }, (e) => cb(e, void 0)));
   return 1;
 }
 async function download(sftp, src, dst) {
-  const target = fs.existsSync(dst) && fs.statSync(dst).isDirectory() ? path.join(dst, path.posix.basename(src)) : dst;
+  const target = fs3.existsSync(dst) && fs3.statSync(dst).isDirectory() ? path3.join(dst, path3.posix.basename(src)) : dst;
   return downloadTo(sftp, src, target);
 }
-async function downloadTo(sftp, src, dst) {
-  const st = await remoteStat(sftp, src);
+async function downloadTo(sftp, src, dst, top = true) {
+  const st = top ? await remoteStat(sftp, src) : await remoteLstat(sftp, src);
   if (!st) throw new Error(`no such file in the guest: ${src}`);
+  refuseSymlink(dst);
+  if (st.isSymbolicLink()) {
+    const target = await p((cb) => sftp.readlink(src, cb));
+    fs3.symlinkSync(target, dst);
+    return 1;
+  }
   if (st.isDirectory()) {
-    fs.mkdirSync(dst, { recursive: true, mode: st.mode & 4095 });
+    fs3.mkdirSync(dst, { recursive: true, mode: st.mode & 4095 });
     const entries = await p((cb) => sftp.readdir(src, cb));
     let n = 0;
-    for (const e of entries) n += await downloadTo(sftp, path.posix.join(src, e.filename), path.join(dst, e.filename));
+    for (const e of entries) {
+      checkRemoteName(e.filename, src);
+      n += await downloadTo(sftp, path3.posix.join(src, e.filename), path3.join(dst, e.filename), false);
+    }
     return n;
   }
   await p((cb) => sftp.fastGet(src, dst, (e) => cb(e, void 0)));
-  fs.chmodSync(dst, st.mode & 4095);
+  fs3.chmodSync(dst, st.mode & 4095);
   return 1;
 }
 
 // src/cli.ts
-var HELP = `ryra-vm ${VERSION} \u2014 QEMU VMs from cached, snapshotted image layers
-
-Usage:
-  ryra-vm prepare [options]     build or reuse the image layers; print the outputs
-  ryra-vm boot [--name N] [--browser] [--memory MB] [--cpus N] [--cache-dir DIR] [--json]
-                                start a VM from the snapshot (per-VM disk copies), wait for SSH
-  ryra-vm ssh NAME [-- CMD...]  run CMD in the VM (exit code passed on), or an interactive shell
-  ryra-vm cp SRC DST            copy files or directories; one side is NAME:path
-  ryra-vm stop NAME | --all     stop VMs and remove their disks
-  ryra-vm list [--json]         name, port, pid, uptime, image of every VM
-  ryra-vm --help | --version
-
-prepare options (the action's inputs; same defaults, same checks):
+var USAGE = {
+  prepare: `ryra-vm prepare [options]
+  Build or reuse the image layers; print the outputs (the action's inputs, same defaults, same checks):
   --distro D            debian-13 | fedora-43                      [debian-13]
   --arch A              auto | arm64 | amd64                       [auto]
   --memory MB           guest memory in MiB, at least 512          [2048]
   --cpus N              guest vCPUs                                [2]
   --browser             also build the browser layer and snapshot
+  --browser-source S    auto | upstream | registries               [auto]
   --kvm MODE            auto | true | false                        [auto]
   --packages "a b"      extra guest packages
+  --prepare FILE        a script run once in the prepared layer (part of its key)
   --image-url URL       cloud image: http(s)://, file:// or a path
   --image-checksum C    sha512:HEX or sha256:HEX (needed with --image-url)
   --cache-dir DIR       layer cache       [$XDG_CACHE_HOME/ryra-vm or ~/.cache/ryra-vm]
+  --cache-max-size S    evict least-recently-used layers over this size (0: never)  [20G]
+  --disk-size S         guest disk size                            [20G]
   --no-snapshot         skip the savevm snapshot layer
   --redownload          download the image again and rebuild the layers above it
   --install-deps        install missing host tools with apt, dnf or pacman
-  --json                print one JSON object whose keys are the action's output names
+  --json                print one JSON object whose keys are the action's output names`,
+  boot: `ryra-vm boot [--name N] [--browser] [--memory MB] [--cpus N] [--config FILE] [--cache-dir DIR] [--json]
+  Start a VM from the snapshot (per-VM disk copies and its own SSH key), wait for SSH. Without a
+  snapshot, or when its restore fails, cold-boot the prepared image. --config names a run record
+  (the action's manifest output, or the JSON ryra-vm prepare --json printed); default: the newest.
+  The VM gets a Host entry in ~/.ssh/config: ssh NAME, scp, rsync -e ssh work.`,
+  run: `ryra-vm run [--name N | --fresh] [--browser] [--sync in|both|none] [--exclude PATTERN]... [--env NAME]... [--config FILE] SCRIPT
+  Run SCRIPT (a file, as a step's {0}) with bash -e in the VM, in the workspace's own path
+  ($GITHUB_WORKSPACE, else the current directory): the workspace is synced in first and the changed
+  files back after; CI, GITHUB_* and RUNNER_* (plus --env names) are passed; output streams live;
+  the exit status is the script's. Default VM: "default", booted on first use and reused by later
+  steps; --fresh restores a new VM for this step and stops it after.
+  Use it as a step's shell:   shell: ryra-vm run {0}`,
+  ssh: `ryra-vm ssh NAME [-- CMD...]
+  Run CMD in the VM (its exit code is passed on), or an interactive shell without CMD.`,
+  cp: `ryra-vm cp SRC DST
+  Copy files or directories; exactly one side is NAME:path.`,
+  stop: `ryra-vm stop NAME | --all
+  Stop VMs and remove their disks, SSH host entries and holds on the cache.`,
+  list: `ryra-vm list [--json]
+  Name, port, pid, uptime and image of every VM.`,
+  gc: `ryra-vm gc [--cache-dir DIR] [--max-size SIZE]
+  Evict least-recently-used layers until the cache dir fits SIZE [20G]; layers in use by a job or a
+  running VM are never evicted.`
+};
+var HELP = `ryra-vm ${VERSION} \u2014 QEMU VMs from cached, snapshotted image layers
+
+Usage:
+  ryra-vm prepare [options]     build or reuse the image layers; print the outputs
+  ryra-vm boot [--name N] \u2026     start a VM from the snapshot, wait for SSH
+  ryra-vm run [--fresh] SCRIPT  run a script in a VM with the workspace (a step's shell: ryra-vm run {0})
+  ryra-vm ssh NAME [-- CMD...]  run CMD in the VM (exit code passed on), or an interactive shell
+  ryra-vm cp SRC DST            copy files or directories; one side is NAME:path
+  ryra-vm stop NAME | --all     stop VMs and remove their disks
+  ryra-vm list [--json]         name, port, pid, uptime, image of every VM
+  ryra-vm gc [--max-size S]     evict least-recently-used layers over the size budget
+  ryra-vm COMMAND --help        the options of a command
+  ryra-vm --help | --version
+
+${USAGE.prepare}
 `;
+function parseOptions(cmd, args, options) {
+  try {
+    return parseArgs({ args, options: { ...options, help: { type: "boolean", short: "h" } }, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new InputError(`${errorMessage(err).replace(/\. To specify.*$/, "")} (see ryra-vm ${cmd} --help)`);
+  }
+}
+function help(cmd) {
+  process.stdout.write(USAGE[cmd] + "\n");
+  return 0;
+}
 var PREPARE_OPTIONS = {
   distro: { type: "string" },
   arch: { type: "string" },
   memory: { type: "string" },
   cpus: { type: "string" },
   browser: { type: "boolean" },
+  "browser-source": { type: "string" },
   kvm: { type: "string" },
   packages: { type: "string" },
+  prepare: { type: "string" },
   "image-url": { type: "string" },
   "image-checksum": { type: "string" },
   "cache-dir": { type: "string" },
+  "cache-max-size": { type: "string" },
+  "disk-size": { type: "string" },
   "no-snapshot": { type: "boolean" },
   redownload: { type: "boolean" },
   "install-deps": { type: "boolean" },
-  json: { type: "boolean" },
-  help: { type: "boolean", short: "h" }
+  json: { type: "boolean" }
 };
-function parseOptions(args, options) {
-  try {
-    return parseArgs({ args, options, allowPositionals: true, strict: true });
-  } catch (err) {
-    throw new InputError(`${errorMessage(err).replace(/\. To specify.*$/, "")} (see ryra-vm --help)`);
-  }
-}
 async function prepare(args) {
-  const { values, positionals } = parseOptions(args, PREPARE_OPTIONS);
-  if (values.help) return process.stdout.write(HELP), 0;
-  if (positionals.length) throw new InputError(`unexpected argument: ${positionals[0]} (see ryra-vm --help)`);
+  const { values, positionals } = parseOptions("prepare", args, PREPARE_OPTIONS);
+  if (values.help) return help("prepare");
+  if (positionals.length) throw new InputError(`unexpected argument: ${positionals[0]} (see ryra-vm prepare --help)`);
   const v = values;
+  let prepareScript = "";
+  if (v.prepare) {
+    try {
+      prepareScript = fs4.readFileSync(v.prepare, "utf8");
+    } catch (err) {
+      throw new InputError(`invalid --prepare: ${errorMessage(err)}`);
+    }
+  }
   const raw = {
     [Inputs.Distro]: v.distro,
     [Inputs.Arch]: v.arch,
     [Inputs.Memory]: v.memory,
     [Inputs.Cpus]: v.cpus,
     [Inputs.Browser]: v.browser ? "true" : "false",
+    [Inputs.BrowserSource]: v["browser-source"],
     [Inputs.Kvm]: v.kvm,
     [Inputs.Packages]: v.packages,
+    [Inputs.Prepare]: prepareScript,
     [Inputs.ImageUrl]: v["image-url"],
     [Inputs.ImageChecksum]: v["image-checksum"],
     [Inputs.CacheDir]: v["cache-dir"],
+    [Inputs.CacheMaxSize]: v["cache-max-size"],
+    [Inputs.DiskSize]: v["disk-size"],
     [Inputs.Snapshot]: v["no-snapshot"] ? "false" : "true",
     [Inputs.Redownload]: v.redownload ? "true" : "false",
     // Outside Actions there is no Actions cache, and installing packages is opt-in.
@@ -206,6 +541,7 @@ var BOOT_OPTIONS = {
   browser: { type: "boolean" },
   memory: { type: "string" },
   cpus: { type: "string" },
+  config: { type: "string" },
   "cache-dir": { type: "string" },
   json: { type: "boolean" }
 };
@@ -215,14 +551,16 @@ function optionalInt(flag, v, min) {
   return Number(v);
 }
 async function boot(args) {
-  const { values, positionals } = parseOptions(args, BOOT_OPTIONS);
-  if (positionals.length) throw new InputError(`unexpected argument: ${positionals[0]} (see ryra-vm --help)`);
+  const { values, positionals } = parseOptions("boot", args, BOOT_OPTIONS);
+  if (values.help) return help("boot");
+  if (positionals.length) throw new InputError(`unexpected argument: ${positionals[0]} (see ryra-vm boot --help)`);
   const v = values;
   const vm = await bootVm({
     name: v.name,
     browser: !!v.browser,
     memoryMb: optionalInt("--memory", v.memory, 512),
     cpus: optionalInt("--cpus", v.cpus, 1),
+    config: v.config,
     cacheDir: v["cache-dir"]
   });
   if (v.json) process.stdout.write(JSON.stringify(vm) + "\n");
@@ -230,9 +568,42 @@ async function boot(args) {
 `);
   return 0;
 }
+var RUN_OPTIONS = {
+  name: { type: "string" },
+  fresh: { type: "boolean" },
+  browser: { type: "boolean" },
+  sync: { type: "string" },
+  exclude: { type: "string", multiple: true },
+  env: { type: "string", multiple: true },
+  config: { type: "string" },
+  "cache-dir": { type: "string" }
+};
+async function run(args) {
+  const { values, positionals } = parseOptions("run", args, RUN_OPTIONS);
+  if (values.help) return help("run");
+  if (positionals.length !== 1) throw new InputError("ryra-vm run takes one SCRIPT file (see ryra-vm run --help)");
+  const v = values;
+  if (v.fresh && v.name) throw new InputError("ryra-vm run: --fresh and --name exclude each other");
+  const sync = v.sync;
+  if (sync !== void 0 && !["in", "both", "none"].includes(sync)) throw new InputError(`invalid --sync: ${JSON.stringify(sync)} (allowed: in, both, none)`);
+  for (const n of v.env ?? []) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(n)) throw new InputError(`invalid --env: ${JSON.stringify(n)} (an environment variable name)`);
+  return runScript({
+    script: positionals[0],
+    name: v.name,
+    fresh: !!v.fresh,
+    browser: !!v.browser,
+    sync,
+    excludes: v.exclude ?? [],
+    env: v.env ?? [],
+    config: v.config,
+    cacheDir: v["cache-dir"]
+  });
+}
 async function ssh(args) {
   const dash = args.indexOf("--");
-  const [name, ...extra] = dash >= 0 ? args.slice(0, dash) : args;
+  const before = dash >= 0 ? args.slice(0, dash) : args;
+  if (before.includes("--help") || before.includes("-h")) return help("ssh");
+  const [name, ...extra] = before;
   if (!name) throw new InputError("ryra-vm ssh needs a VM name (see ryra-vm list)");
   if (extra.length) throw new InputError(`unexpected argument: ${extra[0]} (put the command after --)`);
   const command = dash >= 0 ? args.slice(dash + 1).join(" ") : "";
@@ -240,7 +611,7 @@ async function ssh(args) {
   const client = await connectVm(vm);
   try {
     if (command) {
-      const r = await client.exec(command, { stdout: process.stdout, stderr: process.stderr, input: process.stdin.isTTY ? void 0 : await readStdin() });
+      const r = await client.exec(command, { stdout: process.stdout, stderr: process.stderr, input: process.stdin.isTTY ? void 0 : await readStdin(), timeoutMs: 24 * 36e5 });
       return r.code;
     }
     const tty = process.stdin.isTTY;
@@ -261,10 +632,11 @@ async function readStdin() {
   return Buffer.concat(chunks);
 }
 async function connectVm(vm) {
-  return SshClient.connect({ port: vm.port, user: vm.user, privateKey: fs2.readFileSync(vm.key, "utf8") }, 3e4);
+  return SshClient.connect({ port: vm.port, user: vm.user, privateKey: fs4.readFileSync(vm.key, "utf8") }, 3e4);
 }
 async function cp(args) {
-  if (args.length !== 2) throw new InputError("ryra-vm cp takes SRC and DST, one of them NAME:path");
+  if (args.includes("--help") || args.includes("-h")) return help("cp");
+  if (args.length !== 2) throw new InputError("ryra-vm cp takes SRC and DST, one of them NAME:path (see ryra-vm cp --help)");
   const remote = (s) => /^([A-Za-z0-9][A-Za-z0-9_.-]*):(.*)$/.exec(s);
   const [src, dst] = args;
   const rs = remote(src);
@@ -282,6 +654,7 @@ async function cp(args) {
   }
 }
 async function stop(args) {
+  if (args.includes("--help") || args.includes("-h")) return help("stop");
   if (args.length !== 1) throw new InputError("ryra-vm stop takes one VM name, or --all");
   const targets = args[0] === "--all" ? listVms() : [listVms().find((v) => v.name === args[0]) ?? getVm(args[0])];
   for (const vm of targets) {
@@ -291,13 +664,28 @@ async function stop(args) {
   return 0;
 }
 function list(args) {
+  if (args.includes("--help") || args.includes("-h")) return help("list");
   const vms = listVms();
   if (args.includes("--json")) {
     process.stdout.write(JSON.stringify(vms) + "\n");
     return 0;
   }
-  const rows = vms.map((v) => [v.name, String(v.port), String(v.pid), v.running ? `${Math.round((Date.now() - Date.parse(v.startedAt)) / 1e3)}s` : "exited", path2.basename(v.image)]);
+  const rows = vms.map((v) => [v.name, String(v.port), String(v.pid), v.running ? `${Math.round((Date.now() - Date.parse(v.startedAt)) / 1e3)}s` : "exited", path4.basename(v.image)]);
   for (const r of [["NAME", "PORT", "PID", "UPTIME", "IMAGE"], ...rows]) process.stdout.write(r.map((c, i) => i < 4 ? c.padEnd(i === 0 ? 12 : 8) : c).join(" ") + "\n");
+  return 0;
+}
+async function gc(args) {
+  const { values, positionals } = parseOptions("gc", args, { "cache-dir": { type: "string" }, "max-size": { type: "string" } });
+  if (values.help) return help("gc");
+  if (positionals.length) throw new InputError(`unexpected argument: ${positionals[0]} (see ryra-vm gc --help)`);
+  const dir = path4.resolve(values["cache-dir"] ?? defaultCacheDir(currentHost()));
+  const max = parseSize(Inputs.CacheMaxSize, values["max-size"] ?? INPUT_DEFAULTS[Inputs.CacheMaxSize]);
+  const before = dirBytes(dir);
+  const { evicted, bytes } = await evict(dir, max);
+  const mib = (b) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+  process.stdout.write(`${dir}: ${mib(before)} \u2192 ${mib(bytes)}; evicted ${evicted.length} layer${evicted.length === 1 ? "" : "s"}${evicted.map((e) => `
+  ${e.base} (${mib(e.bytes)})`).join("")}
+`);
   return 0;
 }
 async function main(argv) {
@@ -320,6 +708,8 @@ async function main(argv) {
         return await prepare(rest);
       case "boot":
         return await boot(rest);
+      case "run":
+        return await run(rest);
       case "ssh":
         return await ssh(rest);
       case "cp":
@@ -328,8 +718,10 @@ async function main(argv) {
         return await stop(rest);
       case "list":
         return list(rest);
+      case "gc":
+        return await gc(rest);
       default:
-        throw new InputError(`unknown command: ${cmd} (available: prepare, boot, ssh, cp, stop, list; see ryra-vm --help)`);
+        throw new InputError(`unknown command: ${cmd} (available: prepare, boot, run, ssh, cp, stop, list, gc; see ryra-vm --help)`);
     }
   } catch (err) {
     process.stderr.write(`ryra-vm: ${errorMessage(err)}
@@ -337,7 +729,15 @@ async function main(argv) {
     return err instanceof InputError ? 2 : 1;
   }
 }
-process.exit(await main(process.argv.slice(2)));
+var finished = false;
+process.on("exit", (code) => {
+  if (finished) return;
+  process.stderr.write("ryra-vm: internal error: the command stopped before it finished (nothing left to wait on)\n");
+  process.exitCode = code || 70;
+});
+var status = await main(process.argv.slice(2));
+finished = true;
+process.exit(status);
 export {
   HELP,
   main

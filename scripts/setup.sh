@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything this project needs on a fresh Debian/Ubuntu machine (as root, or with sudo):
+# Installs everything this project needs on a fresh Debian/Ubuntu machine (as root: the test images
+# need mmdebstrap --mode=root and binfmt registration):
 # QEMU for both guest arches, UEFI firmware, the Debian test-image builder's tools, then npm ci.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,8 +9,9 @@ PKGS=(
   qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64   # guests
   zstd                                                               # Actions cache archives
   mmdebstrap qemu-user-static binfmt-support arch-test               # test images from Debian packages
-  grub-efi-amd64-bin grub-common mtools dosfstools fdisk e2fsprogs
+  grub-common mtools dosfstools fdisk e2fsprogs                      # (their grub modules come from trixie)
   genisoimage util-linux procps                                      # isoinfo/blkid/pgrep in tests
+  jq openssh-client                                                  # the README's examples
 )
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done

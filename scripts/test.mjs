@@ -1,30 +1,107 @@
-// The test command: node's own runner over TypeScript test files (via tsx), one file at a time
-// (end-to-end files boot TCG guests on a 2-core machine). `npm test [unit|e2e] [name filter]`.
-import { spawnSync } from 'node:child_process';
+// The test command: node's own runner over TypeScript test files (via tsx). `npm test [unit|e2e]
+// [name filter]`. Unit files run first. End-to-end files run in two lanes side by side (each lane
+// one file at a time): a TCG guest keeps about one of this machine's two cores busy, and each lane
+// lists the files that use a layer after the file that builds it (layers are shared through one
+// cache dir per run, RYRA_TEST_SHARED). RYRA_TEST_LANES=1 runs them in one lane. Prints each test's
+// time, slowest first, and a closing `N passed, N failed, N skipped` line.
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
+const LANES = [
+  // Builds the full-package layers (used by the README's examples); the files after it use the light
+  // layers that lane 2 builds first (a file that needs a layer being built waits for its lock).
+  ['pipeline', 'engine', 'configs', 'kvm', 'readme', 'run'],
+  // Builds the light layers (through the Actions cache), then the browser layer on them; arm64 last
+  // (its test image may still be building in the background).
+  ['deps', 'action', 'browser', 'arm64'],
+];
+
 const [kind, filter] = process.argv.slice(2);
-const dirs = kind === 'unit' || kind === 'e2e' ? [kind] : ['unit', 'e2e'];
-const files = dirs.flatMap((d) =>
+const list = (d) =>
   fs.existsSync(`test/${d}`)
-    ? fs.readdirSync(`test/${d}`).filter((f) => f.endsWith('.test.ts')).sort().map((f) => `test/${d}/${f}`)
-    : [],
-).filter((f) => !filter || f.includes(filter));
-if (files.length === 0) {
+    ? fs.readdirSync(`test/${d}`).filter((f) => f.endsWith('.test.ts')).sort().map((f) => `test/${d}/${f}`).filter((f) => !filter || f.includes(filter))
+    : [];
+const unit = kind === 'e2e' ? [] : list('unit');
+const e2e = kind === 'unit' ? [] : list('e2e');
+if (unit.length + e2e.length === 0) {
   console.error('no test files matched');
   process.exit(1);
 }
-// Spec output for people, TAP into a file for the closing count line.
-const tap = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ryra-test-')), 'results.tap');
-const r = spawnSync(
-  process.execPath,
-  ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tap}`, ...files],
-  { stdio: 'inherit' },
-);
-const text = fs.existsSync(tap) ? fs.readFileSync(tap, 'utf8') : '';
-const count = (name) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
-console.log(`\n${count('pass')} passed, ${count('fail') + count('cancelled')} failed, ${count('skipped')} skipped`);
-fs.rmSync(path.dirname(tap), { recursive: true, force: true });
-process.exit(r.status ?? 1);
+const nameOf = (f) => path.basename(f, '.test.ts');
+let lanes = LANES.map((names) => names.map((n) => e2e.find((f) => nameOf(f) === n)).filter(Boolean));
+const unlisted = e2e.filter((f) => !lanes.flat().includes(f));
+lanes[1].push(...unlisted);
+if (process.env.RYRA_TEST_LANES === '1') lanes = [lanes.flat()];
+lanes = lanes.filter((l) => l.length);
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ryra-test-'));
+const shared = path.join(work, 'shared');
+fs.mkdirSync(shared);
+process.env.RYRA_TEST_SHARED ??= shared;
+
+/** One node --test process per file, in the given order (node sorts the files it is handed). */
+async function runFiles(label, files) {
+  const start = Date.now();
+  const runs = [];
+  for (const f of files) runs.push(await runFile(label, f, runs.length));
+  return { label, code: runs.some((r) => r.code !== 0) ? 1 : 0, taps: runs.map((r) => r.tap), ms: Date.now() - start, files };
+}
+
+/** One node --test process over `file`, its spec output prefixed, TAP into a file. */
+function runFile(label, file, n) {
+  const tap = path.join(work, `${label}-${n}.tap`);
+  const files = [file];
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tap}`, ...files],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  const prefix = (stream, out) => {
+    let buf = '';
+    stream.setEncoding('utf8').on('data', (d) => {
+      buf += d;
+      const lines = buf.split('\n');
+      buf = lines.pop();
+      for (const l of lines) out.write(`[${label}] ${l}\n`);
+    });
+    stream.on('end', () => buf && out.write(`[${label}] ${buf}\n`));
+  };
+  prefix(child.stdout, process.stdout);
+  prefix(child.stderr, process.stderr);
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, tap })));
+}
+
+// The unit files run beside the lanes' first minutes (they are light: sockets, small files, a few
+// seconds of QEMU).
+if (lanes.length) console.log(`end-to-end lanes: ${lanes.map((l, i) => `lane${i + 1}: ${l.map(nameOf).join(' → ')}`).join(' | ')}`);
+const results = await Promise.all([...(unit.length ? [runFiles('unit', unit)] : []), ...lanes.map((l, i) => runFiles(`lane${i + 1}`, l))]);
+
+// Counts and per-test times from the TAP files (top-level file subtests carry the file's time).
+let pass = 0;
+let fail = 0;
+let skipped = 0;
+const timings = [];
+for (const r of results) {
+  const text = r.taps.map((t) => (fs.existsSync(t) ? fs.readFileSync(t, 'utf8') : '')).join('\n');
+  const count = (name) => [...text.matchAll(new RegExp(`^# ${name} (\\d+)$`, 'gm'))].reduce((n, m) => n + Number(m[1]), 0);
+  pass += count('pass');
+  fail += count('fail') + count('cancelled');
+  skipped += count('skipped');
+  if (!text && r.code !== 0) fail++;
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const m = /^( *)(?:not )?ok \d+ - (.*?)(?: # SKIP.*)?$/.exec(lines[i]);
+    if (!m) continue;
+    const yaml = lines.slice(i + 1, i + 6).join('\n');
+    const d = /duration_ms: ([\d.]+)/.exec(yaml);
+    if (d && !/type: 'suite'/.test(yaml)) timings.push({ name: m[2], s: Number(d[1]) / 1000, lane: r.label });
+  }
+  console.log(`${r.label}: ${(r.ms / 1000).toFixed(0)} s for ${r.files.map(nameOf).join(', ')}`);
+}
+console.log('\ntests by time:');
+for (const t of [...timings].sort((a, b) => b.s - a.s).filter((t) => t.s >= 1)) console.log(`  ${t.s.toFixed(1).padStart(7)} s  [${t.lane}] ${t.name}`);
+fs.rmSync(work, { recursive: true, force: true });
+console.log(`\n${pass} passed, ${fail} failed, ${skipped} skipped`);
+process.exit(fail > 0 || results.some((r) => r.code !== 0) ? 1 : 0);

@@ -1,15 +1,19 @@
-// The action's main and post steps. main: inputs → host → layers → outputs + job summary.
+// The action's main and post steps. main: inputs → host → layers → outputs + job summary (and the
+// VMs named by `boot`); post: stop what later steps left running, release the job's hold on its
+// layers, summarise.
 import * as core from '@actions/core';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Outputs, State, type InputName, type OutputValues } from './contract.js';
+import { jobHolder, releaseHolder } from './cache/local.js';
+import { Outputs, State, type InputName } from './contract.js';
 import { setupHost } from './host/setup.js';
 import { InputError, parseConfig } from './inputs.js';
 import { actionsLogger, errorMessage, setLogger } from './log.js';
 import { ensureLayers } from './layers/pipeline.js';
-import { summaryTable } from './summary.js';
+import { RuntimeFiles } from './names.js';
+import { summaryTable, vmTable } from './summary.js';
 import { logTail } from './vm/machine.js';
-import { listVms, stopVm } from './vms.js';
+import { bootVm, listVms, stopVm } from './vms.js';
 
 export async function runMain(): Promise<void> {
   setLogger(actionsLogger);
@@ -17,14 +21,21 @@ export async function runMain(): Promise<void> {
     const config = parseConfig((name: InputName) => core.getInput(name));
     const host = await setupHost(config);
     const result = await ensureLayers(config, host);
-    const outputs: OutputValues = result.outputs;
+    const { outputs } = result;
     for (const [name, value] of Object.entries(outputs)) core.setOutput(name, value);
     // Masking works per line: register each line of the key's body.
     for (const line of fs.readFileSync(outputs[Outputs.SshKey], 'utf8').split('\n')) if (line.length > 20 && !line.startsWith('-----')) core.setSecret(line);
     core.saveState(State.Manifest, outputs[Outputs.Manifest]);
     core.saveState(State.RuntimeDir, result.runtimeDir);
+    core.saveState(State.CacheDir, config.cacheDir);
     addCliToPath(result.runtimeDir);
-    await core.summary.addHeading('ryra-vm', 3).addRaw(summaryTable(result.layers, outputs), true).write();
+    const vms = [];
+    for (const name of config.boot) {
+      const vm = await core.group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest] }));
+      core.info(`${vm.name}: ready in ${(vm.readyMs / 1000).toFixed(1)} s (${vm.mode}), ssh ${vm.name} or ryra-vm ssh ${vm.name}`);
+      vms.push(vm);
+    }
+    await core.summary.addHeading('ryra-vm', 3).addRaw(summaryTable(result.record), true).write();
   } catch (err) {
     core.setFailed(err instanceof InputError ? err.message : errorMessage(err));
   }
@@ -32,7 +43,7 @@ export async function runMain(): Promise<void> {
 
 /** Puts `ryra-vm` on PATH for later steps: a wrapper that runs this action's bundled CLI with this Node. */
 function addCliToPath(rt: string): void {
-  const bin = path.join(rt, 'bin');
+  const bin = path.join(rt, RuntimeFiles.bin);
   fs.mkdirSync(bin, { recursive: true });
   const cli = path.join(path.dirname(path.resolve(process.argv[1])), 'cli.js');
   fs.writeFileSync(path.join(bin, 'ryra-vm'), `#!/bin/sh\nexec "${process.execPath}" "${cli}" "$@"\n`, { mode: 0o755 });
@@ -46,21 +57,16 @@ export async function runPost(): Promise<void> {
     const rt = core.getState(State.RuntimeDir);
     if (rt) process.env.RYRA_VM_RUNTIME_DIR = rt;
     const vms = listVms();
-    const rows: string[] = [];
     for (const vm of vms) {
       if (!vm.running) {
         await core.group(`VM ${vm.name} exited on its own: serial console, last lines`, async () => core.info(logTail(vm.serialLog, 60)));
       }
       await stopVm(vm);
       if (vm.running) core.info(`stopped VM ${vm.name} (left running by a later step)`);
-      rows.push(`<tr><td>${vm.name}</td><td>${vm.mode}</td><td>${(vm.readyMs / 1000).toFixed(1)}</td><td>${vm.running ? 'stopped by post' : 'exited'}</td></tr>`);
     }
-    if (rows.length) {
-      await core.summary
-        .addHeading('ryra-vm: VMs', 3)
-        .addRaw(`<table><tr><th>VM</th><th>boot</th><th>seconds to SSH</th><th>end</th></tr>${rows.join('')}</table>`, true)
-        .write();
-    }
+    const cacheDir = core.getState(State.CacheDir);
+    if (cacheDir && rt) releaseHolder(cacheDir, jobHolder(rt).id);
+    if (vms.length) await core.summary.addHeading('ryra-vm: VMs', 3).addRaw(vmTable(vms), true).write();
   } catch (err) {
     core.warning(`post step: ${errorMessage(err)}`);
   }

@@ -16,6 +16,14 @@ export const Inputs = {
   ImageUrl: 'image-url',
   ImageChecksum: 'image-checksum',
   InstallDeps: 'install-deps',
+  CacheMaxSize: 'cache-max-size',
+  Prepare: 'prepare',
+  BrowserSource: 'browser-source',
+  DiskSize: 'disk-size',
+  Boot: 'boot',
+  BootTimeout: 'boot-timeout',
+  EnvironmentVariables: 'environment-variables',
+  Sync: 'sync',
 } as const;
 export type InputName = (typeof Inputs)[keyof typeof Inputs];
 
@@ -39,6 +47,7 @@ export const Outputs = {
   Accel: 'accel',
   Qemu: 'qemu',
   CacheHit: 'cache-hit',
+  CacheHitLayers: 'cache-hit-layers',
   Manifest: 'manifest',
 } as const;
 export type OutputName = (typeof Outputs)[keyof typeof Outputs];
@@ -48,4 +57,5 @@ export type OutputValues = Record<OutputName, string>;
 export const State = {
   RuntimeDir: 'runtime-dir',
   Manifest: 'manifest',
+  CacheDir: 'cache-dir',
 } as const;

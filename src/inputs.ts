@@ -7,6 +7,8 @@ import { Inputs, type InputName } from './contract.js';
 import { ARCHES, DISTROS, isDistro, type Arch, type DistroName } from './distro.js';
 
 export type KvmMode = 'auto' | 'true' | 'false';
+export type SyncMode = 'in' | 'both' | 'none';
+export type BrowserSource = 'auto' | 'upstream' | 'registries';
 export type ChecksumAlgorithm = 'sha256' | 'sha512';
 export interface Checksum {
   algorithm: ChecksumAlgorithm;
@@ -31,6 +33,20 @@ export interface Config {
   imageUrl?: string;
   imageChecksum?: Checksum;
   installDeps: boolean;
+  /** Size budget of the local cache dir in bytes (0: none). */
+  cacheMaxBytes: number;
+  /** A script run once in the prepared layer (hashed into its key); '' for none. */
+  prepareScript: string;
+  browserSource: BrowserSource;
+  /** Virtual size of a VM's disk (qemu-img syntax, e.g. 20G). */
+  diskSize: string;
+  /** VMs the action step boots itself, so that the first `ryra-vm run` pays nothing. */
+  boot: string[];
+  /** How long a VM boot in a later step may take to answer SSH; undefined: the accelerator's default. */
+  bootTimeoutMs?: number;
+  /** Extra environment variables `ryra-vm run` passes into the guest (beside CI, GITHUB_*, RUNNER_*). */
+  environmentVariables: string[];
+  sync: SyncMode;
 }
 
 export class InputError extends Error {
@@ -52,6 +68,14 @@ export const INPUT_DEFAULTS: Record<InputName, string> = {
   [Inputs.ImageUrl]: '',
   [Inputs.ImageChecksum]: '',
   [Inputs.InstallDeps]: 'true',
+  [Inputs.CacheMaxSize]: '20G',
+  [Inputs.Prepare]: '',
+  [Inputs.BrowserSource]: 'auto',
+  [Inputs.DiskSize]: '20G',
+  [Inputs.Boot]: '',
+  [Inputs.BootTimeout]: '',
+  [Inputs.EnvironmentVariables]: '',
+  [Inputs.Sync]: 'both',
 };
 
 export const MIN_MEMORY_MB = 512;
@@ -60,6 +84,9 @@ export const MAX_CPUS = 256;
 const DIGEST_HEX_LENGTH: Record<ChecksumAlgorithm, number> = { sha256: 64, sha512: 128 };
 // A Debian/Fedora package name (or name=version, name:arch); rejects shell metacharacters.
 const PACKAGE_RE = /^[A-Za-z0-9][A-Za-z0-9+._:=~@-]*$/;
+export const VM_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
 
 export interface HostFacts {
   arch: Arch;
@@ -134,12 +161,22 @@ export function parseImageUrl(value: string, cwd = process.cwd()): string {
   return bad(Inputs.ImageUrl, value, 'allowed: http://, https://, file:// or a path');
 }
 
+/** A list separated by spaces, commas or newlines, each item checked against `re`. */
+function list(name: InputName, value: string, re: RegExp, what: string): string[] {
+  const items = value.split(/[\s,]+/).filter(Boolean);
+  for (const p of items) if (!re.test(p)) bad(name, p, what);
+  return [...new Set(items)];
+}
+
 export function parsePackages(value: string): string[] {
-  const list = value.split(/[\s,]+/).filter(Boolean);
-  for (const p of list) {
-    if (!PACKAGE_RE.test(p)) bad(Inputs.Packages, p, 'not a package name');
-  }
-  return [...new Set(list)];
+  return list(Inputs.Packages, value, PACKAGE_RE, 'not a package name');
+}
+
+/** `20G`, `512M`, `1.5T`, `10GiB`, or bytes; binary units. */
+export function parseSize(name: InputName, value: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(value.trim());
+  if (!m) return bad(name, value, 'a size such as 20G, 512M or 1.5T');
+  return Math.round(Number(m[1]) * SIZE_UNITS[m[2].toUpperCase()]);
 }
 
 /**
@@ -183,6 +220,13 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
     ? path.resolve(cacheDirValue.replace(/^~(?=$|\/)/, host.homedir))
     : defaultCacheDir(host);
 
+  const diskSize = raw(Inputs.DiskSize);
+  if (!/^\d+[KMGT]?$/.test(diskSize) || parseSize(Inputs.DiskSize, diskSize) < 2 ** 30) {
+    bad(Inputs.DiskSize, diskSize, 'a whole size of at least 1G, such as 20G or 40960M');
+  }
+  const bootTimeoutValue = raw(Inputs.BootTimeout);
+  const bootTimeoutMs = bootTimeoutValue ? integer(Inputs.BootTimeout, bootTimeoutValue, 1, 24 * 3600, ' of seconds') * 1000 : undefined;
+
   return {
     distro: distroValue,
     arch,
@@ -199,5 +243,13 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
     imageUrl,
     imageChecksum,
     installDeps: bool(Inputs.InstallDeps, raw(Inputs.InstallDeps)),
+    cacheMaxBytes: parseSize(Inputs.CacheMaxSize, raw(Inputs.CacheMaxSize)),
+    prepareScript: (get(Inputs.Prepare) ?? '').trim() ? (get(Inputs.Prepare) ?? '') : '',
+    browserSource: oneOf(Inputs.BrowserSource, raw(Inputs.BrowserSource), ['auto', 'upstream', 'registries'] as const),
+    diskSize,
+    boot: list(Inputs.Boot, get(Inputs.Boot) ?? '', VM_NAME_RE, 'a VM name: letters, digits, . _ - (at most 63)'),
+    bootTimeoutMs,
+    environmentVariables: list(Inputs.EnvironmentVariables, get(Inputs.EnvironmentVariables) ?? '', ENV_NAME_RE, 'an environment variable name'),
+    sync: oneOf(Inputs.Sync, raw(Inputs.Sync), ['in', 'both', 'none'] as const),
   };
 }

@@ -1,5 +1,6 @@
 // One logger for the action (workflow commands via @actions/core) and the CLI (plain stderr lines).
 import * as core from '@actions/core';
+import { getKnobs } from './env.js';
 
 export interface Logger {
   info(msg: string): void;
@@ -17,7 +18,7 @@ export const actionsLogger: Logger = {
   group: (name, fn) => core.group(name, fn),
 };
 
-export function plainLogger(stream: NodeJS.WritableStream = process.stderr, verbose = !!process.env.RYRA_VM_DEBUG): Logger {
+export function plainLogger(stream: NodeJS.WritableStream = process.stderr, verbose = getKnobs().debug): Logger {
   const write = (m: string) => stream.write(m + '\n');
   return {
     info: write,

@@ -1,14 +1,19 @@
 // The GitHub Actions cache tier: one entry per layer, keyed exactly (no prefix fallback: a near-miss
 // snapshot is unusable). Never fatal: every failure is a warning and the layer is built instead.
 //
-// Each toolkit call runs in a child process (worker.ts). @actions/cache resolves paths against the
-// process's cwd and GITHUB_WORKSPACE and its calls cannot be cancelled; a child per call gives each
-// its own directory (so concurrent calls don't race on process-global state, and the path strings
-// are the bare file names on every runner) and a timeout that really stops a stalled call.
-import { spawn } from 'node:child_process';
+// The toolkit's calls run in one long-lived child process per run (worker.ts): @actions/cache
+// resolves paths against the process's cwd and GITHUB_WORKSPACE, and its calls cannot be
+// cancelled, so the child gives each call its own directory, and killing it really stops a stalled
+// call. Starting it once (not per call) keeps a restore close to plain `zstd -d | tar x`. A restore
+// looks the key up first under the short lookup bound; after one timeout the tier is off for the
+// rest of the run, so a service outage costs one timeout, not one per layer.
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { getHooks } from '../env.js';
 import { errorMessage, log } from '../log.js';
+import { sleep } from '../util/time.js';
 import type { WorkerRequest, WorkerResult } from './worker.js';
 
 export interface CacheTimeouts {
@@ -16,11 +21,9 @@ export interface CacheTimeouts {
   transferMs: number;
 }
 
-export function cacheTimeouts(env: NodeJS.ProcessEnv = process.env): CacheTimeouts {
-  return {
-    lookupMs: Number(env.RYRA_VM_CACHE_LOOKUP_TIMEOUT_MS) || 60_000,
-    transferMs: Number(env.RYRA_VM_CACHE_TRANSFER_TIMEOUT_MS) || 45 * 60_000,
-  };
+export function cacheTimeouts(): CacheTimeouts {
+  const h = getHooks();
+  return { lookupMs: h.cacheLookupMs ?? 60_000, transferMs: h.cacheTransferMs ?? 45 * 60_000 };
 }
 
 /** The Actions cache service is configured for this job. */
@@ -39,95 +42,164 @@ function workerCommand(): string[] {
   throw new Error('cache worker not found next to the action');
 }
 
-export interface CallOutcome extends WorkerResult {
+export interface CallOutcome extends Omit<WorkerResult, 'id'> {
   timedOut?: boolean;
   /** The toolkit reported a 429; seconds until the limit resets when it said. */
   rateLimited?: { retryAfterS: number };
   duplicate?: boolean;
 }
 
-/** Runs one toolkit call in a child; its output is logged, scanned for 429s and duplicates. */
-export function callWorker(req: WorkerRequest, timeoutMs: number): Promise<CallOutcome> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [...workerCommand(), JSON.stringify(req)], { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let result = '';
+/** The run's worker: started on first use, one call at a time, killed on a timeout. */
+class Worker {
+  private child: ChildProcess | undefined;
+  private waiting = new Map<number, (r: WorkerResult) => void>();
+  private nextId = 1;
+  private out = '';
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private start(): ChildProcess {
+    const child = spawn(process.execPath, workerCommand(), { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
     const onLog = (d: Buffer) => {
       const text = d.toString();
-      out += text;
+      this.out += text;
       for (const line of text.split('\n')) if (line.trim()) log.debug(`cache: ${line}`);
     };
     child.stdout!.on('data', onLog);
     child.stderr!.on('data', onLog);
-    (child.stdio[3] as NodeJS.ReadableStream).on('data', (d: Buffer) => (result += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('close', (_code, signal) => {
+    readline.createInterface({ input: child.stdio[3] as NodeJS.ReadableStream }).on('line', (line) => {
+      try {
+        const r = JSON.parse(line) as WorkerResult;
+        this.waiting.get(r.id)?.(r);
+        this.waiting.delete(r.id);
+      } catch {
+        /* not a result line */
+      }
+    });
+    child.once('exit', () => {
+      for (const [id, resolve] of this.waiting) resolve({ id, error: 'the cache worker exited' });
+      this.waiting.clear();
+      if (this.child === child) this.child = undefined;
+    });
+    child.stdin!.on('error', () => {});
+    return child;
+  }
+
+  /** One toolkit call; its log lines are scanned for 429s and duplicates. Calls queue up. */
+  call(req: Omit<WorkerRequest, 'id'>, timeoutMs: number): Promise<CallOutcome> {
+    const run = async (): Promise<CallOutcome> => {
+      const child = (this.child ??= this.start());
+      this.hold(child, true);
+      const id = this.nextId++;
+      this.out = '';
+      let timer: NodeJS.Timeout | undefined;
+      const result = await new Promise<WorkerResult | undefined>((resolve) => {
+        this.waiting.set(id, resolve);
+        timer = setTimeout(() => resolve(undefined), timeoutMs);
+        child.stdin!.write(JSON.stringify({ ...req, id }) + '\n');
+      });
       clearTimeout(timer);
-      const outcome: CallOutcome = signal === 'SIGKILL' && !result ? { timedOut: true } : parseResult(result);
-      const rate = /rate limit will reset in (\d+) seconds|Rate limited|responded with 429|429/i.exec(out);
+      this.hold(child, false);
+      const out = this.out;
+      if (!result) {
+        this.waiting.delete(id);
+        this.kill();
+        return { timedOut: true };
+      }
+      const outcome: CallOutcome = { matchedKey: result.matchedKey, entryId: result.entryId, error: result.error };
+      // The toolkit swallows failures into log lines: a failed call's say why (a 429, a duplicate).
+      const failed = req.op === 'save' ? result.entryId === undefined || result.entryId === -1 : !result.matchedKey;
+      const rate = failed && /rate limit will reset in (\d+) seconds|Rate limited|\(429\)|responded with 429|status code 429/i.exec(out);
       if (rate) outcome.rateLimited = { retryAfterS: Number(rate[1] ?? 0) || 1 };
-      if (/another job may be creating this cache|already_exists|already exists/i.exec(out)) outcome.duplicate = true;
+      if (failed && /another job may be creating this cache|already_exists|already exists/i.exec(out)) outcome.duplicate = true;
       // Surface the toolkit's warnings (it swallows failures into them).
       for (const m of out.matchAll(/^::warning::(.*)$/gm)) log.info(`  cache: ${m[1]}`);
-      resolve(outcome);
-    });
-  });
-}
+      return outcome;
+    };
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => {});
+    return p;
+  }
 
-function parseResult(text: string): WorkerResult {
-  try {
-    return JSON.parse(text.trim().split('\n').pop() ?? '') as WorkerResult;
-  } catch {
-    return { error: 'the cache worker returned no result' };
+  /** An idle worker must not keep the run's process alive; a call in flight must. */
+  private hold(child: ChildProcess, busy: boolean): void {
+    for (const h of [child, child.stdin, child.stdout, child.stderr, child.stdio[3]] as { ref?: () => void; unref?: () => void }[]) {
+      if (busy) h?.ref?.();
+      else h?.unref?.();
+    }
+  }
+
+  kill(): void {
+    this.child?.kill('SIGKILL');
+    this.child = undefined;
+  }
+
+  /** Lets the worker finish and exit (its stdin closes). */
+  close(): void {
+    this.child?.stdin?.end();
+    this.child = undefined;
   }
 }
 
-/** A call with one retry after a 429 (after the service's Retry-After, capped). */
-async function callWithRetry(req: WorkerRequest, timeoutMs: number): Promise<CallOutcome> {
-  const first = await callWorker(req, timeoutMs);
-  if (!first.rateLimited || first.duplicate) return first;
-  const wait = Math.min(first.rateLimited.retryAfterS, 60);
-  log.info(`  cache: rate limited; retrying ${req.op} of ${req.key} once in ${wait} s`);
-  await new Promise((r) => setTimeout(r, wait * 1000));
-  return callWorker(req, timeoutMs);
-}
-
 export interface ActionsCache {
-  lookup(key: string, paths: string[]): Promise<boolean>;
-  /** Restores into `dir` (a scratch dir); true when the entry arrived. */
+  /** Restores into `dir` (a scratch dir): a lookup first, then the transfer; true when the entry arrived. */
   restore(key: string, paths: string[], dir: string): Promise<boolean>;
   /** Saves files (names relative to `dir`); 'saved', 'exists' (another job saved this key) or 'failed'. */
   save(key: string, paths: string[], dir: string): Promise<'saved' | 'exists' | 'failed'>;
+  /** Whether the tier is still on (a timeout turns it off for the run). */
+  readonly on: boolean;
+  close(): void;
 }
 
 export function actionsCache(timeouts = cacheTimeouts()): ActionsCache {
+  const worker = new Worker();
+  let off: string | undefined;
   const describe = (o: CallOutcome, op: string, key: string) =>
     o.timedOut ? `${op} of ${key} timed out (the cache service stalled)` : o.error ? `${op} of ${key} failed: ${o.error}` : undefined;
+  /** A call with one retry after a 429 (after the service's Retry-After, capped); a timeout turns the tier off. */
+  const call = async (req: Omit<WorkerRequest, 'id'>, timeoutMs: number): Promise<CallOutcome | undefined> => {
+    if (off) return undefined;
+    let o = await worker.call(req, timeoutMs);
+    if (o.rateLimited && !o.duplicate && !o.timedOut) {
+      const wait = Math.min(o.rateLimited.retryAfterS, 60);
+      log.info(`  cache: rate limited; retrying ${req.op} of ${req.key} once in ${wait} s`);
+      await sleep(wait * 1000);
+      o = await worker.call(req, timeoutMs);
+    }
+    if (o.timedOut) {
+      off = `${req.op} of ${req.key} timed out after ${Math.round(timeoutMs / 1000)} s`;
+      log.warning(`Actions cache: ${off}; the cache tier is off for the rest of this run (layers are built and kept locally)`);
+    }
+    return o;
+  };
   return {
-    async lookup(key, paths) {
-      // Lookups need a directory too; the names are what the entry's version is made from.
-      const o = await callWithRetry({ op: 'lookup', dir: process.cwd(), paths, key }, timeouts.lookupMs);
-      const problem = describe(o, 'lookup', key);
-      if (problem) log.warning(`Actions cache: ${problem}; building instead`);
-      return !!o.matchedKey && o.matchedKey.toLowerCase() === key.toLowerCase();
+    get on() {
+      return !off;
     },
     async restore(key, paths, dir) {
-      const o = await callWithRetry({ op: 'restore', dir, paths, key }, timeouts.transferMs);
-      const problem = describe(o, 'restore', key);
+      const hit = await call({ op: 'lookup', dir, paths, key }, timeouts.lookupMs);
+      if (!hit || hit.timedOut) return false;
+      const problem = describe(hit, 'lookup', key);
       if (problem) log.warning(`Actions cache: ${problem}; building instead`);
+      if (!hit.matchedKey || hit.matchedKey.toLowerCase() !== key.toLowerCase()) return false;
+      const o = await call({ op: 'restore', dir, paths, key }, timeouts.transferMs);
+      if (!o || o.timedOut) return false;
+      const p2 = describe(o, 'restore', key);
+      if (p2) log.warning(`Actions cache: ${p2}; building instead`);
       return !!o.matchedKey && o.matchedKey.toLowerCase() === key.toLowerCase();
     },
     async save(key, paths, dir) {
       try {
-        const o = await callWithRetry({ op: 'save', dir, paths, key }, timeouts.transferMs);
-        if (o.id !== undefined && o.id !== -1) return 'saved';
+        const o = await call({ op: 'save', dir, paths, key }, timeouts.transferMs);
+        if (!o) return 'failed';
+        if (o.entryId !== undefined && o.entryId !== -1) return 'saved';
         if (o.duplicate) return 'exists';
-        log.warning(`Actions cache: ${describe(o, 'save', key) ?? `save of ${key} failed`}; the layer stays in the local cache only`);
+        if (!o.timedOut) log.warning(`Actions cache: ${describe(o, 'save', key) ?? `save of ${key} failed`}; the layer stays in the local cache only`);
         return 'failed';
       } catch (err) {
         log.warning(`Actions cache: save of ${key} failed: ${errorMessage(err)}`);
         return 'failed';
       }
     },
+    close: () => worker.close(),
   };
 }

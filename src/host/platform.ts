@@ -47,53 +47,40 @@ export function accelArgs(arch: QemuArch, accel: Accel): AccelChoice {
       machineProps: arch === 'aarch64' ? ['gic-version=3'] : [],
     };
   }
-  if (arch === 'aarch64') {
-    // Pointer-auth emulation with the QEMU-defined algorithm is far faster than the architected one.
-    return { accel, args: ['-accel', 'tcg,thread=multi', '-cpu', 'max,pauth-impdef=on'], machineProps: [] };
-  }
+  // Plain `max`, as the seed's command line has it: its consumers restore our snapshots with that
+  // -cpu, and a snapshot saved with `max,pauth-impdef=on` (faster pointer auth) fails under `max`.
   return { accel, args: ['-accel', 'tcg,thread=multi', '-cpu', 'max'], machineProps: [] };
-}
-
-export interface KvmProbe {
-  usable: boolean;
-  reason?: string;
-}
-
-/** KVM usable = /dev/kvm opens read-write AND QEMU starts with `-accel kvm` (time-limited). */
-export async function probeKvm(qemu: string, timeoutMs = 10_000): Promise<KvmProbe> {
-  try {
-    fs.closeSync(fs.openSync('/dev/kvm', fs.constants.O_RDWR));
-  } catch (err) {
-    return { usable: false, reason: `/dev/kvm cannot be opened read-write (${(err as NodeJS.ErrnoException).code})` };
-  }
-  const r = await run(qemu, ['-machine', 'none', '-accel', 'kvm', '-nodefaults', '-display', 'none', '-monitor', 'stdio'], {
-    input: 'quit\n',
-    timeoutMs,
-    allowFailure: true,
-  });
-  if (r.timedOut) return { usable: false, reason: `${qemu} -accel kvm did not answer within ${timeoutMs / 1000} s` };
-  if (r.code !== 0) return { usable: false, reason: `${qemu} -accel kvm failed: ${r.stderr.trim().split('\n').pop()}` };
-  return { usable: true };
 }
 
 export const KVM_FIX =
   'add the runner user to the kvm group (sudo usermod -aG kvm $USER, then restart the runner) or add the udev rule ' +
-  `KERNEL=="kvm", GROUP="kvm", MODE="0666" (echo 'KERNEL=="kvm", GROUP="kvm", MODE="0666"' | sudo tee /etc/udev/rules.d/99-kvm.rules && sudo udevadm control --reload-rules && sudo udevadm trigger --name-match=kvm)`;
+  `KERNEL=="kvm", GROUP="kvm", MODE="0666" (echo 'KERNEL=="kvm", GROUP="kvm", MODE="0666"' | sudo tee /etc/udev/rules.d/99-kvm.rules && sudo udevadm control --reload-rules && sudo udevadm trigger --name-match=kvm); ` +
+  'on a runner that is itself a VM, enable nested virtualization on its host';
 
-/** Pure decision: which accelerator for this mode, probe result and arch relation. */
+/** Pure decision: which accelerator for this mode, verdict and arch relation. */
 export function chooseAccel(
   mode: KvmMode,
   crossArch: boolean,
-  probe: KvmProbe | undefined,
+  verdict: { usable: boolean; reason: string } | undefined,
 ): { accel: Accel; warning?: string; error?: string } {
   if (mode === 'false') return { accel: 'tcg' };
   if (crossArch) {
     return { accel: 'tcg', warning: 'the guest arch differs from the host: running under TCG emulation (much slower)' };
   }
-  if (probe?.usable) return { accel: 'kvm' };
-  const reason = probe?.reason ?? 'not probed';
-  if (mode === 'true') return { accel: 'tcg', error: `kvm: true but KVM is not usable: ${reason}. Fix: ${KVM_FIX}` };
-  return { accel: 'tcg', warning: `KVM is not usable (${reason}): falling back to TCG emulation, roughly 10-30x slower. To enable KVM: ${KVM_FIX}` };
+  if (verdict?.usable) return { accel: 'kvm' };
+  const reason = verdict?.reason ?? 'not probed';
+  if (mode === 'true') return { accel: 'tcg', error: kvmUnusableError(reason) };
+  return { accel: 'tcg', warning: kvmFallbackWarning(reason) };
+}
+
+/** `kvm: true` and KVM cannot run the guest: one line, the cause and the fix. */
+export function kvmUnusableError(cause: string): string {
+  return `kvm: true, but KVM cannot run the guest here: ${cause}. Fix: ${KVM_FIX}; or set kvm: auto to fall back to TCG`;
+}
+
+/** `kvm: auto` falls back: one line, the cause and the fix. */
+export function kvmFallbackWarning(cause: string): string {
+  return `KVM is not used: ${cause}. Falling back to TCG emulation (roughly 10-30x slower). To use KVM: ${KVM_FIX}`;
 }
 
 export interface QemuInfo {

@@ -1,7 +1,10 @@
-// What every layer builder needs: the config, the host, the catalogue entry, the cache dir, and the
-// time limits for this accelerator (the seed's: KVM 120-300 s, TCG 600-900 s to SSH).
+// What every layer builder needs: the config, the host, the catalogue entry, the cache dir, the
+// time limits for this accelerator (the seed's: KVM 120-300 s, TCG 600-900 s to SSH), and who
+// holds the layers in use while this run needs them.
 import type { ActionsCache } from '../cache/actions.js';
+import type { Holder } from '../cache/local.js';
 import type { DistroImage } from '../distro.js';
+import { getHooks } from '../env.js';
 import type { Host } from '../host/setup.js';
 import type { Config } from '../inputs.js';
 
@@ -10,19 +13,18 @@ export interface Timeouts {
   prepareSshMs: number;
   /** Boot of the prepared image to SSH. */
   bootSshMs: number;
-  /** cloud-init installing packages. */
+  /** cloud-init installing packages, an install script. */
   packagesMs: number;
   /** Restore from a snapshot to SSH. */
   restoreSshMs: number;
 }
 
-export function timeoutsFor(accel: 'kvm' | 'tcg'): Timeouts {
-  const env = Number(process.env.RYRA_VM_TIMEOUT_SCALE) || 1;
+export function timeoutsFor(accel: 'kvm' | 'tcg', scale = getHooks().timeoutScale): Timeouts {
   const t =
     accel === 'kvm'
       ? { prepareSshMs: 300_000, bootSshMs: 120_000, packagesMs: 1_800_000, restoreSshMs: 60_000 }
       : { prepareSshMs: 900_000, bootSshMs: 600_000, packagesMs: 3_600_000, restoreSshMs: 300_000 };
-  return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v * env])) as unknown as Timeouts;
+  return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v * scale])) as unknown as Timeouts;
 }
 
 export interface LayerContext {
@@ -33,4 +35,6 @@ export interface LayerContext {
   timeouts: Timeouts;
   /** The Actions cache tier, when enabled and available. */
   cache?: ActionsCache;
+  /** Who holds this run's layers in use (the job in Actions, else this process). */
+  holder: Holder;
 }

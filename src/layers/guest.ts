@@ -1,12 +1,49 @@
 // A layer builder's guest: the shared cold boot (src/vm/boot.ts) with this host's QEMU, machine,
-// accelerator and firmware filled in.
+// accelerator and firmware filled in, and the runner's proxy handed to the guest.
+import { caSetupScript, proxyFiles, runnerCAs, runnerProxy } from '../proxy.js';
 import { coldBoot, type ColdBootOptions } from '../vm/boot.js';
 import type { Machine } from '../vm/machine.js';
+import type { VmLayout } from '../vm/spec.js';
 import type { LayerContext } from './context.js';
 
-export type BuilderGuest = Omit<ColdBootOptions, 'qemu' | 'arch' | 'machine' | 'accel' | 'firmware'>;
+export type BuilderGuest = Omit<ColdBootOptions, 'qemu' | 'layout' | 'firmware'> & { memoryMb: number; cpus: number; shareTag?: string };
 
-export function bootBuilder(ctx: LayerContext, g: BuilderGuest): Promise<Machine> {
+/**
+ * dpkg without its per-file fsync while a build installs packages (a failed build is thrown away,
+ * and each sync is a flush through the emulated disk). Removed before the image is kept.
+ */
+export const BUILD_DPKG_CFG = { path: '/etc/dpkg/dpkg.cfg.d/ryra-vm-build', content: 'force-unsafe-io\n' };
+
+/** The device layout of a guest of this host: the snapshot's layout when `shareTag` is given. */
+export function hostLayout(ctx: Pick<LayerContext, 'host'>, o: { memoryMb: number; cpus: number; shareTag?: string }): VmLayout {
   const { host } = ctx;
-  return coldBoot({ ...g, qemu: host.qemu.path, arch: host.qemuArch, machine: host.qemu.machine, accel: host.accel, firmware: host.firmware });
+  return {
+    arch: host.qemuArch,
+    machine: host.qemu.machine,
+    accel: host.accel,
+    memoryMb: o.memoryMb,
+    cpus: o.cpus,
+    firmwareFormat: host.firmware.format,
+    seed: true,
+    ...(o.shareTag ? { shareTag: o.shareTag } : {}),
+  };
+}
+
+/**
+ * Cold-boots a build's guest. An image build (a scratch disk, packages to install) gets the runner's
+ * proxy and local CAs, removed again before the image is kept; a snapshot's guest gets neither (a
+ * snapshot must not carry one runner's network setup to another: VMs get theirs when they boot).
+ */
+export function bootBuilder(ctx: LayerContext, g: BuilderGuest): Promise<Machine> {
+  const { memoryMb, cpus, shareTag, ...rest } = g;
+  const proxy = rest.scratchDisk ? runnerProxy() : undefined;
+  const cas = rest.scratchDisk ? runnerCAs() : [];
+  const files = [...(proxy ? proxyFiles(proxy, ctx.image.guestPackageManager) : []), ...(rest.scratchDisk && ctx.image.guestPackageManager === 'apt' ? [BUILD_DPKG_CFG] : [])];
+  return coldBoot({
+    ...rest,
+    seed: { ...rest.seed, files: files.length ? files : undefined, bootcmd: cas.length ? [caSetupScript(cas)] : undefined },
+    qemu: ctx.host.qemu.path,
+    layout: hostLayout(ctx, { memoryMb, cpus, shareTag }),
+    firmware: ctx.host.firmware,
+  });
 }

@@ -1,12 +1,12 @@
-// Layer manifests and locks. A manifest is written last, after its files are in place: a layer
-// without one (or whose recorded key or sizes disagree) is never used. Sizes are checked on every
-// run; digests are computed once, at build time, so an all-valid run reads no image data.
+// Layer manifests. A manifest is written last, after its files are in place: a layer without one
+// (or whose recorded key or sizes disagree) is never used. Sizes are checked on every run; digests
+// are computed once, at build time, so an all-valid run reads no image data.
 import { createHash, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import lockfile from 'proper-lockfile';
-import { log } from '../log.js';
 import type { VmLayout } from '../vm/spec.js';
+
+export { MANIFEST_SUFFIX, manifestPath } from '../names.js';
 
 export type LayerName = 'raw' | 'prepared' | 'snapshot' | 'browser' | 'browser-snapshot';
 
@@ -30,11 +30,15 @@ export interface Manifest {
   layout?: VmLayout;
   /** The raw layer's verified digest (`sha512:HEX`). */
   digest?: string;
+  /** A snapshot disk's backing image, as its header names it (an absolute path in this cache dir). */
+  backing?: string;
+  /** The browser layer: which source installed it (upstream | registries). */
+  source?: string;
+  /** A snapshot: its saved RAM state in bytes. */
+  stateBytes?: number;
   createdAt: string;
   buildSeconds: number;
 }
-
-export const MANIFEST_SUFFIX = '.manifest.json';
 
 /** Stable hash of a JSON value (object keys sorted). */
 export function hashOf(value: unknown): string {
@@ -45,10 +49,6 @@ export function hashOf(value: unknown): string {
         ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b)).map(([k, x]) => [k, stable(x)]))
         : v;
   return createHash('sha256').update(JSON.stringify(stable(value))).digest('hex').slice(0, 20);
-}
-
-export function manifestPath(dir: string, base: string): string {
-  return path.join(dir, base + MANIFEST_SUFFIX);
 }
 
 export function readManifest(file: string): Manifest | undefined {
@@ -109,67 +109,3 @@ export function writeManifest(file: string, m: Omit<Manifest, 'version' | 'id' |
   return full;
 }
 
-/** Removes a layer's manifest first (so a half-replaced layer is never valid), then its files. */
-export function removeLayer(dir: string, base: string, files: string[]): void {
-  fs.rmSync(manifestPath(dir, base), { force: true });
-  for (const f of files) fs.rmSync(path.join(dir, f), { force: true });
-}
-
-/**
- * Holds a per-layer lock while `fn` runs. A second run on the same cache dir waits, then finds the
- * layer built. A lock left by a killed run goes stale (its mtime stops moving) and is taken over.
- */
-export async function withLayerLock<T>(dir: string, base: string, fn: () => Promise<T>): Promise<T> {
-  // proper-lockfile keys its registry by the locked path: one path per layer, so nested locks
-  // (raw inside prepared) stay independent. The lock itself is the directory `<base>.lock`.
-  const target = path.join(dir, `${base}.lock`);
-  fs.mkdirSync(dir, { recursive: true });
-  const release = await lockfile.lock(path.join(dir, base), {
-    realpath: false,
-    stale: 30_000,
-    update: 5_000,
-    retries: { retries: 100_000, minTimeout: 1000, maxTimeout: 2000, factor: 1 },
-    onCompromised: (err) => log.warning(`lock ${target} compromised: ${err.message}`),
-  }).catch((err: Error) => {
-    throw new Error(`cannot lock ${target}: ${err.message}`);
-  });
-  try {
-    return await fn();
-  } finally {
-    await release().catch(() => {});
-  }
-}
-
-/** Temp names in the cache dir carry this marker; stale ones (from killed runs) are removed. */
-export const TEMP_MARKER = '.ryra-tmp-';
-
-export function tempPath(dir: string, name: string): string {
-  return path.join(dir, `${name}${TEMP_MARKER}${process.pid}-${randomUUID().slice(0, 8)}`);
-}
-
-/** Removes temp files and work dirs whose owning process is gone. */
-export function cleanStaleTemps(dir: string): void {
-  let names: string[];
-  try {
-    names = fs.readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const n of names) {
-    const m = new RegExp(`${TEMP_MARKER.replace(/[.]/g, '\\.')}(\\d+)-`).exec(n);
-    if (!m) continue;
-    const pid = Number(m[1]);
-    if (pid === process.pid || processAlive(pid)) continue;
-    fs.rmSync(path.join(dir, n), { recursive: true, force: true });
-    log.info(`removed a stale temp left by an interrupted run: ${n}`);
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

@@ -1,126 +1,49 @@
-// ensureLayers(): per layer, use it when its manifest says it is valid for this run, else build it
-// under a lock. Planning (names, keys) is pure; building happens only for what is missing.
+// ensureLayers(): per layer, use it when its manifest says it is valid for this run, else restore it
+// from the Actions cache or build it, under the layer's lock; then save what was built, evict over
+// the size budget, and write the run record. Planning is pure (plan.ts); the local tier is
+// cache/local.ts; this file only orchestrates.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Outputs, type OutputValues } from '../contract.js';
-import { distroImage, GUEST_USER, type DistroImage } from '../distro.js';
-import type { Host } from '../host/setup.js';
-import type { Checksum, Config } from '../inputs.js';
-import { errorMessage, log } from '../log.js';
-import { runtimeDir } from '../paths.js';
-import { ensureKeyFile, type KeyPair } from '../vm/ssh.js';
 import { actionsCache, cacheServiceAvailable, type ActionsCache } from '../cache/actions.js';
-import { userData } from '../vm/seed.js';
-import { BROWSER_CPUS, BROWSER_MEMORY_MB, browserInstallScript } from './browser.js';
-import { timeoutsFor, type LayerContext } from './context.js';
 import {
   cleanStaleTemps,
-  MANIFEST_SUFFIX,
-  tempPath,
-  describeFiles,
-  fileDigests,
-  hashOf,
-  invalidReason,
-  manifestPath,
-  readManifest,
+  evict,
+  dirBytes,
+  holdLayer,
+  jobHolder,
+  placeLayer,
+  processHolder,
+  recordLayer,
   removeLayer,
+  tempPath,
+  touchLayer,
+  validLayer,
   withLayerLock,
-  writeManifest,
-  type LayerName,
-  type Manifest,
-} from './manifest.js';
+  type Eviction,
+} from '../cache/local.js';
+import { distroImage, GUEST_USER } from '../distro.js';
+import { getHooks } from '../env.js';
+import { fallBackToTcg, type Host } from '../host/setup.js';
+import { kvmUnusableError } from '../host/platform.js';
+import type { Checksum, Config } from '../inputs.js';
+import { errorMessage, log } from '../log.js';
+import { CacheFiles, manifestPath } from '../names.js';
+import { runtimeDir } from '../paths.js';
+import { recordPath, writeRecord, type RunRecord, type SnapshotRecord } from '../record.js';
+import { checkImage, copyFile, rebaseUnsafe } from '../vm/images.js';
+import { KvmBootError } from '../vm/boot.js';
+import { recipe } from '../vm/spec.js';
+import type { KeyPair } from '../vm/ssh.js';
+import { BROWSER_CPUS, BROWSER_MEMORY_MB, SOURCE_FILE, browserInstallScript } from './browser.js';
+import { timeoutsFor, type LayerContext, type Timeouts } from './context.js';
+import { hostLayout } from './guest.js';
+import { describeFiles, hashOf, invalidReason, readManifest, writeManifest, type LayerName, type Manifest } from './manifest.js';
+import { planLayers, type LayerPlan, type Plan, type Recipes } from './plan.js';
 import { CLEAN_FOR_TEMPLATE, buildImage } from './prepared.js';
-import { checkImage } from '../vm/images.js';
-import { download, expectedChecksum } from './raw.js';
+import { adoptRaw, download, expectedChecksum } from './raw.js';
 import { SHRINK_RAM, SNAPSHOT_SETUP, buildSnapshot, type SnapshotBuild } from './snapshot.js';
-
-/** Bump when a recipe changes what a layer contains; it is part of every key. */
-export const RECIPE_VERSION = 1;
-export const SSH_KEY_FILE = 'test-ssh-key';
-
-export interface LayerPlan {
-  layer: LayerName;
-  /** Manifest base name (the layer's main file without .qcow2). */
-  base: string;
-  files: string[];
-  key: string;
-  /** Readable, exact Actions cache key. */
-  cacheKey: string;
-  inputs: Record<string, unknown>;
-}
-
-export interface Plan {
-  image: DistroImage;
-  packages: string[];
-  raw: LayerPlan;
-  prepared: LayerPlan;
-  snapshot: LayerPlan;
-  browser: LayerPlan;
-  browserSnapshot: LayerPlan;
-}
-
-function plan1(layer: LayerName, base: string, files: string[], inputs: Record<string, unknown>, suffix: string): LayerPlan {
-  const key = hashOf({ layer, recipe: RECIPE_VERSION, ...inputs });
-  return { layer, base, files, key, cacheKey: `ryra-vm-v${RECIPE_VERSION}-${layer}-${suffix}-${key}`, inputs };
-}
-
-/** Packages of the prepared layer: the catalogue's (or a test's replacement list) plus `packages`. */
-export function basePackages(image: DistroImage, extra: string[], env: NodeJS.ProcessEnv = process.env): string[] {
-  const base = env.RYRA_VM_BASE_PACKAGES !== undefined ? env.RYRA_VM_BASE_PACKAGES.split(/\s+/).filter(Boolean) : [...image.packages];
-  return [...new Set([...base, ...extra])];
-}
-
-/** Pure: every layer's file names, keys and cache keys for this config, host and SSH key. */
-export function planLayers(config: Config, host: Host, publicKey: string, env: NodeJS.ProcessEnv = process.env): Plan {
-  const image = distroImage(config.distro, config.arch);
-  const packages = basePackages(image, config.packages, env);
-  const id = `${config.distro}-${config.arch}`;
-  const url = config.imageUrl ?? image.url;
-  const raw = plan1('raw', stripQcow2(image.rawFile), [image.rawFile], {
-    url: config.imageUrl ? 'custom' : url,
-    checksum: config.imageChecksum ? `${config.imageChecksum.algorithm}:${config.imageChecksum.hex}` : image.checksumUrl,
-  }, id);
-  const cloudInit = userData({ publicKey: '<key>', hostname: 'ryra-prepare', packages });
-  const prepared = plan1('prepared', stripQcow2(image.preparedFile), [image.preparedFile], {
-    raw: raw.key,
-    packages,
-    cloudInit: hashOf(cloudInit + CLEAN_FOR_TEMPLATE),
-  }, id);
-  const machineIdentity = {
-    qemu: host.qemu.version,
-    machine: host.qemu.machine,
-    accel: host.accel,
-    cpu: host.cpuIdentity,
-    // The firmware's identity, not its path: a padded copy lives under the cache dir, which differs per runner.
-    firmware: { code: path.basename(host.firmware.code), size: fileSize(host.firmware.code), format: host.firmware.format },
-    cpus: config.cpus,
-    memoryMb: config.memoryMb,
-    sshKey: hashOf(publicKey.trim()),
-    setup: hashOf(SNAPSHOT_SETUP + SHRINK_RAM),
-  };
-  const snapFiles = (b: string) => [`${b}.qcow2`, `${b}-efivars.qcow2`, `${b}-seed.iso`];
-  const snapBase = `${image.snapshotBase}-snapshot-${config.memoryMb}`;
-  const snapshot = plan1('snapshot', snapBase, snapFiles(snapBase), { prepared: prepared.key, ...machineIdentity }, `${id}-m${config.memoryMb}`);
-  const browser = plan1('browser', stripQcow2(image.browserFile), [image.browserFile], {
-    prepared: prepared.key,
-    script: hashOf(browserInstallScript(env)),
-  }, id);
-  const bsnapBase = `${image.browserSnapshotBase}-snapshot-${config.memoryMb}`;
-  const browserSnapshot = plan1('browser-snapshot', bsnapBase, snapFiles(bsnapBase), { browser: browser.key, ...machineIdentity }, `${id}-m${config.memoryMb}`);
-  return { image, packages, raw, prepared, snapshot, browser, browserSnapshot };
-}
-
-function stripQcow2(f: string): string {
-  return f.replace(/\.qcow2$/, '');
-}
-
-function fileSize(f: string): number {
-  try {
-    return fs.statSync(f).size;
-  } catch {
-    return -1;
-  }
-}
+import { ensureSshKey } from './sshkey.js';
 
 export type LayerSource = 'local' | 'actions cache' | 'built' | 'failed' | 'skipped';
 
@@ -134,22 +57,23 @@ export interface LayerResult {
 
 export interface EnsureResult {
   outputs: OutputValues;
+  record: RunRecord;
   layers: LayerResult[];
   runtimeDir: string;
   plan: Plan;
+  host: Host;
   snapshotBuild?: SnapshotBuild;
+  evicted: Eviction[];
 }
 
-/** The valid manifest of a layer, or undefined (with the reason logged). */
-export function validLayer(dir: string, p: LayerPlan, parentId?: string): Manifest | undefined {
-  const m = readManifest(manifestPath(dir, p.base));
-  const why = invalidReason(m, dir, p, parentId);
-  if (why && m) log.info(`  ${p.layer} layer ${p.base} not usable: ${why}`);
-  return why ? undefined : m;
-}
-
-function bytesOf(m: Manifest): number {
-  return m.files.reduce((n, f) => n + f.size, 0);
+/** The guest commands the layers' content depends on, for this config. */
+export function recipesFor(config: Config, manager: 'apt' | 'dnf'): Recipes {
+  return {
+    cleanForTemplate: CLEAN_FOR_TEMPLATE,
+    snapshotSetup: SNAPSHOT_SETUP,
+    shrinkRam: SHRINK_RAM,
+    browserScript: getHooks().browserScript ?? browserInstallScript(config.browserSource, manager),
+  };
 }
 
 /** A child layer's cache key names its parent's build, so it can only ever restore onto that build. */
@@ -157,25 +81,27 @@ export function cacheKeyFor(p: LayerPlan, parentId?: string): string {
   return parentId ? `${p.cacheKey}-${hashOf(parentId).slice(0, 12)}` : p.cacheKey;
 }
 
-/** Restores a layer from the Actions cache into a scratch dir, validates it, then moves it in place. */
-async function restoreLayer(ctx: LayerContext, p: LayerPlan, key: string, parentId?: string): Promise<Manifest | undefined> {
-  const staging = tempPath(ctx.dir, `${p.base}-restore`);
-  fs.mkdirSync(staging, { recursive: true });
-  try {
-    if (!(await ctx.cache!.restore(key, cachePaths(p), staging))) return undefined;
-    const m = readManifest(manifestPath(staging, p.base));
-    const why = invalidReason(m, staging, p, parentId) ?? (await imagesCorrupt(staging, p.files));
-    if (why) {
-      log.warning(`Actions cache entry ${key} is not usable (${why}); building instead`);
-      return undefined;
-    }
-    removeLayer(ctx.dir, p.base, p.files);
-    for (const f of p.files) fs.renameSync(path.join(staging, f), path.join(ctx.dir, f));
-    fs.renameSync(manifestPath(staging, p.base), manifestPath(ctx.dir, p.base));
-    return m;
-  } finally {
-    fs.rmSync(staging, { recursive: true, force: true });
+/** How long a run may wait for another run's lock on a layer: as long as building that layer may take. */
+function lockWaitMs(layer: LayerName, t: Timeouts): number {
+  const margin = 15 * 60_000;
+  switch (layer) {
+    case 'raw':
+      return 60 * 60_000 + margin;
+    case 'prepared':
+      return t.prepareSshMs + t.packagesMs + margin;
+    case 'browser':
+      return t.bootSshMs + t.packagesMs + margin;
+    default:
+      return t.bootSshMs + t.restoreSshMs + margin;
   }
+}
+
+function bytesOf(m: Manifest): number {
+  return m.files.reduce((n, f) => n + f.size, 0);
+}
+
+function cachePaths(p: LayerPlan): string[] {
+  return [...p.files, path.basename(manifestPath('', p.base))];
 }
 
 async function imagesCorrupt(dir: string, files: string[]): Promise<string | undefined> {
@@ -185,22 +111,30 @@ async function imagesCorrupt(dir: string, files: string[]): Promise<string | und
   return undefined;
 }
 
-function cachePaths(p: LayerPlan): string[] {
-  return [...p.files, p.base + MANIFEST_SUFFIX];
-}
-
-/** Writes a layer's manifest, last, over files already in place. */
-async function record(ctx: LayerContext, p: LayerPlan, start: number, parentId: string | undefined, extra: Partial<Manifest>): Promise<Manifest> {
-  return writeManifest(manifestPath(ctx.dir, p.base), {
-    layer: p.layer,
-    key: p.key,
-    inputs: p.inputs,
-    parentId,
-    buildSeconds: Math.round((Date.now() - start) / 1000),
-    ...extra,
-    // A builder that already read its files says so; else they are hashed here, once.
-    files: extra.files ?? (await describeFiles(ctx.dir, p.files)),
-  });
+/**
+ * Restores a layer from the Actions cache into a scratch dir, validates it, points a snapshot's
+ * disk at this cache dir's backing image, then moves it in place.
+ */
+async function restoreLayer(ctx: LayerContext, p: LayerPlan, key: string, parentId: string | undefined, backing: string | undefined): Promise<Manifest | undefined> {
+  const staging = tempPath(ctx.dir, `${p.base}-restore`);
+  fs.mkdirSync(staging, { recursive: true });
+  try {
+    if (!(await ctx.cache!.restore(key, cachePaths(p), staging))) return undefined;
+    const m = readManifest(manifestPath(staging, p.base));
+    const why = invalidReason(m, staging, p, parentId) ?? (await imagesCorrupt(staging, p.files));
+    if (why || !m) {
+      log.warning(`Actions cache entry ${key} is not usable (${why}); building instead`);
+      return undefined;
+    }
+    if (backing && m.backing !== backing) {
+      await rebaseUnsafe(path.join(staging, p.files[0]), backing);
+      writeManifest(manifestPath(staging, p.base), { ...m, backing });
+    }
+    placeLayer(ctx.dir, staging, p);
+    return readManifest(manifestPath(ctx.dir, p.base));
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
 }
 
 /** Saves a new layer to the Actions cache at once (so a later failure cannot lose it); says how it went. */
@@ -210,40 +144,48 @@ async function saveLayer(ctx: LayerContext, p: LayerPlan, key: string): Promise<
   return saved === 'saved' ? 'saved to the Actions cache' : saved === 'exists' ? 'another job saved it first' : 'not saved to the Actions cache';
 }
 
+interface LayerHooks {
+  parentId?: string;
+  /** For a snapshot: the absolute path of the image its disk sits on. */
+  backing?: string;
+  build: () => Promise<Partial<Manifest> | void>;
+  /**
+   * Files of this layer left without any manifest (the Rust tool this action replaces kept the
+   * same names): returns manifest fields when they check out, else undefined (they are rebuilt).
+   */
+  adopt?: () => Promise<Partial<Manifest> | undefined>;
+}
+
 /**
- * Ensures one layer: valid → used; else, under its lock, checked again (another run may have
- * built it meanwhile), restored from the Actions cache, or built and recorded with a manifest
- * written last — and then saved to the Actions cache at once, so a later failure cannot lose it.
+ * Ensures one layer under its lock: valid → used; else restored from the Actions cache, or built
+ * and recorded with a manifest written last — and then saved to the Actions cache at once. Either
+ * way the layer is marked in use by this run before the lock is released.
  */
-async function ensureLayer(
-  ctx: LayerContext,
-  p: LayerPlan,
-  results: LayerResult[],
-  o: {
-    parentId?: string;
-    build: () => Promise<Partial<Manifest> | void>;
-    /**
-     * Files of this layer left without any manifest (the Rust tool this action replaces kept the
-     * same names): returns manifest fields when they check out, else undefined (they are rebuilt).
-     */
-    adopt?: () => Promise<Partial<Manifest> | undefined>;
-  },
-): Promise<Manifest> {
+async function ensureLayer(ctx: LayerContext, p: LayerPlan, results: LayerResult[], o: LayerHooks): Promise<Manifest> {
   const start = Date.now();
   const result = (source: LayerSource, m: Manifest, note?: string) =>
     results.push({ layer: p.layer, source, seconds: (Date.now() - start) / 1000, bytes: bytesOf(m), ...(note ? { note } : {}) });
-  const have = validLayer(ctx.dir, p, o.parentId);
-  if (have) {
-    log.info(`${p.layer}: using ${p.files[0]} (local cache)`);
-    result('local', have);
-    return have;
-  }
-  return withLayerLock(ctx.dir, p.base, async () => {
-    const again = validLayer(ctx.dir, p, o.parentId);
-    if (again) {
-      log.info(`${p.layer}: ${p.files[0]} was built by another run meanwhile`);
-      result('local', again, 'waited for another run');
-      return again;
+  return withLayerLock(ctx.dir, p.base, lockWaitMs(p.layer, ctx.timeouts), async () => {
+    const use = (m: Manifest) => {
+      holdLayer(ctx.dir, p.base, ctx.holder);
+      touchLayer(ctx.dir, p.base);
+      return m;
+    };
+    const have = validLayer(ctx.dir, p, o.parentId);
+    if (have) {
+      // A snapshot whose cache dir moved: its disk's header still names the old backing path. The
+      // disk is rebased as a copy renamed over it (it may be a hard link another dir shares).
+      if (o.backing && have.backing !== o.backing) {
+        const disk = path.join(ctx.dir, p.files[0]);
+        const tmp = tempPath(ctx.dir, p.files[0]);
+        copyFile(disk, tmp);
+        await rebaseUnsafe(tmp, o.backing);
+        fs.renameSync(tmp, disk);
+        writeManifest(manifestPath(ctx.dir, p.base), { ...have, backing: o.backing });
+      }
+      log.info(`${p.layer}: using ${p.files[0]} (local cache)`);
+      result('local', have, Date.now() - start > 1500 ? 'waited for another run' : undefined);
+      return use(have);
     }
     const key = cacheKeyFor(p, o.parentId);
     const unrecorded = !fs.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs.existsSync(path.join(ctx.dir, f)));
@@ -252,29 +194,39 @@ async function ensureLayer(
       const m = await record(ctx, p, start, o.parentId, adopted);
       log.info(`${p.layer}: adopted ${p.files[0]} left by an earlier tool (verified)`);
       result('local', m, `adopted an unrecorded file (${await saveLayer(ctx, p, key)})`);
-      return m;
+      return use(m);
     }
     if (ctx.cache) {
-      const restored = await log.group(`Restoring the ${p.layer} layer from the Actions cache (${key})`, () => restoreLayer(ctx, p, key, o.parentId));
+      const restored = await log.group(`Restoring the ${p.layer} layer from the Actions cache (${key})`, () => restoreLayer(ctx, p, key, o.parentId, o.backing));
       if (restored) {
         log.info(`${p.layer}: restored ${p.files[0]} from the Actions cache`);
         result('actions cache', restored);
-        return restored;
+        return use(restored);
       }
     }
     const m = await log.group(`Building the ${p.layer} layer (${p.files[0]})`, async () => {
       removeLayer(ctx.dir, p.base, p.files);
-      const built = await record(ctx, p, start, o.parentId, (await o.build()) ?? {});
+      const built = await record(ctx, p, start, o.parentId, { ...((await o.build()) ?? {}), ...(o.backing ? { backing: o.backing } : {}) });
       log.info(`${p.layer}: built ${p.files[0]} in ${((Date.now() - start) / 1000).toFixed(0)} s`);
       return built;
     });
     result('built', m, ctx.cache ? await saveLayer(ctx, p, key) : undefined);
-    return m;
+    return use(m);
   });
 }
 
-function snapshotPaths(dir: string, p: LayerPlan) {
-  return { disk: path.join(dir, p.files[0]), efivars: path.join(dir, p.files[1]), seed: path.join(dir, p.files[2]) };
+/** Writes a layer's manifest, last, over files already in place. */
+async function record(ctx: LayerContext, p: LayerPlan, start: number, parentId: string | undefined, extra: Partial<Manifest>): Promise<Manifest> {
+  return recordLayer(ctx.dir, p.base, {
+    layer: p.layer,
+    key: p.key,
+    inputs: p.inputs,
+    parentId,
+    buildSeconds: Math.round((Date.now() - start) / 1000),
+    ...extra,
+    // A builder that already read its files says so; else they are hashed here, once.
+    files: extra.files ?? (await describeFiles(ctx.dir, p.files)),
+  });
 }
 
 /** Snapshot on top of `base`; a failure is a warning and VMs cold-boot (the seed's fallback). */
@@ -287,72 +239,78 @@ async function ensureSnapshotLayer(
   results: LayerResult[],
 ): Promise<{ manifest?: Manifest; build?: SnapshotBuild }> {
   let build: SnapshotBuild | undefined;
+  const at = (f: string) => path.join(ctx.dir, f);
   try {
     const manifest = await ensureLayer(ctx, p, results, {
       parentId: parent.id,
+      backing: path.resolve(base),
       build: async () => {
-        build = await buildSnapshot(ctx, { name: p.base, base, out: snapshotPaths(ctx.dir, p), key, memoryMb: ctx.config.memoryMb, cpus: ctx.config.cpus });
-        return { layout: build.layout };
+        build = await buildSnapshot(ctx, {
+          name: p.base,
+          base,
+          out: { disk: at(p.files[0]), efivars: at(p.files[1]), seed: at(p.files[2]) },
+          key,
+          memoryMb: ctx.config.memoryMb,
+          cpus: ctx.config.cpus,
+          diskSize: ctx.config.diskSize,
+        });
+        return { layout: build.layout, stateBytes: build.stateBytes };
       },
     });
     return { manifest, build };
   } catch (err) {
+    // KVM failing at its first boot is not this layer's failure: the whole run falls back to TCG.
+    if (err instanceof KvmBootError) throw err;
     log.warning(`failed to create the ${p.layer} (VMs will cold-boot instead): ${errorMessage(err)}`);
     results.push({ layer: p.layer, source: 'failed', seconds: 0, bytes: 0, note: errorMessage(err).replace(/\s*\n\s*/g, ' ').slice(0, 240) });
     return {};
   }
 }
 
-/** The SSH key's Actions cache entry: one per repository, so every runner's snapshots share it. */
-export const SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
-
 /**
- * The shared SSH key, which every snapshot has baked in: the local one; else the one in the
- * Actions cache (so snapshots saved by other runners accept it); else a new one, saved there.
+ * Every layer this config needs. Under `kvm: auto`, a first boot that fails under KVM (QEMU exits
+ * early, or the guest stalls) records the verdict, warns once, and the run goes on under TCG.
  */
-async function ensureSshKey(dir: string, cache: ActionsCache | undefined): Promise<KeyPair> {
-  const file = path.join(dir, SSH_KEY_FILE);
-  const names = [SSH_KEY_FILE, `${SSH_KEY_FILE}.pub`];
-  const local = () => fs.existsSync(file) && fs.existsSync(`${file}.pub`);
-  if (local() || !cache) return ensureKeyFile(file);
-  const adopt = async (): Promise<boolean> => {
-    const staging = tempPath(dir, 'ssh-key-restore');
-    fs.mkdirSync(staging);
-    try {
-      if (!(await cache.restore(SSH_KEY_CACHE_KEY, names, staging))) return false;
-      fs.renameSync(path.join(staging, names[1]), `${file}.pub`);
-      fs.renameSync(path.join(staging, names[0]), file);
-      return true;
-    } finally {
-      fs.rmSync(staging, { recursive: true, force: true });
-    }
-  };
-  if (await adopt()) {
-    log.info('SSH key: restored from the Actions cache');
-    return ensureKeyFile(file);
-  }
-  ensureKeyFile(file);
-  // Another job may have saved its key first: then use that one, so all snapshots agree.
-  if ((await cache.save(SSH_KEY_CACHE_KEY, names, dir)) === 'exists' && (await adopt())) log.info('SSH key: another job saved one first; using it');
-  return ensureKeyFile(file);
-}
-
-export async function ensureLayers(config: Config, host: Host): Promise<EnsureResult> {
+export async function ensureLayers(config: Config, host0: Host): Promise<EnsureResult> {
   const dir = config.cacheDir;
   fs.mkdirSync(dir, { recursive: true });
   cleanStaleTemps(dir);
   const useCache = config.cache && cacheServiceAvailable();
   if (config.cache && !useCache) log.info('Actions cache: not available in this environment; using the local cache only');
   const cache = useCache ? actionsCache() : undefined;
-  const key = await withLayerLock(dir, SSH_KEY_FILE, () => ensureSshKey(dir, cache));
-  const plan = planLayers(config, host, key.publicKey);
-  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), cache };
+  const rt = runtimeDir();
+  fs.mkdirSync(rt, { recursive: true });
+  const holder = process.env.GITHUB_ACTIONS === 'true' ? jobHolder(rt) : processHolder();
+  try {
+    const key = await withLayerLock(dir, CacheFiles.sshKey, 10 * 60_000, () => ensureSshKey(dir, cache));
+    let host = host0;
+    for (;;) {
+      try {
+        return await ensureOnce(config, host, key, cache, holder, rt);
+      } catch (err) {
+        if (!(err instanceof KvmBootError)) throw err;
+        if (host.kvmMode !== 'auto') throw new Error(kvmUnusableError(err.cause));
+        host = fallBackToTcg(host, dir, err.cause);
+      }
+    }
+  } finally {
+    cache?.close();
+  }
+}
+
+async function ensureOnce(config: Config, host: Host, key: KeyPair, cache: ActionsCache | undefined, holder: LayerContext['holder'], rt: string): Promise<EnsureResult> {
+  const dir = config.cacheDir;
+  const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager);
+  const plan = planLayers(config, host, key.publicKey, recipes, getHooks());
+  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), cache, holder };
   const results: LayerResult[] = [];
   const at = (f: string) => path.join(dir, f);
 
   if (config.redownload) {
     log.info('redownload: removing the raw, prepared and browser layers');
-    for (const p of [plan.raw, plan.prepared, plan.browser]) removeLayer(dir, p.base, p.files);
+    for (const p of [plan.raw, plan.prepared, plan.browser]) {
+      await withLayerLock(dir, p.base, lockWaitMs(p.layer, ctx.timeouts), async () => removeLayer(dir, p.base, p.files));
+    }
   }
 
   const prepared = await ensureLayer(ctx, plan.prepared, results, {
@@ -361,34 +319,32 @@ export async function ensureLayers(config: Config, host: Host): Promise<EnsureRe
       let expectedRaw: Promise<Checksum> | undefined;
       const expected = () => (expectedRaw ??= expectedChecksum(plan.image, config.imageChecksum));
       // The raw image is read once: the verified digest and the manifest's sha256 come from that read.
+      const rawFile = at(plan.raw.files[0]);
       const recorded = (e: Checksum, sha256: string) => ({
         digest: `${e.algorithm}:${e.hex}`,
-        files: [{ name: plan.raw.files[0], size: fs.statSync(at(plan.raw.files[0])).size, sha256 }],
+        files: [{ name: plan.raw.files[0], size: fs.statSync(rawFile).size, sha256 }],
       });
       const raw = await ensureLayer(ctx, plan.raw, results, {
         // The seed's download under the same name is used when its digest is the published one.
         adopt: async () => {
           const e = await expected();
-          log.info(`${plan.raw.files[0]} has no manifest: checking its ${e.algorithm} before using it`);
-          const d = await fileDigests(at(plan.raw.files[0]), [e.algorithm, 'sha256']);
-          if (d[e.algorithm] === e.hex) return recorded(e, d.sha256);
-          log.info(`  it is not the published image (${e.algorithm}:${d[e.algorithm].slice(0, 16)}…): downloading afresh`);
-          return undefined;
+          const ok = await adoptRaw(rawFile, e);
+          return ok ? recorded(e, ok.sha256) : undefined;
         },
         build: async () => {
           const url = config.imageUrl ?? plan.image.url;
           const e = await expected();
           log.info(`Downloading ${url}`);
-          const dest = at(plan.raw.files[0]);
-          const { sha256 } = await download(url, dest, `${dest}.partial`, e);
+          const { sha256 } = await download(url, rawFile, `${rawFile}.partial`, e);
           return recorded(e, sha256);
         },
       });
       await buildImage(ctx, {
         name: plan.prepared.base,
-        base: at(plan.raw.files[0]),
+        base: rawFile,
         out: at(plan.prepared.files[0]),
         packages: plan.packages,
+        scripts: config.prepareScript ? [{ label: 'the prepare script', text: config.prepareScript }] : [],
         memoryMb: 2048,
         cpus: 2,
         sshTimeoutMs: ctx.timeouts.prepareSshMs,
@@ -401,68 +357,94 @@ export async function ensureLayers(config: Config, host: Host): Promise<EnsureRe
   if (config.snapshot) snap = await ensureSnapshotLayer(ctx, plan.snapshot, at(plan.prepared.files[0]), prepared, key, results);
 
   let browserSnap: { manifest?: Manifest } = {};
+  let browser: Manifest | undefined;
   if (config.browser) {
-    const browser = await ensureLayer(ctx, plan.browser, results, {
+    browser = await ensureLayer(ctx, plan.browser, results, {
       parentId: prepared.id,
-      build: () =>
-        buildImage(ctx, {
+      build: async () => {
+        const source = await buildImage(ctx, {
           name: plan.browser.base,
           base: at(plan.prepared.files[0]),
           out: at(plan.browser.files[0]),
           packages: [],
-          install: browserInstallScript(),
+          scripts: [{ label: 'the browser install script', text: recipes.browserScript }],
+          result: `cat ${SOURCE_FILE} 2>/dev/null || echo custom`,
           memoryMb: BROWSER_MEMORY_MB,
           cpus: BROWSER_CPUS,
           sshTimeoutMs: ctx.timeouts.bootSshMs,
-        }),
+        });
+        log.info(`  browser layer installed from: ${source}`);
+        return { source };
+      },
     });
     if (config.snapshot) browserSnap = await ensureSnapshotLayer(ctx, plan.browserSnapshot, at(plan.browser.files[0]), browser, key, results);
   }
 
-  const rt = runtimeDir();
-  fs.mkdirSync(rt, { recursive: true });
-  const manifestFile = path.join(rt, `outputs-${config.distro}-${config.arch}-m${config.memoryMb}.json`);
-  const s = snap.manifest ? snapshotPaths(dir, plan.snapshot) : undefined;
-  const b = browserSnap.manifest ? snapshotPaths(dir, plan.browserSnapshot) : undefined;
+  const { evicted, bytes } = await evict(dir, config.cacheMaxBytes).catch((err) => {
+    log.warning(`cache eviction failed: ${errorMessage(err)}`);
+    return { evicted: [] as Eviction[], bytes: dirBytes(dir) };
+  });
+
+  const snapshotRecord = (p: LayerPlan, m: Manifest | undefined, backing: LayerPlan): SnapshotRecord | undefined =>
+    m?.layout && {
+      argv: recipe(m.layout, { efiCode: host.firmware.code, seedIso: at(p.files[2]) }),
+      disk: at(p.files[0]),
+      efivars: at(p.files[1]),
+      seed: at(p.files[2]),
+      backing: at(backing.files[0]),
+      layout: m.layout,
+      base: p.base,
+      backingBase: backing.base,
+    };
+  const restore = snapshotRecord(plan.snapshot, snap.manifest, plan.prepared);
+  const browserRestore = snapshotRecord(plan.browserSnapshot, browserSnap.manifest, plan.browser);
+  const id = hashOf({ prepared: plan.prepared.key, snapshot: restore ? plan.snapshot.key : null, browser: browser ? plan.browser.key : null }).slice(0, 16);
+  const recordFile = recordPath(rt, id);
+  const fromCache = results.filter((r) => r.source === 'actions cache').map((r) => r.layer);
   const outputs: OutputValues = {
     [Outputs.Image]: at(plan.prepared.files[0]),
     [Outputs.EfiCode]: host.firmware.code,
     [Outputs.EfiVarsTemplate]: host.firmware.vars,
     [Outputs.Prepared]: 'true',
-    [Outputs.Snapshot]: String(!!s),
-    [Outputs.SnapshotDisk]: s?.disk ?? '',
-    [Outputs.SnapshotEfivars]: s?.efivars ?? '',
-    [Outputs.SnapshotSeedIso]: s?.seed ?? '',
-    [Outputs.SnapshotMemoryMb]: s ? String(config.memoryMb) : '',
-    [Outputs.SshKey]: at(SSH_KEY_FILE),
+    [Outputs.Snapshot]: String(!!restore),
+    [Outputs.SnapshotDisk]: restore?.disk ?? '',
+    [Outputs.SnapshotEfivars]: restore?.efivars ?? '',
+    [Outputs.SnapshotSeedIso]: restore?.seed ?? '',
+    [Outputs.SnapshotMemoryMb]: restore ? String(config.memoryMb) : '',
+    [Outputs.SshKey]: at(CacheFiles.sshKey),
     [Outputs.SshPublicKey]: key.publicKey,
     [Outputs.SshUser]: GUEST_USER,
-    [Outputs.BrowserImage]: config.browser ? at(plan.browser.files[0]) : '',
-    [Outputs.BrowserSnapshotDisk]: b?.disk ?? '',
-    [Outputs.BrowserSnapshotEfivars]: b?.efivars ?? '',
-    [Outputs.BrowserSnapshotSeedIso]: b?.seed ?? '',
+    [Outputs.BrowserImage]: browser ? at(plan.browser.files[0]) : '',
+    [Outputs.BrowserSnapshotDisk]: browserRestore?.disk ?? '',
+    [Outputs.BrowserSnapshotEfivars]: browserRestore?.efivars ?? '',
+    [Outputs.BrowserSnapshotSeedIso]: browserRestore?.seed ?? '',
     [Outputs.Accel]: host.accel.accel,
     [Outputs.Qemu]: host.qemu.path,
-    [Outputs.CacheHit]: results.filter((r) => r.source === 'actions cache').map((r) => r.layer).join(','),
-    [Outputs.Manifest]: manifestFile,
+    [Outputs.CacheHit]: String(results.every((r) => r.source === 'local' || r.source === 'actions cache')),
+    [Outputs.CacheHitLayers]: fromCache.join(','),
+    [Outputs.Manifest]: recordFile,
   };
-  fs.writeFileSync(
-    manifestFile,
-    JSON.stringify(
-      {
-        outputs,
-        cacheDir: dir,
-        distro: config.distro,
-        arch: config.arch,
-        machine: host.qemu.machine,
-        layout: snap.manifest?.layout,
-        browserLayout: browserSnap.manifest?.layout,
-        firmware: host.firmware,
-        layers: results,
-      },
-      null,
-      2,
-    ) + '\n',
-  );
-  return { outputs, layers: results, runtimeDir: rt, plan, snapshotBuild: snap.build };
+  const coldLayout = hostLayout(ctx, { memoryMb: config.memoryMb, cpus: config.cpus });
+  const record: RunRecord = {
+    version: 2,
+    id,
+    outputs,
+    cacheDir: dir,
+    distro: config.distro,
+    arch: config.arch,
+    qemu: host.qemu.path,
+    accel: host.accel.accel,
+    firmware: { code: host.firmware.code, vars: host.firmware.vars, format: host.firmware.format },
+    guestPackageManager: plan.image.guestPackageManager,
+    ...(restore ? { restore } : {}),
+    ...(browserRestore ? { browserRestore } : {}),
+    cold: { image: at(plan.prepared.files[0]), base: plan.prepared.base, layout: coldLayout },
+    ...(browser ? { browserCold: { image: at(plan.browser.files[0]), base: plan.browser.base, layout: coldLayout } } : {}),
+    run: { environmentVariables: config.environmentVariables, sync: config.sync, diskSize: config.diskSize, bootTimeoutMs: config.bootTimeoutMs },
+    layers: results,
+    cacheDirBytes: bytes,
+    evicted,
+  };
+  writeRecord(recordFile, record);
+  return { outputs, record, layers: results, runtimeDir: rt, plan, host, snapshotBuild: snap.build, evicted };
 }

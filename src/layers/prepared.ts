@@ -1,14 +1,16 @@
-// The prepared layer: the raw image booted once through an overlay, packages installed by
-// cloud-init, instance state cleaned so every later boot is a first boot, powered off cleanly,
-// and compressed into a standalone qcow2.
+// The prepared layer (and the browser layer, built the same way): an image booted once through an
+// overlay, packages installed by cloud-init, an optional script run in it, instance state cleaned
+// so every later boot is a first boot, powered off cleanly, and compressed into a standalone qcow2.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { tempPath } from '../cache/local.js';
 import { log } from '../log.js';
+import { GuestFiles } from '../names.js';
+import { CA_CLEANUP, PROXY_CLEANUP } from '../proxy.js';
 import { convert } from '../vm/images.js';
 import { generateKeyPair } from '../vm/ssh.js';
 import type { LayerContext } from './context.js';
-import { bootBuilder } from './guest.js';
-import { tempPath } from './manifest.js';
+import { BUILD_DPKG_CFG, bootBuilder } from './guest.js';
 
 /** Makes the image a template: next boot is a new cloud-init instance with new host keys. */
 export const CLEAN_FOR_TEMPLATE = 'sudo cloud-init clean --logs && sudo rm -f /etc/ssh/ssh_host_*_key* && sudo truncate -s 0 /etc/machine-id';
@@ -20,13 +22,25 @@ function verifyCommand(manager: 'apt' | 'dnf', packages: readonly string[]): str
 
 const CLEAN_PACKAGE_CACHE = { apt: 'sudo apt-get clean', dnf: 'sudo dnf clean all' } as const;
 
-/** Boots `base`, runs `install` (or lets cloud-init install `packages`), and writes `out` (compressed). */
-export async function buildImage(
-  ctx: LayerContext,
-  o: { name: string; base: string; out: string; packages: readonly string[]; install?: string; memoryMb: number; cpus: number; sshTimeoutMs: number },
-): Promise<void> {
+export interface ImageBuild {
+  name: string;
+  base: string;
+  out: string;
+  packages: readonly string[];
+  /** Scripts run in order as the guest user (bash -e, script on stdin, output shown live). */
+  scripts?: { label: string; text: string }[];
+  /** A command whose output (trimmed) the build returns, run after the scripts (e.g. which source installed). */
+  result?: string;
+  memoryMb: number;
+  cpus: number;
+  sshTimeoutMs: number;
+}
+
+/** Boots `base`, lets cloud-init install `packages`, runs `scripts`, and writes `out` (compressed). Returns `result`'s output. */
+export async function buildImage(ctx: LayerContext, o: ImageBuild): Promise<string | undefined> {
   const work = tempPath(ctx.dir, `${o.name}-work`);
   fs.mkdirSync(work, { recursive: true });
+  let result: string | undefined;
   try {
     const m = await bootBuilder(ctx, {
       name: o.name,
@@ -36,25 +50,28 @@ export async function buildImage(
       memoryMb: o.memoryMb,
       cpus: o.cpus,
       diskSize: '20G',
+      scratchDisk: true,
       seed: { hostname: o.name, packages: o.packages },
       sshTimeoutMs: o.sshTimeoutMs,
       cloudInitTimeoutMs: ctx.timeouts.packagesMs,
     });
     try {
       if (o.packages.length) await m.check(verifyCommand(ctx.image.guestPackageManager, o.packages), `checking packages ${o.packages.join(' ')}`);
-      if (o.install) {
-        log.info(`  ${o.name}: running the install script`);
-        await m.check(o.install, 'the install script', { stdout: process.stderr, stderr: process.stderr, timeoutMs: ctx.timeouts.packagesMs });
+      for (const s of o.scripts ?? []) {
+        log.info(`  ${o.name}: running ${s.label}`);
+        await m.check('bash -e -s', s.label, { input: s.text, stdout: process.stderr, stderr: process.stderr, timeoutMs: ctx.timeouts.packagesMs });
       }
-      await m.check(`${CLEAN_PACKAGE_CACHE[ctx.image.guestPackageManager]}; ${CLEAN_FOR_TEMPLATE}`, 'cleaning instance state');
+      if (o.result) result = (await m.check(o.result, 'reading the build result')).stdout.trim();
+      await m.check(`${PROXY_CLEANUP}; ${CA_CLEANUP}; sudo rm -f ${BUILD_DPKG_CFG.path}; ${CLEAN_PACKAGE_CACHE[ctx.image.guestPackageManager]}; ${CLEAN_FOR_TEMPLATE}`, 'cleaning instance state');
       if (!(await m.poweroff())) throw new Error(`${o.name} did not shut down cleanly; not keeping a possibly inconsistent image`);
     } finally {
       await m.destroy();
     }
     const tmp = tempPath(ctx.dir, path.basename(o.out));
     log.info(`  ${o.name}: compressing into ${path.basename(o.out)}`);
-    await convert(path.join(work, 'disk.qcow2'), tmp, { compress: true });
+    await convert(path.join(work, GuestFiles.disk), tmp, { compress: true });
     fs.renameSync(tmp, o.out);
+    return result;
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }

@@ -1,13 +1,22 @@
 // The raw layer: the cloud image, downloaded (or copied from file:// or a path) to a temp name,
 // hashed while it streams, compared with the published or given digest, then renamed into place.
-import { digester } from './manifest.js';
+// Downloads go through the toolkit's HTTP client, which honours the runner's http(s)_proxy and
+// no_proxy (Node's fetch does not), with a socket idle bound and an overall bound.
+import { HttpClient } from '@actions/http-client';
+import { digester, fileDigests } from './manifest.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import type { ChecksumFormat, DistroImage } from '../distro.js';
 import type { Checksum, ChecksumAlgorithm } from '../inputs.js';
 import { errorMessage, log } from '../log.js';
+import { retry, withTimeout } from '../util/time.js';
+
+/** A download whose connection sends nothing for this long is abandoned (and retried). */
+const IDLE_MS = 60_000;
+/** No image download may take longer than this in all. */
+const DOWNLOAD_MS = 60 * 60_000;
 
 export class ChecksumMismatchError extends Error {
   override name = 'ChecksumMismatchError';
@@ -35,22 +44,39 @@ function localPath(url: string): string {
   return url.startsWith('file://') ? fileURLToPath(url) : url;
 }
 
-async function openSource(url: string): Promise<{ stream: Readable; total?: number }> {
+function client(): HttpClient {
+  return new HttpClient('ryra-vm-action', [], { socketTimeout: IDLE_MS, allowRetries: false, keepAlive: false });
+}
+
+async function openSource(url: string): Promise<{ stream: Readable; total?: number; close: () => void }> {
   if (!isRemote(url)) {
     const p = localPath(url);
-    return { stream: fs.createReadStream(p), total: fs.statSync(p).size };
+    const stream = fs.createReadStream(p);
+    return { stream, total: fs.statSync(p).size, close: () => stream.destroy() };
   }
-  const res = await fetch(url, { redirect: 'follow', signal: AbortSignal.timeout(60 * 60_000) });
-  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status} ${res.statusText} for ${url}`);
-  const len = Number(res.headers.get('content-length'));
-  return { stream: Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), total: len > 0 ? len : undefined };
+  const c = client();
+  const res = await withTimeout(c.get(url), IDLE_MS, `connecting to ${url}`);
+  const status = res.message.statusCode ?? 0;
+  if (status !== 200) {
+    res.message.resume();
+    c.dispose();
+    throw new Error(`HTTP ${status} ${res.message.statusMessage ?? ''} for ${url}`.trim());
+  }
+  const len = Number(res.message.headers['content-length']);
+  return { stream: res.message, total: len > 0 ? len : undefined, close: () => (res.message.destroy(), c.dispose()) };
 }
 
 async function readText(url: string): Promise<string> {
   if (!isRemote(url)) return fs.readFileSync(localPath(url), 'utf8');
-  const res = await fetch(url, { redirect: 'follow', signal: AbortSignal.timeout(60_000) });
-  if (!res.ok) throw new Error(`HTTP ${res.status} ${res.statusText} for ${url}`);
-  return res.text();
+  const c = client();
+  try {
+    const res = await withTimeout(c.get(url), IDLE_MS, `fetching ${url}`);
+    const body = await withTimeout(res.readBody(), IDLE_MS, `reading ${url}`);
+    if (res.message.statusCode !== 200) throw new Error(`HTTP ${res.message.statusCode} ${res.message.statusMessage ?? ''} for ${url}`);
+    return body;
+  } finally {
+    c.dispose();
+  }
 }
 
 /** The digest to verify against: the given one, else the distro's published checksum file. */
@@ -63,17 +89,13 @@ export async function expectedChecksum(image: DistroImage, given: Checksum | und
   return found;
 }
 
-async function withRetries<T>(what: string, fn: () => Promise<T>, attempts = 4): Promise<T> {
-  for (let i = 1; ; i++) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (i >= attempts || err instanceof ChecksumMismatchError) throw err;
-      const wait = 2 ** i * 1000;
-      log.warning(`${what}: ${errorMessage(err)}; retrying in ${wait / 1000} s (attempt ${i + 1} of ${attempts})`);
-      await new Promise((r) => setTimeout(r, wait));
-    }
-  }
+function withRetries<T>(what: string, fn: () => Promise<T>, attempts = 4): Promise<T> {
+  return retry(fn, {
+    attempts,
+    delayMs: (i) => 2 ** i * 1000,
+    retryable: (err) => !(err instanceof ChecksumMismatchError),
+    onRetry: (err, i, wait) => log.warning(`${what}: ${errorMessage(err)}; retrying in ${wait / 1000} s (attempt ${i + 1} of ${attempts})`),
+  });
 }
 
 function mb(n: number): string {
@@ -87,12 +109,14 @@ function mb(n: number): string {
 /** Downloads `url` to `dest` verifying `expected` while streaming; also returns the sha256 manifests record. */
 export async function download(url: string, dest: string, partial: string, expected: Checksum, progressEveryMs = 5000): Promise<{ bytes: number; sha256: string }> {
   return withRetries(`download ${url}`, async () => {
-    const { stream, total } = await openSource(url);
+    const { stream, total, close } = await openSource(url);
     const hash = digester([expected.algorithm, 'sha256']);
     const out = fs.createWriteStream(partial);
     const start = Date.now();
     let bytes = 0;
     let lastReport = start;
+    // The overall bound: past it the stream is destroyed, which ends the loop below with an error.
+    const bound = setTimeout(() => stream.destroy(new Error(`the download took longer than ${DOWNLOAD_MS / 60_000} min`)), DOWNLOAD_MS);
     try {
       for await (const chunk of stream) {
         const buf = chunk as Buffer;
@@ -111,6 +135,9 @@ export async function download(url: string, dest: string, partial: string, expec
       out.destroy();
       fs.rmSync(partial, { force: true });
       throw err;
+    } finally {
+      clearTimeout(bound);
+      close();
     }
     const digests = hash.hex();
     const actual = digests[expected.algorithm];
@@ -125,4 +152,16 @@ export async function download(url: string, dest: string, partial: string, expec
     log.info(`  ${mb(bytes)} MB in ${secs.toFixed(1)} s, ${expected.algorithm} verified`);
     return { bytes, sha256: digests.sha256 };
   });
+}
+
+/**
+ * An image left under the raw layer's name with no manifest (the Rust tool kept none): its
+ * digests when it is the published image, else undefined (it is downloaded afresh).
+ */
+export async function adoptRaw(file: string, expected: Checksum): Promise<{ sha256: string } | undefined> {
+  log.info(`${path.basename(file)} has no manifest: checking its ${expected.algorithm} before using it`);
+  const d = await fileDigests(file, [expected.algorithm, 'sha256']);
+  if (d[expected.algorithm] === expected.hex) return { sha256: d.sha256 };
+  log.info(`  it is not the published image (${expected.algorithm}:${d[expected.algorithm].slice(0, 16)}…): downloading afresh`);
+  return undefined;
 }

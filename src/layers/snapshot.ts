@@ -1,16 +1,17 @@
-// The snapshot layer: the prepared (or browser) image booted with the shared key and the layout
-// every later VM uses, set up as the seed does, RAM zeroed so the state stays small, `savevm ready`
-// over QMP, then proven by restoring a throw-away copy before it is moved into place.
+// The snapshot layer: the prepared (or browser) image booted with the shared key in the one device
+// layout every restore uses, set up as the seed does, free RAM zeroed so the state stays small,
+// `savevm ready` over QMP, then proven by restoring a throw-away copy before it is moved into place.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { tempPath } from '../cache/local.js';
 import { log } from '../log.js';
-import { GUEST_FILES, restoreMachine, SNAPSHOT_TAG } from '../vm/boot.js';
-import { listSnapshots, rebaseUnsafe } from '../vm/images.js';
-import type { VmLayout } from '../vm/spec.js';
+import { CacheFiles, GuestFiles } from '../names.js';
+import { restoreMachine, SNAPSHOT_TAG } from '../vm/boot.js';
+import { listSnapshots } from '../vm/images.js';
+import { recipe, type VmLayout } from '../vm/spec.js';
 import type { KeyPair } from '../vm/ssh.js';
 import type { LayerContext } from './context.js';
-import { bootBuilder } from './guest.js';
-import { tempPath } from './manifest.js';
+import { bootBuilder, hostLayout } from './guest.js';
 
 export const SHARE_TAG = 'images';
 
@@ -26,15 +27,31 @@ export const SNAPSHOT_SETUP =
   'systemctl --user daemon-reload';
 
 /**
- * QEMU stores no zero pages: drop caches, fill free memory with zeros in a tmpfs, free it. The
- * freed pages keep their zeros, so the saved state is only what the guest really uses.
+ * QEMU stores no zero pages: drop the caches, then fill free memory with zeros in a tmpfs until
+ * only a small reserve is left, and free it. The freed pages keep their zeros, so the saved state is
+ * what the guest really uses plus that reserve. The kernel's own reserve (min_free_kbytes: 44 MiB in
+ * a 1 GiB Debian guest, raised for transparent huge pages) is lowered during the fill so that it is
+ * zeroed too. No cache is dropped after the fill: freed cache pages are not zero. Run as one root
+ * shell (`sudo sh -s`, the script on stdin): a sudo costs seconds in an emulated guest.
  */
-export const SHRINK_RAM =
-  'sync; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null; ' +
-  'd=$(mktemp -d); sudo mount -t tmpfs -o size=100% none "$d"; ' +
-  `n=$(awk '/MemAvailable/ {print int($2/1024) - 160}' /proc/meminfo); ` +
-  '[ "$n" -gt 0 ] && sudo dd if=/dev/zero of="$d/zero" bs=1M count="$n" status=none; ' +
-  'sudo rm -f "$d/zero"; sudo umount "$d"; rmdir "$d"; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null';
+export const SHRINK_RAM = `set -e
+sync
+echo 3 > /proc/sys/vm/drop_caches
+keep=$(cat /proc/sys/vm/min_free_kbytes)
+echo 8192 > /proc/sys/vm/min_free_kbytes
+d=$(mktemp -d)
+mount -t tmpfs -o size=100% none "$d"
+i=0
+while a=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo); [ "$a" -gt 24 ]; do
+  n=$((a - 24)); [ "$n" -gt 256 ] && n=256
+  dd if=/dev/zero of="$d/z$i" bs=1M count="$n" status=none || break
+  i=$((i + 1))
+done
+rm -f "$d"/z*
+umount "$d"
+rmdir "$d"
+echo "$keep" > /proc/sys/vm/min_free_kbytes
+`;
 
 export interface SnapshotFiles {
   disk: string;
@@ -50,19 +67,25 @@ export interface SnapshotBuild {
   stepMs: number;
   /** Restore of the throw-away copy to SSH. */
   verifyRestoreMs: number;
-  /** Size of the saved RAM state (from `qemu-img snapshot -l` of the UEFI vars drive). */
+  /** Size of the saved RAM state (from the UEFI vars drive, where QEMU writes it). */
   stateBytes: number;
+}
+
+/** savevm's bound: the RAM state is written at disk speed, but a loaded TCG host is slow. */
+function savevmTimeoutMs(memoryMb: number): number {
+  return Math.max(300_000, memoryMb * 200);
 }
 
 export async function buildSnapshot(
   ctx: LayerContext,
-  o: { name: string; base: string; out: SnapshotFiles; key: KeyPair; memoryMb: number; cpus: number; shrink?: boolean },
+  o: { name: string; base: string; out: SnapshotFiles; key: KeyPair; memoryMb: number; cpus: number; diskSize: string; shrink?: boolean },
 ): Promise<SnapshotBuild> {
   const work = tempPath(ctx.dir, `${o.name}-work`);
-  const share = path.join(ctx.dir, 'images');
+  const share = path.join(ctx.dir, CacheFiles.share);
   fs.mkdirSync(work, { recursive: true });
   fs.mkdirSync(share, { recursive: true });
   try {
+    const layout = hostLayout(ctx, { memoryMb: o.memoryMb, cpus: o.cpus, shareTag: SHARE_TAG });
     const m = await bootBuilder(ctx, {
       name: o.name,
       base: o.base,
@@ -70,61 +93,50 @@ export async function buildSnapshot(
       key: o.key,
       memoryMb: o.memoryMb,
       cpus: o.cpus,
+      shareTag: SHARE_TAG,
+      shareDir: share,
+      diskSize: o.diskSize,
       seed: { hostname: 'ryra-vm' },
-      share: { path: share, tag: SHARE_TAG },
       sshTimeoutMs: ctx.timeouts.bootSshMs,
       cloudInitTimeoutMs: ctx.timeouts.bootSshMs,
     });
-    let layout: VmLayout;
     let savevmMs: number;
     const stepStart = Date.now();
     try {
-      await m.check(SNAPSHOT_SETUP, 'snapshot setup');
-      if (o.shrink !== false) await m.check(SHRINK_RAM, 'zeroing free guest memory');
-      savevmMs = await m.saveSnapshot(SNAPSHOT_TAG);
-      layout = {
-        arch: m.spec.arch,
-        machine: m.spec.machine,
-        accel: m.spec.accel,
-        memoryMb: m.spec.memoryMb,
-        cpus: m.spec.cpus,
-        firmwareFormat: m.spec.firmwareFormat,
-        seed: true,
-        shareTag: SHARE_TAG,
-      };
+      await m.check(SNAPSHOT_SETUP, 'snapshot setup', { timeoutMs: 120_000 });
+      if (o.shrink !== false) await m.check('sudo sh -s', 'zeroing free guest memory', { input: SHRINK_RAM, timeoutMs: 300_000 });
+      savevmMs = await m.saveSnapshot(SNAPSHOT_TAG, savevmTimeoutMs(o.memoryMb));
     } finally {
       await m.destroy();
     }
     const stepMs = Date.now() - stepStart;
-    const disk = path.join(work, GUEST_FILES.disk);
-    const efivars = path.join(work, GUEST_FILES.efivars);
+    const disk = path.join(work, GuestFiles.disk);
+    const efivars = path.join(work, GuestFiles.efivars);
+    const seed = path.join(work, GuestFiles.seed);
     if (!(await listSnapshots(disk)).some((x) => x.tag === SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
     // QEMU writes the RAM state into the first writable qcow2 drive: the UEFI vars.
     const stateBytes = (await listSnapshots(efivars)).find((x) => x.tag === SNAPSHOT_TAG)?.vmStateBytes ?? 0;
     log.info(`  ${o.name}: savevm ${(savevmMs / 1000).toFixed(1)} s, RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
 
-    const verifyDir = path.join(work, 'verify');
-    fs.mkdirSync(verifyDir);
+    // The restore recipe names the seed ISO where the layer keeps it; the copy here proves the same layout.
     const { machine, readyMs } = await restoreMachine({
       name: `${o.name}-verify`,
       qemu: ctx.host.qemu.path,
-      efiCode: ctx.host.firmware.code,
-      files: { disk, efivars, seed: path.join(work, GUEST_FILES.seed) },
+      recipe: recipe(layout, { efiCode: ctx.host.firmware.code, seedIso: seed }),
+      files: { disk, efivars },
       backing: o.base,
-      layout,
-      workDir: verifyDir,
+      workDir: path.join(work, 'verify'),
       key: o.key,
       sshTimeoutMs: ctx.timeouts.restoreSshMs,
-      sharePath: share,
+      shareDir: share,
     });
     await machine.destroy();
     log.info(`  ${o.name}: restored copy reached SSH in ${(readyMs / 1000).toFixed(1)} s`);
 
-    // Relative backing path, so the cache dir can move; then into place under the seed's names.
-    await rebaseUnsafe(disk, path.relative(path.dirname(o.out.disk), path.resolve(o.base)));
+    // The disk names its backing by absolute path (coldBoot's overlay): a copy made anywhere on this host works as is.
     fs.renameSync(disk, o.out.disk);
     fs.renameSync(efivars, o.out.efivars);
-    fs.renameSync(path.join(work, GUEST_FILES.seed), o.out.seed);
+    fs.renameSync(seed, o.out.seed);
     return { layout, savevmMs, stepMs, verifyRestoreMs: readyMs, stateBytes };
   } finally {
     fs.rmSync(work, { recursive: true, force: true });

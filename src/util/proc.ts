@@ -1,6 +1,10 @@
 // Child processes with a time limit, optional stdin and captured output. @actions/exec has no
-// timeout or abort, and a probe of a hanging QEMU must never hang the job.
+// timeout or abort, and a probe of a hanging QEMU must never hang the job. Every call is bounded:
+// without a timeoutMs of its own it gets DEFAULT_TIMEOUT_MS.
 import { spawn } from 'node:child_process';
+
+/** The bound of a child process that names none: long enough for a qemu-img conversion of a large image. */
+export const DEFAULT_TIMEOUT_MS = 20 * 60_000;
 
 export interface RunOptions {
   timeoutMs?: number;
@@ -41,13 +45,11 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
     let timedOut = false;
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer =
-      opts.timeoutMs === undefined
-        ? undefined
-        : setTimeout(() => {
-            timedOut = true;
-            child.kill('SIGKILL');
-          }, opts.timeoutMs);
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
     child.on('error', (err) => {
       clearTimeout(timer);
       reject(new Error(`cannot run ${cmd}: ${err.message}`));
@@ -56,7 +58,7 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
       clearTimeout(timer);
       const result = { code, signal, stdout, stderr, timedOut };
       if ((code === 0 && !timedOut) || opts.allowFailure) return resolve(result);
-      const why = timedOut ? `timed out after ${opts.timeoutMs} ms` : `exited with ${code ?? signal}`;
+      const why = timedOut ? `timed out after ${Math.round(timeoutMs / 1000)} s` : `exited with ${code ?? signal}`;
       const detail = stderr.trim().split('\n').slice(-5).join('\n');
       reject(new CommandError(`${cmd} ${args.join(' ')} ${why}${detail ? `: ${detail}` : ''}`, result));
     });
@@ -67,7 +69,7 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
 
 /** True when `cmd` is found on PATH. */
 export async function which(cmd: string): Promise<string | undefined> {
-  const r = await run('sh', ['-c', `command -v "$1"`, 'sh', cmd], { allowFailure: true });
+  const r = await run('sh', ['-c', `command -v "$1"`, 'sh', cmd], { allowFailure: true, timeoutMs: 10_000 });
   const p = r.stdout.trim();
   return r.code === 0 && p ? p : undefined;
 }

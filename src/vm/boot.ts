@@ -1,66 +1,67 @@
-// The two ways a guest is started, shared by the layer builders, the CLI's `boot` and the tests:
-// a cold boot of an image (overlay disk, fresh UEFI vars, cloud-init seed) and a restore of a
-// saved snapshot under its recorded layout. Each returns a Machine that answers SSH.
+// The two ways a guest is started, shared by the layer builders, the CLI and the tests: a cold
+// boot of an image (overlay disk, fresh UEFI vars, cloud-init seed) and a restore of a saved
+// snapshot from its recipe. Each returns a Machine that answers SSH.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GUEST_USER } from '../distro.js';
-import type { AccelChoice, QemuArch } from '../host/platform.js';
+import { getHooks } from '../env.js';
+import { kvmDeviceProblem } from '../host/kvm.js';
+import { accelArgs } from '../host/platform.js';
 import { log } from '../log.js';
+import { GuestFiles } from '../names.js';
 import { convert, copyFile, createOverlay, rebaseUnsafe } from './images.js';
-import { GuestPanicError, Machine, type MachineOptions } from './machine.js';
+import { GuestPanicError, GuestStalledError, Machine, QemuExitedError } from './machine.js';
 import { writeSeedIso, type SeedOptions } from './seed.js';
-import type { VmLayout } from './spec.js';
+import { recipe, type VmLayout } from './spec.js';
 import type { KeyPair } from './ssh.js';
 
 /** The internal snapshot every snapshot layer saves and every restore loads. */
 export const SNAPSHOT_TAG = 'ready';
 
-/** File names inside a guest's work dir. */
-export const GUEST_FILES = { disk: 'disk.qcow2', efivars: 'efivars.qcow2', seed: 'seed.iso' } as const;
+/** A guest under KVM that printed nothing for this long before SSH answered has stalled. */
+export const KVM_STALL_MS = 60_000;
 
-/** Starts QEMU with its own `vm/` dir under `workDir`, runs `ready`; a guest that never gets there is destroyed. */
-async function startIn<T>(workDir: string, opts: Omit<MachineOptions, 'workDir'>, ready: (m: Machine) => Promise<T>): Promise<T> {
-  const vmDir = path.join(workDir, 'vm');
-  fs.rmSync(vmDir, { recursive: true, force: true });
-  fs.mkdirSync(vmDir, { recursive: true });
-  const m = await Machine.spawn({ ...opts, workDir: vmDir });
-  try {
-    return await ready(m);
-  } catch (err) {
-    await m.destroy();
-    throw err;
+/** A boot under KVM failed before the guest answered: QEMU exited early, or the guest stalled. */
+export class KvmBootError extends Error {
+  override name = 'KvmBootError';
+  constructor(
+    /** One line: what happened, for the warning and the verdict record. */
+    readonly cause: string,
+    readonly detail: string,
+  ) {
+    super(`${cause}\n${detail}`);
   }
 }
 
 export interface ColdBootOptions {
   name: string;
   qemu: string;
-  arch: QemuArch;
-  /** Versioned machine type. */
-  machine: string;
-  accel: AccelChoice;
-  firmware: { code: string; vars: string; format: 'raw' | 'qcow2' };
-  memoryMb: number;
-  cpus: number;
+  /** Device layout; `seed` must be true (a cold boot always gets a cloud-init seed). */
+  layout: VmLayout;
+  firmware: { code: string; vars: string };
   /** Image the overlay disk sits on. */
   base: string;
-  /** Holds the disk, vars, seed and the machine's own `vm/` dir. */
+  /** Holds the disk, vars, seed, serial log and QEMU's files. */
   workDir: string;
   diskSize?: string;
   key: KeyPair;
   user?: string;
   seed: Omit<SeedOptions, 'publicKey'>;
-  share?: { path: string; tag: string };
+  /** The share's directory, when the layout has one. */
+  shareDir?: string;
   sshTimeoutMs: number;
   cloudInitTimeoutMs: number;
   /** Keep QEMU running after this process exits. */
   detached?: boolean;
+  /** The disk is a build's scratch overlay (no savevm): host flushes are skipped. */
+  scratchDisk?: boolean;
 }
 
 /**
  * Cold-boots an image to SSH and a finished cloud-init. A boot whose kernel panicked is tried once
  * more from a fresh overlay (multi-threaded TCG on QEMU 7.2 can race with the kernel patching its
  * own code at boot: `Oops: int3` in sched_clock_tick, seen here on x86_64 guests under load).
+ * Under KVM, a QEMU that exits before SSH answers or a guest that stops printing is a KvmBootError.
  */
 export async function coldBoot(o: ColdBootOptions): Promise<Machine> {
   try {
@@ -73,91 +74,121 @@ export async function coldBoot(o: ColdBootOptions): Promise<Machine> {
 }
 
 async function coldBootOnce(o: ColdBootOptions): Promise<Machine> {
-  const disk = path.join(o.workDir, GUEST_FILES.disk);
-  const efiVars = path.join(o.workDir, GUEST_FILES.efivars);
-  const seedIso = path.join(o.workDir, GUEST_FILES.seed);
-  fs.rmSync(disk, { force: true });
+  const disk = path.join(o.workDir, GuestFiles.disk);
+  const efivars = path.join(o.workDir, GuestFiles.efivars);
+  const seedIso = path.join(o.workDir, GuestFiles.seed);
+  fs.mkdirSync(o.workDir, { recursive: true });
+  for (const f of [disk, efivars]) fs.rmSync(f, { force: true });
   await createOverlay(path.resolve(o.base), disk, { size: o.diskSize ?? '20G' });
-  await convert(o.firmware.vars, efiVars, { srcFormat: o.firmware.format });
+  await convert(o.firmware.vars, efivars, { srcFormat: o.layout.firmwareFormat });
   writeSeedIso(seedIso, { ...o.seed, publicKey: o.key.publicKey, user: o.user });
-  return startIn(
-    o.workDir,
-    {
-      qemu: o.qemu,
-      arch: o.arch,
-      machine: o.machine,
-      accel: o.accel,
-      memoryMb: o.memoryMb,
-      cpus: o.cpus,
-      firmwareFormat: o.firmware.format,
-      seed: true,
-      shareTag: o.share?.tag,
-      sharePath: o.share?.path,
-      name: o.name,
-      efiCode: o.firmware.code,
-      efiVars,
-      disk,
-      seedIso,
-      user: o.user ?? GUEST_USER,
-      privateKey: o.key.privateKey,
-      detached: o.detached,
-    },
-    async (m) => {
-      log.info(`  ${o.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.spec.serialLog}`);
-      const ms = await m.waitReady(o.sshTimeoutMs);
-      log.info(`  ${o.name}: SSH ready after ${(ms / 1000).toFixed(1)} s; waiting for cloud-init`);
-      const warning = await m.waitCloudInit(o.cloudInitTimeoutMs);
-      if (warning) log.warning(warning);
-      return m;
-    },
-  );
+  const kvm = o.layout.accel.accel === 'kvm';
+  const hooked = kvm ? kvmTestHooks(o.layout) : { layout: o.layout, extraArgs: [] };
+  const m = await Machine.spawn({
+    qemu: o.qemu,
+    name: o.name,
+    workDir: machineDir(o.workDir),
+    recipe: recipe(hooked.layout, { efiCode: o.firmware.code, seedIso }, { scratchDisk: o.scratchDisk }),
+    disk,
+    efivars,
+    shareDir: o.shareDir,
+    extraArgs: hooked.extraArgs,
+    user: o.user ?? GUEST_USER,
+    privateKey: o.key.privateKey,
+    detached: o.detached,
+  }).catch((err) => {
+    throw kvm && err instanceof QemuExitedError ? new KvmBootError(`QEMU exited at once under KVM: ${firstLine(err.message.replace(/^QEMU failed to start [^:]*: /, ''))}`, err.message) : err;
+  });
+  try {
+    log.info(`  ${o.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.serialLog}`);
+    let ms: number;
+    try {
+      ms = await m.waitReady(o.sshTimeoutMs, { stallMs: kvm ? (getHooks().stallMs ?? KVM_STALL_MS) : undefined });
+    } catch (err) {
+      if (kvm && err instanceof QemuExitedError) throw new KvmBootError(`QEMU exited under KVM before the guest answered SSH: ${m.stderrLine() || firstLine(err.message)}`, err.message);
+      if (kvm && err instanceof GuestStalledError) throw new KvmBootError(`the guest made no progress under KVM: ${err.message}`, m.diagnostics());
+      throw err;
+    }
+    log.info(`  ${o.name}: SSH ready after ${(ms / 1000).toFixed(1)} s; waiting for cloud-init`);
+    const warning = await m.waitCloudInit(o.cloudInitTimeoutMs);
+    if (warning) log.warning(warning);
+    return m;
+  } catch (err) {
+    await m.destroy();
+    throw err;
+  }
+}
+
+/** QEMU's own files (serial log, pid, stderr) sit in `vm/` beside the disks; destroy() removes only that. */
+function machineDir(workDir: string): string {
+  const dir = path.join(workDir, 'vm');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+function firstLine(s: string): string {
+  return s.split('\n').find((l) => l.trim())?.trim() ?? s;
+}
+
+/**
+ * The test hook for a KVM guest that makes no progress: the boot starts frozen (-S). On a host
+ * whose /dev/kvm cannot even be opened it runs under TCG, so that QEMU starts at all.
+ */
+function kvmTestHooks(layout: VmLayout): { layout: VmLayout; extraArgs: string[] } {
+  if (!getHooks().stallKvm) return { layout, extraArgs: [] };
+  const swap = kvmDeviceProblem() !== undefined;
+  return { layout: swap ? { ...layout, accel: accelArgs(layout.arch, 'tcg') } : layout, extraArgs: ['-S'] };
 }
 
 export interface RestoreOptions {
   name: string;
   qemu: string;
-  efiCode: string;
-  /** The snapshot layer's files; disk and vars are copied (reflinks where the filesystem can). */
-  files: { disk: string; efivars: string; seed: string };
+  /** The snapshot's recipe (its seed ISO and firmware named in it). */
+  recipe: readonly string[];
+  /** The snapshot layer's disk and vars: copied (reflinks where the filesystem can). */
+  files: { disk: string; efivars: string };
   /** The image the snapshot's disk overlay sits on. */
   backing: string;
-  /** The layout recorded when the snapshot was saved: the restore argv is rebuilt from it. */
-  layout: VmLayout;
   workDir: string;
+  /** The key the snapshot accepts. */
   key: KeyPair;
   user?: string;
   sshTimeoutMs: number;
-  sharePath?: string;
+  /** The share's directory; default: a `share` dir in the work dir. */
+  shareDir?: string;
   detached?: boolean;
 }
 
 /** Restores a snapshot's disk + vars copy into `workDir` and waits for SSH. */
 export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Machine; readyMs: number }> {
-  const disk = path.join(o.workDir, GUEST_FILES.disk);
-  const efiVars = path.join(o.workDir, GUEST_FILES.efivars);
+  fs.mkdirSync(o.workDir, { recursive: true });
+  const disk = path.join(o.workDir, GuestFiles.disk);
+  const efivars = path.join(o.workDir, GuestFiles.efivars);
   copyFile(o.files.disk, disk);
-  copyFile(o.files.efivars, efiVars);
-  // The copy's relative backing path no longer points at the base: point it there (header only).
+  copyFile(o.files.efivars, efivars);
+  // Header only: the copy's backing path is made the base's, wherever the cache dir sits now.
   await rebaseUnsafe(disk, path.resolve(o.backing));
   // The share is part of the saved device layout; on a runner that restored the layers it may not exist yet.
-  const sharePath = o.layout.shareTag ? (o.sharePath ?? path.join(o.workDir, 'share')) : undefined;
-  if (sharePath) fs.mkdirSync(sharePath, { recursive: true });
-  return startIn(
-    o.workDir,
-    {
-      ...o.layout,
-      qemu: o.qemu,
-      name: o.name,
-      efiCode: o.efiCode,
-      efiVars,
-      disk,
-      seedIso: o.files.seed,
-      sharePath,
-      loadvm: SNAPSHOT_TAG,
-      user: o.user ?? GUEST_USER,
-      privateKey: o.key.privateKey,
-      detached: o.detached,
-    },
-    async (machine) => ({ machine, readyMs: await machine.waitReady(o.sshTimeoutMs, `SSH on restored ${o.name}`) }),
-  );
+  const shareDir = o.shareDir ?? path.join(o.workDir, GuestFiles.share);
+  fs.mkdirSync(shareDir, { recursive: true });
+  const machine = await Machine.spawn({
+    qemu: o.qemu,
+    name: o.name,
+    workDir: machineDir(o.workDir),
+    recipe: o.recipe,
+    disk,
+    efivars,
+    shareDir,
+    loadvm: SNAPSHOT_TAG,
+    user: o.user ?? GUEST_USER,
+    privateKey: o.key.privateKey,
+    detached: o.detached,
+  });
+  try {
+    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, { label: `SSH on restored ${o.name}` }) };
+  } catch (err) {
+    await machine.destroy();
+    throw err;
+  }
 }

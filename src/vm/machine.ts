@@ -1,4 +1,4 @@
-// Machine: one running QEMU guest — spawn from a VmSpec, wait for SSH, run commands, snapshot,
+// Machine: one running QEMU guest — spawn from a recipe, wait for SSH, run commands, snapshot,
 // power off, destroy. Every layer and the CLI use it; nothing else builds QEMU or SSH arguments.
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -6,20 +6,39 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { heartbeat, log } from '../log.js';
+import { GuestFiles } from '../names.js';
+import { retry, sleep, withTimeout } from '../util/time.js';
 import { Qmp } from './qmp.js';
-import { qemuArgv, type VmSpec } from './spec.js';
+import { controlArgs, fillRecipe } from './spec.js';
 import { SshClient, SshConnectionError, waitForSsh, type ExecOptions, type ExecResult } from './ssh.js';
 
-/** A VmSpec minus what the Machine chooses itself (port, sockets, logs), plus how to reach it. */
-export interface MachineOptions extends Omit<VmSpec, 'sshPort' | 'qmpSocket' | 'serialLog' | 'pidFile' | 'seed'> {
-  /** The machine's own directory (sockets, logs, pidfile); see makeWorkDir. */
+export interface MachineOptions {
+  qemu: string;
+  name: string;
+  /** The machine's own directory (serial log, pid file, stderr); see makeWorkDir. */
   workDir: string;
+  /** The device layout with its per-VM tokens (spec.ts `recipe`). */
+  recipe: readonly string[];
+  disk: string;
+  efivars: string;
+  /** The virtfs share's directory, when the recipe has one. */
+  shareDir?: string;
+  /** Restore this internal snapshot at start (`-loadvm`). */
+  loadvm?: string;
+  /** Arguments after everything else (test hooks). */
+  extraArgs?: string[];
   user: string;
   privateKey: string;
   /** Keep QEMU running after this process exits (the CLI's `boot`). */
   detached?: boolean;
-  seed?: boolean;
 }
+
+/** A guest command's bound unless the caller names one. */
+export const GUEST_COMMAND_TIMEOUT_MS = 10 * 60_000;
+/** From spawn to a QMP handshake: QEMU that has not opened its monitor by then is stuck. */
+const START_TIMEOUT_MS = 30_000;
+const HOSTFWD_FAILURE = /host ?forward|hostfwd/i;
+const PANIC = /Kernel panic - not syncing:[^\r\n]*/;
 
 /** Creates a unique work directory, so concurrent jobs on one host never share one. */
 export function makeWorkDir(name: string, base = process.env.RUNNER_TEMP || os.tmpdir()): string {
@@ -30,7 +49,6 @@ export function makeWorkDir(name: string, base = process.env.RUNNER_TEMP || os.t
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
-    srv.unref();
     srv.once('error', reject);
     srv.listen(0, '127.0.0.1', () => {
       const port = (srv.address() as net.AddressInfo).port;
@@ -82,12 +100,19 @@ export class GuestPanicError extends Error {
   override name = 'GuestPanicError';
 }
 
-const PANIC = /Kernel panic - not syncing:[^\r\n]*/;
+/** The guest printed nothing for longer than its bound before SSH answered. */
+export class GuestStalledError extends Error {
+  override name = 'GuestStalledError';
+}
 
-/** Rejects when the serial log shows a kernel panic; reads only what is new each time. */
-function watchForPanic(serialLog: string, everyMs = 2000): { found: Promise<never>; stop: () => void } {
+/**
+ * Watches the serial log while a guest boots: rejects on a kernel panic line, and (with
+ * `stallMs`) when nothing new was printed for that long. Reads only what is new each time.
+ */
+function watchSerial(serialLog: string, stallMs: number | undefined, everyMs = 1000): { found: Promise<never>; stop: () => void } {
   let offset = 0;
   let carry = '';
+  let lastGrowth = Date.now();
   let timer: NodeJS.Timeout | undefined;
   const found = new Promise<never>((_, reject) => {
     timer = setInterval(() => {
@@ -95,19 +120,24 @@ function watchForPanic(serialLog: string, everyMs = 2000): { found: Promise<neve
       try {
         fd = fs.openSync(serialLog, 'r');
         const size = fs.fstatSync(fd).size;
-        if (size <= offset) return;
-        const buf = Buffer.alloc(size - offset);
-        fs.readSync(fd, buf, 0, buf.length, offset);
-        offset = size;
-        const text = carry + buf.toString('latin1');
-        carry = text.slice(-64);
-        // The panic line itself leads: the tail is mostly the stack trace printed after it.
-        const line = PANIC.exec(text)?.[0];
-        if (line) reject(new GuestPanicError(`the guest kernel panicked (${line.trim()}). Serial console, last lines:\n${logTail(serialLog)}`));
+        if (size > offset) {
+          lastGrowth = Date.now();
+          const buf = Buffer.alloc(size - offset);
+          fs.readSync(fd, buf, 0, buf.length, offset);
+          offset = size;
+          const text = carry + buf.toString('latin1');
+          carry = text.slice(-64);
+          // The panic line itself leads: the tail is mostly the stack trace printed after it.
+          const line = PANIC.exec(text)?.[0];
+          if (line) reject(new GuestPanicError(`the guest kernel panicked (${line.trim()}). Serial console, last lines:\n${logTail(serialLog)}`));
+        }
       } catch {
         /* no serial output yet */
       } finally {
         if (fd !== undefined) fs.closeSync(fd);
+      }
+      if (stallMs !== undefined && Date.now() - lastGrowth > stallMs) {
+        reject(new GuestStalledError(`the guest printed nothing on its serial console for ${Math.round(stallMs / 1000)} s (${offset} bytes in all)`));
       }
     }, everyMs);
   });
@@ -115,11 +145,7 @@ function watchForPanic(serialLog: string, everyMs = 2000): { found: Promise<neve
   return { found, stop: () => clearInterval(timer) };
 }
 
-const HOSTFWD_FAILURE = /host ?forward|hostfwd/i;
-const START_TIMEOUT_MS = 30_000;
-
 export class Machine {
-  readonly spec: VmSpec;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Rejects once QEMU has exited; for racing waits against. */
   readonly died: Promise<never>;
@@ -128,74 +154,88 @@ export class Machine {
   readonly startedAt = Date.now();
 
   private constructor(
-    spec: VmSpec,
+    readonly opts: MachineOptions,
+    readonly sshPort: number,
+    readonly argv: string[],
     private readonly child: ChildProcess,
     readonly qmp: Qmp,
-    private readonly opts: MachineOptions,
     exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>,
   ) {
-    this.spec = spec;
     this.exited = exited.then((e) => {
       this.exitInfo = e;
       live.delete(this);
       return e;
     });
     this.died = this.exited.then((e) => {
-      throw new QemuExitedError(`QEMU for ${spec.name} exited (${e.code ?? e.signal}).\n${this.diagnostics()}`);
+      throw new QemuExitedError(`QEMU for ${opts.name} exited (${e.code ?? e.signal}).\n${this.diagnostics()}`);
     });
     this.died.catch(() => {});
   }
 
+  get name(): string {
+    return this.opts.name;
+  }
   get pid(): number {
     return this.child.pid!;
   }
-  get sshPort(): number {
-    return this.spec.sshPort;
+  get serialLog(): string {
+    return path.join(this.opts.workDir, GuestFiles.serialLog);
+  }
+  get qmpSocket(): string {
+    return this.qmp.socketPath;
   }
   get running(): boolean {
     return this.exitInfo === undefined;
   }
 
-  /** Starts QEMU and returns once its monitor answers; a taken SSH port is retried with another. */
+  /**
+   * Starts QEMU and returns once its monitor answers; a taken SSH port is retried with another.
+   * A QEMU that never opens its monitor is killed, never left behind.
+   */
   static async spawn(opts: MachineOptions): Promise<Machine> {
     installExitHook();
-    const { workDir: _w, user: _u, privateKey: _k, detached: _d, ...vm } = opts;
+    const serialLog = path.join(opts.workDir, GuestFiles.serialLog);
+    const pidFile = path.join(opts.workDir, GuestFiles.pid);
+    const stderrFile = path.join(opts.workDir, GuestFiles.stderr);
     const socketDir = makeSocketDir();
+    const qmpSocket = path.join(socketDir, 'qmp.sock');
     for (let attempt = 1; ; attempt++) {
-      const spec: VmSpec = {
-        ...vm,
-        seed: !!opts.seedIso,
-        sshPort: await freePort(),
-        qmpSocket: path.join(socketDir, 'qmp.sock'),
-        serialLog: path.join(opts.workDir, 'serial.log'),
-        pidFile: path.join(opts.workDir, 'qemu.pid'),
-      };
-      const stderrFile = path.join(opts.workDir, 'qemu.stderr');
-      fs.rmSync(spec.qmpSocket, { force: true });
+      const sshPort = await freePort();
+      const argv = [
+        ...fillRecipe(opts.recipe, { disk: opts.disk, efivars: opts.efivars, sshPort: String(sshPort), serialLog, shareDir: opts.shareDir ?? '' }),
+        ...controlArgs({ name: opts.name, qmpSocket, pidFile, loadvm: opts.loadvm }),
+        ...(opts.extraArgs ?? []),
+      ];
+      fs.rmSync(qmpSocket, { force: true });
       const errFd = fs.openSync(stderrFile, 'w');
-      const argv = qemuArgv(spec);
       log.debug(`${opts.qemu} ${argv.join(' ')}`);
-      // Only a VM meant to outlive us leaves our process group; others die with a group kill too.
+      // A detached VM leaves our process group (it outlives the CLI), but its handle stays
+      // referenced until release(): while we wait on it, it keeps this process alive.
       const child = spawn(opts.qemu, argv, { stdio: ['ignore', 'ignore', errFd], detached: !!opts.detached });
       fs.closeSync(errFd);
       const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
         child.once('exit', (code, signal) => resolve({ code, signal }));
         child.once('error', () => resolve({ code: -1, signal: null }));
       });
-      if (opts.detached) child.unref();
-      const qmp = await connectQmp(spec.qmpSocket, exited);
+      const qmp = await connectQmp(qmpSocket, exited);
       if (qmp) {
-        const m = new Machine(spec, child, qmp, opts, exited);
-        if (!opts.detached) live.add(m);
+        const m = new Machine(opts, sshPort, argv, child, qmp, exited);
+        live.add(m);
         return m;
       }
+      const alive = await Promise.race([exited.then(() => false), sleep(0).then(() => true)]);
+      if (alive) {
+        child.kill('SIGKILL');
+        await withTimeout(exited, 10_000, `QEMU ${child.pid} exiting after SIGKILL`).catch(() => {});
+      }
       const stderr = fs.readFileSync(stderrFile, 'utf8').trim();
-      if (HOSTFWD_FAILURE.test(stderr) && attempt < 5) {
-        log.info(`  port ${spec.sshPort} was taken; retrying with another`);
+      if (!alive && HOSTFWD_FAILURE.test(stderr) && attempt < 5) {
+        log.info(`  port ${sshPort} was taken; retrying with another`);
         continue;
       }
       fs.rmSync(socketDir, { recursive: true, force: true });
-      throw new QemuExitedError(`QEMU failed to start ${opts.name}: ${stderr || 'no error output'}\n  command: ${opts.qemu} ${argv.join(' ')}`);
+      const why = alive ? `its monitor did not answer within ${START_TIMEOUT_MS / 1000} s (killed)` : stderr || 'no error output';
+      throw new QemuExitedError(`QEMU failed to start ${opts.name}: ${why}\n  command: ${opts.qemu} ${argv.join(' ')}`);
     }
   }
 
@@ -203,52 +243,76 @@ export class Machine {
   diagnostics(): string {
     let stderr = '';
     try {
-      stderr = fs.readFileSync(path.join(this.opts.workDir, 'qemu.stderr'), 'utf8').trim();
+      stderr = fs.readFileSync(path.join(this.opts.workDir, GuestFiles.stderr), 'utf8').trim();
     } catch {
       /* none */
     }
-    return `${stderr ? `QEMU stderr: ${stderr}\n` : ''}Serial console (${this.spec.serialLog}), last lines:\n${logTail(this.spec.serialLog)}`;
+    return `${stderr ? `QEMU stderr: ${stderr}\n` : ''}Serial console (${this.serialLog}), last lines:\n${logTail(this.serialLog)}`;
   }
 
-  private target() {
-    return { port: this.spec.sshPort, user: this.opts.user, privateKey: this.opts.privateKey };
-  }
-
-  /** Waits until SSH logs in and runs a command; stops at once if QEMU exits. */
-  async waitReady(timeoutMs: number, label = `SSH on ${this.spec.name}`): Promise<number> {
-    const start = Date.now();
-    const stop = heartbeat(label, timeoutMs);
-    const panic = watchForPanic(this.spec.serialLog);
+  /** The first line of what QEMU printed on stderr (the cause of an early exit). */
+  stderrLine(): string {
     try {
-      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: Promise.race([this.died, panic.found]) });
+      const lines = fs.readFileSync(path.join(this.opts.workDir, GuestFiles.stderr), 'utf8').split('\n').map((l) => l.trim()).filter(Boolean);
+      return lines.find((l) => /error|fail|abort|assert/i.test(l)) ?? lines[0] ?? '';
+    } catch {
+      return '';
+    }
+  }
+
+  private target(privateKey = this.opts.privateKey) {
+    return { port: this.sshPort, user: this.opts.user, privateKey };
+  }
+
+  /**
+   * Waits until SSH logs in and runs a command; stops at once if QEMU exits or the kernel
+   * panics, and (with `stallMs`) when the serial console stays silent that long.
+   */
+  async waitReady(timeoutMs: number, o: { label?: string; stallMs?: number } = {}): Promise<number> {
+    const start = Date.now();
+    const stop = heartbeat(o.label ?? `SSH on ${this.name}`, timeoutMs);
+    const watch = watchSerial(this.serialLog, o.stallMs);
+    try {
+      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: Promise.race([this.died, watch.found]) });
     } catch (err) {
-      if (err instanceof QemuExitedError || err instanceof GuestPanicError) throw err;
+      if (err instanceof QemuExitedError || err instanceof GuestPanicError || err instanceof GuestStalledError) throw err;
       throw new Error(`${(err as Error).message}\n${this.diagnostics()}`);
     } finally {
       stop();
-      panic.stop();
+      watch.stop();
     }
     return Date.now() - start;
   }
 
+  /** Logs in with another key from now on (a VM's own key replaced the snapshot's). */
+  useKey(privateKey: string): void {
+    this.opts.privateKey = privateKey;
+    this.ssh?.end();
+    this.ssh = undefined;
+  }
+
   /**
-   * Runs a command over SSH. With `retry`, a connection that drops before the command starts is
-   * re-established (cloud-init restarts sshd right after the first login).
+   * Runs a command over SSH, bounded by `timeoutMs` (default GUEST_COMMAND_TIMEOUT_MS). With
+   * `retry`, a connection that drops before the command starts is re-established (cloud-init
+   * restarts sshd right after the first login).
    */
   async exec(command: string, opts: ExecOptions & { retry?: boolean; reconnectMs?: number } = {}): Promise<ExecResult> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        if (!this.ssh || this.ssh.isClosed) {
-          this.ssh = await waitForSsh(this.target(), { timeoutMs: opts.reconnectMs ?? 60_000, abort: this.died });
+    const o = { ...opts, timeoutMs: opts.timeoutMs ?? GUEST_COMMAND_TIMEOUT_MS };
+    return retry(
+      async () => {
+        try {
+          if (!this.ssh || this.ssh.isClosed) {
+            this.ssh = await waitForSsh(this.target(), { timeoutMs: o.reconnectMs ?? 60_000, abort: this.died });
+          }
+          return await Promise.race([this.ssh.exec(command, o), this.died]);
+        } catch (err) {
+          this.ssh?.end();
+          this.ssh = undefined;
+          throw err;
         }
-        return await Promise.race([this.ssh.exec(command, opts), this.died]);
-      } catch (err) {
-        const again = err instanceof SshConnectionError && (err.notStarted || opts.retry) && attempt < 5;
-        if (!again) throw err;
-        this.ssh?.end();
-        this.ssh = undefined;
-      }
-    }
+      },
+      { attempts: 5, delayMs: () => 0, retryable: (err) => err instanceof SshConnectionError && (err.notStarted || !!o.retry) },
+    );
   }
 
   /** Runs a command and throws (with its output) unless it exits 0. */
@@ -256,7 +320,7 @@ export class Machine {
     const r = await this.exec(command, opts);
     if (r.code !== 0) {
       const out = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-15).join('\n');
-      throw new Error(`${what} failed (exit ${r.code}) on ${this.spec.name}:\n${out}`);
+      throw new Error(`${what} failed (exit ${r.code}) on ${this.name}:\n${out}`);
     }
     return r;
   }
@@ -272,22 +336,22 @@ export class Machine {
    * Returns the warning text for code 2.
    */
   async waitCloudInit(timeoutMs: number): Promise<string | undefined> {
-    const stop = heartbeat(`cloud-init on ${this.spec.name}`, timeoutMs);
+    const stop = heartbeat(`cloud-init on ${this.name}`, timeoutMs);
     try {
       const r = await this.exec('cloud-init status --wait --long', { retry: true, timeoutMs });
       if (r.code === 0) return undefined;
       const detail = (r.stdout + r.stderr).trim().split('\n').slice(-12).join('\n');
-      if (r.code === 2) return `cloud-init finished with recoverable errors on ${this.spec.name}:\n${detail}`;
-      throw new Error(`cloud-init failed (exit ${r.code}) on ${this.spec.name}:\n${detail}`);
+      if (r.code === 2) return `cloud-init finished with recoverable errors on ${this.name}:\n${detail}`;
+      throw new Error(`cloud-init failed (exit ${r.code}) on ${this.name}:\n${detail}`);
     } finally {
       stop();
     }
   }
 
-  /** `savevm TAG` through QMP; returns when QEMU has written it (ms taken), after checking it is listed. */
-  async saveSnapshot(tag: string): Promise<number> {
+  /** `savevm TAG` through QMP, bounded; returns QEMU's time for it, after checking the tag is listed. */
+  async saveSnapshot(tag: string, timeoutMs: number): Promise<number> {
     const start = Date.now();
-    await this.qmp.hmp(`savevm ${tag}`);
+    await this.qmp.hmp(`savevm ${tag}`, timeoutMs);
     const ms = Date.now() - start;
     const list = await this.qmp.hmp('info snapshots');
     if (!new RegExp(`\\s${tag}\\s`).test(list)) throw new Error(`savevm ${tag} reported success but 'info snapshots' does not list it:\n${list}`);
@@ -309,11 +373,12 @@ export class Machine {
       asked = err instanceof SshConnectionError && !err.notStarted;
     }
     if (!asked) await this.qmp.execute('system_powerdown').catch(() => {});
-    let timer: NodeJS.Timeout | undefined;
-    const done = await Promise.race([this.exited.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), timeoutMs)))]);
-    clearTimeout(timer);
+    const done = await withTimeout(this.exited, timeoutMs, `${this.name} powering off`).then(
+      () => true,
+      () => false,
+    );
     if (!done) {
-      log.warning(`${this.spec.name} did not power off within ${timeoutMs / 1000} s; killing QEMU`);
+      log.warning(`${this.name} did not power off within ${timeoutMs / 1000} s; killing QEMU`);
       await this.kill();
     }
     this.ssh?.end();
@@ -333,26 +398,23 @@ export class Machine {
     this.ssh?.end();
     this.qmp.close();
     this.killNow();
-    await this.exited;
+    await withTimeout(this.exited, 30_000, `QEMU ${this.pid} exiting after SIGKILL`).catch((err) => log.warning((err as Error).message));
   }
 
-  /** Stops QEMU if needed and removes the machine's work directory. */
+  /** Stops QEMU if needed and removes the machine's work directory and socket dir. */
   async destroy(): Promise<void> {
     await this.kill();
     fs.rmSync(this.opts.workDir, { recursive: true, force: true });
-    fs.rmSync(path.dirname(this.spec.qmpSocket), { recursive: true, force: true });
+    fs.rmSync(path.dirname(this.qmpSocket), { recursive: true, force: true });
   }
 
   /** Lets this process exit while QEMU runs on (CLI `boot`). */
   release(): void {
     this.ssh?.end();
     this.qmp.close();
+    this.child.unref();
     live.delete(this);
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 /**
@@ -364,6 +426,7 @@ export function makeSocketDir(): string {
   return fs.mkdtempSync(path.join(base, 'rvm-'));
 }
 
+/** Connects to QEMU's QMP socket within START_TIMEOUT_MS; undefined when QEMU exited or never listened. */
 async function connectQmp(socket: string, exited: Promise<unknown>): Promise<Qmp | undefined> {
   let gone = false;
   void exited.then(() => (gone = true));
@@ -371,7 +434,7 @@ async function connectQmp(socket: string, exited: Promise<unknown>): Promise<Qmp
   while (!gone && Date.now() < deadline) {
     if (fs.existsSync(socket)) {
       try {
-        return await Qmp.connect(socket);
+        return await Qmp.connect(socket, Math.max(1000, deadline - Date.now()));
       } catch {
         /* not listening yet */
       }

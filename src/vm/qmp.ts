@@ -2,6 +2,10 @@
 // replies by id, asynchronous events, and HMP commands whose errors come back inside their text.
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
+import { withTimeout } from '../util/time.js';
+
+/** A QMP command's bound unless the caller names one (savevm of a large guest names its own). */
+export const QMP_COMMAND_TIMEOUT_MS = 30_000;
 
 export class QmpError extends Error {
   override name = 'QmpError';
@@ -31,7 +35,10 @@ export class Qmp extends EventEmitter {
   private pending = new Map<string, Pending>();
   private closedError: Error | undefined;
 
-  private constructor(private readonly sock: net.Socket) {
+  private constructor(
+    private readonly sock: net.Socket,
+    readonly socketPath: string,
+  ) {
     super();
     sock.setEncoding('utf8');
     sock.on('data', (d: string) => this.onData(d));
@@ -39,38 +46,45 @@ export class Qmp extends EventEmitter {
     sock.on('error', (e) => this.onClose(new QmpError(`QMP socket error: ${e.message}`)));
   }
 
-  /** Connects, reads the greeting and negotiates capabilities. */
-  static async connect(socketPath: string): Promise<Qmp> {
-    const sock = await new Promise<net.Socket>((resolve, reject) => {
-      const s = net.createConnection(socketPath);
-      s.once('connect', () => resolve(s));
-      s.once('error', reject);
-    });
-    const qmp = new Qmp(sock);
-    await new Promise<void>((resolve, reject) => {
-      qmp.once('greeting', () => resolve());
-      qmp.once('closed', reject);
-    });
-    await qmp.execute('qmp_capabilities');
-    return qmp;
+  /** Connects, reads the greeting and negotiates capabilities, all within `timeoutMs`. */
+  static async connect(socketPath: string, timeoutMs = 10_000): Promise<Qmp> {
+    let sock: net.Socket | undefined;
+    const connected = (async () => {
+      sock = await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.createConnection(socketPath);
+        s.once('connect', () => resolve(s));
+        s.once('error', reject);
+      });
+      const qmp = new Qmp(sock, socketPath);
+      await new Promise<void>((resolve, reject) => {
+        qmp.once('greeting', () => resolve());
+        qmp.once('closed', reject);
+      });
+      await qmp.execute('qmp_capabilities');
+      return qmp;
+    })();
+    return withTimeout(connected, timeoutMs, `QMP handshake on ${socketPath}`, () => sock?.destroy());
   }
 
   get closed(): boolean {
     return this.closedError !== undefined;
   }
 
-  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+  /** Runs a command; rejects with its error, or when no reply comes within `timeoutMs`. */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = QMP_COMMAND_TIMEOUT_MS): Promise<T> {
     if (this.closedError) return Promise.reject(this.closedError);
     const id = String(this.nextId++);
-    return new Promise<T>((resolve, reject) => {
+    const reply = new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
       this.sock.write(JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id }) + '\n');
     });
+    // A late reply finds no pending entry and is dropped.
+    return withTimeout(reply, timeoutMs, `QMP ${command}`, () => this.pending.delete(id));
   }
 
   /** Runs an HMP command; rejects when its output reports an error. */
-  async hmp(commandLine: string): Promise<string> {
-    const out = await this.execute<string>('human-monitor-command', { 'command-line': commandLine });
+  async hmp(commandLine: string, timeoutMs = QMP_COMMAND_TIMEOUT_MS): Promise<string> {
+    const out = await this.execute<string>('human-monitor-command', { 'command-line': commandLine }, timeoutMs);
     const err = hmpError(out);
     if (err) throw new QmpError(`${commandLine}: ${err}`);
     return out;

@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import { GUEST_USER } from '../distro.js';
+import type { GuestFile } from '../proxy.js';
 import { buildIso } from './iso9660.js';
 
 export interface SeedOptions {
@@ -11,6 +12,10 @@ export interface SeedOptions {
   packages?: readonly string[];
   instanceId?: string;
   user?: string;
+  /** Files written at first boot, before packages are installed (appended to where they exist). */
+  files?: GuestFile[];
+  /** Shell scripts run as root early at boot, before packages are installed. */
+  bootcmd?: string[];
 }
 
 /**
@@ -33,7 +38,13 @@ export function userData(o: SeedOptions): string {
     ],
     ssh_pwauth: false,
     disable_root: true,
+    // One host key, the fast one: RSA and ECDSA key generation cost seconds per boot under emulation.
+    ssh_genkeytypes: ['ed25519'],
   };
+  if (o.bootcmd?.length) doc.bootcmd = o.bootcmd.map((script) => ['sh', '-c', script]);
+  if (o.files?.length) {
+    doc.write_files = o.files.map((f) => ({ path: f.path, content: f.content, append: true }));
+  }
   if (o.packages && o.packages.length > 0) {
     doc.package_update = true;
     doc.package_upgrade = false;

@@ -1,5 +1,9 @@
-// VmSpec → QEMU argv, pure. The layout part of a spec (everything a snapshot's device state depends
-// on) is recorded in a layer's manifest, and restores rebuild their argv from that record.
+// A guest's QEMU command line, pure. Every boot — layer builds, snapshot restores, `ryra-vm boot`,
+// and any tool that restores our snapshots itself — uses one device layout: the seed's savevm
+// command line (machine, -cpu, -m, -smp, pflash 0/1, disk, seed ISO, -nic user with the SSH
+// forward, -nographic, serial to a file, the read-only `images` virtfs share), plus the
+// accelerator's arguments. A snapshot restores only under the identical layout, so it is written
+// once, as a recipe: an argv in which only the per-VM tokens vary.
 import type { AccelChoice, QemuArch } from '../host/platform.js';
 
 /** What a saved snapshot is bound to: a restore must use exactly this. */
@@ -17,28 +21,16 @@ export interface VmLayout {
   shareTag?: string;
 }
 
-export interface VmSpec extends VmLayout {
-  qemu: string;
-  name: string;
-  efiCode: string;
-  /** qcow2 (savevm needs every writable drive to be qcow2; the RAM state goes here). */
-  efiVars: string;
-  /** qcow2 system disk. */
-  disk: string;
-  seedIso?: string;
-  sharePath?: string;
-  sshPort: number;
-  qmpSocket: string;
-  serialLog: string;
-  pidFile: string;
-  /** Restore this internal snapshot at start (`-loadvm`). */
-  loadvm?: string;
-}
-
-export function layoutOf(spec: VmSpec): VmLayout {
-  const { arch, machine, accel, memoryMb, cpus, firmwareFormat, seed, shareTag } = spec;
-  return { arch, machine, accel, memoryMb, cpus, firmwareFormat, seed, ...(shareTag ? { shareTag } : {}) };
-}
+/** The only parts of a recipe that differ from one VM to the next. */
+export const TOKENS = {
+  disk: '{disk}',
+  efivars: '{efivars}',
+  sshPort: '{ssh-port}',
+  serialLog: '{serial-log}',
+  shareDir: '{share-dir}',
+} as const;
+export type TokenName = keyof typeof TOKENS;
+export type TokenValues = Record<TokenName, string>;
 
 /** Layouts equal in every field that a snapshot depends on. */
 export function sameLayout(a: VmLayout, b: VmLayout): boolean {
@@ -54,37 +46,67 @@ function opt(value: string): string {
   return value.replaceAll(',', ',,');
 }
 
-export function qemuArgv(spec: VmSpec): string[] {
-  if (spec.seed !== !!spec.seedIso) throw new Error('spec.seed and spec.seedIso disagree');
-  if (!!spec.shareTag !== !!spec.sharePath) throw new Error('spec.shareTag and spec.sharePath disagree');
-  const machine = [spec.machine, ...spec.accel.machineProps].join(',');
+/**
+ * `-nic`'s model: aarch64 `virt` defaults to virtio-net-pci, as the seed has it. x86_64 `q35`
+ * defaults to e1000e, which Debian's cloud kernels lack (and which is slower to emulate): pinned.
+ */
+const NIC_MODEL: Record<QemuArch, string> = { aarch64: '', x86_64: 'model=virtio-net-pci,' };
+
+/**
+ * The recipe: the seed's savevm argv, option for option and in its order, with the accelerator's
+ * `-cpu` in the seed's `-cpu` place and its other arguments (`-accel …`) appended where the seed
+ * appends its KVM arguments. The forward listens on 127.0.0.1 only (the seed's listened on every
+ * interface). The firmware code and the seed ISO are shared, read-only files named as they are.
+ */
+export function recipe(layout: VmLayout, fixed: { efiCode: string; seedIso?: string }, o: { scratchDisk?: boolean } = {}): string[] {
+  if (layout.seed !== !!fixed.seedIso) throw new Error('layout.seed and the seed ISO disagree');
+  const cpuAt = layout.accel.args.indexOf('-cpu');
+  if (cpuAt < 0) throw new Error(`accelerator arguments without -cpu: ${layout.accel.args.join(' ')}`);
+  const cpu = layout.accel.args[cpuAt + 1];
+  const accelRest = layout.accel.args.filter((_, i) => i !== cpuAt && i !== cpuAt + 1);
   const argv = [
-    '-name', `${opt(spec.name)},debug-threads=off`,
-    '-nodefaults',
-    '-display', 'none',
-    '-machine', machine,
-    ...spec.accel.args,
-    '-m', String(spec.memoryMb),
-    '-smp', String(spec.cpus),
-    '-drive', `if=pflash,unit=0,format=${spec.firmwareFormat},readonly=on,file=${opt(spec.efiCode)}`,
-    '-drive', `if=pflash,unit=1,format=qcow2,file=${opt(spec.efiVars)}`,
-    '-drive', `if=virtio,format=qcow2,file=${opt(spec.disk)}`,
+    '-machine', [layout.machine, ...layout.accel.machineProps].join(','),
+    '-cpu', cpu,
+    '-m', String(layout.memoryMb),
+    '-smp', String(layout.cpus),
+    '-drive', `if=pflash,format=${layout.firmwareFormat},file=${opt(fixed.efiCode)},readonly=on`,
+    '-drive', `if=pflash,format=qcow2,file=${TOKENS.efivars}`,
+    // A build's throw-away disk (a failed build is discarded) skips the host's flushes; a snapshot's never.
+    '-drive', `if=virtio,file=${TOKENS.disk},format=qcow2${o.scratchDisk ? ',cache=unsafe' : ''}`,
   ];
-  if (spec.seedIso) argv.push('-drive', `if=virtio,format=raw,readonly=on,file=${opt(spec.seedIso)}`);
+  if (fixed.seedIso) argv.push('-drive', `if=virtio,file=${opt(fixed.seedIso)},format=raw,readonly=on`);
   argv.push(
-    // Loopback only: the guest's sshd is never exposed on the runner's other interfaces.
-    '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${spec.sshPort}-:22`,
-    '-device', 'virtio-net-pci,netdev=net0',
-    '-device', 'virtio-rng-pci',
+    '-nic', `user,${NIC_MODEL[layout.arch]}hostfwd=tcp:127.0.0.1:${TOKENS.sshPort}-:22`,
+    '-nographic',
+    '-serial', `file:${TOKENS.serialLog}`,
   );
-  if (spec.sharePath && spec.shareTag) {
-    argv.push('-virtfs', `local,path=${opt(spec.sharePath)},mount_tag=${spec.shareTag},security_model=none,readonly=on`);
-  }
-  argv.push(
-    '-serial', `file:${spec.serialLog}`,
-    '-qmp', `unix:${opt(spec.qmpSocket)},server=on,wait=off`,
-    '-pidfile', spec.pidFile,
-  );
-  if (spec.loadvm) argv.push('-loadvm', spec.loadvm);
+  if (layout.shareTag) argv.push('-virtfs', `local,path=${TOKENS.shareDir},mount_tag=${layout.shareTag},security_model=none,readonly=on`);
+  argv.push(...accelRest);
   return argv;
+}
+
+/** Fills a recipe's tokens; paths get QEMU's comma escaping where the option parser needs it. */
+export function fillRecipe(argv: readonly string[], v: TokenValues): string[] {
+  // `-serial file:PATH` is parsed without option syntax: a comma there cannot be escaped.
+  if (v.serialLog.includes(',')) throw new Error(`the serial log path may not contain a comma: ${v.serialLog}`);
+  if (!/^\d+$/.test(v.sshPort)) throw new Error(`not a port: ${v.sshPort}`);
+  const values: Record<string, string> = {
+    [TOKENS.disk]: opt(v.disk),
+    [TOKENS.efivars]: opt(v.efivars),
+    [TOKENS.sshPort]: v.sshPort,
+    [TOKENS.serialLog]: v.serialLog,
+    [TOKENS.shareDir]: opt(v.shareDir),
+  };
+  return argv.map((a) => a.replace(/\{(disk|efivars|ssh-port|serial-log|share-dir)\}/g, (t) => values[t]));
+}
+
+/** What this engine adds to a recipe to run a VM (a consumer adds its own): QMP, no HMP, pid file, restore. */
+export function controlArgs(o: { name: string; qmpSocket: string; pidFile: string; loadvm?: string }): string[] {
+  return [
+    '-name', opt(o.name),
+    '-qmp', `unix:${opt(o.qmpSocket)},server=on,wait=off`,
+    '-monitor', 'none',
+    '-pidfile', o.pidFile,
+    ...(o.loadvm ? ['-loadvm', o.loadvm] : []),
+  ];
 }

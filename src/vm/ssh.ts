@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Writable } from 'node:stream';
 import { log } from '../log.js';
+import { sleep } from '../util/time.js';
 import ssh2, { type ClientChannel, type SFTPWrapper } from 'ssh2';
 
 // ssh2 is CommonJS: its named exports come through the default import under Node's ESM loader.
@@ -28,6 +29,8 @@ export interface ExecOptions {
   stderr?: Writable;
   /** Data written to the command's stdin, then EOF. */
   input?: string | Buffer;
+  /** A stream piped into the command's stdin (with backpressure), then EOF. */
+  stdin?: NodeJS.ReadableStream;
   /** Allocate a pseudo-terminal (interactive shells). */
   pty?: boolean;
   timeoutMs?: number;
@@ -69,6 +72,8 @@ export function ensureKeyFile(file: string): KeyPair {
   fs.renameSync(tmp, file);
   return pair;
 }
+
+const KEEP_CHARS = 1 << 20;
 
 export class SshClient {
   private closed = false;
@@ -123,8 +128,13 @@ export class SshClient {
       if (this.closed) return reject(new SshConnectionError('not connected', true));
       this.conn.exec(command, opts.pty ? { pty: true } : {}, (err, stream: ClientChannel) => {
         if (err) return reject(new SshConnectionError(`cannot start command: ${err.message}`, true));
+        // The result keeps the last MiB of each stream (tar streams pass through, they are not kept).
         let stdout = '';
         let stderr = '';
+        const keep = (acc: string, d: Buffer) => {
+          const s = acc + d.toString();
+          return s.length > 2 * KEEP_CHARS ? s.slice(-KEEP_CHARS) : s;
+        };
         let code: number | undefined;
         let signal: string | undefined;
         const timer = opts.timeoutMs
@@ -133,14 +143,11 @@ export class SshClient {
               reject(new Error(`command timed out after ${opts.timeoutMs! / 1000} s: ${command.slice(0, 80)}`));
             }, opts.timeoutMs)
           : undefined;
-        stream.on('data', (d: Buffer) => {
-          stdout += d.toString();
-          opts.stdout?.write(d);
-        });
-        stream.stderr.on('data', (d: Buffer) => {
-          stderr += d.toString();
-          opts.stderr?.write(d);
-        });
+        if (opts.stdout) stream.pipe(opts.stdout, { end: false });
+        if (opts.stderr) stream.stderr.pipe(opts.stderr, { end: false });
+        // A stream given its own destination is not kept (it may be a tar stream): result.stdout is ''.
+        if (!opts.stdout) stream.on('data', (d: Buffer) => (stdout = keep(stdout, d)));
+        stream.stderr.on('data', (d: Buffer) => (stderr = keep(stderr, d)));
         stream.on('exit', (c: number | null, sig?: string) => {
           if (c !== null && c !== undefined) code = c;
           signal = sig;
@@ -151,7 +158,8 @@ export class SshClient {
           else if (signal) resolve({ code: 128 + 1, stdout, stderr: stderr + `\n(killed by signal ${signal})` });
           else reject(new SshConnectionError(`connection lost while running: ${command.slice(0, 80)}`, false));
         });
-        if (opts.input !== undefined) stream.end(opts.input);
+        if (opts.stdin) opts.stdin.pipe(stream);
+        else if (opts.input !== undefined) stream.end(opts.input);
         else if (!opts.pty) stream.end();
       });
     });
@@ -241,7 +249,7 @@ export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<
       last = err;
       log.debug(`ssh 127.0.0.1:${target.port}: ${(err as Error).message}`);
     }
-    await Promise.race([new Promise((r) => setTimeout(r, opts.retryMs ?? 1000)), opts.abort.catch(() => {})]);
+    await Promise.race([sleep(opts.retryMs ?? 1000), opts.abort.catch(() => {})]);
   }
   throw new Error(`SSH to 127.0.0.1:${target.port} not ready after ${Math.round(opts.timeoutMs / 1000)} s (last error: ${(last as Error)?.message ?? 'none'})`);
 }

@@ -10,6 +10,26 @@ async function remoteStat(sftp: SFTPWrapper, file: string): Promise<Stats | unde
   return p<Stats>((cb) => sftp.stat(file, cb)).catch(() => undefined);
 }
 
+async function remoteLstat(sftp: SFTPWrapper, file: string): Promise<Stats | undefined> {
+  return p<Stats>((cb) => sftp.lstat(file, cb)).catch(() => undefined);
+}
+
+/** A name the guest listed: one path component, never `.`, `..` or one holding a `/`. */
+function checkRemoteName(name: string, dir: string): void {
+  if (!name || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
+    throw new Error(`refusing the name ${JSON.stringify(name)} listed in the guest's ${dir}: not a plain file name`);
+  }
+}
+
+/** The local path exists as a symlink: nothing is written through it. */
+function refuseSymlink(local: string): void {
+  try {
+    if (fs.lstatSync(local).isSymbolicLink()) throw new Error(`refusing to write through the symlink ${local}`);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
 /** Host → guest. Into an existing remote directory, the source keeps its name (like cp -r). */
 export async function upload(sftp: SFTPWrapper, src: string, dst: string): Promise<number> {
   const existing = await remoteStat(sftp, dst);
@@ -35,14 +55,24 @@ export async function download(sftp: SFTPWrapper, src: string, dst: string): Pro
   return downloadTo(sftp, src, target);
 }
 
-async function downloadTo(sftp: SFTPWrapper, src: string, dst: string): Promise<number> {
-  const st = await remoteStat(sftp, src);
+/** Guest → host, never outside `dst`: names are checked, links are recreated as links, not followed. */
+async function downloadTo(sftp: SFTPWrapper, src: string, dst: string, top = true): Promise<number> {
+  const st = top ? await remoteStat(sftp, src) : await remoteLstat(sftp, src);
   if (!st) throw new Error(`no such file in the guest: ${src}`);
+  refuseSymlink(dst);
+  if (st.isSymbolicLink()) {
+    const target = await p<string>((cb) => sftp.readlink(src, cb));
+    fs.symlinkSync(target, dst);
+    return 1;
+  }
   if (st.isDirectory()) {
     fs.mkdirSync(dst, { recursive: true, mode: st.mode & 0o7777 });
     const entries = await p<{ filename: string }[]>((cb) => sftp.readdir(src, cb));
     let n = 0;
-    for (const e of entries) n += await downloadTo(sftp, path.posix.join(src, e.filename), path.join(dst, e.filename));
+    for (const e of entries) {
+      checkRemoteName(e.filename, src);
+      n += await downloadTo(sftp, path.posix.join(src, e.filename), path.join(dst, e.filename), false);
+    }
     return n;
   }
   await p<void>((cb) => sftp.fastGet(src, dst, (e) => cb(e, undefined)));

@@ -1,26 +1,30 @@
-// The VM engine on real guests (TCG): cold boot with UEFI + the project's seed, SSH, cloud-init,
-// savevm via QMP, restore with -loadvm, loopback-only forwarding, and a QEMU that dies mid-boot.
+// The VM engine on real guests (TCG), on the light configuration's snapshot from the shared cache
+// dir (cold boots and savevm are what every layer build does; see the pipeline files): a restore
+// keeps the saved state, the SSH forward listens on loopback only, a kernel panic and a QEMU that
+// dies each end a wait within seconds, with the serial tail.
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import type { Arch } from '../../src/distro.js';
-import { parseConfig } from '../../src/inputs.js';
-import { setupHost, type Host } from '../../src/host/setup.js';
-import { convert, createOverlay } from '../../src/vm/images.js';
-import { GuestPanicError, Machine, QemuExitedError, makeWorkDir } from '../../src/vm/machine.js';
-import { writeSeedIso } from '../../src/vm/seed.js';
-import { ensureKeyFile } from '../../src/vm/ssh.js';
-import { layoutOf } from '../../src/vm/spec.js';
-import { ensureFixture, testArches } from '../support/fixtures.js';
+import type { RunRecord } from '../../src/record.js';
+import { GuestPanicError, Machine, QemuExitedError } from '../../src/vm/machine.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
+import { execFileSync } from 'node:child_process';
+import { runCli } from '../support/cli.js';
+import { ensureFixture } from '../support/fixtures.js';
+import { LIGHT, configEnv, linkLayers, prepareArgs, sharedDir, sharedLayers } from '../support/shared.js';
+import { restoreRecord } from '../support/vm.js';
 
 const root = tempRoot('engine');
 const machines: Machine[] = [];
 const timings: string[] = [];
+let rec: RunRecord;
 
+before(async () => {
+  ({ record: rec } = await sharedLayers(LIGHT, path.join(root.dir, 'rt')));
+});
 after(async () => {
   for (const m of machines) await m.destroy().catch(() => {});
   const left = qemuProcessesUnder(root.dir);
@@ -45,145 +49,101 @@ function tcpConnect(host: string, port: number): Promise<'open' | string> {
   });
 }
 
-async function hostFor(arch: Arch): Promise<Host> {
-  const inputs: Record<string, string> = { arch, kvm: 'false', 'install-deps': 'false', 'cache-dir': path.join(root.dir, 'cache') };
-  return setupHost(parseConfig((n) => inputs[n]));
+async function restore(name: string, deepDir?: string): Promise<{ machine: Machine; readyMs: number }> {
+  const base = deepDir ?? root.dir;
+  fs.mkdirSync(base, { recursive: true });
+  const r = await restoreRecord(rec, base, name);
+  machines.push(r.machine);
+  return r;
 }
 
-for (const arch of testArches()) {
-  describe(`engine ${arch}`, { timeout: 45 * 60_000 }, () => {
-    let host: Host;
-    let image: string;
-    let dir: string;
-    let key: { privateKey: string; publicKey: string };
-    let layout: ReturnType<typeof layoutOf> | undefined;
-
-    before(async () => {
-      image = ensureFixture(arch).image;
-      host = await hostFor(arch);
-      dir = path.join(root.dir, arch);
-      fs.mkdirSync(dir, { recursive: true });
-      key = ensureKeyFile(path.join(dir, 'key'));
-    });
-
-    const optsFor = async (workDir: string, loadvm?: string) => ({
-      qemu: host.qemu.path,
-      arch: host.qemuArch,
-      machine: host.qemu.machine,
-      accel: host.accel,
-      memoryMb: 1024,
-      cpus: 2,
-      firmwareFormat: host.firmware.format,
-      seed: true,
-      name: `engine-${arch}`,
-      efiCode: host.firmware.code,
-      efiVars: path.join(dir, 'efivars.qcow2'),
-      disk: path.join(dir, 'disk.qcow2'),
-      seedIso: path.join(dir, 'seed.iso'),
-      workDir,
-      user: 'ryra',
-      privateKey: key.privateKey,
-      loadvm,
-    });
-
-    test('key file is private', () => {
-      assert.equal(fs.statSync(path.join(dir, 'key')).mode & 0o777, 0o600);
-      assert.match(fs.readFileSync(path.join(dir, 'key.pub'), 'utf8'), /^ssh-ed25519 /);
-    });
-
-    test('cold boot → SSH → cloud-init → savevm → restore keeps state', async () => {
-      await createOverlay(image, path.join(dir, 'disk.qcow2'), { size: '8G' });
-      await convert(host.firmware.vars, path.join(dir, 'efivars.qcow2'), { srcFormat: host.firmware.format });
-      writeSeedIso(path.join(dir, 'seed.iso'), { publicKey: key.publicKey, hostname: `engine-${arch}` });
-
-      // A kernel panic at boot (QEMU 7.2 multi-threaded TCG racing with the kernel's code patching)
-      // ends the wait within seconds; like the layer builders, try such a boot once more.
-      let cold = await Machine.spawn(await optsFor(makeWorkDir('cold', root.dir)));
-      machines.push(cold);
-      let coldMs: number;
-      try {
-        coldMs = await cold.waitReady(15 * 60_000);
-      } catch (err) {
-        if (!(err instanceof GuestPanicError)) throw err;
-        await cold.destroy();
-        await createOverlay(image, path.join(dir, 'disk.qcow2'), { size: '8G' });
-        cold = await Machine.spawn(await optsFor(makeWorkDir('cold', root.dir)));
-        machines.push(cold);
-        coldMs = await cold.waitReady(15 * 60_000);
-      }
-      const uname = await cold.check('uname -m', 'uname');
-      assert.equal(uname.stdout.trim(), arch === 'amd64' ? 'x86_64' : 'aarch64');
-      const warning = await cold.waitCloudInit(10 * 60_000);
-      assert.equal(warning, undefined, `cloud-init: ${warning}`);
-      assert.equal((await cold.check('whoami', 'whoami')).stdout.trim(), 'ryra');
-      await cold.check('echo kept-across-restore > ~/marker && sync', 'write marker');
-
-      // Forwarding is bound to loopback: reachable on 127.0.0.1, refused on the host's other address.
-      assert.equal(await tcpConnect('127.0.0.1', cold.sshPort), 'open');
+describe('engine amd64', { timeout: 30 * 60_000 }, () => {
+  test('restore keeps the saved state; the SSH forward listens on loopback only', async () => {
+    const { machine: m, readyMs } = await restore('state');
+    try {
+      assert.equal((await m.check('uname -m', 'uname')).stdout.trim(), 'x86_64');
+      // Written by the snapshot setup before savevm: the restored guest has it without running it.
+      assert.match((await m.check('cat ~/.config/containers/storage.conf', 'cat')).stdout, /additionalimagestores = \["\/mnt\/images"\]/);
+      assert.equal((await m.check('whoami', 'whoami')).stdout.trim(), 'ryra');
+      assert.equal(await tcpConnect('127.0.0.1', m.sshPort), 'open');
       const other = nonLoopbackAddress();
       assert.ok(other, 'this host has a non-loopback IPv4 address to test against');
-      assert.notEqual(await tcpConnect(other, cold.sshPort), 'open');
-
-      const saveMs = await cold.saveSnapshot('ready');
-      layout = layoutOf(cold.spec);
-      await cold.destroy();
-
-      const restored = await Machine.spawn({ ...(await optsFor(makeWorkDir('restore', root.dir), 'ready')), ...layoutOf(cold.spec) });
-      machines.push(restored);
-      const restoreMs = await restored.waitReady(5 * 60_000);
-      assert.equal((await restored.check('cat ~/marker', 'read marker')).stdout.trim(), 'kept-across-restore');
-      await restored.destroy();
-      timings.push(`${arch}: cold boot→SSH ${(coldMs / 1000).toFixed(1)} s, savevm ${(saveMs / 1000).toFixed(1)} s, restore→SSH ${(restoreMs / 1000).toFixed(1)} s`);
-      assert.ok(restoreMs < coldMs, 'restore is faster than a cold boot');
-    });
-
-    test('a guest whose kernel panics fails the wait within seconds, with the serial tail', async () => {
-      assert.ok(layout, 'the first test made the snapshot this one restores');
-      const m = await Machine.spawn({ ...(await optsFor(makeWorkDir('panics', root.dir), 'ready')), ...layout });
-      machines.push(m);
-      try {
-        await m.waitReady(5 * 60_000);
-        // A real panic: SSH is stopped so the next wait can only end through the panic watch, and
-        // the kernel crashes a few seconds later (root may always write /proc/sysrq-trigger).
-        await m.check(
-          `sudo sh -c 'systemctl stop ssh.socket ssh.service; systemd-run --quiet --on-active=4 --timer-property=AccuracySec=100ms /bin/sh -c "echo c > /proc/sysrq-trigger"'`,
-          'stop sshd and schedule a crash',
-        );
-        const start = Date.now();
-        await assert.rejects(m.waitReady(15 * 60_000), (err: Error) => {
-          assert.ok(err instanceof GuestPanicError, err.message);
-          assert.match(err.message, /Kernel panic - not syncing: sysrq triggered crash/);
-          return true;
-        });
-        assert.ok(Date.now() - start < 30_000, `the wait ended ${Date.now() - start} ms after start`);
-      } finally {
-        await m.destroy();
-      }
-    });
-
-    test('a QEMU that dies during boot fails the wait within seconds, with the serial tail', async () => {
-      await createOverlay(image, path.join(dir, 'disk.qcow2'), { size: '8G' });
-      await convert(host.firmware.vars, path.join(dir, 'efivars.qcow2'), { srcFormat: host.firmware.format });
-      // A deep work dir too: QEMU's sockets must not inherit its length (unix paths stop at 107 bytes).
-      const deep = path.join(root.dir, 'a-rather-long-directory-name-like-a-runner-cache'.repeat(2), 'deeper');
-      fs.mkdirSync(deep, { recursive: true });
-      const m = await Machine.spawn(await optsFor(makeWorkDir('dies', deep)));
-      assert.ok(m.spec.serialLog.length > 120);
-      machines.push(m);
-      const kill = setTimeout(() => process.kill(m.pid, 'SIGKILL'), 8000);
-      const start = Date.now();
-      try {
-        await assert.rejects(m.waitReady(15 * 60_000), (err: Error) => {
-          assert.ok(err instanceof QemuExitedError, err.message);
-          assert.match(err.message, /Serial console .*last lines/);
-          return true;
-        });
-        assert.ok(Date.now() - start < 15_000, `the wait ended ${Date.now() - start} ms after start`);
-      } finally {
-        clearTimeout(kill);
-        await m.destroy();
-      }
-      assert.equal(fs.existsSync(m.spec.qmpSocket), false, 'work dir removed');
-    });
+      assert.notEqual(await tcpConnect(other, m.sshPort), 'open');
+      timings.push(`restore → SSH ${(readyMs / 1000).toFixed(1)} s`);
+    } finally {
+      await m.destroy();
+    }
   });
-}
+
+  test('a guest whose kernel panics fails the wait within seconds, with the serial tail', async () => {
+    const { machine: m } = await restore('panics');
+    try {
+      // A real panic: SSH is stopped so the next wait can only end through the panic watch, and
+      // the kernel crashes a few seconds later (root may always write /proc/sysrq-trigger).
+      await m.check(
+        `sudo sh -c 'systemctl stop ssh.socket ssh.service; systemd-run --quiet --on-active=4 --timer-property=AccuracySec=100ms /bin/sh -c "echo c > /proc/sysrq-trigger"'`,
+        'stop sshd and schedule a crash',
+      );
+      const start = Date.now();
+      await assert.rejects(m.waitReady(15 * 60_000), (err: Error) => {
+        assert.ok(err instanceof GuestPanicError, err.message);
+        assert.match(err.message, /Kernel panic - not syncing: sysrq triggered crash/);
+        return true;
+      });
+      assert.ok(Date.now() - start < 30_000, `the wait ended ${Date.now() - start} ms after start`);
+    } finally {
+      await m.destroy();
+    }
+  });
+
+  test('a QEMU that dies while a guest comes up fails the wait within seconds; long work dirs are fine', async () => {
+    // A deep work dir: QEMU's sockets must not inherit its length (unix paths stop at 107 bytes).
+    const deep = path.join(root.dir, 'a-rather-long-directory-name-like-a-runner-cache'.repeat(2), 'deeper');
+    const { machine: m } = await restore('dies', deep);
+    assert.ok(m.serialLog.length > 120);
+    // Kill it the moment it answered, then wait again: only QEMU's exit can end this wait.
+    const start = Date.now();
+    process.kill(m.pid, 'SIGKILL');
+    try {
+      await assert.rejects(m.waitReady(15 * 60_000), (err: Error) => {
+        assert.ok(err instanceof QemuExitedError, err.message);
+        assert.match(err.message, /Serial console .*last lines/);
+        return true;
+      });
+      assert.ok(Date.now() - start < 15_000, `the wait ended ${Date.now() - start} ms after start`);
+    } finally {
+      await m.destroy();
+    }
+    assert.equal(fs.existsSync(m.qmpSocket), false, 'socket dir removed');
+  });
+
+  test('ryra-vm boot recovers from a snapshot that fails to restore: warns, marks it invalid, cold-boots the image', async () => {
+    // A cache dir of its own with the light layers, whose snapshot has lost its saved state.
+    const dir = path.join(root.dir, 'recover');
+    const keep = new Set(['test-ssh-key', 'test-ssh-key.pub']);
+    for (const f of [rec.outputs.image, rec.restore!.disk, rec.restore!.efivars, rec.restore!.seed]) keep.add(path.basename(f));
+    for (const f of [rec.outputs.image, rec.restore!.disk]) keep.add(path.basename(f).replace(/\.qcow2$/, '.manifest.json'));
+    linkLayers(sharedDir(), dir, (n) => keep.has(n));
+    const env = { ...configEnv(LIGHT), RYRA_VM_RUNTIME_DIR: path.join(root.dir, 'rt-recover'), HOME: path.join(root.dir, 'home-recover') };
+    const p = await runCli(prepareArgs(LIGHT, ensureFixture('amd64'), dir), env).done;
+    assert.equal(p.code, 0, p.stderr);
+    const local = JSON.parse(fs.readFileSync(JSON.parse(p.stdout).manifest, 'utf8')) as RunRecord;
+    const vars = local.restore!.efivars;
+    fs.rmSync(vars); // a hard link: replaced, not written through
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', vars, '64M']);
+    const b = await runCli(['boot', '--name', 'phoenix', '--json'], env).done;
+    try {
+      assert.equal(b.code, 0, b.stderr);
+      const vm = JSON.parse(b.stdout);
+      assert.equal(vm.mode, 'cold');
+      assert.match(b.stderr, /warning: restoring phoenix from .*-snapshot-1024-[0-9a-f]+\.qcow2 failed; marking that snapshot invalid \(the next action run rebuilds it\) and cold-booting instead/);
+      assert.equal(fs.existsSync(path.join(dir, path.basename(local.restore!.disk).replace(/\.qcow2$/, '.manifest.json'))), false, 'the snapshot is no longer recorded');
+      const who = await runCli(['ssh', 'phoenix', '--', 'hostname && jq --version'], env).done;
+      assert.equal(who.code, 0, who.stderr);
+      assert.match(who.stdout, /^phoenix\njq-1/);
+      timings.push(`recovery by cold boot ${(vm.readyMs / 1000).toFixed(0)} s`);
+    } finally {
+      await runCli(['stop', '--all'], env).done;
+    }
+  });
+});

@@ -51,9 +51,9 @@ for (const protocol of ['v2', 'v1'] as const) {
       const dst = fs.mkdtempSync(path.join(tmp, 'dst-'));
       assert.equal(await c.restore(key, names, dst), true);
       assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), 'layer bytes');
-      assert.equal(await c.lookup(key, names), true);
       assert.equal(await c.restore(`${key.slice(0, -1)}`, names, fs.mkdtempSync(path.join(tmp, 'p-'))), false, 'a key prefix is not a hit');
       assert.equal(await c.restore(`${key}-more`, names, fs.mkdtempSync(path.join(tmp, 'm-'))), false);
+      c.close();
     });
   });
 }
@@ -71,16 +71,34 @@ describe('faults', () => {
     assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), '429 data');
   });
 
-  test('a stalled lookup is stopped by the tier’s timeout, not waited on forever', async () => {
+  test('a stalled lookup is stopped at the lookup bound, and the tier is off for the rest of the run', async () => {
     // Long enough for the worker to start and reach the service even on a loaded machine.
-    const c = actionsCache({ lookupMs: 15_000, transferMs: 15_000 });
+    const c = actionsCache({ lookupMs: 15_000, transferMs: 600_000 });
     const h = server.inject({ kind: 'stall', op: 'twirp.GetCacheEntryDownloadURL', times: Infinity });
     const start = Date.now();
     assert.equal(await c.restore('ryra-vm-v1-stalled', names, fs.mkdtempSync(path.join(tmp, 'st-'))), false);
     const ms = Date.now() - start;
-    h.cancel();
     assert.ok(h.hits >= 1, 'the service was reached');
-    assert.ok(ms >= 14_900 && ms < 25_000, `stopped after ${ms} ms`);
+    assert.ok(ms >= 14_900 && ms < 25_000, `stopped after ${ms} ms (the lookup bound, not the transfer bound)`);
+    assert.equal(c.on, false);
+    // Later layers cost nothing: no call reaches the service any more.
+    const before = server.requests.length;
+    const t1 = Date.now();
+    assert.equal(await c.restore('ryra-vm-v1-next-layer', names, fs.mkdtempSync(path.join(tmp, 'st2-'))), false);
+    assert.equal(await c.save('ryra-vm-v1-next-save', names, layerDir('n', 'x')), 'failed');
+    assert.ok(Date.now() - t1 < 1000);
+    assert.equal(server.requests.length, before);
+    h.cancel();
+    c.close();
+  });
+
+  test('one worker process serves the run\'s calls', async () => {
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    const before = processesNamed('cache-worker');
+    for (let i = 0; i < 3; i++) assert.equal(await c.save(`ryra-vm-v1-many-${i}`, names, layerDir(`m${i}`, `data ${i}`)), 'saved');
+    const during = processesNamed('cache-worker').filter((p) => !before.includes(p));
+    assert.equal(during.length, 1, `worker processes: ${during.join(', ')}`);
+    c.close();
   });
 
   test('a stalled upload is stopped too, and the save reports failure', async () => {
@@ -88,5 +106,20 @@ describe('faults', () => {
     const h = server.inject({ kind: 'stall', op: ['blob.putBlob', 'blob.putBlock'], times: Infinity });
     assert.equal(await c.save('ryra-vm-v1-upload-stall', names, layerDir('u', 'never arrives')), 'failed');
     h.cancel();
+    c.close();
   });
 });
+
+/** PIDs of node processes running a file whose path contains `marker` (the worker is worker.ts here, cache-worker.js bundled). */
+function processesNamed(marker: string): number[] {
+  const pids: number[] = [];
+  for (const p of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      if (cmd.includes(marker) || cmd.includes('cache/worker.ts')) pids.push(Number(p));
+    } catch {
+      /* gone */
+    }
+  }
+  return pids;
+}

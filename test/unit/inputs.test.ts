@@ -30,6 +30,14 @@ export const BAD_INPUTS: [Record<string, string>, RegExp][] = [
   [{ 'image-url': 'https://mirror/x.qcow2' }, /missing image-checksum for image-url/],
   [{ packages: 'jq; rm -rf /' }, /invalid packages: "jq;"/],
   [{ arch: 'amd64', kvm: 'true' }, /invalid kvm: "true" with arch amd64 on a arm64 host/],
+  [{ 'cache-max-size': 'lots' }, /invalid cache-max-size: "lots" \(a size such as 20G, 512M or 1\.5T\)/],
+  [{ 'disk-size': '512M' }, /invalid disk-size: "512M" \(a whole size of at least 1G/],
+  [{ 'disk-size': '1.5G' }, /invalid disk-size: "1\.5G"/],
+  [{ sync: 'out' }, /invalid sync: "out" \(allowed: in, both, none\)/],
+  [{ 'browser-source': 'cdn' }, /invalid browser-source: "cdn" \(allowed: auto, upstream, registries\)/],
+  [{ boot: 'ok bad/name' }, /invalid boot: "bad\/name" \(a VM name/],
+  [{ 'environment-variables': 'FOO 1BAR' }, /invalid environment-variables: "1BAR" \(an environment variable name\)/],
+  [{ 'boot-timeout': '0' }, /invalid boot-timeout: "0" \(a whole number of seconds from 1/],
 ];
 
 describe('inputs', () => {
@@ -45,6 +53,8 @@ describe('inputs', () => {
     assert.equal(c.cacheDir, '/home/runner/.cache/ryra-vm');
     assert.deepEqual(c.packages, []);
     assert.equal(c.imageUrl, undefined);
+    assert.deepEqual([c.cacheMaxBytes, c.diskSize, c.sync, c.browserSource, c.bootTimeoutMs, c.prepareScript], [20 * 2 ** 30, '20G', 'both', 'auto', undefined, '']);
+    assert.deepEqual([c.boot, c.environmentVariables], [[], []]);
   });
 
   test(`${BAD_INPUTS.length} bad inputs each fail with one line naming input, value and what is allowed`, () => {

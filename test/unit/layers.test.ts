@@ -6,8 +6,10 @@ import { after, describe, test } from 'node:test';
 import { accelArgs } from '../../src/host/platform.js';
 import type { Host } from '../../src/host/setup.js';
 import { parseConfig } from '../../src/inputs.js';
-import { cleanStaleTemps, hashOf, invalidReason, readManifest, tempPath, withLayerLock, writeManifest } from '../../src/layers/manifest.js';
-import { basePackages, cacheKeyFor, planLayers } from '../../src/layers/pipeline.js';
+import { hashOf, invalidReason, readManifest, writeManifest } from '../../src/layers/manifest.js';
+import { cleanStaleTemps, tempPath, withLayerLock } from '../../src/cache/local.js';
+import { cacheKeyFor, recipesFor } from '../../src/layers/pipeline.js';
+import { basePackages, planLayers as plan0 } from '../../src/layers/plan.js';
 import { parseChecksumFile, download } from '../../src/layers/raw.js';
 import { createHash } from 'node:crypto';
 
@@ -18,25 +20,34 @@ const host = (over: Partial<Host> = {}): Host => ({
   qemuArch: 'aarch64',
   qemu: { binary: 'qemu-system-aarch64', path: '/usr/bin/qemu-system-aarch64', version: '7.2.22', machine: 'virt-7.2' },
   accel: accelArgs('aarch64', 'tcg'),
-  firmware: { code: '/fw/code.fd', vars: '/fw/vars.fd', format: 'raw', source: 'known path' },
+  firmware: { code: '/fw/code.fd', vars: '/fw/vars.fd', format: 'raw', source: 'known path', size: 67108864 },
   cpuIdentity: 'tcg',
+  kvmMode: 'false',
+  identity: 'kernel 6.1, qemu-system-aarch64 7.2.22, CPU x',
+  accelReason: 'kvm: false',
   ...over,
 });
+const planLayers = (c: ReturnType<typeof cfg>, h: Host, key: string, env: { RYRA_VM_BASE_PACKAGES?: string }) =>
+  plan0(c, h, key, recipesFor(c, 'apt'), { basePackages: env.RYRA_VM_BASE_PACKAGES?.split(/\s+/).filter(Boolean) });
 const cfg = (inputs: Record<string, string> = {}) => {
   const all: Record<string, string> = { arch: 'arm64', 'cache-dir': tmp, ...inputs };
   return parseConfig((n) => all[n], { arch: 'arm64', env: {}, homedir: '/h' });
 };
 
 describe('layer plan', () => {
-  test('seed file names and readable exact cache keys', () => {
+  test('file names carry the layer key; the catalogue image keeps the seed name; readable exact cache keys', () => {
     const p = planLayers(cfg(), host(), 'ssh-ed25519 AAAA k', {});
+    const k = (l: { key: string }) => l.key.slice(0, 12);
     assert.deepEqual(p.raw.files, ['debian-13-generic-arm64.qcow2']);
-    assert.deepEqual(p.prepared.files, ['debian-13-prepared-arm64.qcow2']);
-    assert.deepEqual(p.snapshot.files, ['debian-13-arm64-snapshot-2048.qcow2', 'debian-13-arm64-snapshot-2048-efivars.qcow2', 'debian-13-arm64-snapshot-2048-seed.iso']);
-    assert.deepEqual(p.browser.files, ['debian-13-browser-arm64.qcow2']);
-    assert.equal(p.browserSnapshot.files[0], 'debian-13-browser-arm64-snapshot-2048.qcow2');
-    assert.match(p.snapshot.cacheKey, /^ryra-vm-v1-snapshot-debian-13-arm64-m2048-[0-9a-f]{20}$/);
-    assert.match(p.prepared.cacheKey, /^ryra-vm-v1-prepared-debian-13-arm64-[0-9a-f]{20}$/);
+    assert.deepEqual(p.prepared.files, [`debian-13-prepared-arm64-${k(p.prepared)}.qcow2`]);
+    assert.deepEqual(p.snapshot.files, [`debian-13-arm64-snapshot-2048-${k(p.snapshot)}.qcow2`, `debian-13-arm64-snapshot-2048-${k(p.snapshot)}-efivars.qcow2`, `debian-13-arm64-snapshot-2048-${k(p.snapshot)}-seed.iso`]);
+    assert.deepEqual(p.browser.files, [`debian-13-browser-arm64-${k(p.browser)}.qcow2`]);
+    assert.equal(p.browserSnapshot.files[0], `debian-13-browser-arm64-snapshot-2048-${k(p.browserSnapshot)}.qcow2`);
+    assert.match(p.snapshot.cacheKey, /^ryra-vm-v2-snapshot-debian-13-arm64-m2048-[0-9a-f]{20}$/);
+    assert.match(p.prepared.cacheKey, /^ryra-vm-v2-prepared-debian-13-arm64-[0-9a-f]{20}$/);
+    // A custom image gets a keyed raw name too.
+    const custom = planLayers(cfg({ 'image-url': '/m/x.qcow2', 'image-checksum': `sha256:${'a'.repeat(64)}` }), host(), 'k', {});
+    assert.deepEqual(custom.raw.files, [`debian-13-generic-arm64-${k(custom.raw)}.qcow2`]);
     assert.ok(p.snapshot.cacheKey.length <= 512 && !p.snapshot.cacheKey.includes(','));
     assert.deepEqual(p.packages, ['podman', 'podman-compose', 'uidmap', 'git', 'systemd-container', 'curl', 'postgresql-client', 'restic']);
   });
@@ -54,6 +65,13 @@ describe('layer plan', () => {
     const img = { 'image-url': '/m/x.qcow2', 'image-checksum': `sha256:${'a'.repeat(64)}` };
     assert.deepEqual(differs(planLayers(cfg(img), host(), 'k', {})), ['raw', 'prepared', 'snapshot', 'browser']);
     assert.deepEqual(differs(planLayers(cfg(), host(), 'k', { RYRA_VM_BASE_PACKAGES: 'jq' })), ['prepared', 'snapshot', 'browser']);
+    assert.deepEqual(differs(planLayers(cfg({ prepare: 'echo hi' }), host(), 'k', {})), ['prepared', 'snapshot', 'browser']);
+    assert.deepEqual(differs(planLayers(cfg({ 'disk-size': '40G' }), host(), 'k', {})), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg({ 'browser-source': 'registries' }), host(), 'k', {})), ['browser']);
+    // Two configurations never share a file name above the raw layer.
+    const a = planLayers(cfg({ packages: 'jq' }), host(), 'k', {});
+    const b = planLayers(cfg({ packages: 'jq tree' }), host(), 'k', {});
+    for (const l of ['prepared', 'snapshot', 'browser', 'browserSnapshot'] as const) assert.equal(a[l].files.filter((f) => b[l].files.includes(f)).length, 0, l);
   });
 
   test('a child’s cache key names its parent build', () => {
@@ -65,7 +83,7 @@ describe('layer plan', () => {
 
   test('test-only base package list', () => {
     const img = planLayers(cfg(), host(), 'k', {}).image;
-    assert.deepEqual(basePackages(img, ['jq'], { RYRA_VM_BASE_PACKAGES: '' }), ['jq']);
+    assert.deepEqual(basePackages(img, ['jq'], { basePackages: [] }), ['jq']);
     assert.deepEqual(basePackages(img, ['git'], {}).filter((x) => x === 'git').length, 1);
   });
 });
@@ -101,7 +119,7 @@ describe('manifests', () => {
   test('the layer lock serialises holders', async () => {
     const order: string[] = [];
     const hold = (name: string, ms: number) =>
-      withLayerLock(tmp, 'lk', async () => {
+      withLayerLock(tmp, 'lk', 60_000, async () => {
         order.push(`${name}+`);
         await new Promise((r) => setTimeout(r, ms));
         order.push(`${name}-`);
@@ -111,8 +129,8 @@ describe('manifests', () => {
   });
 
   test('nested locks of different layers (raw inside prepared) are independent', async () => {
-    const inner = await withLayerLock(tmp, 'outer', async () => {
-      const v = await withLayerLock(tmp, 'inner', async () => 'inner done');
+    const inner = await withLayerLock(tmp, 'outer', 60_000, async () => {
+      const v = await withLayerLock(tmp, 'inner', 60_000, async () => 'inner done');
       // The outer lock is still held and still refreshed after the inner one is released.
       await new Promise((r) => setTimeout(r, 5500));
       assert.ok(fs.existsSync(path.join(tmp, 'outer.lock')));
@@ -148,6 +166,67 @@ describe('raw layer', () => {
     await assert.rejects(download(src, dest2, `${dest2}.partial`, { algorithm: 'sha256', hex: '0'.repeat(64) }), new RegExp(`expected sha256:${'0'.repeat(64)}, got sha256:${good}`));
     assert.equal(fs.existsSync(dest2), false);
     assert.equal(fs.existsSync(`${dest2}.partial`), false);
+  });
+});
+
+describe('adoption of an unrecorded raw image', () => {
+  test('adopted only when its digest is the published one', async () => {
+    const { adoptRaw } = await import('../../src/layers/raw.js');
+    const f = path.join(tmp, 'debian-13-generic-arm64.qcow2');
+    fs.writeFileSync(f, Buffer.alloc(1 << 16, 3));
+    const sha512 = createHash('sha512').update(fs.readFileSync(f)).digest('hex');
+    const sha256 = createHash('sha256').update(fs.readFileSync(f)).digest('hex');
+    assert.deepEqual(await adoptRaw(f, { algorithm: 'sha512', hex: sha512 }), { sha256 });
+    fs.appendFileSync(f, 'tampered');
+    assert.equal(await adoptRaw(f, { algorithm: 'sha512', hex: sha512 }), undefined);
+  });
+});
+
+describe('downloads honour the runner\'s proxy', () => {
+  test('http_proxy: the image comes through the proxy, verified as usual; no_proxy bypasses it', async () => {
+    const http = await import('node:http');
+    const net = await import('node:net');
+    const body = Buffer.alloc(1 << 20, 7);
+    const digest = createHash('sha256').update(body).digest('hex');
+    // The origin only the proxy can reach (its name does not resolve).
+    const origin = http.createServer((_, res) => res.end(body));
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    const originPort = (origin.address() as import('node:net').AddressInfo).port;
+    const seen: string[] = [];
+    const proxy = http.createServer((req, res) => {
+      seen.push(`${req.method} ${req.url}`);
+      const up = http.request({ host: '127.0.0.1', port: originPort, path: new URL(req.url!).pathname, method: req.method }, (r) => r.pipe(res));
+      req.pipe(up);
+    });
+    proxy.on('connect', (req, sock, head) => {
+      seen.push(`CONNECT ${req.url}`);
+      const up = net.connect(originPort, '127.0.0.1', () => {
+        sock.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+        up.write(head);
+        up.pipe(sock);
+        sock.pipe(up);
+      });
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const saved = { http_proxy: process.env.http_proxy, no_proxy: process.env.no_proxy };
+    process.env.http_proxy = `http://127.0.0.1:${(proxy.address() as import('node:net').AddressInfo).port}`;
+    try {
+      const dest = path.join(tmp, 'proxied.qcow2');
+      await download('http://images.ryra-origin.invalid/img.qcow2', dest, `${dest}.partial`, { algorithm: 'sha256', hex: digest });
+      assert.ok(fs.readFileSync(dest).equals(body));
+      assert.equal(seen.length, 1, seen.join(', '));
+      assert.match(seen[0], /images\.ryra-origin\.invalid/);
+      process.env.no_proxy = 'ryra-origin.invalid';
+      await assert.rejects(download('http://images.ryra-origin.invalid/img.qcow2', dest, `${dest}.partial`, { algorithm: 'sha256', hex: digest }), /ENOTFOUND|EAI_AGAIN|getaddrinfo/);
+      assert.equal(seen.length, 1, 'no_proxy: not through the proxy');
+    } finally {
+      process.env.http_proxy = saved.http_proxy ?? '';
+      process.env.no_proxy = saved.no_proxy ?? '';
+      if (!saved.http_proxy) delete process.env.http_proxy;
+      if (!saved.no_proxy) delete process.env.no_proxy;
+      proxy.close();
+      origin.close();
+    }
   });
 });
 

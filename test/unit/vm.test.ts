@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -8,80 +8,92 @@ import { after, describe, test } from 'node:test';
 import { accelArgs, type Accel, type QemuArch } from '../../src/host/platform.js';
 import { hmpError, Qmp } from '../../src/vm/qmp.js';
 import { metaData, seedIso, userData } from '../../src/vm/seed.js';
-import { layoutOf, qemuArgv, sameLayout, type VmSpec } from '../../src/vm/spec.js';
+import { controlArgs, fillRecipe, recipe, sameLayout, type VmLayout } from '../../src/vm/spec.js';
 import { logTail } from '../../src/vm/machine.js';
+import { SshClient, generateKeyPair } from '../../src/vm/ssh.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-unit-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-function spec(arch: QemuArch, accel: Accel, extra: Partial<VmSpec> = {}): VmSpec {
-  return {
-    arch,
-    machine: arch === 'aarch64' ? 'virt-7.2' : 'pc-q35-7.2',
-    accel: accelArgs(arch, accel),
-    memoryMb: 2048,
-    cpus: 2,
-    firmwareFormat: 'raw',
-    seed: true,
-    qemu: `qemu-system-${arch}`,
-    name: 'vm1',
-    efiCode: '/fw/code.fd',
-    efiVars: '/w/efivars.qcow2',
-    disk: '/w/disk.qcow2',
-    seedIso: '/w/seed.iso',
-    sshPort: 40022,
-    qmpSocket: '/w/qmp.sock',
-    serialLog: '/w/serial.log',
-    pidFile: '/w/qemu.pid',
-    ...extra,
-  };
-}
+const layout = (arch: QemuArch, accel: Accel, o: Partial<VmLayout> = {}): VmLayout => ({
+  arch,
+  machine: arch === 'aarch64' ? 'virt-7.2' : 'pc-q35-7.2',
+  accel: accelArgs(arch, accel),
+  memoryMb: 2048,
+  cpus: 2,
+  firmwareFormat: 'raw',
+  seed: true,
+  shareTag: 'images',
+  ...o,
+});
 
 const after2 = (argv: string[], flag: string) => argv.filter((_, i) => argv[i - 1] === flag);
 
-describe('VmSpec → argv', () => {
-  for (const arch of ['aarch64', 'x86_64'] as const) {
-    for (const accel of ['kvm', 'tcg'] as const) {
-      for (const restore of [false, true]) {
-        for (const share of [false, true]) {
-          test(`${arch} ${accel}${restore ? ' restore' : ''}${share ? ' virtfs' : ''}`, () => {
-            const argv = qemuArgv(spec(arch, accel, { ...(restore ? { loadvm: 'ready' } : {}), ...(share ? { sharePath: '/cache/images', shareTag: 'images' } : {}) }));
-            const machine = after2(argv, '-machine')[0];
-            assert.equal(machine, arch === 'aarch64' ? (accel === 'kvm' ? 'virt-7.2,gic-version=3' : 'virt-7.2') : 'pc-q35-7.2');
-            assert.deepEqual(after2(argv, '-accel'), [accel === 'kvm' ? 'kvm' : 'tcg,thread=multi']);
-            assert.deepEqual(after2(argv, '-cpu'), [accel === 'kvm' ? 'host' : arch === 'aarch64' ? 'max,pauth-impdef=on' : 'max']);
-            const drives = after2(argv, '-drive');
-            assert.deepEqual(drives, [
-              'if=pflash,unit=0,format=raw,readonly=on,file=/fw/code.fd',
-              'if=pflash,unit=1,format=qcow2,file=/w/efivars.qcow2',
-              'if=virtio,format=qcow2,file=/w/disk.qcow2',
-              'if=virtio,format=raw,readonly=on,file=/w/seed.iso',
-            ]);
-            assert.deepEqual(after2(argv, '-netdev'), ['user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22']);
-            assert.deepEqual(after2(argv, '-qmp'), ['unix:/w/qmp.sock,server=on,wait=off']);
-            assert.deepEqual(after2(argv, '-serial'), ['file:/w/serial.log']);
-            assert.deepEqual(after2(argv, '-loadvm'), restore ? ['ready'] : []);
-            assert.deepEqual(after2(argv, '-virtfs'), share ? ['local,path=/cache/images,mount_tag=images,security_model=none,readonly=on'] : []);
-            assert.equal(after2(argv, '-m')[0], '2048');
-            assert.equal(after2(argv, '-smp')[0], '2');
-          });
-        }
-      }
-    }
-  }
+/** The seed's savevm command line (image.rs create_snapshot), option by option, for a machine/cpu. */
+function seedSavevmArgv(machine: string, cpu: string, mem: number, p: { code: string; vars: string; disk: string; seed: string; port: number; serial: string; share: string }): string[] {
+  return [
+    '-machine', machine, '-cpu', cpu, '-m', String(mem), '-smp', '2',
+    '-drive', `if=pflash,format=raw,file=${p.code},readonly=on`,
+    '-drive', `if=pflash,format=qcow2,file=${p.vars}`,
+    '-drive', `if=virtio,file=${p.disk},format=qcow2`,
+    '-drive', `if=virtio,file=${p.seed},format=raw,readonly=on`,
+    '-nic', `user,hostfwd=tcp::${p.port}-:22`,
+    '-nographic',
+    '-serial', `file:${p.serial}`,
+    '-virtfs', `local,path=${p.share},mount_tag=images,security_model=none,readonly=on`,
+  ];
+}
 
-  test('commas in paths are escaped for QEMU’s option parser', () => {
-    const argv = qemuArgv(spec('x86_64', 'tcg', { disk: '/w/a,b.qcow2' }));
-    assert.ok(argv.includes('if=virtio,format=qcow2,file=/w/a,,b.qcow2'));
+describe('the recipe (one device layout for every boot)', () => {
+  const fixed = { efiCode: '/fw/code.fd', seedIso: '/cache/snap-seed.iso' };
+  const v = { disk: '/vm/disk.qcow2', efivars: '/vm/efivars.qcow2', sshPort: '40022', serialLog: '/vm/serial.log', shareDir: '/vm/share' };
+
+  test('is the seed\'s savevm command line with the accelerator\'s arguments, for both arches', () => {
+    for (const arch of ['aarch64', 'x86_64'] as const) {
+      const argv = fillRecipe(recipe(layout(arch, 'tcg'), fixed), v);
+      const cpu = 'max';
+      const seed = seedSavevmArgv(arch === 'aarch64' ? 'virt-7.2' : 'pc-q35-7.2', cpu, 2048, { code: '/fw/code.fd', vars: v.efivars, disk: v.disk, seed: fixed.seedIso, port: 40022, serial: v.serialLog, share: v.shareDir });
+      // Only the forward's listen address differs (loopback here), amd64 pins the NIC model (q35's
+      // default e1000e is missing from Debian's cloud kernels), and the accelerator comes last.
+      const nic = arch === 'x86_64' ? 'model=virtio-net-pci,' : '';
+      const loopback = seed.map((a) => a.replace('user,hostfwd=tcp::', `user,${nic}hostfwd=tcp:127.0.0.1:`));
+      assert.deepEqual(argv, [...loopback, '-accel', 'tcg,thread=multi'], arch);
+    }
+    const kvm = recipe(layout('aarch64', 'kvm'), fixed);
+    assert.deepEqual(after2(kvm, '-machine'), ['virt-7.2,gic-version=3']);
+    assert.deepEqual(after2(kvm, '-cpu'), ['host']);
+    assert.deepEqual(kvm.slice(-2), ['-accel', 'kvm']);
   });
 
-  test('the layout ignores per-VM paths and ports but not cpu, machine, memory', () => {
-    const a = spec('aarch64', 'tcg');
-    assert.ok(sameLayout(layoutOf(a), layoutOf({ ...a, sshPort: 1, disk: '/other', name: 'x' })));
-    assert.ok(!sameLayout(layoutOf(a), layoutOf({ ...a, machine: 'virt-8.0' })));
-    assert.ok(!sameLayout(layoutOf(a), layoutOf({ ...a, memoryMb: 4096 })));
-    assert.ok(!sameLayout(layoutOf(a), layoutOf({ ...a, cpus: 4 })));
-    assert.ok(!sameLayout(layoutOf(a), layoutOf({ ...a, accel: { ...a.accel, args: ['-accel', 'tcg', '-cpu', 'max'] } })));
+  test('only the five tokens vary per VM; the seed ISO and firmware are named', () => {
+    const r = recipe(layout('x86_64', 'tcg'), fixed);
+    const tokens = r.join(' ').match(/\{[a-z-]+\}/g)!;
+    assert.deepEqual([...new Set(tokens)].sort(), ['{disk}', '{efivars}', '{serial-log}', '{share-dir}', '{ssh-port}']);
+    assert.ok(r.includes('if=virtio,file=/cache/snap-seed.iso,format=raw,readonly=on'));
+    assert.equal(recipe(layout('x86_64', 'tcg', { shareTag: undefined }), fixed).includes('-virtfs'), false);
+    assert.throws(() => recipe(layout('x86_64', 'tcg', { seed: false }), fixed), /disagree/);
+  });
+
+  test('paths with commas are escaped where QEMU parses options; a serial path cannot hold one', () => {
+    const argv = fillRecipe(recipe(layout('x86_64', 'tcg'), { efiCode: '/f,w/code.fd', seedIso: '/s.iso' }), { ...v, disk: '/w/a,b.qcow2' });
+    assert.ok(argv.includes('if=virtio,file=/w/a,,b.qcow2,format=qcow2'));
+    assert.ok(argv.includes('if=pflash,format=raw,file=/f,,w/code.fd,readonly=on'));
+    assert.throws(() => fillRecipe(recipe(layout('x86_64', 'tcg'), fixed), { ...v, serialLog: '/a,b/serial.log' }), /comma/);
+  });
+
+  test('the engine adds only QMP, no HMP, a pid file and -loadvm', () => {
+    assert.deepEqual(controlArgs({ name: 'vm1', qmpSocket: '/s/qmp.sock', pidFile: '/w/qemu.pid', loadvm: 'ready' }), [
+      '-name', 'vm1', '-qmp', 'unix:/s/qmp.sock,server=on,wait=off', '-monitor', 'none', '-pidfile', '/w/qemu.pid', '-loadvm', 'ready',
+    ]);
+  });
+
+  test('the layout compares what a snapshot depends on', () => {
+    const a = layout('aarch64', 'tcg');
+    assert.ok(sameLayout(a, { ...a }));
+    assert.ok(!sameLayout(a, { ...a, machine: 'virt-8.0' }));
+    assert.ok(!sameLayout(a, { ...a, memoryMb: 4096 }));
+    assert.ok(!sameLayout(a, { ...a, cpus: 4 }));
+    assert.ok(!sameLayout(a, { ...a, accel: { ...a.accel, args: ['-accel', 'tcg', '-cpu', 'max'] } }));
   });
 });
 
@@ -137,6 +149,86 @@ describe('QMP', () => {
     } finally {
       server.close();
     }
+  });
+});
+
+describe('every wait has a bound', () => {
+  test('a QMP server that accepts but never greets: connect fails at its bound', async () => {
+    const sock = path.join(tmp, 'mute.sock');
+    const server = net.createServer(() => {});
+    await new Promise<void>((r) => server.listen(sock, r));
+    try {
+      const start = Date.now();
+      await assert.rejects(Qmp.connect(sock, 700), /QMP handshake .* did not finish within 0\.7 s/);
+      assert.ok(Date.now() - start < 3000);
+    } finally {
+      server.close();
+    }
+  });
+
+  test('a QMP command that is never answered fails at its bound; the connection stays usable', async () => {
+    const sock = path.join(tmp, 'slow.sock');
+    const server = net.createServer((c) => {
+      c.write(JSON.stringify({ QMP: { version: {}, capabilities: [] } }) + '\n');
+      c.on('data', (d) => {
+        for (const line of d.toString().split('\n').filter(Boolean)) {
+          const msg = JSON.parse(line);
+          if (msg.execute !== 'never') c.write(JSON.stringify({ return: {}, id: msg.id }) + '\n');
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(sock, r));
+    try {
+      const q = await Qmp.connect(sock);
+      await assert.rejects(q.execute('never', undefined, 500), /QMP never did not finish within 0\.5 s/);
+      assert.deepEqual(await q.execute('query-status'), {});
+      q.close();
+    } finally {
+      server.close();
+    }
+  });
+
+  test('a guest command that never returns fails at its bound (a real SSH server)', async () => {
+    const { Server, utils } = (await import('ssh2')).default;
+    const hostKey = utils.generateKeyPairSync('ed25519').private;
+    const key = generateKeyPair();
+    const server = new Server({ hostKeys: [hostKey] }, (client) => {
+      client.on('authentication', (ctx) => ctx.accept());
+      client.on('ready', () => client.on('session', (accept) => accept().on('exec', (acc) => acc() /* never exits */)));
+      client.on('error', () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    try {
+      const c = await SshClient.connect({ port, user: 'ryra', privateKey: key.privateKey });
+      const start = Date.now();
+      await assert.rejects(c.exec('sleep infinity', { timeoutMs: 600 }), /command timed out after 0\.6 s: sleep infinity/);
+      assert.ok(Date.now() - start < 3000);
+      c.end();
+    } finally {
+      server.close();
+    }
+  });
+});
+
+describe('a detached guest', () => {
+  // The cause of `ryra-vm boot` exiting 0 with no output (issue 9): a cold boot that met a kernel
+  // panic destroyed its first guest and waited for QEMU's exit on an unreferenced child handle with
+  // nothing else pending, so Node's event loop ran empty and the process ended mid-command (status 0:
+  // proper-lockfile's signal-exit sets it). The handle now stays referenced until release().
+  test('destroying it keeps this process alive until QEMU has exited (real QEMU, firmware only)', () => {
+    const script = `
+      import { Machine } from '${path.resolve('src/vm/machine.ts')}';
+      import 'proper-lockfile';
+      const dir = process.argv[1];
+      const m = await Machine.spawn({ qemu: 'qemu-system-x86_64', name: 'detached', workDir: dir, recipe: ['-machine', 'q35', '-nodefaults', '-display', 'none', '-accel', 'tcg'], disk: '', efivars: '', user: 'x', privateKey: '', detached: true });
+      await m.destroy();
+      console.log('destroyed, exit', m.running ? 'pending' : 'seen');
+    `;
+    const dir = fs.mkdtempSync(path.join(tmp, 'detached-'));
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, dir], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.stdout.trim(), 'destroyed, exit seen', `status ${r.status}, stderr: ${r.stderr}`);
+    assert.equal(r.status, 0);
   });
 });
 

@@ -7,17 +7,21 @@ const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   InputError,
   Outputs,
+  RuntimeFiles,
   State,
   actionsLogger,
+  bootVm,
   ensureLayers,
   errorMessage,
+  jobHolder,
   listVms,
   logTail,
   parseConfig,
+  releaseHolder,
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-EEU42WZ5.js";
+} from "./chunk-XM2LN4B5.js";
 import {
   addPath,
   getInput,
@@ -43,10 +47,23 @@ function size(bytes) {
 function esc(s) {
   return s.replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" })[c]);
 }
-function summaryTable(layers, outputs) {
-  const rows = layers.map((l) => `<tr><td>${l.layer}</td><td>${l.source}${l.note ? ` (${esc(l.note)})` : ""}</td><td>${l.seconds.toFixed(1)}</td><td>${size(l.bytes)}</td></tr>`).join("");
-  const facts = ["accel", "snapshot", "snapshot-memory-mb", "cache-hit"].map((k) => `<tr><td>${k}</td><td>${esc(outputs[k] || "\u2014")}</td></tr>`).join("");
-  return `<table><tr><th>layer</th><th>source</th><th>seconds</th><th>size</th></tr>${rows}</table><table>${facts}</table>`;
+function summaryTable(r) {
+  const rows = r.layers.map((l) => `<tr><td>${l.layer}</td><td>${l.source}${l.note ? ` (${esc(l.note)})` : ""}</td><td>${l.seconds.toFixed(1)}</td><td>${size(l.bytes)}</td></tr>`).join("");
+  const o = r.outputs;
+  const facts = [
+    ["accel", o.accel],
+    ["snapshot", o.snapshot],
+    ["snapshot-memory-mb", o["snapshot-memory-mb"]],
+    ["cache-hit", o["cache-hit"]],
+    ["cache-hit-layers", o["cache-hit-layers"]],
+    ["cache dir", `${esc(r.cacheDir)} (${size(r.cacheDirBytes)})`],
+    ["evicted", r.evicted.length ? r.evicted.map((e) => `${esc(e.base)} (${size(e.bytes)})`).join(", ") : "nothing"]
+  ];
+  return `<table><tr><th>layer</th><th>source</th><th>seconds</th><th>size</th></tr>${rows}</table><table>${facts.map(([k, v]) => `<tr><td>${k}</td><td>${v || "\u2014"}</td></tr>`).join("")}</table>`;
+}
+function vmTable(vms) {
+  const rows = vms.map((v) => `<tr><td>${esc(v.name)}</td><td>${v.mode}</td><td>${(v.readyMs / 1e3).toFixed(1)}</td><td>${v.running ? "stopped by post" : "exited"}</td></tr>`);
+  return `<table><tr><th>VM</th><th>boot</th><th>seconds to SSH</th><th>end</th></tr>${rows.join("")}</table>`;
 }
 
 // src/action.ts
@@ -56,19 +73,26 @@ async function runMain() {
     const config = parseConfig((name) => getInput(name));
     const host = await setupHost(config);
     const result = await ensureLayers(config, host);
-    const outputs = result.outputs;
+    const { outputs } = result;
     for (const [name, value] of Object.entries(outputs)) setOutput(name, value);
     for (const line of fs.readFileSync(outputs[Outputs.SshKey], "utf8").split("\n")) if (line.length > 20 && !line.startsWith("-----")) setSecret(line);
     saveState(State.Manifest, outputs[Outputs.Manifest]);
     saveState(State.RuntimeDir, result.runtimeDir);
+    saveState(State.CacheDir, config.cacheDir);
     addCliToPath(result.runtimeDir);
-    await summary.addHeading("ryra-vm", 3).addRaw(summaryTable(result.layers, outputs), true).write();
+    const vms = [];
+    for (const name of config.boot) {
+      const vm = await group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest] }));
+      info(`${vm.name}: ready in ${(vm.readyMs / 1e3).toFixed(1)} s (${vm.mode}), ssh ${vm.name} or ryra-vm ssh ${vm.name}`);
+      vms.push(vm);
+    }
+    await summary.addHeading("ryra-vm", 3).addRaw(summaryTable(result.record), true).write();
   } catch (err) {
     setFailed(err instanceof InputError ? err.message : errorMessage(err));
   }
 }
 function addCliToPath(rt) {
-  const bin = path.join(rt, "bin");
+  const bin = path.join(rt, RuntimeFiles.bin);
   fs.mkdirSync(bin, { recursive: true });
   const cli = path.join(path.dirname(path.resolve(process.argv[1])), "cli.js");
   fs.writeFileSync(path.join(bin, "ryra-vm"), `#!/bin/sh
@@ -82,18 +106,16 @@ async function runPost() {
     const rt = getState(State.RuntimeDir);
     if (rt) process.env.RYRA_VM_RUNTIME_DIR = rt;
     const vms = listVms();
-    const rows = [];
     for (const vm of vms) {
       if (!vm.running) {
         await group(`VM ${vm.name} exited on its own: serial console, last lines`, async () => info(logTail(vm.serialLog, 60)));
       }
       await stopVm(vm);
       if (vm.running) info(`stopped VM ${vm.name} (left running by a later step)`);
-      rows.push(`<tr><td>${vm.name}</td><td>${vm.mode}</td><td>${(vm.readyMs / 1e3).toFixed(1)}</td><td>${vm.running ? "stopped by post" : "exited"}</td></tr>`);
     }
-    if (rows.length) {
-      await summary.addHeading("ryra-vm: VMs", 3).addRaw(`<table><tr><th>VM</th><th>boot</th><th>seconds to SSH</th><th>end</th></tr>${rows.join("")}</table>`, true).write();
-    }
+    const cacheDir = getState(State.CacheDir);
+    if (cacheDir && rt) releaseHolder(cacheDir, jobHolder(rt).id);
+    if (vms.length) await summary.addHeading("ryra-vm: VMs", 3).addRaw(vmTable(vms), true).write();
   } catch (err) {
     warning(`post step: ${errorMessage(err)}`);
   }

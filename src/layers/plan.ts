@@ -1,0 +1,117 @@
+// Planning, pure: config + host facts + the SSH key + test hooks → every layer's key, file names
+// and Actions cache key. A layer's file name carries its key, so configurations that differ in
+// anything that decides a layer's content (packages, image, recipe, QEMU layout) sit side by side
+// in one cache dir and never touch each other's files. The raw layer of the catalogue's own image
+// keeps the seed's name, so an image the Rust tool downloaded is still found.
+import { distroImage, type DistroImage } from '../distro.js';
+import type { TestHooks } from '../env.js';
+import type { Host } from '../host/setup.js';
+import type { Config } from '../inputs.js';
+import { snapshotFileNames } from '../names.js';
+import { userData } from '../vm/seed.js';
+import { hashOf, type LayerName } from './manifest.js';
+
+/** Bump when a recipe changes what a layer contains; it is part of every key. */
+export const RECIPE_VERSION = 2;
+/** Characters of a layer key in its file names. */
+export const NAME_KEY_LENGTH = 12;
+
+/**
+ * The guest-side commands a layer's content depends on (defined by prepared.ts, snapshot.ts and
+ * browser.ts); their text is hashed into the keys, so a changed command makes a new layer.
+ */
+export interface Recipes {
+  /** prepared: instance-state cleanup before power-off. */
+  cleanForTemplate: string;
+  /** snapshot: the seed's setup, and the RAM shrink before savevm. */
+  snapshotSetup: string;
+  shrinkRam: string;
+  /** browser: the install script for the requested source. */
+  browserScript: string;
+}
+
+export interface LayerPlan {
+  layer: LayerName;
+  /** Manifest base name (the layer's main file without .qcow2). */
+  base: string;
+  files: string[];
+  key: string;
+  /** Readable, exact Actions cache key. */
+  cacheKey: string;
+  inputs: Record<string, unknown>;
+}
+
+export interface Plan {
+  image: DistroImage;
+  packages: string[];
+  raw: LayerPlan;
+  prepared: LayerPlan;
+  snapshot: LayerPlan;
+  browser: LayerPlan;
+  browserSnapshot: LayerPlan;
+}
+
+/** Packages of the prepared layer: the catalogue's (or a test's replacement list) plus `packages`. */
+export function basePackages(image: DistroImage, extra: string[], hooks: Pick<TestHooks, 'basePackages'>): string[] {
+  return [...new Set([...(hooks.basePackages ?? image.packages), ...extra])];
+}
+
+function plan1(layer: LayerName, name: (key: string) => string, files: (base: string) => string[], inputs: Record<string, unknown>, suffix: string): LayerPlan {
+  const key = hashOf({ layer, recipe: RECIPE_VERSION, ...inputs });
+  const base = name(key.slice(0, NAME_KEY_LENGTH));
+  return { layer, base, files: files(base), key, cacheKey: `ryra-vm-v${RECIPE_VERSION}-${layer}-${suffix}-${key}`, inputs };
+}
+
+const qcow2 = (base: string) => [`${base}.qcow2`];
+const stripQcow2 = (f: string) => f.replace(/\.qcow2$/, '');
+
+export function planLayers(config: Config, host: Host, publicKey: string, recipes: Recipes, hooks: Pick<TestHooks, 'basePackages'>): Plan {
+  const image = distroImage(config.distro, config.arch);
+  const packages = basePackages(image, config.packages, hooks);
+  const id = `${config.distro}-${config.arch}`;
+  const custom = config.imageUrl !== undefined;
+  const raw = plan1(
+    'raw',
+    (k) => (custom ? `${stripQcow2(image.rawFile)}-${k}` : stripQcow2(image.rawFile)),
+    qcow2,
+    {
+      url: custom ? 'custom' : image.url,
+      checksum: config.imageChecksum ? `${config.imageChecksum.algorithm}:${config.imageChecksum.hex}` : image.checksumUrl,
+    },
+    id,
+  );
+  const cloudInit = userData({ publicKey: '<key>', hostname: 'ryra-prepare', packages });
+  const prepared = plan1('prepared', (k) => `${stripQcow2(image.preparedFile)}-${k}`, qcow2, {
+    raw: raw.key,
+    packages,
+    cloudInit: hashOf(cloudInit + recipes.cleanForTemplate),
+    ...(config.prepareScript ? { prepare: hashOf(config.prepareScript) } : {}),
+  }, id);
+  const machineIdentity = {
+    qemu: host.qemu.version,
+    machine: host.qemu.machine,
+    accel: host.accel,
+    cpu: host.cpuIdentity,
+    // The firmware's identity, not its path: a padded copy lives under the cache dir, which differs per runner.
+    firmware: { code: host.firmware.code.split('/').pop(), size: host.firmware.size, format: host.firmware.format },
+    cpus: config.cpus,
+    memoryMb: config.memoryMb,
+    diskSize: config.diskSize,
+    sshKey: hashOf(publicKey.trim()),
+    setup: hashOf(recipes.snapshotSetup + recipes.shrinkRam),
+  };
+  const snapshot = plan1('snapshot', (k) => `${image.snapshotBase}-snapshot-${config.memoryMb}-${k}`, snapshotFileNames, { prepared: prepared.key, ...machineIdentity }, `${id}-m${config.memoryMb}`);
+  const browser = plan1('browser', (k) => `${stripQcow2(image.browserFile)}-${k}`, qcow2, {
+    prepared: prepared.key,
+    source: config.browserSource,
+    script: hashOf(recipes.browserScript),
+  }, id);
+  const browserSnapshot = plan1(
+    'browser-snapshot',
+    (k) => `${image.browserSnapshotBase}-snapshot-${config.memoryMb}-${k}`,
+    snapshotFileNames,
+    { browser: browser.key, ...machineIdentity },
+    `${id}-m${config.memoryMb}`,
+  );
+  return { image, packages, raw, prepared, snapshot, browser, browserSnapshot };
+}

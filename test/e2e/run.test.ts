@@ -1,0 +1,101 @@
+// Steps that run inside the VM, as the runner runs them (amd64, TCG, the light configuration from
+// the shared cache dir): the action, then `shell: ryra-vm run {0}` steps whose script is a file
+// (as {0} is) reading the workspace, seeing an awkward environment value, writing files, a symlink
+// and a step output; a normal step on the host seeing all of it; a --fresh step seeing a clean VM
+// with the workspace; a failing script's status as the step's; help on every command.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
+import { ensureFixture, type Fixture } from '../support/fixtures.js';
+import { runner } from '../support/runner.js';
+import { LIGHT, configEnv, configInputs, sharedDir, sharedLayers } from '../support/shared.js';
+
+const root = tempRoot('run');
+let fx: Fixture;
+const figures: string[] = [];
+
+before(async () => {
+  fx = ensureFixture('amd64');
+  await sharedLayers(LIGHT, path.join(root.dir, 'rt-shared'));
+});
+after(async () => {
+  const left = qemuProcessesUnder(root.dir);
+  root.remove();
+  if (figures.length) console.log(`run figures: ${figures.join('; ')}`);
+  assert.deepEqual(left, [], 'no qemu process may outlive the suite');
+});
+
+describe('ryra-vm run as a step\'s shell (amd64, TCG)', { timeout: 30 * 60_000 }, () => {
+  test('a job: the action boots the VM; run steps in it see the workspace and env; the host sees their work; --fresh is clean; exit codes pass', async () => {
+    const r = runner(root.dir, 'job', configEnv(LIGHT));
+    const ws = r.env.GITHUB_WORKSPACE!;
+    fs.mkdirSync(path.join(ws, 'src'), { recursive: true });
+    fs.writeFileSync(path.join(ws, 'src', 'input.txt'), 'from the runner\n');
+    fs.writeFileSync(path.join(ws, 'with space ü.txt'), 'odd name\n');
+    const AWKWARD = `it's "quoted"\nand on two lines with $HOME and \`ticks\``;
+    try {
+      const a = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': sharedDir(), boot: 'default', 'environment-variables': 'AWKWARD' });
+      assert.equal(a.code, 0, a.stdout.slice(-4000));
+      assert.match(a.stdout, /default: ready in [\d.]+ s \(restore\)/);
+
+      const t0 = Date.now();
+      const s2 = await r.step(
+        [
+          'set -u',
+          'test "$(pwd)" = "$GITHUB_WORKSPACE"',
+          'grep -q "from the runner" src/input.txt',
+          'grep -q "odd name" "with space ü.txt"',
+          `test "$(printf %s "$AWKWARD" | sha256sum | cut -c1-64)" = ${createHash('sha256').update(AWKWARD).digest('hex')}`,
+          'test "$CI" = true && test "$GITHUB_SHA" = f00dfeed && test "$RUNNER_OS" = Linux',
+          'mkdir -p out && uname -m > out/arch.txt',
+          'ln -s out/arch.txt arch-link',
+          'rm src/input.txt',
+          'echo "kernel=$(uname -r)" >> "$GITHUB_OUTPUT"',
+          'touch ~/only-in-default-vm',
+          'echo step two done',
+        ].join('\n'),
+        { shell: 'ryra-vm run {0}', env: { AWKWARD } },
+      );
+      assert.equal(s2.code, 0, `${s2.stdout}\n${s2.stderr}`);
+      assert.match(s2.stdout, /step two done/, 'output streams to the step');
+      figures.push(`run step (reused VM, sync both ways) ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+
+      // Step 3, on the host: the VM's files, its symlink, its deletion and its step output.
+      assert.equal(fs.readFileSync(path.join(ws, 'out', 'arch.txt'), 'utf8').trim(), 'x86_64');
+      assert.equal(fs.readlinkSync(path.join(ws, 'arch-link')), 'out/arch.txt');
+      assert.equal(fs.existsSync(path.join(ws, 'src', 'input.txt')), false, 'deleted in the VM, deleted here');
+      assert.ok(fs.existsSync(path.join(ws, 'with space ü.txt')));
+      assert.match(r.stepOutputs().kernel ?? '', /^\d+\.\d+/);
+      const s3 = await r.step('test "$(readlink arch-link)" = out/arch.txt && test -x "$(command -v ryra-vm)"');
+      assert.equal(s3.code, 0, s3.stderr);
+
+      // Step 4: a fresh VM has the workspace but not what step 2 left outside it.
+      const t1 = Date.now();
+      const s4 = await r.step('test -f out/arch.txt && test ! -e src/input.txt && test ! -e ~/only-in-default-vm && echo fresh ok', { shell: 'ryra-vm run --fresh {0}' });
+      assert.equal(s4.code, 0, `${s4.stdout}\n${s4.stderr}`);
+      figures.push(`--fresh step (restore + sync + stop) ${((Date.now() - t1) / 1000).toFixed(1)} s`);
+      assert.equal(JSON.parse((await r.cli(['list', '--json'])).stdout).length, 1, 'the fresh VM is gone, default runs on');
+
+      // A script's exit status is the step's; the default VM is reused (still has its marker).
+      const s5 = await r.step('test -e ~/only-in-default-vm; exit 3', { shell: 'ryra-vm run {0}' });
+      assert.equal(s5.code, 3);
+
+      // `ssh default` works through the runner user's ~/.ssh/config.
+      const s6 = await r.step('ssh default "test -e ~/only-in-default-vm && hostname"');
+      assert.equal(s6.code, 0, s6.stderr);
+
+      for (const cmd of ['prepare', 'boot', 'run', 'ssh', 'cp', 'stop', 'list', 'gc']) {
+        const h = await r.cli([cmd, '--help']);
+        assert.equal(h.code, 0, `${cmd} --help: ${h.stderr}`);
+        assert.match(h.stdout, new RegExp(`^ryra-vm ${cmd}\\b`), cmd);
+      }
+    } finally {
+      await r.post();
+    }
+    assert.deepEqual(qemuProcessesUnder(root.dir), []);
+    assert.doesNotMatch(fs.readFileSync(path.join(r.env.HOME!, '.ssh', 'config'), 'utf8'), /Host default/, 'the post step removed the Host entry');
+  });
+});
