@@ -28,7 +28,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-XM2LN4B5.js";
+} from "./chunks/chunk-YWV43GDX.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

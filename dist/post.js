@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-KNVITGL5.js";
-import "./chunks/chunk-XM2LN4B5.js";
+} from "./chunks/chunk-333AKD2C.js";
+import "./chunks/chunk-YWV43GDX.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/post.ts

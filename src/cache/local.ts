@@ -134,21 +134,25 @@ export function cleanStaleTemps(dir: string): void {
     if (pid === process.pid || processAlive(pid)) continue;
     const p = path.join(dir, n);
     for (const q of orphanedQemu(p)) {
-      log.info(`killing QEMU pid ${q} left running in ${n} by an interrupted run`);
+      log.info(`killing QEMU pid ${q.pid} left running in ${n} by an interrupted run`);
       try {
-        process.kill(q, 'SIGKILL');
+        process.kill(q.pid, 'SIGKILL');
       } catch {
         /* gone */
       }
+      if (q.socketDir) fs.rmSync(q.socketDir, { recursive: true, force: true });
     }
     fs.rmSync(p, { recursive: true, force: true });
     log.info(`removed a stale temp left by an interrupted run: ${n}`);
   }
 }
 
-/** QEMU processes whose pid file lies under `root` and whose command line names `root`. */
-export function orphanedQemu(root: string): number[] {
-  const found: number[] = [];
+/**
+ * QEMU processes whose pid file lies under `root` and whose command line names `root`, with the
+ * private dir of their QMP socket (made by makeSocketDir, outside `root`).
+ */
+export function orphanedQemu(root: string): { pid: number; socketDir?: string }[] {
+  const found: { pid: number; socketDir?: string }[] = [];
   let entries: fs.Dirent[] = [];
   try {
     if (!fs.statSync(root).isDirectory()) return [];
@@ -162,7 +166,10 @@ export function orphanedQemu(root: string): number[] {
     if (!(pid > 0)) continue;
     try {
       const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (cmd.includes('qemu-system') && cmd.includes(root)) found.push(pid);
+      if (!cmd.includes('qemu-system') || !cmd.includes(root)) continue;
+      const qmp = /\0-qmp\0unix:([^,\0]+)/.exec(cmd)?.[1];
+      const socketDir = qmp && path.dirname(qmp);
+      found.push({ pid, socketDir: socketDir && path.basename(socketDir).startsWith('rvm-') ? socketDir : undefined });
     } catch {
       /* not running */
     }

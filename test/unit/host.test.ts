@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { planInstall } from '../../src/host/deps.js';
 import { AARCH64_PFLASH_SIZE, firmwareNotFound, padTo, selectFromDescriptors, selectFromKnownPaths } from '../../src/host/firmware.js';
 import { accelArgs, chooseAccel, hostCpuIdentity, parseMachineAlias, parseQemuVersion, qemuBinary } from '../../src/host/platform.js';
@@ -66,7 +66,12 @@ describe('platform', () => {
 });
 
 describe('KVM probe (real QEMU, a few seconds each)', () => {
-  const fw = () => findFirmware('x86_64', 'pc-q35-7.2', fs.mkdtempSync(path.join(os.tmpdir(), 'fw-')));
+  const dirs: string[] = [];
+  after(() => dirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+  const fw = () => {
+    dirs.push(fs.mkdtempSync(path.join(os.tmpdir(), 'fw-')));
+    return findFirmware('x86_64', 'pc-q35-7.2', dirs.at(-1)!);
+  };
   const base = () => ({ qemu: 'qemu-system-x86_64', arch: 'x86_64' as const, machine: 'q35', firmware: fw() });
 
   test('the job\'s machine running its firmware shows signs of life (under TCG, as a stand-in accelerator)', async () => {

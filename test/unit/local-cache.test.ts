@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   cleanStaleTemps,
   dirBytes,
@@ -68,9 +69,14 @@ describe('stale temps', () => {
     const dir = fs.mkdtempSync(path.join(tmp, 'temps-'));
     const stale = path.join(dir, 'prepared-work.ryra-tmp-999999999-abcd');
     fs.mkdirSync(path.join(stale, 'vm'), { recursive: true });
-    // A stand-in for an orphaned QEMU: its command line names the work dir, as QEMU's does.
-    const orphan = spawn('bash', ['-c', `exec -a "qemu-system-x86_64 -drive file=${stale}/disk.qcow2" sleep 300`], { stdio: 'ignore', detached: true });
+    // A stand-in for an orphaned QEMU: its command line names the work dir and its QMP socket's
+    // private dir (outside the work dir), as QEMU's does.
+    const socketDir = fs.mkdtempSync(path.join(tmp, 'rvm-'));
+    fs.writeFileSync(path.join(socketDir, 'qmp.sock'), '');
+    const orphan = spawn('bash', ['-c', `exec -a qemu-system-x86_64 perl -e 'sleep 300' -- -qmp unix:${socketDir}/qmp.sock,server=on,wait=off -drive file=${stale}/disk.qcow2`], { stdio: 'ignore', detached: true });
     children.push(orphan);
+    // Until bash has exec'd, the child's command line is not QEMU's yet.
+    while (!fs.readFileSync(`/proc/${orphan.pid}/cmdline`, 'utf8').startsWith('qemu-system-x86_64\0')) await sleep(10);
     fs.writeFileSync(path.join(stale, 'vm', 'qemu.pid'), `${orphan.pid}\n`);
     // A pid file whose process does not name the dir (pid reuse) is left alone.
     const stranger = spawn('sleep', ['300'], { stdio: 'ignore' });
@@ -83,6 +89,7 @@ describe('stale temps', () => {
     cleanStaleTemps(dir);
     await exited;
     assert.deepEqual(fs.readdirSync(dir), [path.basename(live)]);
+    assert.equal(fs.existsSync(socketDir), false, 'the QMP socket dir goes with its QEMU');
     assert.equal(stranger.exitCode, null, 'an unrelated process is not killed');
   });
 });

@@ -21,7 +21,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-XM2LN4B5.js";
+} from "./chunk-YWV43GDX.js";
 import {
   addPath,
   getInput,

@@ -22042,11 +22042,12 @@ function cleanStaleTemps(dir) {
     if (pid === process.pid || processAlive(pid)) continue;
     const p = path3.join(dir, n);
     for (const q2 of orphanedQemu(p)) {
-      log.info(`killing QEMU pid ${q2} left running in ${n} by an interrupted run`);
+      log.info(`killing QEMU pid ${q2.pid} left running in ${n} by an interrupted run`);
       try {
-        process.kill(q2, "SIGKILL");
+        process.kill(q2.pid, "SIGKILL");
       } catch {
       }
+      if (q2.socketDir) fs4.rmSync(q2.socketDir, { recursive: true, force: true });
     }
     fs4.rmSync(p, { recursive: true, force: true });
     log.info(`removed a stale temp left by an interrupted run: ${n}`);
@@ -22067,7 +22068,10 @@ function orphanedQemu(root) {
     if (!(pid > 0)) continue;
     try {
       const cmd = fs4.readFileSync(`/proc/${pid}/cmdline`, "utf8");
-      if (cmd.includes("qemu-system") && cmd.includes(root)) found.push(pid);
+      if (!cmd.includes("qemu-system") || !cmd.includes(root)) continue;
+      const qmp = /\0-qmp\0unix:([^,\0]+)/.exec(cmd)?.[1];
+      const socketDir = qmp && path3.dirname(qmp);
+      found.push({ pid, socketDir: socketDir && path3.basename(socketDir).startsWith("rvm-") ? socketDir : void 0 });
     } catch {
     }
   }
@@ -22185,7 +22189,7 @@ async function evict(dir, maxBytes) {
       }).catch(() => false);
       if (!gone) continue;
       evicted.push({ base: x.base, layer: x.layer, bytes: x.bytes });
-      bytes -= x.bytes;
+      bytes = dirBytes(dir);
       log.info(`evicted ${x.layer} layer ${x.base} (${(x.bytes / 2 ** 20).toFixed(0)} MiB, last used ${new Date(x.lastUse).toISOString()})`);
     }
   }
