@@ -28,7 +28,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-YWV43GDX.js";
+} from "./chunks/chunk-X22MGJ3B.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

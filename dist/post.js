@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-333AKD2C.js";
-import "./chunks/chunk-YWV43GDX.js";
+} from "./chunks/chunk-XWFEYL7E.js";
+import "./chunks/chunk-X22MGJ3B.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/post.ts

@@ -141,8 +141,11 @@ class Worker {
 }
 
 export interface ActionsCache {
-  /** Restores into `dir` (a scratch dir): a lookup first, then the transfer; true when the entry arrived. */
-  restore(key: string, paths: string[], dir: string): Promise<boolean>;
+  /**
+   * Restores into `dir` (a scratch dir): a lookup first, then the transfer. 'failed': the entry
+   * exists but its transfer failed (worth one more try); 'miss': no such entry, or the tier is off.
+   */
+  restore(key: string, paths: string[], dir: string): Promise<'restored' | 'failed' | 'miss'>;
   /** Saves files (names relative to `dir`); 'saved', 'exists' (another job saved this key) or 'failed'. */
   save(key: string, paths: string[], dir: string): Promise<'saved' | 'exists' | 'failed'>;
   /** Whether the tier is still on (a timeout turns it off for the run). */
@@ -177,15 +180,15 @@ export function actionsCache(timeouts = cacheTimeouts()): ActionsCache {
     },
     async restore(key, paths, dir) {
       const hit = await call({ op: 'lookup', dir, paths, key }, timeouts.lookupMs);
-      if (!hit || hit.timedOut) return false;
+      if (!hit || hit.timedOut) return 'miss';
       const problem = describe(hit, 'lookup', key);
       if (problem) log.warning(`Actions cache: ${problem}; building instead`);
-      if (!hit.matchedKey || hit.matchedKey.toLowerCase() !== key.toLowerCase()) return false;
+      if (!hit.matchedKey || hit.matchedKey.toLowerCase() !== key.toLowerCase()) return 'miss';
       const o = await call({ op: 'restore', dir, paths, key }, timeouts.transferMs);
-      if (!o || o.timedOut) return false;
+      if (!o || o.timedOut) return 'miss';
       const p2 = describe(o, 'restore', key);
-      if (p2) log.warning(`Actions cache: ${p2}; building instead`);
-      return !!o.matchedKey && o.matchedKey.toLowerCase() === key.toLowerCase();
+      if (p2) log.warning(`Actions cache: ${p2}`);
+      return !!o.matchedKey && o.matchedKey.toLowerCase() === key.toLowerCase() ? 'restored' : 'failed';
     },
     async save(key, paths, dir) {
       try {

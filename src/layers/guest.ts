@@ -13,6 +13,14 @@ export type BuilderGuest = Omit<ColdBootOptions, 'qemu' | 'layout' | 'firmware'>
  * and each sync is a flush through the emulated disk). Removed before the image is kept.
  */
 export const BUILD_DPKG_CFG = { path: '/etc/dpkg/dpkg.cfg.d/ryra-vm-build', content: 'force-unsafe-io\n' };
+/**
+ * apt without the description translations while a build installs packages: measured here, the
+ * 6.5 MB Translation-en is 40% of `apt-get update`'s download through QEMU's user network under TCG.
+ * Removed before the image is kept, like BUILD_DPKG_CFG.
+ */
+export const BUILD_APT_CFG = { path: '/etc/apt/apt.conf.d/99ryra-vm-build', content: 'Acquire::Languages "none";\n' };
+/** Both, for an apt guest's build. */
+export const BUILD_APT_FILES = [BUILD_DPKG_CFG, BUILD_APT_CFG];
 
 /** The device layout of a guest of this host: the snapshot's layout when `shareTag` is given. */
 export function hostLayout(ctx: Pick<LayerContext, 'host'>, o: { memoryMb: number; cpus: number; shareTag?: string }): VmLayout {
@@ -38,7 +46,7 @@ export function bootBuilder(ctx: LayerContext, g: BuilderGuest): Promise<Machine
   const { memoryMb, cpus, shareTag, ...rest } = g;
   const proxy = rest.scratchDisk ? runnerProxy() : undefined;
   const cas = rest.scratchDisk ? runnerCAs() : [];
-  const files = [...(proxy ? proxyFiles(proxy, ctx.image.guestPackageManager) : []), ...(rest.scratchDisk && ctx.image.guestPackageManager === 'apt' ? [BUILD_DPKG_CFG] : [])];
+  const files = [...(proxy ? proxyFiles(proxy, ctx.image.guestPackageManager) : []), ...(rest.scratchDisk && ctx.image.guestPackageManager === 'apt' ? BUILD_APT_FILES : [])];
   return coldBoot({
     ...rest,
     seed: { ...rest.seed, files: files.length ? files : undefined, bootcmd: cas.length ? [caSetupScript(cas)] : undefined },

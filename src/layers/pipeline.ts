@@ -116,22 +116,37 @@ async function imagesCorrupt(dir: string, files: string[]): Promise<string | und
  * disk at this cache dir's backing image, then moves it in place.
  */
 async function restoreLayer(ctx: LayerContext, p: LayerPlan, key: string, parentId: string | undefined, backing: string | undefined): Promise<Manifest | undefined> {
+  // An entry that exists but arrived broken is fetched once more: a cut transfer is far more
+  // likely than a broken entry, and a download costs seconds where a rebuild costs minutes.
+  for (let attempt = 1; ; attempt++) {
+    const r = await restoreOnce(ctx, p, key, parentId, backing);
+    if (typeof r !== 'string') return r;
+    if (r === 'miss') return undefined;
+    if (attempt === 2 || !ctx.cache!.on) {
+      log.warning(`Actions cache entry ${key}: ${r}; building instead`);
+      return undefined;
+    }
+    log.warning(`Actions cache entry ${key}: ${r}; downloading it once more`);
+  }
+}
+
+/** One restore into a fresh scratch dir: the layer's manifest, 'miss', or why the entry is not usable. */
+async function restoreOnce(ctx: LayerContext, p: LayerPlan, key: string, parentId: string | undefined, backing: string | undefined): Promise<Manifest | string> {
   const staging = tempPath(ctx.dir, `${p.base}-restore`);
   fs.mkdirSync(staging, { recursive: true });
   try {
-    if (!(await ctx.cache!.restore(key, cachePaths(p), staging))) return undefined;
+    const got = await ctx.cache!.restore(key, cachePaths(p), staging);
+    if (got === 'miss') return 'miss';
+    if (got === 'failed') return 'the download failed';
     const m = readManifest(manifestPath(staging, p.base));
     const why = invalidReason(m, staging, p, parentId) ?? (await imagesCorrupt(staging, p.files));
-    if (why || !m) {
-      log.warning(`Actions cache entry ${key} is not usable (${why}); building instead`);
-      return undefined;
-    }
+    if (why || !m) return `not usable (${why ?? 'no manifest'})`;
     if (backing && m.backing !== backing) {
       await rebaseUnsafe(path.join(staging, p.files[0]), backing);
       writeManifest(manifestPath(staging, p.base), { ...m, backing });
     }
     placeLayer(ctx.dir, staging, p);
-    return readManifest(manifestPath(ctx.dir, p.base));
+    return readManifest(manifestPath(ctx.dir, p.base)) ?? 'no manifest after placing it';
   } finally {
     fs.rmSync(staging, { recursive: true, force: true });
   }

@@ -10,7 +10,7 @@ import { CA_CLEANUP, PROXY_CLEANUP } from '../proxy.js';
 import { convert } from '../vm/images.js';
 import { generateKeyPair } from '../vm/ssh.js';
 import type { LayerContext } from './context.js';
-import { BUILD_DPKG_CFG, bootBuilder } from './guest.js';
+import { BUILD_APT_FILES, bootBuilder } from './guest.js';
 
 /** Makes the image a template: next boot is a new cloud-init instance with new host keys. */
 export const CLEAN_FOR_TEMPLATE = 'sudo cloud-init clean --logs && sudo rm -f /etc/ssh/ssh_host_*_key* && sudo truncate -s 0 /etc/machine-id';
@@ -62,7 +62,7 @@ export async function buildImage(ctx: LayerContext, o: ImageBuild): Promise<stri
         await m.check('bash -e -s', s.label, { input: s.text, stdout: process.stderr, stderr: process.stderr, timeoutMs: ctx.timeouts.packagesMs });
       }
       if (o.result) result = (await m.check(o.result, 'reading the build result')).stdout.trim();
-      await m.check(`${PROXY_CLEANUP}; ${CA_CLEANUP}; sudo rm -f ${BUILD_DPKG_CFG.path}; ${CLEAN_PACKAGE_CACHE[ctx.image.guestPackageManager]}; ${CLEAN_FOR_TEMPLATE}`, 'cleaning instance state');
+      await m.check(`${PROXY_CLEANUP}; ${CA_CLEANUP}; sudo rm -f ${BUILD_APT_FILES.map((f) => f.path).join(' ')}; ${CLEAN_PACKAGE_CACHE[ctx.image.guestPackageManager]}; ${CLEAN_FOR_TEMPLATE}`, 'cleaning instance state');
       if (!(await m.poweroff())) throw new Error(`${o.name} did not shut down cleanly; not keeping a possibly inconsistent image`);
     } finally {
       await m.destroy();

@@ -28,7 +28,7 @@ export async function ensureSshKey(dir: string, cache: ActionsCache | undefined)
     const staging = tempPath(dir, 'ssh-key-restore');
     fs.mkdirSync(staging);
     try {
-      if (!(await cache.restore(SSH_KEY_CACHE_KEY, names, staging))) return false;
+      if ((await cache.restore(SSH_KEY_CACHE_KEY, names, staging)) !== 'restored') return false;
       const before = local() ? fs.readFileSync(`${file}.pub`, 'utf8') : undefined;
       fs.renameSync(path.join(staging, names[1]), `${file}.pub`);
       fs.renameSync(path.join(staging, names[0]), file);

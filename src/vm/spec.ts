@@ -62,7 +62,10 @@ export function recipe(layout: VmLayout, fixed: { efiCode: string; seedIso?: str
   if (layout.seed !== !!fixed.seedIso) throw new Error('layout.seed and the seed ISO disagree');
   const cpuAt = layout.accel.args.indexOf('-cpu');
   if (cpuAt < 0) throw new Error(`accelerator arguments without -cpu: ${layout.accel.args.join(' ')}`);
-  const cpu = layout.accel.args[cpuAt + 1];
+  // A build's scratch disk is never saved with savevm, so its CPU model may favour speed: pointer
+  // authentication's architected algorithm costs an aarch64 TCG guest much of its boot time.
+  const fast = o.scratchDisk && layout.arch === 'aarch64' && layout.accel.accel === 'tcg' && layout.accel.args[cpuAt + 1] === 'max';
+  const cpu = fast ? 'max,pauth-impdef=on' : layout.accel.args[cpuAt + 1];
   const accelRest = layout.accel.args.filter((_, i) => i !== cpuAt && i !== cpuAt + 1);
   const argv = [
     '-machine', [layout.machine, ...layout.accel.machineProps].join(','),

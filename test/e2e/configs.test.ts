@@ -10,6 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import type { RunRecord } from '../../src/record.js';
 import { dirBytes, listLayers } from '../../src/cache/local.js';
 import { fillRecipe } from '../../src/vm/spec.js';
+import { BUILD_APT_FILES } from '../../src/layers/guest.js';
 import { SshClient } from '../../src/vm/ssh.js';
 import { freePort } from '../../src/vm/machine.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
@@ -95,6 +96,9 @@ describe('configurations side by side (amd64, TCG)', { timeout: 60 * 60_000 }, (
     assert.deepEqual([a.mode, b.mode], ['restore', 'restore'], `${va.stderr}\n${vb.stderr}`);
     assert.equal((await runCli(['ssh', 'va', '--', 'jq --version && ! command -v tree'], env()).done).code, 0, 'A: jq, no tree');
     assert.equal((await runCli(['ssh', 'vb', '--', 'jq --version && tree --version'], env()).done).code, 0, 'B: jq and tree');
+    // The build's own apt/dpkg settings went before the image was kept.
+    const leftovers = BUILD_APT_FILES.map((f) => `! test -e ${f.path}`).join(' && ');
+    assert.equal((await runCli(['ssh', 'vb', '--', leftovers], env()).done).code, 0, 'no build-time apt/dpkg settings in the image');
 
     // The snapshot's shared key logs into no VM that ryra-vm started; the VM's own key does.
     const shared = fs.readFileSync(recA.outputs['ssh-key'], 'utf8');

@@ -49,10 +49,10 @@ for (const protocol of ['v2', 'v1'] as const) {
       assert.equal(await c.save(key, names, layerDir('src', 'layer bytes')), 'saved');
       assert.equal(await c.save(key, names, layerDir('src2', 'other bytes')), 'exists');
       const dst = fs.mkdtempSync(path.join(tmp, 'dst-'));
-      assert.equal(await c.restore(key, names, dst), true);
+      assert.equal(await c.restore(key, names, dst), 'restored');
       assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), 'layer bytes');
-      assert.equal(await c.restore(`${key.slice(0, -1)}`, names, fs.mkdtempSync(path.join(tmp, 'p-'))), false, 'a key prefix is not a hit');
-      assert.equal(await c.restore(`${key}-more`, names, fs.mkdtempSync(path.join(tmp, 'm-'))), false);
+      assert.equal(await c.restore(`${key.slice(0, -1)}`, names, fs.mkdtempSync(path.join(tmp, 'p-'))), 'miss', 'a key prefix is not a hit');
+      assert.equal(await c.restore(`${key}-more`, names, fs.mkdtempSync(path.join(tmp, 'm-'))), 'miss');
       c.close();
     });
   });
@@ -67,7 +67,7 @@ describe('faults', () => {
     assert.equal(await c.save(key, names, layerDir('s', '429 data')), 'saved');
     server.inject({ kind: '429', op: 'twirp.GetCacheEntryDownloadURL', retryAfter: 1 });
     const dst = fs.mkdtempSync(path.join(tmp, 'r-'));
-    assert.equal(await c.restore(key, names, dst), true);
+    assert.equal(await c.restore(key, names, dst), 'restored');
     assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), '429 data');
   });
 
@@ -76,7 +76,7 @@ describe('faults', () => {
     const c = actionsCache({ lookupMs: 15_000, transferMs: 600_000 });
     const h = server.inject({ kind: 'stall', op: 'twirp.GetCacheEntryDownloadURL', times: Infinity });
     const start = Date.now();
-    assert.equal(await c.restore('ryra-vm-v1-stalled', names, fs.mkdtempSync(path.join(tmp, 'st-'))), false);
+    assert.equal(await c.restore('ryra-vm-v1-stalled', names, fs.mkdtempSync(path.join(tmp, 'st-'))), 'miss');
     const ms = Date.now() - start;
     assert.ok(h.hits >= 1, 'the service was reached');
     assert.ok(ms >= 14_900 && ms < 25_000, `stopped after ${ms} ms (the lookup bound, not the transfer bound)`);
@@ -84,7 +84,7 @@ describe('faults', () => {
     // Later layers cost nothing: no call reaches the service any more.
     const before = server.requests.length;
     const t1 = Date.now();
-    assert.equal(await c.restore('ryra-vm-v1-next-layer', names, fs.mkdtempSync(path.join(tmp, 'st2-'))), false);
+    assert.equal(await c.restore('ryra-vm-v1-next-layer', names, fs.mkdtempSync(path.join(tmp, 'st2-'))), 'miss');
     assert.equal(await c.save('ryra-vm-v1-next-save', names, layerDir('n', 'x')), 'failed');
     assert.ok(Date.now() - t1 < 1000);
     assert.equal(server.requests.length, before);

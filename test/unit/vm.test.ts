@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -9,6 +10,7 @@ import { accelArgs, type Accel, type QemuArch } from '../../src/host/platform.js
 import { hmpError, Qmp } from '../../src/vm/qmp.js';
 import { metaData, seedIso, userData } from '../../src/vm/seed.js';
 import { controlArgs, fillRecipe, recipe, sameLayout, type VmLayout } from '../../src/vm/spec.js';
+import { convert } from '../../src/vm/images.js';
 import { logTail } from '../../src/vm/machine.js';
 import { SshClient, generateKeyPair } from '../../src/vm/ssh.js';
 
@@ -63,6 +65,15 @@ describe('the recipe (one device layout for every boot)', () => {
     assert.deepEqual(after2(kvm, '-machine'), ['virt-7.2,gic-version=3']);
     assert.deepEqual(after2(kvm, '-cpu'), ['host']);
     assert.deepEqual(kvm.slice(-2), ['-accel', 'kvm']);
+  });
+
+  test('a build\'s scratch disk: no host flushes; an aarch64 TCG build gets the fast pointer auth, a snapshot never', () => {
+    const scratch = recipe(layout('aarch64', 'tcg'), fixed, { scratchDisk: true });
+    assert.deepEqual(after2(scratch, '-cpu'), ['max,pauth-impdef=on']);
+    assert.ok(scratch.includes('if=virtio,file={disk},format=qcow2,cache=unsafe'));
+    assert.deepEqual(after2(recipe(layout('aarch64', 'tcg'), fixed), '-cpu'), ['max']);
+    assert.deepEqual(after2(recipe(layout('x86_64', 'tcg'), fixed, { scratchDisk: true }), '-cpu'), ['max']);
+    assert.deepEqual(after2(recipe(layout('aarch64', 'kvm'), fixed, { scratchDisk: true }), '-cpu'), ['host']);
   });
 
   test('only the five tokens vary per VM; the seed ISO and firmware are named', () => {
@@ -273,3 +284,19 @@ function hasTool(t: string): boolean {
     return false;
   }
 }
+
+describe('images', () => {
+  test('a compressed layer image has zstd clusters and the same contents', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'img-unit-'));
+    try {
+      const raw = path.join(dir, 'src.raw');
+      fs.writeFileSync(raw, Buffer.concat([Buffer.alloc(1 << 20, 'ryra '), crypto.randomBytes(1 << 20)]));
+      await convert(raw, path.join(dir, 'out.qcow2'), { srcFormat: 'raw', compress: true });
+      const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', path.join(dir, 'out.qcow2')], { encoding: 'utf8' }));
+      assert.equal(info['format-specific'].data['compression-type'], 'zstd');
+      execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', raw, path.join(dir, 'out.qcow2')]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -23384,15 +23384,15 @@ function actionsCache(timeouts = cacheTimeouts()) {
     },
     async restore(key, paths, dir) {
       const hit = await call({ op: "lookup", dir, paths, key }, timeouts.lookupMs);
-      if (!hit || hit.timedOut) return false;
+      if (!hit || hit.timedOut) return "miss";
       const problem = describe(hit, "lookup", key);
       if (problem) log.warning(`Actions cache: ${problem}; building instead`);
-      if (!hit.matchedKey || hit.matchedKey.toLowerCase() !== key.toLowerCase()) return false;
+      if (!hit.matchedKey || hit.matchedKey.toLowerCase() !== key.toLowerCase()) return "miss";
       const o = await call({ op: "restore", dir, paths, key }, timeouts.transferMs);
-      if (!o || o.timedOut) return false;
+      if (!o || o.timedOut) return "miss";
       const p2 = describe(o, "restore", key);
-      if (p2) log.warning(`Actions cache: ${p2}; building instead`);
-      return !!o.matchedKey && o.matchedKey.toLowerCase() === key.toLowerCase();
+      if (p2) log.warning(`Actions cache: ${p2}`);
+      return !!o.matchedKey && o.matchedKey.toLowerCase() === key.toLowerCase() ? "restored" : "failed";
     },
     async save(key, paths, dir) {
       try {
@@ -23473,7 +23473,15 @@ async function rebaseUnsafe(file, backing) {
   await run("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", backing, "-F", "qcow2", file]);
 }
 async function convert(src, dst, opts = {}) {
-  await run("qemu-img", ["convert", "-f", opts.srcFormat ?? "qcow2", "-O", "qcow2", ...opts.compress ? ["-c", "-m", "16", "-W"] : [], src, dst]);
+  const args = (zstd) => ["convert", "-f", opts.srcFormat ?? "qcow2", "-O", "qcow2", ...opts.compress ? ["-c", "-m", "16", "-W", ...zstd ? ["-o", "compression_type=zstd"] : []] : [], src, dst];
+  if (!opts.compress) return void await run("qemu-img", args(false));
+  try {
+    await run("qemu-img", args(true));
+  } catch (err) {
+    if (!/compression.type|zstd/i.test(String(err))) throw err;
+    fs12.rmSync(dst, { force: true });
+    await run("qemu-img", args(false));
+  }
 }
 async function listSnapshots(file) {
   const r = await run("qemu-img", ["info", "-U", "--output=json", file]);
@@ -23516,7 +23524,8 @@ function recipe(layout, fixed, o = {}) {
   if (layout.seed !== !!fixed.seedIso) throw new Error("layout.seed and the seed ISO disagree");
   const cpuAt = layout.accel.args.indexOf("-cpu");
   if (cpuAt < 0) throw new Error(`accelerator arguments without -cpu: ${layout.accel.args.join(" ")}`);
-  const cpu = layout.accel.args[cpuAt + 1];
+  const fast = o.scratchDisk && layout.arch === "aarch64" && layout.accel.accel === "tcg" && layout.accel.args[cpuAt + 1] === "max";
+  const cpu = fast ? "max,pauth-impdef=on" : layout.accel.args[cpuAt + 1];
   const accelRest = layout.accel.args.filter((_, i) => i !== cpuAt && i !== cpuAt + 1);
   const argv = [
     "-machine",
@@ -24591,6 +24600,8 @@ var CA_CLEANUP = `if [ -f ${GUEST_CA_FILE} ]; then sudo rm -f ${GUEST_CA_FILE}; 
 
 // src/layers/guest.ts
 var BUILD_DPKG_CFG = { path: "/etc/dpkg/dpkg.cfg.d/ryra-vm-build", content: "force-unsafe-io\n" };
+var BUILD_APT_CFG = { path: "/etc/apt/apt.conf.d/99ryra-vm-build", content: 'Acquire::Languages "none";\n' };
+var BUILD_APT_FILES = [BUILD_DPKG_CFG, BUILD_APT_CFG];
 function hostLayout(ctx, o) {
   const { host } = ctx;
   return {
@@ -24608,7 +24619,7 @@ function bootBuilder(ctx, g) {
   const { memoryMb, cpus, shareTag, ...rest } = g;
   const proxy = rest.scratchDisk ? runnerProxy() : void 0;
   const cas = rest.scratchDisk ? runnerCAs() : [];
-  const files = [...proxy ? proxyFiles(proxy, ctx.image.guestPackageManager) : [], ...rest.scratchDisk && ctx.image.guestPackageManager === "apt" ? [BUILD_DPKG_CFG] : []];
+  const files = [...proxy ? proxyFiles(proxy, ctx.image.guestPackageManager) : [], ...rest.scratchDisk && ctx.image.guestPackageManager === "apt" ? BUILD_APT_FILES : []];
   return coldBoot({
     ...rest,
     seed: { ...rest.seed, files: files.length ? files : void 0, bootcmd: cas.length ? [caSetupScript(cas)] : void 0 },
@@ -24716,7 +24727,7 @@ async function buildImage(ctx, o) {
         await m.check("bash -e -s", s.label, { input: s.text, stdout: process.stderr, stderr: process.stderr, timeoutMs: ctx.timeouts.packagesMs });
       }
       if (o.result) result = (await m.check(o.result, "reading the build result")).stdout.trim();
-      await m.check(`${PROXY_CLEANUP}; ${CA_CLEANUP}; sudo rm -f ${BUILD_DPKG_CFG.path}; ${CLEAN_PACKAGE_CACHE[ctx.image.guestPackageManager]}; ${CLEAN_FOR_TEMPLATE}`, "cleaning instance state");
+      await m.check(`${PROXY_CLEANUP}; ${CA_CLEANUP}; sudo rm -f ${BUILD_APT_FILES.map((f) => f.path).join(" ")}; ${CLEAN_PACKAGE_CACHE[ctx.image.guestPackageManager]}; ${CLEAN_FOR_TEMPLATE}`, "cleaning instance state");
       if (!await m.poweroff()) throw new Error(`${o.name} did not shut down cleanly; not keeping a possibly inconsistent image`);
     } finally {
       await m.destroy();
@@ -24962,7 +24973,7 @@ async function ensureSshKey(dir, cache) {
     const staging = tempPath(dir, "ssh-key-restore");
     fs20.mkdirSync(staging);
     try {
-      if (!await cache.restore(SSH_KEY_CACHE_KEY, names, staging)) return false;
+      if (await cache.restore(SSH_KEY_CACHE_KEY, names, staging) !== "restored") return false;
       const before = local() ? fs20.readFileSync(`${file}.pub`, "utf8") : void 0;
       fs20.renameSync(path17.join(staging, names[1]), `${file}.pub`);
       fs20.renameSync(path17.join(staging, names[0]), file);
@@ -25024,22 +25035,33 @@ async function imagesCorrupt(dir, files) {
   return void 0;
 }
 async function restoreLayer(ctx, p, key, parentId, backing) {
+  for (let attempt = 1; ; attempt++) {
+    const r = await restoreOnce(ctx, p, key, parentId, backing);
+    if (typeof r !== "string") return r;
+    if (r === "miss") return void 0;
+    if (attempt === 2 || !ctx.cache.on) {
+      log.warning(`Actions cache entry ${key}: ${r}; building instead`);
+      return void 0;
+    }
+    log.warning(`Actions cache entry ${key}: ${r}; downloading it once more`);
+  }
+}
+async function restoreOnce(ctx, p, key, parentId, backing) {
   const staging = tempPath(ctx.dir, `${p.base}-restore`);
   fs21.mkdirSync(staging, { recursive: true });
   try {
-    if (!await ctx.cache.restore(key, cachePaths(p), staging)) return void 0;
+    const got = await ctx.cache.restore(key, cachePaths(p), staging);
+    if (got === "miss") return "miss";
+    if (got === "failed") return "the download failed";
     const m = readManifest(manifestPath(staging, p.base));
     const why = invalidReason(m, staging, p, parentId) ?? await imagesCorrupt(staging, p.files);
-    if (why || !m) {
-      log.warning(`Actions cache entry ${key} is not usable (${why}); building instead`);
-      return void 0;
-    }
+    if (why || !m) return `not usable (${why ?? "no manifest"})`;
     if (backing && m.backing !== backing) {
       await rebaseUnsafe(path18.join(staging, p.files[0]), backing);
       writeManifest(manifestPath(staging, p.base), { ...m, backing });
     }
     placeLayer(ctx.dir, staging, p);
-    return readManifest(manifestPath(ctx.dir, p.base));
+    return readManifest(manifestPath(ctx.dir, p.base)) ?? "no manifest after placing it";
   } finally {
     fs21.rmSync(staging, { recursive: true, force: true });
   }

@@ -21,7 +21,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-YWV43GDX.js";
+} from "./chunk-X22MGJ3B.js";
 import {
   addPath,
   getInput,
