@@ -75,10 +75,10 @@ describe('KVM probe (real QEMU, a few seconds each)', () => {
   const base = () => ({ qemu: 'qemu-system-x86_64', arch: 'x86_64' as const, machine: 'q35', firmware: fw() });
 
   test('the job\'s machine running its firmware shows signs of life (under TCG, as a stand-in accelerator)', async () => {
-    const start = Date.now();
-    const r = await probeKvm({ ...base(), accel: accelArgs('x86_64', 'tcg'), timeoutMs: 8000 });
+    // Firmware under TCG is far slower than under KVM, and this runs beside the e2e lanes' guests
+    // (and, on a fresh machine, the arm64 image build): seen taking over 8 s there, ~1 s alone.
+    const r = await probeKvm({ ...base(), accel: accelArgs('x86_64', 'tcg'), timeoutMs: 60_000 });
     assert.equal(r.usable, true, r.reason);
-    assert.ok(Date.now() - start < 8000);
   });
 
   test('QEMU failing to run the machine under KVM: not usable, QEMU\'s own error as the reason', { skip: kvmWorks() && 'KVM works on this host' }, async () => {
