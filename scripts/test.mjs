@@ -1,22 +1,22 @@
 // The test command: node's own runner over TypeScript test files (via tsx). `npm test [unit|e2e]
-// [name filter]`. Unit files run first. End-to-end files run in two lanes side by side (each lane
-// one file at a time): a TCG guest keeps about one of this machine's two cores busy, and each lane
-// lists the files that use a layer after the file that builds it (layers are shared through one
-// cache dir per run, RYRA_TEST_SHARED). RYRA_TEST_LANES=1 runs them in one lane. Prints each test's
-// time, slowest first, and a closing `N passed, N failed, N skipped` line.
+// [name filter]`. Unit files run beside the end-to-end files, which run in two lanes side by side
+// (each lane one file at a time): a TCG guest keeps about one of this machine's two cores busy.
+// Each lane starts with the file that builds the layers others use (layers are shared through one
+// cache dir per run, RYRA_TEST_SHARED; a file that needs a layer being built waits for its lock),
+// then takes the next file of one shared queue whenever it is free, so neither lane idles while the
+// other has work. RYRA_TEST_LANES=1 runs them in one lane. Prints each test's time, slowest first,
+// and a closing `N passed, N failed, N skipped` line.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-const LANES = [
-  // Builds the full-package layers (used by the README's examples); the files after it use the light
-  // layers that lane 2 builds first (a file that needs a layer being built waits for its lock).
-  ['pipeline', 'engine', 'configs', 'kvm', 'readme', 'run'],
-  // Builds the light layers (through the Actions cache), then the browser layer on them; arm64 last
-  // (its test image may still be building in the background).
-  ['deps', 'action', 'browser', 'arm64'],
-];
+// Lane 1 builds the full-package layers (the README's examples use them); lane 2 the light layers,
+// through the Actions cache (most other files use them).
+const HEADS = [['pipeline'], ['deps', 'action']];
+// Then the rest, longest first, by the per-test times this command prints; arm64 third, so that on a
+// fresh machine its image (building in the background in .ci/run) is ready when a lane reaches it.
+const QUEUE = ['browser', 'configs', 'arm64', 'engine', 'readme', 'kvm', 'run'];
 
 const [kind, filter] = process.argv.slice(2);
 const list = (d) =>
@@ -30,23 +30,31 @@ if (unit.length + e2e.length === 0) {
   process.exit(1);
 }
 const nameOf = (f) => path.basename(f, '.test.ts');
-let lanes = LANES.map((names) => names.map((n) => e2e.find((f) => nameOf(f) === n)).filter(Boolean));
-const unlisted = e2e.filter((f) => !lanes.flat().includes(f));
-lanes[1].push(...unlisted);
-if (process.env.RYRA_TEST_LANES === '1') lanes = [lanes.flat()];
-lanes = lanes.filter((l) => l.length);
+const pick = (names) => names.map((n) => e2e.find((f) => nameOf(f) === n)).filter(Boolean);
+let heads = HEADS.map(pick);
+const queue = pick(QUEUE);
+queue.push(...e2e.filter((f) => !heads.flat().includes(f) && !queue.includes(f)));
+if (process.env.RYRA_TEST_LANES === '1') heads = [heads.flat()];
+const laneCount = e2e.length ? heads.length : 0;
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ryra-test-'));
 const shared = path.join(work, 'shared');
 fs.mkdirSync(shared);
 process.env.RYRA_TEST_SHARED ??= shared;
 
-/** One node --test process per file, in the given order (node sorts the files it is handed). */
-async function runFiles(label, files) {
+/**
+ * One node --test process per file (node sorts the files it is handed): `files` in order, then the
+ * next file of `queue` (shared with the other lanes) until it is empty.
+ */
+async function runFiles(label, files, queue = []) {
   const start = Date.now();
   const runs = [];
-  for (const f of files) runs.push(await runFile(label, f, runs.length));
-  return { label, code: runs.some((r) => r.code !== 0) ? 1 : 0, taps: runs.map((r) => r.tap), ms: Date.now() - start, files };
+  const done = [];
+  for (let f = files.shift() ?? queue.shift(); f; f = files.shift() ?? queue.shift()) {
+    runs.push(await runFile(label, f, runs.length));
+    done.push(f);
+  }
+  return { label, code: runs.some((r) => r.code !== 0) ? 1 : 0, taps: runs.map((r) => r.tap), ms: Date.now() - start, files: done };
 }
 
 /** One node --test process over `file`, its spec output prefixed, TAP into a file. */
@@ -75,8 +83,11 @@ function runFile(label, file, n) {
 
 // The unit files run beside the lanes' first minutes (they are light: sockets, small files, a few
 // seconds of QEMU).
-if (lanes.length) console.log(`end-to-end lanes: ${lanes.map((l, i) => `lane${i + 1}: ${l.map(nameOf).join(' → ')}`).join(' | ')}`);
-const results = await Promise.all([...(unit.length ? [runFiles('unit', unit)] : []), ...lanes.map((l, i) => runFiles(`lane${i + 1}`, l))]);
+if (laneCount) console.log(`end-to-end: ${heads.map((l, i) => `lane${i + 1} starts with ${l.map(nameOf).join(' → ')}`).join(' | ')}; then each lane takes the next of ${queue.map(nameOf).join(', ')}`);
+const results = await Promise.all([
+  ...(unit.length ? [runFiles('unit', [...unit])] : []),
+  ...heads.slice(0, laneCount).map((l, i) => runFiles(`lane${i + 1}`, [...l], queue)),
+]);
 
 // Counts and per-test times from the TAP files (top-level file subtests carry the file's time).
 let pass = 0;
