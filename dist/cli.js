@@ -231,9 +231,6 @@ function envFile(vars) {
 }
 async function runScript(o) {
   if (!fs2.existsSync(o.script)) throw new Error(`no such script: ${o.script}`);
-  const record = loadRecord({ config: o.config, cacheDir: o.cacheDir });
-  const sync = o.sync ?? record.run.sync;
-  const names = [...record.run.environmentVariables, ...o.env];
   const workspace = path2.resolve(process.env.GITHUB_WORKSPACE || process.cwd());
   const name = o.fresh ? `run-${process.pid}-${randomUUID().slice(0, 6)}` : o.name ?? "default";
   let vm = findVm(name);
@@ -242,6 +239,9 @@ async function runScript(o) {
     await stopVm(vm);
     vm = void 0;
   }
+  const record = loadRecord({ config: o.config ?? (vm && fs2.existsSync(vm.record) ? vm.record : void 0), cacheDir: o.cacheDir });
+  const sync = o.sync ?? record.run.sync;
+  const names = [...record.run.environmentVariables, ...o.env];
   const booted = !vm;
   const rec = vm ?? await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir });
   if (booted) log.info(`${rec.name}: ${rec.mode === "restore" ? "restored" : "cold-booted"} in ${(rec.readyMs / 1e3).toFixed(1)} s`);

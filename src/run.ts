@@ -52,9 +52,6 @@ export function envFile(vars: Record<string, string>): string {
 
 export async function runScript(o: RunOptions): Promise<number> {
   if (!fs.existsSync(o.script)) throw new Error(`no such script: ${o.script}`);
-  const record = loadRecord({ config: o.config, cacheDir: o.cacheDir });
-  const sync = o.sync ?? record.run.sync;
-  const names = [...record.run.environmentVariables, ...o.env];
   const workspace = path.resolve(process.env.GITHUB_WORKSPACE || process.cwd());
   const name = o.fresh ? `run-${process.pid}-${randomUUID().slice(0, 6)}` : (o.name ?? 'default');
 
@@ -64,6 +61,10 @@ export async function runScript(o: RunOptions): Promise<number> {
     await stopVm(vm);
     vm = undefined;
   }
+  // A running VM's settings (sync, environment names) are those of the run it was booted from.
+  const record = loadRecord({ config: o.config ?? (vm && fs.existsSync(vm.record) ? vm.record : undefined), cacheDir: o.cacheDir });
+  const sync = o.sync ?? record.run.sync;
+  const names = [...record.run.environmentVariables, ...o.env];
   const booted = !vm;
   const rec = vm ?? (await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir }));
   if (booted) log.info(`${rec.name}: ${rec.mode === 'restore' ? 'restored' : 'cold-booted'} in ${(rec.readyMs / 1000).toFixed(1)} s`);
