@@ -187,6 +187,8 @@ try {
     console.log(`  ${x.figure.padEnd(w)}  ${x.value.padStart(9)}  ${(x.reference ?? '').padStart(9)}  ${(x.ratio ?? '').padStart(7)}  ${x.goal ?? ''}${x.ok === undefined ? '' : x.ok ? '  ✓' : '  ✗'}`);
   }
 } finally {
+  // The VMs `ryra-vm boot` started run detached: stop them even when a figure failed.
+  spawnSync(process.execPath, [path.resolve('dist/cli.js'), 'stop', '--all'], { env: { ...process.env, RYRA_VM_RUNTIME_DIR: path.join(root, 'rt') }, stdio: 'ignore' });
   fs.rmSync(root, { recursive: true, force: true });
 }
 process.exit(0);
