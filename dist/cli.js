@@ -28,7 +28,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-X22MGJ3B.js";
+} from "./chunks/chunk-3ISMKZ4A.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

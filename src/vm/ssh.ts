@@ -143,7 +143,15 @@ export class SshClient {
               reject(new Error(`command timed out after ${opts.timeoutMs! / 1000} s: ${command.slice(0, 80)}`));
             }, opts.timeoutMs)
           : undefined;
-        if (opts.stdout) stream.pipe(opts.stdout, { end: false });
+        if (opts.stdout) {
+          const dest = opts.stdout;
+          stream.pipe(dest, { end: false });
+          // A reader that stops early (tar exits at its end-of-archive mark and leaves the record's
+          // padding unread) unpipes the stream; keep draining it, or its end (and 'close') never comes.
+          const drain = () => (stream.unpipe(dest), stream.resume());
+          dest.once('error', drain);
+          dest.once('close', drain);
+        }
         if (opts.stderr) stream.stderr.pipe(opts.stderr, { end: false });
         // A stream given its own destination is not kept (it may be a tar stream): result.stdout is ''.
         if (!opts.stdout) stream.on('data', (d: Buffer) => (stdout = keep(stdout, d)));

@@ -21,7 +21,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-X22MGJ3B.js";
+} from "./chunk-3ISMKZ4A.js";
 import {
   addPath,
   getInput,

@@ -23156,7 +23156,13 @@ var SshClient = class _SshClient {
           stream.close();
           reject(new Error(`command timed out after ${opts.timeoutMs / 1e3} s: ${command.slice(0, 80)}`));
         }, opts.timeoutMs) : void 0;
-        if (opts.stdout) stream.pipe(opts.stdout, { end: false });
+        if (opts.stdout) {
+          const dest = opts.stdout;
+          stream.pipe(dest, { end: false });
+          const drain = () => (stream.unpipe(dest), stream.resume());
+          dest.once("error", drain);
+          dest.once("close", drain);
+        }
         if (opts.stderr) stream.stderr.pipe(opts.stderr, { end: false });
         if (!opts.stdout) stream.on("data", (d) => stdout = keep(stdout, d));
         stream.stderr.on("data", (d) => stderr = keep(stderr, d));
