@@ -28,7 +28,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-3ISMKZ4A.js";
+} from "./chunks/chunk-2B3NVEZ5.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

@@ -141,10 +141,7 @@ async function restoreOnce(ctx: LayerContext, p: LayerPlan, key: string, parentI
     const m = readManifest(manifestPath(staging, p.base));
     const why = invalidReason(m, staging, p, parentId) ?? (await imagesCorrupt(staging, p.files));
     if (why || !m) return `not usable (${why ?? 'no manifest'})`;
-    if (backing && m.backing !== backing) {
-      await rebaseUnsafe(path.join(staging, p.files[0]), backing);
-      writeManifest(manifestPath(staging, p.base), { ...m, backing });
-    }
+    if (backing) await pointAt(staging, p, m, backing, { shared: false });
     placeLayer(ctx.dir, staging, p);
     return readManifest(manifestPath(ctx.dir, p.base)) ?? 'no manifest after placing it';
   } finally {
@@ -186,18 +183,10 @@ async function ensureLayer(ctx: LayerContext, p: LayerPlan, results: LayerResult
       touchLayer(ctx.dir, p.base);
       return m;
     };
-    const have = validLayer(ctx.dir, p, o.parentId);
-    if (have) {
-      // A snapshot whose cache dir moved: its disk's header still names the old backing path. The
-      // disk is rebased as a copy renamed over it (it may be a hard link another dir shares).
-      if (o.backing && have.backing !== o.backing) {
-        const disk = path.join(ctx.dir, p.files[0]);
-        const tmp = tempPath(ctx.dir, p.files[0]);
-        copyFile(disk, tmp);
-        await rebaseUnsafe(tmp, o.backing);
-        fs.renameSync(tmp, disk);
-        writeManifest(manifestPath(ctx.dir, p.base), { ...have, backing: o.backing });
-      }
+    const valid = validLayer(ctx.dir, p, o.parentId);
+    if (valid) {
+      // A snapshot whose cache dir moved: its disk's header still names the old backing path.
+      const have = o.backing ? await pointAt(ctx.dir, p, valid, o.backing, { shared: true }) : valid;
       log.info(`${p.layer}: using ${p.files[0]} (local cache)`);
       result('local', have, Date.now() - start > 1500 ? 'waited for another run' : undefined);
       return use(have);
@@ -228,6 +217,24 @@ async function ensureLayer(ctx: LayerContext, p: LayerPlan, results: LayerResult
     result('built', m, ctx.cache ? await saveLayer(ctx, p, key) : undefined);
     return use(m);
   });
+}
+
+/**
+ * Points a snapshot layer's disk in `dir` at `backing` (an absolute path) and records it. A disk
+ * that may be a hard link another dir shares is rebased as a copy renamed over it.
+ */
+async function pointAt(dir: string, p: LayerPlan, m: Manifest, backing: string, o: { shared: boolean }): Promise<Manifest> {
+  if (m.backing === backing) return m;
+  const disk = path.join(dir, p.files[0]);
+  if (o.shared) {
+    const tmp = tempPath(dir, p.files[0]);
+    copyFile(disk, tmp);
+    await rebaseUnsafe(tmp, backing);
+    fs.renameSync(tmp, disk);
+  } else {
+    await rebaseUnsafe(disk, backing);
+  }
+  return writeManifest(manifestPath(dir, p.base), { ...m, backing });
 }
 
 /** Writes a layer's manifest, last, over files already in place. */

@@ -25062,10 +25062,7 @@ async function restoreOnce(ctx, p, key, parentId, backing) {
     const m = readManifest(manifestPath(staging, p.base));
     const why = invalidReason(m, staging, p, parentId) ?? await imagesCorrupt(staging, p.files);
     if (why || !m) return `not usable (${why ?? "no manifest"})`;
-    if (backing && m.backing !== backing) {
-      await rebaseUnsafe(path18.join(staging, p.files[0]), backing);
-      writeManifest(manifestPath(staging, p.base), { ...m, backing });
-    }
+    if (backing) await pointAt(staging, p, m, backing, { shared: false });
     placeLayer(ctx.dir, staging, p);
     return readManifest(manifestPath(ctx.dir, p.base)) ?? "no manifest after placing it";
   } finally {
@@ -25086,16 +25083,9 @@ async function ensureLayer(ctx, p, results, o) {
       touchLayer(ctx.dir, p.base);
       return m2;
     };
-    const have = validLayer(ctx.dir, p, o.parentId);
-    if (have) {
-      if (o.backing && have.backing !== o.backing) {
-        const disk = path18.join(ctx.dir, p.files[0]);
-        const tmp = tempPath(ctx.dir, p.files[0]);
-        copyFile(disk, tmp);
-        await rebaseUnsafe(tmp, o.backing);
-        fs21.renameSync(tmp, disk);
-        writeManifest(manifestPath(ctx.dir, p.base), { ...have, backing: o.backing });
-      }
+    const valid = validLayer(ctx.dir, p, o.parentId);
+    if (valid) {
+      const have = o.backing ? await pointAt(ctx.dir, p, valid, o.backing, { shared: true }) : valid;
       log.info(`${p.layer}: using ${p.files[0]} (local cache)`);
       result("local", have, Date.now() - start > 1500 ? "waited for another run" : void 0);
       return use(have);
@@ -25126,6 +25116,19 @@ async function ensureLayer(ctx, p, results, o) {
     result("built", m, ctx.cache ? await saveLayer(ctx, p, key) : void 0);
     return use(m);
   });
+}
+async function pointAt(dir, p, m, backing, o) {
+  if (m.backing === backing) return m;
+  const disk = path18.join(dir, p.files[0]);
+  if (o.shared) {
+    const tmp = tempPath(dir, p.files[0]);
+    copyFile(disk, tmp);
+    await rebaseUnsafe(tmp, backing);
+    fs21.renameSync(tmp, disk);
+  } else {
+    await rebaseUnsafe(disk, backing);
+  }
+  return writeManifest(manifestPath(dir, p.base), { ...m, backing });
 }
 async function record(ctx, p, start, parentId, extra) {
   return recordLayer(ctx.dir, p.base, {

@@ -21,7 +21,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-3ISMKZ4A.js";
+} from "./chunk-2B3NVEZ5.js";
 import {
   addPath,
   getInput,
