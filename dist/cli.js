@@ -28,7 +28,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-2B3NVEZ5.js";
+} from "./chunks/chunk-VSGXOO4N.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

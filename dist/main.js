@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-IL24FTAQ.js";
-import "./chunks/chunk-2B3NVEZ5.js";
+} from "./chunks/chunk-BN6K3MZ5.js";
+import "./chunks/chunk-VSGXOO4N.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/main.ts

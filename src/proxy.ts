@@ -119,3 +119,14 @@ export function caSetupScript(pems: string[]): string {
 
 /** Undoes caSetupScript in an image before it is kept: the bundle is made anew from the distro's CAs. */
 export const CA_CLEANUP = `if [ -f ${GUEST_CA_FILE} ]; then sudo rm -f ${GUEST_CA_FILE}; sudo sed -i '/^NODE_EXTRA_CA_CERTS=/d' /etc/environment; command -v update-ca-certificates >/dev/null && sudo update-ca-certificates --fresh >/dev/null 2>&1; fi; true`;
+
+/**
+ * The runner's proxy and local CAs for a guest's first boot, as cloud-init seed fields (plus any
+ * `extraFiles`): the files written before packages are installed, and the CA script as a bootcmd.
+ */
+export function runnerSeed(manager: 'apt' | 'dnf', extraFiles: GuestFile[] = []): { files?: GuestFile[]; bootcmd?: string[] } {
+  const proxy = runnerProxy();
+  const cas = runnerCAs();
+  const files = [...(proxy ? proxyFiles(proxy, manager) : []), ...extraFiles];
+  return { ...(files.length ? { files } : {}), ...(cas.length ? { bootcmd: [caSetupScript(cas)] } : {}) };
+}

@@ -14,7 +14,7 @@ import { readManifest } from './layers/manifest.js';
 import { errorMessage, log } from './log.js';
 import { GuestFiles, manifestPath, RuntimeFiles } from './names.js';
 import { runtimeDir } from './paths.js';
-import { caSetupScript, proxyFiles, proxySetupCommand, runnerCAs, runnerProxy } from './proxy.js';
+import { caSetupScript, proxySetupCommand, runnerCAs, runnerProxy, runnerSeed } from './proxy.js';
 import { newestRecord, readRecord, restoreFrom, type RunRecord, type SnapshotRecord } from './record.js';
 import { processNamed } from './util/procfs.js';
 import { sleep } from './util/time.js';
@@ -200,8 +200,6 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   if (!machine) {
     mode = 'cold';
     log.info(`cold-booting ${name} from ${path.basename(cold!.image)}`);
-    const proxy = runnerProxy();
-    const cas = runnerCAs();
     machine = await coldBoot({
       name,
       qemu: rec.qemu,
@@ -212,7 +210,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       diskSize: rec.run.diskSize,
       key: vmKey,
       user: out['ssh-user'],
-      seed: { hostname: name, files: proxy ? proxyFiles(proxy, rec.guestPackageManager) : undefined, bootcmd: cas.length ? [caSetupScript(cas)] : undefined },
+      seed: { hostname: name, ...runnerSeed(rec.guestPackageManager) },
       sshTimeoutMs: bootTimeout(timeouts.bootSshMs),
       cloudInitTimeoutMs: timeouts.bootSshMs,
       detached: true,

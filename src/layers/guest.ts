@@ -1,6 +1,6 @@
 // A layer builder's guest: the shared cold boot (src/vm/boot.ts) with this host's QEMU, machine,
 // accelerator and firmware filled in, and the runner's proxy handed to the guest.
-import { caSetupScript, proxyFiles, runnerCAs, runnerProxy } from '../proxy.js';
+import { runnerSeed } from '../proxy.js';
 import { coldBoot, type ColdBootOptions } from '../vm/boot.js';
 import type { Machine } from '../vm/machine.js';
 import type { VmLayout } from '../vm/spec.js';
@@ -44,12 +44,11 @@ export function hostLayout(ctx: Pick<LayerContext, 'host'>, o: { memoryMb: numbe
  */
 export function bootBuilder(ctx: LayerContext, g: BuilderGuest): Promise<Machine> {
   const { memoryMb, cpus, shareTag, ...rest } = g;
-  const proxy = rest.scratchDisk ? runnerProxy() : undefined;
-  const cas = rest.scratchDisk ? runnerCAs() : [];
-  const files = [...(proxy ? proxyFiles(proxy, ctx.image.guestPackageManager) : []), ...(rest.scratchDisk && ctx.image.guestPackageManager === 'apt' ? BUILD_APT_FILES : [])];
+  const manager = ctx.image.guestPackageManager;
+  const network = rest.scratchDisk ? runnerSeed(manager, manager === 'apt' ? BUILD_APT_FILES : []) : {};
   return coldBoot({
     ...rest,
-    seed: { ...rest.seed, files: files.length ? files : undefined, bootcmd: cas.length ? [caSetupScript(cas)] : undefined },
+    seed: { ...rest.seed, ...network },
     qemu: ctx.host.qemu.path,
     layout: hostLayout(ctx, { memoryMb, cpus, shareTag }),
     firmware: ctx.host.firmware,

@@ -24603,6 +24603,12 @@ ${body}RYRA_CA`,
   ].join("\n");
 }
 var CA_CLEANUP = `if [ -f ${GUEST_CA_FILE} ]; then sudo rm -f ${GUEST_CA_FILE}; sudo sed -i '/^NODE_EXTRA_CA_CERTS=/d' /etc/environment; command -v update-ca-certificates >/dev/null && sudo update-ca-certificates --fresh >/dev/null 2>&1; fi; true`;
+function runnerSeed(manager, extraFiles = []) {
+  const proxy = runnerProxy();
+  const cas = runnerCAs();
+  const files = [...proxy ? proxyFiles(proxy, manager) : [], ...extraFiles];
+  return { ...files.length ? { files } : {}, ...cas.length ? { bootcmd: [caSetupScript(cas)] } : {} };
+}
 
 // src/layers/guest.ts
 var BUILD_DPKG_CFG = { path: "/etc/dpkg/dpkg.cfg.d/ryra-vm-build", content: "force-unsafe-io\n" };
@@ -24623,12 +24629,11 @@ function hostLayout(ctx, o) {
 }
 function bootBuilder(ctx, g) {
   const { memoryMb, cpus, shareTag, ...rest } = g;
-  const proxy = rest.scratchDisk ? runnerProxy() : void 0;
-  const cas = rest.scratchDisk ? runnerCAs() : [];
-  const files = [...proxy ? proxyFiles(proxy, ctx.image.guestPackageManager) : [], ...rest.scratchDisk && ctx.image.guestPackageManager === "apt" ? BUILD_APT_FILES : []];
+  const manager = ctx.image.guestPackageManager;
+  const network = rest.scratchDisk ? runnerSeed(manager, manager === "apt" ? BUILD_APT_FILES : []) : {};
   return coldBoot({
     ...rest,
-    seed: { ...rest.seed, files: files.length ? files : void 0, bootcmd: cas.length ? [caSetupScript(cas)] : void 0 },
+    seed: { ...rest.seed, ...network },
     qemu: ctx.host.qemu.path,
     layout: hostLayout(ctx, { memoryMb, cpus, shareTag }),
     firmware: ctx.host.firmware
@@ -25461,8 +25466,6 @@ async function bootVm(o) {
   if (!machine) {
     mode = "cold";
     log.info(`cold-booting ${name} from ${path19.basename(cold.image)}`);
-    const proxy = runnerProxy();
-    const cas = runnerCAs();
     machine = await coldBoot({
       name,
       qemu: rec.qemu,
@@ -25473,7 +25476,7 @@ async function bootVm(o) {
       diskSize: rec.run.diskSize,
       key: vmKey,
       user: out["ssh-user"],
-      seed: { hostname: name, files: proxy ? proxyFiles(proxy, rec.guestPackageManager) : void 0, bootcmd: cas.length ? [caSetupScript(cas)] : void 0 },
+      seed: { hostname: name, ...runnerSeed(rec.guestPackageManager) },
       sshTimeoutMs: bootTimeout(timeouts.bootSshMs),
       cloudInitTimeoutMs: timeouts.bootSshMs,
       detached: true

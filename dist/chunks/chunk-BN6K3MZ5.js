@@ -21,7 +21,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-2B3NVEZ5.js";
+} from "./chunk-VSGXOO4N.js";
 import {
   addPath,
   getInput,
