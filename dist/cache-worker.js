@@ -47638,6 +47638,7 @@ import * as fs6 from "node:fs";
 import * as readline from "node:readline";
 process.env.ZSTD_CLEVEL ??= "1";
 var done = (r) => fs6.writeSync(3, JSON.stringify(r) + "\n");
+done({ id: 0, ready: true });
 var lines = readline.createInterface({ input: process.stdin });
 for await (const line of lines) {
   if (!line.trim()) continue;

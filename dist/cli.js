@@ -28,7 +28,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-VSGXOO4N.js";
+} from "./chunks/chunk-UDYFVJWW.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/cli.ts

@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-BN6K3MZ5.js";
-import "./chunks/chunk-VSGXOO4N.js";
+} from "./chunks/chunk-DHH6R3ID.js";
+import "./chunks/chunk-UDYFVJWW.js";
 import "./chunks/chunk-GZMXWCY5.js";
 
 // src/main.ts

@@ -9,7 +9,7 @@ import { Outputs, State, type InputName } from './contract.js';
 import { setupHost } from './host/setup.js';
 import { InputError, parseConfig } from './inputs.js';
 import { actionsLogger, errorMessage, setLogger } from './log.js';
-import { ensureLayers } from './layers/pipeline.js';
+import { ensureLayers, openCacheTier } from './layers/pipeline.js';
 import { RuntimeFiles } from './names.js';
 import { summaryTable, vmTable } from './summary.js';
 import { logTail } from './vm/machine.js';
@@ -19,8 +19,9 @@ export async function runMain(): Promise<void> {
   setLogger(actionsLogger);
   try {
     const config = parseConfig((name: InputName) => core.getInput(name));
-    const host = await setupHost(config);
-    const result = await ensureLayers(config, host);
+    const cache = openCacheTier(config);
+    const host = await setupHost(config).catch((err) => (cache?.close(), Promise.reject(err)));
+    const result = await ensureLayers(config, host, cache);
     const { outputs } = result;
     for (const [name, value] of Object.entries(outputs)) core.setOutput(name, value);
     // Masking works per line: register each line of the key's body.

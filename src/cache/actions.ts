@@ -4,9 +4,11 @@
 // The toolkit's calls run in one long-lived child process per run (worker.ts): @actions/cache
 // resolves paths against the process's cwd and GITHUB_WORKSPACE, and its calls cannot be
 // cancelled, so the child gives each call its own directory, and killing it really stops a stalled
-// call. Starting it once (not per call) keeps a restore close to plain `zstd -d | tar x`. A restore
-// looks the key up first under the short lookup bound; after one timeout the tier is off for the
-// rest of the run, so a service outage costs one timeout, not one per layer.
+// call. It is started once per run, before the host is set up (loading the toolkit takes a
+// quarter of a second that overlaps the QEMU probes), so a restore stays close to plain
+// `zstd -d | tar x`. A restore looks the key up first under the short lookup bound; after one
+// timeout the tier is off for the rest of the run, so a service outage costs one timeout, not one
+// per layer.
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
@@ -120,6 +122,11 @@ class Worker {
     return p;
   }
 
+  /** Starts the worker now (it loads while the caller does other work); idle, it keeps nothing alive. */
+  prestart(): void {
+    this.hold((this.child ??= this.start()), false);
+  }
+
   /** An idle worker must not keep the run's process alive; a call in flight must. */
   private hold(child: ChildProcess, busy: boolean): void {
     for (const h of [child, child.stdin, child.stdout, child.stderr, child.stdio[3]] as { ref?: () => void; unref?: () => void }[]) {
@@ -150,6 +157,8 @@ export interface ActionsCache {
   save(key: string, paths: string[], dir: string): Promise<'saved' | 'exists' | 'failed'>;
   /** Whether the tier is still on (a timeout turns it off for the run). */
   readonly on: boolean;
+  /** Starts the worker process ahead of the first call. */
+  prestart(): void;
   close(): void;
 }
 
@@ -203,6 +212,7 @@ export function actionsCache(timeouts = cacheTimeouts()): ActionsCache {
         return 'failed';
       }
     },
+    prestart: () => worker.prestart(),
     close: () => worker.close(),
   };
 }

@@ -22,6 +22,8 @@ export interface WorkerResult {
   /** save: the entry id, or -1. */
   entryId?: number;
   error?: string;
+  /** Sent once, as id 0, when the toolkit is loaded and requests are read. */
+  ready?: boolean;
 }
 
 // Layers are qcow2 files compressed already: zstd's level barely changes their size (measured: 1%
@@ -30,6 +32,7 @@ export interface WorkerResult {
 process.env.ZSTD_CLEVEL ??= '1';
 
 const done = (r: WorkerResult) => fs.writeSync(3, JSON.stringify(r) + '\n');
+done({ id: 0, ready: true });
 const lines = readline.createInterface({ input: process.stdin });
 for await (const line of lines) {
   if (!line.trim()) continue;

@@ -290,16 +290,26 @@ async function ensureSnapshotLayer(
 }
 
 /**
- * Every layer this config needs. Under `kvm: auto`, a first boot that fails under KVM (QEMU exits
- * early, or the guest stalls) records the verdict, warns once, and the run goes on under TCG.
+ * The Actions cache tier for this config, its worker already starting (call it before the host is
+ * set up, so that the toolkit loads meanwhile); undefined when the config or the job has no cache.
+ * ensureLayers closes it.
  */
-export async function ensureLayers(config: Config, host0: Host): Promise<EnsureResult> {
-  const dir = config.cacheDir;
-  fs.mkdirSync(dir, { recursive: true });
-  cleanStaleTemps(dir);
+export function openCacheTier(config: Config): ActionsCache | undefined {
   const useCache = config.cache && cacheServiceAvailable();
   if (config.cache && !useCache) log.info('Actions cache: not available in this environment; using the local cache only');
   const cache = useCache ? actionsCache() : undefined;
+  cache?.prestart();
+  return cache;
+}
+
+/**
+ * Every layer this config needs. Under `kvm: auto`, a first boot that fails under KVM (QEMU exits
+ * early, or the guest stalls) records the verdict, warns once, and the run goes on under TCG.
+ */
+export async function ensureLayers(config: Config, host0: Host, cache = openCacheTier(config)): Promise<EnsureResult> {
+  const dir = config.cacheDir;
+  fs.mkdirSync(dir, { recursive: true });
+  cleanStaleTemps(dir);
   const rt = runtimeDir();
   fs.mkdirSync(rt, { recursive: true });
   const holder = process.env.GITHUB_ACTIONS === 'true' ? jobHolder(rt) : processHolder();

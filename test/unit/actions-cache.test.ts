@@ -101,6 +101,17 @@ describe('faults', () => {
     c.close();
   });
 
+  test('prestart: the worker runs before the first call, and that call uses it', async () => {
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    const before = processesNamed('cache-worker');
+    c.prestart();
+    const started = processesNamed('cache-worker').filter((p) => !before.includes(p));
+    assert.equal(started.length, 1, `worker processes after prestart: ${started.join(', ')}`);
+    assert.equal(await c.save('ryra-vm-v1-prestarted', names, layerDir('pre', 'prestarted')), 'saved');
+    assert.deepEqual(processesNamed('cache-worker').filter((p) => !before.includes(p)), started);
+    c.close();
+  });
+
   test('a stalled upload is stopped too, and the save reports failure', async () => {
     const c = actionsCache({ lookupMs: 3000, transferMs: 4000 });
     const h = server.inject({ kind: 'stall', op: ['blob.putBlob', 'blob.putBlock'], times: Infinity });

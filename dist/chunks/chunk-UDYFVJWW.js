@@ -23348,6 +23348,10 @@ var Worker = class {
     });
     return p;
   }
+  /** Starts the worker now (it loads while the caller does other work); idle, it keeps nothing alive. */
+  prestart() {
+    this.hold(this.child ??= this.start(), false);
+  }
   /** An idle worker must not keep the run's process alive; a call in flight must. */
   hold(child, busy) {
     for (const h of [child, child.stdin, child.stdout, child.stderr, child.stdio[3]]) {
@@ -23413,6 +23417,7 @@ function actionsCache(timeouts = cacheTimeouts()) {
         return "failed";
       }
     },
+    prestart: () => worker.prestart(),
     close: () => worker.close()
   };
 }
@@ -24892,20 +24897,27 @@ var SNAPSHOT_SETUP = `sudo mkdir -p /mnt/images; mkdir -p ~/.config/containers &
 var SHRINK_RAM = `set -e
 sync
 echo 3 > /proc/sys/vm/drop_caches
-keep=$(cat /proc/sys/vm/min_free_kbytes)
-echo 8192 > /proc/sys/vm/min_free_kbytes
+v=/proc/sys/vm
+keep="$(cat $v/min_free_kbytes) $(cat $v/watermark_scale_factor)"
+ratio=$(cat $v/lowmem_reserve_ratio)
+echo 4096 > $v/min_free_kbytes
+echo 1 > $v/watermark_scale_factor
+echo $ratio | sed 's/[0-9][0-9]*/0/g' > $v/lowmem_reserve_ratio
 d=$(mktemp -d)
 mount -t tmpfs -o size=100% none "$d"
 i=0
-while a=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo); [ "$a" -gt 24 ]; do
-  n=$((a - 24)); [ "$n" -gt 256 ] && n=256
+while a=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo); [ "$a" -gt 8 ]; do
+  n=$((a - 8)); [ "$n" -gt 256 ] && n=256
   dd if=/dev/zero of="$d/z$i" bs=1M count="$n" status=none || break
   i=$((i + 1))
 done
 rm -f "$d"/z*
 umount "$d"
 rmdir "$d"
-echo "$keep" > /proc/sys/vm/min_free_kbytes
+echo $ratio > $v/lowmem_reserve_ratio
+set -- $keep
+echo "$1" > $v/min_free_kbytes
+echo "$2" > $v/watermark_scale_factor
 `;
 function savevmTimeoutMs(memoryMb) {
   return Math.max(3e5, memoryMb * 200);
@@ -25175,13 +25187,17 @@ async function ensureSnapshotLayer(ctx, p, base, parent, key, results) {
     return {};
   }
 }
-async function ensureLayers(config, host0) {
-  const dir = config.cacheDir;
-  fs21.mkdirSync(dir, { recursive: true });
-  cleanStaleTemps(dir);
+function openCacheTier(config) {
   const useCache = config.cache && cacheServiceAvailable();
   if (config.cache && !useCache) log.info("Actions cache: not available in this environment; using the local cache only");
   const cache = useCache ? actionsCache() : void 0;
+  cache?.prestart();
+  return cache;
+}
+async function ensureLayers(config, host0, cache = openCacheTier(config)) {
+  const dir = config.cacheDir;
+  fs21.mkdirSync(dir, { recursive: true });
+  cleanStaleTemps(dir);
   const rt = runtimeDir();
   fs21.mkdirSync(rt, { recursive: true });
   const holder = process.env.GITHUB_ACTIONS === "true" ? jobHolder(rt) : processHolder();
@@ -25597,6 +25613,7 @@ export {
   parseConfig,
   SshClient,
   logTail,
+  openCacheTier,
   ensureLayers,
   listVms,
   findVm,

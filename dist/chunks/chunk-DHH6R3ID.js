@@ -16,12 +16,13 @@ import {
   jobHolder,
   listVms,
   logTail,
+  openCacheTier,
   parseConfig,
   releaseHolder,
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-VSGXOO4N.js";
+} from "./chunk-UDYFVJWW.js";
 import {
   addPath,
   getInput,
@@ -71,8 +72,9 @@ async function runMain() {
   setLogger(actionsLogger);
   try {
     const config = parseConfig((name) => getInput(name));
-    const host = await setupHost(config);
-    const result = await ensureLayers(config, host);
+    const cache = openCacheTier(config);
+    const host = await setupHost(config).catch((err) => (cache?.close(), Promise.reject(err)));
+    const result = await ensureLayers(config, host, cache);
     const { outputs } = result;
     for (const [name, value] of Object.entries(outputs)) setOutput(name, value);
     for (const line of fs.readFileSync(outputs[Outputs.SshKey], "utf8").split("\n")) if (line.length > 20 && !line.startsWith("-----")) setSecret(line);
