@@ -478,7 +478,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
       return;
     }
     // rejects if the client goes away, so a handler never waits on a dead socket
-    await pipeline(fs.createReadStream(body.file, { start: body.start, end: body.start + limit - 1, highWaterMark: 1 << 20 }), res, { end: false });
+    await pipeline(fs.createReadStream(body.file, { start: body.start, end: body.start + limit - 1 }), res, { end: false });
   }
 
   /** Send a response, honouring a 'truncate' or partial 'stall' fault attached to the request. */
@@ -988,6 +988,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
         });
         const out = newFile('blob');
         const ws = fs.createWriteStream(out);
+        ws.setMaxListeners(parts.length + 10); // one pipeline per block, each leaves its listeners
         let size = 0;
         for (const p of parts) {
           await pipeline(fs.createReadStream(p.file), ws, { end: false });
