@@ -1,6 +1,8 @@
 // `npm run bench`: figures of the production bundle (dist/), each beside the plain tool it should
 // come close to, measured side by side in one run on the host-arch test image (TCG unless
-// RYRA_BENCH_KVM=auto). One table: figure, measured, reference, ratio, goal.
+// RYRA_BENCH_KVM=auto). One table: figure, measured, reference, ratio, goal. `npm run bench` runs
+// it on Node 24 (scripts/node24.sh), the runtime action.yml names, so the worker, the action and
+// the CLI it starts run on the Node a runner gives them.
 //   - the Actions cache tier's worker (dist/cache-worker.js, as the action runs it: started before
 //     the host is set up, its start timed apart) restoring and saving a layer-sized archive of
 //     incompressible data at 180 and 600 MiB, against a local cache service, vs plain
@@ -196,21 +198,22 @@ try {
     return { in: inMs, back: backMs };
   };
   // A TCG guest's timings swing by a third from one run to the next, and the first write into a
-  // freshly restored guest pays for populating its RAM: three rounds, the order alternated, medians.
+  // freshly restored guest pays for populating its RAM: five rounds, the order alternated, medians
+  // (three rounds gave 1.12-1.39x from one run to the next).
   const o: { in: number; back: number }[] = [];
   const p: { in: number; back: number }[] = [];
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 5; i++) {
     if (i % 2 === 0) o.push(await ours()), p.push(plain());
     else p.push(plain()), o.push(await ours());
   }
-  row('ryra-vm run: workspace in (5,000 files + 100 MB; median of 3)', median(o.map((x) => x.in)), median(p.map((x) => x.in)), { max: 1.3, of: 'ratio' });
-  row('ryra-vm run: workspace back (all changed; median of 3)', median(o.map((x) => x.back)), median(p.map((x) => x.back)), { max: 1.3, of: 'ratio' });
+  row('ryra-vm run: workspace in (5,000 files + 100 MB; median of 5)', median(o.map((x) => x.in)), median(p.map((x) => x.in)), { max: 1.3, of: 'ratio' });
+  row('ryra-vm run: workspace back (all changed; median of 5)', median(o.map((x) => x.back)), median(p.map((x) => x.back)), { max: 1.3, of: 'ratio' });
   await exec(process.execPath, [path.resolve('dist/cli.js'), 'stop', '--all'], { ...r.env, RYRA_VM_RUNTIME_DIR: path.join(root, 'rt') });
   await r.post();
   await server.close();
 
   const w = Math.max(...rows.map((x) => x.figure.length));
-  console.log(`\nryra-vm bench (${arch}, ${kvm === 'false' ? 'tcg' : 'kvm: ' + kvm}, production bundle dist/)`);
+  console.log(`\nryra-vm bench (${arch}, ${kvm === 'false' ? 'tcg' : 'kvm: ' + kvm}, production bundle dist/, Node ${process.versions.node})`);
   console.log(`  ${'figure'.padEnd(w)}  ${'measured'.padStart(9)}  ${'reference'.padStart(9)}  ${'ratio'.padStart(7)}  goal`);
   for (const x of rows) {
     console.log(`  ${x.figure.padEnd(w)}  ${x.value.padStart(9)}  ${(x.reference ?? '').padStart(9)}  ${(x.ratio ?? '').padStart(7)}  ${x.goal ?? ''}${x.ok === undefined ? '' : x.ok ? '  ✓' : '  ✗'}`);

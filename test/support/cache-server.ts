@@ -988,7 +988,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
         });
         const out = newFile('blob');
         const ws = fs.createWriteStream(out);
-        ws.setMaxListeners(parts.length + 10); // one pipeline per block, each leaves its listeners
+        ws.setMaxListeners(0); // one pipeline per block into the same stream: each leaves a few listeners until the end
         let size = 0;
         for (const p of parts) {
           await pipeline(fs.createReadStream(p.file), ws, { end: false });
