@@ -6,7 +6,7 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-DHH6R3ID.js";
+} from "./chunks/chunk-OWB6JKIA.js";
 import "./chunks/chunk-UDYFVJWW.js";
 import "./chunks/chunk-GZMXWCY5.js";
 

@@ -19,8 +19,15 @@ export async function runMain(): Promise<void> {
   setLogger(actionsLogger);
   try {
     const config = parseConfig((name: InputName) => core.getInput(name));
+    // The cache worker loads while the host is set up; ensureLayers closes it, or this does.
     const cache = openCacheTier(config);
-    const host = await setupHost(config).catch((err) => (cache?.close(), Promise.reject(err)));
+    let host;
+    try {
+      host = await setupHost(config);
+    } catch (err) {
+      cache?.close();
+      throw err;
+    }
     const result = await ensureLayers(config, host, cache);
     const { outputs } = result;
     for (const [name, value] of Object.entries(outputs)) core.setOutput(name, value);

@@ -73,7 +73,13 @@ async function runMain() {
   try {
     const config = parseConfig((name) => getInput(name));
     const cache = openCacheTier(config);
-    const host = await setupHost(config).catch((err) => (cache?.close(), Promise.reject(err)));
+    let host;
+    try {
+      host = await setupHost(config);
+    } catch (err) {
+      cache?.close();
+      throw err;
+    }
     const result = await ensureLayers(config, host, cache);
     const { outputs } = result;
     for (const [name, value] of Object.entries(outputs)) setOutput(name, value);
