@@ -16,6 +16,7 @@ import {
   debug,
   error,
   exec,
+  getHooks,
   info,
   isDebug,
   mkdirP,
@@ -23,7 +24,7 @@ import {
   setSecret,
   warning,
   which
-} from "./chunks/chunk-GZMXWCY5.js";
+} from "./chunks/chunk-4G2R25J7.js";
 
 // node_modules/semver/internal/constants.js
 var require_constants = __commonJS({
@@ -2447,8 +2448,8 @@ var require_common = __commonJS({
         }
         return debug2;
       }
-      function extend2(namespace, delimiter2) {
-        const newDebug = createDebug(this.namespace + (typeof delimiter2 === "undefined" ? ":" : delimiter2) + namespace);
+      function extend2(namespace, delimiter3) {
+        const newDebug = createDebug(this.namespace + (typeof delimiter3 === "undefined" ? ":" : delimiter3) + namespace);
         newDebug.log = this.log;
         return newDebug;
       }
@@ -10203,8 +10204,8 @@ var Pattern = class _Pattern {
 
 // node_modules/@actions/glob/lib/internal-search-state.js
 var SearchState = class {
-  constructor(path9, level) {
-    this.path = path9;
+  constructor(path10, level) {
+    this.path = path10;
     this.level = level;
   }
 };
@@ -12455,9 +12456,9 @@ function toStream(source) {
 }
 async function concat(sources) {
   return function() {
-    const streams = sources.map((x) => typeof x === "function" ? x() : x).map(toStream);
+    const streams2 = sources.map((x) => typeof x === "function" ? x() : x).map(toStream);
     return Readable.from((async function* () {
-      for (const stream2 of streams) {
+      for (const stream2 of streams2) {
         for await (const chunk of stream2) {
           yield chunk;
         }
@@ -14755,15 +14756,15 @@ function getRequestUrl(baseUri, operationSpec, operationArguments, fallbackObjec
   let isAbsolutePath = false;
   let requestUrl = replaceAll(baseUri, urlReplacements);
   if (operationSpec.path) {
-    let path9 = replaceAll(operationSpec.path, urlReplacements);
-    if (operationSpec.path === "/{nextLink}" && path9.startsWith("/")) {
-      path9 = path9.substring(1);
+    let path10 = replaceAll(operationSpec.path, urlReplacements);
+    if (operationSpec.path === "/{nextLink}" && path10.startsWith("/")) {
+      path10 = path10.substring(1);
     }
-    if (isAbsoluteUrl(path9)) {
-      requestUrl = path9;
+    if (isAbsoluteUrl(path10)) {
+      requestUrl = path10;
       isAbsolutePath = true;
     } else {
-      requestUrl = appendPath(requestUrl, path9);
+      requestUrl = appendPath(requestUrl, path10);
     }
   }
   const { queryParams, sequenceParams } = calculateQueryParameters(operationSpec, operationArguments, fallbackObject);
@@ -14809,9 +14810,9 @@ function appendPath(url2, pathToAppend) {
   }
   const searchStart = pathToAppend.indexOf("?");
   if (searchStart !== -1) {
-    const path9 = pathToAppend.substring(0, searchStart);
+    const path10 = pathToAppend.substring(0, searchStart);
     const search = pathToAppend.substring(searchStart + 1);
-    newPath = newPath + path9;
+    newPath = newPath + path10;
     if (search) {
       parsedUrl.search = parsedUrl.search ? `${parsedUrl.search}&${search}` : search;
     }
@@ -14832,7 +14833,7 @@ function calculateQueryParameters(operationSpec, operationArguments, fallbackObj
       let queryParameterValue = getOperationArgumentValueFromParameter(operationArguments, queryParameter, fallbackObject);
       if (queryParameterValue !== void 0 && queryParameterValue !== null || queryParameter.mapper.required) {
         queryParameterValue = operationSpec.serializer.serialize(queryParameter.mapper, queryParameterValue, getPathStringFromParameter(queryParameter));
-        const delimiter2 = queryParameter.collectionFormat ? CollectionFormatToDelimiterMap[queryParameter.collectionFormat] : "";
+        const delimiter3 = queryParameter.collectionFormat ? CollectionFormatToDelimiterMap[queryParameter.collectionFormat] : "";
         if (Array.isArray(queryParameterValue)) {
           queryParameterValue = queryParameterValue.map((item) => {
             if (item === null || item === void 0) {
@@ -14844,7 +14845,7 @@ function calculateQueryParameters(operationSpec, operationArguments, fallbackObj
         if (queryParameter.collectionFormat === "Multi" && queryParameterValue.length === 0) {
           continue;
         } else if (Array.isArray(queryParameterValue) && (queryParameter.collectionFormat === "SSV" || queryParameter.collectionFormat === "TSV")) {
-          queryParameterValue = queryParameterValue.join(delimiter2);
+          queryParameterValue = queryParameterValue.join(delimiter3);
         }
         if (!queryParameter.skipEncoding) {
           if (Array.isArray(queryParameterValue)) {
@@ -14856,7 +14857,7 @@ function calculateQueryParameters(operationSpec, operationArguments, fallbackObj
           }
         }
         if (Array.isArray(queryParameterValue) && (queryParameter.collectionFormat === "CSV" || queryParameter.collectionFormat === "Pipes")) {
-          queryParameterValue = queryParameterValue.join(delimiter2);
+          queryParameterValue = queryParameterValue.join(delimiter3);
         }
         result.set(queryParameter.mapper.serializedName || getPathStringFromParameter(queryParameter), queryParameterValue);
       }
@@ -17688,16 +17689,16 @@ var MatcherView = class {
    * @returns {string|undefined}
    */
   getCurrentTag() {
-    const path9 = this._matcher.path;
-    return path9.length > 0 ? path9[path9.length - 1].tag : void 0;
+    const path10 = this._matcher.path;
+    return path10.length > 0 ? path10[path10.length - 1].tag : void 0;
   }
   /**
    * Get current namespace.
    * @returns {string|undefined}
    */
   getCurrentNamespace() {
-    const path9 = this._matcher.path;
-    return path9.length > 0 ? path9[path9.length - 1].namespace : void 0;
+    const path10 = this._matcher.path;
+    return path10.length > 0 ? path10[path10.length - 1].namespace : void 0;
   }
   /**
    * Get current node's attribute value.
@@ -17705,9 +17706,9 @@ var MatcherView = class {
    * @returns {*}
    */
   getAttrValue(attrName) {
-    const path9 = this._matcher.path;
-    if (path9.length === 0) return void 0;
-    return path9[path9.length - 1].values?.[attrName];
+    const path10 = this._matcher.path;
+    if (path10.length === 0) return void 0;
+    return path10[path10.length - 1].values?.[attrName];
   }
   /**
    * Check if current node has an attribute.
@@ -17715,9 +17716,9 @@ var MatcherView = class {
    * @returns {boolean}
    */
   hasAttr(attrName) {
-    const path9 = this._matcher.path;
-    if (path9.length === 0) return false;
-    const current = path9[path9.length - 1];
+    const path10 = this._matcher.path;
+    if (path10.length === 0) return false;
+    const current = path10[path10.length - 1];
     return current.values !== void 0 && attrName in current.values;
   }
   /**
@@ -17743,18 +17744,18 @@ var MatcherView = class {
    * @returns {number}
    */
   getPosition() {
-    const path9 = this._matcher.path;
-    if (path9.length === 0) return -1;
-    return path9[path9.length - 1].position ?? 0;
+    const path10 = this._matcher.path;
+    if (path10.length === 0) return -1;
+    return path10[path10.length - 1].position ?? 0;
   }
   /**
    * Get current node's repeat counter (occurrence count of this tag name).
    * @returns {number}
    */
   getCounter() {
-    const path9 = this._matcher.path;
-    if (path9.length === 0) return -1;
-    return path9[path9.length - 1].counter ?? 0;
+    const path10 = this._matcher.path;
+    if (path10.length === 0) return -1;
+    return path10[path10.length - 1].counter ?? 0;
   }
   /**
    * Get current node's sibling index (alias for getPosition).
@@ -21016,11 +21017,11 @@ var NativeCRC64 = (() => {
       throw new Error("Module.ENVIRONMENT has been deprecated. To force the environment, use the ENVIRONMENT compile-time option (for example, -sENVIRONMENT=web or -sENVIRONMENT=node)");
     }
     var scriptDirectory = "";
-    function locateFile(path9) {
+    function locateFile(path10) {
       if (Module["locateFile"]) {
-        return Module["locateFile"](path9, scriptDirectory);
+        return Module["locateFile"](path10, scriptDirectory);
       }
-      return scriptDirectory + path9;
+      return scriptDirectory + path10;
     }
     var read_, readAsync, readBinary, setWindowTitle;
     function logExceptionOnExit(e) {
@@ -21033,7 +21034,7 @@ var NativeCRC64 = (() => {
     }
     if (ENVIRONMENT_IS_NODE) {
       if (typeof process == "undefined" || !process.release || process.release.name !== "node") throw new Error("not compiled for this environment (did you build to HTML and try to run it not on the web, or set ENVIRONMENT to something - like node - and run it someplace else - like on the web?)");
-      var fs7 = require2("fs");
+      var fs8 = require2("fs");
       var nodePath = require2("path");
       if (ENVIRONMENT_IS_WORKER) {
         scriptDirectory = nodePath.dirname(scriptDirectory) + "/";
@@ -21042,7 +21043,7 @@ var NativeCRC64 = (() => {
       }
       read_ = (filename, binary) => {
         filename = isFileURI(filename) ? new URL(filename) : nodePath.normalize(filename);
-        return fs7.readFileSync(filename, binary ? void 0 : "utf8");
+        return fs8.readFileSync(filename, binary ? void 0 : "utf8");
       };
       readBinary = (filename) => {
         var ret = read_(filename, true);
@@ -21054,7 +21055,7 @@ var NativeCRC64 = (() => {
       };
       readAsync = (filename, onload, onerror) => {
         filename = isFileURI(filename) ? new URL(filename) : nodePath.normalize(filename);
-        fs7.readFile(filename, function(err2, data) {
+        fs8.readFile(filename, function(err2, data) {
           if (err2) onerror(err2);
           else onload(data.buffer);
         });
@@ -24107,9 +24108,9 @@ var StorageSharedKeyCredentialPolicy = class extends CredentialPolicy {
    * @param request -
    */
   getCanonicalizedResourceString(request) {
-    const path9 = getURLPath(request.url) || "/";
+    const path10 = getURLPath(request.url) || "/";
     let canonicalizedResourceString = "";
-    canonicalizedResourceString += `/${this.factory.accountName}${path9}`;
+    canonicalizedResourceString += `/${this.factory.accountName}${path10}`;
     const queries = getURLQueries(request.url);
     const lowercaseQueries = {};
     if (queries) {
@@ -24591,9 +24592,9 @@ function storageSharedKeyCredentialPolicy(options) {
     return canonicalizedHeadersStringToSign;
   }
   function getCanonicalizedResourceString(request) {
-    const path9 = getURLPath(request.url) || "/";
+    const path10 = getURLPath(request.url) || "/";
     let canonicalizedResourceString = "";
-    canonicalizedResourceString += `/${options.accountName}${path9}`;
+    canonicalizedResourceString += `/${options.accountName}${path10}`;
     const queries = getURLQueries(request.url);
     const lowercaseQueries = {};
     if (queries) {
@@ -35864,8 +35865,8 @@ var ContainerImpl = class {
    *                  character or a string.
    * @param options The options parameters.
    */
-  listBlobHierarchySegment(delimiter2, options) {
-    return this.client.sendOperationRequest({ delimiter: delimiter2, options }, listBlobHierarchySegmentOperationSpec);
+  listBlobHierarchySegment(delimiter3, options) {
+    return this.client.sendOperationRequest({ delimiter: delimiter3, options }, listBlobHierarchySegmentOperationSpec);
   }
   /**
    * Returns the sku name and account kind
@@ -38534,10 +38535,10 @@ var StorageContextClient = class extends StorageClient {
 // node_modules/@azure/storage-blob/dist/esm/utils/utils.common.js
 function escapeURLPath(url2) {
   const urlParsed = new URL(url2);
-  let path9 = urlParsed.pathname;
-  path9 = path9 || "/";
-  path9 = escape2(path9);
-  urlParsed.pathname = path9;
+  let path10 = urlParsed.pathname;
+  path10 = path10 || "/";
+  path10 = escape2(path10);
+  urlParsed.pathname = path10;
   return urlParsed.toString();
 }
 function getProxyUriFromDevConnString(connectionString) {
@@ -38622,9 +38623,9 @@ function escape2(text) {
 }
 function appendToURLPath(url2, name) {
   const urlParsed = new URL(url2);
-  let path9 = urlParsed.pathname;
-  path9 = path9 ? path9.endsWith("/") ? `${path9}${name}` : `${path9}/${name}` : name;
-  urlParsed.pathname = path9;
+  let path10 = urlParsed.pathname;
+  path10 = path10 ? path10.endsWith("/") ? `${path10}${name}` : `${path10}/${name}` : name;
+  urlParsed.pathname = path10;
   return urlParsed.toString();
 }
 function setURLParameter2(url2, name, value) {
@@ -47634,10 +47635,91 @@ function saveCacheV2(paths_1, key_1, options_1) {
 }
 
 // src/cache/worker.ts
-import * as fs6 from "node:fs";
+import * as fs7 from "node:fs";
 import * as readline from "node:readline";
+
+// src/cache/stream.ts
+import { spawn } from "node:child_process";
+import * as fs6 from "node:fs";
+import * as path9 from "node:path";
+async function canStream(env = process.env) {
+  if (getHooks().toolkitRestore) return false;
+  if (getCacheServiceVersion() !== "v2" || !isCacheReadable(getCacheMode())) return false;
+  if (!String(await getCompressionMethod()).startsWith("zstd")) return false;
+  return ["curl", "tar"].every((c) => onPath(c, env)) && process.platform === "linux";
+}
+function onPath(cmd, env) {
+  return (env.PATH ?? "").split(path9.delimiter).some((d) => d && fs6.existsSync(path9.join(d, cmd)));
+}
+function isAzureBlobUrl(url2) {
+  return new URL(url2).hostname.endsWith(".blob.core.windows.net");
+}
+async function streamedRestore(paths, key, dir, log2) {
+  const compression = await getCompressionMethod();
+  const version3 = getCacheVersion(paths, compression);
+  let res;
+  try {
+    res = await internalCacheTwirpClient().GetCacheEntryDownloadURL({ key, restoreKeys: [], version: version3 });
+  } catch {
+    return void 0;
+  }
+  if (!res.ok || !res.signedDownloadUrl) return null;
+  if (isAzureBlobUrl(res.signedDownloadUrl)) return void 0;
+  log2(`Cache hit for: ${res.matchedKey} (streamed: curl | zstd -d | tar -x)`);
+  const bytes = await curlZstdTar(res.signedDownloadUrl, dir);
+  log2(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
+  return res.matchedKey;
+}
+async function curlZstdTar(url2, dir) {
+  const curl = spawn("curl", ["-K", "-", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", "30", "--speed-limit", "1024", "--speed-time", "60", "--write-out", "%{stderr}ryra-bytes=%{size_download}\n"], {
+    stdio: ["pipe", "pipe", "pipe"]
+  });
+  curl.stdin.end(`url = "${url2.replace(/["\\]/g, (c) => `\\${c}`)}"
+`);
+  const zstd = spawn("zstd", ["-d", "-c", "-q"], { stdio: [curl.stdout, "pipe", "pipe"] });
+  const tar = spawn("tar", ["-xf", "-", "-P", "-C", dir], { stdio: [zstd.stdout, "ignore", "pipe"] });
+  curl.stdout.destroy();
+  zstd.stdout.destroy();
+  const procs = [
+    ["curl", curl],
+    ["zstd -d", zstd],
+    ["tar -x", tar]
+  ];
+  const stderr = /* @__PURE__ */ new Map();
+  for (const [, p] of procs) p.stderr.setEncoding("utf8").on("data", (d) => stderr.set(p, (stderr.get(p) ?? "") + d));
+  let reaper;
+  const reap = () => reaper ??= setTimeout(() => {
+    for (const [, p] of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+  }, 2e3);
+  const results = await Promise.all(
+    procs.map(
+      ([name, p]) => new Promise((resolve2) => {
+        p.once("error", (error2) => {
+          reap();
+          resolve2({ name, p, code: null, error: error2 });
+        });
+        p.once("close", (code) => {
+          if (code !== 0) reap();
+          resolve2({ name, p, code });
+        });
+      })
+    )
+  );
+  clearTimeout(reaper);
+  const curlErr = stderr.get(curl) ?? "";
+  const bytes = Number(/ryra-bytes=(\d+)/.exec(curlErr)?.[1] ?? 0);
+  const failed = results.find((r) => r.error || r.code !== null && r.code !== 0) ?? results.find((r) => r.code !== 0);
+  if (failed) {
+    const own = failed.error?.message ?? (stderr.get(failed.p) ?? "").replace(/ryra-bytes=\d+\n?/, "").trim();
+    throw new Error(`${failed.name} ${failed.error ? "could not start" : `exited with ${failed.code ?? failed.p.signalCode}`}${own ? `: ${own.split("\n").slice(-2).join(" ")}` : ""} (after ${bytes} bytes downloaded)`);
+  }
+  return bytes;
+}
+
+// src/cache/worker.ts
 process.env.ZSTD_CLEVEL ??= "1";
-var done = (r) => fs6.writeSync(3, JSON.stringify(r) + "\n");
+var streams;
+var done = (r) => fs7.writeSync(3, JSON.stringify(r) + "\n");
 done({ id: 0, ready: true });
 var lines = readline.createInterface({ input: process.stdin });
 for await (const line of lines) {
@@ -47646,6 +47728,13 @@ for await (const line of lines) {
   try {
     process.chdir(req.dir);
     process.env.GITHUB_WORKSPACE = req.dir;
+    if (req.op === "restore" && await (streams ??= canStream())) {
+      const matchedKey = await streamedRestore(req.paths, req.key, req.dir, (line2) => console.log(line2));
+      if (matchedKey !== void 0) {
+        done({ id: req.id, matchedKey });
+        continue;
+      }
+    }
     if (req.op === "save") done({ id: req.id, entryId: await saveCache2(req.paths, req.key) });
     else done({ id: req.id, matchedKey: await restoreCache(req.paths, req.key, [], { lookupOnly: req.op === "lookup" }) ?? null });
   } catch (err) {

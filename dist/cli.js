@@ -28,8 +28,8 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-UDYFVJWW.js";
-import "./chunks/chunk-GZMXWCY5.js";
+} from "./chunks/chunk-YT4RHK4V.js";
+import "./chunks/chunk-4G2R25J7.js";
 
 // src/cli.ts
 import * as fs4 from "node:fs";

@@ -6,9 +6,9 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-OWB6JKIA.js";
-import "./chunks/chunk-UDYFVJWW.js";
-import "./chunks/chunk-GZMXWCY5.js";
+} from "./chunks/chunk-BCYN5KL3.js";
+import "./chunks/chunk-YT4RHK4V.js";
+import "./chunks/chunk-4G2R25J7.js";
 
 // src/post.ts
 await runPost();

@@ -3,8 +3,8 @@
 //
 // The toolkit's calls run in one long-lived child process per run (worker.ts): @actions/cache
 // resolves paths against the process's cwd and GITHUB_WORKSPACE, and its calls cannot be
-// cancelled, so the child gives each call its own directory, and killing it really stops a stalled
-// call. It is started once per run, before the host is set up (loading the toolkit takes a
+// cancelled, so the child gives each call its own directory, and killing it (and what it started)
+// really stops a stalled call. It is started once per run, before the host is set up (loading the toolkit takes a
 // quarter of a second that overlaps the QEMU probes), so a restore stays close to plain
 // `zstd -d | tar x`. A restore looks the key up first under the short lookup bound; after one
 // timeout the tier is off for the rest of the run, so a service outage costs one timeout, not one
@@ -15,6 +15,7 @@ import * as readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { getHooks } from '../env.js';
 import { errorMessage, log } from '../log.js';
+import { descendants } from '../util/procfs.js';
 import { sleep } from '../util/time.js';
 import type { WorkerRequest, WorkerResult } from './worker.js';
 
@@ -135,8 +136,18 @@ class Worker {
     }
   }
 
+  /** Kills the worker and what it started (the toolkit's tar and zstd, a streamed restore's curl). */
   kill(): void {
+    const pid = this.child?.pid;
+    const below = pid ? descendants(pid) : [];
     this.child?.kill('SIGKILL');
+    for (const p of below) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
+    }
     this.child = undefined;
   }
 

@@ -1,10 +1,11 @@
 // The @actions/cache calls of one run, in one long-lived process: `node cache-worker.js`. Requests
 // come as JSON lines on stdin, one at a time; each result goes as a JSON line on fd 3; the toolkit's
-// own log lines go to stdout as usual. Each call gets its own directory as cwd and GITHUB_WORKSPACE
+// own log lines go to stdout as usual. A restore streams where it can (stream.ts). Each call gets its own directory as cwd and GITHUB_WORKSPACE
 // (the toolkit resolves paths against both). A stalled call is ended by killing this process.
 import * as cache from '@actions/cache';
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
+import { canStream, streamedRestore } from './stream.js';
 
 export interface WorkerRequest {
   id: number;
@@ -31,6 +32,8 @@ export interface WorkerResult {
 // zstd without a level, so zstd takes this one.
 process.env.ZSTD_CLEVEL ??= '1';
 
+/** Whether restores stream (stream.ts); asked once, on the first restore. */
+let streams: Promise<boolean> | undefined;
 const done = (r: WorkerResult) => fs.writeSync(3, JSON.stringify(r) + '\n');
 done({ id: 0, ready: true });
 const lines = readline.createInterface({ input: process.stdin });
@@ -40,6 +43,13 @@ for await (const line of lines) {
   try {
     process.chdir(req.dir);
     process.env.GITHUB_WORKSPACE = req.dir;
+    if (req.op === 'restore' && (await (streams ??= canStream()))) {
+      const matchedKey = await streamedRestore(req.paths, req.key, req.dir, (line) => console.log(line));
+      if (matchedKey !== undefined) {
+        done({ id: req.id, matchedKey });
+        continue;
+      }
+    }
     if (req.op === 'save') done({ id: req.id, entryId: await cache.saveCache(req.paths, req.key) });
     else done({ id: req.id, matchedKey: (await cache.restoreCache(req.paths, req.key, [], { lookupOnly: req.op === 'lookup' })) ?? null });
   } catch (err) {

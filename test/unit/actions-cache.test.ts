@@ -2,11 +2,13 @@
 // its worker process: exact keys, duplicates, a 429 retried once, and a stalled service that the
 // tier's own timeout stops (the toolkit's lookups have none).
 import assert from 'node:assert/strict';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { actionsCache, cacheServiceAvailable } from '../../src/cache/actions.js';
+import { log, plainLogger, setLogger } from '../../src/log.js';
 import { startCacheServer, type CacheServer } from '../support/cache-server.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'actions-cache-'));
@@ -57,6 +59,96 @@ for (const protocol of ['v2', 'v1'] as const) {
     });
   });
 }
+
+describe('streamed restores (v2, a download URL outside Azure blob storage)', () => {
+  before(() => Object.assign(process.env, server.env('v2')));
+  // 3 MiB of incompressible bytes: several pipe buffers through curl, zstd and tar.
+  const big = crypto.randomBytes(3 << 20);
+  function bigLayer(name: string): string {
+    const d = fs.mkdtempSync(path.join(tmp, `${name}-`));
+    fs.writeFileSync(path.join(d, 'x.qcow2'), big);
+    fs.writeFileSync(path.join(d, 'x.manifest.json'), '{"n":1}');
+    return d;
+  }
+  const blobGets = () => server.requests.filter((r) => r.op === 'blob.get');
+
+  test('curl streams the entry into zstd and tar: byte-identical, no archive file on disk', async () => {
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    const key = 'ryra-vm-v1-prepared-streamed';
+    assert.equal(await c.save(key, names, bigLayer('ss')), 'saved');
+    const before = blobGets().length;
+    const dst = fs.mkdtempSync(path.join(tmp, 'sd-'));
+    assert.equal(await c.restore(key, names, dst), 'restored');
+    assert.ok(fs.readFileSync(path.join(dst, 'x.qcow2')).equals(big));
+    assert.equal(fs.readFileSync(path.join(dst, 'x.manifest.json'), 'utf8'), '{"n":1}');
+    const gets = blobGets().slice(before);
+    assert.equal(gets.length, 1);
+    assert.match(String(gets[0]!.headers['user-agent']), /^curl\//);
+    assert.deepEqual(fs.readdirSync(dst).sort(), ['x.manifest.json', 'x.qcow2'], 'only the entry\'s files');
+    c.close();
+  });
+
+  test('RYRA_VM_TEST_TOOLKIT_RESTORE=1: the toolkit downloads the same entry (both paths read one format)', async () => {
+    process.env.RYRA_VM_TEST_TOOLKIT_RESTORE = '1';
+    try {
+      const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+      const before = blobGets().length;
+      const dst = fs.mkdtempSync(path.join(tmp, 'td-'));
+      assert.equal(await c.restore('ryra-vm-v1-prepared-streamed', names, dst), 'restored');
+      assert.ok(fs.readFileSync(path.join(dst, 'x.qcow2')).equals(big));
+      const gets = blobGets().slice(before);
+      assert.equal(gets.length, 1);
+      assert.doesNotMatch(String(gets[0]!.headers['user-agent']), /^curl\//);
+      c.close();
+    } finally {
+      delete process.env.RYRA_VM_TEST_TOOLKIT_RESTORE;
+    }
+  });
+
+  for (const chunked of [false, true]) {
+    test(`a download cut short (${chunked ? 'ended cleanly, so only zstd can tell' : 'connection closed'}) fails and names the tool; the next try restores`, async () => {
+      const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+      const key = 'ryra-vm-v1-prepared-streamed';
+      server.inject({ kind: 'truncate', op: 'blob.get', bytes: 1 << 20, chunked });
+      const lines: string[] = [];
+      const dst = fs.mkdtempSync(path.join(tmp, 'tr-'));
+      const got = await withWarnings(lines, () => c.restore(key, names, dst));
+      assert.equal(got, 'failed');
+      assert.match(lines.join('\n'), chunked ? /zstd -d exited with 1/ : /curl exited with 18/);
+      const dst2 = fs.mkdtempSync(path.join(tmp, 'tr2-'));
+      assert.equal(await c.restore(key, names, dst2), 'restored');
+      assert.ok(fs.readFileSync(path.join(dst2, 'x.qcow2')).equals(big));
+      c.close();
+    });
+  }
+
+  test('an error status on the download fails the restore (curl --fail), and the next try restores', async () => {
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    server.inject({ kind: '503', op: 'blob.get' });
+    const lines: string[] = [];
+    assert.equal(await withWarnings(lines, () => c.restore('ryra-vm-v1-prepared-streamed', names, fs.mkdtempSync(path.join(tmp, 'e-')))), 'failed');
+    assert.match(lines.join('\n'), /curl exited with 22: .*503/);
+    const dst = fs.mkdtempSync(path.join(tmp, 'e2-'));
+    assert.equal(await c.restore('ryra-vm-v1-prepared-streamed', names, dst), 'restored');
+    assert.ok(fs.readFileSync(path.join(dst, 'x.qcow2')).equals(big));
+    c.close();
+  });
+
+  test('a stalled download is stopped at the transfer bound, with curl and zstd gone', async () => {
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 4000 });
+    const h = server.inject({ kind: 'stall', op: 'blob.get', afterBytes: 1 << 20, times: Infinity });
+    const start = Date.now();
+    const dst = fs.mkdtempSync(path.join(tmp, 'sl-'));
+    assert.equal(await c.restore('ryra-vm-v1-prepared-streamed', names, dst), 'miss');
+    assert.ok(Date.now() - start < 15_000);
+    assert.ok(h.hits >= 1, 'the download was reached');
+    // The worker ran them in the restore's dir: nothing runs there any more.
+    for (let i = 0; i < 20 && processesIn(dst).length; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(processesIn(dst), []);
+    h.cancel();
+    c.close();
+  });
+});
 
 describe('faults', () => {
   before(() => Object.assign(process.env, server.env('v2')));
@@ -133,4 +225,26 @@ function processesNamed(marker: string): number[] {
     }
   }
   return pids;
+}
+
+/** Runs `fn` with the logger's warnings collected into `lines` (and nothing else printed). */
+async function withWarnings<T>(lines: string[], fn: () => Promise<T>): Promise<T> {
+  const prev = log;
+  setLogger({ ...plainLogger(), warning: (m) => lines.push(m), info: () => {} });
+  try {
+    return await fn();
+  } finally {
+    setLogger(prev);
+  }
+}
+
+/** PIDs of processes whose working directory is `dir`. */
+function processesIn(dir: string): number[] {
+  return fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x)).map(Number).filter((p) => {
+    try {
+      return fs.readlinkSync(`/proc/${p}/cwd`) === dir;
+    } catch {
+      return false;
+    }
+  });
 }

@@ -22,7 +22,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-UDYFVJWW.js";
+} from "./chunk-YT4RHK4V.js";
 import {
   addPath,
   getInput,
@@ -35,7 +35,7 @@ import {
   setSecret,
   summary,
   warning
-} from "./chunk-GZMXWCY5.js";
+} from "./chunk-4G2R25J7.js";
 
 // src/action.ts
 import * as fs from "node:fs";

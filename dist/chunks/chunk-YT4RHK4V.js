@@ -12,10 +12,12 @@ import {
   debug,
   error,
   exec,
+  getHooks,
+  getKnobs,
   group,
   info,
   warning
-} from "./chunk-GZMXWCY5.js";
+} from "./chunk-4G2R25J7.js";
 
 // node_modules/graceful-fs/polyfills.js
 var require_polyfills = __commonJS({
@@ -43,54 +45,54 @@ var require_polyfills = __commonJS({
     }
     var chdir;
     module.exports = patch;
-    function patch(fs23) {
+    function patch(fs22) {
       if (constants3.hasOwnProperty("O_SYMLINK") && process.version.match(/^v0\.6\.[0-2]|^v0\.5\./)) {
-        patchLchmod(fs23);
+        patchLchmod(fs22);
       }
-      if (!fs23.lutimes) {
-        patchLutimes(fs23);
+      if (!fs22.lutimes) {
+        patchLutimes(fs22);
       }
-      fs23.chown = chownFix(fs23.chown);
-      fs23.fchown = chownFix(fs23.fchown);
-      fs23.lchown = chownFix(fs23.lchown);
-      fs23.chmod = chmodFix(fs23.chmod);
-      fs23.fchmod = chmodFix(fs23.fchmod);
-      fs23.lchmod = chmodFix(fs23.lchmod);
-      fs23.chownSync = chownFixSync(fs23.chownSync);
-      fs23.fchownSync = chownFixSync(fs23.fchownSync);
-      fs23.lchownSync = chownFixSync(fs23.lchownSync);
-      fs23.chmodSync = chmodFixSync(fs23.chmodSync);
-      fs23.fchmodSync = chmodFixSync(fs23.fchmodSync);
-      fs23.lchmodSync = chmodFixSync(fs23.lchmodSync);
-      fs23.stat = statFix(fs23.stat);
-      fs23.fstat = statFix(fs23.fstat);
-      fs23.lstat = statFix(fs23.lstat);
-      fs23.statSync = statFixSync(fs23.statSync);
-      fs23.fstatSync = statFixSync(fs23.fstatSync);
-      fs23.lstatSync = statFixSync(fs23.lstatSync);
-      if (fs23.chmod && !fs23.lchmod) {
-        fs23.lchmod = function(path20, mode, cb) {
+      fs22.chown = chownFix(fs22.chown);
+      fs22.fchown = chownFix(fs22.fchown);
+      fs22.lchown = chownFix(fs22.lchown);
+      fs22.chmod = chmodFix(fs22.chmod);
+      fs22.fchmod = chmodFix(fs22.fchmod);
+      fs22.lchmod = chmodFix(fs22.lchmod);
+      fs22.chownSync = chownFixSync(fs22.chownSync);
+      fs22.fchownSync = chownFixSync(fs22.fchownSync);
+      fs22.lchownSync = chownFixSync(fs22.lchownSync);
+      fs22.chmodSync = chmodFixSync(fs22.chmodSync);
+      fs22.fchmodSync = chmodFixSync(fs22.fchmodSync);
+      fs22.lchmodSync = chmodFixSync(fs22.lchmodSync);
+      fs22.stat = statFix(fs22.stat);
+      fs22.fstat = statFix(fs22.fstat);
+      fs22.lstat = statFix(fs22.lstat);
+      fs22.statSync = statFixSync(fs22.statSync);
+      fs22.fstatSync = statFixSync(fs22.fstatSync);
+      fs22.lstatSync = statFixSync(fs22.lstatSync);
+      if (fs22.chmod && !fs22.lchmod) {
+        fs22.lchmod = function(path20, mode, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs23.lchmodSync = function() {
+        fs22.lchmodSync = function() {
         };
       }
-      if (fs23.chown && !fs23.lchown) {
-        fs23.lchown = function(path20, uid, gid, cb) {
+      if (fs22.chown && !fs22.lchown) {
+        fs22.lchown = function(path20, uid, gid, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs23.lchownSync = function() {
+        fs22.lchownSync = function() {
         };
       }
       if (platform === "win32") {
-        fs23.rename = typeof fs23.rename !== "function" ? fs23.rename : (function(fs$rename) {
+        fs22.rename = typeof fs22.rename !== "function" ? fs22.rename : (function(fs$rename) {
           function rename(from, to, cb) {
             var start = Date.now();
             var backoff = 0;
             fs$rename(from, to, function CB(er) {
               if (er && (er.code === "EACCES" || er.code === "EPERM" || er.code === "EBUSY") && Date.now() - start < 6e4) {
                 setTimeout(function() {
-                  fs23.stat(to, function(stater, st) {
+                  fs22.stat(to, function(stater, st) {
                     if (stater && stater.code === "ENOENT")
                       fs$rename(from, to, CB);
                     else
@@ -106,9 +108,9 @@ var require_polyfills = __commonJS({
           }
           if (Object.setPrototypeOf) Object.setPrototypeOf(rename, fs$rename);
           return rename;
-        })(fs23.rename);
+        })(fs22.rename);
       }
-      fs23.read = typeof fs23.read !== "function" ? fs23.read : (function(fs$read) {
+      fs22.read = typeof fs22.read !== "function" ? fs22.read : (function(fs$read) {
         function read(fd, buffer, offset, length, position, callback_) {
           var callback;
           if (callback_ && typeof callback_ === "function") {
@@ -116,22 +118,22 @@ var require_polyfills = __commonJS({
             callback = function(er, _, __) {
               if (er && er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
-                return fs$read.call(fs23, fd, buffer, offset, length, position, callback);
+                return fs$read.call(fs22, fd, buffer, offset, length, position, callback);
               }
               callback_.apply(this, arguments);
             };
           }
-          return fs$read.call(fs23, fd, buffer, offset, length, position, callback);
+          return fs$read.call(fs22, fd, buffer, offset, length, position, callback);
         }
         if (Object.setPrototypeOf) Object.setPrototypeOf(read, fs$read);
         return read;
-      })(fs23.read);
-      fs23.readSync = typeof fs23.readSync !== "function" ? fs23.readSync : /* @__PURE__ */ (function(fs$readSync) {
+      })(fs22.read);
+      fs22.readSync = typeof fs22.readSync !== "function" ? fs22.readSync : /* @__PURE__ */ (function(fs$readSync) {
         return function(fd, buffer, offset, length, position) {
           var eagCounter = 0;
           while (true) {
             try {
-              return fs$readSync.call(fs23, fd, buffer, offset, length, position);
+              return fs$readSync.call(fs22, fd, buffer, offset, length, position);
             } catch (er) {
               if (er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
@@ -141,10 +143,10 @@ var require_polyfills = __commonJS({
             }
           }
         };
-      })(fs23.readSync);
-      function patchLchmod(fs24) {
-        fs24.lchmod = function(path20, mode, callback) {
-          fs24.open(
+      })(fs22.readSync);
+      function patchLchmod(fs23) {
+        fs23.lchmod = function(path20, mode, callback) {
+          fs23.open(
             path20,
             constants3.O_WRONLY | constants3.O_SYMLINK,
             mode,
@@ -153,80 +155,80 @@ var require_polyfills = __commonJS({
                 if (callback) callback(err);
                 return;
               }
-              fs24.fchmod(fd, mode, function(err2) {
-                fs24.close(fd, function(err22) {
+              fs23.fchmod(fd, mode, function(err2) {
+                fs23.close(fd, function(err22) {
                   if (callback) callback(err2 || err22);
                 });
               });
             }
           );
         };
-        fs24.lchmodSync = function(path20, mode) {
-          var fd = fs24.openSync(path20, constants3.O_WRONLY | constants3.O_SYMLINK, mode);
+        fs23.lchmodSync = function(path20, mode) {
+          var fd = fs23.openSync(path20, constants3.O_WRONLY | constants3.O_SYMLINK, mode);
           var threw = true;
           var ret;
           try {
-            ret = fs24.fchmodSync(fd, mode);
+            ret = fs23.fchmodSync(fd, mode);
             threw = false;
           } finally {
             if (threw) {
               try {
-                fs24.closeSync(fd);
+                fs23.closeSync(fd);
               } catch (er) {
               }
             } else {
-              fs24.closeSync(fd);
+              fs23.closeSync(fd);
             }
           }
           return ret;
         };
       }
-      function patchLutimes(fs24) {
-        if (constants3.hasOwnProperty("O_SYMLINK") && fs24.futimes) {
-          fs24.lutimes = function(path20, at, mt, cb) {
-            fs24.open(path20, constants3.O_SYMLINK, function(er, fd) {
+      function patchLutimes(fs23) {
+        if (constants3.hasOwnProperty("O_SYMLINK") && fs23.futimes) {
+          fs23.lutimes = function(path20, at, mt, cb) {
+            fs23.open(path20, constants3.O_SYMLINK, function(er, fd) {
               if (er) {
                 if (cb) cb(er);
                 return;
               }
-              fs24.futimes(fd, at, mt, function(er2) {
-                fs24.close(fd, function(er22) {
+              fs23.futimes(fd, at, mt, function(er2) {
+                fs23.close(fd, function(er22) {
                   if (cb) cb(er2 || er22);
                 });
               });
             });
           };
-          fs24.lutimesSync = function(path20, at, mt) {
-            var fd = fs24.openSync(path20, constants3.O_SYMLINK);
+          fs23.lutimesSync = function(path20, at, mt) {
+            var fd = fs23.openSync(path20, constants3.O_SYMLINK);
             var ret;
             var threw = true;
             try {
-              ret = fs24.futimesSync(fd, at, mt);
+              ret = fs23.futimesSync(fd, at, mt);
               threw = false;
             } finally {
               if (threw) {
                 try {
-                  fs24.closeSync(fd);
+                  fs23.closeSync(fd);
                 } catch (er) {
                 }
               } else {
-                fs24.closeSync(fd);
+                fs23.closeSync(fd);
               }
             }
             return ret;
           };
-        } else if (fs24.futimes) {
-          fs24.lutimes = function(_a, _b, _c, cb) {
+        } else if (fs23.futimes) {
+          fs23.lutimes = function(_a, _b, _c, cb) {
             if (cb) process.nextTick(cb);
           };
-          fs24.lutimesSync = function() {
+          fs23.lutimesSync = function() {
           };
         }
       }
       function chmodFix(orig) {
         if (!orig) return orig;
         return function(target, mode, cb) {
-          return orig.call(fs23, target, mode, function(er) {
+          return orig.call(fs22, target, mode, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -236,7 +238,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, mode) {
           try {
-            return orig.call(fs23, target, mode);
+            return orig.call(fs22, target, mode);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -245,7 +247,7 @@ var require_polyfills = __commonJS({
       function chownFix(orig) {
         if (!orig) return orig;
         return function(target, uid, gid, cb) {
-          return orig.call(fs23, target, uid, gid, function(er) {
+          return orig.call(fs22, target, uid, gid, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -255,7 +257,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, uid, gid) {
           try {
-            return orig.call(fs23, target, uid, gid);
+            return orig.call(fs22, target, uid, gid);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -275,13 +277,13 @@ var require_polyfills = __commonJS({
             }
             if (cb) cb.apply(this, arguments);
           }
-          return options ? orig.call(fs23, target, options, callback) : orig.call(fs23, target, callback);
+          return options ? orig.call(fs22, target, options, callback) : orig.call(fs22, target, callback);
         };
       }
       function statFixSync(orig) {
         if (!orig) return orig;
         return function(target, options) {
-          var stats = options ? orig.call(fs23, target, options) : orig.call(fs23, target);
+          var stats = options ? orig.call(fs22, target, options) : orig.call(fs22, target);
           if (stats) {
             if (stats.uid < 0) stats.uid += 4294967296;
             if (stats.gid < 0) stats.gid += 4294967296;
@@ -310,7 +312,7 @@ var require_legacy_streams = __commonJS({
   "node_modules/graceful-fs/legacy-streams.js"(exports, module) {
     var Stream = __require("stream").Stream;
     module.exports = legacy;
-    function legacy(fs23) {
+    function legacy(fs22) {
       return {
         ReadStream,
         WriteStream
@@ -353,7 +355,7 @@ var require_legacy_streams = __commonJS({
           });
           return;
         }
-        fs23.open(this.path, this.flags, this.mode, function(err, fd) {
+        fs22.open(this.path, this.flags, this.mode, function(err, fd) {
           if (err) {
             self2.emit("error", err);
             self2.readable = false;
@@ -392,7 +394,7 @@ var require_legacy_streams = __commonJS({
         this.busy = false;
         this._queue = [];
         if (this.fd === null) {
-          this._open = fs23.open;
+          this._open = fs22.open;
           this._queue.push([this._open, this.path, this.flags, this.mode, void 0]);
           this.flush();
         }
@@ -427,7 +429,7 @@ var require_clone = __commonJS({
 // node_modules/graceful-fs/graceful-fs.js
 var require_graceful_fs = __commonJS({
   "node_modules/graceful-fs/graceful-fs.js"(exports, module) {
-    var fs23 = __require("fs");
+    var fs22 = __require("fs");
     var polyfills = require_polyfills();
     var legacy = require_legacy_streams();
     var clone = require_clone();
@@ -459,12 +461,12 @@ var require_graceful_fs = __commonJS({
         m = "GFS4: " + m.split(/\n/).join("\nGFS4: ");
         console.error(m);
       };
-    if (!fs23[gracefulQueue]) {
+    if (!fs22[gracefulQueue]) {
       queue = global[gracefulQueue] || [];
-      publishQueue(fs23, queue);
-      fs23.close = (function(fs$close) {
+      publishQueue(fs22, queue);
+      fs22.close = (function(fs$close) {
         function close(fd, cb) {
-          return fs$close.call(fs23, fd, function(err) {
+          return fs$close.call(fs22, fd, function(err) {
             if (!err) {
               resetQueue();
             }
@@ -476,40 +478,40 @@ var require_graceful_fs = __commonJS({
           value: fs$close
         });
         return close;
-      })(fs23.close);
-      fs23.closeSync = (function(fs$closeSync) {
+      })(fs22.close);
+      fs22.closeSync = (function(fs$closeSync) {
         function closeSync3(fd) {
-          fs$closeSync.apply(fs23, arguments);
+          fs$closeSync.apply(fs22, arguments);
           resetQueue();
         }
         Object.defineProperty(closeSync3, previousSymbol, {
           value: fs$closeSync
         });
         return closeSync3;
-      })(fs23.closeSync);
+      })(fs22.closeSync);
       if (/\bgfs4\b/i.test(process.env.NODE_DEBUG || "")) {
         process.on("exit", function() {
-          debug2(fs23[gracefulQueue]);
-          __require("assert").equal(fs23[gracefulQueue].length, 0);
+          debug2(fs22[gracefulQueue]);
+          __require("assert").equal(fs22[gracefulQueue].length, 0);
         });
       }
     }
     var queue;
     if (!global[gracefulQueue]) {
-      publishQueue(global, fs23[gracefulQueue]);
+      publishQueue(global, fs22[gracefulQueue]);
     }
-    module.exports = patch(clone(fs23));
-    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs23.__patched) {
-      module.exports = patch(fs23);
-      fs23.__patched = true;
+    module.exports = patch(clone(fs22));
+    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs22.__patched) {
+      module.exports = patch(fs22);
+      fs22.__patched = true;
     }
-    function patch(fs24) {
-      polyfills(fs24);
-      fs24.gracefulify = patch;
-      fs24.createReadStream = createReadStream3;
-      fs24.createWriteStream = createWriteStream2;
-      var fs$readFile = fs24.readFile;
-      fs24.readFile = readFile;
+    function patch(fs23) {
+      polyfills(fs23);
+      fs23.gracefulify = patch;
+      fs23.createReadStream = createReadStream3;
+      fs23.createWriteStream = createWriteStream2;
+      var fs$readFile = fs23.readFile;
+      fs23.readFile = readFile;
       function readFile(path20, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
@@ -525,8 +527,8 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$writeFile = fs24.writeFile;
-      fs24.writeFile = writeFile;
+      var fs$writeFile = fs23.writeFile;
+      fs23.writeFile = writeFile;
       function writeFile(path20, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
@@ -542,9 +544,9 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$appendFile = fs24.appendFile;
+      var fs$appendFile = fs23.appendFile;
       if (fs$appendFile)
-        fs24.appendFile = appendFile;
+        fs23.appendFile = appendFile;
       function appendFile(path20, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
@@ -560,9 +562,9 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$copyFile = fs24.copyFile;
+      var fs$copyFile = fs23.copyFile;
       if (fs$copyFile)
-        fs24.copyFile = copyFile2;
+        fs23.copyFile = copyFile2;
       function copyFile2(src, dest, flags, cb) {
         if (typeof flags === "function") {
           cb = flags;
@@ -580,8 +582,8 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$readdir = fs24.readdir;
-      fs24.readdir = readdir;
+      var fs$readdir = fs23.readdir;
+      fs23.readdir = readdir;
       var noReaddirOptionVersions = /^v[0-5]\./;
       function readdir(path20, options, cb) {
         if (typeof options === "function")
@@ -622,21 +624,21 @@ var require_graceful_fs = __commonJS({
         }
       }
       if (process.version.substr(0, 4) === "v0.8") {
-        var legStreams = legacy(fs24);
+        var legStreams = legacy(fs23);
         ReadStream = legStreams.ReadStream;
         WriteStream = legStreams.WriteStream;
       }
-      var fs$ReadStream = fs24.ReadStream;
+      var fs$ReadStream = fs23.ReadStream;
       if (fs$ReadStream) {
         ReadStream.prototype = Object.create(fs$ReadStream.prototype);
         ReadStream.prototype.open = ReadStream$open;
       }
-      var fs$WriteStream = fs24.WriteStream;
+      var fs$WriteStream = fs23.WriteStream;
       if (fs$WriteStream) {
         WriteStream.prototype = Object.create(fs$WriteStream.prototype);
         WriteStream.prototype.open = WriteStream$open;
       }
-      Object.defineProperty(fs24, "ReadStream", {
+      Object.defineProperty(fs23, "ReadStream", {
         get: function() {
           return ReadStream;
         },
@@ -646,7 +648,7 @@ var require_graceful_fs = __commonJS({
         enumerable: true,
         configurable: true
       });
-      Object.defineProperty(fs24, "WriteStream", {
+      Object.defineProperty(fs23, "WriteStream", {
         get: function() {
           return WriteStream;
         },
@@ -657,7 +659,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileReadStream = ReadStream;
-      Object.defineProperty(fs24, "FileReadStream", {
+      Object.defineProperty(fs23, "FileReadStream", {
         get: function() {
           return FileReadStream;
         },
@@ -668,7 +670,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileWriteStream = WriteStream;
-      Object.defineProperty(fs24, "FileWriteStream", {
+      Object.defineProperty(fs23, "FileWriteStream", {
         get: function() {
           return FileWriteStream;
         },
@@ -717,13 +719,13 @@ var require_graceful_fs = __commonJS({
         });
       }
       function createReadStream3(path20, options) {
-        return new fs24.ReadStream(path20, options);
+        return new fs23.ReadStream(path20, options);
       }
       function createWriteStream2(path20, options) {
-        return new fs24.WriteStream(path20, options);
+        return new fs23.WriteStream(path20, options);
       }
-      var fs$open = fs24.open;
-      fs24.open = open;
+      var fs$open = fs23.open;
+      fs23.open = open;
       function open(path20, flags, mode, cb) {
         if (typeof mode === "function")
           cb = mode, mode = null;
@@ -739,20 +741,20 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      return fs24;
+      return fs23;
     }
     function enqueue(elem) {
       debug2("ENQUEUE", elem[0].name, elem[1]);
-      fs23[gracefulQueue].push(elem);
+      fs22[gracefulQueue].push(elem);
       retry2();
     }
     var retryTimer;
     function resetQueue() {
       var now = Date.now();
-      for (var i = 0; i < fs23[gracefulQueue].length; ++i) {
-        if (fs23[gracefulQueue][i].length > 2) {
-          fs23[gracefulQueue][i][3] = now;
-          fs23[gracefulQueue][i][4] = now;
+      for (var i = 0; i < fs22[gracefulQueue].length; ++i) {
+        if (fs22[gracefulQueue][i].length > 2) {
+          fs22[gracefulQueue][i][3] = now;
+          fs22[gracefulQueue][i][4] = now;
         }
       }
       retry2();
@@ -760,9 +762,9 @@ var require_graceful_fs = __commonJS({
     function retry2() {
       clearTimeout(retryTimer);
       retryTimer = void 0;
-      if (fs23[gracefulQueue].length === 0)
+      if (fs22[gracefulQueue].length === 0)
         return;
-      var elem = fs23[gracefulQueue].shift();
+      var elem = fs22[gracefulQueue].shift();
       var fn = elem[0];
       var args = elem[1];
       var err = elem[2];
@@ -784,7 +786,7 @@ var require_graceful_fs = __commonJS({
           debug2("RETRY", fn.name, args);
           fn.apply(null, args.concat([startTime]));
         } else {
-          fs23[gracefulQueue].push(elem);
+          fs22[gracefulQueue].push(elem);
         }
       }
       if (retryTimer === void 0) {
@@ -1219,10 +1221,10 @@ var require_mtime_precision = __commonJS({
   "node_modules/proper-lockfile/lib/mtime-precision.js"(exports, module) {
     "use strict";
     var cacheSymbol = /* @__PURE__ */ Symbol();
-    function probe(file, fs23, callback) {
-      const cachedPrecision = fs23[cacheSymbol];
+    function probe(file, fs22, callback) {
+      const cachedPrecision = fs22[cacheSymbol];
       if (cachedPrecision) {
-        return fs23.stat(file, (err, stat) => {
+        return fs22.stat(file, (err, stat) => {
           if (err) {
             return callback(err);
           }
@@ -1230,16 +1232,16 @@ var require_mtime_precision = __commonJS({
         });
       }
       const mtime = new Date(Math.ceil(Date.now() / 1e3) * 1e3 + 5);
-      fs23.utimes(file, mtime, mtime, (err) => {
+      fs22.utimes(file, mtime, mtime, (err) => {
         if (err) {
           return callback(err);
         }
-        fs23.stat(file, (err2, stat) => {
+        fs22.stat(file, (err2, stat) => {
           if (err2) {
             return callback(err2);
           }
           const precision = stat.mtime.getTime() % 1e3 === 0 ? "s" : "ms";
-          Object.defineProperty(fs23, cacheSymbol, { value: precision });
+          Object.defineProperty(fs22, cacheSymbol, { value: precision });
           callback(null, stat.mtime, precision);
         });
       });
@@ -1261,7 +1263,7 @@ var require_lockfile = __commonJS({
   "node_modules/proper-lockfile/lib/lockfile.js"(exports, module) {
     "use strict";
     var path20 = __require("path");
-    var fs23 = require_graceful_fs();
+    var fs22 = require_graceful_fs();
     var retry2 = require_retry2();
     var onExit = require_signal_exit();
     var mtimePrecision = require_mtime_precision();
@@ -1392,7 +1394,7 @@ var require_lockfile = __commonJS({
         update: null,
         realpath: true,
         retries: 0,
-        fs: fs23,
+        fs: fs22,
         onCompromised: (err) => {
           throw err;
         },
@@ -1436,7 +1438,7 @@ var require_lockfile = __commonJS({
     }
     function unlock(file, options, callback) {
       options = {
-        fs: fs23,
+        fs: fs22,
         realpath: true,
         ...options
       };
@@ -1458,7 +1460,7 @@ var require_lockfile = __commonJS({
       options = {
         stale: 1e4,
         realpath: true,
-        fs: fs23,
+        fs: fs22,
         ...options
       };
       options.stale = Math.max(options.stale || 0, 2e3);
@@ -1497,16 +1499,16 @@ var require_lockfile = __commonJS({
 var require_adapter = __commonJS({
   "node_modules/proper-lockfile/lib/adapter.js"(exports, module) {
     "use strict";
-    var fs23 = require_graceful_fs();
-    function createSyncFs(fs24) {
+    var fs22 = require_graceful_fs();
+    function createSyncFs(fs23) {
       const methods = ["mkdir", "realpath", "stat", "rmdir", "utimes"];
-      const newFs = { ...fs24 };
+      const newFs = { ...fs23 };
       methods.forEach((method) => {
         newFs[method] = (...args) => {
           const callback = args.pop();
           let ret;
           try {
-            ret = fs24[`${method}Sync`](...args);
+            ret = fs23[`${method}Sync`](...args);
           } catch (err) {
             return callback(err);
           }
@@ -1544,7 +1546,7 @@ var require_adapter = __commonJS({
     }
     function toSyncOptions(options) {
       options = { ...options };
-      options.fs = createSyncFs(options.fs || fs23);
+      options.fs = createSyncFs(options.fs || fs22);
       if (typeof options.retries === "number" && options.retries > 0 || options.retries && typeof options.retries.retries === "number" && options.retries.retries > 0) {
         throw Object.assign(new Error("Cannot use retries with the sync api"), { code: "ESYNC" });
       }
@@ -4072,29 +4074,29 @@ var require_nacl_fast = __commonJS({
         return smlen;
       }
       function unpackneg(r, p) {
-        var t = gf(), chk = gf(), num2 = gf(), den = gf(), den2 = gf(), den4 = gf(), den6 = gf();
+        var t = gf(), chk = gf(), num = gf(), den = gf(), den2 = gf(), den4 = gf(), den6 = gf();
         set25519(r[2], gf1);
         unpack25519(r[1], p);
-        S(num2, r[1]);
-        M(den, num2, D);
-        Z(num2, num2, r[2]);
+        S(num, r[1]);
+        M(den, num, D);
+        Z(num, num, r[2]);
         A(den, r[2], den);
         S(den2, den);
         S(den4, den2);
         M(den6, den4, den2);
-        M(t, den6, num2);
+        M(t, den6, num);
         M(t, t, den);
         pow2523(t, t);
-        M(t, t, num2);
+        M(t, t, num);
         M(t, t, den);
         M(t, t, den);
         M(r[0], t, den);
         S(chk, r[0]);
         M(chk, chk, den);
-        if (neq25519(chk, num2)) M(r[0], r[0], I);
+        if (neq25519(chk, num)) M(r[0], r[0], I);
         S(chk, r[0]);
         M(chk, chk, den);
-        if (neq25519(chk, num2)) return -1;
+        if (neq25519(chk, num)) return -1;
         if (par25519(r[0]) === p[31] >> 7) Z(r[0], gf0, r[0]);
         M(r[3], r[0], r[1]);
         return 0;
@@ -11109,8 +11111,8 @@ var require_handlers_misc = __commonJS({
               let signal;
               let coreDumped;
               if (self2._compatFlags & COMPAT.OLD_EXIT) {
-                const num2 = bufferParser.readUInt32BE();
-                switch (num2) {
+                const num = bufferParser.readUInt32BE();
+                switch (num) {
                   case 1:
                     signal = "HUP";
                     break;
@@ -11133,8 +11135,8 @@ var require_handlers_misc = __commonJS({
                     signal = "TERM";
                     break;
                   default:
-                    if (num2 !== void 0) {
-                      signal = `UNKNOWN (${num2})`;
+                    if (num !== void 0) {
+                      signal = `UNKNOWN (${num})`;
                     }
                 }
                 coreDumped = false;
@@ -11765,13 +11767,13 @@ var require_kex = __commonJS({
           hashString(hash, serverPublicHostKey);
           if (this.type === "groupex") {
             const params = this.getDHParams();
-            const num2 = Buffer.allocUnsafe(4);
-            writeUInt32BE(num2, this._minBits, 0);
-            hash.update(num2);
-            writeUInt32BE(num2, this._prefBits, 0);
-            hash.update(num2);
-            writeUInt32BE(num2, this._maxBits, 0);
-            hash.update(num2);
+            const num = Buffer.allocUnsafe(4);
+            writeUInt32BE(num, this._minBits, 0);
+            hash.update(num);
+            writeUInt32BE(num, this._prefBits, 0);
+            hash.update(num);
+            writeUInt32BE(num, this._maxBits, 0);
+            hash.update(num);
             hashString(hash, params.prime);
             hashString(hash, params.generator);
           }
@@ -14631,8 +14633,8 @@ var require_SFTP = __commonJS({
   "node_modules/ssh2/lib/protocol/SFTP.js"(exports, module) {
     "use strict";
     var EventEmitter2 = __require("events");
-    var fs23 = __require("fs");
-    var { constants: constants3 } = fs23;
+    var fs22 = __require("fs");
+    var { constants: constants3 } = fs22;
     var {
       Readable: ReadableStream,
       Writable: WritableStream
@@ -15061,12 +15063,12 @@ var require_SFTP = __commonJS({
       fastGet(remotePath, localPath2, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(this, fs23, remotePath, localPath2, opts, cb);
+        fastXfer(this, fs22, remotePath, localPath2, opts, cb);
       }
       fastPut(localPath2, remotePath, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(fs23, this, localPath2, remotePath, opts, cb);
+        fastXfer(fs22, this, localPath2, remotePath, opts, cb);
       }
       readFile(path20, options, callback_) {
         if (this.server)
@@ -16327,13 +16329,13 @@ var require_SFTP = __commonJS({
             if (--left === 0)
               cb(err);
           };
-          if (srcHandle && (src === fs23 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs22 || src.outgoing.state === "open"))
             ++left;
-          if (dstHandle && (dst === fs23 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs22 || dst.outgoing.state === "open"))
             ++left;
-          if (srcHandle && (src === fs23 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs22 || src.outgoing.state === "open"))
             src.close(srcHandle, cbfinal);
-          if (dstHandle && (dst === fs23 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs22 || dst.outgoing.state === "open"))
             dst.close(dstHandle, cbfinal);
         } else {
           cb(err);
@@ -16349,7 +16351,7 @@ var require_SFTP = __commonJS({
           tryStat(null, { size: fileSize });
         function tryStat(err2, attrs) {
           if (err2) {
-            if (src !== fs23) {
+            if (src !== fs22) {
               src.stat(srcPath, (err_, attrs_) => {
                 if (err_)
                   return onerror(err2);
@@ -21723,33 +21725,6 @@ var require_lib3 = __commonJS({
   }
 });
 
-// src/env.ts
-import * as fs from "node:fs";
-var num = (v) => v && Number.isFinite(Number(v)) && Number(v) > 0 ? Number(v) : void 0;
-function readKnobs(env = process.env) {
-  return { debug: !!env.RYRA_VM_DEBUG };
-}
-function readHooks(env = process.env) {
-  return {
-    basePackages: env.RYRA_VM_BASE_PACKAGES !== void 0 ? env.RYRA_VM_BASE_PACKAGES.split(/\s+/).filter(Boolean) : void 0,
-    browserScript: env.RYRA_VM_BROWSER_SCRIPT ? fs.readFileSync(env.RYRA_VM_BROWSER_SCRIPT, "utf8") : void 0,
-    timeoutScale: num(env.RYRA_VM_TIMEOUT_SCALE) ?? 1,
-    cacheLookupMs: num(env.RYRA_VM_CACHE_LOOKUP_TIMEOUT_MS),
-    cacheTransferMs: num(env.RYRA_VM_CACHE_TRANSFER_TIMEOUT_MS),
-    assumeKvm: env.RYRA_VM_TEST_ASSUME_KVM === "1",
-    stallKvm: env.RYRA_VM_TEST_STALL_KVM === "1",
-    stallMs: num(env.RYRA_VM_TEST_STALL_MS)
-  };
-}
-var knobs;
-var hooks;
-function getKnobs() {
-  return knobs ??= readKnobs();
-}
-function getHooks() {
-  return hooks ??= readHooks();
-}
-
 // src/log.ts
 var actionsLogger = {
   info: (m) => info(m),
@@ -21791,7 +21766,7 @@ function errorMessage(err) {
 // src/cache/local.ts
 var import_proper_lockfile = __toESM(require_proper_lockfile(), 1);
 import { randomUUID as randomUUID2 } from "node:crypto";
-import * as fs4 from "node:fs";
+import * as fs3 from "node:fs";
 import * as path3 from "node:path";
 
 // src/names.ts
@@ -21839,7 +21814,7 @@ var RuntimeFiles = {
 
 // src/layers/manifest.ts
 import { createHash, randomUUID } from "node:crypto";
-import * as fs2 from "node:fs";
+import * as fs from "node:fs";
 import * as path2 from "node:path";
 function hashOf(value) {
   const stable = (v) => Array.isArray(v) ? v.map(stable) : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b)).map(([k, x]) => [k, stable(x)])) : v;
@@ -21847,7 +21822,7 @@ function hashOf(value) {
 }
 function readManifest(file) {
   try {
-    const m = JSON.parse(fs2.readFileSync(file, "utf8"));
+    const m = JSON.parse(fs.readFileSync(file, "utf8"));
     return m.version === 1 ? m : void 0;
   } catch {
     return void 0;
@@ -21862,7 +21837,7 @@ function invalidReason(m, dir, want, parentId) {
   for (const f of m.files) {
     let size;
     try {
-      size = fs2.statSync(path2.join(dir, f.name)).size;
+      size = fs.statSync(path2.join(dir, f.name)).size;
     } catch {
       return `${f.name} is missing`;
     }
@@ -21879,24 +21854,24 @@ function digester(algorithms) {
 }
 async function fileDigests(file, algorithms) {
   const d = digester(algorithms);
-  for await (const chunk of fs2.createReadStream(file)) d.update(chunk);
+  for await (const chunk of fs.createReadStream(file)) d.update(chunk);
   return d.hex();
 }
 async function describeFiles(dir, names) {
   return Promise.all(
-    names.map(async (name) => ({ name, size: fs2.statSync(path2.join(dir, name)).size, sha256: (await fileDigests(path2.join(dir, name), ["sha256"])).sha256 }))
+    names.map(async (name) => ({ name, size: fs.statSync(path2.join(dir, name)).size, sha256: (await fileDigests(path2.join(dir, name), ["sha256"])).sha256 }))
   );
 }
 function writeManifest(file, m) {
   const full = { version: 1, id: m.id ?? randomUUID(), createdAt: (/* @__PURE__ */ new Date()).toISOString(), ...m };
   const tmp = `${file}.tmp-${process.pid}`;
-  fs2.writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n");
-  fs2.renameSync(tmp, file);
+  fs.writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n");
+  fs.renameSync(tmp, file);
   return full;
 }
 
 // src/util/procfs.ts
-import * as fs3 from "node:fs";
+import * as fs2 from "node:fs";
 function processAlive(pid) {
   try {
     process.kill(pid, 0);
@@ -21907,7 +21882,7 @@ function processAlive(pid) {
 }
 function processStartTime(pid) {
   try {
-    const stat = fs3.readFileSync(`/proc/${pid}/stat`, "utf8");
+    const stat = fs2.readFileSync(`/proc/${pid}/stat`, "utf8");
     return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? "";
   } catch {
     return "";
@@ -21915,10 +21890,29 @@ function processStartTime(pid) {
 }
 function processNamed(pid, marker) {
   try {
-    return fs3.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
+    return fs2.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
   } catch {
     return false;
   }
+}
+function descendants(pid) {
+  const children = /* @__PURE__ */ new Map();
+  for (const name of fs2.readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = fs2.readFileSync(`/proc/${name}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      children.set(ppid, [...children.get(ppid) ?? [], Number(name)]);
+    } catch {
+    }
+  }
+  const out = [];
+  for (let queue = [pid]; queue.length; ) {
+    const next = children.get(queue.shift()) ?? [];
+    out.push(...next);
+    queue.push(...next);
+  }
+  return out;
 }
 
 // src/util/time.ts
@@ -21972,13 +21966,13 @@ function validLayer(dir, p, parentId) {
   return why ? void 0 : m;
 }
 function removeLayer(dir, base, files) {
-  fs4.rmSync(manifestPath(dir, base), { force: true });
-  for (const f of files) fs4.rmSync(path3.join(dir, f), { force: true });
+  fs3.rmSync(manifestPath(dir, base), { force: true });
+  for (const f of files) fs3.rmSync(path3.join(dir, f), { force: true });
 }
 function placeLayer(dir, staging, p) {
   removeLayer(dir, p.base, p.files);
-  for (const f of p.files) fs4.renameSync(path3.join(staging, f), path3.join(dir, f));
-  fs4.renameSync(manifestPath(staging, p.base), manifestPath(dir, p.base));
+  for (const f of p.files) fs3.renameSync(path3.join(staging, f), path3.join(dir, f));
+  fs3.renameSync(manifestPath(staging, p.base), manifestPath(dir, p.base));
 }
 function recordLayer(dir, base, m) {
   return writeManifest(manifestPath(dir, base), m);
@@ -21986,7 +21980,7 @@ function recordLayer(dir, base, m) {
 function touchLayer(dir, base) {
   const now = /* @__PURE__ */ new Date();
   try {
-    fs4.utimesSync(manifestPath(dir, base), now, now);
+    fs3.utimesSync(manifestPath(dir, base), now, now);
   } catch {
   }
 }
@@ -21994,7 +21988,7 @@ function ownerFile(dir, base) {
   return path3.join(dir, `${base}.lock-owner`);
 }
 async function withLayerLock(dir, base, waitMs, fn) {
-  fs4.mkdirSync(dir, { recursive: true });
+  fs3.mkdirSync(dir, { recursive: true });
   const start = Date.now();
   let waited = false;
   const release2 = await import_proper_lockfile.default.lock(path3.join(dir, base), {
@@ -22007,18 +22001,18 @@ async function withLayerLock(dir, base, waitMs, fn) {
     if (err.code !== "ELOCKED") throw new Error(`cannot lock ${path3.join(dir, base)}.lock: ${err.message}`);
     let owner = "another run";
     try {
-      const o = JSON.parse(fs4.readFileSync(ownerFile(dir, base), "utf8"));
+      const o = JSON.parse(fs3.readFileSync(ownerFile(dir, base), "utf8"));
       owner = `pid ${o.pid}${processAlive(o.pid) ? "" : " (no longer running)"}, holding it since ${o.since}`;
     } catch {
     }
     throw new Error(`the ${base} layer is locked by ${owner}; gave up after waiting ${fmtSeconds(Date.now() - start)} (as long as building it may take). If that run is stuck, stop it.`);
   }).finally(() => waited = Date.now() - start > 1500);
   if (waited) log.info(`  waited ${fmtSeconds(Date.now() - start)} for another run's lock on ${base}`);
-  fs4.writeFileSync(ownerFile(dir, base), JSON.stringify({ pid: process.pid, since: (/* @__PURE__ */ new Date()).toISOString() }));
+  fs3.writeFileSync(ownerFile(dir, base), JSON.stringify({ pid: process.pid, since: (/* @__PURE__ */ new Date()).toISOString() }));
   try {
     return await fn();
   } finally {
-    fs4.rmSync(ownerFile(dir, base), { force: true });
+    fs3.rmSync(ownerFile(dir, base), { force: true });
     await release2().catch(() => {
     });
   }
@@ -22030,7 +22024,7 @@ function tempPath(dir, name) {
 function cleanStaleTemps(dir) {
   let names;
   try {
-    names = fs4.readdirSync(dir);
+    names = fs3.readdirSync(dir);
   } catch {
     return;
   }
@@ -22047,9 +22041,9 @@ function cleanStaleTemps(dir) {
         process.kill(q2.pid, "SIGKILL");
       } catch {
       }
-      if (q2.socketDir) fs4.rmSync(q2.socketDir, { recursive: true, force: true });
+      if (q2.socketDir) fs3.rmSync(q2.socketDir, { recursive: true, force: true });
     }
-    fs4.rmSync(p, { recursive: true, force: true });
+    fs3.rmSync(p, { recursive: true, force: true });
     log.info(`removed a stale temp left by an interrupted run: ${n}`);
   }
 }
@@ -22057,17 +22051,17 @@ function orphanedQemu(root) {
   const found = [];
   let entries = [];
   try {
-    if (!fs4.statSync(root).isDirectory()) return [];
-    entries = fs4.readdirSync(root, { recursive: true, withFileTypes: true });
+    if (!fs3.statSync(root).isDirectory()) return [];
+    entries = fs3.readdirSync(root, { recursive: true, withFileTypes: true });
   } catch {
     return [];
   }
   for (const e of entries) {
     if (!e.isFile() || e.name !== GuestFiles.pid) continue;
-    const pid = Number(fs4.readFileSync(path3.join(e.parentPath, e.name), "utf8").trim());
+    const pid = Number(fs3.readFileSync(path3.join(e.parentPath, e.name), "utf8").trim());
     if (!(pid > 0)) continue;
     try {
-      const cmd = fs4.readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      const cmd = fs3.readFileSync(`/proc/${pid}/cmdline`, "utf8");
       if (!cmd.includes("qemu-system") || !cmd.includes(root)) continue;
       const qmp = /\0-qmp\0unix:([^,\0]+)/.exec(cmd)?.[1];
       const socketDir = qmp && path3.dirname(qmp);
@@ -22084,7 +22078,7 @@ function jobHolder(runtimeDir2) {
   return { id: `job-${Buffer.from(runtimeDir2).toString("base64url").slice(-40)}`, dir: runtimeDir2 };
 }
 function holderAlive(h) {
-  if ("dir" in h) return fs4.existsSync(h.dir);
+  if ("dir" in h) return fs3.existsSync(h.dir);
   return processStartTime(h.pid) === h.startTime;
 }
 function holdersDir(dir, base) {
@@ -22092,24 +22086,24 @@ function holdersDir(dir, base) {
 }
 function holdLayer(dir, base, holder) {
   const d = holdersDir(dir, base);
-  fs4.mkdirSync(d, { recursive: true });
-  fs4.writeFileSync(path3.join(d, `${holder.id}.json`), JSON.stringify(holder));
+  fs3.mkdirSync(d, { recursive: true });
+  fs3.writeFileSync(path3.join(d, `${holder.id}.json`), JSON.stringify(holder));
 }
 function releaseHolder(dir, holderId) {
   const root = path3.join(dir, CacheFiles.inUse);
   let bases = [];
   try {
-    bases = fs4.readdirSync(root);
+    bases = fs3.readdirSync(root);
   } catch {
     return;
   }
-  for (const b of bases) fs4.rmSync(path3.join(root, b, `${holderId}.json`), { force: true });
+  for (const b of bases) fs3.rmSync(path3.join(root, b, `${holderId}.json`), { force: true });
 }
 function liveHolders(dir, base) {
   const d = holdersDir(dir, base);
   let files = [];
   try {
-    files = fs4.readdirSync(d);
+    files = fs3.readdirSync(d);
   } catch {
     return [];
   }
@@ -22117,19 +22111,19 @@ function liveHolders(dir, base) {
   for (const f of files) {
     let h;
     try {
-      h = JSON.parse(fs4.readFileSync(path3.join(d, f), "utf8"));
+      h = JSON.parse(fs3.readFileSync(path3.join(d, f), "utf8"));
     } catch {
       continue;
     }
     if (holderAlive(h)) alive.push(h);
-    else fs4.rmSync(path3.join(d, f), { force: true });
+    else fs3.rmSync(path3.join(d, f), { force: true });
   }
   return alive;
 }
 function listLayers(dir) {
   let names = [];
   try {
-    names = fs4.readdirSync(dir).filter((n) => n.endsWith(MANIFEST_SUFFIX));
+    names = fs3.readdirSync(dir).filter((n) => n.endsWith(MANIFEST_SUFFIX));
   } catch {
     return [];
   }
@@ -22140,13 +22134,13 @@ function listLayers(dir) {
     const m = readManifest(file);
     if (!m) continue;
     const bytes = m.files.reduce((s, f) => s + fileBytes(path3.join(dir, f.name)), 0);
-    out.push({ base, layer: m.layer, id: m.id, parentId: m.parentId, files: m.files.map((f) => f.name), bytes, lastUse: fs4.statSync(file).mtimeMs });
+    out.push({ base, layer: m.layer, id: m.id, parentId: m.parentId, files: m.files.map((f) => f.name), bytes, lastUse: fs3.statSync(file).mtimeMs });
   }
   return out;
 }
 function fileBytes(f) {
   try {
-    return fs4.statSync(f).blocks * 512;
+    return fs3.statSync(f).blocks * 512;
   } catch {
     return 0;
   }
@@ -22155,7 +22149,7 @@ function dirBytes(dir) {
   let total = 0;
   let entries = [];
   try {
-    entries = fs4.readdirSync(dir, { recursive: true, withFileTypes: true });
+    entries = fs3.readdirSync(dir, { recursive: true, withFileTypes: true });
   } catch {
     return 0;
   }
@@ -22178,7 +22172,7 @@ async function evict(dir, maxBytes) {
   for (const l of [...layers].sort((a, b) => a.lastUse - b.lastUse)) {
     if (bytes <= maxBytes) break;
     if (inUse.has(l.base) || evicted.some((e) => e.base === l.base)) continue;
-    const family = [l, ...descendants(l, childrenOf)];
+    const family = [l, ...descendants2(l, childrenOf)];
     if (family.some((x) => inUse.has(x.base))) continue;
     for (const x of family.reverse()) {
       if (evicted.some((e) => e.base === x.base)) continue;
@@ -22195,8 +22189,8 @@ async function evict(dir, maxBytes) {
   }
   return { evicted, bytes };
 }
-function descendants(l, childrenOf) {
-  return childrenOf(l).flatMap((c) => [c, ...descendants(c, childrenOf)]);
+function descendants2(l, childrenOf) {
+  return childrenOf(l).flatMap((c) => [c, ...descendants2(c, childrenOf)]);
 }
 
 // src/contract.ts
@@ -22254,7 +22248,7 @@ var State = {
 };
 
 // src/host/setup.ts
-import * as fs8 from "node:fs";
+import * as fs7 from "node:fs";
 import * as path6 from "node:path";
 
 // src/util/proc.ts
@@ -22309,7 +22303,7 @@ async function which(cmd) {
 }
 
 // src/host/firmware.ts
-import * as fs5 from "node:fs";
+import * as fs4 from "node:fs";
 import * as path4 from "node:path";
 var DESCRIPTOR_DIRS = ["/usr/share/qemu/firmware", "/etc/qemu/firmware"];
 var UNWANTED_FEATURES = ["secure-boot", "enrolled-keys", "requires-smm", "amd-sev", "amd-sev-es", "intel-tdx"];
@@ -22374,30 +22368,30 @@ function readDescriptors(dirs) {
   for (const dir of dirs) {
     let names;
     try {
-      names = fs5.readdirSync(dir).filter((n) => n.endsWith(".json"));
+      names = fs4.readdirSync(dir).filter((n) => n.endsWith(".json"));
     } catch {
       continue;
     }
-    for (const n of names) out.set(n, { file: path4.join(dir, n), json: fs5.readFileSync(path4.join(dir, n), "utf8") });
+    for (const n of names) out.set(n, { file: path4.join(dir, n), json: fs4.readFileSync(path4.join(dir, n), "utf8") });
   }
   return [...out.values()];
 }
 var AARCH64_PFLASH_SIZE = 64 * 1024 * 1024;
 function padTo(file, size, dir) {
-  const st = fs5.statSync(file);
+  const st = fs4.statSync(file);
   if (st.size === size) return file;
   if (st.size > size) throw new Error(`${file} is ${st.size} bytes, larger than the ${size}-byte pflash`);
-  fs5.mkdirSync(dir, { recursive: true });
+  fs4.mkdirSync(dir, { recursive: true });
   const out = path4.join(dir, `${path4.basename(file)}.padded-${size}`);
-  if (fs5.existsSync(out) && fs5.statSync(out).size === size) return out;
+  if (fs4.existsSync(out) && fs4.statSync(out).size === size) return out;
   const tmp = `${out}.tmp-${process.pid}`;
-  fs5.copyFileSync(file, tmp);
-  fs5.truncateSync(tmp, size);
-  fs5.renameSync(tmp, out);
+  fs4.copyFileSync(file, tmp);
+  fs4.truncateSync(tmp, size);
+  fs4.renameSync(tmp, out);
   return out;
 }
 function findFirmware(arch, machine, padDir, dirs = DESCRIPTOR_DIRS) {
-  const exists = (p) => fs5.existsSync(p);
+  const exists = (p) => fs4.existsSync(p);
   const configHome = process.env.XDG_CONFIG_HOME || (process.env.HOME ? path4.join(process.env.HOME, ".config") : "");
   const allDirs = configHome ? [...dirs, path4.join(configHome, "qemu/firmware")] : dirs;
   const fw = selectFromDescriptors(readDescriptors(allDirs), arch, machine, exists) ?? selectFromKnownPaths(arch, exists);
@@ -22408,7 +22402,7 @@ function findFirmware(arch, machine, padDir, dirs = DESCRIPTOR_DIRS) {
   return fw;
 }
 function firmwareInstalled(arch, dirs = DESCRIPTOR_DIRS) {
-  const exists = (p) => fs5.existsSync(p);
+  const exists = (p) => fs4.existsSync(p);
   return !!(selectFromDescriptors(readDescriptors(dirs), arch, void 0, exists) ?? selectFromKnownPaths(arch, exists));
 }
 
@@ -22485,7 +22479,7 @@ async function ensureHostDeps(arch, withZstd) {
 }
 
 // src/host/kvm.ts
-import * as fs6 from "node:fs";
+import * as fs5 from "node:fs";
 import * as os from "node:os";
 import * as path5 from "node:path";
 import { spawn as spawn2 } from "node:child_process";
@@ -22615,7 +22609,7 @@ var Qmp = class _Qmp extends EventEmitter {
 // src/host/kvm.ts
 function kvmDeviceProblem(device = "/dev/kvm") {
   try {
-    fs6.closeSync(fs6.openSync(device, fs6.constants.O_RDWR));
+    fs5.closeSync(fs5.openSync(device, fs5.constants.O_RDWR));
     return void 0;
   } catch (err) {
     const code = err.code;
@@ -22630,7 +22624,7 @@ function recordsFile(cacheDir) {
 }
 function readVerdict(cacheDir, identity) {
   try {
-    const all = JSON.parse(fs6.readFileSync(recordsFile(cacheDir), "utf8"));
+    const all = JSON.parse(fs5.readFileSync(recordsFile(cacheDir), "utf8"));
     return all[identity];
   } catch {
     return void 0;
@@ -22639,21 +22633,21 @@ function readVerdict(cacheDir, identity) {
 function recordVerdict(cacheDir, identity, v) {
   let all = {};
   try {
-    all = JSON.parse(fs6.readFileSync(recordsFile(cacheDir), "utf8"));
+    all = JSON.parse(fs5.readFileSync(recordsFile(cacheDir), "utf8"));
   } catch {
   }
   all[identity] = { ...v, at: (/* @__PURE__ */ new Date()).toISOString() };
-  fs6.mkdirSync(cacheDir, { recursive: true });
+  fs5.mkdirSync(cacheDir, { recursive: true });
   const tmp = `${recordsFile(cacheDir)}.tmp-${process.pid}`;
-  fs6.writeFileSync(tmp, JSON.stringify(all, null, 2) + "\n");
-  fs6.renameSync(tmp, recordsFile(cacheDir));
+  fs5.writeFileSync(tmp, JSON.stringify(all, null, 2) + "\n");
+  fs5.renameSync(tmp, recordsFile(cacheDir));
 }
 var PC = /\b(?:RIP|PC)\s*=\s*([0-9a-f]+)/i;
 async function probeKvm(o) {
   const timeoutMs = o.timeoutMs ?? 4e3;
-  const dir = fs6.mkdtempSync(path5.join(fs6.existsSync("/tmp") ? "/tmp" : os.tmpdir(), "rvm-probe-"));
+  const dir = fs5.mkdtempSync(path5.join(fs5.existsSync("/tmp") ? "/tmp" : os.tmpdir(), "rvm-probe-"));
   const vars = path5.join(dir, "vars.fd");
-  fs6.copyFileSync(o.firmware.vars, vars, fs6.constants.COPYFILE_FICLONE);
+  fs5.copyFileSync(o.firmware.vars, vars, fs5.constants.COPYFILE_FICLONE);
   const serial = path5.join(dir, "serial.log");
   const sock = path5.join(dir, "qmp.sock");
   const argv = [
@@ -22687,7 +22681,7 @@ async function probeKvm(o) {
   let qmp;
   try {
     while (!exited && !qmp && Date.now() < deadline) {
-      if (fs6.existsSync(sock)) qmp = await Qmp.connect(sock, Math.max(500, deadline - Date.now())).catch(() => void 0);
+      if (fs5.existsSync(sock)) qmp = await Qmp.connect(sock, Math.max(500, deadline - Date.now())).catch(() => void 0);
       if (!qmp) await sleep(25);
     }
     const pcs = /* @__PURE__ */ new Set();
@@ -22695,7 +22689,7 @@ async function probeKvm(o) {
       const regs = await qmp.hmp("info registers", 2e3).catch(() => "");
       const pc = PC.exec(regs)?.[1];
       if (pc) pcs.add(pc);
-      const printed = fs6.existsSync(serial) && fs6.statSync(serial).size > 0;
+      const printed = fs5.existsSync(serial) && fs5.statSync(serial).size > 0;
       if (pcs.size > 1 || printed) return { usable: true, reason: printed ? "the firmware printed on the serial console" : "the vCPU made progress" };
       await sleep(200);
     }
@@ -22707,12 +22701,12 @@ async function probeKvm(o) {
     if (!exited) child.kill("SIGKILL");
     await withTimeout(exit, 1e4, "the KVM probe exiting").catch(() => {
     });
-    fs6.rmSync(dir, { recursive: true, force: true });
+    fs5.rmSync(dir, { recursive: true, force: true });
   }
 }
 
 // src/host/platform.ts
-import * as fs7 from "node:fs";
+import * as fs6 from "node:fs";
 var QEMU_ARCH = { arm64: "aarch64", amd64: "x86_64" };
 var MACHINE_ALIAS = { aarch64: "virt", x86_64: "q35" };
 function qemuBinary(arch) {
@@ -22780,7 +22774,7 @@ function hostCpuIdentity(cpuinfo) {
 }
 function readHostCpuIdentity() {
   try {
-    return hostCpuIdentity(fs7.readFileSync("/proc/cpuinfo", "utf8"));
+    return hostCpuIdentity(fs6.readFileSync("/proc/cpuinfo", "utf8"));
   } catch {
     return "unknown";
   }
@@ -22792,7 +22786,7 @@ async function setupHost(config) {
   if (config.installDeps) await ensureHostDeps(qemuArch, config.cache);
   const qemu = await qemuInfo(config.arch);
   const fw = findFirmware(qemuArch, qemu.machine, path6.join(config.cacheDir, CacheFiles.firmware));
-  const firmware = { ...fw, size: fs8.statSync(fw.code).size };
+  const firmware = { ...fw, size: fs7.statSync(fw.code).size };
   const cpuModel = readHostCpuIdentity();
   const identity = hostIdentity(qemu, cpuModel);
   const verdict = config.kvm === "false" || config.crossArch ? void 0 : await kvmVerdict(config, qemuArch, qemu, firmware, identity);
@@ -23065,7 +23059,7 @@ function parseConfig(get, host = currentHost()) {
 }
 
 // src/vm/ssh.ts
-import * as fs9 from "node:fs";
+import * as fs8 from "node:fs";
 import * as net2 from "node:net";
 var import_ssh2 = __toESM(require_lib3(), 1);
 var { Client, utils } = import_ssh2.default;
@@ -23082,16 +23076,16 @@ function generateKeyPair(comment = "ryra-vm") {
   return { privateKey: k.private, publicKey: k.public.trim() };
 }
 function ensureKeyFile(file) {
-  if (fs9.existsSync(file) && fs9.existsSync(`${file}.pub`)) {
-    fs9.chmodSync(file, 384);
-    return { privateKey: fs9.readFileSync(file, "utf8"), publicKey: fs9.readFileSync(`${file}.pub`, "utf8").trim() };
+  if (fs8.existsSync(file) && fs8.existsSync(`${file}.pub`)) {
+    fs8.chmodSync(file, 384);
+    return { privateKey: fs8.readFileSync(file, "utf8"), publicKey: fs8.readFileSync(`${file}.pub`, "utf8").trim() };
   }
   const pair = generateKeyPair();
   const tmp = `${file}.tmp-${process.pid}`;
-  fs9.writeFileSync(`${tmp}.pub`, pair.publicKey + "\n");
-  fs9.writeFileSync(tmp, pair.privateKey, { mode: 384 });
-  fs9.renameSync(`${tmp}.pub`, `${file}.pub`);
-  fs9.renameSync(tmp, file);
+  fs8.writeFileSync(`${tmp}.pub`, pair.publicKey + "\n");
+  fs8.writeFileSync(tmp, pair.privateKey, { mode: 384 });
+  fs8.renameSync(`${tmp}.pub`, `${file}.pub`);
+  fs8.renameSync(tmp, file);
   return pair;
 }
 var KEEP_CHARS = 1 << 20;
@@ -23257,12 +23251,12 @@ async function waitForSsh(target, opts) {
 }
 
 // src/layers/pipeline.ts
-import * as fs21 from "node:fs";
+import * as fs20 from "node:fs";
 import * as path18 from "node:path";
 
 // src/cache/actions.ts
 import { spawn as spawn3 } from "node:child_process";
-import * as fs10 from "node:fs";
+import * as fs9 from "node:fs";
 import * as readline from "node:readline";
 import { fileURLToPath } from "node:url";
 function cacheTimeouts() {
@@ -23278,7 +23272,7 @@ function workerCommand() {
   const candidates = [new URL("./worker.ts", import.meta.url), new URL("./cache-worker.js", import.meta.url), new URL("../cache-worker.js", import.meta.url)];
   for (const u of candidates) {
     const p = fileURLToPath(u);
-    if (fs10.existsSync(p)) return p.endsWith(".ts") ? ["--import", "tsx", p] : [p];
+    if (fs9.existsSync(p)) return p.endsWith(".ts") ? ["--import", "tsx", p] : [p];
   }
   throw new Error("cache worker not found next to the action");
 }
@@ -23359,8 +23353,17 @@ var Worker = class {
       else h?.unref?.();
     }
   }
+  /** Kills the worker and what it started (the toolkit's tar and zstd, a streamed restore's curl). */
   kill() {
+    const pid = this.child?.pid;
+    const below = pid ? descendants(pid) : [];
     this.child?.kill("SIGKILL");
+    for (const p of below) {
+      try {
+        process.kill(p, "SIGKILL");
+      } catch {
+      }
+    }
     this.child = void 0;
   }
   /** Lets the worker finish and exit (its stdin closes). */
@@ -23433,7 +23436,7 @@ function runtimeDir(env = process.env) {
 }
 
 // src/record.ts
-import * as fs11 from "node:fs";
+import * as fs10 from "node:fs";
 import * as path9 from "node:path";
 function restoreFrom(r, browser = false) {
   const snap = browser ? r.browserRestore : r.restore;
@@ -23443,7 +23446,7 @@ function restoreFrom(r, browser = false) {
     recipe: snap.argv,
     files: snap,
     backing: snap.backing,
-    key: { privateKey: fs11.readFileSync(r.outputs["ssh-key"], "utf8"), publicKey: r.outputs["ssh-public-key"] },
+    key: { privateKey: fs10.readFileSync(r.outputs["ssh-key"], "utf8"), publicKey: r.outputs["ssh-public-key"] },
     user: r.outputs["ssh-user"]
   };
 }
@@ -23451,15 +23454,15 @@ function recordPath(runtimeDir2, id) {
   return path9.join(runtimeDir2, `${RuntimeFiles.recordPrefix}${id}.json`);
 }
 function writeRecord(file, r) {
-  fs11.mkdirSync(path9.dirname(file), { recursive: true });
+  fs10.mkdirSync(path9.dirname(file), { recursive: true });
   const tmp = `${file}.tmp-${process.pid}`;
-  fs11.writeFileSync(tmp, JSON.stringify(r, null, 2) + "\n");
-  fs11.renameSync(tmp, file);
+  fs10.writeFileSync(tmp, JSON.stringify(r, null, 2) + "\n");
+  fs10.renameSync(tmp, file);
 }
 function readRecord(file) {
   let j;
   try {
-    j = JSON.parse(fs11.readFileSync(file, "utf8"));
+    j = JSON.parse(fs10.readFileSync(file, "utf8"));
   } catch (err) {
     throw new InputError(`cannot read the run record ${file}: ${err.message}`);
   }
@@ -23468,13 +23471,13 @@ function readRecord(file) {
   throw new InputError(`${file} is neither a run record (the manifest output) nor the JSON of ryra-vm prepare --json`);
 }
 function newestRecord(runtimeDir2, cacheDir) {
-  const files = (fs11.existsSync(runtimeDir2) ? fs11.readdirSync(runtimeDir2) : []).filter((f) => f.startsWith(RuntimeFiles.recordPrefix) && f.endsWith(".json")).map((f) => path9.join(runtimeDir2, f)).map((f) => ({ t: fs11.statSync(f).mtimeMs, r: readRecord(f) })).filter((x) => !cacheDir || path9.resolve(x.r.cacheDir) === path9.resolve(cacheDir)).sort((a, b) => b.t - a.t);
+  const files = (fs10.existsSync(runtimeDir2) ? fs10.readdirSync(runtimeDir2) : []).filter((f) => f.startsWith(RuntimeFiles.recordPrefix) && f.endsWith(".json")).map((f) => path9.join(runtimeDir2, f)).map((f) => ({ t: fs10.statSync(f).mtimeMs, r: readRecord(f) })).filter((x) => !cacheDir || path9.resolve(x.r.cacheDir) === path9.resolve(cacheDir)).sort((a, b) => b.t - a.t);
   if (!files.length) throw new InputError(`no prepared layers recorded in ${runtimeDir2}: run the action (or ryra-vm prepare) first, or name a record with --config`);
   return files[0].r;
 }
 
 // src/vm/images.ts
-import * as fs12 from "node:fs";
+import * as fs11 from "node:fs";
 import * as path10 from "node:path";
 async function createOverlay(backing, file, opts = {}) {
   const b = opts.relative ? path10.relative(path10.dirname(file), backing) : path10.resolve(backing);
@@ -23490,7 +23493,7 @@ async function convert(src, dst, opts = {}) {
     await run("qemu-img", args(true));
   } catch (err) {
     if (!/compression.type|zstd/i.test(String(err))) throw err;
-    fs12.rmSync(dst, { force: true });
+    fs11.rmSync(dst, { force: true });
     await run("qemu-img", args(false));
   }
 }
@@ -23505,16 +23508,16 @@ async function checkImage(file) {
   return r.code === 0 || r.code === 3;
 }
 function copyFile(src, dst) {
-  fs12.copyFileSync(src, dst, fs12.constants.COPYFILE_FICLONE);
+  fs11.copyFileSync(src, dst, fs11.constants.COPYFILE_FICLONE);
 }
 
 // src/vm/boot.ts
-import * as fs15 from "node:fs";
+import * as fs14 from "node:fs";
 import * as path12 from "node:path";
 
 // src/vm/machine.ts
 import { spawn as spawn4 } from "node:child_process";
-import * as fs13 from "node:fs";
+import * as fs12 from "node:fs";
 import * as net3 from "node:net";
 import * as os4 from "node:os";
 import * as path11 from "node:path";
@@ -23611,7 +23614,7 @@ function freePort() {
 function logTail(file, lines = 25) {
   let text;
   try {
-    text = fs13.readFileSync(file, "utf8");
+    text = fs12.readFileSync(file, "utf8");
   } catch {
     return "(no serial output)";
   }
@@ -23652,12 +23655,12 @@ function watchSerial(serialLog, stallMs, everyMs = 1e3) {
     timer = setInterval(() => {
       let fd;
       try {
-        fd = fs13.openSync(serialLog, "r");
-        const size = fs13.fstatSync(fd).size;
+        fd = fs12.openSync(serialLog, "r");
+        const size = fs12.fstatSync(fd).size;
         if (size > offset) {
           lastGrowth = Date.now();
           const buf = Buffer.alloc(size - offset);
-          fs13.readSync(fd, buf, 0, buf.length, offset);
+          fs12.readSync(fd, buf, 0, buf.length, offset);
           offset = size;
           const text = carry + buf.toString("latin1");
           carry = text.slice(-64);
@@ -23667,7 +23670,7 @@ ${logTail(serialLog)}`));
         }
       } catch {
       } finally {
-        if (fd !== void 0) fs13.closeSync(fd);
+        if (fd !== void 0) fs12.closeSync(fd);
       }
       if (stallMs !== void 0 && Date.now() - lastGrowth > stallMs) {
         reject(new GuestStalledError(`the guest printed nothing on its serial console for ${Math.round(stallMs / 1e3)} s (${offset} bytes in all)`));
@@ -23741,11 +23744,11 @@ ${this.diagnostics()}`);
         ...controlArgs({ name: opts.name, qmpSocket, pidFile, loadvm: opts.loadvm }),
         ...opts.extraArgs ?? []
       ];
-      fs13.rmSync(qmpSocket, { force: true });
-      const errFd = fs13.openSync(stderrFile, "w");
+      fs12.rmSync(qmpSocket, { force: true });
+      const errFd = fs12.openSync(stderrFile, "w");
       log.debug(`${opts.qemu} ${argv.join(" ")}`);
       const child = spawn4(opts.qemu, argv, { stdio: ["ignore", "ignore", errFd], detached: !!opts.detached });
-      fs13.closeSync(errFd);
+      fs12.closeSync(errFd);
       const exited = new Promise((resolve7) => {
         child.once("exit", (code, signal) => resolve7({ code, signal }));
         child.once("error", () => resolve7({ code: -1, signal: null }));
@@ -23762,12 +23765,12 @@ ${this.diagnostics()}`);
         await withTimeout(exited, 1e4, `QEMU ${child.pid} exiting after SIGKILL`).catch(() => {
         });
       }
-      const stderr = fs13.readFileSync(stderrFile, "utf8").trim();
+      const stderr = fs12.readFileSync(stderrFile, "utf8").trim();
       if (!alive && HOSTFWD_FAILURE.test(stderr) && attempt < 5) {
         log.info(`  port ${sshPort} was taken; retrying with another`);
         continue;
       }
-      fs13.rmSync(socketDir, { recursive: true, force: true });
+      fs12.rmSync(socketDir, { recursive: true, force: true });
       const why = alive ? `its monitor did not answer within ${START_TIMEOUT_MS / 1e3} s (killed)` : stderr || "no error output";
       throw new QemuExitedError(`QEMU failed to start ${opts.name}: ${why}
   command: ${opts.qemu} ${argv.join(" ")}`);
@@ -23777,7 +23780,7 @@ ${this.diagnostics()}`);
   diagnostics() {
     let stderr = "";
     try {
-      stderr = fs13.readFileSync(path11.join(this.opts.workDir, GuestFiles.stderr), "utf8").trim();
+      stderr = fs12.readFileSync(path11.join(this.opts.workDir, GuestFiles.stderr), "utf8").trim();
     } catch {
     }
     return `${stderr ? `QEMU stderr: ${stderr}
@@ -23787,7 +23790,7 @@ ${logTail(this.serialLog)}`;
   /** The first line of what QEMU printed on stderr (the cause of an early exit). */
   stderrLine() {
     try {
-      const lines = fs13.readFileSync(path11.join(this.opts.workDir, GuestFiles.stderr), "utf8").split("\n").map((l) => l.trim()).filter(Boolean);
+      const lines = fs12.readFileSync(path11.join(this.opts.workDir, GuestFiles.stderr), "utf8").split("\n").map((l) => l.trim()).filter(Boolean);
       return lines.find((l) => /error|fail|abort|assert/i.test(l)) ?? lines[0] ?? "";
     } catch {
       return "";
@@ -23930,8 +23933,8 @@ ${list2}`);
   /** Stops QEMU if needed and removes the machine's work directory and socket dir. */
   async destroy() {
     await this.kill();
-    fs13.rmSync(this.opts.workDir, { recursive: true, force: true });
-    fs13.rmSync(path11.dirname(this.qmpSocket), { recursive: true, force: true });
+    fs12.rmSync(this.opts.workDir, { recursive: true, force: true });
+    fs12.rmSync(path11.dirname(this.qmpSocket), { recursive: true, force: true });
   }
   /** Lets this process exit while QEMU runs on (CLI `boot`). */
   release() {
@@ -23942,15 +23945,15 @@ ${list2}`);
   }
 };
 function makeSocketDir() {
-  const base = fs13.existsSync("/tmp") ? "/tmp" : os4.tmpdir();
-  return fs13.mkdtempSync(path11.join(base, "rvm-"));
+  const base = fs12.existsSync("/tmp") ? "/tmp" : os4.tmpdir();
+  return fs12.mkdtempSync(path11.join(base, "rvm-"));
 }
 async function connectQmp(socket, exited) {
   let gone = false;
   void exited.then(() => gone = true);
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (!gone && Date.now() < deadline) {
-    if (fs13.existsSync(socket)) {
+    if (fs12.existsSync(socket)) {
       try {
         return await Qmp.connect(socket, Math.max(1e3, deadline - Date.now()));
       } catch {
@@ -23963,7 +23966,7 @@ async function connectQmp(socket, exited) {
 
 // src/vm/seed.ts
 import { randomUUID as randomUUID3 } from "node:crypto";
-import * as fs14 from "node:fs";
+import * as fs13 from "node:fs";
 
 // src/vm/iso9660.ts
 var SECTOR = 2048;
@@ -24288,7 +24291,7 @@ function seedIso(o) {
   ]);
 }
 function writeSeedIso(file, o) {
-  fs14.writeFileSync(file, seedIso(o));
+  fs13.writeFileSync(file, seedIso(o));
 }
 
 // src/vm/boot.ts
@@ -24318,8 +24321,8 @@ async function coldBootOnce(o) {
   const disk = path12.join(o.workDir, GuestFiles.disk);
   const efivars = path12.join(o.workDir, GuestFiles.efivars);
   const seedIso2 = path12.join(o.workDir, GuestFiles.seed);
-  fs15.mkdirSync(o.workDir, { recursive: true });
-  for (const f of [disk, efivars]) fs15.rmSync(f, { force: true });
+  fs14.mkdirSync(o.workDir, { recursive: true });
+  for (const f of [disk, efivars]) fs14.rmSync(f, { force: true });
   await createOverlay(path12.resolve(o.base), disk, { size: o.diskSize ?? "20G" });
   await convert(o.firmware.vars, efivars, { srcFormat: o.layout.firmwareFormat });
   writeSeedIso(seedIso2, { ...o.seed, publicKey: o.key.publicKey, user: o.user });
@@ -24361,8 +24364,8 @@ async function coldBootOnce(o) {
 }
 function machineDir(workDir) {
   const dir = path12.join(workDir, "vm");
-  fs15.rmSync(dir, { recursive: true, force: true });
-  fs15.mkdirSync(dir, { recursive: true });
+  fs14.rmSync(dir, { recursive: true, force: true });
+  fs14.mkdirSync(dir, { recursive: true });
   return dir;
 }
 function firstLine(s) {
@@ -24374,14 +24377,14 @@ function kvmTestHooks(layout) {
   return { layout: swap ? { ...layout, accel: accelArgs(layout.arch, "tcg") } : layout, extraArgs: ["-S"] };
 }
 async function restoreMachine(o) {
-  fs15.mkdirSync(o.workDir, { recursive: true });
+  fs14.mkdirSync(o.workDir, { recursive: true });
   const disk = path12.join(o.workDir, GuestFiles.disk);
   const efivars = path12.join(o.workDir, GuestFiles.efivars);
   copyFile(o.files.disk, disk);
   copyFile(o.files.efivars, efivars);
   await rebaseUnsafe(disk, path12.resolve(o.backing));
   const shareDir = o.shareDir ?? path12.join(o.workDir, GuestFiles.share);
-  fs15.mkdirSync(shareDir, { recursive: true });
+  fs14.mkdirSync(shareDir, { recursive: true });
   const machine = await Machine.spawn({
     qemu: o.qemu,
     name: o.name,
@@ -24530,7 +24533,7 @@ function timeoutsFor(accel, scale = getHooks().timeoutScale) {
 }
 
 // src/proxy.ts
-import * as fs16 from "node:fs";
+import * as fs15 from "node:fs";
 import * as path13 from "node:path";
 var GUEST_HOST_ADDRESS = "10.0.2.2";
 function runnerProxy(env = process.env) {
@@ -24584,12 +24587,12 @@ function runnerCAs(dirs = LOCAL_CA_DIRS) {
   for (const dir of dirs) {
     let files = [];
     try {
-      files = fs16.readdirSync(dir, { recursive: true });
+      files = fs15.readdirSync(dir, { recursive: true });
     } catch {
       continue;
     }
     for (const f of files.filter((n) => /\.(crt|pem)$/.test(n))) {
-      const text = fs16.readFileSync(path13.join(dir, f), "utf8");
+      const text = fs15.readFileSync(path13.join(dir, f), "utf8");
       for (const m of text.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)) pems.add(m[0]);
     }
   }
@@ -24648,8 +24651,8 @@ function bootBuilder(ctx, g) {
 // src/layers/plan.ts
 var RECIPE_VERSION = 2;
 var NAME_KEY_LENGTH = 12;
-function basePackages(image, extra, hooks2) {
-  return [.../* @__PURE__ */ new Set([...hooks2.basePackages ?? image.packages, ...extra])];
+function basePackages(image, extra, hooks) {
+  return [.../* @__PURE__ */ new Set([...hooks.basePackages ?? image.packages, ...extra])];
 }
 function plan1(layer, name, files, inputs, suffix) {
   const key = hashOf({ layer, recipe: RECIPE_VERSION, ...inputs });
@@ -24658,9 +24661,9 @@ function plan1(layer, name, files, inputs, suffix) {
 }
 var qcow2 = (base) => [`${base}.qcow2`];
 var stripQcow2 = (f) => f.replace(/\.qcow2$/, "");
-function planLayers(config, host, publicKey, recipes, hooks2) {
+function planLayers(config, host, publicKey, recipes, hooks) {
   const image = distroImage(config.distro, config.arch);
-  const packages = basePackages(image, config.packages, hooks2);
+  const packages = basePackages(image, config.packages, hooks);
   const id = `${config.distro}-${config.arch}`;
   const custom = config.imageUrl !== void 0;
   const raw = plan1(
@@ -24710,7 +24713,7 @@ function planLayers(config, host, publicKey, recipes, hooks2) {
 }
 
 // src/layers/prepared.ts
-import * as fs17 from "node:fs";
+import * as fs16 from "node:fs";
 import * as path14 from "node:path";
 var CLEAN_FOR_TEMPLATE = "sudo cloud-init clean --logs && sudo rm -f /etc/ssh/ssh_host_*_key* && sudo truncate -s 0 /etc/machine-id";
 function verifyCommand(manager, packages) {
@@ -24720,7 +24723,7 @@ function verifyCommand(manager, packages) {
 var CLEAN_PACKAGE_CACHE = { apt: "sudo apt-get clean", dnf: "sudo dnf clean all" };
 async function buildImage(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
-  fs17.mkdirSync(work, { recursive: true });
+  fs16.mkdirSync(work, { recursive: true });
   let result;
   try {
     const m = await bootBuilder(ctx, {
@@ -24751,15 +24754,15 @@ async function buildImage(ctx, o) {
     const tmp = tempPath(ctx.dir, path14.basename(o.out));
     log.info(`  ${o.name}: compressing into ${path14.basename(o.out)}`);
     await convert(path14.join(work, GuestFiles.disk), tmp, { compress: true });
-    fs17.renameSync(tmp, o.out);
+    fs16.renameSync(tmp, o.out);
     return result;
   } finally {
-    fs17.rmSync(work, { recursive: true, force: true });
+    fs16.rmSync(work, { recursive: true, force: true });
   }
 }
 
 // src/layers/raw.ts
-import * as fs18 from "node:fs";
+import * as fs17 from "node:fs";
 import * as path15 from "node:path";
 import { fileURLToPath as fileURLToPath2 } from "node:url";
 var IDLE_MS = 6e4;
@@ -24791,8 +24794,8 @@ function client() {
 async function openSource(url) {
   if (!isRemote(url)) {
     const p = localPath(url);
-    const stream = fs18.createReadStream(p);
-    return { stream, total: fs18.statSync(p).size, close: () => stream.destroy() };
+    const stream = fs17.createReadStream(p);
+    return { stream, total: fs17.statSync(p).size, close: () => stream.destroy() };
   }
   const c = client();
   const res = await withTimeout(c.get(url), IDLE_MS, `connecting to ${url}`);
@@ -24806,7 +24809,7 @@ async function openSource(url) {
   return { stream: res.message, total: len > 0 ? len : void 0, close: () => (res.message.destroy(), c.dispose()) };
 }
 async function readText(url) {
-  if (!isRemote(url)) return fs18.readFileSync(localPath(url), "utf8");
+  if (!isRemote(url)) return fs17.readFileSync(localPath(url), "utf8");
   const c = client();
   try {
     const res = await withTimeout(c.get(url), IDLE_MS, `fetching ${url}`);
@@ -24840,7 +24843,7 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
   return withRetries(`download ${url}`, async () => {
     const { stream, total, close } = await openSource(url);
     const hash = digester([expected.algorithm, "sha256"]);
-    const out = fs18.createWriteStream(partial);
+    const out = fs17.createWriteStream(partial);
     const start = Date.now();
     let bytes = 0;
     let lastReport = start;
@@ -24861,7 +24864,7 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
       await new Promise((resolve7, reject) => out.end((err) => err ? reject(err) : resolve7()));
     } catch (err) {
       out.destroy();
-      fs18.rmSync(partial, { force: true });
+      fs17.rmSync(partial, { force: true });
       throw err;
     } finally {
       clearTimeout(bound);
@@ -24870,12 +24873,12 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
     const digests = hash.hex();
     const actual = digests[expected.algorithm];
     if (actual !== expected.hex) {
-      fs18.rmSync(partial, { force: true });
+      fs17.rmSync(partial, { force: true });
       throw new ChecksumMismatchError(
         `checksum mismatch for ${url}: expected ${expected.algorithm}:${expected.hex}, got ${expected.algorithm}:${actual} (the file was deleted)`
       );
     }
-    fs18.renameSync(partial, dest);
+    fs17.renameSync(partial, dest);
     const secs = (Date.now() - start) / 1e3;
     log.info(`  ${mb(bytes)} MB in ${secs.toFixed(1)} s, ${expected.algorithm} verified`);
     return { bytes, sha256: digests.sha256 };
@@ -24890,7 +24893,7 @@ async function adoptRaw(file, expected) {
 }
 
 // src/layers/snapshot.ts
-import * as fs19 from "node:fs";
+import * as fs18 from "node:fs";
 import * as path16 from "node:path";
 var SHARE_TAG = "images";
 var SNAPSHOT_SETUP = `sudo mkdir -p /mnt/images; mkdir -p ~/.config/containers && printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf && printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf; systemctl --user daemon-reload`;
@@ -24925,8 +24928,8 @@ function savevmTimeoutMs(memoryMb) {
 async function buildSnapshot(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
   const share = path16.join(ctx.dir, CacheFiles.share);
-  fs19.mkdirSync(work, { recursive: true });
-  fs19.mkdirSync(share, { recursive: true });
+  fs18.mkdirSync(work, { recursive: true });
+  fs18.mkdirSync(share, { recursive: true });
   try {
     const layout = hostLayout(ctx, { memoryMb: o.memoryMb, cpus: o.cpus, shareTag: SHARE_TAG });
     const m = await bootBuilder(ctx, {
@@ -24972,40 +24975,40 @@ async function buildSnapshot(ctx, o) {
     });
     await machine.destroy();
     log.info(`  ${o.name}: restored copy reached SSH in ${(readyMs / 1e3).toFixed(1)} s`);
-    fs19.renameSync(disk, o.out.disk);
-    fs19.renameSync(efivars, o.out.efivars);
-    fs19.renameSync(seed, o.out.seed);
+    fs18.renameSync(disk, o.out.disk);
+    fs18.renameSync(efivars, o.out.efivars);
+    fs18.renameSync(seed, o.out.seed);
     return { layout, savevmMs, stepMs, verifyRestoreMs: readyMs, stateBytes };
   } finally {
-    fs19.rmSync(work, { recursive: true, force: true });
+    fs18.rmSync(work, { recursive: true, force: true });
   }
 }
 
 // src/layers/sshkey.ts
-import * as fs20 from "node:fs";
+import * as fs19 from "node:fs";
 import * as path17 from "node:path";
 var SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
 async function ensureSshKey(dir, cache) {
   const file = path17.join(dir, CacheFiles.sshKey);
   const shared = `${file}.shared`;
   const names = [CacheFiles.sshKey, `${CacheFiles.sshKey}.pub`];
-  const local = () => fs20.existsSync(file) && fs20.existsSync(`${file}.pub`);
-  if (!cache || local() && fs20.existsSync(shared) && fs20.readFileSync(shared, "utf8").trim() === SSH_KEY_CACHE_KEY) return ensureKeyFile(file);
-  const markShared = () => fs20.writeFileSync(shared, SSH_KEY_CACHE_KEY + "\n");
+  const local = () => fs19.existsSync(file) && fs19.existsSync(`${file}.pub`);
+  if (!cache || local() && fs19.existsSync(shared) && fs19.readFileSync(shared, "utf8").trim() === SSH_KEY_CACHE_KEY) return ensureKeyFile(file);
+  const markShared = () => fs19.writeFileSync(shared, SSH_KEY_CACHE_KEY + "\n");
   const adopt = async () => {
     const staging = tempPath(dir, "ssh-key-restore");
-    fs20.mkdirSync(staging);
+    fs19.mkdirSync(staging);
     try {
       if (await cache.restore(SSH_KEY_CACHE_KEY, names, staging) !== "restored") return false;
-      const before = local() ? fs20.readFileSync(`${file}.pub`, "utf8") : void 0;
-      fs20.renameSync(path17.join(staging, names[1]), `${file}.pub`);
-      fs20.renameSync(path17.join(staging, names[0]), file);
-      if (before !== void 0 && before !== fs20.readFileSync(`${file}.pub`, "utf8")) {
+      const before = local() ? fs19.readFileSync(`${file}.pub`, "utf8") : void 0;
+      fs19.renameSync(path17.join(staging, names[1]), `${file}.pub`);
+      fs19.renameSync(path17.join(staging, names[0]), file);
+      if (before !== void 0 && before !== fs19.readFileSync(`${file}.pub`, "utf8")) {
         log.info("SSH key: the repository's key (Actions cache) replaces this cache dir's; snapshots made with the old one are rebuilt");
       }
       return true;
     } finally {
-      fs20.rmSync(staging, { recursive: true, force: true });
+      fs19.rmSync(staging, { recursive: true, force: true });
     }
   };
   if (await adopt()) {
@@ -25071,7 +25074,7 @@ async function restoreLayer(ctx, p, key, parentId, backing) {
 }
 async function restoreOnce(ctx, p, key, parentId, backing) {
   const staging = tempPath(ctx.dir, `${p.base}-restore`);
-  fs21.mkdirSync(staging, { recursive: true });
+  fs20.mkdirSync(staging, { recursive: true });
   try {
     const got = await ctx.cache.restore(key, cachePaths(p), staging);
     if (got === "miss") return "miss";
@@ -25083,7 +25086,7 @@ async function restoreOnce(ctx, p, key, parentId, backing) {
     placeLayer(ctx.dir, staging, p);
     return readManifest(manifestPath(ctx.dir, p.base)) ?? "no manifest after placing it";
   } finally {
-    fs21.rmSync(staging, { recursive: true, force: true });
+    fs20.rmSync(staging, { recursive: true, force: true });
   }
 }
 async function saveLayer(ctx, p, key) {
@@ -25108,7 +25111,7 @@ async function ensureLayer(ctx, p, results, o) {
       return use(have);
     }
     const key = cacheKeyFor(p, o.parentId);
-    const unrecorded = !fs21.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs21.existsSync(path18.join(ctx.dir, f)));
+    const unrecorded = !fs20.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs20.existsSync(path18.join(ctx.dir, f)));
     const adopted = unrecorded && o.adopt ? await o.adopt() : void 0;
     if (adopted) {
       const m2 = await record(ctx, p, start, o.parentId, adopted);
@@ -25141,7 +25144,7 @@ async function pointAt(dir, p, m, backing, o) {
     const tmp = tempPath(dir, p.files[0]);
     copyFile(disk, tmp);
     await rebaseUnsafe(tmp, backing);
-    fs21.renameSync(tmp, disk);
+    fs20.renameSync(tmp, disk);
   } else {
     await rebaseUnsafe(disk, backing);
   }
@@ -25196,10 +25199,10 @@ function openCacheTier(config) {
 }
 async function ensureLayers(config, host0, cache = openCacheTier(config)) {
   const dir = config.cacheDir;
-  fs21.mkdirSync(dir, { recursive: true });
+  fs20.mkdirSync(dir, { recursive: true });
   cleanStaleTemps(dir);
   const rt = runtimeDir();
-  fs21.mkdirSync(rt, { recursive: true });
+  fs20.mkdirSync(rt, { recursive: true });
   const holder = process.env.GITHUB_ACTIONS === "true" ? jobHolder(rt) : processHolder();
   try {
     const key = await withLayerLock(dir, CacheFiles.sshKey, 10 * 6e4, () => ensureSshKey(dir, cache));
@@ -25237,7 +25240,7 @@ async function ensureOnce(config, host, key, cache, holder, rt) {
       const rawFile = at(plan.raw.files[0]);
       const recorded = (e, sha256) => ({
         digest: `${e.algorithm}:${e.hex}`,
-        files: [{ name: plan.raw.files[0], size: fs21.statSync(rawFile).size, sha256 }]
+        files: [{ name: plan.raw.files[0], size: fs20.statSync(rawFile).size, sha256 }]
       });
       const raw = await ensureLayer(ctx, plan.raw, results, {
         // The seed's download under the same name is used when its digest is the published one.
@@ -25361,7 +25364,7 @@ async function ensureOnce(config, host, key, cache, holder, rt) {
 
 // src/vms.ts
 var import_proper_lockfile2 = __toESM(require_proper_lockfile(), 1);
-import * as fs22 from "node:fs";
+import * as fs21 from "node:fs";
 import * as os5 from "node:os";
 import * as path19 from "node:path";
 function vmsDir() {
@@ -25369,8 +25372,8 @@ function vmsDir() {
 }
 function listVms() {
   const dir = vmsDir();
-  if (!fs22.existsSync(dir)) return [];
-  return fs22.readdirSync(dir).map((n) => path19.join(dir, n, GuestFiles.vmRecord)).filter((f) => fs22.existsSync(f)).map((f) => JSON.parse(fs22.readFileSync(f, "utf8"))).map((v) => ({ ...v, running: processNamed(v.pid, v.workDir) })).sort((a, b) => a.name.localeCompare(b.name));
+  if (!fs21.existsSync(dir)) return [];
+  return fs21.readdirSync(dir).map((n) => path19.join(dir, n, GuestFiles.vmRecord)).filter((f) => fs21.existsSync(f)).map((f) => JSON.parse(fs21.readFileSync(f, "utf8"))).map((v) => ({ ...v, running: processNamed(v.pid, v.workDir) })).sort((a, b) => a.name.localeCompare(b.name));
 }
 function findVm(name) {
   return listVms().find((v) => v.name === name);
@@ -25406,7 +25409,7 @@ async function holdAll(cacheDir, bases, holder) {
 async function invalidateSnapshot(cacheDir, snap) {
   await withLayerLock(cacheDir, snap.base, 6e4, async () => {
     if (liveHolders(cacheDir, snap.base).some((h) => "dir" in h)) {
-      fs22.rmSync(manifestPath(cacheDir, snap.base), { force: true });
+      fs21.rmSync(manifestPath(cacheDir, snap.base), { force: true });
     } else removeLayer(cacheDir, snap.base, [snap.disk, snap.efivars, snap.seed].map((f) => path19.basename(f)));
   });
 }
@@ -25439,12 +25442,12 @@ async function bootVm(o) {
   const cold = o.browser ? rec.browserCold : rec.cold;
   if (o.browser && !cold) throw new InputError("no browser layer was prepared: run the action with browser: true");
   const workDir = path19.join(vmsDir(), name);
-  fs22.rmSync(workDir, { recursive: true, force: true });
-  fs22.mkdirSync(workDir, { recursive: true });
+  fs21.rmSync(workDir, { recursive: true, force: true });
+  fs21.mkdirSync(workDir, { recursive: true });
   const keyFile = path19.join(workDir, GuestFiles.vmKey);
   const vmKey = generateKeyPair(`ryra-vm ${name}`);
-  fs22.writeFileSync(keyFile, vmKey.privateKey, { mode: 384 });
-  fs22.writeFileSync(`${keyFile}.pub`, vmKey.publicKey + "\n");
+  fs21.writeFileSync(keyFile, vmKey.privateKey, { mode: 384 });
+  fs21.writeFileSync(`${keyFile}.pub`, vmKey.publicKey + "\n");
   const timeouts = timeoutsFor(out.accel);
   const bootTimeout = (fallback) => rec.run.bootTimeoutMs ?? fallback;
   await holdAll(rec.cacheDir, snap ? [snap.base, snap.backingBase] : [cold.base], processHolder());
@@ -25519,7 +25522,7 @@ async function bootVm(o) {
     record: out.manifest,
     holder: holder.id
   };
-  fs22.writeFileSync(path19.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + "\n");
+  fs21.writeFileSync(path19.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + "\n");
   await addSshHost(vm);
   machine.release();
   return vm;
@@ -25532,8 +25535,8 @@ async function stopVm(vm) {
     if (alive()) process.kill(vm.pid, "SIGKILL");
     for (let i = 0; i < 50 && alive(); i++) await sleep(100);
   }
-  fs22.rmSync(vm.workDir, { recursive: true, force: true });
-  fs22.rmSync(path19.dirname(vm.qmpSocket), { recursive: true, force: true });
+  fs21.rmSync(vm.workDir, { recursive: true, force: true });
+  fs21.rmSync(path19.dirname(vm.qmpSocket), { recursive: true, force: true });
   releaseHolder(vm.cacheDir, vm.holder);
   await removeSshHost(vm.name);
 }
@@ -25544,16 +25547,16 @@ var begin = (name) => `# >>> ryra-vm ${name} (added by ryra-vm boot; removed by 
 var end = (name) => `# <<< ryra-vm ${name}`;
 async function editSshConfig(edit) {
   const file = sshConfigFile();
-  fs22.mkdirSync(path19.dirname(file), { recursive: true, mode: 448 });
-  if (!fs22.existsSync(file)) fs22.writeFileSync(file, "", { mode: 384 });
+  fs21.mkdirSync(path19.dirname(file), { recursive: true, mode: 448 });
+  if (!fs21.existsSync(file)) fs21.writeFileSync(file, "", { mode: 384 });
   const release2 = await import_proper_lockfile2.default.lock(file, { realpath: false, stale: 1e4, retries: { retries: 50, minTimeout: 100, maxTimeout: 200 } });
   try {
-    const text = fs22.readFileSync(file, "utf8");
+    const text = fs21.readFileSync(file, "utf8");
     const next = edit(text);
     if (next === text) return;
     const tmp = `${file}.tmp-${process.pid}`;
-    fs22.writeFileSync(tmp, next, { mode: 384 });
-    fs22.renameSync(tmp, file);
+    fs21.writeFileSync(tmp, next, { mode: 384 });
+    fs21.renameSync(tmp, file);
   } finally {
     await release2();
   }
