@@ -5947,10 +5947,10 @@ var require_reflection_binary_writer = __commonJS({
        * Write a single scalar value.
        */
       scalar(writer, type, fieldNo, value, emitDefault) {
-        let [wireType, method, isDefault] = this.scalarInfo(type, value);
+        let [wireType, method2, isDefault] = this.scalarInfo(type, value);
         if (!isDefault || emitDefault) {
           writer.tag(fieldNo, wireType);
-          writer[method](value);
+          writer[method2](value);
         }
       }
       /**
@@ -5962,9 +5962,9 @@ var require_reflection_binary_writer = __commonJS({
         assert_1.assert(type !== reflection_info_1.ScalarType.BYTES && type !== reflection_info_1.ScalarType.STRING);
         writer.tag(fieldNo, binary_format_contract_1.WireType.LengthDelimited);
         writer.fork();
-        let [, method] = this.scalarInfo(type);
+        let [, method2] = this.scalarInfo(type);
         for (let i = 0; i < value.length; i++)
-          writer[method](value[i]);
+          writer[method2](value[i]);
         writer.join();
       }
       /**
@@ -6671,9 +6671,9 @@ var require_reflection_info2 = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.readServiceOption = exports2.readMethodOption = exports2.readMethodOptions = exports2.normalizeMethodInfo = void 0;
     var runtime_1 = require_commonjs();
-    function normalizeMethodInfo(method, service) {
+    function normalizeMethodInfo(method2, service) {
       var _a2, _b, _c;
-      let m = method;
+      let m = method2;
       m.service = service;
       m.localName = (_a2 = m.localName) !== null && _a2 !== void 0 ? _a2 : runtime_1.lowerCamelCase(m.name);
       m.serverStreaming = !!m.serverStreaming;
@@ -7095,8 +7095,8 @@ var require_unary_call = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.UnaryCall = void 0;
     var UnaryCall = class {
-      constructor(method, requestHeaders, request, headers, response, status, trailers) {
-        this.method = method;
+      constructor(method2, requestHeaders, request, headers, response, status, trailers) {
+        this.method = method2;
         this.requestHeaders = requestHeaders;
         this.request = request;
         this.headers = headers;
@@ -7164,8 +7164,8 @@ var require_server_streaming_call = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.ServerStreamingCall = void 0;
     var ServerStreamingCall = class {
-      constructor(method, requestHeaders, request, headers, response, status, trailers) {
-        this.method = method;
+      constructor(method2, requestHeaders, request, headers, response, status, trailers) {
+        this.method = method2;
         this.requestHeaders = requestHeaders;
         this.request = request;
         this.headers = headers;
@@ -7234,8 +7234,8 @@ var require_client_streaming_call = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.ClientStreamingCall = void 0;
     var ClientStreamingCall = class {
-      constructor(method, requestHeaders, request, headers, response, status, trailers) {
-        this.method = method;
+      constructor(method2, requestHeaders, request, headers, response, status, trailers) {
+        this.method = method2;
         this.requestHeaders = requestHeaders;
         this.requests = request;
         this.headers = headers;
@@ -7303,8 +7303,8 @@ var require_duplex_streaming_call = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.DuplexStreamingCall = void 0;
     var DuplexStreamingCall = class {
-      constructor(method, requestHeaders, request, headers, response, status, trailers) {
-        this.method = method;
+      constructor(method2, requestHeaders, request, headers, response, status, trailers) {
+        this.method = method2;
         this.requestHeaders = requestHeaders;
         this.requests = request;
         this.headers = headers;
@@ -7419,7 +7419,7 @@ var require_test_transport = __commonJS({
         return headers instanceof rpc_error_1.RpcError ? Promise.reject(headers) : Promise.resolve(headers);
       }
       // Creates a promise for a single, valid, message from the mock data.
-      promiseSingleResponse(method) {
+      promiseSingleResponse(method2) {
         if (this.data.response instanceof rpc_error_1.RpcError) {
           return Promise.reject(this.data.response);
         }
@@ -7430,9 +7430,9 @@ var require_test_transport = __commonJS({
         } else if (this.data.response !== void 0) {
           r = this.data.response;
         } else {
-          r = method.O.create();
+          r = method2.O.create();
         }
-        runtime_1.assert(method.O.is(r));
+        runtime_1.assert(method2.O.is(r));
         return Promise.resolve(r);
       }
       /**
@@ -7444,18 +7444,18 @@ var require_test_transport = __commonJS({
        * The returned promise resolves when the stream is closed. It should
        * not reject. If it does, code is broken.
        */
-      streamResponses(method, stream2, abort) {
+      streamResponses(method2, stream2, abort) {
         return __awaiter11(this, void 0, void 0, function* () {
           const messages = [];
           if (this.data.response === void 0) {
-            messages.push(method.O.create());
+            messages.push(method2.O.create());
           } else if (Array.isArray(this.data.response)) {
             for (let msg of this.data.response) {
-              runtime_1.assert(method.O.is(msg));
+              runtime_1.assert(method2.O.is(msg));
               messages.push(msg);
             }
           } else if (!(this.data.response instanceof rpc_error_1.RpcError)) {
-            runtime_1.assert(method.O.is(this.data.response));
+            runtime_1.assert(method2.O.is(this.data.response));
             messages.push(this.data.response);
           }
           try {
@@ -7511,41 +7511,41 @@ var require_test_transport = __commonJS({
       mergeOptions(options) {
         return rpc_options_1.mergeRpcOptions({}, options);
       }
-      unary(method, input, options) {
+      unary(method2, input, options) {
         var _a2;
         const requestHeaders = (_a2 = options.meta) !== null && _a2 !== void 0 ? _a2 : {}, headersPromise = this.promiseHeaders().then(delay4(this.headerDelay, options.abort)), responsePromise = headersPromise.catch((_) => {
-        }).then(delay4(this.responseDelay, options.abort)).then((_) => this.promiseSingleResponse(method)), statusPromise = responsePromise.catch((_) => {
+        }).then(delay4(this.responseDelay, options.abort)).then((_) => this.promiseSingleResponse(method2)), statusPromise = responsePromise.catch((_) => {
         }).then(delay4(this.afterResponseDelay, options.abort)).then((_) => this.promiseStatus()), trailersPromise = responsePromise.catch((_) => {
         }).then(delay4(this.afterResponseDelay, options.abort)).then((_) => this.promiseTrailers());
         this.maybeSuppressUncaught(statusPromise, trailersPromise);
         this.lastInput = { single: input };
-        return new unary_call_1.UnaryCall(method, requestHeaders, input, headersPromise, responsePromise, statusPromise, trailersPromise);
+        return new unary_call_1.UnaryCall(method2, requestHeaders, input, headersPromise, responsePromise, statusPromise, trailersPromise);
       }
-      serverStreaming(method, input, options) {
+      serverStreaming(method2, input, options) {
         var _a2;
         const requestHeaders = (_a2 = options.meta) !== null && _a2 !== void 0 ? _a2 : {}, headersPromise = this.promiseHeaders().then(delay4(this.headerDelay, options.abort)), outputStream = new rpc_output_stream_1.RpcOutputStreamController(), responseStreamClosedPromise = headersPromise.then(delay4(this.responseDelay, options.abort)).catch(() => {
-        }).then(() => this.streamResponses(method, outputStream, options.abort)).then(delay4(this.afterResponseDelay, options.abort)), statusPromise = responseStreamClosedPromise.then(() => this.promiseStatus()), trailersPromise = responseStreamClosedPromise.then(() => this.promiseTrailers());
+        }).then(() => this.streamResponses(method2, outputStream, options.abort)).then(delay4(this.afterResponseDelay, options.abort)), statusPromise = responseStreamClosedPromise.then(() => this.promiseStatus()), trailersPromise = responseStreamClosedPromise.then(() => this.promiseTrailers());
         this.maybeSuppressUncaught(statusPromise, trailersPromise);
         this.lastInput = { single: input };
-        return new server_streaming_call_1.ServerStreamingCall(method, requestHeaders, input, headersPromise, outputStream, statusPromise, trailersPromise);
+        return new server_streaming_call_1.ServerStreamingCall(method2, requestHeaders, input, headersPromise, outputStream, statusPromise, trailersPromise);
       }
-      clientStreaming(method, options) {
+      clientStreaming(method2, options) {
         var _a2;
         const requestHeaders = (_a2 = options.meta) !== null && _a2 !== void 0 ? _a2 : {}, headersPromise = this.promiseHeaders().then(delay4(this.headerDelay, options.abort)), responsePromise = headersPromise.catch((_) => {
-        }).then(delay4(this.responseDelay, options.abort)).then((_) => this.promiseSingleResponse(method)), statusPromise = responsePromise.catch((_) => {
+        }).then(delay4(this.responseDelay, options.abort)).then((_) => this.promiseSingleResponse(method2)), statusPromise = responsePromise.catch((_) => {
         }).then(delay4(this.afterResponseDelay, options.abort)).then((_) => this.promiseStatus()), trailersPromise = responsePromise.catch((_) => {
         }).then(delay4(this.afterResponseDelay, options.abort)).then((_) => this.promiseTrailers());
         this.maybeSuppressUncaught(statusPromise, trailersPromise);
         this.lastInput = new TestInputStream(this.data, options.abort);
-        return new client_streaming_call_1.ClientStreamingCall(method, requestHeaders, this.lastInput, headersPromise, responsePromise, statusPromise, trailersPromise);
+        return new client_streaming_call_1.ClientStreamingCall(method2, requestHeaders, this.lastInput, headersPromise, responsePromise, statusPromise, trailersPromise);
       }
-      duplex(method, options) {
+      duplex(method2, options) {
         var _a2;
         const requestHeaders = (_a2 = options.meta) !== null && _a2 !== void 0 ? _a2 : {}, headersPromise = this.promiseHeaders().then(delay4(this.headerDelay, options.abort)), outputStream = new rpc_output_stream_1.RpcOutputStreamController(), responseStreamClosedPromise = headersPromise.then(delay4(this.responseDelay, options.abort)).catch(() => {
-        }).then(() => this.streamResponses(method, outputStream, options.abort)).then(delay4(this.afterResponseDelay, options.abort)), statusPromise = responseStreamClosedPromise.then(() => this.promiseStatus()), trailersPromise = responseStreamClosedPromise.then(() => this.promiseTrailers());
+        }).then(() => this.streamResponses(method2, outputStream, options.abort)).then(delay4(this.afterResponseDelay, options.abort)), statusPromise = responseStreamClosedPromise.then(() => this.promiseStatus()), trailersPromise = responseStreamClosedPromise.then(() => this.promiseTrailers());
         this.maybeSuppressUncaught(statusPromise, trailersPromise);
         this.lastInput = new TestInputStream(this.data, options.abort);
-        return new duplex_streaming_call_1.DuplexStreamingCall(method, requestHeaders, this.lastInput, headersPromise, outputStream, statusPromise, trailersPromise);
+        return new duplex_streaming_call_1.DuplexStreamingCall(method2, requestHeaders, this.lastInput, headersPromise, outputStream, statusPromise, trailersPromise);
       }
     };
     exports2.TestTransport = TestTransport;
@@ -7616,7 +7616,7 @@ var require_rpc_interceptor = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.stackDuplexStreamingInterceptors = exports2.stackClientStreamingInterceptors = exports2.stackServerStreamingInterceptors = exports2.stackUnaryInterceptors = exports2.stackIntercept = void 0;
     var runtime_1 = require_commonjs();
-    function stackIntercept(kind, transport, method, options, input) {
+    function stackIntercept(kind, transport, method2, options, input) {
       var _a2, _b, _c, _d;
       if (kind == "unary") {
         let tail = (mtd, inp, opt) => transport.unary(mtd, inp, opt);
@@ -7624,7 +7624,7 @@ var require_rpc_interceptor = __commonJS({
           const next = tail;
           tail = (mtd, inp, opt) => curr.interceptUnary(next, mtd, inp, opt);
         }
-        return tail(method, input, options);
+        return tail(method2, input, options);
       }
       if (kind == "serverStreaming") {
         let tail = (mtd, inp, opt) => transport.serverStreaming(mtd, inp, opt);
@@ -7632,7 +7632,7 @@ var require_rpc_interceptor = __commonJS({
           const next = tail;
           tail = (mtd, inp, opt) => curr.interceptServerStreaming(next, mtd, inp, opt);
         }
-        return tail(method, input, options);
+        return tail(method2, input, options);
       }
       if (kind == "clientStreaming") {
         let tail = (mtd, opt) => transport.clientStreaming(mtd, opt);
@@ -7640,7 +7640,7 @@ var require_rpc_interceptor = __commonJS({
           const next = tail;
           tail = (mtd, opt) => curr.interceptClientStreaming(next, mtd, opt);
         }
-        return tail(method, options);
+        return tail(method2, options);
       }
       if (kind == "duplex") {
         let tail = (mtd, opt) => transport.duplex(mtd, opt);
@@ -7648,25 +7648,25 @@ var require_rpc_interceptor = __commonJS({
           const next = tail;
           tail = (mtd, opt) => curr.interceptDuplex(next, mtd, opt);
         }
-        return tail(method, options);
+        return tail(method2, options);
       }
       runtime_1.assertNever(kind);
     }
     exports2.stackIntercept = stackIntercept;
-    function stackUnaryInterceptors(transport, method, input, options) {
-      return stackIntercept("unary", transport, method, options, input);
+    function stackUnaryInterceptors(transport, method2, input, options) {
+      return stackIntercept("unary", transport, method2, options, input);
     }
     exports2.stackUnaryInterceptors = stackUnaryInterceptors;
-    function stackServerStreamingInterceptors(transport, method, input, options) {
-      return stackIntercept("serverStreaming", transport, method, options, input);
+    function stackServerStreamingInterceptors(transport, method2, input, options) {
+      return stackIntercept("serverStreaming", transport, method2, options, input);
     }
     exports2.stackServerStreamingInterceptors = stackServerStreamingInterceptors;
-    function stackClientStreamingInterceptors(transport, method, options) {
-      return stackIntercept("clientStreaming", transport, method, options);
+    function stackClientStreamingInterceptors(transport, method2, options) {
+      return stackIntercept("clientStreaming", transport, method2, options);
     }
     exports2.stackClientStreamingInterceptors = stackClientStreamingInterceptors;
-    function stackDuplexStreamingInterceptors(transport, method, options) {
-      return stackIntercept("duplex", transport, method, options);
+    function stackDuplexStreamingInterceptors(transport, method2, options) {
+      return stackIntercept("duplex", transport, method2, options);
     }
     exports2.stackDuplexStreamingInterceptors = stackDuplexStreamingInterceptors;
   }
@@ -7679,10 +7679,10 @@ var require_server_call_context = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.ServerCallContextController = void 0;
     var ServerCallContextController = class {
-      constructor(method, headers, deadline, sendResponseHeadersFn, defaultStatus = { code: "OK", detail: "" }) {
+      constructor(method2, headers, deadline, sendResponseHeadersFn, defaultStatus = { code: "OK", detail: "" }) {
         this._cancelled = false;
         this._listeners = [];
-        this.method = method;
+        this.method = method2;
         this.headers = headers;
         this.deadline = deadline;
         this.trailers = {};
@@ -10661,8 +10661,8 @@ function getCompressionMethod() {
     }
   });
 }
-function getCacheFileName(compressionMethod) {
-  return compressionMethod === CompressionMethod.Gzip ? CacheFilename.Gzip : CacheFilename.Zstd;
+function getCacheFileName(compressionMethod2) {
+  return compressionMethod2 === CompressionMethod.Gzip ? CacheFilename.Gzip : CacheFilename.Zstd;
 }
 function getGnuTarPathOnWindows() {
   return __awaiter3(this, void 0, void 0, function* () {
@@ -10679,10 +10679,10 @@ function assertDefined(name, value) {
   }
   return value;
 }
-function getCacheVersion(paths, compressionMethod, enableCrossOsArchive = false) {
+function getCacheVersion(paths, compressionMethod2, enableCrossOsArchive = false) {
   const components = paths.slice();
-  if (compressionMethod) {
-    components.push(compressionMethod);
+  if (compressionMethod2) {
+    components.push(compressionMethod2);
   }
   if (process.platform === "win32" && !enableCrossOsArchive) {
     components.push("windows-only");
@@ -45430,7 +45430,7 @@ function sleep(milliseconds) {
   });
 }
 function retry(name_1, method_1, getStatusCode_1) {
-  return __awaiter5(this, arguments, void 0, function* (name, method, getStatusCode, maxAttempts = DefaultRetryAttempts, delay4 = DefaultRetryDelay, onError = void 0) {
+  return __awaiter5(this, arguments, void 0, function* (name, method2, getStatusCode, maxAttempts = DefaultRetryAttempts, delay4 = DefaultRetryDelay, onError = void 0) {
     let errorMessage = "";
     let attempt = 1;
     while (attempt <= maxAttempts) {
@@ -45438,7 +45438,7 @@ function retry(name_1, method_1, getStatusCode_1) {
       let statusCode = void 0;
       let isRetryable = false;
       try {
-        response = yield method();
+        response = yield method2();
       } catch (error2) {
         if (onError) {
           response = onError(error2);
@@ -45468,10 +45468,10 @@ function retry(name_1, method_1, getStatusCode_1) {
   });
 }
 function retryTypedResponse(name_1, method_1) {
-  return __awaiter5(this, arguments, void 0, function* (name, method, maxAttempts = DefaultRetryAttempts, delay4 = DefaultRetryDelay) {
+  return __awaiter5(this, arguments, void 0, function* (name, method2, maxAttempts = DefaultRetryAttempts, delay4 = DefaultRetryDelay) {
     return yield retry(
       name,
-      method,
+      method2,
       (response) => response.statusCode,
       maxAttempts,
       delay4,
@@ -45493,8 +45493,8 @@ function retryTypedResponse(name_1, method_1) {
   });
 }
 function retryHttpClientResponse(name_1, method_1) {
-  return __awaiter5(this, arguments, void 0, function* (name, method, maxAttempts = DefaultRetryAttempts, delay4 = DefaultRetryDelay) {
-    return yield retry(name, method, (response) => response.message.statusCode, maxAttempts, delay4);
+  return __awaiter5(this, arguments, void 0, function* (name, method2, maxAttempts = DefaultRetryAttempts, delay4 = DefaultRetryDelay) {
+    return yield retry(name, method2, (response) => response.message.statusCode, maxAttempts, delay4);
   });
 }
 
@@ -46869,10 +46869,10 @@ var CacheServiceClient = class {
   }
   // This function satisfies the Rpc interface. It is compatible with the JSON
   // JSON generated client.
-  request(service, method, contentType2, data) {
+  request(service, method2, contentType2, data) {
     return __awaiter8(this, void 0, void 0, function* () {
-      const url2 = new URL(`/twirp/${service}/${method}`, this.baseUrl).href;
-      debug(`[Request] ${method} ${url2}`);
+      const url2 = new URL(`/twirp/${service}/${method2}`, this.baseUrl).href;
+      debug(`[Request] ${method2} ${url2}`);
       const headers = {
         "Content-Type": contentType2
       };
@@ -46882,7 +46882,7 @@ var CacheServiceClient = class {
         }));
         return body2;
       } catch (error2) {
-        throw new Error(`Failed to ${method}: ${error2.message}`);
+        throw new Error(`Failed to ${method2}: ${error2.message}`);
       }
     });
   }
@@ -47056,12 +47056,12 @@ function getTarPath() {
   });
 }
 function getTarArgs(tarPath_1, compressionMethod_1, type_1) {
-  return __awaiter9(this, arguments, void 0, function* (tarPath, compressionMethod, type, archivePath = "") {
+  return __awaiter9(this, arguments, void 0, function* (tarPath, compressionMethod2, type, archivePath = "") {
     const args = [`"${tarPath.path}"`];
-    const cacheFileName = getCacheFileName(compressionMethod);
+    const cacheFileName = getCacheFileName(compressionMethod2);
     const tarFile = "cache.tar";
     const workingDirectory = getWorkingDirectory();
-    const BSD_TAR_ZSTD = tarPath.type === ArchiveToolType.BSD && compressionMethod !== CompressionMethod.Gzip && IS_WINDOWS6;
+    const BSD_TAR_ZSTD = tarPath.type === ArchiveToolType.BSD && compressionMethod2 !== CompressionMethod.Gzip && IS_WINDOWS6;
     switch (type) {
       case "create":
         args.push("--posix", "-cf", BSD_TAR_ZSTD ? tarFile : cacheFileName.replace(new RegExp(`\\${path7.sep}`, "g"), "/"), "--exclude", BSD_TAR_ZSTD ? tarFile : cacheFileName.replace(new RegExp(`\\${path7.sep}`, "g"), "/"), "-P", "-C", workingDirectory.replace(new RegExp(`\\${path7.sep}`, "g"), "/"), "--files-from", ManifestFilename);
@@ -47087,12 +47087,12 @@ function getTarArgs(tarPath_1, compressionMethod_1, type_1) {
   });
 }
 function getCommands(compressionMethod_1, type_1) {
-  return __awaiter9(this, arguments, void 0, function* (compressionMethod, type, archivePath = "") {
+  return __awaiter9(this, arguments, void 0, function* (compressionMethod2, type, archivePath = "") {
     let args;
     const tarPath = yield getTarPath();
-    const tarArgs = yield getTarArgs(tarPath, compressionMethod, type, archivePath);
-    const compressionArgs = type !== "create" ? yield getDecompressionProgram(tarPath, compressionMethod, archivePath) : yield getCompressionProgram(tarPath, compressionMethod);
-    const BSD_TAR_ZSTD = tarPath.type === ArchiveToolType.BSD && compressionMethod !== CompressionMethod.Gzip && IS_WINDOWS6;
+    const tarArgs = yield getTarArgs(tarPath, compressionMethod2, type, archivePath);
+    const compressionArgs = type !== "create" ? yield getDecompressionProgram(tarPath, compressionMethod2, archivePath) : yield getCompressionProgram(tarPath, compressionMethod2);
+    const BSD_TAR_ZSTD = tarPath.type === ArchiveToolType.BSD && compressionMethod2 !== CompressionMethod.Gzip && IS_WINDOWS6;
     if (BSD_TAR_ZSTD && type !== "create") {
       args = [[...compressionArgs].join(" "), [...tarArgs].join(" ")];
     } else {
@@ -47111,10 +47111,10 @@ function getWorkingDirectory() {
 function quoteAbsolutePath(filePath) {
   return `"${path7.resolve(filePath).replace(new RegExp(`\\${path7.sep}`, "g"), "/")}"`;
 }
-function getDecompressionProgram(tarPath, compressionMethod, archivePath) {
+function getDecompressionProgram(tarPath, compressionMethod2, archivePath) {
   return __awaiter9(this, void 0, void 0, function* () {
-    const BSD_TAR_ZSTD = tarPath.type === ArchiveToolType.BSD && compressionMethod !== CompressionMethod.Gzip && IS_WINDOWS6;
-    switch (compressionMethod) {
+    const BSD_TAR_ZSTD = tarPath.type === ArchiveToolType.BSD && compressionMethod2 !== CompressionMethod.Gzip && IS_WINDOWS6;
+    switch (compressionMethod2) {
       case CompressionMethod.Zstd:
         return BSD_TAR_ZSTD ? [
           "zstd -d --long=30 --force -o",
@@ -47131,11 +47131,11 @@ function getDecompressionProgram(tarPath, compressionMethod, archivePath) {
     }
   });
 }
-function getCompressionProgram(tarPath, compressionMethod) {
+function getCompressionProgram(tarPath, compressionMethod2) {
   return __awaiter9(this, void 0, void 0, function* () {
-    const cacheFileName = getCacheFileName(compressionMethod);
-    const BSD_TAR_ZSTD = tarPath.type === ArchiveToolType.BSD && compressionMethod !== CompressionMethod.Gzip && IS_WINDOWS6;
-    switch (compressionMethod) {
+    const cacheFileName = getCacheFileName(compressionMethod2);
+    const BSD_TAR_ZSTD = tarPath.type === ArchiveToolType.BSD && compressionMethod2 !== CompressionMethod.Gzip && IS_WINDOWS6;
+    switch (compressionMethod2) {
       case CompressionMethod.Zstd:
         return BSD_TAR_ZSTD ? [
           "zstd -T0 --long=30 --force -o",
@@ -47170,9 +47170,9 @@ function execCommands(commands, cwd) {
     }
   });
 }
-function execReadCommands(archivePath, compressionMethod, type) {
+function execReadCommands(archivePath, compressionMethod2, type) {
   return __awaiter9(this, void 0, void 0, function* () {
-    const { commands, requiresTempDirectory } = yield getCommands(compressionMethod, type, archivePath);
+    const { commands, requiresTempDirectory } = yield getCommands(compressionMethod2, type, archivePath);
     const tempDirectory = requiresTempDirectory ? yield createTempDirectory() : void 0;
     try {
       yield execCommands(commands, tempDirectory);
@@ -47187,22 +47187,22 @@ function execReadCommands(archivePath, compressionMethod, type) {
     }
   });
 }
-function listTar(archivePath, compressionMethod) {
+function listTar(archivePath, compressionMethod2) {
   return __awaiter9(this, void 0, void 0, function* () {
-    yield execReadCommands(archivePath, compressionMethod, "list");
+    yield execReadCommands(archivePath, compressionMethod2, "list");
   });
 }
-function extractTar(archivePath, compressionMethod) {
+function extractTar(archivePath, compressionMethod2) {
   return __awaiter9(this, void 0, void 0, function* () {
     const workingDirectory = getWorkingDirectory();
     yield mkdirP(workingDirectory);
-    yield execReadCommands(archivePath, compressionMethod, "extract");
+    yield execReadCommands(archivePath, compressionMethod2, "extract");
   });
 }
-function createTar(archiveFolder, sourceDirectories, compressionMethod) {
+function createTar(archiveFolder, sourceDirectories, compressionMethod2) {
   return __awaiter9(this, void 0, void 0, function* () {
     writeFileSync2(path7.join(archiveFolder, ManifestFilename), sourceDirectories.join("\n"));
-    const { commands } = yield getCommands(compressionMethod, "create");
+    const { commands } = yield getCommands(compressionMethod2, "create");
     yield execCommands(commands, archiveFolder);
   });
 }
@@ -47319,13 +47319,13 @@ function restoreCacheV1(paths_1, primaryKey_1, restoreKeys_1, options_1) {
     for (const key of keys) {
       checkKey(key);
     }
-    const compressionMethod = yield getCompressionMethod();
+    const compressionMethod2 = yield getCompressionMethod();
     let archivePath = "";
     try {
       let cacheEntry;
       try {
         cacheEntry = yield getCacheEntry(keys, paths, {
-          compressionMethod,
+          compressionMethod: compressionMethod2,
           enableCrossOsArchive
         });
       } catch (error2) {
@@ -47342,15 +47342,15 @@ function restoreCacheV1(paths_1, primaryKey_1, restoreKeys_1, options_1) {
         info("Lookup only - skipping download");
         return cacheEntry.cacheKey;
       }
-      archivePath = path8.join(yield createTempDirectory(), getCacheFileName(compressionMethod));
+      archivePath = path8.join(yield createTempDirectory(), getCacheFileName(compressionMethod2));
       debug(`Archive Path: ${archivePath}`);
       yield downloadCache(cacheEntry.archiveLocation, archivePath, options);
       if (isDebug()) {
-        yield listTar(archivePath, compressionMethod);
+        yield listTar(archivePath, compressionMethod2);
       }
       const archiveFileSize = getArchiveFileSizeInBytes(archivePath);
       info(`Cache Size: ~${Math.round(archiveFileSize / (1024 * 1024))} MB (${archiveFileSize} B)`);
-      yield extractTar(archivePath, compressionMethod);
+      yield extractTar(archivePath, compressionMethod2);
       info("Cache restored successfully");
       return cacheEntry.cacheKey;
     } catch (error2) {
@@ -47391,11 +47391,11 @@ function restoreCacheV2(paths_1, primaryKey_1, restoreKeys_1, options_1) {
     let archivePath = "";
     try {
       const twirpClient = internalCacheTwirpClient();
-      const compressionMethod = yield getCompressionMethod();
+      const compressionMethod2 = yield getCompressionMethod();
       const request = {
         key: primaryKey,
         restoreKeys,
-        version: getCacheVersion(paths, compressionMethod, enableCrossOsArchive)
+        version: getCacheVersion(paths, compressionMethod2, enableCrossOsArchive)
       };
       let response;
       try {
@@ -47421,16 +47421,16 @@ function restoreCacheV2(paths_1, primaryKey_1, restoreKeys_1, options_1) {
         info("Lookup only - skipping download");
         return response.matchedKey;
       }
-      archivePath = path8.join(yield createTempDirectory(), getCacheFileName(compressionMethod));
+      archivePath = path8.join(yield createTempDirectory(), getCacheFileName(compressionMethod2));
       debug(`Archive path: ${archivePath}`);
       debug(`Starting download of archive to: ${archivePath}`);
       yield downloadCache(response.signedDownloadUrl, archivePath, options);
       const archiveFileSize = getArchiveFileSizeInBytes(archivePath);
       info(`Cache Size: ~${Math.round(archiveFileSize / (1024 * 1024))} MB (${archiveFileSize} B)`);
       if (isDebug()) {
-        yield listTar(archivePath, compressionMethod);
+        yield listTar(archivePath, compressionMethod2);
       }
-      yield extractTar(archivePath, compressionMethod);
+      yield extractTar(archivePath, compressionMethod2);
       info("Cache restored successfully");
       return response.matchedKey;
     } catch (error2) {
@@ -47480,7 +47480,7 @@ function saveCache2(paths_1, key_1, options_1) {
 function saveCacheV1(paths_1, key_1, options_1) {
   return __awaiter10(this, arguments, void 0, function* (paths, key, options, enableCrossOsArchive = false) {
     var _a2, _b, _c, _d, _e, _f;
-    const compressionMethod = yield getCompressionMethod();
+    const compressionMethod2 = yield getCompressionMethod();
     let cacheId = -1;
     const cachePaths = yield resolvePaths(paths);
     debug("Cache Paths:");
@@ -47489,12 +47489,12 @@ function saveCacheV1(paths_1, key_1, options_1) {
       throw new Error(`Path Validation Error: Path(s) specified in the action for caching do(es) not exist, hence no cache is being saved.`);
     }
     const archiveFolder = yield createTempDirectory();
-    const archivePath = path8.join(archiveFolder, getCacheFileName(compressionMethod));
+    const archivePath = path8.join(archiveFolder, getCacheFileName(compressionMethod2));
     debug(`Archive Path: ${archivePath}`);
     try {
-      yield createTar(archiveFolder, cachePaths, compressionMethod);
+      yield createTar(archiveFolder, cachePaths, compressionMethod2);
       if (isDebug()) {
-        yield listTar(archivePath, compressionMethod);
+        yield listTar(archivePath, compressionMethod2);
       }
       const fileSizeLimit = 10 * 1024 * 1024 * 1024;
       const archiveFileSize = getArchiveFileSizeInBytes(archivePath);
@@ -47504,7 +47504,7 @@ function saveCacheV1(paths_1, key_1, options_1) {
       }
       debug("Reserving Cache");
       const reserveCacheResponse = yield reserveCache(key, paths, {
-        compressionMethod,
+        compressionMethod: compressionMethod2,
         enableCrossOsArchive,
         cacheSize: archiveFileSize
       });
@@ -47548,7 +47548,7 @@ function saveCacheV2(paths_1, key_1, options_1) {
   return __awaiter10(this, arguments, void 0, function* (paths, key, options, enableCrossOsArchive = false) {
     var _a2;
     options = Object.assign(Object.assign({}, options), { uploadChunkSize: 64 * 1024 * 1024, uploadConcurrency: 8, useAzureSdk: true });
-    const compressionMethod = yield getCompressionMethod();
+    const compressionMethod2 = yield getCompressionMethod();
     const twirpClient = internalCacheTwirpClient();
     let cacheId = -1;
     const cachePaths = yield resolvePaths(paths);
@@ -47558,18 +47558,18 @@ function saveCacheV2(paths_1, key_1, options_1) {
       throw new Error(`Path Validation Error: Path(s) specified in the action for caching do(es) not exist, hence no cache is being saved.`);
     }
     const archiveFolder = yield createTempDirectory();
-    const archivePath = path8.join(archiveFolder, getCacheFileName(compressionMethod));
+    const archivePath = path8.join(archiveFolder, getCacheFileName(compressionMethod2));
     debug(`Archive Path: ${archivePath}`);
     try {
-      yield createTar(archiveFolder, cachePaths, compressionMethod);
+      yield createTar(archiveFolder, cachePaths, compressionMethod2);
       if (isDebug()) {
-        yield listTar(archivePath, compressionMethod);
+        yield listTar(archivePath, compressionMethod2);
       }
       const archiveFileSize = getArchiveFileSizeInBytes(archivePath);
       debug(`File Size: ${archiveFileSize}`);
       options.archiveSizeBytes = archiveFileSize;
       debug("Reserving Cache");
-      const version3 = getCacheVersion(paths, compressionMethod, enableCrossOsArchive);
+      const version3 = getCacheVersion(paths, compressionMethod2, enableCrossOsArchive);
       const request = {
         key,
         version: version3
@@ -47642,10 +47642,12 @@ import * as readline from "node:readline";
 import { spawn } from "node:child_process";
 import * as fs6 from "node:fs";
 import * as path9 from "node:path";
+var method;
+var compressionMethod = () => method ??= getCompressionMethod();
 async function canStream(env = process.env) {
   if (getHooks().toolkitRestore) return false;
   if (getCacheServiceVersion() !== "v2" || !isCacheReadable(getCacheMode())) return false;
-  if (!String(await getCompressionMethod()).startsWith("zstd")) return false;
+  if (!String(await compressionMethod().catch(() => "")).startsWith("zstd")) return false;
   return ["curl", "tar"].every((c) => onPath(c, env)) && process.platform === "linux";
 }
 function onPath(cmd, env) {
@@ -47655,7 +47657,7 @@ function isAzureBlobUrl(url2) {
   return new URL(url2).hostname.endsWith(".blob.core.windows.net");
 }
 async function streamedRestore(paths, key, dir, log2) {
-  const compression = await getCompressionMethod();
+  const compression = await compressionMethod();
   const version3 = getCacheVersion(paths, compression);
   let res;
   try {

@@ -1,8 +1,8 @@
 // A restore as one stream, `curl | zstd -d | tar -x`, for cache services whose download URLs are
 // not Azure blob storage (self-hosted cache servers, the tests' service). Written by hand because
 // there the toolkit reads the whole archive through Node's HTTP client into a file (~230 MB/s on a
-// 2-core runner, where curl reads 1.4 GB/s) and only then starts tar: together 3-6x a plain
-// `zstd -d | tar x`. The lookup uses the toolkit's own client and entry version, and tar gets the
+// 2-core runner, where curl reads the same service at 560 MB/s, the service's own limit) and only
+// then starts tar: together 3-6x a plain `zstd -d | tar x`. The lookup uses the toolkit's own client and entry version, and tar gets the
 // toolkit's arguments, so entries move freely between this path and the toolkit's. Azure URLs
 // (github.com's service) keep the toolkit's download: ranged and parallel through the Azure SDK.
 // Runs in the cache worker, so the worker's kill on a timeout bounds it too.
@@ -16,11 +16,15 @@ import { getCacheMode, getCacheServiceVersion, isCacheReadable } from '../../nod
 import { internalCacheTwirpClient } from '../../node_modules/@actions/cache/lib/internal/shared/cacheTwirpClient.js';
 import { getCacheVersion, getCompressionMethod } from '../../node_modules/@actions/cache/lib/internal/cacheUtils.js';
 
+/** The toolkit's choice (zstd if it runs, else gzip), asked once per worker: each ask starts zstd. */
+let method: ReturnType<typeof getCompressionMethod> | undefined;
+const compressionMethod = () => (method ??= getCompressionMethod());
+
 /** The streamed path applies: v2 service, readable, zstd archives, curl and GNU tar on PATH. */
 export async function canStream(env: NodeJS.ProcessEnv = process.env): Promise<boolean> {
   if (getHooks().toolkitRestore) return false;
   if (getCacheServiceVersion() !== 'v2' || !isCacheReadable(getCacheMode())) return false;
-  if (!String(await getCompressionMethod()).startsWith('zstd')) return false;
+  if (!String(await compressionMethod().catch(() => '')).startsWith('zstd')) return false;
   return ['curl', 'tar'].every((c) => onPath(c, env)) && process.platform === 'linux';
 }
 
@@ -39,7 +43,7 @@ export function isAzureBlobUrl(url: string): boolean {
  * when the transfer or the extraction fails; `dir` may then hold part of the files.
  */
 export async function streamedRestore(paths: string[], key: string, dir: string, log: (line: string) => void): Promise<string | null | undefined> {
-  const compression = await getCompressionMethod();
+  const compression = await compressionMethod();
   const version = getCacheVersion(paths, compression);
   let res;
   try {
