@@ -47673,7 +47673,7 @@ async function streamedRestore(paths, key, dir, log2) {
   return res.matchedKey;
 }
 async function curlZstdTar(url2, dir) {
-  const curl = spawn("curl", ["-K", "-", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", "30", "--speed-limit", "1024", "--speed-time", "60", "--write-out", "%{stderr}ryra-bytes=%{size_download}\n"], {
+  const curl = spawn("curl", ["-K", "-", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", "30", "--speed-limit", "1", "--speed-time", "15", "--write-out", "%{stderr}ryra-bytes=%{size_download}\n"], {
     stdio: ["pipe", "pipe", "pipe"]
   });
   curl.stdin.end(`url = "${url2.replace(/["\\]/g, (c) => `\\${c}`)}"

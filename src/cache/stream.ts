@@ -62,8 +62,9 @@ export async function streamedRestore(paths: string[], key: string, dir: string,
 /** Downloads `url` into zstd and tar at once; resolves with the bytes downloaded. */
 async function curlZstdTar(url: string, dir: string): Promise<number> {
   // The signed URL goes in on curl's stdin (`-K -`), not on its command line, where any process
-  // on the host could read it. A transfer slower than 1 KiB/s for a minute counts as stalled.
-  const curl = spawn('curl', ['-K', '-', '--fail', '--silent', '--show-error', '--location', '--connect-timeout', '30', '--speed-limit', '1024', '--speed-time', '60', '--write-out', '%{stderr}ryra-bytes=%{size_download}\n'], {
+  // on the host could read it. A service silent for 15 s counts as stalled (the toolkit's own plain
+  // download gives up after 5 s of silence).
+  const curl = spawn('curl', ['-K', '-', '--fail', '--silent', '--show-error', '--location', '--connect-timeout', '30', '--speed-limit', '1', '--speed-time', '15', '--write-out', '%{stderr}ryra-bytes=%{size_download}\n'], {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   curl.stdin!.end(`url = "${url.replace(/["\\]/g, (c) => `\\${c}`)}"\n`);
