@@ -174,7 +174,7 @@ describe('action end to end (amd64, TCG)', { timeout: 80 * 60_000 }, () => {
   });
 
   test('faults: 429 and 503 on lookups, a stalled and a truncated download — green, nothing corrupt used', async () => {
-    // The job's downloads, in order: SSH key (stalled mid-body: the toolkit's idle timeout ends it), SSH key again
+    // The job's downloads, in order: SSH key (stalled mid-body: the streamed restore's 15 s stall bound ends it), SSH key again
     // (adopted after the duplicate save), prepared, snapshot (truncated: rejected), snapshot again (restored).
     const f429 = server.inject({ kind: '429', op: 'twirp.GetCacheEntryDownloadURL', retryAfter: 1 });
     const f503 = server.inject({ kind: '503', op: 'twirp.GetCacheEntryDownloadURL' });
