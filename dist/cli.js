@@ -28,7 +28,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-YT4RHK4V.js";
+} from "./chunks/chunk-WP3WUWAF.js";
 import "./chunks/chunk-4G2R25J7.js";
 
 // src/cli.ts

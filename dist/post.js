@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-BCYN5KL3.js";
-import "./chunks/chunk-YT4RHK4V.js";
+} from "./chunks/chunk-ZMM2XB3A.js";
+import "./chunks/chunk-WP3WUWAF.js";
 import "./chunks/chunk-4G2R25J7.js";
 
 // src/post.ts

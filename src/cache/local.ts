@@ -9,7 +9,7 @@ import lockfile from 'proper-lockfile';
 import { log } from '../log.js';
 import { CacheFiles, GuestFiles, MANIFEST_SUFFIX, manifestPath } from '../names.js';
 import { invalidReason, readManifest, writeManifest, type LayerName, type Manifest } from '../layers/manifest.js';
-import { processAlive, processStartTime } from '../util/procfs.js';
+import { ownerAlive, processAlive, processStartTime } from '../util/procfs.js';
 import { fmtSeconds } from '../util/time.js';
 
 /** What lookups and records need of a planned layer. */
@@ -114,8 +114,19 @@ export function tempPath(dir: string, name: string): string {
   return path.join(dir, `${name}${TEMP_MARKER}${process.pid}-${randomUUID().slice(0, 8)}`);
 }
 
+/** A file's birth time (its mtime where the file system keeps none), or 0 when it is gone. */
+function bornMs(p: string): number {
+  try {
+    const st = fs.statSync(p);
+    return st.birthtimeMs > 0 ? st.birthtimeMs : st.mtimeMs;
+  } catch {
+    return 0;
+  }
+}
+
 /**
- * Removes temp files and work dirs whose owning process is gone. A work dir may still hold a
+ * Removes temp files and work dirs whose owning process is gone (a live pid that started after the
+ * temp was made is not its owner: the number was reused). A work dir may still hold a
  * running QEMU (only the node process was killed): it is found through its pid file, checked to
  * be that dir's QEMU (its command line names the dir), killed, and only then is the dir deleted.
  */
@@ -131,8 +142,8 @@ export function cleanStaleTemps(dir: string): void {
     const m = re.exec(n);
     if (!m) continue;
     const pid = Number(m[1]);
-    if (pid === process.pid || processAlive(pid)) continue;
     const p = path.join(dir, n);
+    if (pid === process.pid || ownerAlive(pid, bornMs(p))) continue;
     for (const q of orphanedQemu(p)) {
       log.info(`killing QEMU pid ${q.pid} left running in ${n} by an interrupted run`);
       try {

@@ -52,3 +52,25 @@ export function descendants(pid: number): number[] {
   }
   return out;
 }
+
+/**
+ * When `pid` started, in ms since the epoch (to about a second: the boot time is in whole seconds),
+ * or undefined when it is not running. Clock ticks are USER_HZ, 100 on Linux.
+ */
+export function processStartedMs(pid: number): number | undefined {
+  const ticks = Number(processStartTime(pid));
+  if (!ticks) return undefined;
+  const btime = /^btime (\d+)$/m.exec(fs.readFileSync('/proc/stat', 'utf8'))?.[1];
+  return btime ? Number(btime) * 1000 + ticks * 10 : undefined;
+}
+
+/**
+ * Whether the process that made something at `madeMs` (a file's birth time) as pid `pid` still
+ * runs: a live pid that started after that is another process that got the number again (pid_max is
+ * 32768 on many hosts; a busy build machine wraps it within minutes).
+ */
+export function ownerAlive(pid: number, madeMs: number): boolean {
+  if (!processAlive(pid)) return false;
+  const started = processStartedMs(pid);
+  return started === undefined || !(madeMs > 0) || started <= madeMs + 1000;
+}

@@ -94,6 +94,25 @@ describe('stale temps', () => {
   });
 });
 
+describe('stale temps, pid reuse', () => {
+  test('a temp named by a pid that a later process got again is stale (and that process is left alone)', async () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'reuse-'));
+    const made = path.join(dir, 'prepared-work.ryra-tmp-0-abcd');
+    fs.mkdirSync(made);
+    // The boot time in /proc/stat is in whole seconds: start the "new owner" well after the temp.
+    await sleep(2500);
+    const later = spawn('sleep', ['300'], { stdio: 'ignore' });
+    children.push(later);
+    const renamed = path.join(dir, `prepared-work.ryra-tmp-${later.pid}-abcd`); // rename keeps the birth time
+    fs.renameSync(made, renamed);
+    const own = path.join(dir, `x.ryra-tmp-${later.pid}-beef`); // made after it started: its own
+    fs.writeFileSync(own, '');
+    cleanStaleTemps(dir);
+    assert.deepEqual(fs.readdirSync(dir), [path.basename(own)]);
+    assert.equal(later.exitCode, null);
+  });
+});
+
 function layer(dir: string, base: string, o: { bytes: number; id: string; parentId?: string; layer?: 'prepared' | 'snapshot'; ageS: number }): void {
   const file = `${base}.qcow2`;
   fs.writeFileSync(path.join(dir, file), Buffer.alloc(o.bytes, 1));

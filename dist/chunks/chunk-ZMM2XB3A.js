@@ -22,7 +22,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunk-YT4RHK4V.js";
+} from "./chunk-WP3WUWAF.js";
 import {
   addPath,
   getInput,

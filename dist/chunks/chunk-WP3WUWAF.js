@@ -21914,6 +21914,17 @@ function descendants(pid) {
   }
   return out;
 }
+function processStartedMs(pid) {
+  const ticks = Number(processStartTime(pid));
+  if (!ticks) return void 0;
+  const btime = /^btime (\d+)$/m.exec(fs2.readFileSync("/proc/stat", "utf8"))?.[1];
+  return btime ? Number(btime) * 1e3 + ticks * 10 : void 0;
+}
+function ownerAlive(pid, madeMs) {
+  if (!processAlive(pid)) return false;
+  const started = processStartedMs(pid);
+  return started === void 0 || !(madeMs > 0) || started <= madeMs + 1e3;
+}
 
 // src/util/time.ts
 var TimeoutError = class extends Error {
@@ -22021,6 +22032,14 @@ var TEMP_MARKER = ".ryra-tmp-";
 function tempPath(dir, name) {
   return path3.join(dir, `${name}${TEMP_MARKER}${process.pid}-${randomUUID2().slice(0, 8)}`);
 }
+function bornMs(p) {
+  try {
+    const st = fs3.statSync(p);
+    return st.birthtimeMs > 0 ? st.birthtimeMs : st.mtimeMs;
+  } catch {
+    return 0;
+  }
+}
 function cleanStaleTemps(dir) {
   let names;
   try {
@@ -22033,8 +22052,8 @@ function cleanStaleTemps(dir) {
     const m = re.exec(n);
     if (!m) continue;
     const pid = Number(m[1]);
-    if (pid === process.pid || processAlive(pid)) continue;
     const p = path3.join(dir, n);
+    if (pid === process.pid || ownerAlive(pid, bornMs(p))) continue;
     for (const q2 of orphanedQemu(p)) {
       log.info(`killing QEMU pid ${q2.pid} left running in ${n} by an interrupted run`);
       try {
