@@ -18072,16 +18072,16 @@ var Matcher = class {
           return true;
         }
         const nextSeg = segments[segIdx];
-        let found = false;
+        let found2 = false;
         for (let i = pathIdx; i >= 0; i--) {
           if (this._matchSegment(nextSeg, this.path[i], i === this.path.length - 1)) {
             pathIdx = i - 1;
             segIdx--;
-            found = true;
+            found2 = true;
             break;
           }
         }
-        if (!found) {
+        if (!found2) {
           return false;
         }
       } else {
@@ -47656,9 +47656,10 @@ function onPath(cmd, env) {
 function isAzureBlobUrl(url2) {
   return new URL(url2).hostname.endsWith(".blob.core.windows.net");
 }
-async function streamedRestore(paths, key, dir, log2) {
-  const compression = await compressionMethod();
-  const version3 = getCacheVersion(paths, compression);
+var found = /* @__PURE__ */ new Map();
+var FRESH_MS = 6e4;
+async function streamedLookup(paths, key) {
+  const version3 = getCacheVersion(paths, await compressionMethod());
   let res;
   try {
     res = await internalCacheTwirpClient().GetCacheEntryDownloadURL({ key, restoreKeys: [], version: version3 });
@@ -47666,11 +47667,24 @@ async function streamedRestore(paths, key, dir, log2) {
     return void 0;
   }
   if (!res.ok || !res.signedDownloadUrl) return null;
-  if (isAzureBlobUrl(res.signedDownloadUrl)) return void 0;
-  log2(`Cache hit for: ${res.matchedKey} (streamed: curl | zstd -d | tar -x)`);
-  const bytes = await curlZstdTar(res.signedDownloadUrl, dir);
-  log2(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
+  found.set(`${key}\0${version3}`, { at: Date.now(), matchedKey: res.matchedKey, url: res.signedDownloadUrl });
   return res.matchedKey;
+}
+async function streamedRestore(paths, key, dir, log2) {
+  const id = `${key}\0${getCacheVersion(paths, await compressionMethod())}`;
+  let hit = found.get(id);
+  found.delete(id);
+  if (!hit || Date.now() - hit.at > FRESH_MS) {
+    const matchedKey = await streamedLookup(paths, key);
+    if (!matchedKey) return matchedKey;
+    hit = found.get(id);
+    found.delete(id);
+  }
+  if (isAzureBlobUrl(hit.url)) return void 0;
+  log2(`Cache hit for: ${hit.matchedKey} (streamed: curl | zstd -d | tar -x)`);
+  const bytes = await curlZstdTar(hit.url, dir);
+  log2(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
+  return hit.matchedKey;
 }
 async function curlZstdTar(url2, dir) {
   const curl = spawn("curl", ["-K", "-", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", "30", "--speed-limit", "1", "--speed-time", "15", "--write-out", "%{stderr}ryra-bytes=%{size_download}\n"], {
@@ -47720,7 +47734,7 @@ async function curlZstdTar(url2, dir) {
 
 // src/cache/worker.ts
 process.env.ZSTD_CLEVEL ??= "1";
-var streams;
+var streams = canStream().catch(() => false);
 var done = (r) => fs7.writeSync(3, JSON.stringify(r) + "\n");
 done({ id: 0, ready: true });
 var lines = readline.createInterface({ input: process.stdin });
@@ -47730,8 +47744,8 @@ for await (const line of lines) {
   try {
     process.chdir(req.dir);
     process.env.GITHUB_WORKSPACE = req.dir;
-    if (req.op === "restore" && await (streams ??= canStream())) {
-      const matchedKey = await streamedRestore(req.paths, req.key, req.dir, (line2) => console.log(line2));
+    if (req.op !== "save" && await streams) {
+      const matchedKey = req.op === "lookup" ? await streamedLookup(req.paths, req.key) : await streamedRestore(req.paths, req.key, req.dir, (line2) => console.log(line2));
       if (matchedKey !== void 0) {
         done({ id: req.id, matchedKey });
         continue;

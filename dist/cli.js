@@ -308,7 +308,7 @@ var package_default = {
     test: "node scripts/test.mjs",
     "test:unit": "node scripts/test.mjs unit",
     "test:e2e": "node scripts/test.mjs e2e",
-    bench: `bash -c 'exec "$(bash scripts/node24.sh)" --import tsx bench/bench.ts'`
+    bench: `bash -c 'exec "$(bash scripts/node24.sh)" --import tsx bench/bench.ts "$@"' bench`
   },
   dependencies: {
     "@actions/cache": "^6.3.0",

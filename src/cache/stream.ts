@@ -36,27 +36,50 @@ export function isAzureBlobUrl(url: string): boolean {
   return new URL(url).hostname.endsWith('.blob.core.windows.net');
 }
 
+/** What a lookup found, for the restore that follows it: a signed URL is valid for minutes. */
+const found = new Map<string, { at: number; matchedKey: string; url: string }>();
+const FRESH_MS = 60_000;
+
 /**
- * Restores `key` (exact) for `paths` into `dir`. Returns the matched key, null on a miss, or
- * undefined when the toolkit should do it: the entry lives in Azure blob storage, or the lookup
- * failed (the toolkit's restore then looks again and reports the failure its own way). Throws
- * when the transfer or the extraction fails; `dir` may then hold part of the files.
+ * Looks `key` (exact) up the way the toolkit does, and keeps the download URL for the restore that
+ * follows (one lookup a layer, not two). Returns the matched key, null on a miss, or undefined when
+ * the lookup failed (the toolkit then asks again and reports the failure its own way: 429s, denied
+ * reads).
  */
-export async function streamedRestore(paths: string[], key: string, dir: string, log: (line: string) => void): Promise<string | null | undefined> {
-  const compression = await compressionMethod();
-  const version = getCacheVersion(paths, compression);
+export async function streamedLookup(paths: string[], key: string): Promise<string | null | undefined> {
+  const version = getCacheVersion(paths, await compressionMethod());
   let res;
   try {
     res = await internalCacheTwirpClient().GetCacheEntryDownloadURL({ key, restoreKeys: [], version });
   } catch {
-    return undefined; // the toolkit's restore asks again and reports it its way (429s, denied reads)
+    return undefined;
   }
   if (!res.ok || !res.signedDownloadUrl) return null;
-  if (isAzureBlobUrl(res.signedDownloadUrl)) return undefined;
-  log(`Cache hit for: ${res.matchedKey} (streamed: curl | zstd -d | tar -x)`);
-  const bytes = await curlZstdTar(res.signedDownloadUrl, dir);
-  log(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
+  found.set(`${key}\0${version}`, { at: Date.now(), matchedKey: res.matchedKey, url: res.signedDownloadUrl });
   return res.matchedKey;
+}
+
+/**
+ * Restores `key` (exact) for `paths` into `dir`, with the URL a lookup just found or from a new
+ * lookup. Returns the matched key, null on a miss, or undefined when the toolkit should do it: the
+ * entry lives in Azure blob storage, or the lookup failed. Throws when the transfer or the
+ * extraction fails; `dir` may then hold part of the files.
+ */
+export async function streamedRestore(paths: string[], key: string, dir: string, log: (line: string) => void): Promise<string | null | undefined> {
+  const id = `${key}\0${getCacheVersion(paths, await compressionMethod())}`;
+  let hit = found.get(id);
+  found.delete(id);
+  if (!hit || Date.now() - hit.at > FRESH_MS) {
+    const matchedKey = await streamedLookup(paths, key);
+    if (!matchedKey) return matchedKey;
+    hit = found.get(id)!;
+    found.delete(id);
+  }
+  if (isAzureBlobUrl(hit.url)) return undefined;
+  log(`Cache hit for: ${hit.matchedKey} (streamed: curl | zstd -d | tar -x)`);
+  const bytes = await curlZstdTar(hit.url, dir);
+  log(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
+  return hit.matchedKey;
 }
 
 /** Downloads `url` into zstd and tar at once; resolves with the bytes downloaded. */

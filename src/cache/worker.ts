@@ -5,7 +5,7 @@
 import * as cache from '@actions/cache';
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
-import { canStream, streamedRestore } from './stream.js';
+import { canStream, streamedLookup, streamedRestore } from './stream.js';
 
 export interface WorkerRequest {
   id: number;
@@ -32,8 +32,11 @@ export interface WorkerResult {
 // zstd without a level, so zstd takes this one.
 process.env.ZSTD_CLEVEL ??= '1';
 
-/** Whether restores stream (stream.ts); asked once, on the first restore. */
-let streams: Promise<boolean> | undefined;
+/**
+ * Whether lookups and restores stream (stream.ts). Asked at once: the answer starts zstd, and the
+ * worker starts while the host is set up, long before the first lookup.
+ */
+const streams: Promise<boolean> = canStream().catch(() => false);
 const done = (r: WorkerResult) => fs.writeSync(3, JSON.stringify(r) + '\n');
 done({ id: 0, ready: true });
 const lines = readline.createInterface({ input: process.stdin });
@@ -43,8 +46,8 @@ for await (const line of lines) {
   try {
     process.chdir(req.dir);
     process.env.GITHUB_WORKSPACE = req.dir;
-    if (req.op === 'restore' && (await (streams ??= canStream()))) {
-      const matchedKey = await streamedRestore(req.paths, req.key, req.dir, (line) => console.log(line));
+    if (req.op !== 'save' && (await streams)) {
+      const matchedKey = req.op === 'lookup' ? await streamedLookup(req.paths, req.key) : await streamedRestore(req.paths, req.key, req.dir, (line) => console.log(line));
       if (matchedKey !== undefined) {
         done({ id: req.id, matchedKey });
         continue;

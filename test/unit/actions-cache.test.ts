@@ -72,11 +72,13 @@ describe('streamed restores (v2, a download URL outside Azure blob storage)', ()
   }
   const blobGets = () => server.requests.filter((r) => r.op === 'blob.get');
 
-  test('curl streams the entry into zstd and tar: byte-identical, no archive file on disk', async () => {
+  test('curl streams the entry into zstd and tar: byte-identical, no archive file on disk, one lookup', async () => {
     const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
     const key = 'ryra-vm-v1-prepared-streamed';
     assert.equal(await c.save(key, names, bigLayer('ss')), 'saved');
     const before = blobGets().length;
+    const lookups = () => server.requests.filter((r) => r.op === 'twirp.GetCacheEntryDownloadURL').length;
+    const lookupsBefore = lookups();
     const dst = fs.mkdtempSync(path.join(tmp, 'sd-'));
     assert.equal(await c.restore(key, names, dst), 'restored');
     assert.ok(fs.readFileSync(path.join(dst, 'x.qcow2')).equals(big));
@@ -85,6 +87,7 @@ describe('streamed restores (v2, a download URL outside Azure blob storage)', ()
     assert.equal(gets.length, 1);
     assert.match(String(gets[0]!.headers['user-agent']), /^curl\//);
     assert.deepEqual(fs.readdirSync(dst).sort(), ['x.manifest.json', 'x.qcow2'], 'only the entry\'s files');
+    assert.equal(lookups() - lookupsBefore, 1, 'the restore uses the URL its lookup found');
     c.close();
   });
 
