@@ -168,8 +168,8 @@ try {
     row('warm all-local action run (dist/main.js, median of 5)', median(warm), undefined, { max: 0.5, of: 'value' });
 
     // Restore → SSH (ryra-vm boot: restores and personalizes), three boots a size, the sizes
-    // alternated, median, each VM stopped before the next boot (a guest just restored beside it took
-    // a core: 4096 MiB measured 9.5 and 15 s that way, 4 s alone). The last, m2048, stays up for the sync.
+    // alternated, median, each VM stopped before the next boot: single boots at 4096 MiB ranged from
+    // 4 to 15 s between benches. The last, m2048, stays up for the sync.
     const rt = { ...r.env, RYRA_VM_RUNTIME_DIR: path.join(root, 'rt') };
     const ready: Record<string, number[]> = { '2048': [], '4096': [] };
     for (const memory of ['2048', '4096', '4096', '2048', '4096', '2048']) {
