@@ -198,7 +198,7 @@ try {
     const guestRm = (dir: string) => spawnSync('sh', ['-c', `${ssh} 'rm -rf ${dir}'`], { stdio: 'ignore' });
     const ours = async () => {
       guestRm(ws);
-      const run = await exec(process.execPath, [path.resolve('dist/cli.js'), 'run', '--name', 'm2048', script], { ...r.env, RYRA_VM_RUNTIME_DIR: path.join(root, 'rt'), GITHUB_WORKSPACE: ws });
+      const run = await exec(process.execPath, [path.resolve('dist/cli.js'), 'run', '--name', 'm2048', script], { ...rt, GITHUB_WORKSPACE: ws });
       if (run.code !== 0) throw new Error(run.stderr);
       return {
         in: Number(/synced \d+ entries .* in ([\d.]+) s/.exec(run.stderr)![1]) * 1000,
@@ -228,7 +228,7 @@ try {
     }
     row('ryra-vm run: workspace in (5,000 files + 100 MB; median of 5)', median(o.map((x) => x.in)), median(p.map((x) => x.in)), { max: 1.3, of: 'ratio' });
     row('ryra-vm run: workspace back (all changed; median of 5)', median(o.map((x) => x.back)), median(p.map((x) => x.back)), { max: 1.3, of: 'ratio' });
-    await exec(process.execPath, [path.resolve('dist/cli.js'), 'stop', '--all'], { ...r.env, RYRA_VM_RUNTIME_DIR: path.join(root, 'rt') });
+    await exec(process.execPath, [path.resolve('dist/cli.js'), 'stop', '--all'], rt);
     await r.post();
   }
   await server.close();

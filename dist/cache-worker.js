@@ -47658,33 +47658,32 @@ function isAzureBlobUrl(url2) {
 }
 var found = /* @__PURE__ */ new Map();
 var FRESH_MS = 6e4;
-async function streamedLookup(paths, key) {
-  const version3 = getCacheVersion(paths, await compressionMethod());
-  let res;
+var entryVersion = async (paths) => getCacheVersion(paths, await compressionMethod());
+async function ask(key, version3) {
   try {
-    res = await internalCacheTwirpClient().GetCacheEntryDownloadURL({ key, restoreKeys: [], version: version3 });
+    const res = await internalCacheTwirpClient().GetCacheEntryDownloadURL({ key, restoreKeys: [], version: version3 });
+    return res.ok && res.signedDownloadUrl ? { at: Date.now(), matchedKey: res.matchedKey, url: res.signedDownloadUrl } : null;
   } catch {
     return void 0;
   }
-  if (!res.ok || !res.signedDownloadUrl) return null;
-  found.set(`${key}\0${version3}`, { at: Date.now(), matchedKey: res.matchedKey, url: res.signedDownloadUrl });
-  return res.matchedKey;
+}
+async function streamedLookup(paths, key) {
+  const version3 = await entryVersion(paths);
+  const entry = await ask(key, version3);
+  if (entry) found.set(`${key}\0${version3}`, entry);
+  return entry ? entry.matchedKey : entry;
 }
 async function streamedRestore(paths, key, dir, log2) {
-  const id = `${key}\0${getCacheVersion(paths, await compressionMethod())}`;
-  let hit = found.get(id);
-  found.delete(id);
-  if (!hit || Date.now() - hit.at > FRESH_MS) {
-    const matchedKey = await streamedLookup(paths, key);
-    if (!matchedKey) return matchedKey;
-    hit = found.get(id);
-    found.delete(id);
-  }
-  if (isAzureBlobUrl(hit.url)) return void 0;
-  log2(`Cache hit for: ${hit.matchedKey} (streamed: curl | zstd -d | tar -x)`);
-  const bytes = await curlZstdTar(hit.url, dir);
+  const version3 = await entryVersion(paths);
+  const kept = found.get(`${key}\0${version3}`);
+  found.delete(`${key}\0${version3}`);
+  const entry = kept && Date.now() - kept.at <= FRESH_MS ? kept : await ask(key, version3);
+  if (!entry) return entry;
+  if (isAzureBlobUrl(entry.url)) return void 0;
+  log2(`Cache hit for: ${entry.matchedKey} (streamed: curl | zstd -d | tar -x)`);
+  const bytes = await curlZstdTar(entry.url, dir);
   log2(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
-  return hit.matchedKey;
+  return entry.matchedKey;
 }
 async function curlZstdTar(url2, dir) {
   const curl = spawn("curl", ["-K", "-", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", "30", "--speed-limit", "1", "--speed-time", "15", "--write-out", "%{stderr}ryra-bytes=%{size_download}\n"], {

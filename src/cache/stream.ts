@@ -36,9 +36,26 @@ export function isAzureBlobUrl(url: string): boolean {
   return new URL(url).hostname.endsWith('.blob.core.windows.net');
 }
 
-/** What a lookup found, for the restore that follows it: a signed URL is valid for minutes. */
-const found = new Map<string, { at: number; matchedKey: string; url: string }>();
+/** What a lookup found; the restore that follows uses it (a signed URL is valid for minutes). */
+interface Found {
+  at: number;
+  matchedKey: string;
+  url: string;
+}
+const found = new Map<string, Found>();
 const FRESH_MS = 60_000;
+
+const entryVersion = async (paths: string[]) => getCacheVersion(paths, await compressionMethod());
+
+/** The toolkit's own lookup request: the entry, null on a miss, undefined when the request failed. */
+async function ask(key: string, version: string): Promise<Found | null | undefined> {
+  try {
+    const res = await internalCacheTwirpClient().GetCacheEntryDownloadURL({ key, restoreKeys: [], version });
+    return res.ok && res.signedDownloadUrl ? { at: Date.now(), matchedKey: res.matchedKey, url: res.signedDownloadUrl } : null;
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * Looks `key` (exact) up the way the toolkit does, and keeps the download URL for the restore that
@@ -47,16 +64,10 @@ const FRESH_MS = 60_000;
  * reads).
  */
 export async function streamedLookup(paths: string[], key: string): Promise<string | null | undefined> {
-  const version = getCacheVersion(paths, await compressionMethod());
-  let res;
-  try {
-    res = await internalCacheTwirpClient().GetCacheEntryDownloadURL({ key, restoreKeys: [], version });
-  } catch {
-    return undefined;
-  }
-  if (!res.ok || !res.signedDownloadUrl) return null;
-  found.set(`${key}\0${version}`, { at: Date.now(), matchedKey: res.matchedKey, url: res.signedDownloadUrl });
-  return res.matchedKey;
+  const version = await entryVersion(paths);
+  const entry = await ask(key, version);
+  if (entry) found.set(`${key}\0${version}`, entry);
+  return entry ? entry.matchedKey : entry;
 }
 
 /**
@@ -66,20 +77,16 @@ export async function streamedLookup(paths: string[], key: string): Promise<stri
  * extraction fails; `dir` may then hold part of the files.
  */
 export async function streamedRestore(paths: string[], key: string, dir: string, log: (line: string) => void): Promise<string | null | undefined> {
-  const id = `${key}\0${getCacheVersion(paths, await compressionMethod())}`;
-  let hit = found.get(id);
-  found.delete(id);
-  if (!hit || Date.now() - hit.at > FRESH_MS) {
-    const matchedKey = await streamedLookup(paths, key);
-    if (!matchedKey) return matchedKey;
-    hit = found.get(id)!;
-    found.delete(id);
-  }
-  if (isAzureBlobUrl(hit.url)) return undefined;
-  log(`Cache hit for: ${hit.matchedKey} (streamed: curl | zstd -d | tar -x)`);
-  const bytes = await curlZstdTar(hit.url, dir);
+  const version = await entryVersion(paths);
+  const kept = found.get(`${key}\0${version}`);
+  found.delete(`${key}\0${version}`);
+  const entry = kept && Date.now() - kept.at <= FRESH_MS ? kept : await ask(key, version);
+  if (!entry) return entry;
+  if (isAzureBlobUrl(entry.url)) return undefined;
+  log(`Cache hit for: ${entry.matchedKey} (streamed: curl | zstd -d | tar -x)`);
+  const bytes = await curlZstdTar(entry.url, dir);
   log(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
-  return hit.matchedKey;
+  return entry.matchedKey;
 }
 
 /** Downloads `url` into zstd and tar at once; resolves with the bytes downloaded. */
