@@ -20,7 +20,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Transform } from 'node:stream';
-import { finished, pipeline } from 'node:stream/promises';
+import { pipeline } from 'node:stream/promises';
 
 // ---------------------------------------------------------------------------------------------------
 // Public types
@@ -179,8 +179,11 @@ export interface CacheServer {
 
 interface Blob {
   id: string;
-  /** Committed content, if any. */
-  file?: string;
+  /**
+   * Committed content, if any: its files in order (one for a single PUT, the listed blocks for a
+   * block list: like Azure, a commit links the staged blocks and copies no byte).
+   */
+  parts?: Part[];
   size: number;
   etag: string;
   lastModified: Date;
@@ -188,7 +191,7 @@ interface Blob {
   /** False once the owning cache entry is committed (entries are immutable). */
   writable: boolean;
   /** Staged, uncommitted blocks (Put Block), by block id. */
-  blocks: Map<string, { file: string; size: number }>;
+  blocks: Map<string, Part>;
   blockIdLength?: number;
 }
 
@@ -224,8 +227,9 @@ interface TokenClaims {
   scopes: ScopeGrant[];
 }
 
-type FileRange = { file: string; start: number; length: number };
-type Body = Buffer | FileRange | null;
+type Part = { file: string; size: number };
+type PartsRange = { parts: Part[]; start: number; length: number };
+type Body = Buffer | PartsRange | null;
 
 const API_VERSION = '2025-11-05';
 const MAX_JSON_BODY = 1024 * 1024;
@@ -480,7 +484,18 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
     // rejects if the client goes away, so a handler never waits on a dead socket
     // 1 MiB reads: with the default 64 KiB the service sends ~300 MB/s here, slower than a client
     // such as curl reads, and a restore's time would be this test service's.
-    await pipeline(fs.createReadStream(body.file, { start: body.start, end: body.start + limit - 1, highWaterMark: 1 << 20 }), res, { end: false });
+    const { parts, start } = body;
+    const end = start + limit; // exclusive
+    async function* bytes() {
+      let at = 0; // offset of the part in the blob
+      for (const part of parts) {
+        const from = Math.max(start, at);
+        const last = Math.min(end, at + part.size) - 1;
+        if (from <= last) yield* fs.createReadStream(part.file, { start: from - at, end: last - at, highWaterMark: 1 << 20 });
+        at += part.size;
+      }
+    }
+    await pipeline(bytes, res, { end: false });
   }
 
   /** Send a response, honouring a 'truncate' or partial 'stall' fault attached to the request. */
@@ -734,7 +749,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
         if (!e) throw new HttpError(404, 'not_found', `no cache entry reservation for key "${key}" and version "${version}"`);
         if (e.committed) throw new HttpError(409, 'already_exists', `cache entry with key "${key}" is already finalized`);
         const blob = blobs.get(e.blobId);
-        if (!blob?.file) {
+        if (!blob?.parts) {
           await sendJson(ctx, 200, { ok: false, message: `no uploaded archive found for cache entry "${key}"` });
           return;
         }
@@ -882,7 +897,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
         const file = blobFileFor(e);
         await fsp.truncate(file, size);
         const blob = blobs.get(e.blobId)!;
-        blob.file = file;
+        blob.parts = [{ file, size }];
         blob.size = size;
         blob.lastModified = new Date();
         blob.etag = newEtag();
@@ -940,7 +955,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
         if (type !== 'BlockBlob') throw new HttpError(400, 'InvalidHeaderValue', `Unsupported x-ms-blob-type: ${type}`);
         const stored = await storeBody(ctx, newFile('blob'));
         if (!stored) return;
-        await commitBlob(blob, stored.file, stored.size);
+        await commitBlob(blob, [{ file: stored.file, size: stored.size }]);
         await send(ctx, 201, {
           ...azureHeaders(ctx),
           ETag: blob.etag,
@@ -988,17 +1003,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
           if (!b) throw new HttpError(400, 'InvalidBlockList', `The specified block list is invalid (unknown block ${id}).`);
           return b;
         });
-        const out = newFile('blob');
-        const ws = fs.createWriteStream(out);
-        ws.setMaxListeners(0); // one pipeline per block into the same stream: each leaves a few listeners until the end
-        let size = 0;
-        for (const p of parts) {
-          await pipeline(fs.createReadStream(p.file), ws, { end: false });
-          size += p.size;
-        }
-        ws.end();
-        await finished(ws);
-        await commitBlob(blob, out, size);
+        await commitBlob(blob, parts);
         await send(ctx, 201, {
           ...azureHeaders(ctx),
           ETag: blob.etag,
@@ -1009,7 +1014,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
       }
       case 'blob.get':
       case 'blob.head': {
-        if (!blob.file) throw new HttpError(404, 'BlobNotFound', 'The specified blob does not exist.');
+        if (!blob.parts) throw new HttpError(404, 'BlobNotFound', 'The specified blob does not exist.');
         const ifMatch = req.headers['if-match'];
         if (ifMatch && ifMatch !== '*' && ifMatch !== blob.etag) {
           throw new HttpError(412, 'ConditionNotMet', 'The condition specified using HTTP conditional header(s) is not met.');
@@ -1043,11 +1048,11 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
           headers['Content-Range'] = `bytes ${range.start}-${range.end}/${blob.size}`;
           headers['Content-Length'] = String(length);
           headers['x-ms-blob-content-length'] = String(blob.size);
-          await send(ctx, 206, headers, { file: blob.file, start: range.start, length });
+          await send(ctx, 206, headers, { parts: blob.parts, start: range.start, length });
           return;
         }
         headers['Content-Length'] = String(blob.size);
-        await send(ctx, 200, headers, { file: blob.file, start: 0, length: blob.size });
+        await send(ctx, 200, headers, { parts: blob.parts, start: 0, length: blob.size });
         return;
       }
     }
@@ -1086,20 +1091,20 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
     return { file, size, md5: digest };
   }
 
-  /** Makes `file` the blob's committed content (a single PUT or a block list), dropping what was there. */
-  async function commitBlob(blob: Blob, file: string, size: number): Promise<void> {
-    if (blob.file) await fsp.rm(blob.file, { force: true });
-    await discardBlocks(blob);
-    blob.file = file;
-    blob.size = size;
-    blob.etag = newEtag();
-    blob.lastModified = new Date();
-  }
-
-  async function discardBlocks(blob: Blob): Promise<void> {
-    for (const b of blob.blocks.values()) await fsp.rm(b.file, { force: true });
+  /**
+   * Makes `parts` the blob's committed content (a single PUT or a block list), dropping what was
+   * there and every staged block the list left out.
+   */
+  async function commitBlob(blob: Blob, parts: Part[]): Promise<void> {
+    const keep = new Set(parts.map((p) => p.file));
+    const drop = new Set([...(blob.parts ?? []), ...blob.blocks.values()].map((p) => p.file).filter((f) => !keep.has(f)));
+    for (const f of drop) await fsp.rm(f, { force: true });
     blob.blocks.clear();
     blob.blockIdLength = undefined;
+    blob.parts = parts;
+    blob.size = parts.reduce((n, p) => n + p.size, 0);
+    blob.etag = newEtag();
+    blob.lastModified = new Date();
   }
 
   // ---- server ------------------------------------------------------------------------------------
@@ -1181,7 +1186,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
       else await fsp.writeFile(file, s.data ?? Buffer.alloc(0));
       const size = (await fsp.stat(file)).size;
       const blob = blobs.get(e.blobId)!;
-      blob.file = file;
+      blob.parts = [{ file, size }];
       blob.size = size;
       commitEntry(e, size);
       if (s.createdAt) e.createdAt = s.createdAt;

@@ -661,6 +661,44 @@ describe('cache server with the real @actions/cache client', () => {
       assert.ok(ranged.every((q) => q.status === 206 && typeof q.headers['x-ms-range'] === 'string'));
     });
 
+    test('a block list commits its blocks in list order, reads across them, drops unlisted blocks, and copies no byte', async () => {
+      let r = await twirp('CreateCacheEntry', { key: 'bl', version: 'v' });
+      const { signed_upload_url: url } = (await r.json()) as { signed_upload_url: string };
+      const blocks = { A: crypto.randomBytes(3000), B: crypto.randomBytes(5000), C: crypto.randomBytes(7), D: crypto.randomBytes(4000) };
+      const id = (n: string) => Buffer.from(`block-${n}`).toString('base64');
+      for (const [n, data] of Object.entries(blocks)) {
+        const put = await fetch(`${url}&comp=block&blockid=${encodeURIComponent(id(n))}`, { method: 'PUT', body: data });
+        assert.equal(put.status, 201, n);
+      }
+      const stored = async () => {
+        const files = new Map<string, number>();
+        for (const e of await fsp.readdir(server.storageDir, { recursive: true, withFileTypes: true })) {
+          if (e.isFile()) files.set(path.join(e.parentPath, e.name), (await fsp.stat(path.join(e.parentPath, e.name))).ino);
+        }
+        return files;
+      };
+      const staged = await stored();
+      // B, A, C; D staged but left out of the list
+      const list = `<?xml version="1.0" encoding="utf-8"?><BlockList><Latest>${id('B')}</Latest><Uncommitted>${id('A')}</Uncommitted><Latest>${id('C')}</Latest></BlockList>`;
+      const put = await fetch(`${url}&comp=blocklist`, { method: 'PUT', body: list });
+      assert.equal(put.status, 201);
+      const want = Buffer.concat([blocks.B, blocks.A, blocks.C]);
+      const committed = await stored();
+      assert.equal(committed.size, 3, 'the three listed blocks are kept, D is gone');
+      for (const [f, ino] of committed) assert.equal(staged.get(f), ino, `${f} is a staged block, not a copy`);
+      r = await twirp('FinalizeCacheEntryUpload', { key: 'bl', version: 'v', size_bytes: String(want.length) });
+      assert.deepEqual(await r.json(), { ok: true, entry_id: '1' });
+      r = await twirp('GetCacheEntryDownloadURL', { key: 'bl', version: 'v' });
+      const { signed_download_url: get } = (await r.json()) as { signed_download_url: string };
+      assert.ok(Buffer.from(await (await fetch(get)).arrayBuffer()).equals(want));
+      // ranges inside one block, across a boundary, across all three, and the last byte
+      for (const [a, b] of [[10, 20], [4990, 5010], [4999, 8006], [8006, 8006], [0, 8006]]) {
+        const part = await fetch(get, { headers: { 'x-ms-range': `bytes=${a}-${b}` } });
+        assert.equal(part.status, 206);
+        assert.ok(Buffer.from(await part.arrayBuffer()).equals(want.subarray(a, b + 1)), `${a}-${b}`);
+      }
+    });
+
     test('v1 chunks may arrive out of order; commit verifies the size', async () => {
       const v1 = (p: string, init: RequestInit = {}) =>
         fetch(`${server.url}_apis/artifactcache/${p}`, {
