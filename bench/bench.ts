@@ -11,14 +11,14 @@
 //   - the all-local action run (dist/main.js), median of 5;
 //   - snapshot RAM state at 2048 and 4096 MiB, restore → SSH for each, cold boot → SSH;
 //   - `ryra-vm run` syncing 5,000 small files + one 100 MB file in and back, vs `tar | ssh`.
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import type { RunRecord } from '../src/record.js';
-import { startCacheServer, type CacheServer } from '../test/support/cache-server.js';
+import { startCacheServer, TWIRP_SERVICE, type CacheServer } from '../test/support/cache-server.js';
 import { ensureFixture } from '../test/support/fixtures.js';
 import { exec, runner } from '../test/support/runner.js';
 import { LIGHT, configInputs } from '../test/support/shared.js';
@@ -73,6 +73,26 @@ async function worker<T>(env: NodeJS.ProcessEnv, fn: (call: (req: object) => Pro
 }
 const workerStarts: number[] = [];
 
+/** Runs `cmd` in sh (async: the cache service runs in this process) and returns its wall time in ms. */
+async function timed(cmd: string, env: NodeJS.ProcessEnv = {}): Promise<number> {
+  const t = Date.now();
+  const r = await exec('sh', ['-c', cmd], { ...process.env, ...env });
+  if (r.code !== 0) throw new Error(`${cmd}: exit ${r.code}: ${r.stderr}`);
+  return Date.now() - t;
+}
+
+/** One request of the cache service's Twirp API, with the run's token (for the floors). */
+async function twirp(server: CacheServer, method: string, body: object): Promise<Record<string, unknown>> {
+  const r = await fetch(`${server.url}twirp/${TWIRP_SERVICE}/${method}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${server.token}` },
+    body: JSON.stringify(body),
+  });
+  const j = (await r.json()) as Record<string, unknown>;
+  if (!r.ok || j.ok === false) throw new Error(`${method}: ${r.status} ${JSON.stringify(j)}`);
+  return j;
+}
+
 async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
   for (const size of [180, 600]) {
     // A layer-like pair: an incompressible image (layers are compressed qcow2) and its manifest.
@@ -83,31 +103,54 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
     fs.writeFileSync(path.join(src, 'layer.manifest.json'), '{}');
     const paths = ['layer.qcow2', 'layer.manifest.json'];
     const key = `bench-${size}-${Date.now()}`;
-    // Save: the worker (tar | zstd | upload) vs plain tar | zstd of the same files.
-    const saveMs = await worker(env, async (call) => {
-      const t = Date.now();
-      await call({ op: 'save', dir: src, paths, key });
-      return Date.now() - t;
-    });
-    const t0 = Date.now();
-    execFileSync('sh', ['-c', `tar -cf - -C ${src} ${paths.join(' ')} | zstd -T0 -q -o ${path.join(root, `plain-${size}.tar.zst`)}`]);
-    const plainSaveMs = Date.now() - t0;
+    // Save: the worker (tar | zstd, then the toolkit's upload) vs plain `tar | zstd` of the same
+    // files, and the floor this machine sets: `curl -T` of that archive into the service alone (the
+    // service receives on the same 2 cores). Three rounds, the order alternated, medians.
+    const plainArchive = path.join(root, `plain-${size}.tar.zst`);
+    const saves: number[] = [];
+    const plainSaves: number[] = [];
+    const uploads: number[] = [];
+    const saveSteps = [
+      async () => {
+        const k = `${key}-${saves.length}`;
+        saves.push(await worker(env, async (call) => {
+          const t = Date.now();
+          const r = await call({ op: 'save', dir: src, paths, key: k });
+          if (typeof r.entryId !== 'number' || r.entryId < 0) throw new Error(`the worker did not save: ${JSON.stringify(r)}`);
+          return Date.now() - t;
+        }));
+        if (saves.length === 1) saveKey = k;
+      },
+      async () => plainSaves.push(await timed(`tar -cf - -C ${src} ${paths.join(' ')} | zstd -T0 -q -f -o ${plainArchive}`)),
+      async () => {
+        if (!fs.existsSync(plainArchive)) await timed(`tar -cf - -C ${src} ${paths.join(' ')} | zstd -T0 -q -f -o ${plainArchive}`);
+        const version = server.entries().find((e) => e.key === saveKey)?.version ?? '0'.repeat(64);
+        const r = await twirp(server, 'CreateCacheEntry', { key: `${key}-floor-${uploads.length}`, version });
+        uploads.push(await timed(`curl -sSf -T ${plainArchive} -H 'x-ms-blob-type: BlockBlob' "$U"`, { U: String(r.signed_upload_url) }));
+      },
+    ];
+    let saveKey = '';
+    for (let i = 0; i < 3; i++) for (let j = 0; j < saveSteps.length; j++) await saveSteps[(i + j) % saveSteps.length]!();
+    const saveMs = median(saves);
+    const plainSaveMs = median(plainSaves);
     // Restore: the worker's lookup + restore (one process for both, as in a run) — streamed (the
     // action's path for this service), and through the toolkit's download (RYRA_VM_TEST_TOOLKIT_RESTORE,
     // the path for Azure blob URLs) — vs zstd -d | tar x; the three alternate, 5 rounds.
     const times: number[] = [];
     const toolkit: number[] = [];
     const plain: number[] = [];
-    const blob = fs.readdirSync(server.storageDir, { recursive: true, withFileTypes: true })
-      .filter((e) => e.isFile())
-      .map((e) => path.join(e.parentPath, e.name))
-      .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)[0];
+    const floor: number[] = [];
+    // The reference restores the very archive the service stored for the worker's save.
+    const entry = server.entries().find((e) => e.key === saveKey)!;
+    const blob = path.join(root, `stored-${size}.tar.zst`);
+    await timed(`curl -sSf -o ${blob} "$U"`, { U: String((await twirp(server, 'GetCacheEntryDownloadURL', { key: saveKey, version: entry.version })).signed_download_url) });
+    if (fs.statSync(blob).size !== entry.size) throw new Error('the stored archive came back with another size');
     const viaWorker = async (workerEnv: NodeJS.ProcessEnv) => {
       const dst = fs.mkdtempSync(path.join(root, 'dst-'));
       const ms = await worker(workerEnv, async (call) => {
         const t = Date.now();
-        await call({ op: 'lookup', dir: dst, paths, key });
-        await call({ op: 'restore', dir: dst, paths, key });
+        await call({ op: 'lookup', dir: dst, paths, key: saveKey });
+        await call({ op: 'restore', dir: dst, paths, key: saveKey });
         return Date.now() - t;
       });
       if (!fs.existsSync(path.join(dst, 'layer.qcow2')) || fs.statSync(path.join(dst, 'layer.qcow2')).size !== size * 2 ** 20) throw new Error('the worker did not restore the layer');
@@ -119,16 +162,22 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
       async () => toolkit.push(await viaWorker({ ...env, RYRA_VM_TEST_TOOLKIT_RESTORE: '1' })),
       async () => {
         const p = fs.mkdtempSync(path.join(root, 'plain-'));
-        const t1 = Date.now();
-        execFileSync('sh', ['-c', `zstd -d -q -c ${blob} | tar -xf - -C ${p}`]);
-        plain.push(Date.now() - t1);
+        plain.push(await timed(`zstd -d -q -c ${blob} | tar -xf - -C ${p}`));
+        fs.rmSync(p, { recursive: true });
+      },
+      async () => {
+        const p = fs.mkdtempSync(path.join(root, 'floor-'));
+        const r = await twirp(server, 'GetCacheEntryDownloadURL', { key: saveKey, version: entry.version });
+        floor.push(await timed(`curl -sSf "$U" | zstd -d -q | tar -xf - -C ${p}`, { U: String(r.signed_download_url) }));
         fs.rmSync(p, { recursive: true });
       },
     ];
     for (let i = 0; i < 5; i++) for (let j = 0; j < steps.length; j++) await steps[(i + j) % steps.length]!();
     row(`Actions cache restore, ${size} MiB layer, streamed (median of 5)`, median(times), median(plain), { max: 2.0, of: 'ratio' });
     row(`  the same through the toolkit's download (Azure blob URLs)`, median(toolkit), median(plain));
-    row(`Actions cache save, ${size} MiB layer`, saveMs, plainSaveMs, { max: 2.0, of: 'ratio' });
+    row(`  floor here: the shell's curl | zstd -d | tar x from this service`, median(floor), median(plain));
+    row(`Actions cache save, ${size} MiB layer (median of 3)`, saveMs, plainSaveMs, { max: 2.0, of: 'ratio' });
+    row(`  floor here: curl -T of the archive into this service, upload alone`, median(uploads), plainSaveMs);
     fs.rmSync(src, { recursive: true });
   }
   row(`cache worker start, once per run beside host setup (median of ${workerStarts.length})`, median(workerStarts), undefined);
