@@ -107,29 +107,28 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
     // files, and the floor this machine sets: `curl -T` of that archive into the service alone (the
     // service receives on the same 2 cores). Three rounds, the order alternated, medians.
     const plainArchive = path.join(root, `plain-${size}.tar.zst`);
+    const plainSave = `tar -cf - -C ${src} ${paths.join(' ')} | zstd -T0 -q -f -o ${plainArchive}`;
+    // Round 1 starts with the worker's save: its entry is the one the restores read, and the floor's
+    // uploads reserve entries of its version.
+    const saveKey = `${key}-0`;
     const saves: number[] = [];
     const plainSaves: number[] = [];
     const uploads: number[] = [];
     const saveSteps = [
-      async () => {
-        const k = `${key}-${saves.length}`;
+      async () =>
         saves.push(await worker(env, async (call) => {
           const t = Date.now();
-          const r = await call({ op: 'save', dir: src, paths, key: k });
+          const r = await call({ op: 'save', dir: src, paths, key: `${key}-${saves.length}` });
           if (typeof r.entryId !== 'number' || r.entryId < 0) throw new Error(`the worker did not save: ${JSON.stringify(r)}`);
           return Date.now() - t;
-        }));
-        if (saves.length === 1) saveKey = k;
-      },
-      async () => plainSaves.push(await timed(`tar -cf - -C ${src} ${paths.join(' ')} | zstd -T0 -q -f -o ${plainArchive}`)),
+        })),
+      async () => plainSaves.push(await timed(plainSave)),
       async () => {
-        if (!fs.existsSync(plainArchive)) await timed(`tar -cf - -C ${src} ${paths.join(' ')} | zstd -T0 -q -f -o ${plainArchive}`);
-        const version = server.entries().find((e) => e.key === saveKey)?.version ?? '0'.repeat(64);
+        const { version } = server.entries().find((e) => e.key === saveKey)!;
         const r = await twirp(server, 'CreateCacheEntry', { key: `${key}-floor-${uploads.length}`, version });
         uploads.push(await timed(`curl -sSf -T ${plainArchive} -H 'x-ms-blob-type: BlockBlob' "$U"`, { U: String(r.signed_upload_url) }));
       },
     ];
-    let saveKey = '';
     for (let i = 0; i < 3; i++) for (let j = 0; j < saveSteps.length; j++) await saveSteps[(i + j) % saveSteps.length]!();
     const saveMs = median(saves);
     const plainSaveMs = median(plainSaves);
@@ -143,7 +142,8 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
     // The reference restores the very archive the service stored for the worker's save.
     const entry = server.entries().find((e) => e.key === saveKey)!;
     const blob = path.join(root, `stored-${size}.tar.zst`);
-    await timed(`curl -sSf -o ${blob} "$U"`, { U: String((await twirp(server, 'GetCacheEntryDownloadURL', { key: saveKey, version: entry.version })).signed_download_url) });
+    const download = { U: String((await twirp(server, 'GetCacheEntryDownloadURL', { key: saveKey, version: entry.version })).signed_download_url) };
+    await timed(`curl -sSf -o ${blob} "$U"`, download);
     if (fs.statSync(blob).size !== entry.size) throw new Error('the stored archive came back with another size');
     const viaWorker = async (workerEnv: NodeJS.ProcessEnv) => {
       const dst = fs.mkdtempSync(path.join(root, 'dst-'));
@@ -167,8 +167,7 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
       },
       async () => {
         const p = fs.mkdtempSync(path.join(root, 'floor-'));
-        const r = await twirp(server, 'GetCacheEntryDownloadURL', { key: saveKey, version: entry.version });
-        floor.push(await timed(`curl -sSf "$U" | zstd -d -q | tar -xf - -C ${p}`, { U: String(r.signed_download_url) }));
+        floor.push(await timed(`curl -sSf "$U" | zstd -d -q | tar -xf - -C ${p}`, download));
         fs.rmSync(p, { recursive: true });
       },
     ];

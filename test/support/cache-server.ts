@@ -896,11 +896,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
         }
         const file = blobFileFor(e);
         await fsp.truncate(file, size);
-        const blob = blobs.get(e.blobId)!;
-        blob.parts = [{ file, size }];
-        blob.size = size;
-        blob.lastModified = new Date();
-        blob.etag = newEtag();
+        await commitBlob(blobs.get(e.blobId)!, [{ file, size }]);
         commitEntry(e, size);
         rec.status = 204;
         ctx.res.writeHead(204, commonHeaders());
@@ -1185,9 +1181,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
       if (s.file) await fsp.copyFile(s.file, file);
       else await fsp.writeFile(file, s.data ?? Buffer.alloc(0));
       const size = (await fsp.stat(file)).size;
-      const blob = blobs.get(e.blobId)!;
-      blob.parts = [{ file, size }];
-      blob.size = size;
+      await commitBlob(blobs.get(e.blobId)!, [{ file, size }]);
       commitEntry(e, size);
       if (s.createdAt) e.createdAt = s.createdAt;
       return info(e);
