@@ -17,8 +17,11 @@ import { bootVm, getVm, listVms, stopVm, type VmRecord } from './vms.js';
 
 const USAGE: Record<string, string> = {
   prepare: `ryra-vm prepare [options]
-  Build or reuse the image layers; print the outputs (the action's inputs, same defaults, same checks):
-  --distro D            debian-13 | fedora-43                      [debian-13]
+  Build or reuse the image layers; print the outputs. The flags are the action's layer inputs, with
+  its defaults and checks, except that the Actions cache is off (there is none outside Actions) and
+  host tools are installed only with --install-deps. The action's boot, boot-timeout,
+  environment-variables and sync inputs have no flags: see ryra-vm boot and ryra-vm run.
+  --distro D            debian-13 | fedora-43 | ubuntu-24.04       [debian-13]
   --arch A              auto | arm64 | amd64                       [auto]
   --memory MB           guest memory in MiB, at least 512          [2048]
   --cpus N              guest vCPUs                                [2]
@@ -26,6 +29,7 @@ const USAGE: Record<string, string> = {
   --browser-source S    auto | upstream | registries               [auto]
   --kvm MODE            auto | true | false                        [auto]
   --packages "a b"      extra guest packages
+  --base-packages B     true | false: the catalogue's list (podman & co.) as well   [true]
   --prepare FILE        a script run once in the prepared layer (part of its key)
   --image-url URL       cloud image: http(s)://, file:// or a path
   --image-checksum C    sha512:HEX or sha256:HEX (needed with --image-url)
@@ -34,7 +38,8 @@ const USAGE: Record<string, string> = {
   --disk-size S         guest disk size                            [20G]
   --no-snapshot         skip the savevm snapshot layer
   --redownload          download the image again and rebuild the layers above it
-  --install-deps        install missing host tools with apt, dnf or pacman
+  --install-deps        install missing host tools with apt, dnf or pacman (off unless given)
+  --cache-save B        true | false: save built layers to a remote cache, or only read it   [true]
   --json                print one JSON object whose keys are the action's output names`,
   boot: `ryra-vm boot [--name N] [--browser] [--memory MB] [--cpus N] [--config FILE] [--cache-dir DIR] [--json]
   Start a VM from the snapshot (per-VM disk copies and its own SSH key), wait for SSH. Without a
@@ -102,6 +107,8 @@ const PREPARE_OPTIONS = {
   'browser-source': { type: 'string' },
   kvm: { type: 'string' },
   packages: { type: 'string' },
+  'base-packages': { type: 'string' },
+  'cache-save': { type: 'string' },
   prepare: { type: 'string' },
   'image-url': { type: 'string' },
   'image-checksum': { type: 'string' },
@@ -136,6 +143,8 @@ async function prepare(args: string[]): Promise<number> {
     [Inputs.BrowserSource]: v['browser-source'] as string,
     [Inputs.Kvm]: v.kvm as string,
     [Inputs.Packages]: v.packages as string,
+    [Inputs.BasePackages]: v['base-packages'] as string,
+    [Inputs.CacheSave]: v['cache-save'] as string,
     [Inputs.Prepare]: prepareScript,
     [Inputs.ImageUrl]: v['image-url'] as string,
     [Inputs.ImageChecksum]: v['image-checksum'] as string,

@@ -3,7 +3,7 @@
 
 export type Arch = 'arm64' | 'amd64';
 export const ARCHES: readonly Arch[] = ['arm64', 'amd64'];
-export type ChecksumFormat = 'sha512sums' | 'fedora-checksum';
+export type ChecksumFormat = 'sha512sums' | 'sha256sums' | 'fedora-checksum';
 
 export interface DistroImage {
   distro: DistroName;
@@ -28,7 +28,7 @@ export interface DistroImage {
   guestPackageManager: 'apt' | 'dnf';
 }
 
-export const DISTROS = ['debian-13', 'fedora-43'] as const;
+export const DISTROS = ['debian-13', 'fedora-43', 'ubuntu-24.04'] as const;
 export type DistroName = (typeof DISTROS)[number];
 
 const DEBIAN_PACKAGES = [
@@ -44,9 +44,13 @@ const DEBIAN_PACKAGES = [
 // Fedora: uidmap is part of shadow-utils (already installed).
 const FEDORA_PACKAGES = ['podman', 'podman-compose', 'git', 'systemd-container', 'curl', 'restic'] as const;
 
+// Ubuntu: the same names as Debian's (podman-compose and restic are in universe, on in cloud images).
+const UBUNTU_PACKAGES = DEBIAN_PACKAGES;
+
 const DEBIAN_BASE = 'https://cloud.debian.org/images/cloud/trixie/latest';
 const FEDORA_BASE = 'https://download.fedoraproject.org/pub/fedora/linux/releases/43/Cloud';
 const FEDORA_ARCH: Record<Arch, string> = { arm64: 'aarch64', amd64: 'x86_64' };
+const UBUNTU_BASE = 'https://cloud-images.ubuntu.com/releases/noble/release';
 
 function debian(arch: Arch): DistroImage {
   return {
@@ -85,9 +89,29 @@ function fedora(arch: Arch): DistroImage {
   };
 }
 
+function ubuntu(arch: Arch): DistroImage {
+  return {
+    distro: 'ubuntu-24.04',
+    arch,
+    // A qcow2 image despite the .img name; cached under a .qcow2 name like the others.
+    url: `${UBUNTU_BASE}/ubuntu-24.04-server-cloudimg-${arch}.img`,
+    checksumUrl: `${UBUNTU_BASE}/SHA256SUMS`,
+    checksumFormat: 'sha256sums',
+    rawFile: `ubuntu-24.04-cloudimg-${arch}.qcow2`,
+    preparedFile: `ubuntu-24.04-prepared-${arch}.qcow2`,
+    browserFile: `ubuntu-24.04-browser-${arch}.qcow2`,
+    snapshotBase: `ubuntu-24.04-${arch}`,
+    browserSnapshotBase: `ubuntu-24.04-browser-${arch}`,
+    defaultUser: 'ubuntu',
+    packages: UBUNTU_PACKAGES,
+    guestPackageManager: 'apt',
+  };
+}
+
 const CATALOGUE: Record<DistroName, Record<Arch, DistroImage>> = {
   'debian-13': { arm64: debian('arm64'), amd64: debian('amd64') },
   'fedora-43': { arm64: fedora('arm64'), amd64: fedora('amd64') },
+  'ubuntu-24.04': { arm64: ubuntu('arm64'), amd64: ubuntu('amd64') },
 };
 
 export function isDistro(name: string): name is DistroName {

@@ -8,8 +8,6 @@ export interface Knobs {
 }
 
 export interface TestHooks {
-  /** RYRA_VM_BASE_PACKAGES: replaces the catalogue's package list (tests keep TCG builds short). */
-  basePackages?: string[];
   /** RYRA_VM_BROWSER_SCRIPT: a file whose text replaces the browser layer's install script. */
   browserScript?: string;
   /** RYRA_VM_TIMEOUT_SCALE: multiplies every guest time limit. */
@@ -38,7 +36,6 @@ export function readKnobs(env: NodeJS.ProcessEnv = process.env): Knobs {
 
 export function readHooks(env: NodeJS.ProcessEnv = process.env): TestHooks {
   return {
-    basePackages: env.RYRA_VM_BASE_PACKAGES !== undefined ? env.RYRA_VM_BASE_PACKAGES.split(/\s+/).filter(Boolean) : undefined,
     browserScript: env.RYRA_VM_BROWSER_SCRIPT ? fs.readFileSync(env.RYRA_VM_BROWSER_SCRIPT, 'utf8') : undefined,
     timeoutScale: num(env.RYRA_VM_TIMEOUT_SCALE) ?? 1,
     cacheLookupMs: num(env.RYRA_VM_CACHE_LOOKUP_TIMEOUT_MS),

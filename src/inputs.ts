@@ -28,8 +28,12 @@ export interface Config {
   redownload: boolean;
   snapshot: boolean;
   cache: boolean;
+  /** Save built layers to the Actions cache (and registry); false: only restore from them. */
+  cacheSave: boolean;
   cacheDir: string;
   packages: string[];
+  /** Install the catalogue's package list (podman & co.) besides `packages`; part of the prepared layer's key. */
+  basePackages: boolean;
   imageUrl?: string;
   imageChecksum?: Checksum;
   installDeps: boolean;
@@ -63,8 +67,10 @@ export const INPUT_DEFAULTS: Record<InputName, string> = {
   [Inputs.Redownload]: 'false',
   [Inputs.Snapshot]: 'true',
   [Inputs.Cache]: 'true',
+  [Inputs.CacheSave]: 'true',
   [Inputs.CacheDir]: '',
   [Inputs.Packages]: '',
+  [Inputs.BasePackages]: 'true',
   [Inputs.ImageUrl]: '',
   [Inputs.ImageChecksum]: '',
   [Inputs.InstallDeps]: 'true',
@@ -238,8 +244,10 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
     redownload: bool(Inputs.Redownload, raw(Inputs.Redownload)),
     snapshot: bool(Inputs.Snapshot, raw(Inputs.Snapshot)),
     cache: bool(Inputs.Cache, raw(Inputs.Cache)),
+    cacheSave: bool(Inputs.CacheSave, raw(Inputs.CacheSave)),
     cacheDir,
     packages: parsePackages(get(Inputs.Packages) ?? ''),
+    basePackages: bool(Inputs.BasePackages, raw(Inputs.BasePackages)),
     imageUrl,
     imageChecksum,
     installDeps: bool(Inputs.InstallDeps, raw(Inputs.InstallDeps)),

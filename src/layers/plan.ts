@@ -1,10 +1,9 @@
-// Planning, pure: config + host facts + the SSH key + test hooks → every layer's key, file names
+// Planning, pure: config + host facts + the SSH key → every layer's key, file names
 // and Actions cache key. A layer's file name carries its key, so configurations that differ in
 // anything that decides a layer's content (packages, image, recipe, QEMU layout) sit side by side
 // in one cache dir and never touch each other's files. The raw layer of the catalogue's own image
 // keeps the seed's name, so an image the Rust tool downloaded is still found.
 import { distroImage, type DistroImage } from '../distro.js';
-import type { TestHooks } from '../env.js';
 import type { Host } from '../host/setup.js';
 import type { Config } from '../inputs.js';
 import { snapshotFileNames } from '../names.js';
@@ -51,9 +50,9 @@ export interface Plan {
   browserSnapshot: LayerPlan;
 }
 
-/** Packages of the prepared layer: the catalogue's (or a test's replacement list) plus `packages`. */
-export function basePackages(image: DistroImage, extra: string[], hooks: Pick<TestHooks, 'basePackages'>): string[] {
-  return [...new Set([...(hooks.basePackages ?? image.packages), ...extra])];
+/** Packages of the prepared layer: the catalogue's list (unless `base-packages: false`), then `packages`. */
+export function preparedPackages(image: DistroImage, config: Pick<Config, 'basePackages' | 'packages'>): string[] {
+  return [...new Set([...(config.basePackages ? image.packages : []), ...config.packages])];
 }
 
 function plan1(layer: LayerName, name: (key: string) => string, files: (base: string) => string[], inputs: Record<string, unknown>, suffix: string): LayerPlan {
@@ -65,9 +64,11 @@ function plan1(layer: LayerName, name: (key: string) => string, files: (base: st
 const qcow2 = (base: string) => [`${base}.qcow2`];
 const stripQcow2 = (f: string) => f.replace(/\.qcow2$/, '');
 
-export function planLayers(config: Config, host: Host, publicKey: string, recipes: Recipes, hooks: Pick<TestHooks, 'basePackages'>): Plan {
+// `_unused`: pipeline.ts still passes its test hooks, none of which a plan reads any more.
+export function planLayers(config: Config, host: Host, publicKey: string, recipes: Recipes, _unused?: unknown): Plan {
   const image = distroImage(config.distro, config.arch);
-  const packages = basePackages(image, config.packages, hooks);
+  // The list itself is in the prepared layer's key, so base-packages on and off never share a layer.
+  const packages = preparedPackages(image, config);
   const id = `${config.distro}-${config.arch}`;
   const custom = config.imageUrl !== undefined;
   const raw = plan1(

@@ -25,9 +25,11 @@ export class ChecksumMismatchError extends Error {
 /** Finds `file`'s digest in a Debian SHA512SUMS (`HEX  name`) or Fedora CHECKSUM (`SHA256 (name) = HEX`). */
 export function parseChecksumFile(text: string, format: ChecksumFormat, file: string): Checksum | undefined {
   for (const line of text.split('\n')) {
-    if (format === 'sha512sums') {
-      const m = /^([0-9a-fA-F]{128})\s+\*?(\S+)$/.exec(line.trim());
-      if (m && path.basename(m[2]) === file) return { algorithm: 'sha512', hex: m[1].toLowerCase() };
+    if (format === 'sha512sums' || format === 'sha256sums') {
+      // `HEX  name` or `HEX *name` (binary mode, as Ubuntu's SHA256SUMS writes it).
+      const [algorithm, length] = format === 'sha512sums' ? (['sha512', 128] as const) : (['sha256', 64] as const);
+      const m = /^([0-9a-fA-F]+)\s+\*?(\S+)$/.exec(line.trim());
+      if (m && m[1].length === length && path.basename(m[2]) === file) return { algorithm, hex: m[1].toLowerCase() };
     } else {
       const m = /^(SHA256|SHA512) \((.+)\) = ([0-9a-fA-F]+)$/.exec(line.trim());
       if (m && m[2] === file) return { algorithm: m[1].toLowerCase() as ChecksumAlgorithm, hex: m[3].toLowerCase() };

@@ -31,8 +31,8 @@ after(async () => {
 
 async function prepare() {
   // No image-url: the catalogue's image, known by its seed name; the digest given, so no checksum file is fetched.
-  const args = ['prepare', '--json', '--arch', 'arm64', '--kvm', 'false', '--memory', '1024', '--packages', '', '--image-checksum', fx.checksum, '--cache-dir', cacheDir];
-  const r = await runCli(args, { RYRA_VM_BASE_PACKAGES: '', RYRA_VM_RUNTIME_DIR: path.join(root.dir, 'rt'), TMPDIR: root.dir }).done;
+  const args = ['prepare', '--json', '--arch', 'arm64', '--kvm', 'false', '--memory', '1024', '--base-packages', 'false', '--image-checksum', fx.checksum, '--cache-dir', cacheDir];
+  const r = await runCli(args, { RYRA_VM_RUNTIME_DIR: path.join(root.dir, 'rt'), TMPDIR: root.dir }).done;
   assert.equal(r.code, 0, r.stderr.slice(-4000));
   const outputs = JSON.parse(r.stdout) as Record<string, string>;
   const record = JSON.parse(fs.readFileSync(outputs.manifest, 'utf8')) as RunRecord;

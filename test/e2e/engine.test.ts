@@ -65,6 +65,8 @@ describe('engine amd64', { timeout: 30 * 60_000 }, () => {
       // Written by the snapshot setup before savevm: the restored guest has it without running it.
       assert.match((await m.check('cat ~/.config/containers/storage.conf', 'cat')).stdout, /additionalimagestores = \["\/mnt\/images"\]/);
       assert.equal((await m.check('whoami', 'whoami')).stdout.trim(), 'ryra');
+      // LIGHT is `--base-packages false --packages jq`: jq, and not the catalogue's list (podman & co.).
+      assert.match((await m.check('jq --version && ! command -v podman && echo no-podman', 'packages')).stdout, /^jq-1\S*\nno-podman\n$/);
       assert.equal(await tcpConnect('127.0.0.1', m.sshPort), 'open');
       const other = nonLoopbackAddress();
       assert.ok(other, 'this host has a non-loopback IPv4 address to test against');

@@ -21,25 +21,28 @@ export function sharedDir(): string {
   return dir;
 }
 
-/** A configuration the suite shares: its inputs and the test hook for the base package list. */
+/** A configuration the suite shares: its inputs. */
 export interface SharedConfig {
   name: string;
   arch: 'amd64' | 'arm64';
   memory: string;
   packages: string;
-  /** The catalogue's package list (podman & co.) when true; none (a test hook) when false. */
+  /** The catalogue's package list (podman & co.) when true; none (`base-packages: false`) when false. */
   fullList: boolean;
   browser?: boolean;
 }
 
-/** jq on an empty base list: the light configuration most files use. */
+/** jq alone (`base-packages: false`): the light configuration most files use. */
 export const LIGHT: SharedConfig = { name: 'light', arch: 'amd64', memory: '1024', packages: 'jq', fullList: false };
 /** The catalogue's real package list plus jq, at the action's default memory: the README's examples. */
 export const FULL: SharedConfig = { name: 'full', arch: 'amd64', memory: '2048', packages: 'jq', fullList: true };
 
-/** Environment that selects a configuration's base package list. */
-export function configEnv(c: SharedConfig): NodeJS.ProcessEnv {
-  return c.fullList ? {} : { RYRA_VM_BASE_PACKAGES: '' };
+/**
+ * Environment a configuration needs beside its inputs: none since the base package list became an
+ * input (callers still spread it; it is where a configuration's test hooks would go).
+ */
+export function configEnv(_c: SharedConfig): NodeJS.ProcessEnv {
+  return {};
 }
 
 /** Action inputs for a configuration (plus the test image and TCG). */
@@ -50,6 +53,7 @@ export function configInputs(c: SharedConfig, fx: Fixture): Record<string, strin
     'install-deps': 'false',
     memory: c.memory,
     packages: c.packages,
+    ...(c.fullList ? {} : { 'base-packages': 'false' }),
     'image-url': fx.image,
     'image-checksum': fx.checksum,
     ...(c.browser ? { browser: 'true' } : {}),
@@ -58,7 +62,7 @@ export function configInputs(c: SharedConfig, fx: Fixture): Record<string, strin
 
 /** `ryra-vm prepare` arguments for a configuration. */
 export function prepareArgs(c: SharedConfig, fx: Fixture, cacheDir: string, extra: string[] = []): string[] {
-  return ['prepare', '--json', '--arch', c.arch, '--kvm', 'false', '--memory', c.memory, '--packages', c.packages, '--image-url', fx.image, '--image-checksum', fx.checksum, '--cache-dir', cacheDir, ...(c.browser ? ['--browser'] : []), ...extra];
+  return ['prepare', '--json', '--arch', c.arch, '--kvm', 'false', '--memory', c.memory, '--packages', c.packages, ...(c.fullList ? [] : ['--base-packages', 'false']), '--image-url', fx.image, '--image-checksum', fx.checksum, '--cache-dir', cacheDir, ...(c.browser ? ['--browser'] : []), ...extra];
 }
 
 /** The configuration's layers in the shared dir: built there if nobody has, else used (or waited for). */

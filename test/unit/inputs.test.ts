@@ -7,7 +7,10 @@ const parse = (inputs: Record<string, string>, h: HostFacts = host) => parseConf
 
 /** Bad inputs and the fragment their one-line error must contain. */
 export const BAD_INPUTS: [Record<string, string>, RegExp][] = [
-  [{ distro: 'ubuntu-99' }, /^unknown distro: ubuntu-99 \(available: debian-13, fedora-43\)$/],
+  [{ distro: 'ubuntu-99' }, /^unknown distro: ubuntu-99 \(available: debian-13, fedora-43, ubuntu-24\.04\)$/],
+  [{ distro: 'ubuntu' }, /^unknown distro: ubuntu \(available: .*ubuntu-24\.04\)$/],
+  [{ 'base-packages': 'no' }, /invalid base-packages: "no" \(allowed: true, false\)/],
+  [{ 'cache-save': '${{ github.ref }}' }, /invalid cache-save: "\$\{\{ github\.ref \}\}" \(allowed: true, false\)/],
   [{ arch: 'riscv64' }, /invalid arch: "riscv64" \(allowed: auto, arm64, amd64\)/],
   [{ memory: 'abc' }, /invalid memory: "abc" \(a whole number of MiB from 512/],
   [{ memory: '-1' }, /invalid memory: "-1"/],
@@ -55,6 +58,16 @@ describe('inputs', () => {
     assert.equal(c.imageUrl, undefined);
     assert.deepEqual([c.cacheMaxBytes, c.diskSize, c.sync, c.browserSource, c.bootTimeoutMs, c.prepareScript], [20 * 2 ** 30, '20G', 'both', 'auto', undefined, '']);
     assert.deepEqual([c.boot, c.environmentVariables], [[], []]);
+    assert.deepEqual([c.basePackages, c.cacheSave], [true, true]);
+  });
+
+  test('distro ubuntu-24.04; base-packages and cache-save off (as an expression renders false)', () => {
+    const c = parse({ distro: 'ubuntu-24.04', 'base-packages': 'false', 'cache-save': 'false', packages: 'jq' });
+    assert.equal(c.distro, 'ubuntu-24.04');
+    assert.deepEqual([c.basePackages, c.cacheSave, c.packages], [false, false, ['jq']]);
+    // The cache still restores: cache-save false only stops saving.
+    assert.equal(c.cache, true);
+    assert.deepEqual([parse({ 'base-packages': 'True', 'cache-save': 'TRUE' }).basePackages, parse({ 'cache-save': 'true' }).cacheSave], [true, true]);
   });
 
   test(`${BAD_INPUTS.length} bad inputs each fail with one line naming input, value and what is allowed`, () => {

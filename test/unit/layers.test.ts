@@ -9,7 +9,7 @@ import { parseConfig } from '../../src/inputs.js';
 import { hashOf, invalidReason, readManifest, writeManifest } from '../../src/layers/manifest.js';
 import { cleanStaleTemps, tempPath, withLayerLock } from '../../src/cache/local.js';
 import { cacheKeyFor, recipesFor } from '../../src/layers/pipeline.js';
-import { basePackages, planLayers as plan0 } from '../../src/layers/plan.js';
+import { preparedPackages, planLayers as plan0 } from '../../src/layers/plan.js';
 import { parseChecksumFile, download } from '../../src/layers/raw.js';
 import { createHash } from 'node:crypto';
 
@@ -27,8 +27,7 @@ const host = (over: Partial<Host> = {}): Host => ({
   accelReason: 'kvm: false',
   ...over,
 });
-const planLayers = (c: ReturnType<typeof cfg>, h: Host, key: string, env: { RYRA_VM_BASE_PACKAGES?: string }) =>
-  plan0(c, h, key, recipesFor(c, 'apt'), { basePackages: env.RYRA_VM_BASE_PACKAGES?.split(/\s+/).filter(Boolean) });
+const planLayers = (c: ReturnType<typeof cfg>, h: Host, key: string) => plan0(c, h, key, recipesFor(c, 'apt'));
 const cfg = (inputs: Record<string, string> = {}) => {
   const all: Record<string, string> = { arch: 'arm64', 'cache-dir': tmp, ...inputs };
   return parseConfig((n) => all[n], { arch: 'arm64', env: {}, homedir: '/h' });
@@ -36,7 +35,7 @@ const cfg = (inputs: Record<string, string> = {}) => {
 
 describe('layer plan', () => {
   test('file names carry the layer key; the catalogue image keeps the seed name; readable exact cache keys', () => {
-    const p = planLayers(cfg(), host(), 'ssh-ed25519 AAAA k', {});
+    const p = planLayers(cfg(), host(), 'ssh-ed25519 AAAA k');
     const k = (l: { key: string }) => l.key.slice(0, 12);
     assert.deepEqual(p.raw.files, ['debian-13-generic-arm64.qcow2']);
     assert.deepEqual(p.prepared.files, [`debian-13-prepared-arm64-${k(p.prepared)}.qcow2`]);
@@ -46,45 +45,47 @@ describe('layer plan', () => {
     assert.match(p.snapshot.cacheKey, /^ryra-vm-v2-snapshot-debian-13-arm64-m2048-[0-9a-f]{20}$/);
     assert.match(p.prepared.cacheKey, /^ryra-vm-v2-prepared-debian-13-arm64-[0-9a-f]{20}$/);
     // A custom image gets a keyed raw name too.
-    const custom = planLayers(cfg({ 'image-url': '/m/x.qcow2', 'image-checksum': `sha256:${'a'.repeat(64)}` }), host(), 'k', {});
+    const custom = planLayers(cfg({ 'image-url': '/m/x.qcow2', 'image-checksum': `sha256:${'a'.repeat(64)}` }), host(), 'k');
     assert.deepEqual(custom.raw.files, [`debian-13-generic-arm64-${k(custom.raw)}.qcow2`]);
     assert.ok(p.snapshot.cacheKey.length <= 512 && !p.snapshot.cacheKey.includes(','));
     assert.deepEqual(p.packages, ['podman', 'podman-compose', 'uidmap', 'git', 'systemd-container', 'curl', 'postgresql-client', 'restic']);
   });
 
   test('what changes a layer changes its key, and only its own and its children’s', () => {
-    const base = planLayers(cfg(), host(), 'k', {});
+    const base = planLayers(cfg(), host(), 'k');
     const differs = (p: ReturnType<typeof planLayers>) => (['raw', 'prepared', 'snapshot', 'browser'] as const).filter((l) => p[l].key !== base[l].key);
-    assert.deepEqual(differs(planLayers(cfg({ packages: 'jq' }), host(), 'k', {})), ['prepared', 'snapshot', 'browser']);
-    assert.deepEqual(differs(planLayers(cfg({ memory: '4096' }), host(), 'k', {})), ['snapshot']);
-    assert.deepEqual(differs(planLayers(cfg({ cpus: '4' }), host(), 'k', {})), ['snapshot']);
-    assert.deepEqual(differs(planLayers(cfg(), host({ qemu: { ...host().qemu, version: '8.2.0' } }), 'k', {})), ['snapshot']);
-    assert.deepEqual(differs(planLayers(cfg(), host({ qemu: { ...host().qemu, machine: 'virt-8.2' } }), 'k', {})), ['snapshot']);
-    assert.deepEqual(differs(planLayers(cfg(), host({ accel: accelArgs('aarch64', 'kvm'), cpuIdentity: 'arm 0x41' }), 'k', {})), ['snapshot']);
-    assert.deepEqual(differs(planLayers(cfg(), host(), 'other key', {})), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg({ packages: 'jq' }), host(), 'k')), ['prepared', 'snapshot', 'browser']);
+    assert.deepEqual(differs(planLayers(cfg({ memory: '4096' }), host(), 'k')), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg({ cpus: '4' }), host(), 'k')), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg(), host({ qemu: { ...host().qemu, version: '8.2.0' } }), 'k')), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg(), host({ qemu: { ...host().qemu, machine: 'virt-8.2' } }), 'k')), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg(), host({ accel: accelArgs('aarch64', 'kvm'), cpuIdentity: 'arm 0x41' }), 'k')), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg(), host(), 'other key')), ['snapshot']);
     const img = { 'image-url': '/m/x.qcow2', 'image-checksum': `sha256:${'a'.repeat(64)}` };
-    assert.deepEqual(differs(planLayers(cfg(img), host(), 'k', {})), ['raw', 'prepared', 'snapshot', 'browser']);
-    assert.deepEqual(differs(planLayers(cfg(), host(), 'k', { RYRA_VM_BASE_PACKAGES: 'jq' })), ['prepared', 'snapshot', 'browser']);
-    assert.deepEqual(differs(planLayers(cfg({ prepare: 'echo hi' }), host(), 'k', {})), ['prepared', 'snapshot', 'browser']);
-    assert.deepEqual(differs(planLayers(cfg({ 'disk-size': '40G' }), host(), 'k', {})), ['snapshot']);
-    assert.deepEqual(differs(planLayers(cfg({ 'browser-source': 'registries' }), host(), 'k', {})), ['browser']);
+    assert.deepEqual(differs(planLayers(cfg(img), host(), 'k')), ['raw', 'prepared', 'snapshot', 'browser']);
+    assert.deepEqual(differs(planLayers(cfg({ 'base-packages': 'false' }), host(), 'k')), ['prepared', 'snapshot', 'browser']);
+    assert.deepEqual(differs(planLayers(cfg({ prepare: 'echo hi' }), host(), 'k')), ['prepared', 'snapshot', 'browser']);
+    assert.deepEqual(differs(planLayers(cfg({ 'disk-size': '40G' }), host(), 'k')), ['snapshot']);
+    assert.deepEqual(differs(planLayers(cfg({ 'browser-source': 'registries' }), host(), 'k')), ['browser']);
     // Two configurations never share a file name above the raw layer.
-    const a = planLayers(cfg({ packages: 'jq' }), host(), 'k', {});
-    const b = planLayers(cfg({ packages: 'jq tree' }), host(), 'k', {});
+    const a = planLayers(cfg({ packages: 'jq' }), host(), 'k');
+    const b = planLayers(cfg({ packages: 'jq tree' }), host(), 'k');
     for (const l of ['prepared', 'snapshot', 'browser', 'browserSnapshot'] as const) assert.equal(a[l].files.filter((f) => b[l].files.includes(f)).length, 0, l);
   });
 
   test('a child’s cache key names its parent build', () => {
-    const p = planLayers(cfg(), host(), 'k', {});
+    const p = planLayers(cfg(), host(), 'k');
     assert.notEqual(cacheKeyFor(p.snapshot, 'build-a'), cacheKeyFor(p.snapshot, 'build-b'));
     assert.ok(cacheKeyFor(p.snapshot, 'build-a').startsWith(p.snapshot.cacheKey));
     assert.equal(cacheKeyFor(p.raw), p.raw.cacheKey);
   });
 
-  test('test-only base package list', () => {
-    const img = planLayers(cfg(), host(), 'k', {}).image;
-    assert.deepEqual(basePackages(img, ['jq'], { basePackages: [] }), ['jq']);
-    assert.deepEqual(basePackages(img, ['git'], {}).filter((x) => x === 'git').length, 1);
+  test('base-packages: false leaves only `packages`; a package in both lists is installed once', () => {
+    const img = planLayers(cfg(), host(), 'k').image;
+    assert.deepEqual(preparedPackages(img, { basePackages: false, packages: ['jq'] }), ['jq']);
+    assert.deepEqual(planLayers(cfg({ 'base-packages': 'false', packages: 'jq' }), host(), 'k').packages, ['jq']);
+    assert.deepEqual(preparedPackages(img, { basePackages: true, packages: ['git'] }).filter((x) => x === 'git').length, 1);
+    assert.deepEqual(preparedPackages(img, { basePackages: true, packages: ['jq'] }), [...img.packages, 'jq']);
   });
 });
 
