@@ -19,6 +19,8 @@ export interface TestHooks {
   toolkitRestore: boolean;
   /** RYRA_VM_TEST_ASSUME_KVM=1: KVM is taken without opening /dev/kvm or probing (a recorded verdict still counts), so the first boot meets whatever this host's KVM does. */
   assumeKvm: boolean;
+  /** RYRA_VM_TEST_KVM_DEVICE: the node opened in place of /dev/kvm (a missing path: a host without KVM; /dev/null: one whose device opens, leaving the verdict to the probe). */
+  kvmDevice?: string;
   /**
    * RYRA_VM_TEST_STALL_KVM=1: boots made under KVM start frozen (-S), a guest that makes no
    * progress; where /dev/kvm is missing they run under TCG so that QEMU starts at all.
@@ -42,6 +44,7 @@ export function readHooks(env: NodeJS.ProcessEnv = process.env): TestHooks {
     cacheTransferMs: num(env.RYRA_VM_CACHE_TRANSFER_TIMEOUT_MS),
     toolkitRestore: env.RYRA_VM_TEST_TOOLKIT_RESTORE === '1',
     assumeKvm: env.RYRA_VM_TEST_ASSUME_KVM === '1',
+    kvmDevice: env.RYRA_VM_TEST_KVM_DEVICE || undefined,
     stallKvm: env.RYRA_VM_TEST_STALL_KVM === '1',
     stallMs: num(env.RYRA_VM_TEST_STALL_MS),
   };

@@ -61,7 +61,7 @@ export async function setupHost(config: Config): Promise<Host> {
  */
 async function kvmVerdict(config: Config, arch: QemuArch, qemu: QemuInfo, firmware: Firmware, identity: string): Promise<KvmVerdict> {
   const hooked = getHooks().assumeKvm;
-  const device = hooked ? undefined : kvmDeviceProblem();
+  const device = hooked ? undefined : kvmDeviceProblem(getHooks().kvmDevice);
   if (device) return { usable: false, reason: device, source: 'device' };
   if (config.kvm === 'auto') {
     const rec = readVerdict(config.cacheDir, identity);
