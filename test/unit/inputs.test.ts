@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
+import { Inputs } from '../../src/contract.js';
 import { InputError, defaultCacheDir, parseConfig, type HostFacts } from '../../src/inputs.js';
 
 const host: HostFacts = { arch: 'arm64', env: {}, homedir: '/home/runner' };
@@ -108,6 +110,23 @@ describe('inputs', () => {
   test('a plain path image-url is made absolute', () => {
     const c = parse({ 'image-url': 'img/x.qcow2', 'image-checksum': `sha512:${'0'.repeat(128)}` });
     assert.ok(c.imageUrl!.startsWith('/') && c.imageUrl!.endsWith('/img/x.qcow2'));
+  });
+
+  test('ryra-vm prepare --help: a flag for every input, except those it names as having none', () => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'prepare', '--help'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const flags = new Set([...r.stdout.matchAll(/^ {2}--([a-z-]+)/gm)].map((m) => m[1]));
+    const prose = r.stdout.replace(/\s+/g, ' ');
+    const none = /The action's (.+?) inputs have no flags/.exec(prose)?.[1].split(/, | and /) ?? [];
+    assert.ok(none.length > 0, 'the help names the inputs without flags');
+    assert.match(prose, /the Actions cache is off/);
+    for (const input of Object.values(Inputs)) {
+      const covered = flags.has(input) || flags.has(`no-${input}`) || none.includes(input) || input === Inputs.Cache;
+      assert.ok(covered, `input ${input}: no --${input} flag, and the help does not say it has none`);
+      assert.ok(!(none.includes(input) && flags.has(input)), `input ${input} has a flag the help says it lacks`);
+    }
+    // The defaults that differ are named: install-deps is opt-in here.
+    assert.match(prose, /host tools are installed only with --install-deps/);
   });
 
   test('cache dir follows XDG_CACHE_HOME like the seed', () => {
