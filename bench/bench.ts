@@ -132,11 +132,9 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
     for (let i = 0; i < 3; i++) for (let j = 0; j < saveSteps.length; j++) await saveSteps[(i + j) % saveSteps.length]!();
     const saveMs = median(saves);
     const plainSaveMs = median(plainSaves);
-    // Restore: the worker's lookup + restore (one process for both, as in a run) — streamed (the
-    // action's path for this service), and through the toolkit's download (RYRA_VM_TEST_TOOLKIT_RESTORE,
-    // the path for Azure blob URLs) — vs zstd -d | tar x; the three alternate, 5 rounds.
+    // Restore: the worker's lookup + restore (one process for both, as in a run: streamed into a
+    // staging dir, tar without -P) vs zstd -d | tar x; they alternate, 5 rounds.
     const times: number[] = [];
-    const toolkit: number[] = [];
     const plain: number[] = [];
     const floor: number[] = [];
     // The reference restores the very archive the service stored for the worker's save.
@@ -159,7 +157,6 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
     };
     const steps = [
       async () => times.push(await viaWorker(env)),
-      async () => toolkit.push(await viaWorker({ ...env, RYRA_VM_TEST_TOOLKIT_RESTORE: '1' })),
       async () => {
         const p = fs.mkdtempSync(path.join(root, 'plain-'));
         plain.push(await timed(`zstd -d -q -c ${blob} | tar -xf - -C ${p}`));
@@ -173,7 +170,6 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
     ];
     for (let i = 0; i < 5; i++) for (let j = 0; j < steps.length; j++) await steps[(i + j) % steps.length]!();
     row(`Actions cache restore, ${size} MiB layer, streamed (median of 5)`, median(times), median(plain), { max: 2.0, of: 'ratio' });
-    row(`  the same through the toolkit's download (Azure blob URLs)`, median(toolkit), median(plain));
     row(`  floor here: the shell's curl | zstd -d | tar x from this service`, median(floor), median(plain));
     row(`Actions cache save, ${size} MiB layer (median of 3)`, saveMs, plainSaveMs, { max: 2.0, of: 'ratio' });
     row(`  floor here: curl -T of the archive into this service, upload alone`, median(uploads), plainSaveMs);

@@ -9,7 +9,8 @@ import { Outputs, State, type InputName } from './contract.js';
 import { setupHost } from './host/setup.js';
 import { InputError, parseConfig } from './inputs.js';
 import { actionsLogger, errorMessage, setLogger } from './log.js';
-import { ensureLayers, openCacheTier } from './layers/pipeline.js';
+import { ensureLayers, openTiers, syncTiers } from './layers/pipeline.js';
+import type { PendingSave } from './layers/context.js';
 import { RuntimeFiles } from './names.js';
 import { summaryTable, vmTable } from './summary.js';
 import { logTail } from './vm/machine.js';
@@ -19,17 +20,23 @@ export async function runMain(): Promise<void> {
   setLogger(actionsLogger);
   try {
     const config = parseConfig((name: InputName) => core.getInput(name));
-    // The cache worker loads while the host is set up; ensureLayers closes it, or this does.
-    const cache = openCacheTier(config);
+    // The cache worker loads while the host is set up; ensureLayers closes the tiers, or this does.
+    const tiers = openTiers(config);
     let host;
     try {
       host = await setupHost(config);
     } catch (err) {
-      cache?.close();
+      for (const t of tiers) t.close();
       throw err;
     }
-    const result = await ensureLayers(config, host, cache);
+    // Layers a tier lacks are saved by the post step: the job's own steps do not wait for them.
+    const result = await ensureLayers(config, host, tiers, { deferSaves: true });
     const { outputs } = result;
+    if (result.pending.length) {
+      const file = path.join(result.runtimeDir, 'pending-saves.json');
+      fs.writeFileSync(file, JSON.stringify(result.pending));
+      core.saveState(State.PendingSaves, file);
+    }
     for (const [name, value] of Object.entries(outputs)) core.setOutput(name, value);
     // Masking works per line: register each line of the key's body.
     for (const line of fs.readFileSync(outputs[Outputs.SshKey], 'utf8').split('\n')) if (line.length > 20 && !line.startsWith('-----')) core.setSecret(line);
@@ -58,6 +65,20 @@ function addCliToPath(rt: string): void {
   core.addPath(bin);
 }
 
+/** Saves the layers the main step found a tier lacking (they are still held by this job). */
+async function savePending(): Promise<void> {
+  const file = core.getState(State.PendingSaves);
+  if (!file || !fs.existsSync(file)) return;
+  const pending = JSON.parse(fs.readFileSync(file, 'utf8')) as PendingSave[];
+  const tiers = openTiers(parseConfig((name: InputName) => core.getInput(name)));
+  try {
+    const saved = await syncTiers(pending, tiers);
+    if (saved.length) core.info(`saved what the remote tiers lacked: ${saved.join(', ')}`);
+  } finally {
+    for (const t of tiers) t.close();
+  }
+}
+
 /** Post step: stops the VMs later steps left running, shows the serial tail of those that died, summarises. */
 export async function runPost(): Promise<void> {
   setLogger(actionsLogger);
@@ -72,6 +93,7 @@ export async function runPost(): Promise<void> {
       await stopVm(vm);
       if (vm.running) core.info(`stopped VM ${vm.name} (left running by a later step)`);
     }
+    await savePending();
     const cacheDir = core.getState(State.CacheDir);
     if (cacheDir && rt) releaseHolder(cacheDir, jobHolder(rt).id);
     if (vms.length) await core.summary.addHeading('ryra-vm: VMs', 3).addRaw(vmTable(vms), true).write();

@@ -15,8 +15,6 @@ export interface TestHooks {
   /** RYRA_VM_CACHE_LOOKUP_TIMEOUT_MS / RYRA_VM_CACHE_TRANSFER_TIMEOUT_MS: Actions cache bounds. */
   cacheLookupMs?: number;
   cacheTransferMs?: number;
-  /** RYRA_VM_TEST_TOOLKIT_RESTORE=1: Actions cache restores use the toolkit's download where they could stream (cache/stream.ts), so both can be timed and tested. */
-  toolkitRestore: boolean;
   /** RYRA_VM_TEST_ASSUME_KVM=1: KVM is taken without opening /dev/kvm or probing (a recorded verdict still counts), so the first boot meets whatever this host's KVM does. */
   assumeKvm: boolean;
   /** RYRA_VM_TEST_KVM_DEVICE: the node opened in place of /dev/kvm (a missing path: a host without KVM; /dev/null: one whose device opens, leaving the verdict to the probe). */
@@ -42,7 +40,6 @@ export function readHooks(env: NodeJS.ProcessEnv = process.env): TestHooks {
     timeoutScale: num(env.RYRA_VM_TIMEOUT_SCALE) ?? 1,
     cacheLookupMs: num(env.RYRA_VM_CACHE_LOOKUP_TIMEOUT_MS),
     cacheTransferMs: num(env.RYRA_VM_CACHE_TRANSFER_TIMEOUT_MS),
-    toolkitRestore: env.RYRA_VM_TEST_TOOLKIT_RESTORE === '1',
     assumeKvm: env.RYRA_VM_TEST_ASSUME_KVM === '1',
     kvmDevice: env.RYRA_VM_TEST_KVM_DEVICE || undefined,
     stallKvm: env.RYRA_VM_TEST_STALL_KVM === '1',

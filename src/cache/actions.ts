@@ -1,5 +1,8 @@
 // The GitHub Actions cache tier: one entry per layer, keyed exactly (no prefix fallback: a near-miss
 // snapshot is unusable). Never fatal: every failure is a warning and the layer is built instead.
+// Entries are immutable, so an entry the caller refused would block its key for good: the layer is
+// then saved under a successor key (`<key>-r1`, `-r2`, …), and lookups ask for the newest successor
+// first, then the key itself (one request: the service tries `<key>-r` as a prefix, then `<key>`).
 //
 // The toolkit's calls run in one long-lived child process per run (worker.ts): @actions/cache
 // resolves paths against the process's cwd and GITHUB_WORKSPACE, and its calls cannot be
@@ -17,6 +20,7 @@ import { getHooks } from '../env.js';
 import { errorMessage, log } from '../log.js';
 import { descendants } from '../util/procfs.js';
 import { sleep } from '../util/time.js';
+import type { RemoteTier, RestoreResult, SaveResult } from './tier.js';
 import type { WorkerRequest, WorkerResult } from './worker.js';
 
 export interface CacheTimeouts {
@@ -45,7 +49,7 @@ function workerCommand(): string[] {
   throw new Error('cache worker not found next to the action');
 }
 
-export interface CallOutcome extends Omit<WorkerResult, 'id'> {
+export interface CallOutcome extends Omit<WorkerResult, 'id' | 'rateLimitedS'> {
   timedOut?: boolean;
   /** The toolkit reported a 429; seconds until the limit resets when it said. */
   rateLimited?: { retryAfterS: number };
@@ -108,10 +112,11 @@ class Worker {
         this.kill();
         return { timedOut: true };
       }
-      const outcome: CallOutcome = { matchedKey: result.matchedKey, entryId: result.entryId, error: result.error };
-      // The toolkit swallows failures into log lines: a failed call's say why (a 429, a duplicate).
+      const outcome: CallOutcome = { matchedKey: result.matchedKey, entryId: result.entryId, error: result.error, refused: result.refused };
+      if (result.rateLimitedS) outcome.rateLimited = { retryAfterS: result.rateLimitedS };
+      // The toolkit's save swallows failures into log lines: a failed one's say why (a 429, a duplicate).
       const failed = req.op === 'save' ? result.entryId === undefined || result.entryId === -1 : !result.matchedKey;
-      const rate = failed && /rate limit will reset in (\d+) seconds|Rate limited|\(429\)|responded with 429|status code 429/i.exec(out);
+      const rate = req.op === 'save' && failed && /rate limit will reset in (\d+) seconds|Rate limited|\(429\)|responded with 429|status code 429/i.exec(out);
       if (rate) outcome.rateLimited = { retryAfterS: Number(rate[1] ?? 0) || 1 };
       if (failed && /another job may be creating this cache|already_exists|already exists/i.exec(out)) outcome.duplicate = true;
       // Surface the toolkit's warnings (it swallows failures into them).
@@ -158,20 +163,17 @@ class Worker {
   }
 }
 
-export interface ActionsCache {
-  /**
-   * Restores into `dir` (a scratch dir): a lookup first, then the transfer. 'failed': the entry
-   * exists but its transfer failed (worth one more try); 'miss': no such entry, or the tier is off.
-   */
-  restore(key: string, paths: string[], dir: string): Promise<'restored' | 'failed' | 'miss'>;
-  /** Saves files (names relative to `dir`); 'saved', 'exists' (another job saved this key) or 'failed'. */
-  save(key: string, paths: string[], dir: string): Promise<'saved' | 'exists' | 'failed'>;
-  /** Whether the tier is still on (a timeout turns it off for the run). */
-  readonly on: boolean;
-  /** Starts the worker process ahead of the first call. */
-  prestart(): void;
-  close(): void;
+export interface ActionsCache extends RemoteTier {
+  /** The caller refused what restore(key) brought: the next save of `key` goes under a successor key. */
+  refused(key: string): void;
 }
+
+/** `<key>` or one of its successors `<key>-rN`. */
+const successorOf = (key: string, matched: string): string | undefined => {
+  if (matched.toLowerCase() === key.toLowerCase()) return `${key}-r1`;
+  const n = /^-r(\d+)$/i.exec(matched.slice(key.length));
+  return matched.toLowerCase().startsWith(key.toLowerCase()) && n ? `${key}-r${Number(n[1]) + 1}` : undefined;
+};
 
 export function actionsCache(timeouts = cacheTimeouts()): ActionsCache {
   const worker = new Worker();
@@ -194,32 +196,52 @@ export function actionsCache(timeouts = cacheTimeouts()): ActionsCache {
     }
     return o;
   };
+  /** The key each restore matched (the key itself or a successor), and the keys whose entry was refused. */
+  const matched = new Map<string, string>();
+  const refusedKeys = new Set<string>();
+  const ours = (key: string, m: string | null | undefined): m is string => !!m && (m.toLowerCase() === key.toLowerCase() || !!successorOf(key, m));
   return {
+    label: 'Actions cache',
     get on() {
       return !off;
     },
-    async restore(key, paths, dir) {
-      const hit = await call({ op: 'lookup', dir, paths, key }, timeouts.lookupMs);
+    async restore(key, paths, dir): Promise<RestoreResult> {
+      const keys = [`${key}-r`, key];
+      const hit = await call({ op: 'lookup', dir, paths, key, keys }, timeouts.lookupMs);
       if (!hit || hit.timedOut) return 'miss';
       const problem = describe(hit, 'lookup', key);
       if (problem) log.warning(`Actions cache: ${problem}; building instead`);
-      if (!hit.matchedKey || hit.matchedKey.toLowerCase() !== key.toLowerCase()) return 'miss';
-      const o = await call({ op: 'restore', dir, paths, key }, timeouts.transferMs);
+      if (!ours(key, hit.matchedKey)) return 'miss';
+      matched.set(key, hit.matchedKey);
+      const o = await call({ op: 'restore', dir, paths, key, keys }, timeouts.transferMs);
       if (!o || o.timedOut) return 'miss';
+      if (o.refused) return `refused: ${o.refused}`;
       const p2 = describe(o, 'restore', key);
       if (p2) log.warning(`Actions cache: ${p2}`);
-      return !!o.matchedKey && o.matchedKey.toLowerCase() === key.toLowerCase() ? 'restored' : 'failed';
+      return ours(key, o.matchedKey) ? 'restored' : 'failed';
     },
-    async save(key, paths, dir) {
+    refused(key) {
+      refusedKeys.add(key);
+    },
+    async has(key, paths) {
+      if (refusedKeys.has(key)) return false;
+      const hit = await call({ op: 'lookup', dir: process.cwd(), paths, key, keys: [`${key}-r`, key] }, timeouts.lookupMs);
+      if (!hit || hit.timedOut || hit.error) return undefined;
+      return ours(key, hit.matchedKey);
+    },
+    async save(key, paths, dir): Promise<SaveResult> {
+      // After a refusal the key's entry is taken for good: the successor of what was refused.
+      const as = refusedKeys.has(key) ? (successorOf(key, matched.get(key) ?? key) ?? `${key}-r1`) : key;
+      if (as !== key) log.info(`  cache: ${key} holds a refused entry; saving as ${as}`);
       try {
-        const o = await call({ op: 'save', dir, paths, key }, timeouts.transferMs);
+        const o = await call({ op: 'save', dir, paths, key: as }, timeouts.transferMs);
         if (!o) return 'failed';
         if (o.entryId !== undefined && o.entryId !== -1) return 'saved';
         if (o.duplicate) return 'exists';
         if (!o.timedOut) log.warning(`Actions cache: ${describe(o, 'save', key) ?? `save of ${key} failed`}; the layer stays in the local cache only`);
         return 'failed';
       } catch (err) {
-        log.warning(`Actions cache: save of ${key} failed: ${errorMessage(err)}`);
+        log.warning(`Actions cache: save of ${as} failed: ${errorMessage(err)}`);
         return 'failed';
       }
     },

@@ -1,96 +1,117 @@
-// A restore as one stream, `curl | zstd -d | tar -x`, for cache services whose download URLs are
-// not Azure blob storage (self-hosted cache servers, the tests' service). Written by hand because
-// there the toolkit reads the whole archive through Node's HTTP client into a file (~230 MB/s on a
-// 2-core runner, where curl reads the same service at 560 MB/s, the service's own limit) and only
-// then starts tar: together 3-6x a plain `zstd -d | tar x`. The lookup uses the toolkit's own client and entry version, and tar gets the
-// toolkit's arguments, so entries move freely between this path and the toolkit's. Azure URLs
-// (github.com's service) keep the toolkit's download: ranged and parallel through the Azure SDK.
-// Runs in the cache worker, so the worker's kill on a timeout bounds it too.
-import { spawn, type ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { getHooks } from '../env.js';
-// The toolkit exports no lookup that returns the download URL; these are its own modules, pinned
-// by package-lock (a layout change fails the build, not a run).
-import { getCacheMode, getCacheServiceVersion, isCacheReadable } from '../../node_modules/@actions/cache/lib/internal/config.js';
-import { internalCacheTwirpClient } from '../../node_modules/@actions/cache/lib/internal/shared/cacheTwirpClient.js';
-import { getCacheVersion, getCompressionMethod } from '../../node_modules/@actions/cache/lib/internal/cacheUtils.js';
+// Lookups and restores of Actions cache entries, done here and not by the toolkit, for two reasons:
+// - the toolkit extracts with `tar -P` into the workspace, so an entry holding an absolute name,
+//   `..` or a symlink followed by a write lands anywhere the runner user can write; here tar runs
+//   without -P into a private staging dir, keeps no owner, mode bits or existing file, and its
+//   complaints refuse the entry (the caller then checks what is left: cache/confine.ts);
+// - the toolkit exports no lookup that returns the download URL, and on non-Azure hosts it reads
+//   the whole archive into a file before tar starts (3-6x a plain `zstd -d | tar x` here).
+// So the lookup is the service's own small protocol (v2 Twirp or v1 REST, as the notes describe it),
+// with the toolkit's entry version (paths, compression method, salt), and the download is one
+// stream, `curl | zstd -d | tar -x`, for every URL (Azure's signed URLs are plain GETs too). Saves
+// stay with the toolkit's public saveCache. Runs in the cache worker, whose kill bounds it too.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 
-/** The toolkit's choice (zstd if it runs, else gzip), asked once per worker: each ask starts zstd. */
-let method: ReturnType<typeof getCompressionMethod> | undefined;
-const compressionMethod = () => (method ??= getCompressionMethod());
+export type CompressionMethod = 'zstd-without-long' | 'gzip';
 
-/** The streamed path applies: v2 service, readable, zstd archives, curl and GNU tar on PATH. */
-export async function canStream(env: NodeJS.ProcessEnv = process.env): Promise<boolean> {
-  if (getHooks().toolkitRestore) return false;
-  if (getCacheServiceVersion() !== 'v2' || !isCacheReadable(getCacheMode())) return false;
-  if (!String(await compressionMethod().catch(() => '')).startsWith('zstd')) return false;
-  return ['curl', 'tar'].every((c) => onPath(c, env)) && process.platform === 'linux';
+/** The toolkit's choice: zstd when it runs, else gzip. Asked once per worker (each ask starts zstd). */
+let method: CompressionMethod | undefined;
+export function compressionMethod(): CompressionMethod {
+  return (method ??= spawnSync('zstd', ['--quiet', '--version'], { encoding: 'utf8' }).stdout?.trim() ? 'zstd-without-long' : 'gzip');
 }
 
-function onPath(cmd: string, env: NodeJS.ProcessEnv): boolean {
-  return (env.PATH ?? '').split(path.delimiter).some((d) => d && fs.existsSync(path.join(d, cmd)));
+/** The toolkit's entry version: the path strings, the compression method and its salt. */
+export function entryVersion(paths: string[], m: CompressionMethod = compressionMethod()): string {
+  return createHash('sha256').update([...paths, m, '1.0'].join('|')).digest('hex');
 }
 
-export function isAzureBlobUrl(url: string): boolean {
-  return new URL(url).hostname.endsWith('.blob.core.windows.net');
+export interface Service {
+  protocol: 'v1' | 'v2';
+  /** Base URL, ending in '/'. */
+  url: string;
+  token: string;
 }
 
-/** What a lookup found; the restore that follows uses it (a signed URL is valid for minutes). */
-interface Found {
-  at: number;
+/** The cache service this job has, as the toolkit would pick it; undefined when none or not readable. */
+export function cacheService(env: NodeJS.ProcessEnv = process.env): Service | undefined {
+  const host = new URL(env.GITHUB_SERVER_URL || 'https://github.com').hostname.toUpperCase();
+  const ghes = host !== 'GITHUB.COM' && !host.endsWith('.GHE.COM') && !host.endsWith('.LOCALHOST');
+  const protocol = !ghes && env.ACTIONS_CACHE_SERVICE_V2 && env.ACTIONS_CACHE_SERVICE_V2 !== 'false' ? 'v2' : 'v1';
+  const url = protocol === 'v2' ? env.ACTIONS_RESULTS_URL : env.ACTIONS_CACHE_URL || env.ACTIONS_RESULTS_URL;
+  const mode = (env.ACTIONS_CACHE_MODE ?? '').trim().toLowerCase();
+  if (!url || !env.ACTIONS_RUNTIME_TOKEN || mode === 'none' || mode === 'write-only') return undefined;
+  return { protocol, url: url.endsWith('/') ? url : `${url}/`, token: env.ACTIONS_RUNTIME_TOKEN };
+}
+
+/** An entry a lookup found. */
+export interface Found {
   matchedKey: string;
   url: string;
 }
-const found = new Map<string, Found>();
-const FRESH_MS = 60_000;
 
-const entryVersion = async (paths: string[]) => getCacheVersion(paths, await compressionMethod());
-
-/** The toolkit's own lookup request: the entry, null on a miss, undefined when the request failed. */
-async function ask(key: string, version: string): Promise<Found | null | undefined> {
-  try {
-    const res = await internalCacheTwirpClient().GetCacheEntryDownloadURL({ key, restoreKeys: [], version });
-    return res.ok && res.signedDownloadUrl ? { at: Date.now(), matchedKey: res.matchedKey, url: res.signedDownloadUrl } : null;
-  } catch {
-    return undefined;
+export class RateLimited extends Error {
+  constructor(readonly retryAfterS: number) {
+    super(`rate limited (429); the limit resets in ${retryAfterS} s`);
   }
 }
 
 /**
- * Looks `key` (exact) up the way the toolkit does, and keeps the download URL for the restore that
- * follows (one lookup a layer, not two). Returns the matched key, null on a miss, or undefined when
- * the lookup failed (the toolkit then asks again and reports the failure its own way: 429s, denied
- * reads).
+ * Looks up the first of `keys` the service has for `version` (each key exact, then as a prefix,
+ * newest first: the service's order). Null on a miss; throws on a failure (RateLimited on a 429).
+ * 5xx and network errors are tried three times; the worker's timeout bounds the whole call.
  */
-export async function streamedLookup(paths: string[], key: string): Promise<string | null | undefined> {
-  const version = await entryVersion(paths);
-  const entry = await ask(key, version);
-  if (entry) found.set(`${key}\0${version}`, entry);
-  return entry ? entry.matchedKey : entry;
+export async function lookupEntry(s: Service, keys: string[], version: string): Promise<Found | null> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await lookupOnce(s, keys, version);
+    } catch (err) {
+      const retry = !(err instanceof RateLimited) && !(err instanceof HttpStatus && err.status < 500);
+      if (!retry || attempt === 3) throw err;
+      await new Promise((r) => setTimeout(r, attempt * 1000));
+    }
+  }
 }
+
+class HttpStatus extends Error {
+  constructor(
+    readonly status: number,
+    body: string,
+  ) {
+    super(`HTTP ${status}${body ? `: ${body.slice(0, 200)}` : ''}`);
+  }
+}
+
+async function lookupOnce(s: Service, keys: string[], version: string): Promise<Found | null> {
+  const auth = { Authorization: `Bearer ${s.token}` };
+  const res =
+    s.protocol === 'v2'
+      ? await fetch(`${s.url}twirp/github.actions.results.api.v1.CacheService/GetCacheEntryDownloadURL`, {
+          method: 'POST',
+          headers: { ...auth, 'Content-Type': 'application/json', Accept: 'application/json' },
+          body: JSON.stringify({ key: keys[0], restore_keys: keys.slice(1), version }),
+        })
+      : await fetch(`${s.url}_apis/artifactcache/cache?keys=${encodeURIComponent(keys.join(','))}&version=${version}`, {
+          headers: { ...auth, Accept: 'application/json;api-version=6.0-preview.1' },
+        });
+  const text = await res.text();
+  if (res.status === 429) throw new RateLimited(Number(res.headers.get('retry-after')) || 1);
+  if (s.protocol === 'v1' && res.status === 204) return null;
+  if (!res.ok) throw new HttpStatus(res.status, text);
+  const j = JSON.parse(text) as { ok?: boolean; signed_download_url?: string; matched_key?: string; cacheKey?: string; archiveLocation?: string };
+  if (s.protocol === 'v2') return j.ok && j.signed_download_url && j.matched_key ? { matchedKey: j.matched_key, url: j.signed_download_url } : null;
+  return j.archiveLocation && j.cacheKey ? { matchedKey: j.cacheKey, url: j.archiveLocation } : null;
+}
+
+/** The entry's archive could not be read whole (worth one more try). */
+export class TransferError extends Error {}
+/** The archive arrived whole, but tar refused part of it: an entry not to use. */
+export class RefusedError extends Error {}
 
 /**
- * Restores `key` (exact) for `paths` into `dir`, with the URL a lookup just found or from a new
- * lookup. Returns the matched key, null on a miss, or undefined when the toolkit should do it: the
- * entry lives in Azure blob storage, or the lookup failed. Throws when the transfer or the
- * extraction fails; `dir` may then hold part of the files.
+ * Downloads `url` into the decompressor and tar at once, extracting into `dir` (an empty private
+ * staging dir); resolves with the bytes downloaded.
  */
-export async function streamedRestore(paths: string[], key: string, dir: string, log: (line: string) => void): Promise<string | null | undefined> {
-  const version = await entryVersion(paths);
-  const kept = found.get(`${key}\0${version}`);
-  found.delete(`${key}\0${version}`);
-  const entry = kept && Date.now() - kept.at <= FRESH_MS ? kept : await ask(key, version);
-  if (!entry) return entry;
-  if (isAzureBlobUrl(entry.url)) return undefined;
-  log(`Cache hit for: ${entry.matchedKey} (streamed: curl | zstd -d | tar -x)`);
-  const bytes = await curlZstdTar(entry.url, dir);
-  log(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
-  return entry.matchedKey;
-}
-
-/** Downloads `url` into zstd and tar at once; resolves with the bytes downloaded. */
-async function curlZstdTar(url: string, dir: string): Promise<number> {
+export async function curlExtract(url: string, dir: string, m: CompressionMethod = compressionMethod()): Promise<number> {
   // The signed URL goes in on curl's stdin (`-K -`), not on its command line, where any process
   // on the host could read it. A service silent for 15 s counts as stalled (the toolkit's own plain
   // download gives up after 5 s of silence).
@@ -98,15 +119,18 @@ async function curlZstdTar(url: string, dir: string): Promise<number> {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   curl.stdin!.end(`url = "${url.replace(/["\\]/g, (c) => `\\${c}`)}"\n`);
-  const zstd = spawn('zstd', ['-d', '-c', '-q'], { stdio: [curl.stdout!, 'pipe', 'pipe'] });
-  const tar = spawn('tar', ['-xf', '-', '-P', '-C', dir], { stdio: [zstd.stdout!, 'ignore', 'pipe'] });
+  const unzip = spawn(m === 'gzip' ? 'gzip' : 'zstd', m === 'gzip' ? ['-d', '-c'] : ['-d', '-c', '-q'], { stdio: [curl.stdout!, 'pipe', 'pipe'] });
+  // No -P (absolute names lose their `/`, names with `..` are skipped and reported), no owner or
+  // mode bits from the archive, no existing file replaced (a second member cannot write through a
+  // symlink the first one made), symlinks that point out are made last (tar's placeholders).
+  const tar = spawn('tar', ['-x', '-f', '-', '-C', dir, '--no-same-owner', '--no-same-permissions', '--keep-old-files'], { stdio: [unzip.stdout!, 'ignore', 'pipe'] });
   // spawn has handed each pipe to its reader: the parent's copies are closed, so a reader that dies
   // makes its writer fail (EPIPE) instead of blocking, and no byte is read here.
   curl.stdout!.destroy();
-  zstd.stdout!.destroy();
+  unzip.stdout!.destroy();
   const procs: [string, ChildProcess][] = [
     ['curl', curl],
-    ['zstd -d', zstd],
+    [`${m === 'gzip' ? 'gzip' : 'zstd'} -d`, unzip],
     ['tar -x', tar],
   ];
   const stderr = new Map<ChildProcess, string>();
@@ -136,11 +160,17 @@ async function curlZstdTar(url: string, dir: string): Promise<number> {
   clearTimeout(reaper);
   const curlErr = stderr.get(curl) ?? '';
   const bytes = Number(/ryra-bytes=(\d+)/.exec(curlErr)?.[1] ?? 0);
+  const own = (r: (typeof results)[number]) => r.error?.message ?? (stderr.get(r.p) ?? '').replace(/ryra-bytes=\d+\n?/, '').trim();
   // In pipeline order, a process that exited with an error of its own comes before one killed here.
   const failed = results.find((r) => r.error || (r.code !== null && r.code !== 0)) ?? results.find((r) => r.code !== 0);
   if (failed) {
-    const own = failed.error?.message ?? (stderr.get(failed.p) ?? '').replace(/ryra-bytes=\d+\n?/, '').trim();
-    throw new Error(`${failed.name} ${failed.error ? 'could not start' : `exited with ${failed.code ?? failed.p.signalCode}`}${own ? `: ${own.split('\n').slice(-2).join(' ')}` : ''} (after ${bytes} bytes downloaded)`);
+    const text = own(failed);
+    const message = `${failed.name} ${failed.error ? 'could not start' : `exited with ${failed.code ?? failed.p.signalCode}`}${text ? `: ${text.split('\n').slice(-2).join(' ')}` : ''} (after ${bytes} bytes downloaded)`;
+    // Only tar failed, on a stream that arrived whole: the archive itself is refused.
+    throw failed.p === tar ? new RefusedError(`tar refused it: ${text.split('\n').filter(Boolean).slice(0, 3).join('; ')}`) : new TransferError(message);
   }
+  // tar strips a leading `/` with only a warning: an absolute name is refused all the same.
+  const warned = own(results[2]);
+  if (/Removing leading|contains '\.\.'/.test(warned)) throw new RefusedError(`tar refused it: ${warned.split('\n').filter(Boolean).slice(0, 3).join('; ')}`);
   return bytes;
 }

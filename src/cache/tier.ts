@@ -4,7 +4,8 @@
 // checks it (cache/confine.ts) and only then moves it into the cache dir. Every failure is a warning
 // and a miss: a remote tier never fails the job.
 
-export type RestoreResult = 'restored' | 'failed' | 'miss';
+/** `refused: why`: the entry arrived but the tier itself would not unpack it (e.g. tar refused a name). */
+export type RestoreResult = 'restored' | 'failed' | 'miss' | `refused: ${string}`;
 export type SaveResult = 'saved' | 'exists' | 'failed';
 
 export interface RemoteTier {
@@ -16,10 +17,17 @@ export interface RemoteTier {
    * such entry, or the tier is off.
    */
   restore(key: string, files: string[], staging: string): Promise<RestoreResult>;
+  /** Whether the tier has a usable entry for `key` (undefined: it cannot tell now). */
+  has?(key: string, files: string[]): Promise<boolean | undefined>;
   /** Saves `files` (names relative to `dir`) under `key`; 'exists' when the tier has that key already. */
   save(key: string, files: string[], dir: string): Promise<SaveResult>;
   /** Whether the tier is still on (a stall turns it off for the rest of the run). */
   readonly on: boolean;
+  /**
+   * The caller refused what restore(key) brought (checks in the staging dir failed). A tier whose
+   * entries are immutable saves the next save(key) under another name its restore also finds.
+   */
+  refused?(key: string): void;
   /** Starts anything slow to start ahead of the first call. */
   prestart?(): void;
   close(): void;

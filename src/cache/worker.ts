@@ -1,11 +1,12 @@
-// The @actions/cache calls of one run, in one long-lived process: `node cache-worker.js`. Requests
+// The Actions cache calls of one run, in one long-lived process: `node cache-worker.js`. Requests
 // come as JSON lines on stdin, one at a time; each result goes as a JSON line on fd 3; the toolkit's
-// own log lines go to stdout as usual. A restore streams where it can (stream.ts). Each call gets its own directory as cwd and GITHUB_WORKSPACE
-// (the toolkit resolves paths against both). A stalled call is ended by killing this process.
+// own log lines go to stdout as usual. Lookups and restores are this project's own (stream.ts);
+// saves are the toolkit's saveCache, which resolves paths against the cwd and GITHUB_WORKSPACE, so
+// each call gets its own directory as both. A stalled call is ended by killing this process.
 import * as cache from '@actions/cache';
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
-import { canStream, streamedLookup, streamedRestore } from './stream.js';
+import { RateLimited, RefusedError, cacheService, compressionMethod, curlExtract, entryVersion, lookupEntry, type Found } from './stream.js';
 
 export interface WorkerRequest {
   id: number;
@@ -13,16 +14,22 @@ export interface WorkerRequest {
   /** Directory the `paths` are relative to; it becomes cwd and GITHUB_WORKSPACE. */
   dir: string;
   paths: string[];
+  /** save: the key; lookup/restore: the keys to try, in the service's order (first found wins). */
   key: string;
+  keys?: string[];
 }
 
 export interface WorkerResult {
   id: number;
-  /** lookup/restore: the matched key, or null on a miss (or a swallowed failure). */
+  /** lookup/restore: the matched key, or null on a miss. */
   matchedKey?: string | null;
   /** save: the entry id, or -1. */
   entryId?: number;
   error?: string;
+  /** The service answered 429: seconds until its limit resets. */
+  rateLimitedS?: number;
+  /** restore: the archive arrived but was refused (why). */
+  refused?: string;
   /** Sent once, as id 0, when the toolkit is loaded and requests are read. */
   ready?: boolean;
 }
@@ -32,11 +39,26 @@ export interface WorkerResult {
 // zstd without a level, so zstd takes this one.
 process.env.ZSTD_CLEVEL ??= '1';
 
-/**
- * Whether lookups and restores stream (stream.ts). Asked at once: the answer starts zstd, and the
- * worker starts while the host is set up, long before the first lookup.
- */
-const streams: Promise<boolean> = canStream().catch(() => false);
+// Asked at once: the answer starts zstd, and the worker starts while the host is set up.
+compressionMethod();
+
+/** What a lookup found, kept for the restore that follows (one lookup a layer; a signed URL lasts minutes). */
+const found = new Map<string, Found & { at: number }>();
+const FRESH_MS = 60_000;
+
+async function lookup(req: WorkerRequest): Promise<Found | null> {
+  const service = cacheService();
+  if (!service) return null;
+  const version = entryVersion(req.paths);
+  const id = `${(req.keys ?? [req.key]).join(',')}\0${version}`;
+  const kept = found.get(id);
+  found.delete(id);
+  if (req.op === 'restore' && kept && Date.now() - kept.at <= FRESH_MS) return kept;
+  const f = await lookupEntry(service, req.keys ?? [req.key], version);
+  if (f && req.op === 'lookup') found.set(id, { ...f, at: Date.now() });
+  return f;
+}
+
 const done = (r: WorkerResult) => fs.writeSync(3, JSON.stringify(r) + '\n');
 done({ id: 0, ready: true });
 const lines = readline.createInterface({ input: process.stdin });
@@ -46,17 +68,24 @@ for await (const line of lines) {
   try {
     process.chdir(req.dir);
     process.env.GITHUB_WORKSPACE = req.dir;
-    if (req.op !== 'save' && (await streams)) {
-      const matchedKey = req.op === 'lookup' ? await streamedLookup(req.paths, req.key) : await streamedRestore(req.paths, req.key, req.dir, (line) => console.log(line));
-      if (matchedKey !== undefined) {
-        done({ id: req.id, matchedKey });
-        continue;
-      }
+    if (req.op === 'save') {
+      done({ id: req.id, entryId: await cache.saveCache(req.paths, req.key) });
+      continue;
     }
-    if (req.op === 'save') done({ id: req.id, entryId: await cache.saveCache(req.paths, req.key) });
-    else done({ id: req.id, matchedKey: (await cache.restoreCache(req.paths, req.key, [], { lookupOnly: req.op === 'lookup' })) ?? null });
+    const f = await lookup(req);
+    if (!f || req.op === 'lookup') {
+      done({ id: req.id, matchedKey: f?.matchedKey ?? null });
+      continue;
+    }
+    console.log(`Cache hit for: ${f.matchedKey} (streamed: curl | ${compressionMethod() === 'gzip' ? 'gzip' : 'zstd'} -d | tar -x)`);
+    const bytes = await curlExtract(f.url, req.dir);
+    console.log(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
+    done({ id: req.id, matchedKey: f.matchedKey });
   } catch (err) {
-    done({ id: req.id, error: err instanceof Error ? err.message : String(err) });
+    const error = err instanceof Error ? err.message : String(err);
+    if (err instanceof RateLimited) done({ id: req.id, error, rateLimitedS: err.retryAfterS });
+    else if (err instanceof RefusedError) done({ id: req.id, error, refused: error });
+    else done({ id: req.id, error });
   }
 }
 process.exit(0);

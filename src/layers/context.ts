@@ -1,7 +1,7 @@
 // What every layer builder needs: the config, the host, the catalogue entry, the cache dir, the
 // time limits for this accelerator (the seed's: KVM 120-300 s, TCG 600-900 s to SSH), and who
 // holds the layers in use while this run needs them.
-import type { ActionsCache } from '../cache/actions.js';
+import type { RemoteTier } from '../cache/tier.js';
 import type { Holder } from '../cache/local.js';
 import type { DistroImage } from '../distro.js';
 import { getHooks } from '../env.js';
@@ -33,8 +33,20 @@ export interface LayerContext {
   image: DistroImage;
   dir: string;
   timeouts: Timeouts;
-  /** The Actions cache tier, when enabled and available. */
-  cache?: ActionsCache;
+  /** The remote tiers in lookup order (the Actions cache, a registry); empty when none. */
+  tiers: RemoteTier[];
   /** Who holds this run's layers in use (the job in Actions, else this process). */
   holder: Holder;
+  /** Layers this run has that a tier may lack, to be saved there afterwards. */
+  pending: PendingSave[];
+}
+
+/** A layer to save to the tiers that lack it (all but `from`, the tiers it came from). */
+export interface PendingSave {
+  layer: string;
+  key: string;
+  /** File names relative to `dir` (the layer's files and manifest). */
+  files: string[];
+  dir: string;
+  from: string[];
 }

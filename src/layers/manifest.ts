@@ -4,6 +4,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { isPlainName } from '../cache/confine.js';
 import type { VmLayout } from '../vm/spec.js';
 
 export { MANIFEST_SUFFIX, manifestPath } from '../names.js';
@@ -51,10 +52,17 @@ export function hashOf(value: unknown): string {
   return createHash('sha256').update(JSON.stringify(stable(value))).digest('hex').slice(0, 20);
 }
 
+/**
+ * A manifest, or undefined when the file is missing or not one of ours. Its file names are checked
+ * on every read (a manifest may come from a cache entry): each must be a plain name in its dir, so
+ * nothing that joins them to the dir (validity, eviction) can reach outside it.
+ */
 export function readManifest(file: string): Manifest | undefined {
   try {
     const m = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
-    return m.version === 1 ? m : undefined;
+    if (m?.version !== 1 || !Array.isArray(m.files) || typeof m.key !== 'string') return undefined;
+    if (!m.files.every((f) => isPlainName(f?.name) && Number.isSafeInteger(f.size) && typeof f.sha256 === 'string')) return undefined;
+    return m;
   } catch {
     return undefined;
   }

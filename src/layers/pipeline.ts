@@ -1,11 +1,16 @@
 // ensureLayers(): per layer, use it when its manifest says it is valid for this run, else restore it
-// from the Actions cache or build it, under the layer's lock; then save what was built, evict over
-// the size budget, and write the run record. Planning is pure (plan.ts); the local tier is
-// cache/local.ts; this file only orchestrates.
+// from a remote tier (the Actions cache, then an OCI registry) or build it, under the layer's lock;
+// then save what was built, evict over the size budget, and write the run record. What a tier
+// restores is checked in a private staging dir before it is placed (cache/confine.ts, check.ts).
+// Layers a tier lacks but this run has (local or from another tier) are saved to it afterwards:
+// in the action's post step, so the warm path stays short. Planning is pure (plan.ts); the local
+// tier is cache/local.ts; this file only orchestrates.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Outputs, type OutputValues } from '../contract.js';
-import { actionsCache, cacheServiceAvailable, type ActionsCache } from '../cache/actions.js';
+import { actionsCache, cacheServiceAvailable } from '../cache/actions.js';
+import { stagedFilesProblem } from '../cache/confine.js';
+import type { RemoteTier } from '../cache/tier.js';
 import {
   cleanStaleTemps,
   evict,
@@ -31,12 +36,13 @@ import { errorMessage, log } from '../log.js';
 import { CacheFiles, manifestPath } from '../names.js';
 import { runtimeDir } from '../paths.js';
 import { recordPath, writeRecord, type RunRecord, type SnapshotRecord } from '../record.js';
-import { checkImage, copyFile, rebaseUnsafe } from '../vm/images.js';
+import { copyFile, rebaseUnsafe } from '../vm/images.js';
 import { KvmBootError } from '../vm/boot.js';
 import { recipe } from '../vm/spec.js';
 import type { KeyPair } from '../vm/ssh.js';
 import { BROWSER_CPUS, BROWSER_MEMORY_MB, SOURCE_FILE, browserInstallScript } from './browser.js';
-import { timeoutsFor, type LayerContext, type Timeouts } from './context.js';
+import { backingProblem, stagedLayerProblem } from './check.js';
+import { timeoutsFor, type LayerContext, type PendingSave, type Timeouts } from './context.js';
 import { hostLayout } from './guest.js';
 import { describeFiles, hashOf, invalidReason, readManifest, writeManifest, type LayerName, type Manifest } from './manifest.js';
 import { planLayers, type LayerPlan, type Plan, type Recipes } from './plan.js';
@@ -45,7 +51,9 @@ import { adoptRaw, download, expectedChecksum } from './raw.js';
 import { SHRINK_RAM, SNAPSHOT_SETUP, buildSnapshot, type SnapshotBuild } from './snapshot.js';
 import { ensureSshKey } from './sshkey.js';
 
-export type LayerSource = 'local' | 'actions cache' | 'built' | 'failed' | 'skipped';
+export type LayerSource = 'local' | 'actions cache' | 'registry' | 'built' | 'failed' | 'skipped';
+
+const sourceOf = (t: RemoteTier): LayerSource => (t.label.startsWith('registry') ? 'registry' : 'actions cache');
 
 export interface LayerResult {
   layer: LayerName;
@@ -64,6 +72,8 @@ export interface EnsureResult {
   host: Host;
   snapshotBuild?: SnapshotBuild;
   evicted: Eviction[];
+  /** Layers this run has that some tier may lack (saved by syncTiers, at once or in the post step). */
+  pending: PendingSave[];
 }
 
 /** The guest commands the layers' content depends on, for this config. */
@@ -104,44 +114,49 @@ function cachePaths(p: LayerPlan): string[] {
   return [...p.files, path.basename(manifestPath('', p.base))];
 }
 
-async function imagesCorrupt(dir: string, files: string[]): Promise<string | undefined> {
-  for (const f of files.filter((x) => x.endsWith('.qcow2'))) {
-    if (!(await checkImage(path.join(dir, f)))) return `qemu-img check fails on ${f}`;
-  }
-  return undefined;
-}
-
 /**
- * Restores a layer from the Actions cache into a scratch dir, validates it, points a snapshot's
- * disk at this cache dir's backing image, then moves it in place.
+ * Restores a layer from a tier into a private staging dir, checks it there (the files and nothing
+ * else, the manifest, every sha256, every qcow2's header; a snapshot's disk pointed at this cache
+ * dir's parent image), then moves it in place. An entry refused is said once, and the tier is told.
  */
-async function restoreLayer(ctx: LayerContext, p: LayerPlan, key: string, parentId: string | undefined, backing: string | undefined): Promise<Manifest | undefined> {
+async function restoreLayer(ctx: LayerContext, tier: RemoteTier, p: LayerPlan, key: string, parentId: string | undefined, backing: string | undefined): Promise<Manifest | undefined> {
   // An entry that exists but arrived broken is fetched once more: a cut transfer is far more
   // likely than a broken entry, and a download costs seconds where a rebuild costs minutes.
   for (let attempt = 1; ; attempt++) {
-    const r = await restoreOnce(ctx, p, key, parentId, backing);
+    const r = await restoreOnce(ctx, tier, p, key, parentId, backing);
     if (typeof r !== 'string') return r;
     if (r === 'miss') return undefined;
-    if (attempt === 2 || !ctx.cache!.on) {
-      log.warning(`Actions cache entry ${key}: ${r}; building instead`);
+    if (r.startsWith('refused: ')) {
+      log.warning(`${tier.label} entry ${key} refused: ${r.slice('refused: '.length)}; building the ${p.layer} layer instead`);
+      tier.refused?.(key);
       return undefined;
     }
-    log.warning(`Actions cache entry ${key}: ${r}; downloading it once more`);
+    if (attempt === 2 || !tier.on) {
+      log.warning(`${tier.label} entry ${key}: ${r}; building instead`);
+      return undefined;
+    }
+    log.warning(`${tier.label} entry ${key}: ${r}; downloading it once more`);
   }
 }
 
-/** One restore into a fresh scratch dir: the layer's manifest, 'miss', or why the entry is not usable. */
-async function restoreOnce(ctx: LayerContext, p: LayerPlan, key: string, parentId: string | undefined, backing: string | undefined): Promise<Manifest | string> {
+/** One restore into a fresh staging dir: the layer's manifest, 'miss', `refused: why`, or why the transfer failed. */
+async function restoreOnce(ctx: LayerContext, tier: RemoteTier, p: LayerPlan, key: string, parentId: string | undefined, backing: string | undefined): Promise<Manifest | string> {
   const staging = tempPath(ctx.dir, `${p.base}-restore`);
-  fs.mkdirSync(staging, { recursive: true });
+  fs.mkdirSync(staging, { mode: 0o700 });
   try {
-    const got = await ctx.cache!.restore(key, cachePaths(p), staging);
+    const files = cachePaths(p);
+    const got = await tier.restore(key, files, staging);
     if (got === 'miss') return 'miss';
     if (got === 'failed') return 'the download failed';
-    const m = readManifest(manifestPath(staging, p.base));
-    const why = invalidReason(m, staging, p, parentId) ?? (await imagesCorrupt(staging, p.files));
-    if (why || !m) return `not usable (${why ?? 'no manifest'})`;
-    if (backing) await pointAt(staging, p, m, backing, { shared: false });
+    if (got !== 'restored') return got;
+    const why = stagedFilesProblem(staging, files) ?? (await stagedLayerProblem(staging, p, readManifest(manifestPath(staging, p.base)), parentId));
+    if (why) return `refused: ${why}`;
+    let m = readManifest(manifestPath(staging, p.base))!;
+    if (backing) {
+      m = await pointAt(staging, p, m, backing, { shared: false });
+      const off = await backingProblem(path.join(staging, p.files[0]), backing);
+      if (off) return `refused: ${p.files[0]} ${off}`;
+    }
     placeLayer(ctx.dir, staging, p);
     return readManifest(manifestPath(ctx.dir, p.base)) ?? 'no manifest after placing it';
   } finally {
@@ -149,11 +164,32 @@ async function restoreOnce(ctx: LayerContext, p: LayerPlan, key: string, parentI
   }
 }
 
-/** Saves a new layer to the Actions cache at once (so a later failure cannot lose it); says how it went. */
-async function saveLayer(ctx: LayerContext, p: LayerPlan, key: string): Promise<string> {
-  if (!ctx.cache) return 'no Actions cache';
-  const saved = await log.group(`Saving the ${p.layer} layer to the Actions cache (${key})`, () => ctx.cache!.save(key, cachePaths(p), ctx.dir));
-  return saved === 'saved' ? 'saved to the Actions cache' : saved === 'exists' ? 'another job saved it first' : 'not saved to the Actions cache';
+/** Saves a new layer to every tier at once (so a later failure cannot lose it); says how it went. */
+async function saveLayer(ctx: LayerContext, p: LayerPlan, key: string): Promise<string | undefined> {
+  if (!ctx.tiers.length) return undefined;
+  if (!ctx.config.cacheSave) return 'not saved (cache-save: false)';
+  const said: string[] = [];
+  for (const tier of ctx.tiers.filter((t) => t.on)) {
+    const saved = await log.group(`Saving the ${p.layer} layer to the ${tier.label} (${key})`, () => tier.save(key, cachePaths(p), ctx.dir));
+    said.push(saved === 'saved' ? `saved to the ${tier.label}` : saved === 'exists' ? `the ${tier.label} had it` : `not saved to the ${tier.label}`);
+  }
+  return said.join('; ') || undefined;
+}
+
+/**
+ * Saves each pending layer to the tiers that lack it (asked first: a save of a key a tier has
+ * costs a whole archive). Never fails: a tier that cannot answer is skipped.
+ */
+export async function syncTiers(pending: PendingSave[], tiers: RemoteTier[]): Promise<string[]> {
+  const saved: string[] = [];
+  for (const s of pending) {
+    for (const tier of tiers.filter((t) => t.on && !s.from.includes(t.label))) {
+      if ((await tier.has?.(s.key, s.files).catch(() => undefined)) !== false) continue;
+      const r = await log.group(`Saving the ${s.layer} layer to the ${tier.label}, which lacks it (${s.key})`, () => tier.save(s.key, s.files, s.dir));
+      if (r === 'saved') saved.push(`${s.layer} → ${tier.label}`);
+    }
+  }
+  return saved;
 }
 
 interface LayerHooks {
@@ -183,28 +219,33 @@ async function ensureLayer(ctx: LayerContext, p: LayerPlan, results: LayerResult
       touchLayer(ctx.dir, p.base);
       return m;
     };
+    const key = cacheKeyFor(p, o.parentId);
+    const pending = (from: string[]) => ctx.config.cacheSave && ctx.tiers.length && ctx.pending.push({ layer: p.layer, key, files: cachePaths(p), dir: ctx.dir, from });
     const valid = validLayer(ctx.dir, p, o.parentId);
     if (valid) {
       // A snapshot whose cache dir moved: its disk's header still names the old backing path.
       const have = o.backing ? await pointAt(ctx.dir, p, valid, o.backing, { shared: true }) : valid;
       log.info(`${p.layer}: using ${p.files[0]} (local cache)`);
       result('local', have, Date.now() - start > 1500 ? 'waited for another run' : undefined);
+      pending([]);
       return use(have);
     }
-    const key = cacheKeyFor(p, o.parentId);
     const unrecorded = !fs.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs.existsSync(path.join(ctx.dir, f)));
     const adopted = unrecorded && o.adopt ? await o.adopt() : undefined;
     if (adopted) {
       const m = await record(ctx, p, start, o.parentId, adopted);
       log.info(`${p.layer}: adopted ${p.files[0]} left by an earlier tool (verified)`);
-      result('local', m, `adopted an unrecorded file (${await saveLayer(ctx, p, key)})`);
+      const saved = await saveLayer(ctx, p, key);
+      result('local', m, `adopted an unrecorded file${saved ? ` (${saved})` : ''}`);
       return use(m);
     }
-    if (ctx.cache) {
-      const restored = await log.group(`Restoring the ${p.layer} layer from the Actions cache (${key})`, () => restoreLayer(ctx, p, key, o.parentId, o.backing));
+    for (const tier of ctx.tiers) {
+      if (!tier.on) continue;
+      const restored = await log.group(`Restoring the ${p.layer} layer from the ${tier.label} (${key})`, () => restoreLayer(ctx, tier, p, key, o.parentId, o.backing));
       if (restored) {
-        log.info(`${p.layer}: restored ${p.files[0]} from the Actions cache`);
-        result('actions cache', restored);
+        log.info(`${p.layer}: restored ${p.files[0]} from the ${tier.label}`);
+        result(sourceOf(tier), restored);
+        pending([tier.label]);
         return use(restored);
       }
     }
@@ -214,7 +255,7 @@ async function ensureLayer(ctx: LayerContext, p: LayerPlan, results: LayerResult
       log.info(`${p.layer}: built ${p.files[0]} in ${((Date.now() - start) / 1000).toFixed(0)} s`);
       return built;
     });
-    result('built', m, ctx.cache ? await saveLayer(ctx, p, key) : undefined);
+    result('built', m, await saveLayer(ctx, p, key));
     return use(m);
   });
 }
@@ -234,7 +275,9 @@ async function pointAt(dir: string, p: LayerPlan, m: Manifest, backing: string, 
   } else {
     await rebaseUnsafe(disk, backing);
   }
-  return writeManifest(manifestPath(dir, p.base), { ...m, backing });
+  // The header changed: the recorded digest follows it (a tier checks it at every restore).
+  const [described] = await describeFiles(dir, [p.files[0]]);
+  return writeManifest(manifestPath(dir, p.base), { ...m, backing, files: m.files.map((f) => (f.name === described.name ? described : f)) });
 }
 
 /** Writes a layer's manifest, last, over files already in place. */
@@ -290,23 +333,24 @@ async function ensureSnapshotLayer(
 }
 
 /**
- * The Actions cache tier for this config, its worker already starting (call it before the host is
- * set up, so that the toolkit loads meanwhile); undefined when the config or the job has no cache.
- * ensureLayers closes it.
+ * The remote tiers for this config, in lookup order: the Actions cache (when `cache` is on and the
+ * job has one; its worker already starting, so call this before the host is set up), then the
+ * registry. ensureLayers closes them.
  */
-export function openCacheTier(config: Config): ActionsCache | undefined {
+export function openTiers(config: Config): RemoteTier[] {
   const useCache = config.cache && cacheServiceAvailable();
   if (config.cache && !useCache) log.info('Actions cache: not available in this environment; using the local cache only');
-  const cache = useCache ? actionsCache() : undefined;
-  cache?.prestart();
-  return cache;
+  const tiers: RemoteTier[] = [];
+  if (useCache) tiers.push(actionsCache());
+  for (const t of tiers) t.prestart?.();
+  return tiers;
 }
 
 /**
  * Every layer this config needs. Under `kvm: auto`, a first boot that fails under KVM (QEMU exits
  * early, or the guest stalls) records the verdict, warns once, and the run goes on under TCG.
  */
-export async function ensureLayers(config: Config, host0: Host, cache = openCacheTier(config)): Promise<EnsureResult> {
+export async function ensureLayers(config: Config, host0: Host, tiers = openTiers(config), o: { deferSaves?: boolean } = {}): Promise<EnsureResult> {
   const dir = config.cacheDir;
   fs.mkdirSync(dir, { recursive: true });
   cleanStaleTemps(dir);
@@ -314,11 +358,13 @@ export async function ensureLayers(config: Config, host0: Host, cache = openCach
   fs.mkdirSync(rt, { recursive: true });
   const holder = process.env.GITHUB_ACTIONS === 'true' ? jobHolder(rt) : processHolder();
   try {
-    const key = await withLayerLock(dir, CacheFiles.sshKey, 10 * 60_000, () => ensureSshKey(dir, cache));
+    const key = await withLayerLock(dir, CacheFiles.sshKey, 10 * 60_000, () => ensureSshKey(dir, tiers, config.cacheSave));
     let host = host0;
     for (;;) {
       try {
-        return await ensureOnce(config, host, key, cache, holder, rt);
+        const result = await ensureOnce(config, host, key, tiers, holder, rt);
+        if (!o.deferSaves && result.pending.length) await syncTiers(result.pending, tiers);
+        return result;
       } catch (err) {
         if (!(err instanceof KvmBootError)) throw err;
         if (host.kvmMode !== 'auto') throw new Error(kvmUnusableError(err.cause));
@@ -326,15 +372,15 @@ export async function ensureLayers(config: Config, host0: Host, cache = openCach
       }
     }
   } finally {
-    cache?.close();
+    for (const t of tiers) t.close();
   }
 }
 
-async function ensureOnce(config: Config, host: Host, key: KeyPair, cache: ActionsCache | undefined, holder: LayerContext['holder'], rt: string): Promise<EnsureResult> {
+async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: RemoteTier[], holder: LayerContext['holder'], rt: string): Promise<EnsureResult> {
   const dir = config.cacheDir;
   const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager);
   const plan = planLayers(config, host, key.publicKey, recipes, getHooks());
-  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), cache, holder };
+  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), tiers, holder, pending: [] };
   const results: LayerResult[] = [];
   const at = (f: string) => path.join(dir, f);
 
@@ -432,7 +478,7 @@ async function ensureOnce(config: Config, host: Host, key: KeyPair, cache: Actio
   const browserRestore = snapshotRecord(plan.browserSnapshot, browserSnap.manifest, plan.browser);
   const id = hashOf({ prepared: plan.prepared.key, snapshot: restore ? plan.snapshot.key : null, browser: browser ? plan.browser.key : null }).slice(0, 16);
   const recordFile = recordPath(rt, id);
-  const fromCache = results.filter((r) => r.source === 'actions cache').map((r) => r.layer);
+  const fromCache = results.filter((r) => r.source === 'actions cache' || r.source === 'registry').map((r) => r.layer);
   const outputs: OutputValues = {
     [Outputs.Image]: at(plan.prepared.files[0]),
     [Outputs.EfiCode]: host.firmware.code,
@@ -452,7 +498,7 @@ async function ensureOnce(config: Config, host: Host, key: KeyPair, cache: Actio
     [Outputs.BrowserSnapshotSeedIso]: browserRestore?.seed ?? '',
     [Outputs.Accel]: host.accel.accel,
     [Outputs.Qemu]: host.qemu.path,
-    [Outputs.CacheHit]: String(results.every((r) => r.source === 'local' || r.source === 'actions cache')),
+    [Outputs.CacheHit]: String(results.every((r) => r.source === 'local' || r.source === 'actions cache' || r.source === 'registry')),
     [Outputs.CacheHitLayers]: fromCache.join(','),
     [Outputs.Manifest]: recordFile,
   };
@@ -472,11 +518,11 @@ async function ensureOnce(config: Config, host: Host, key: KeyPair, cache: Actio
     ...(browserRestore ? { browserRestore } : {}),
     cold: { image: at(plan.prepared.files[0]), base: plan.prepared.base, layout: coldLayout },
     ...(browser ? { browserCold: { image: at(plan.browser.files[0]), base: plan.browser.base, layout: coldLayout } } : {}),
-    run: { environmentVariables: config.environmentVariables, sync: config.sync, diskSize: config.diskSize, bootTimeoutMs: config.bootTimeoutMs },
+    run: { environmentVariables: config.environmentVariables, sync: config.sync, syncMaxBytes: config.syncMaxBytes, diskSize: config.diskSize, bootTimeoutMs: config.bootTimeoutMs },
     layers: results,
     cacheDirBytes: bytes,
     evicted,
   };
   writeRecord(recordFile, record);
-  return { outputs, record, layers: results, runtimeDir: rt, plan, host, snapshotBuild: snap.build, evicted };
+  return { outputs, record, layers: results, runtimeDir: rt, plan, host, snapshotBuild: snap.build, evicted, pending: ctx.pending };
 }

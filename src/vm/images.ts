@@ -50,12 +50,22 @@ export interface ImageInfo {
   format: string;
   virtualSize: number;
   backingFile?: string;
+  backingFormat?: string;
+  /** A qcow2 image whose data lives in another file (the `data-file` option). */
+  dataFile?: string;
 }
 
+/** The image's own header (its backing file is named, never opened). */
 export async function imageInfo(file: string): Promise<ImageInfo> {
   const r = await run('qemu-img', ['info', '-U', '--output=json', file]);
-  const j = JSON.parse(r.stdout) as { format: string; 'virtual-size': number; 'backing-filename'?: string };
-  return { format: j.format, virtualSize: j['virtual-size'], backingFile: j['backing-filename'] };
+  const j = JSON.parse(r.stdout) as {
+    format: string;
+    'virtual-size': number;
+    'backing-filename'?: string;
+    'backing-filename-format'?: string;
+    'format-specific'?: { data?: { 'data-file'?: string } };
+  };
+  return { format: j.format, virtualSize: j['virtual-size'], backingFile: j['backing-filename'], backingFormat: j['backing-filename-format'], dataFile: j['format-specific']?.data?.['data-file'] };
 }
 
 /**

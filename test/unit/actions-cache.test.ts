@@ -7,7 +7,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import { actionsCache, cacheServiceAvailable } from '../../src/cache/actions.js';
+import { stagedFilesProblem } from '../../src/cache/confine.js';
+import { entryVersion } from '../../src/cache/stream.js';
 import { log, plainLogger, setLogger } from '../../src/log.js';
 import { startCacheServer, type CacheServer } from '../support/cache-server.js';
 
@@ -91,21 +94,20 @@ describe('streamed restores (v2, a download URL outside Azure blob storage)', ()
     c.close();
   });
 
-  test('RYRA_VM_TEST_TOOLKIT_RESTORE=1: the toolkit downloads the same entry (both paths read one format)', async () => {
-    process.env.RYRA_VM_TEST_TOOLKIT_RESTORE = '1';
+  test('the toolkit\'s own restore reads our entries too (one format both ways)', async () => {
+    // The same archive, extracted the toolkit's way (it restores into the cwd/GITHUB_WORKSPACE).
+    const dst = fs.mkdtempSync(path.join(tmp, 'td-'));
+    const cwd = process.cwd();
+    process.chdir(dst);
+    process.env.GITHUB_WORKSPACE = dst;
     try {
-      const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
-      const before = blobGets().length;
-      const dst = fs.mkdtempSync(path.join(tmp, 'td-'));
-      assert.equal(await c.restore('ryra-vm-v1-prepared-streamed', names, dst), 'restored');
-      assert.ok(fs.readFileSync(path.join(dst, 'x.qcow2')).equals(big));
-      const gets = blobGets().slice(before);
-      assert.equal(gets.length, 1);
-      assert.doesNotMatch(String(gets[0]!.headers['user-agent']), /^curl\//);
-      c.close();
+      const { restoreCache } = await import('@actions/cache');
+      assert.equal(await restoreCache([...names], 'ryra-vm-v1-prepared-streamed'), 'ryra-vm-v1-prepared-streamed');
     } finally {
-      delete process.env.RYRA_VM_TEST_TOOLKIT_RESTORE;
+      process.chdir(cwd);
+      delete process.env.GITHUB_WORKSPACE;
     }
+    assert.ok(fs.readFileSync(path.join(dst, 'x.qcow2')).equals(big));
   });
 
   for (const chunked of [false, true]) {
@@ -199,7 +201,7 @@ describe('faults', () => {
   test('prestart: the worker runs before the first call, and that call uses it', async () => {
     const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
     const before = processesNamed('cache-worker');
-    c.prestart();
+    c.prestart!();
     const started = processesNamed('cache-worker').filter((p) => !before.includes(p));
     assert.equal(started.length, 1, `worker processes after prestart: ${started.join(', ')}`);
     assert.equal(await c.save('ryra-vm-v1-prestarted', names, layerDir('pre', 'prestarted')), 'saved');
@@ -213,6 +215,70 @@ describe('faults', () => {
     assert.equal(await c.save('ryra-vm-v1-upload-stall', names, layerDir('u', 'never arrives')), 'failed');
     h.cancel();
     c.close();
+  });
+});
+
+describe('hostile entries (v2): data, never instructions', () => {
+  before(() => Object.assign(process.env, server.env('v2')));
+  const outside = fs.mkdtempSync(path.join(tmp, 'outside-'));
+
+  /** A zstd tar the way an attacker makes it: `build` fills a dir, tar stores `members` as given (-P). */
+  function hostileArchive(build: (d: string) => void, members: string[], opts: { cwd?: string } = {}): Buffer {
+    const d = fs.mkdtempSync(path.join(tmp, 'evil-'));
+    build(d);
+    const out = path.join(tmp, `evil-${crypto.randomUUID()}.tar.zst`);
+    const r = spawnSync('tar', ['--posix', '-P', '-c', '-f', out, '--use-compress-program', 'zstd', '-C', opts.cwd ?? d, ...members]);
+    assert.equal(r.status, 0, String(r.stderr));
+    return fs.readFileSync(out);
+  }
+  const seedEntry = async (key: string, data: Buffer) => server.seed({ key, version: entryVersion(names), data });
+
+  const cases: [string, () => Buffer, RegExp][] = [
+    ['a `../` name', () => hostileArchive((d) => (fs.mkdirSync(path.join(d, 'sub')), fs.writeFileSync(path.join(d, 'x.qcow2'), 'ok'), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}'), fs.writeFileSync(path.join(outside, 'dotdot-src'), 'evil')), ['x.qcow2', 'x.manifest.json', `../${path.basename(outside)}/dotdot-src`], { cwd: undefined }), /contains '\.\.'|refused/],
+    ['an absolute name', () => hostileArchive((d) => (fs.writeFileSync(path.join(d, 'x.qcow2'), 'ok'), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}'), fs.writeFileSync(path.join(d, 'abs'), 'evil')), ['x.qcow2', 'x.manifest.json', path.join(tmp, 'abs-target')]), /Removing leading|refused/],
+    ['a write through a symlink', () => hostileArchive((d) => (fs.symlinkSync(outside, path.join(d, 'x.qcow2')), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}')), ['x.qcow2', 'x.manifest.json']), /refused/],
+  ];
+  for (const [what, make, why] of cases) {
+    test(`${what}: nothing lands outside the staging dir`, async () => {
+      const key = `ryra-vm-v1-evil-${what.replace(/\W+/g, '-')}`;
+      if (what === 'an absolute name') fs.writeFileSync(path.join(tmp, 'abs-target'), 'evil source');
+      await seedEntry(key, make());
+      if (what === 'an absolute name') fs.rmSync(path.join(tmp, 'abs-target'));
+      const before = fs.readdirSync(outside).sort();
+      const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+      const dst = fs.mkdtempSync(path.join(tmp, 'ev-'));
+      const got = await c.restore(key, names, dst);
+      c.close();
+      assert.equal(fs.existsSync(path.join(tmp, 'abs-target')), false, 'the absolute name was not written');
+      assert.deepEqual(fs.readdirSync(outside).sort(), before, 'nothing new beside the staging dir');
+      assert.equal(fs.existsSync(path.join(path.dirname(dst), 'dotdot-src')), false);
+      if (what === 'a write through a symlink') {
+        // tar keeps a symlink inside the staging dir (made last); the caller's checks refuse it.
+        assert.ok(got === 'restored' || got.startsWith('refused: '), got);
+        if (got === 'restored') assert.match(stagedFilesProblem(dst, names)!, /x\.qcow2 is a symlink/);
+      } else {
+        assert.match(got, /^refused: /);
+        assert.match(got, why);
+      }
+    });
+  }
+
+  test('a refused entry does not block its key: the next save goes to a successor that later lookups find first', async () => {
+    const key = 'ryra-vm-v1-prepared-refused';
+    await seedEntry(key, hostileArchive((d) => fs.writeFileSync(path.join(d, 'x.qcow2'), 'bad'), ['x.qcow2', '/etc/hostname']));
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    assert.match(await c.restore(key, names, fs.mkdtempSync(path.join(tmp, 'r1-'))), /^refused: /);
+    c.refused(key);
+    assert.equal(await c.has!(key, names), false, 'a refused entry is not had');
+    assert.equal(await c.save(key, names, layerDir('good', 'good bytes')), 'saved');
+    c.close();
+    assert.ok(server.entries().some((e) => e.key === `${key}-r1`));
+    const c2 = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    const dst = fs.mkdtempSync(path.join(tmp, 'r2-'));
+    assert.equal(await c2.restore(key, names, dst), 'restored');
+    assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), 'good bytes');
+    assert.equal(await c2.has!(key, names), true);
+    c2.close();
   });
 });
 

@@ -1,0 +1,49 @@
+// The checks a layer restored from a remote tier passes in its staging dir before it is placed:
+// its manifest names exactly the planned files and is valid for this run, every file has the
+// sha256 recorded when it was made, and every qcow2 is a plain qcow2 with its data inside and no
+// backing file but the one the layer may have (a snapshot disk's parent, pointed at by the caller).
+import * as path from 'node:path';
+import { checkImage, imageInfo } from '../vm/images.js';
+import { fileDigests, invalidReason, type Manifest } from './manifest.js';
+
+export interface Planned {
+  layer: string;
+  files: string[];
+  key: string;
+  inputs: Record<string, unknown>;
+}
+
+/** Why the layer in `staging` may not be used, or undefined when it may. */
+export async function stagedLayerProblem(staging: string, p: Planned, m: Manifest | undefined, parentId: string | undefined): Promise<string | undefined> {
+  if (!m) return 'no valid manifest';
+  const named = m.files.map((f) => f.name).sort();
+  if (named.join('\0') !== [...p.files].sort().join('\0')) return `its manifest names ${JSON.stringify(named)}, not ${JSON.stringify([...p.files].sort())}`;
+  const invalid = invalidReason(m, staging, p, parentId);
+  if (invalid) return invalid;
+  const digests = await Promise.all(m.files.map(async (f) => ({ f, sha256: (await fileDigests(path.join(staging, f.name), ['sha256'])).sha256 })));
+  const bad = digests.find((d) => d.sha256 !== d.f.sha256);
+  if (bad) return `${bad.f.name} does not have the sha256 its manifest records`;
+  for (const f of p.files.filter((x) => x.endsWith('.qcow2'))) {
+    const problem = await imageProblem(path.join(staging, f), f === p.files[0] && p.layer.endsWith('snapshot'));
+    if (problem) return `${f} ${problem}`;
+  }
+  return undefined;
+}
+
+/** Why a qcow2 file is not a self-contained image (or, with `overlay`, an image with one qcow2 backing file). */
+export async function imageProblem(file: string, overlay: boolean): Promise<string | undefined> {
+  const info = await imageInfo(file).catch(() => undefined);
+  if (!info) return 'is not an image qemu-img can read';
+  if (info.format !== 'qcow2') return `is ${info.format}, not qcow2`;
+  if (info.dataFile) return `keeps its data in another file (${info.dataFile})`;
+  if (info.backingFile && !overlay) return `is backed by ${info.backingFile}`;
+  if (!(await checkImage(file))) return 'fails qemu-img check';
+  return undefined;
+}
+
+/** Why a snapshot disk does not sit on exactly `backing` (a qcow2 in this cache dir), or undefined. */
+export async function backingProblem(disk: string, backing: string): Promise<string | undefined> {
+  const info = await imageInfo(disk);
+  if (info.backingFile !== backing || info.backingFormat !== 'qcow2') return `is backed by ${info.backingFile ?? 'nothing'} (${info.backingFormat ?? 'no format'}), not ${backing}`;
+  return undefined;
+}
