@@ -1,0 +1,350 @@
+// A small client for the OCI distribution API: what a layer push and pull need (blob HEAD, a
+// monolithic streamed upload, blob GET, manifest GET/PUT/HEAD) and the auth GHCR, Harbor and
+// distribution speak (Bearer tokens from the realm a 401 names, anonymous or with Basic credentials;
+// plain Basic). Written by hand on node:http(s): the npm clients (@snyk/docker-registry-v2-client,
+// docker-registry-client, @sigstore/oci) pull only, buffer blobs in memory or lack the token flow,
+// and none gives the connect and stall bounds a tier that must never hold up a job needs.
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+
+export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+
+export interface RegistryRef {
+  scheme: 'http' | 'https';
+  /** host[:port] */
+  host: string;
+  /** The repository inside the registry: OWNER/ryra-vm-layers. */
+  name: string;
+}
+
+/** The distribution spec's repository name grammar. */
+const NAME_RE = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
+
+export function isLoopback(hostname: string): boolean {
+  const h = hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/**
+ * `ghcr.io/OWNER/ryra-vm-layers` (optionally with https:// or, for loopback hosts only, http://).
+ * Loopback hosts default to plain HTTP. Throws a message naming what is wrong.
+ */
+export function parseRegistryRef(value: string): RegistryRef {
+  const m = /^(?:(https?):\/\/)?([^/\s]+)\/([^\s]+?)\/?$/.exec(value.trim());
+  if (!m) throw new Error('expected HOST/REPOSITORY, such as ghcr.io/OWNER/ryra-vm-layers');
+  const [, scheme0, host0, name] = m;
+  let url: URL;
+  try {
+    url = new URL(`http://${host0}`);
+  } catch {
+    throw new Error(`${host0} is not a host name`);
+  }
+  if (url.username || url.password || url.host !== host0.toLowerCase()) throw new Error(`${host0} is not a host name (no credentials in it: use registry-token)`);
+  if (!NAME_RE.test(name)) throw new Error(`repository ${name}: lowercase letters and digits, separated by . _ or -, parts joined by /`);
+  const loop = isLoopback(url.hostname);
+  const scheme = (scheme0 as 'http' | 'https' | undefined) ?? (loop ? 'http' : 'https');
+  if (scheme === 'http' && !loop) throw new Error('plain http is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https');
+  return { scheme, host: url.host, name };
+}
+
+/**
+ * 'unreachable': refused, reset, no connection or no bytes within the bounds; 'auth': the registry or
+ * its token service refused the credentials. Either turns a tier off for the run. 'protocol':
+ * anything else (an unexpected status, a bad digest).
+ */
+export type RegistryErrorKind = 'unreachable' | 'auth' | 'protocol';
+
+export class RegistryError extends Error {
+  override name = 'RegistryError';
+  constructor(
+    message: string,
+    readonly kind: RegistryErrorKind,
+  ) {
+    super(message);
+  }
+}
+
+export interface OciClientOptions {
+  /** A token (the password of Basic credentials; GHCR takes GITHUB_TOKEN), or USER:PASSWORD. */
+  token?: string;
+  /** Bound on a TCP connect. */
+  connectTimeoutMs?: number;
+  /** Bound on a silence: no byte sent or received on a request's socket. */
+  stallMs?: number;
+  /** Sockets per host (the transfers' concurrency plus a few). */
+  maxSockets?: number;
+}
+
+export type Scope = 'pull' | 'pull,push';
+
+/** A response, and the bound it broke if its socket was cut by one (the stream then only says "aborted"). */
+export interface Response {
+  res: http.IncomingMessage;
+  why(): RegistryError | undefined;
+}
+
+const NET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE', 'UND_ERR_SOCKET']);
+
+/** A stream or request error in terms of the registry: a cut connection is 'unreachable'. */
+export function asRegistryError(err: unknown, r?: Pick<Response, 'why'>): unknown {
+  const bound = r?.why();
+  if (bound) return bound;
+  if (err instanceof RegistryError || (err as Error)?.name === 'AbortError') return err;
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if ((code && NET_CODES.has(code)) || (err as Error)?.message === 'aborted') return new RegistryError(`connection lost: ${(err as Error).message}`, 'unreachable');
+  return err;
+}
+
+async function readBody(res: http.IncomingMessage, max: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of res as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > max) {
+      res.destroy();
+      throw new RegistryError(`a response body over ${max} bytes`, 'protocol');
+    }
+    parts.push(c);
+  }
+  return Buffer.concat(parts);
+}
+
+function drain(res: http.IncomingMessage): void {
+  res.resume();
+  res.on('error', () => {});
+}
+
+/** `Bearer realm="...",service="...",scope="..."` → scheme and params. */
+export function parseChallenge(header: string | undefined): { scheme: string; params: Record<string, string> } | undefined {
+  const m = /^\s*(\w+)\s*(.*)$/.exec(header ?? '');
+  if (!m) return undefined;
+  const params: Record<string, string> = {};
+  for (const p of m[2].matchAll(/(\w+)=(?:"([^"]*)"|([^,\s]*))/g)) params[p[1].toLowerCase()] = p[2] ?? p[3];
+  return { scheme: m[1].toLowerCase(), params };
+}
+
+export class OciClient {
+  readonly ref: RegistryRef;
+  private readonly base: string;
+  private readonly connectMs: number;
+  private readonly stallMs: number;
+  private readonly agent: http.Agent;
+  private readonly user: string;
+  private readonly password: string | undefined;
+  /** The Authorization header that worked, per scope asked for. */
+  private readonly auth = new Map<Scope, string>();
+
+  constructor(ref: RegistryRef | string, opts: OciClientOptions = {}) {
+    this.ref = typeof ref === 'string' ? parseRegistryRef(ref) : ref;
+    this.base = `${this.ref.scheme}://${this.ref.host}`;
+    this.connectMs = opts.connectTimeoutMs ?? 10_000;
+    this.stallMs = opts.stallMs ?? 30_000;
+    const agentOpts = { keepAlive: true, maxSockets: opts.maxSockets ?? 8 };
+    this.agent = this.ref.scheme === 'https' ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
+    const t = opts.token?.trim() || undefined;
+    // USER:PASSWORD for registries that check the user name (htpasswd); a bare token goes with any name.
+    const colon = t ? t.indexOf(':') : -1;
+    this.user = t && colon > 0 ? t.slice(0, colon) : 'ryra-vm';
+    this.password = t && colon > 0 ? t.slice(colon + 1) : t;
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private url(p: string): URL {
+    return new URL(`${this.base}/v2/${this.ref.name}/${p}`);
+  }
+
+  /** One HTTP exchange under the connect and stall bounds; resolves at the response head. */
+  private exchange(method: string, url: URL, headers: http.OutgoingHttpHeaders, body: Buffer | (() => Readable) | undefined, signal: AbortSignal): Promise<Response> {
+    if (url.protocol !== 'https:' && !isLoopback(url.hostname)) {
+      return Promise.reject(new RegistryError(`refusing plain http to ${url.host} (only loopback hosts may use it)`, 'protocol'));
+    }
+    return new Promise((resolve, reject) => {
+      let bound: RegistryError | undefined;
+      const mod = url.protocol === 'https:' ? https : http;
+      const agent = url.host === this.ref.host ? this.agent : undefined;
+      const req = mod.request(url, { method, headers, agent, signal });
+      let connectTimer: NodeJS.Timeout | undefined;
+      req.on('socket', (s) => {
+        if (!s.connecting) return;
+        connectTimer = setTimeout(() => {
+          bound = new RegistryError(`no connection to ${url.host} within ${this.connectMs / 1000} s`, 'unreachable');
+          req.destroy(bound);
+        }, this.connectMs);
+        s.once('connect', () => clearTimeout(connectTimer));
+      });
+      req.setTimeout(this.stallMs, () => {
+        bound = new RegistryError(`${url.host} stalled: nothing sent or received for ${this.stallMs / 1000} s (${method} ${url.pathname})`, 'unreachable');
+        req.destroy(bound);
+      });
+      const why = () => bound;
+      req.on('error', (err) => {
+        clearTimeout(connectTimer);
+        reject(asRegistryError(err, { why }));
+      });
+      req.on('response', (res) => {
+        clearTimeout(connectTimer);
+        resolve({ res, why });
+      });
+      if (body === undefined || Buffer.isBuffer(body)) req.end(body);
+      else pipeline(body(), req).catch((err) => req.destroy(err));
+    });
+  }
+
+  /**
+   * A request to the registry with its auth: on a 401 it authenticates as the challenge says and
+   * tries once more; GET and HEAD follow redirects (blob storage), without credentials to another host.
+   */
+  async request(
+    method: string,
+    url: URL,
+    o: { scope: Scope; signal: AbortSignal; headers?: http.OutgoingHttpHeaders; body?: Buffer | (() => Readable) },
+  ): Promise<Response> {
+    let target = url;
+    for (let attempt = 0, hops = 0; ; ) {
+      const sameHost = target.host === this.ref.host;
+      const authHeader = sameHost ? this.auth.get(o.scope) : undefined;
+      const headers = { 'user-agent': 'ryra-vm', ...o.headers, ...(authHeader ? { authorization: authHeader } : {}) };
+      const r = await this.exchange(method, target, headers, o.body, o.signal);
+      const status = r.res.statusCode ?? 0;
+      if (status === 401 && sameHost && attempt === 0) {
+        drain(r.res);
+        attempt++;
+        await this.authenticate(r.res.headers['www-authenticate'], o.scope, o.signal);
+        continue;
+      }
+      if ((status === 401 || status === 403) && sameHost) {
+        const text = (await readBody(r.res, 64 << 10).catch(() => Buffer.alloc(0))).toString().slice(0, 300);
+        throw new RegistryError(
+          `${this.ref.host} refused ${method} ${target.pathname} with HTTP ${status}${text ? `: ${text.trim()}` : ''} (check registry-token: it needs ${o.scope === 'pull' ? 'read' : 'write'} access to ${this.ref.name})`,
+          'auth',
+        );
+      }
+      if ([301, 302, 303, 307, 308].includes(status) && (method === 'GET' || method === 'HEAD') && r.res.headers.location && hops < 5) {
+        drain(r.res);
+        hops++;
+        target = new URL(r.res.headers.location, target);
+        continue;
+      }
+      return r;
+    }
+  }
+
+  /** Gets a token (or sets Basic credentials) for `scope` as the registry's challenge says. */
+  private async authenticate(header: string | undefined, scope: Scope, signal: AbortSignal): Promise<void> {
+    const c = parseChallenge(header);
+    const basic = this.password !== undefined ? `Basic ${Buffer.from(`${this.user}:${this.password}`).toString('base64')}` : undefined;
+    if (c?.scheme === 'basic') {
+      if (!basic) throw new RegistryError(`${this.ref.host} asks for credentials (Basic) and none were given: set registry-token`, 'auth');
+      this.auth.set(scope, basic);
+      return;
+    }
+    if (c?.scheme !== 'bearer' || !c.params.realm) throw new RegistryError(`${this.ref.host} answered 401 without a usable challenge (${header ?? 'none'})`, 'auth');
+    let realm: URL;
+    try {
+      realm = new URL(c.params.realm);
+    } catch {
+      throw new RegistryError(`${this.ref.host} names a token realm that is not a URL: ${c.params.realm}`, 'auth');
+    }
+    if (c.params.service) realm.searchParams.set('service', c.params.service);
+    const scopes = new Set([`repository:${this.ref.name}:${scope}`]);
+    if (c.params.scope) for (const s of c.params.scope.split(' ')) if (s && !s.startsWith(`repository:${this.ref.name}:`)) scopes.add(s);
+    for (const s of scopes) realm.searchParams.append('scope', s);
+    // Credentials go to a realm only over https (or loopback); without them the token is anonymous.
+    const r = await this.exchange('GET', realm, { 'user-agent': 'ryra-vm', ...(basic ? { authorization: basic } : {}) }, undefined, signal);
+    const status = r.res.statusCode ?? 0;
+    let body: Buffer;
+    try {
+      body = await readBody(r.res, 1 << 20);
+    } catch (err) {
+      throw asRegistryError(err, r);
+    }
+    if (status === 401 || status === 403) throw new RegistryError(`the token service ${realm.host} refused the ${basic ? 'credentials' : 'anonymous request'} (HTTP ${status}): check registry-token`, 'auth');
+    if (status !== 200) throw new RegistryError(`the token service ${realm.host} answered HTTP ${status}`, 'auth');
+    let token: unknown;
+    try {
+      const j = JSON.parse(body.toString()) as { token?: string; access_token?: string };
+      token = j.token ?? j.access_token;
+    } catch {
+      /* checked below */
+    }
+    if (typeof token !== 'string' || !token) throw new RegistryError(`the token service ${realm.host} sent no token`, 'auth');
+    this.auth.set(scope, `Bearer ${token}`);
+  }
+
+  /** Throws a RegistryError naming what was asked and what came back. */
+  private async unexpected(r: Response, what: string): Promise<never> {
+    const text = (await readBody(r.res, 64 << 10).catch(() => Buffer.alloc(0))).toString().trim().slice(0, 300);
+    throw new RegistryError(`${what}: HTTP ${r.res.statusCode}${text ? ` ${text}` : ''}`, 'protocol');
+  }
+
+  private async exists(kind: 'blobs' | 'manifests', ref: string, scope: Scope, signal: AbortSignal): Promise<boolean> {
+    const r = await this.request('HEAD', this.url(`${kind}/${ref}`), { scope, signal, headers: kind === 'manifests' ? { accept: OCI_MANIFEST } : {} });
+    drain(r.res);
+    if (r.res.statusCode === 200) return true;
+    if (r.res.statusCode === 404) return false;
+    return this.unexpected(r, `HEAD ${kind}/${ref}`);
+  }
+
+  blobExists(digest: string, signal: AbortSignal, scope: Scope = 'pull'): Promise<boolean> {
+    return this.exists('blobs', digest, scope, signal);
+  }
+
+  manifestExists(tag: string, signal: AbortSignal, scope: Scope = 'pull'): Promise<boolean> {
+    return this.exists('manifests', tag, scope, signal);
+  }
+
+  /** The manifest's bytes, or undefined when the tag does not exist. */
+  async getManifest(tag: string, signal: AbortSignal): Promise<Buffer | undefined> {
+    const r = await this.request('GET', this.url(`manifests/${tag}`), { scope: 'pull', signal, headers: { accept: OCI_MANIFEST } });
+    if (r.res.statusCode === 404) {
+      drain(r.res);
+      return undefined;
+    }
+    if (r.res.statusCode !== 200) return this.unexpected(r, `GET manifests/${tag}`);
+    try {
+      return await readBody(r.res, 4 << 20);
+    } catch (err) {
+      throw asRegistryError(err, r);
+    }
+  }
+
+  async putManifest(tag: string, body: Buffer, signal: AbortSignal): Promise<void> {
+    const r = await this.request('PUT', this.url(`manifests/${tag}`), {
+      scope: 'pull,push',
+      signal,
+      headers: { 'content-type': OCI_MANIFEST, 'content-length': body.length },
+      body,
+    });
+    if (r.res.statusCode !== 201) return this.unexpected(r, `PUT manifests/${tag}`);
+    drain(r.res);
+  }
+
+  /** A monolithic upload (POST, then one PUT with the whole body streamed); `body` may be called again on a retry. */
+  async pushBlob(digest: string, size: number, body: () => Readable, signal: AbortSignal): Promise<void> {
+    const start = await this.request('POST', this.url('blobs/uploads/'), { scope: 'pull,push', signal, headers: { 'content-length': 0 } });
+    if (start.res.statusCode !== 202 || !start.res.headers.location) return this.unexpected(start, 'POST blobs/uploads/');
+    drain(start.res);
+    const loc = new URL(start.res.headers.location, this.base);
+    loc.searchParams.set('digest', digest);
+    const r = await this.request('PUT', loc, {
+      scope: 'pull,push',
+      signal,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': size },
+      body,
+    });
+    if (r.res.statusCode !== 201) return this.unexpected(r, `PUT blob ${digest}`);
+    drain(r.res);
+  }
+
+  /** The blob's body as a stream (the caller checks its digest). */
+  async getBlob(digest: string, signal: AbortSignal): Promise<Response> {
+    const r = await this.request('GET', this.url(`blobs/${digest}`), { scope: 'pull', signal });
+    if (r.res.statusCode !== 200) return this.unexpected(r, `GET blob ${digest}`);
+    return r;
+  }
+}

@@ -1,0 +1,467 @@
+// The OCI registry tier: each layer is an OCI artifact (artifactType application/vnd.ryra-vm.layer.v1)
+// tagged from its content key. Its config is the layer's manifest file; its blobs are the layer's
+// files in chunks of at most 512 MiB (registries cap a blob; Tart and Cirrus chunk VM disks alike),
+// zstd-compressed where a sample says it pays. Each blob descriptor's annotations name its file,
+// chunk index and offset, whether it is compressed, and the chunk's uncompressed size and sha256.
+// A push skips blobs the registry has; a pull streams every chunk straight to its offset in the
+// staging file, checking the blob digest and the uncompressed sha256 as it streams.
+// Never fatal: a registry that is down, stalls or refuses the token costs one warning and at most
+// one connect or stall bound, then the tier is off for the run.
+import { spawn } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Readable, Transform, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { errorMessage, log as globalLog, type Logger } from '../log.js';
+import { OCI_MANIFEST, OciClient, RegistryError, asRegistryError, parseRegistryRef, type Response } from './oci.js';
+import type { RemoteTier, RestoreResult, SaveResult } from './tier.js';
+
+export const ARTIFACT_TYPE = 'application/vnd.ryra-vm.layer.v1';
+/** The layer's own manifest (the file among a layer's files ending in .manifest.json). */
+export const CONFIG_MEDIA_TYPE = 'application/vnd.ryra-vm.layer.manifest.v1+json';
+export const FILE_MEDIA_TYPE = 'application/vnd.ryra-vm.layer.file.v1';
+export const FILE_MEDIA_TYPE_ZSTD = `${FILE_MEDIA_TYPE}+zstd`;
+const EMPTY_CONFIG = { mediaType: 'application/vnd.oci.empty.v1+json', bytes: Buffer.from('{}') };
+export const Annotations = {
+  title: 'org.opencontainers.image.title',
+  key: 'vnd.ryra-vm.key',
+  chunk: 'vnd.ryra-vm.chunk',
+  offset: 'vnd.ryra-vm.offset',
+  fileSize: 'vnd.ryra-vm.file-size',
+  compressed: 'vnd.ryra-vm.compressed',
+  size: 'vnd.ryra-vm.uncompressed-size',
+  sha256: 'vnd.ryra-vm.uncompressed-sha256',
+} as const;
+
+export const MAX_CHUNK_BYTES = 512 * 2 ** 20;
+
+interface Descriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
+}
+
+export interface OciManifest {
+  schemaVersion: 2;
+  mediaType: string;
+  artifactType?: string;
+  config: Descriptor;
+  layers: Descriptor[];
+  annotations?: Record<string, string>;
+}
+
+/** The tag for a content key: the key itself when it fits the tag grammar, else a readable prefix and a hash. */
+export function tagFor(key: string): string {
+  if (/^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/.test(key)) return key;
+  const hash = crypto.createHash('sha256').update(key).digest('hex').slice(0, 32);
+  const readable = key.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^[.-]+/, '').slice(0, 90);
+  return readable ? `${readable}-${hash}` : hash;
+}
+
+export interface TransferOptions {
+  /** Largest blob (default 512 MiB). */
+  chunkBytes?: number;
+  /** Blobs in flight at once (default 4). */
+  concurrency?: number;
+  /** Where compressed chunks wait for their upload (default the OS temp dir). */
+  tmpDir?: string;
+  signal?: AbortSignal;
+}
+
+export interface TransferStats {
+  blobs: number;
+  /** Blobs sent (a push) or fetched (a pull). */
+  transferred: number;
+  /** Blobs the registry had already (a push). */
+  skipped: number;
+  /** Bytes on the wire. */
+  wireBytes: number;
+  /** Bytes of the files. */
+  fileBytes: number;
+  ms: number;
+}
+
+/** Runs `fn` over `items`, `limit` at a time; the first failure aborts the rest and is thrown. */
+async function eachLimit<T>(items: T[], limit: number, parent: AbortSignal | undefined, fn: (item: T, signal: AbortSignal) => Promise<void>): Promise<void> {
+  const ctrl = new AbortController();
+  const signal = parent ? AbortSignal.any([parent, ctrl.signal]) : ctrl.signal;
+  let next = 0;
+  let failed: { err: unknown } | undefined;
+  const worker = async () => {
+    while (!failed && next < items.length) {
+      const item = items[next++];
+      try {
+        signal.throwIfAborted();
+        await fn(item, signal);
+      } catch (err) {
+        if (!failed) {
+          failed = { err };
+          ctrl.abort(err);
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failed) throw failed.err;
+}
+
+/** A pass-through that hashes and counts, failing past `max` bytes. */
+class Meter extends Transform {
+  readonly hash = crypto.createHash('sha256');
+  bytes = 0;
+  constructor(
+    private readonly max = Infinity,
+    private readonly what = 'stream',
+  ) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
+    this.bytes += chunk.length;
+    if (this.bytes > this.max) return cb(new RegistryError(`${this.what} is longer than its ${this.max} bytes`, 'protocol'));
+    this.hash.update(chunk);
+    cb(null, chunk);
+  }
+  hex(): string {
+    return this.hash.digest('hex');
+  }
+}
+
+const sink = () => new Writable({ write: (_c, _e, cb) => cb() });
+
+/** `src → before → zstd ARGS → after → dst`, all streamed; fails when zstd does. */
+async function throughZstd(args: string[], src: Readable, before: Transform, after: Transform, dst: Writable, signal: AbortSignal): Promise<void> {
+  const ctrl = new AbortController();
+  const sig = AbortSignal.any([signal, ctrl.signal]);
+  const child = spawn('zstd', ['-q', ...args], { stdio: ['pipe', 'pipe', 'pipe'], signal: sig });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d).length > 4000 && (stderr = stderr.slice(-2000)));
+  const exited = new Promise<void>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code, sig2) => (code === 0 ? resolve() : reject(new Error(`zstd ${args.join(' ')} failed (${code ?? sig2}): ${stderr.trim().slice(-300)}`))));
+  });
+  const parts = [pipeline(src, before, child.stdin, { signal: sig }), pipeline(child.stdout, after, dst, { signal: sig }), exited];
+  // The first failure ends the others (zstd is killed through the signal).
+  await Promise.all(parts.map((p) => p.catch((err) => (ctrl.abort(err), Promise.reject(err)))));
+}
+
+/** Whether zstd shrinks a file: a fast compression of a few slices from its middle parts (not its header). */
+async function compressionPays(file: string, size: number, signal: AbortSignal): Promise<boolean> {
+  if (size < 4096) return false;
+  const slices = size <= 1 << 20 ? [[0, size]] : [0, 1, 2, 3].map((i) => [Math.floor(((i + 0.5) * size) / 4), 256 << 10]);
+  const fd = await fs.promises.open(file, 'r');
+  const parts: Buffer[] = [];
+  try {
+    for (const [at, n] of slices) {
+      const b = Buffer.alloc(Math.min(n, size - at));
+      const { bytesRead } = await fd.read(b, 0, b.length, at);
+      parts.push(b.subarray(0, bytesRead));
+    }
+  } finally {
+    await fd.close();
+  }
+  const sample = Buffer.concat(parts);
+  let out = 0;
+  const counter = new Transform({
+    transform(c: Buffer, _e, cb) {
+      out += c.length;
+      cb();
+    },
+  });
+  await throughZstd(['-1', '-c', '-T1'], Readable.from([sample]), new Meter(), counter, sink(), signal);
+  return out < sample.length * 0.85;
+}
+
+interface Chunk {
+  file: string;
+  index: number;
+  offset: number;
+  size: number;
+  fileSize: number;
+  compress: boolean;
+}
+
+/**
+ * Pushes `files` (names relative to `dir`) as the artifact tagged from `key`. Each chunk is read
+ * twice: once to hash it (and, when compressed, to compress it into a temp file, so a 512 MiB chunk
+ * never sits in memory and its digest is known before the upload, as the HEAD skip needs), once to
+ * upload it; a blob the registry has is not read again.
+ */
+export async function pushLayer(client: OciClient, key: string, files: string[], dir: string, opts: TransferOptions = {}): Promise<TransferStats> {
+  const started = Date.now();
+  const chunkBytes = opts.chunkBytes ?? MAX_CHUNK_BYTES;
+  const limit = opts.concurrency ?? 4;
+  const stats: TransferStats = { blobs: 0, transferred: 0, skipped: 0, wireBytes: 0, fileBytes: 0, ms: 0 };
+  const configFile = files.find((f) => f.endsWith('.manifest.json'));
+  const dataFiles = files.filter((f) => f !== configFile);
+  const tmp = fs.mkdtempSync(path.join(opts.tmpDir ?? os.tmpdir(), 'ryra-oci-push-'));
+  const signal = opts.signal ?? new AbortController().signal;
+  try {
+    const chunks: Chunk[] = [];
+    const sizes = new Map<string, number>();
+    for (const f of dataFiles) sizes.set(f, fs.statSync(path.join(dir, f)).size);
+    const compress = new Map<string, boolean>();
+    await eachLimit(dataFiles, limit, signal, async (f, sig) => void compress.set(f, await compressionPays(path.join(dir, f), sizes.get(f)!, sig)));
+    for (const f of dataFiles) {
+      const size = sizes.get(f)!;
+      stats.fileBytes += size;
+      const n = Math.max(1, Math.ceil(size / chunkBytes));
+      for (let i = 0; i < n; i++) chunks.push({ file: f, index: i, offset: i * chunkBytes, size: Math.min(chunkBytes, size - i * chunkBytes), fileSize: size, compress: compress.get(f)! });
+    }
+    const layers: Descriptor[] = new Array(chunks.length);
+    // Chunks with equal bytes (zeros) are one blob, sent once.
+    const sent = new Map<string, Promise<void>>();
+    const upload = (digest: string, size: number, body: () => Readable, sig: AbortSignal): Promise<void> => {
+      stats.blobs++;
+      const p =
+        sent.get(digest) ??
+        (async () => {
+          if (await client.blobExists(digest, sig, 'pull,push')) {
+            stats.skipped++;
+            return;
+          }
+          await client.pushBlob(digest, size, body, sig);
+          stats.transferred++;
+          stats.wireBytes += size;
+        })();
+      sent.set(digest, p);
+      return p;
+    };
+    await eachLimit(chunks.map((c, i) => [c, i] as const), limit, signal, async ([c, i], sig) => {
+      const file = path.join(dir, c.file);
+      const range = () => (c.size ? fs.createReadStream(file, { start: c.offset, end: c.offset + c.size - 1 }) : Readable.from([]));
+      const raw = new Meter();
+      let digest: string;
+      let size: number;
+      let body: () => Readable;
+      if (c.compress) {
+        const temp = path.join(tmp, `${i}.zst`);
+        const blob = new Meter();
+        await throughZstd(['-3', '-c', '-T1'], range(), raw, blob, fs.createWriteStream(temp), sig);
+        digest = `sha256:${blob.hex()}`;
+        size = blob.bytes;
+        body = () => fs.createReadStream(temp);
+      } else {
+        await pipeline(range(), raw, sink(), { signal: sig });
+        digest = `sha256:${raw.hex()}`;
+        size = c.size;
+        body = range;
+      }
+      if (raw.bytes !== c.size) throw new Error(`${c.file} changed while it was pushed (read ${raw.bytes} bytes at ${c.offset}, expected ${c.size})`);
+      const rawHex = c.compress ? raw.hex() : digest.slice(7);
+      try {
+        await upload(digest, size, body, sig);
+      } finally {
+        if (c.compress) fs.rmSync(path.join(tmp, `${i}.zst`), { force: true });
+      }
+      layers[i] = {
+        mediaType: c.compress ? FILE_MEDIA_TYPE_ZSTD : FILE_MEDIA_TYPE,
+        digest,
+        size,
+        annotations: {
+          [Annotations.title]: c.file,
+          [Annotations.chunk]: String(c.index),
+          [Annotations.offset]: String(c.offset),
+          [Annotations.fileSize]: String(c.fileSize),
+          [Annotations.compressed]: String(c.compress),
+          [Annotations.size]: String(c.size),
+          [Annotations.sha256]: rawHex,
+        },
+      };
+    });
+    let config: Descriptor;
+    if (configFile) {
+      const bytes = fs.readFileSync(path.join(dir, configFile));
+      config = { mediaType: CONFIG_MEDIA_TYPE, digest: `sha256:${crypto.createHash('sha256').update(bytes).digest('hex')}`, size: bytes.length, annotations: { [Annotations.title]: configFile } };
+      await upload(config.digest, bytes.length, () => fs.createReadStream(path.join(dir, configFile)), signal);
+    } else {
+      const bytes = EMPTY_CONFIG.bytes;
+      config = { mediaType: EMPTY_CONFIG.mediaType, digest: `sha256:${crypto.createHash('sha256').update(bytes).digest('hex')}`, size: bytes.length };
+      await upload(config.digest, bytes.length, () => Readable.from([bytes]), signal);
+    }
+    const manifest: OciManifest = { schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: ARTIFACT_TYPE, config, layers, annotations: { [Annotations.key]: key } };
+    await client.putManifest(tagFor(key), Buffer.from(JSON.stringify(manifest)), signal);
+    stats.ms = Date.now() - started;
+    return stats;
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/** The artifact does not hold what was asked (another file set, another key under the same tag, not ours). */
+export class LayerMismatch extends Error {
+  override name = 'LayerMismatch';
+}
+
+const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+
+/** The chunks of each file, checked: titles among `files`, indices 0..n-1, contiguous offsets, sizes that add up. */
+function planPull(m: OciManifest, key: string, files: string[]): { config?: Descriptor; byFile: Map<string, Descriptor[]> } {
+  if (m.mediaType !== OCI_MANIFEST || m.artifactType !== ARTIFACT_TYPE || !m.config || !Array.isArray(m.layers)) throw new LayerMismatch(`not a ryra-vm layer artifact (artifactType ${m.artifactType})`);
+  if (m.annotations?.[Annotations.key] !== key) throw new LayerMismatch(`the tag holds another key (${m.annotations?.[Annotations.key]})`);
+  const want = new Set(files);
+  const byFile = new Map<string, Descriptor[]>();
+  const configTitle = m.config.mediaType === CONFIG_MEDIA_TYPE ? m.config.annotations?.[Annotations.title] : undefined;
+  for (const d of [m.config, ...m.layers]) if (!DIGEST_RE.test(d.digest) || !Number.isSafeInteger(d.size) || d.size < 0) throw new LayerMismatch(`a bad descriptor: ${JSON.stringify(d).slice(0, 200)}`);
+  for (const d of m.layers) {
+    const t = d.annotations?.[Annotations.title];
+    if (!t || !want.has(t) || t === configTitle) throw new LayerMismatch(`a blob for ${t ?? 'no file'}, which is not one of ${files.join(', ')}`);
+    if (!byFile.has(t)) byFile.set(t, []);
+    byFile.get(t)!.push(d);
+  }
+  const got = new Set([...byFile.keys(), ...(configTitle ? [configTitle] : [])]);
+  if (got.size !== want.size) throw new LayerMismatch(`it holds ${[...got].sort().join(', ')}, not ${[...want].sort().join(', ')}`);
+  for (const [f, ds] of byFile) {
+    ds.sort((a, b) => Number(a.annotations![Annotations.chunk]) - Number(b.annotations![Annotations.chunk]));
+    let offset = 0;
+    const fileSize = Number(ds[0].annotations![Annotations.fileSize]);
+    ds.forEach((d, i) => {
+      const a = d.annotations!;
+      const size = Number(a[Annotations.size]);
+      const ok =
+        Number(a[Annotations.chunk]) === i &&
+        Number(a[Annotations.offset]) === offset &&
+        Number(a[Annotations.fileSize]) === fileSize &&
+        Number.isSafeInteger(size) &&
+        size >= 0 &&
+        /^[0-9a-f]{64}$/.test(a[Annotations.sha256] ?? '') &&
+        (a[Annotations.compressed] === 'true') === (d.mediaType === FILE_MEDIA_TYPE_ZSTD) &&
+        (d.mediaType === FILE_MEDIA_TYPE_ZSTD || (d.mediaType === FILE_MEDIA_TYPE && d.size === size));
+      if (!ok) throw new LayerMismatch(`${f}: chunk ${i} is inconsistent (${JSON.stringify(a).slice(0, 300)})`);
+      offset += size;
+    });
+    if (offset !== fileSize) throw new LayerMismatch(`${f}: chunks add up to ${offset} bytes, not ${fileSize}`);
+  }
+  return { config: configTitle ? m.config : undefined, byFile };
+}
+
+/**
+ * Pulls the artifact tagged from `key` into `staging`: exactly `files`, each chunk streamed to its
+ * offset, every blob digest and uncompressed sha256 checked. 'miss' when the tag does not exist;
+ * throws LayerMismatch when it holds something else, or the transfer's error.
+ */
+export async function pullLayer(client: OciClient, key: string, files: string[], staging: string, opts: TransferOptions = {}): Promise<{ result: 'restored' | 'miss'; stats: TransferStats }> {
+  const started = Date.now();
+  const signal = opts.signal ?? new AbortController().signal;
+  const stats: TransferStats = { blobs: 0, transferred: 0, skipped: 0, wireBytes: 0, fileBytes: 0, ms: 0 };
+  const body = await client.getManifest(tagFor(key), signal);
+  if (!body) return { result: 'miss', stats };
+  let m: OciManifest;
+  try {
+    m = JSON.parse(body.toString()) as OciManifest;
+  } catch {
+    throw new LayerMismatch('its manifest is not JSON');
+  }
+  const plan = planPull(m, key, files);
+  const jobs: { file: string; d: Descriptor; offset: number; size: number; sha256: string; compressed: boolean }[] = [];
+  if (plan.config) {
+    const a = plan.config.annotations!;
+    jobs.push({ file: a[Annotations.title], d: plan.config, offset: 0, size: plan.config.size, sha256: plan.config.digest.slice(7), compressed: false });
+  }
+  for (const [f, ds] of plan.byFile) {
+    // Sized up front (sparse), so chunks land at their offsets in any order.
+    const fileSize = Number(ds[0].annotations![Annotations.fileSize]);
+    fs.writeFileSync(path.join(staging, f), '');
+    fs.truncateSync(path.join(staging, f), fileSize);
+    for (const d of ds) {
+      const a = d.annotations!;
+      jobs.push({ file: f, d, offset: Number(a[Annotations.offset]), size: Number(a[Annotations.size]), sha256: a[Annotations.sha256], compressed: a[Annotations.compressed] === 'true' });
+    }
+  }
+  // Biggest first, so the last blobs to finish are small ones.
+  jobs.sort((a, b) => b.d.size - a.d.size);
+  await eachLimit(jobs, opts.concurrency ?? 4, signal, async (j, sig) => {
+    const r: Response = await client.getBlob(j.d.digest, sig);
+    const blob = new Meter(j.d.size, `blob ${j.d.digest}`);
+    const raw = new Meter(j.size, `${j.file} chunk at ${j.offset}`);
+    const out = fs.createWriteStream(path.join(staging, j.file), { flags: j.file === plan.config?.annotations?.[Annotations.title] ? 'w' : 'r+', start: j.offset });
+    try {
+      if (j.compressed) await throughZstd(['-d', '-c'], r.res, blob, raw, out, sig);
+      else await pipeline(r.res, blob, raw, out, { signal: sig });
+    } catch (err) {
+      r.res.destroy();
+      throw asRegistryError(err, r);
+    }
+    const blobHex = blob.hex();
+    if (blob.bytes !== j.d.size || `sha256:${blobHex}` !== j.d.digest) throw new RegistryError(`blob ${j.d.digest} of ${j.file} arrived with sha256:${blobHex} (${blob.bytes} bytes): refused`, 'protocol');
+    const rawHex = j.compressed ? raw.hex() : blobHex;
+    if (raw.bytes !== j.size || rawHex !== j.sha256) throw new RegistryError(`${j.file} chunk at ${j.offset}: uncompressed sha256 ${rawHex} (${raw.bytes} bytes), expected ${j.sha256}: refused`, 'protocol');
+    stats.blobs++;
+    stats.transferred++;
+    stats.wireBytes += blob.bytes;
+    stats.fileBytes += raw.bytes;
+  });
+  stats.ms = Date.now() - started;
+  return { result: 'restored', stats };
+}
+
+export interface RegistryTierOptions extends Omit<TransferOptions, 'signal'> {
+  /** An OCI repository: ghcr.io/OWNER/ryra-vm-layers. */
+  repository: string;
+  token?: string;
+  connectTimeoutMs?: number;
+  stallMs?: number;
+  logger?: Logger;
+}
+
+const mb = (n: number) => (n / 2 ** 20).toFixed(1);
+
+/** The registry tier for `repository`; off for the run after one unreachable or refused call. */
+export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly client: OciClient } {
+  const ref = parseRegistryRef(opts.repository);
+  const concurrency = opts.concurrency ?? 4;
+  const client = new OciClient(ref, { token: opts.token, connectTimeoutMs: opts.connectTimeoutMs, stallMs: opts.stallMs, maxSockets: concurrency + 2 });
+  const label = `registry ${ref.host}/${ref.name}`;
+  const log = () => opts.logger ?? globalLog;
+  // Turning off aborts what is in flight too: one bound paid, not one per call.
+  const off = new AbortController();
+  const transfer = { ...opts, concurrency, signal: off.signal };
+  /** Classifies a failure: the tier goes off on an unreachable or refusing registry. */
+  let pushRefused = false;
+  const fail = (op: string, key: string, err: unknown): void => {
+    if (off.signal.aborted) return;
+    if (err instanceof RegistryError && err.kind === 'auth' && op === 'save') {
+      // A token that may read but not write (a fork's pull request): pulls go on.
+      log().warning(`${label}: ${op} of ${key} failed: ${err.message}; saves to the registry are off for the rest of this run`);
+      pushRefused = true;
+    } else if (err instanceof RegistryError && (err.kind === 'unreachable' || err.kind === 'auth')) {
+      log().warning(`${label}: ${op} of ${key} failed: ${err.message}; the registry tier is off for the rest of this run`);
+      off.abort(err);
+    } else log().warning(`${label}: ${op} of ${key} failed: ${errorMessage(err)}`);
+  };
+  return {
+    label,
+    client,
+    get on() {
+      return !off.signal.aborted;
+    },
+    async restore(key, files, staging): Promise<RestoreResult> {
+      if (off.signal.aborted) return 'miss';
+      try {
+        const { result, stats } = await pullLayer(client, key, files, staging, transfer);
+        if (result === 'restored') log().info(`  ${label}: pulled ${key}: ${stats.blobs} blobs, ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1000).toFixed(1)} s`);
+        return result;
+      } catch (err) {
+        for (const f of files) fs.rmSync(path.join(staging, f), { force: true });
+        fail('restore', key, err);
+        // Off (down, stalled, refused) or not our artifact: a miss; a bad blob: worth one more try.
+        return err instanceof LayerMismatch || off.signal.aborted ? 'miss' : 'failed';
+      }
+    },
+    async save(key, files, dir): Promise<SaveResult> {
+      if (off.signal.aborted || pushRefused) return 'failed';
+      try {
+        if (await client.manifestExists(tagFor(key), off.signal, 'pull,push')) return 'exists';
+        const stats = await pushLayer(client, key, files, dir, transfer);
+        log().info(`  ${label}: pushed ${key}: ${stats.transferred} of ${stats.blobs} blobs sent (${stats.skipped} there already), ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1000).toFixed(1)} s`);
+        return 'saved';
+      } catch (err) {
+        fail('save', key, err);
+        return 'failed';
+      }
+    },
+    close: () => client.close(),
+  };
+}
