@@ -8,6 +8,7 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS=(
   qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64   # guests
   zstd                                                               # Actions cache archives
+  docker-registry                                                    # a real OCI registry for the registry tier's tests
   mmdebstrap qemu-user-static binfmt-support arch-test               # test images from Debian packages
   grub-common mtools dosfstools fdisk e2fsprogs                      # (their grub modules come from trixie)
   genisoimage util-linux procps                                      # isoinfo/blkid/pgrep in tests

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { jobHolder, releaseHolder } from './cache/local.js';
 import { Outputs, State, type InputName } from './contract.js';
 import { setupHost } from './host/setup.js';
-import { InputError, parseConfig } from './inputs.js';
+import { InputError, parseConfig, type Config } from './inputs.js';
 import { actionsLogger, errorMessage, setLogger } from './log.js';
 import { ensureLayers, openTiers, syncTiers } from './layers/pipeline.js';
 import type { PendingSave } from './layers/context.js';
@@ -16,10 +16,17 @@ import { summaryTable, vmTable } from './summary.js';
 import { logTail } from './vm/machine.js';
 import { bootVm, listVms, stopVm } from './vms.js';
 
+/** The inputs, parsed; the registry token is masked in the log before anything can print it. */
+function readConfig(): Config {
+  const config = parseConfig((name: InputName) => core.getInput(name));
+  if (config.registryToken) core.setSecret(config.registryToken);
+  return config;
+}
+
 export async function runMain(): Promise<void> {
   setLogger(actionsLogger);
   try {
-    const config = parseConfig((name: InputName) => core.getInput(name));
+    const config = readConfig();
     // The cache worker loads while the host is set up; ensureLayers closes the tiers, or this does.
     const tiers = openTiers(config);
     let host;
@@ -70,7 +77,7 @@ async function savePending(): Promise<void> {
   const file = core.getState(State.PendingSaves);
   if (!file || !fs.existsSync(file)) return;
   const pending = JSON.parse(fs.readFileSync(file, 'utf8')) as PendingSave[];
-  const tiers = openTiers(parseConfig((name: InputName) => core.getInput(name)));
+  const tiers = openTiers(readConfig());
   try {
     const saved = await syncTiers(pending, tiers);
     if (saved.length) core.info(`saved what the remote tiers lacked: ${saved.join(', ')}`);

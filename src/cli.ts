@@ -20,7 +20,8 @@ const USAGE: Record<string, string> = {
   Build or reuse the image layers; print the outputs. The flags are the action's layer inputs, with
   its defaults and checks, except that the Actions cache is off (there is none outside Actions) and
   host tools are installed only with --install-deps. The action's boot, boot-timeout,
-  environment-variables and sync inputs have no flags: see ryra-vm boot and ryra-vm run.
+  environment-variables, sync and registry-token inputs have no flags: see ryra-vm boot and
+  ryra-vm run (the registry's token is the environment variable RYRA_VM_REGISTRY_TOKEN).
   --distro D            debian-13 | fedora-43 | ubuntu-24.04       [debian-13]
   --arch A              auto | arm64 | amd64                       [auto]
   --memory MB           guest memory in MiB, at least 512          [2048]
@@ -40,6 +41,8 @@ const USAGE: Record<string, string> = {
   --redownload          download the image again and rebuild the layers above it
   --install-deps        install missing host tools with apt, dnf or pacman (off unless given)
   --cache-save B        true | false: save built layers to a remote cache, or only read it   [true]
+  --registry R          an OCI repository for the layers (e.g. ghcr.io/OWNER/ryra-vm-layers);
+                        its token comes from the environment variable RYRA_VM_REGISTRY_TOKEN
   --json                print one JSON object whose keys are the action's output names`,
   boot: `ryra-vm boot [--name N] [--browser] [--memory MB] [--cpus N] [--config FILE] [--cache-dir DIR] [--json]
   Start a VM from the snapshot (per-VM disk copies and its own SSH key), wait for SSH. Without a
@@ -118,6 +121,7 @@ const PREPARE_OPTIONS = {
   'no-snapshot': { type: 'boolean' },
   redownload: { type: 'boolean' },
   'install-deps': { type: 'boolean' },
+  registry: { type: 'string' },
   json: { type: 'boolean' },
 } as const;
 
@@ -156,6 +160,8 @@ async function prepare(args: string[]): Promise<number> {
     // Outside Actions there is no Actions cache, and installing packages is opt-in.
     [Inputs.Cache]: 'false',
     [Inputs.InstallDeps]: v['install-deps'] ? 'true' : 'false',
+    [Inputs.Registry]: v.registry as string,
+    [Inputs.RegistryToken]: process.env.RYRA_VM_REGISTRY_TOKEN,
   };
   const config = parseConfig((n) => raw[n]);
   const host = await setupHost(config);

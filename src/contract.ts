@@ -26,6 +26,8 @@ export const Inputs = {
   BootTimeout: 'boot-timeout',
   EnvironmentVariables: 'environment-variables',
   Sync: 'sync',
+  Registry: 'registry',
+  RegistryToken: 'registry-token',
 } as const;
 export type InputName = (typeof Inputs)[keyof typeof Inputs];
 

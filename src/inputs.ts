@@ -4,6 +4,7 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Inputs, type InputName } from './contract.js';
+import { parseRegistryRef } from './cache/oci.js';
 import { ARCHES, DISTROS, isDistro, type Arch, type DistroName } from './distro.js';
 
 export type KvmMode = 'auto' | 'true' | 'false';
@@ -51,6 +52,10 @@ export interface Config {
   /** Extra environment variables `ryra-vm run` passes into the guest (beside CI, GITHUB_*, RUNNER_*). */
   environmentVariables: string[];
   sync: SyncMode;
+  /** An OCI repository for the layers (ghcr.io/OWNER/ryra-vm-layers); undefined: the tier is off. */
+  registry?: string;
+  /** Its credentials (the password of Basic credentials at the token realm, or USER:PASSWORD). */
+  registryToken?: string;
 }
 
 export class InputError extends Error {
@@ -82,6 +87,9 @@ export const INPUT_DEFAULTS: Record<InputName, string> = {
   [Inputs.BootTimeout]: '',
   [Inputs.EnvironmentVariables]: '',
   [Inputs.Sync]: 'both',
+  [Inputs.Registry]: '',
+  // Read as given (no default applied): GitHub substitutes the expression before the action runs.
+  [Inputs.RegistryToken]: '${{ github.token }}',
 };
 
 export const MIN_MEMORY_MB = 512;
@@ -185,6 +193,16 @@ export function parseSize(name: InputName, value: string): number {
   return Math.round(Number(m[1]) * SIZE_UNITS[m[2].toUpperCase()]);
 }
 
+/** An OCI repository such as ghcr.io/OWNER/ryra-vm-layers (plain http only for loopback hosts). */
+export function parseRegistry(value: string): string {
+  try {
+    parseRegistryRef(value);
+  } catch (err) {
+    return bad(Inputs.Registry, value, `${(err as Error).message}; e.g. ghcr.io/OWNER/ryra-vm-layers, or empty for none`);
+  }
+  return value;
+}
+
 /**
  * Parses raw input strings. `get` returns the raw value of an input ('' or undefined when unset);
  * defaults apply to empty values, as GitHub Actions does.
@@ -259,5 +277,8 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
     bootTimeoutMs,
     environmentVariables: list(Inputs.EnvironmentVariables, get(Inputs.EnvironmentVariables) ?? '', ENV_NAME_RE, 'an environment variable name'),
     sync: oneOf(Inputs.Sync, raw(Inputs.Sync), ['in', 'both', 'none'] as const),
+    registry: raw(Inputs.Registry) ? parseRegistry(raw(Inputs.Registry)) : undefined,
+    // An unsubstituted expression (the default read outside Actions) is no token.
+    registryToken: (get(Inputs.RegistryToken) ?? '').trim().replace(/^\$\{\{.*\}\}$/, '') || undefined,
   };
 }

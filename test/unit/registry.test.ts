@@ -12,6 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { isLoopback, parseRegistryRef } from '../../src/cache/oci.js';
 import { ARTIFACT_TYPE, Annotations, CONFIG_MEDIA_TYPE, FILE_MEDIA_TYPE, FILE_MEDIA_TYPE_ZSTD, registryTier, tagFor, type OciManifest, type RegistryTierOptions } from '../../src/cache/registry.js';
 import type { Logger } from '../../src/log.js';
+import { InputError, parseConfig } from '../../src/inputs.js';
 import { freePort, registryMissing, startRegistry, type TestRegistry } from '../support/registry.js';
 
 const missing = registryMissing();
@@ -284,6 +285,17 @@ describe('registry references and tags', () => {
     assert.throws(() => parseRegistryRef('user:pw@ghcr.io/a'), /no credentials in it/);
     assert.equal(isLoopback('127.8.9.10'), true);
     assert.equal(isLoopback('128.0.0.1'), false);
+  });
+
+  test('inputs: registry checked up front (naming the input and the fix); registry-token as given, the bare default is none', () => {
+    const host = { arch: 'amd64' as const, env: {}, homedir: '/home/x' };
+    const config = (inputs: Record<string, string>) => parseConfig((n) => inputs[n], host);
+    assert.equal(config({}).registry, undefined);
+    assert.equal(config({ registry: 'ghcr.io/owner/ryra-vm-layers', 'registry-token': ' ghs_abc ' }).registry, 'ghcr.io/owner/ryra-vm-layers');
+    assert.equal(config({ 'registry-token': ' ghs_abc ' }).registryToken, 'ghs_abc');
+    assert.equal(config({ 'registry-token': '${{ github.token }}' }).registryToken, undefined);
+    assert.throws(() => config({ registry: 'http://ghcr.io/owner/x' }), (e: Error) => e instanceof InputError && /^invalid registry: "http:\/\/ghcr.io\/owner\/x" \(plain http is allowed only for loopback .*e\.g\. ghcr\.io\/OWNER\/ryra-vm-layers/.test(e.message));
+    assert.throws(() => config({ registry: 'ghcr.io/Owner' }), /invalid registry: .*lowercase/);
   });
 
   test('tags: a key that fits the tag grammar is its own tag; others are sanitized and hashed, distinctly', () => {
