@@ -13,8 +13,11 @@ export interface Planned {
   inputs: Record<string, unknown>;
 }
 
-/** Why the layer in `staging` may not be used, or undefined when it may. */
-export async function stagedLayerProblem(staging: string, p: Planned, m: Manifest | undefined, parentId: string | undefined): Promise<string | undefined> {
+/**
+ * Why the layer in `staging` may not be used, or undefined when it may. `backing`: the parent image
+ * a snapshot's disk sits on here; the saver's header names the same layer file in its cache dir.
+ */
+export async function stagedLayerProblem(staging: string, p: Planned, m: Manifest | undefined, parentId: string | undefined, backing?: string): Promise<string | undefined> {
   if (!m) return 'no valid manifest';
   const named = m.files.map((f) => f.name).sort();
   if (named.join('\0') !== [...p.files].sort().join('\0')) return `its manifest names ${JSON.stringify(named)}, not ${JSON.stringify([...p.files].sort())}`;
@@ -24,19 +27,24 @@ export async function stagedLayerProblem(staging: string, p: Planned, m: Manifes
   const bad = digests.find((d) => d.sha256 !== d.f.sha256);
   if (bad) return `${bad.f.name} does not have the sha256 its manifest records`;
   for (const f of p.files.filter((x) => x.endsWith('.qcow2'))) {
-    const problem = await imageProblem(path.join(staging, f), f === p.files[0] && p.layer.endsWith('snapshot'));
+    const problem = await imageProblem(path.join(staging, f), f === p.files[0] ? backing : undefined);
     if (problem) return `${f} ${problem}`;
   }
   return undefined;
 }
 
-/** Why a qcow2 file is not a self-contained image (or, with `overlay`, an image with one qcow2 backing file). */
-export async function imageProblem(file: string, overlay: boolean): Promise<string | undefined> {
+/**
+ * Why a qcow2 file is not a self-contained image, or, with `parent`, not an overlay on a qcow2 file
+ * of that layer's name (in whatever dir it was saved from).
+ */
+export async function imageProblem(file: string, parent?: string): Promise<string | undefined> {
   const info = await imageInfo(file).catch(() => undefined);
   if (!info) return 'is not an image qemu-img can read';
   if (info.format !== 'qcow2') return `is ${info.format}, not qcow2`;
   if (info.dataFile) return `keeps its data in another file (${info.dataFile})`;
-  if (info.backingFile && !overlay) return `is backed by ${info.backingFile}`;
+  if (info.backingFile && (!parent || path.basename(info.backingFile) !== path.basename(parent) || info.backingFormat !== 'qcow2')) {
+    return `is backed by ${info.backingFile}${info.backingFormat ? ` (${info.backingFormat})` : ''}, ${parent ? `not by its parent layer ${path.basename(parent)}` : 'where it may have no backing file'}`;
+  }
   if (!(await checkImage(file))) return 'fails qemu-img check';
   return undefined;
 }

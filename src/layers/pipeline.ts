@@ -149,7 +149,7 @@ async function restoreOnce(ctx: LayerContext, tier: RemoteTier, p: LayerPlan, ke
     if (got === 'miss') return 'miss';
     if (got === 'failed') return 'the download failed';
     if (got !== 'restored') return got;
-    const why = stagedFilesProblem(staging, files) ?? (await stagedLayerProblem(staging, p, readManifest(manifestPath(staging, p.base)), parentId));
+    const why = stagedFilesProblem(staging, files) ?? (await stagedLayerProblem(staging, p, readManifest(manifestPath(staging, p.base)), parentId, backing));
     if (why) return `refused: ${why}`;
     let m = readManifest(manifestPath(staging, p.base))!;
     if (backing) {

@@ -167,6 +167,8 @@ export interface CacheServer {
     file?: string;
     createdAt?: Date;
   }): Promise<CacheEntryInfo>;
+  /** Replaces the archive of the committed entry `key` (every version): a hostile writer of the cache. */
+  replace(key: string, data: Buffer): Promise<void>;
   /** Add a fault for the next matching requests (faults are consulted in injection order). */
   inject(fault: FaultSpec): FaultHandle;
   clearFaults(): void;
@@ -1185,6 +1187,16 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
       commitEntry(e, size);
       if (s.createdAt) e.createdAt = s.createdAt;
       return info(e);
+    },
+    async replace(key, data) {
+      const hits = entries.filter((e) => e.committed && sameKey(e.key, key));
+      if (!hits.length) throw new Error(`no committed entry ${key}`);
+      for (const e of hits) {
+        const file = newFile('blob');
+        await fsp.writeFile(file, data);
+        await commitBlob(blobs.get(e.blobId)!, [{ file, size: data.length }]);
+        e.size = data.length;
+      }
     },
     inject(spec) {
       const f: ActiveFault = { spec, remaining: spec.times ?? 1, hits: 0 };

@@ -56,8 +56,8 @@ export interface Runner {
   env: NodeJS.ProcessEnv;
   /** Runs the action's main step; returns its outputs (GITHUB_OUTPUT) and the run record. */
   action(inputs: Record<string, string>, extraEnv?: NodeJS.ProcessEnv): Promise<ProcResult & { outputs: Record<string, string>; record?: RunRecord }>;
-  /** A `run:` step: bash by default, or a shell template such as `ryra-vm run {0}`. */
-  step(script: string, o?: { shell?: string; env?: NodeJS.ProcessEnv }): Promise<ProcResult>;
+  /** A `run:` step: bash by default, or a shell template such as `ryra-vm run {0}`; `workingDirectory` is relative to the workspace. */
+  step(script: string, o?: { shell?: string; env?: NodeJS.ProcessEnv; workingDirectory?: string; timeoutMs?: number }): Promise<ProcResult>;
   /** `ryra-vm ARGS` as a step would call it (through the PATH main added). */
   cli(args: string[]): Promise<ProcResult>;
   post(): Promise<ProcResult>;
@@ -98,13 +98,17 @@ export function runner(root: string, name: string, base: NodeJS.ProcessEnv = {})
     return { ...env, ...readCommandFile(files.GITHUB_ENV), ...extra, PATH: [...added, env.PATH].join(':') };
   };
   const outputsFile = () => readCommandFile(files.GITHUB_OUTPUT);
+  // The runner gives the post step the main step's inputs too.
+  let inputsEnv: NodeJS.ProcessEnv = {};
   return {
     dir,
     env,
     async action(inputs, extraEnv = {}) {
       fs.writeFileSync(files.GITHUB_OUTPUT, '');
       const e: NodeJS.ProcessEnv = { ...stepEnv(), ...extraEnv };
-      for (const [k, v] of Object.entries(inputs)) e[`INPUT_${k.toUpperCase()}`] = v;
+      inputsEnv = {};
+      for (const [k, v] of Object.entries(inputs)) inputsEnv[`INPUT_${k.toUpperCase()}`] = v;
+      Object.assign(e, inputsEnv);
       const r = await exec(process.execPath, [path.resolve('dist/main.js')], e, env.GITHUB_WORKSPACE);
       const outputs = outputsFile();
       const record = outputs.manifest && fs.existsSync(outputs.manifest) ? (JSON.parse(fs.readFileSync(outputs.manifest, 'utf8')) as RunRecord) : undefined;
@@ -116,13 +120,13 @@ export function runner(root: string, name: string, base: NodeJS.ProcessEnv = {})
       fs.writeFileSync(files.GITHUB_OUTPUT, '');
       const template = o.shell ?? 'bash --noprofile --norc -eo pipefail {0}';
       const [cmd, ...args] = template.split(' ').map((a) => a.replace('{0}', file));
-      return exec(cmd, args, stepEnv(o.env), env.GITHUB_WORKSPACE);
+      return exec(cmd, args, stepEnv(o.env), path.resolve(env.GITHUB_WORKSPACE!, o.workingDirectory ?? '.'), o.timeoutMs);
     },
     cli(args) {
       return exec('ryra-vm', args, stepEnv(), env.GITHUB_WORKSPACE);
     },
     async post() {
-      const e = { ...stepEnv() };
+      const e = { ...stepEnv(), ...inputsEnv };
       for (const [k, v] of Object.entries(readCommandFile(files.GITHUB_STATE))) e[`STATE_${k}`] = v;
       const r = await exec(process.execPath, [path.resolve('dist/post.js')], e, env.GITHUB_WORKSPACE);
       assert.equal(r.code, 0, `post step failed:\n${r.stdout}${r.stderr}`);
