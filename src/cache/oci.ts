@@ -131,6 +131,8 @@ export class OciClient {
   private readonly connectMs: number;
   private readonly stallMs: number;
   private readonly agent: http.Agent;
+  /** For redirects to blob storage on other hosts (always https there); closed with the client. */
+  private readonly otherAgent: https.Agent;
   private readonly user: string;
   private readonly password: string | undefined;
   /** The Authorization header that worked, per scope asked for. */
@@ -143,6 +145,7 @@ export class OciClient {
     this.stallMs = opts.stallMs ?? 30_000;
     const agentOpts = { keepAlive: true, maxSockets: opts.maxSockets ?? 8 };
     this.agent = this.ref.scheme === 'https' ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
+    this.otherAgent = new https.Agent(agentOpts);
     const t = opts.token?.trim() || undefined;
     // USER:PASSWORD for registries that check the user name (htpasswd); a bare token goes with any name.
     const colon = t ? t.indexOf(':') : -1;
@@ -152,6 +155,7 @@ export class OciClient {
 
   close(): void {
     this.agent.destroy();
+    this.otherAgent.destroy();
   }
 
   private url(p: string): URL {
@@ -166,7 +170,7 @@ export class OciClient {
     return new Promise((resolve, reject) => {
       let bound: RegistryError | undefined;
       const mod = url.protocol === 'https:' ? https : http;
-      const agent = url.host === this.ref.host ? this.agent : undefined;
+      const agent = url.host === this.ref.host ? this.agent : url.protocol === 'https:' ? this.otherAgent : undefined;
       const req = mod.request(url, { method, headers, agent, signal });
       let connectTimer: NodeJS.Timeout | undefined;
       req.on('socket', (s) => {

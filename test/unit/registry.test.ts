@@ -213,6 +213,45 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
       await new Promise((r) => server.close(r));
     }
   });
+
+  test('a registry that stalls in the middle of a blob: one warning, a miss within the stall bound, nothing left in staging', async () => {
+    // A proxy in front of the real registry that sends 64 KiB of each blob, then nothing.
+    const sockets = new Set<net.Socket>();
+    const server = http.createServer((req, res) => {
+      const up = http.request(`http://${reg.host}${req.url}`, { method: req.method, headers: req.headers }, (ur) => {
+        res.writeHead(ur.statusCode ?? 502, ur.headers);
+        if (req.method !== 'GET' || !req.url?.includes('/blobs/')) return void ur.pipe(res);
+        let sent = 0;
+        ur.on('data', (c: Buffer) => {
+          if (sent >= 64 * 1024) return void ur.pause();
+          res.write(c);
+          sent += c.length;
+        });
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    });
+    server.on('connection', (s) => sockets.add(s.on('error', () => {})));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const logger = capture();
+    const t = registryTier({ repository: `127.0.0.1:${(server.address() as net.AddressInfo).port}/ryra/layers`, logger, stallMs: 2000 });
+    try {
+      const dir = staging();
+      const start = Date.now();
+      assert.equal(await t.restore(key, files, dir), 'miss');
+      const took = Date.now() - start;
+      assert.ok(took >= 1500 && took < 6000, `the stall bound is 2 s; took ${took} ms`);
+      assert.equal(t.on, false);
+      assert.equal(logger.warnings.length, 1, logger.warnings.join('\n'));
+      assert.match(logger.warnings[0], /stalled: nothing sent or received for 2 s \(GET .*\/blobs\/sha256:.*off for the rest of this run/);
+      assert.deepEqual(fs.readdirSync(dir), []);
+    } finally {
+      t.close();
+      for (const s of sockets) s.destroy();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
 });
 
 describe('OCI registry tier with token auth (docker-registry auth: token, a test token server)', { skip: missing && `skipped: ${missing}` }, () => {
