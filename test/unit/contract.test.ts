@@ -118,7 +118,7 @@ describe('bundled action rejects bad inputs before any work', () => {
   test('distro ubuntu-99: exit 1 and the seed’s error', () => {
     const r = runMain({ distro: 'ubuntu-99' });
     assert.equal(r.status, 1);
-    assert.match(r.stdout, /::error::unknown distro: ubuntu-99 \(available: debian-13, fedora-43\)/);
+    assert.match(r.stdout, /::error::unknown distro: ubuntu-99 \(available: debian-13, fedora-43, ubuntu-24\.04\)/);
   });
 
   test(`all ${BAD_INPUTS.length} bad inputs: non-zero, the error line, nothing written`, () => {
