@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { evict, dirBytes } from './cache/local.js';
 import { Inputs, type InputName } from './contract.js';
 import { setupHost } from './host/setup.js';
-import { INPUT_DEFAULTS, InputError, defaultCacheDir, currentHost, parseConfig, parseSize, type SyncMode } from './inputs.js';
+import { INPUT_DEFAULTS, InputError, defaultCacheDir, currentHost, parseConfig, parseSize, parseSyncMaxSize, type SyncMode } from './inputs.js';
 import { errorMessage, log, plainLogger, setLogger } from './log.js';
 import { ensureLayers } from './layers/pipeline.js';
 import { runScript } from './run.js';
@@ -20,8 +20,8 @@ const USAGE: Record<string, string> = {
   Build or reuse the image layers; print the outputs. The flags are the action's layer inputs, with
   its defaults and checks, except that the Actions cache is off (there is none outside Actions) and
   host tools are installed only with --install-deps. The action's boot, boot-timeout,
-  environment-variables, sync and registry-token inputs have no flags: see ryra-vm boot and
-  ryra-vm run (the registry's token is the environment variable RYRA_VM_REGISTRY_TOKEN).
+  environment-variables, sync, sync-max-size and registry-token inputs have no flags: see
+  ryra-vm boot and ryra-vm run (the registry's token is the environment variable RYRA_VM_REGISTRY_TOKEN).
   --distro D            debian-13 | fedora-43 | ubuntu-24.04       [debian-13]
   --arch A              auto | arm64 | amd64                       [auto]
   --memory MB           guest memory in MiB, at least 512          [2048]
@@ -49,10 +49,12 @@ const USAGE: Record<string, string> = {
   snapshot, or when its restore fails, cold-boot the prepared image. --config names a run record
   (the action's manifest output, or the JSON ryra-vm prepare --json printed); default: the newest.
   The VM gets a Host entry in ~/.ssh/config: ssh NAME, scp, rsync -e ssh work.`,
-  run: `ryra-vm run [--name N | --fresh] [--browser] [--sync in|both|none] [--exclude PATTERN]... [--env NAME]... [--config FILE] SCRIPT
+  run: `ryra-vm run [--name N | --fresh] [--browser] [--sync in|both|none] [--sync-max-size S] [--exclude PATTERN]... [--env NAME]... [--config FILE] SCRIPT
   Run SCRIPT (a file, as a step's {0}) with bash -e in the VM, in the workspace's own path
-  ($GITHUB_WORKSPACE, else the current directory): the workspace is synced in first and the changed
-  files back after; CI, GITHUB_* and RUNNER_* (plus --env names) are passed; output streams live;
+  ($GITHUB_WORKSPACE, else the current directory), starting in the step's working directory: the
+  workspace is synced in first and the changed files back after (within --sync-max-size [the
+  action's sync-max-size, 4G]; only files, dirs and symlinks that stay inside the workspace); CI,
+  GITHUB_* and RUNNER_* but no *_TOKEN (plus --env names) are passed; output streams live;
   the exit status is the script's. Default VM: "default", booted on first use and reused by later
   steps; --fresh restores a new VM for this step and stops it after.
   Use it as a step's shell:   shell: ryra-vm run {0}`,
@@ -213,6 +215,7 @@ const RUN_OPTIONS = {
   fresh: { type: 'boolean' },
   browser: { type: 'boolean' },
   sync: { type: 'string' },
+  'sync-max-size': { type: 'string' },
   exclude: { type: 'string', multiple: true },
   env: { type: 'string', multiple: true },
   config: { type: 'string' },
@@ -234,6 +237,7 @@ async function run(args: string[]): Promise<number> {
     fresh: !!v.fresh,
     browser: !!v.browser,
     sync: sync as SyncMode | undefined,
+    syncMaxBytes: v['sync-max-size'] === undefined ? undefined : parseSyncMaxSize(v['sync-max-size'] as string),
     excludes: (v.exclude as string[] | undefined) ?? [],
     env: (v.env as string[] | undefined) ?? [],
     config: v.config as string | undefined,

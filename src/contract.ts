@@ -26,6 +26,7 @@ export const Inputs = {
   BootTimeout: 'boot-timeout',
   EnvironmentVariables: 'environment-variables',
   Sync: 'sync',
+  SyncMaxSize: 'sync-max-size',
   Registry: 'registry',
   RegistryToken: 'registry-token',
 } as const;

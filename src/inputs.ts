@@ -52,6 +52,8 @@ export interface Config {
   /** Extra environment variables `ryra-vm run` passes into the guest (beside CI, GITHUB_*, RUNNER_*). */
   environmentVariables: string[];
   sync: SyncMode;
+  /** Byte budget of what `ryra-vm run` syncs back from the guest after a step. */
+  syncMaxBytes: number;
   /** An OCI repository for the layers (ghcr.io/OWNER/ryra-vm-layers); undefined: the tier is off. */
   registry?: string;
   /** Its credentials (the password of Basic credentials at the token realm, or USER:PASSWORD). */
@@ -87,6 +89,7 @@ export const INPUT_DEFAULTS: Record<InputName, string> = {
   [Inputs.BootTimeout]: '',
   [Inputs.EnvironmentVariables]: '',
   [Inputs.Sync]: 'both',
+  [Inputs.SyncMaxSize]: '4G',
   [Inputs.Registry]: '',
   // Read as given (no default applied): GitHub substitutes the expression before the action runs.
   [Inputs.RegistryToken]: '${{ github.token }}',
@@ -203,6 +206,13 @@ export function parseRegistry(value: string): string {
   return value;
 }
 
+/** The sync-back budget: a size of at least 1M (a budget of nothing would bring nothing back). */
+export function parseSyncMaxSize(value: string): number {
+  const n = parseSize(Inputs.SyncMaxSize, value);
+  if (n < 2 ** 20) bad(Inputs.SyncMaxSize, value, 'a size of at least 1M, such as 4G or 512M');
+  return n;
+}
+
 /**
  * Parses raw input strings. `get` returns the raw value of an input ('' or undefined when unset);
  * defaults apply to empty values, as GitHub Actions does.
@@ -277,6 +287,7 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
     bootTimeoutMs,
     environmentVariables: list(Inputs.EnvironmentVariables, get(Inputs.EnvironmentVariables) ?? '', ENV_NAME_RE, 'an environment variable name'),
     sync: oneOf(Inputs.Sync, raw(Inputs.Sync), ['in', 'both', 'none'] as const),
+    syncMaxBytes: parseSyncMaxSize(raw(Inputs.SyncMaxSize)),
     registry: raw(Inputs.Registry) ? parseRegistry(raw(Inputs.Registry)) : undefined,
     // An unsubstituted expression (the default read outside Actions) is no token.
     registryToken: (get(Inputs.RegistryToken) ?? '').trim().replace(/^\$\{\{.*\}\}$/, '') || undefined,

@@ -52,7 +52,7 @@ export interface RunRecord {
   cold: ColdRecord;
   browserCold?: ColdRecord;
   /** Settings of later steps (`ryra-vm boot` and `run`) chosen by the action's inputs. */
-  run: { environmentVariables: string[]; sync: SyncMode; diskSize: string; bootTimeoutMs?: number };
+  run: { environmentVariables: string[]; sync: SyncMode; diskSize: string; bootTimeoutMs?: number; syncMaxBytes?: number };
   layers: LayerResult[];
   cacheDirBytes: number;
   evicted: { base: string; layer: string; bytes: number }[];

@@ -6,9 +6,11 @@
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { SyncMode } from './inputs.js';
-import { log } from './log.js';
-import { syncBack, syncIn, type Exec } from './sync.js';
+import type { SFTPWrapper } from 'ssh2';
+import { Inputs } from './contract.js';
+import { INPUT_DEFAULTS, parseSize, type SyncMode } from './inputs.js';
+import { errorMessage, log } from './log.js';
+import { syncBack, syncIn, type Exec, type SyncBackResult } from './sync.js';
 import { SshClient } from './vm/ssh.js';
 import { bootVm, findVm, loadRecord, stopVm } from './vms.js';
 
@@ -22,23 +24,106 @@ export interface RunOptions {
   excludes: string[];
   /** Names passed beside CI, GITHUB_* and RUNNER_*. */
   env: string[];
+  /** Byte budget of the sync-back. Default: the action's `sync-max-size` input. */
+  syncMaxBytes?: number;
+  /** The step's working directory (default: this process's). */
+  cwd?: string;
   config?: string;
   cacheDir?: string;
 }
 
-/** Step files the guest writes like the runner's own ($GITHUB_OUTPUT …): appended back to the host's. */
-const STEP_FILES = ['GITHUB_OUTPUT', 'GITHUB_ENV', 'GITHUB_PATH', 'GITHUB_STEP_SUMMARY'] as const;
+/**
+ * Step files the guest writes like the runner's own ($GITHUB_OUTPUT …): appended back to the files
+ * the runner named in this process's environment, by these fixed names only.
+ */
+export const STEP_FILES = ['GITHUB_OUTPUT', 'GITHUB_ENV', 'GITHUB_PATH', 'GITHUB_STEP_SUMMARY'] as const;
+/** Most a step file may bring back (GitHub itself takes 1 MiB of summary per step). */
+export const STEP_FILE_MAX_BYTES = 16 * 2 ** 20;
+/** Time bound of reading the step files back (one of them may be a FIFO nobody writes). */
+const STEP_FILES_TIMEOUT_MS = 60_000;
 
 const shq = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
-/** The environment a script gets: CI, GITHUB_*, RUNNER_*, and the named ones; values exactly as they are. */
+/** Credentials (GITHUB_TOKEN, ACTIONS_RUNTIME_TOKEN …) enter the VM only when named, even under GITHUB_*. */
+const TOKEN_NAME = /(^|_)TOKEN$/;
+
+/** The environment a script gets: CI, GITHUB_*, RUNNER_* (no *_TOKEN), and the named ones; values exactly as they are. */
 export function scriptEnv(env: NodeJS.ProcessEnv, names: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(env)) {
     if (v === undefined) continue;
-    if (k === 'CI' || k.startsWith('GITHUB_') || k.startsWith('RUNNER_') || names.includes(k)) out[k] = v;
+    const family = k === 'CI' || k.startsWith('GITHUB_') || k.startsWith('RUNNER_');
+    if (names.includes(k) || (family && !TOKEN_NAME.test(k))) out[k] = v;
   }
   return out;
+}
+
+/**
+ * The guest dir a script starts in: the step's working directory when it lies inside the workspace
+ * (the guest has the workspace at the same path), else the workspace. `real` resolves symlinks, so
+ * a workspace reached through one still matches.
+ */
+export function startDir(workspace: string, cwd: string, real: (p: string) => string = fs.realpathSync): string {
+  let rel: string;
+  try {
+    rel = path.relative(real(workspace), real(cwd));
+  } catch {
+    return workspace;
+  }
+  if (!rel || rel === '..' || rel.startsWith('../') || path.isAbsolute(rel)) return workspace;
+  return path.join(workspace, rel);
+}
+
+/** A guest file's bytes over SFTP (no guest tool reads it), failing past `max`; a missing file is empty. */
+function readGuestFile(sftp: SFTPWrapper, file: string, max: number, label: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    const s = sftp.createReadStream(file);
+    s.on('data', (d: Buffer) => {
+      n += d.length;
+      if (n <= max) return void chunks.push(d);
+      s.destroy();
+      reject(new Error(`the script wrote more than ${max >> 20} MiB to $${label}: nothing of it was kept (write large results to files in the workspace instead)`));
+    });
+    s.on('error', (err: Error & { code?: number }) => (err.code === 2 ? resolve(Buffer.alloc(0)) : reject(new Error(`reading $${label} from the VM failed: ${err.message}`))));
+    s.on('end', () => resolve(Buffer.concat(chunks)));
+  });
+}
+
+/**
+ * What the script wrote to its step files, appended to the runner's own (only those the runner
+ * set). All four are read before any is written, so a failure leaves the runner's files as they were.
+ */
+async function copyStepFiles(client: SshClient, dir: string, env: NodeJS.ProcessEnv): Promise<void> {
+  const targets = STEP_FILES.filter((f) => env[f]);
+  if (!targets.length) return;
+  const sftp = await client.sftp();
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`reading the step files back from the VM took over ${STEP_FILES_TIMEOUT_MS / 1000} s (is one of them a FIFO?)`)), STEP_FILES_TIMEOUT_MS);
+    });
+    const contents: Buffer[] = [];
+    for (const f of targets) contents.push(await Promise.race([readGuestFile(sftp, `${dir}/${f}`, STEP_FILE_MAX_BYTES, f), timeout]));
+    targets.forEach((f, i) => contents[i].length && fs.appendFileSync(env[f]!, contents[i]));
+  } finally {
+    clearTimeout(timer);
+    sftp.end();
+  }
+}
+
+const list = (names: string[], max = 20) => names.slice(0, max).map((n) => JSON.stringify(Buffer.from(n, 'latin1').toString())).join(', ') + (names.length > max ? ` and ${names.length - max} more` : '');
+
+/** Says what the sync-back refused; an error for what did not fit, since the workspace lacks it. */
+function reportSyncBack(back: SyncBackResult, budget: number): Error | undefined {
+  if (back.outsideLinks.length) log.warning(`not synced back: ${back.outsideLinks.length} symlink(s) whose targets lead outside the workspace: ${list(back.outsideLinks)}`);
+  if (back.special.length) log.warning(`not synced back: ${back.special.length} entr${back.special.length === 1 ? 'y' : 'ies'} that are not files, dirs or symlinks (FIFOs, sockets, devices): ${list(back.special)}`);
+  if (!back.overBudget.length) return undefined;
+  return new Error(
+    `${back.overBudget.length} changed file(s) did not fit in the sync-back budget of ${(budget / 2 ** 30).toFixed(2)} GiB (sparse files count at their full size) and stayed in the VM: ${list(back.overBudget)}. ` +
+      `Raise the action's ${Inputs.SyncMaxSize} input (or --sync-max-size), or leave them out with --exclude`,
+  );
 }
 
 /** A shell file that exports `vars` (single-quoted: quotes, newlines and `$` arrive intact). */
@@ -64,6 +149,7 @@ export async function runScript(o: RunOptions): Promise<number> {
   // A running VM's settings (sync, environment names) are those of the run it was booted from.
   const record = loadRecord({ config: o.config ?? (vm && fs.existsSync(vm.record) ? vm.record : undefined), cacheDir: o.cacheDir });
   const sync = o.sync ?? record.run.sync;
+  const syncMaxBytes = o.syncMaxBytes ?? record.run.syncMaxBytes ?? parseSize(Inputs.SyncMaxSize, INPUT_DEFAULTS[Inputs.SyncMaxSize]);
   const names = [...record.run.environmentVariables, ...o.env];
   const booted = !vm;
   const rec = vm ?? (await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir }));
@@ -73,10 +159,10 @@ export async function runScript(o: RunOptions): Promise<number> {
   const id = randomUUID().slice(0, 8);
   const dir = `~/.ryra-run/${id}`;
   try {
-    const syncOpts = { hostDir: workspace, guestDir: workspace, excludes: o.excludes };
+    const syncOpts = { hostDir: workspace, guestDir: workspace, excludes: o.excludes, maxBytes: syncMaxBytes };
     const t0 = Date.now();
     const before = sync === 'none' ? undefined : await syncIn(exec, syncOpts);
-    if (before) log.info(`synced ${before.size} entries of ${workspace} into ${rec.name} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    if (before) log.info(`synced ${before.guest.size} entries of ${workspace} into ${rec.name} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
     const vars = scriptEnv(process.env, names);
     for (const f of STEP_FILES) if (vars[f]) vars[f] = `/home/${rec.user}/.ryra-run/${id}/${f}`;
@@ -86,27 +172,30 @@ export async function runScript(o: RunOptions): Promise<number> {
     });
     if (setup.code !== 0) throw new Error(`preparing the script in ${rec.name} failed: ${setup.stderr.trim()}`);
 
-    const cd = sync === 'none' ? `mkdir -p ${shq(workspace)} 2>/dev/null || true; cd ${shq(workspace)} 2>/dev/null || cd` : `cd ${shq(workspace)}`;
+    const start = shq(startDir(workspace, o.cwd ?? process.cwd()));
+    const cd = sync === 'none' ? `mkdir -p ${start} 2>/dev/null || true; cd ${start} 2>/dev/null || cd` : `cd ${start} || exit 1`;
     const r = await exec(`set -a; . ${dir}/env; set +a; ${cd}; bash -e ${dir}/script`, {
       stdout: process.stdout,
       stderr: process.stderr,
       timeoutMs: 24 * 3600_000,
     });
 
-    // What the script wrote to its step files goes where the runner reads them.
-    const files = await exec(`cd ${dir} && for f in ${STEP_FILES.join(' ')}; do printf '%s\\0' "$f"; base64 -w0 "$f"; printf '\\0'; done`, { timeoutMs: 60_000 });
-    const parts = files.stdout.split('\0');
-    for (let i = 0; i + 1 < parts.length; i += 2) {
-      const target = process.env[parts[i]];
-      const content = Buffer.from(parts[i + 1], 'base64');
-      if (target && content.length) fs.appendFileSync(target, content);
-    }
+    // Both run even when one fails; the step fails after them, naming each failure.
+    const failures: string[] = [];
+    await copyStepFiles(client, `.ryra-run/${id}`, process.env).catch((err) => failures.push(errorMessage(err)));
     if (before && sync === 'both') {
       const t1 = Date.now();
-      const back = await syncBack(exec, syncOpts, before);
-      log.info(`synced ${back.changed} changed and ${back.deleted} deleted entries back in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
+      try {
+        const back = await syncBack(exec, syncOpts, before);
+        log.info(`synced ${back.changed} changed and ${back.deleted} deleted entries back in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
+        const over = reportSyncBack(back, syncMaxBytes);
+        if (over) failures.push(over.message);
+      } catch (err) {
+        failures.push(`syncing the workspace back failed: ${errorMessage(err)}`);
+      }
     }
     await exec(`rm -rf ${dir}`, { timeoutMs: 60_000 }).catch(() => {});
+    if (failures.length) throw new Error(failures.join('\n'));
     return r.code;
   } finally {
     client.end();

@@ -34,6 +34,8 @@ export interface ExecOptions {
   /** Allocate a pseudo-terminal (interactive shells). */
   pty?: boolean;
   timeoutMs?: number;
+  /** Aborting closes the channel at once; the result rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** The connection dropped before or during a command: it may not have run, or not to its end. */
@@ -143,6 +145,13 @@ export class SshClient {
               reject(new Error(`command timed out after ${opts.timeoutMs! / 1000} s: ${command.slice(0, 80)}`));
             }, opts.timeoutMs)
           : undefined;
+        // A reader that has seen enough (a byte budget spent) stops the command without waiting for it.
+        const onAbort = () => {
+          stream.close();
+          reject(opts.signal!.reason instanceof Error ? opts.signal!.reason : new Error(`command aborted: ${command.slice(0, 80)}`));
+        };
+        if (opts.signal?.aborted) return onAbort();
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
         if (opts.stdout) {
           const dest = opts.stdout;
           stream.pipe(dest, { end: false });
@@ -162,6 +171,7 @@ export class SshClient {
         });
         stream.on('close', () => {
           clearTimeout(timer);
+          opts.signal?.removeEventListener('abort', onAbort);
           if (code !== undefined) resolve({ code, stdout, stderr });
           else if (signal) resolve({ code: 128 + 1, stdout, stderr: stderr + `\n(killed by signal ${signal})` });
           else reject(new SshConnectionError(`connection lost while running: ${command.slice(0, 80)}`, false));

@@ -1,0 +1,126 @@
+// A guest that turns hostile, as the runner runs it (amd64, TCG, the light configuration from the
+// shared cache dir, one restored VM for every check): a `ryra-vm run` step with root in the VM forges
+// the tools a copy-back could use (base64 & co. print a record naming a host variable), leaves
+// symlinks out of the workspace, a setuid shell, a FIFO, a device node and a 20 GB sparse file, and
+// turns its step summary into /dev/zero. The host file that variable names stays as it was, none of
+// those reach the workspace while the normal files and inside symlinks do, the runner's disk barely
+// moves, and the step ends in time, failing with the reasons. Before it, a step started in a
+// working directory runs in the same path in the VM; after it, the next step still syncs in.
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
+import { ensureFixture, type Fixture } from '../support/fixtures.js';
+import { runner } from '../support/runner.js';
+import { LIGHT, configEnv, configInputs, sharedDir, sharedLayers } from '../support/shared.js';
+
+const root = tempRoot('hostile');
+let fx: Fixture;
+const figures: string[] = [];
+
+before(async () => {
+  fx = ensureFixture('amd64');
+  await sharedLayers(LIGHT, path.join(root.dir, 'rt-shared'));
+});
+after(async () => {
+  const left = qemuProcessesUnder(root.dir);
+  root.remove();
+  if (figures.length) console.log(`hostile-guest figures: ${figures.join('; ')}`);
+  assert.deepEqual(left, [], 'no qemu process may outlive the suite');
+});
+
+const freeBytes = (p: string) => {
+  const s = fs.statfsSync(p);
+  return s.bavail * s.bsize;
+};
+const lexists = (p: string) => !!fs.lstatSync(p, { throwIfNoEntry: false });
+
+describe('a hostile guest cannot reach past the workspace (amd64, TCG)', { timeout: 30 * 60_000 }, () => {
+  test('working directory; forged tools, escaping symlinks, setuid, FIFO, device, sparse giant, endless step file', async () => {
+    const r = runner(root.dir, 'job', configEnv(LIGHT));
+    const ws = r.env.GITHUB_WORKSPACE!;
+    fs.mkdirSync(path.join(ws, 'sub', 'deeper'), { recursive: true });
+    fs.mkdirSync(path.join(ws, 'lib'));
+    fs.writeFileSync(path.join(ws, 'lib', 'libx.so'), 'lib\n');
+    // A host file a variable names (what the old copy-back appended to), and a secret beside the workspace.
+    const victim = path.join(r.dir, 'victim.txt');
+    fs.writeFileSync(victim, 'untouched\n');
+    const secret = path.join(r.env.HOME!, 'id_ed25519');
+    fs.writeFileSync(secret, 'PRIVATE KEY\n', { mode: 0o600 });
+    try {
+      const a = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': sharedDir(), boot: 'default' });
+      assert.equal(a.code, 0, a.stdout.slice(-4000));
+
+      // Issue 23: `working-directory: sub/deeper` → the script starts in the same path in the VM.
+      const wd = await r.step('pwd > where.txt\necho "wd=$(pwd)" >> "$GITHUB_OUTPUT"', { shell: 'ryra-vm run {0}', workingDirectory: 'sub/deeper' });
+      assert.equal(wd.code, 0, `${wd.stdout}\n${wd.stderr}`);
+      assert.equal(fs.readFileSync(path.join(ws, 'sub', 'deeper', 'where.txt'), 'utf8').trim(), path.join(ws, 'sub', 'deeper'));
+      assert.equal(r.stepOutputs().wd, path.join(ws, 'sub', 'deeper'));
+
+      // The hostile step. Every forged tool prints what the old copy-back parsed: a NUL-separated
+      // name (a host variable) and base64 content.
+      const hostile = [
+        'set -u',
+        "sudo tee /usr/local/bin/forged >/dev/null <<'EOF'",
+        '#!/bin/sh',
+        `for i in 1 2 3 4; do printf 'VICTIM\\0%s\\0' '${Buffer.from('appended by the guest\n').toString('base64')}'; done`,
+        'EOF',
+        'sudo chmod 755 /usr/local/bin/forged',
+        'for t in base64 head tail stat dd od xxd wc; do sudo ln -sf forged /usr/local/bin/$t; done',
+        'sudo cp /usr/local/bin/forged /usr/bin/base64',
+        'base64 | od | grep -q VICTIM',
+        'echo normal > normal.txt',
+        'mkdir -p node_modules/pkg/bin node_modules/.bin && printf "#!/bin/sh\\necho tool\\n" > node_modules/pkg/bin/tool && chmod 755 node_modules/pkg/bin/tool',
+        'ln -s ../pkg/bin/tool node_modules/.bin/tool',
+        'ln -s lib lib64',
+        `ln -s ${secret} leak`,
+        'ln -s / root-link',
+        'ln -s ../../../../.. up',
+        'sudo cp /bin/bash suid-sh && sudo chmod 4755 suid-sh',
+        'mkfifo a-fifo',
+        'sudo mknod a-device c 1 3',
+        'truncate -s 20G sparse.img',
+        'echo "fine=yes" >> "$GITHUB_OUTPUT"',
+        'ln -sf /dev/zero "$GITHUB_STEP_SUMMARY"',
+        'echo hostile done',
+      ].join('\n');
+      const summary0 = r.summary();
+      const free0 = freeBytes(ws);
+      const t0 = Date.now();
+      const h = await r.step(hostile, { shell: 'ryra-vm run {0}', env: { VICTIM: victim }, timeoutMs: 300_000 });
+      const secs = (Date.now() - t0) / 1000;
+      figures.push(`hostile step ${secs.toFixed(1)} s`);
+      const said = `${h.stdout}\n${h.stderr}`;
+      assert.match(h.stdout, /hostile done/, said);
+      assert.ok(secs < 300, `the step ended in ${secs} s`);
+      assert.equal(h.code, 1, `the step fails with the reasons:\n${said}`);
+      assert.match(h.stderr, /more than 16 MiB to \$GITHUB_STEP_SUMMARY/, said);
+      assert.match(h.stderr, /did not fit in the sync-back budget .*"sparse\.img".*sync-max-size/, said);
+      assert.match(h.stderr, /symlink\(s\) whose targets lead outside the workspace: "leak", "root-link", "up"/, said);
+      assert.match(h.stderr, /not files, dirs or symlinks .*"a-device", "a-fifo"/, said);
+
+      assert.equal(fs.readFileSync(victim, 'utf8'), 'untouched\n', 'the host file a variable names is unchanged');
+      assert.equal(r.summary(), summary0, 'the endless summary left the runner\'s file as it was');
+      assert.equal(r.stepOutputs().fine, undefined, 'a failed copy-back writes none of the step files');
+      for (const n of ['leak', 'root-link', 'up', 'a-fifo', 'a-device', 'sparse.img']) assert.equal(lexists(path.join(ws, n)), false, `${n} stayed out`);
+      assert.equal(fs.statSync(path.join(ws, 'suid-sh')).mode & 0o7777, 0o755, 'the setuid bit is dropped');
+      assert.equal(fs.readFileSync(path.join(ws, 'normal.txt'), 'utf8'), 'normal\n');
+      assert.equal(fs.readFileSync(path.join(ws, 'node_modules', '.bin', 'tool'), 'utf8'), '#!/bin/sh\necho tool\n', 'node_modules/.bin works');
+      assert.equal(fs.readFileSync(path.join(ws, 'lib64', 'libx.so'), 'utf8'), 'lib\n', 'lib64 -> lib works');
+      assert.equal(fs.readFileSync(secret, 'utf8'), 'PRIVATE KEY\n');
+      const used = free0 - freeBytes(ws);
+      figures.push(`runner disk used by the hostile step ${(used / 2 ** 20).toFixed(1)} MiB`);
+      assert.ok(used < 2 ** 30, `the runner's free space dropped by ${used} bytes`);
+
+      // The same VM syncs in again (a device node in the workspace used to break this).
+      fs.writeFileSync(path.join(ws, 'later.txt'), 'from the runner, later\n');
+      const next = await r.step('test "$(pwd)" = "$GITHUB_WORKSPACE" && grep -q "runner, later" later.txt && test -f normal.txt && echo next ok', { shell: 'ryra-vm run {0}' });
+      assert.equal(next.code, 0, `${next.stdout}\n${next.stderr}`);
+      assert.match(next.stdout, /next ok/);
+    } finally {
+      await r.post();
+    }
+    assert.deepEqual(qemuProcessesUnder(root.dir), []);
+  });
+});
