@@ -173,6 +173,69 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     }
   });
 
+  test('a chunk whose uncompressed bytes differ from its annotation is refused (the second digest), though its blob digest holds', async () => {
+    const accept = { accept: 'application/vnd.oci.image.manifest.v1+json' };
+    const m = JSON.parse((await get(`http://${reg.host}/v2/ryra/layers/manifests/${tagFor(key)}`, accept)).body.toString()) as OciManifest;
+    const k = `${key}-lying`;
+    const iso = m.layers.find((l) => l.annotations![Annotations.title] === 'seed.iso')!;
+    iso.annotations![Annotations.sha256] = '0'.repeat(64);
+    m.annotations![Annotations.key] = k;
+    const body = Buffer.from(JSON.stringify(m));
+    const put = await new Promise<number>((resolve, reject) =>
+      http
+        .request(`http://${reg.host}/v2/ryra/layers/manifests/${k}`, { method: 'PUT', headers: { 'content-type': m.mediaType, 'content-length': body.length } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        })
+        .on('error', reject)
+        .end(body),
+    );
+    assert.equal(put, 201);
+    const { t, logger } = tier();
+    const dir = staging();
+    assert.equal(await t.restore(k, files, dir), 'failed');
+    t.close();
+    assert.match(logger.warnings.join('\n'), /seed\.iso chunk at 0: uncompressed sha256 [0-9a-f]{64} .*expected 0{64}: refused/);
+    assert.deepEqual(fs.readdirSync(dir), []);
+  });
+
+  test('plain Basic auth where the registry asks for it (USER:PASSWORD), and a wrong password is one warning', async () => {
+    // A gate in front of the real registry that wants Basic credentials, as htpasswd registries do.
+    const want = `Basic ${Buffer.from('ci:s3cret').toString('base64')}`;
+    const sockets = new Set<net.Socket>();
+    const server = http.createServer((req, res) => {
+      if (req.headers.authorization !== want) return void res.writeHead(401, { 'www-authenticate': 'Basic realm="registry"' }).end();
+      const up = http.request(`http://${reg.host}${req.url}`, { method: req.method, headers: { ...req.headers, host: reg.host } }, (ur) => {
+        res.writeHead(ur.statusCode ?? 502, ur.headers);
+        ur.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    });
+    server.on('connection', (s) => sockets.add(s.on('error', () => {})));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const repository = `127.0.0.1:${(server.address() as net.AddressInfo).port}/ryra/layers`;
+    try {
+      const good = capture();
+      const t = registryTier({ repository, token: 'ci:s3cret', logger: good });
+      const dir = staging();
+      assert.equal(await t.restore(key, files, dir), 'restored');
+      sameFiles(src, dir, files);
+      t.close();
+      assert.deepEqual(good.warnings, []);
+      const bad = capture();
+      const t2 = registryTier({ repository, token: 'ci:wrong', logger: bad });
+      assert.equal(await t2.restore(key, files, staging()), 'miss');
+      assert.equal(t2.on, false);
+      t2.close();
+      assert.equal(bad.warnings.length, 1, bad.warnings.join('\n'));
+      assert.match(bad.warnings[0], /refused GET .*HTTP 401.*check registry-token/);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   test('a registry that is down: one warning, a miss and a failed save, at once; the tier is off', async () => {
     const port = await freePort();
     const logger = capture();
