@@ -189,7 +189,7 @@ try {
   if (!process.argv.includes('--cache-only')) {
     // Layers of the light configuration at 2048 and 4096 MiB, built by the bundled action (local cache dir).
     const cacheDir = path.join(root, 'cache');
-    const r = runner(root, 'bench', { RYRA_VM_BASE_PACKAGES: '' });
+    const r = runner(root, 'bench');
     const states: Record<string, RunRecord> = {};
     for (const memory of ['2048', '4096']) {
       console.error(`bench: layers at ${memory} MiB…`);
