@@ -98,18 +98,19 @@ function readGuestFile(sftp: SFTPWrapper, file: string, max: number, label: stri
 async function copyStepFiles(client: SshClient, dir: string, env: NodeJS.ProcessEnv): Promise<void> {
   const targets = STEP_FILES.filter((f) => env[f]);
   if (!targets.length) return;
-  const sftp = await client.sftp();
   let timer: NodeJS.Timeout | undefined;
+  let sftp: SFTPWrapper | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`reading the step files back from the VM took over ${STEP_FILES_TIMEOUT_MS / 1000} s (is one of them a FIFO?)`)), STEP_FILES_TIMEOUT_MS);
+  });
   try {
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`reading the step files back from the VM took over ${STEP_FILES_TIMEOUT_MS / 1000} s (is one of them a FIFO?)`)), STEP_FILES_TIMEOUT_MS);
-    });
+    sftp = await Promise.race([client.sftp(), timeout]);
     const contents: Buffer[] = [];
     for (const f of targets) contents.push(await Promise.race([readGuestFile(sftp, `${dir}/${f}`, STEP_FILE_MAX_BYTES, f), timeout]));
     targets.forEach((f, i) => contents[i].length && fs.appendFileSync(env[f]!, contents[i]));
   } finally {
     clearTimeout(timer);
-    sftp.end();
+    sftp?.end();
   }
 }
 

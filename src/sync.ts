@@ -169,6 +169,16 @@ export interface SyncOptions {
 /** The staging dirs of an interrupted sync-back never travel. */
 const STAGING_PREFIX = '.ryra-sync-';
 const excludeArgs = (o: SyncOptions) => [`--exclude=./${STAGING_PREFIX}*`, ...(o.excludes ?? []).map((e) => `--exclude=${e}`)];
+/**
+ * On the host's unpacking, a pattern written `./name` also holds for a member named without the
+ * `./` (which only a forged tar sends): anchored, so it matches that one path, as `./name` does.
+ */
+const hostExcludeArgs = (o: SyncOptions) => [
+  ...excludeArgs(o),
+  '--anchored',
+  ...[`./${STAGING_PREFIX}*`, ...(o.excludes ?? [])].filter((e) => e.startsWith('./')).map((e) => `--exclude=${e.slice(2)}`),
+  '--no-anchored',
+];
 
 /** What a sync-in leaves to compare with after the script. */
 export interface SyncedIn {
@@ -285,7 +295,7 @@ export async function syncBack(exec: Exec, o: SyncOptions, synced: SyncedIn): Pr
  * stream may not exceed what the plan allows, nor the time left.
  */
 async function receive(exec: Exec, o: SyncOptions, plan: SyncPlan, staging: string, timeoutMs: number, timedOut: () => Error): Promise<void> {
-  const tar = tarProcess(['-x', '-p', '-f', '-', '--no-same-owner', '--warning=no-unknown-keyword', ...excludeArgs(o)], staging);
+  const tar = tarProcess(['-x', '-p', '-f', '-', '--no-same-owner', '--warning=no-unknown-keyword', ...hostExcludeArgs(o)], staging);
   // Names as `./name`, the form the excludes are written for (as in the stream going in).
   const list = Buffer.from(plan.wanted.map((p) => `./${p}\0`).join(''), 'latin1');
   const bound = plan.bytes + 2 ** 20;

@@ -247,21 +247,26 @@ describe('workspace sync', () => {
     const guest = path.join(tmp, 'f-guest');
     fs.mkdirSync(host);
     fs.writeFileSync(path.join(host, 'excluded.txt'), 'host only');
-    const o = { hostDir: host, guestDir: guest, excludes: ['excluded.txt'], maxBytes: 64 * 2 ** 20 };
+    fs.mkdirSync(path.join(host, 'secret'));
+    fs.writeFileSync(path.join(host, 'secret', 'key'), 'host key');
+    const o = { hostDir: host, guestDir: guest, excludes: ['excluded.txt', './secret'], maxBytes: 64 * 2 ** 20 };
     const before = await syncIn(localExec, o);
     fs.writeFileSync(path.join(guest, 'ok.txt'), 'ok');
     spawn('mkfifo', [path.join(guest, 'fifo')]);
     fs.writeFileSync(path.join(guest, 'excluded.txt'), 'from the guest');
     fs.writeFileSync(path.join(guest, 'unlisted.txt'), 'sneaked in');
+    fs.mkdirSync(path.join(guest, 'secret'));
+    fs.writeFileSync(path.join(guest, 'secret', 'key'), 'guest key');
     await new Promise((r) => setTimeout(r, 200));
     // find calls everything a small file and hides unlisted.txt; tar packs unlisted.txt and excluded.txt whatever it is asked.
     const liar = guestExec(
       `find() { command find "$@" | perl -0 -ne 'chomp; push @a, $_; END { for (my $i = 0; $i < @a; $i += 2) { next if $a[$i + 1] eq "unlisted.txt"; (my $s = $a[$i]) =~ s#^[a-z]/\\d+/#f/1/#; print "$s\\0$a[$i + 1]\\0" } }'; }\n` +
-        `tar() { if [ "$1" = -c ]; then cat >/dev/null; command tar -c --format=posix -f - ok.txt fifo excluded.txt unlisted.txt; else command tar "$@"; fi; }`,
+        `tar() { if [ "$1" = -c ]; then cat >/dev/null; command tar -c --format=posix -f - ok.txt fifo excluded.txt unlisted.txt secret/key; else command tar "$@"; fi; }`,
     );
     const r = await syncBack(liar, o, before);
     assert.equal(fs.readFileSync(path.join(host, 'ok.txt'), 'utf8'), 'ok');
     assert.equal(fs.readFileSync(path.join(host, 'excluded.txt'), 'utf8'), 'host only', 'the excludes hold on the host');
+    assert.equal(fs.readFileSync(path.join(host, 'secret', 'key'), 'utf8'), 'host key', 'an anchored exclude too, named without ./');
     assert.equal(fs.lstatSync(path.join(host, 'fifo'), { throwIfNoEntry: false }), undefined, 'a FIFO called a file stays out');
     assert.deepEqual(r.special, ['fifo']);
 
