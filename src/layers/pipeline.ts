@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { Outputs, type OutputValues } from '../contract.js';
 import { actionsCache, cacheServiceAvailable } from '../cache/actions.js';
 import { stagedFilesProblem } from '../cache/confine.js';
+import { registryTier } from '../cache/registry.js';
 import type { RemoteTier } from '../cache/tier.js';
 import {
   cleanStaleTemps,
@@ -342,6 +343,7 @@ export function openTiers(config: Config): RemoteTier[] {
   if (config.cache && !useCache) log.info('Actions cache: not available in this environment; using the local cache only');
   const tiers: RemoteTier[] = [];
   if (useCache) tiers.push(actionsCache());
+  if (config.registry) tiers.push(registryTier({ repository: config.registry, token: config.registryToken }));
   for (const t of tiers) t.prestart?.();
   return tiers;
 }
