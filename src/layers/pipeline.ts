@@ -381,7 +381,7 @@ export async function ensureLayers(config: Config, host0: Host, tiers = openTier
 async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: RemoteTier[], holder: LayerContext['holder'], rt: string): Promise<EnsureResult> {
   const dir = config.cacheDir;
   const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager);
-  const plan = planLayers(config, host, key.publicKey, recipes, getHooks());
+  const plan = planLayers(config, host, key.publicKey, recipes);
   const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), tiers, holder, pending: [] };
   const results: LayerResult[] = [];
   const at = (f: string) => path.join(dir, f);

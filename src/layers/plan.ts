@@ -64,8 +64,7 @@ function plan1(layer: LayerName, name: (key: string) => string, files: (base: st
 const qcow2 = (base: string) => [`${base}.qcow2`];
 const stripQcow2 = (f: string) => f.replace(/\.qcow2$/, '');
 
-// `_unused`: pipeline.ts still passes its test hooks, none of which a plan reads any more.
-export function planLayers(config: Config, host: Host, publicKey: string, recipes: Recipes, _unused?: unknown): Plan {
+export function planLayers(config: Config, host: Host, publicKey: string, recipes: Recipes): Plan {
   const image = distroImage(config.distro, config.arch);
   // The list itself is in the prepared layer's key, so base-packages on and off never share a layer.
   const packages = preparedPackages(image, config);
