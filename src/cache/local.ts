@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { log } from '../log.js';
 import { CacheFiles, GuestFiles, MANIFEST_SUFFIX, manifestPath } from '../names.js';
-import { invalidReason, readManifest, writeManifest, type LayerName, type Manifest } from '../layers/manifest.js';
+import { invalidReason, readManifest, writeManifest, type LayerName, type Manifest } from './manifest.js';
 import { ownerAlive, processAlive, processStartTime } from '../util/procfs.js';
 import { fmtSeconds } from '../util/time.js';
 

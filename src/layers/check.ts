@@ -4,7 +4,7 @@
 // backing file but the one the layer may have (a snapshot disk's parent, pointed at by the caller).
 import * as path from 'node:path';
 import { checkImage, imageInfo } from '../vm/images.js';
-import { fileDigests, invalidReason, type Manifest } from './manifest.js';
+import { fileDigests, invalidReason, type Manifest } from '../cache/manifest.js';
 
 export interface Planned {
   layer: string;

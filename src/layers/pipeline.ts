@@ -45,7 +45,7 @@ import { BROWSER_CPUS, BROWSER_MEMORY_MB, SOURCE_FILE, browserInstallScript } fr
 import { backingProblem, stagedLayerProblem } from './check.js';
 import { timeoutsFor, type LayerContext, type PendingSave, type Timeouts } from './context.js';
 import { hostLayout } from './guest.js';
-import { describeFiles, hashOf, invalidReason, readManifest, writeManifest, type LayerName, type Manifest } from './manifest.js';
+import { describeFiles, hashOf, invalidReason, readManifest, writeManifest, type LayerName, type Manifest } from '../cache/manifest.js';
 import { planLayers, type LayerPlan, type Plan, type Recipes } from './plan.js';
 import { CLEAN_FOR_TEMPLATE, buildImage } from './prepared.js';
 import { adoptRaw, download, expectedChecksum } from './raw.js';

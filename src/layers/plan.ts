@@ -8,7 +8,7 @@ import type { Host } from '../host/setup.js';
 import type { Config } from '../inputs.js';
 import { snapshotFileNames } from '../names.js';
 import { userData } from '../vm/seed.js';
-import { hashOf, type LayerName } from './manifest.js';
+import { hashOf, type LayerName } from '../cache/manifest.js';
 
 /** Bump when a recipe changes what a layer contains; it is part of every key. */
 export const RECIPE_VERSION = 2;

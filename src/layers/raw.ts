@@ -3,7 +3,7 @@
 // Downloads go through the toolkit's HTTP client, which honours the runner's http(s)_proxy and
 // no_proxy (Node's fetch does not), with a socket idle bound and an overall bound.
 import { HttpClient } from '@actions/http-client';
-import { digester, fileDigests } from './manifest.js';
+import { digester, fileDigests } from '../cache/manifest.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';

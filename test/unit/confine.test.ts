@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { isPlainName, stagedFilesProblem } from '../../src/cache/confine.js';
 import { backingProblem, stagedLayerProblem } from '../../src/layers/check.js';
-import { describeFiles, readManifest, writeManifest, type Manifest } from '../../src/layers/manifest.js';
+import { describeFiles, readManifest, writeManifest, type Manifest } from '../../src/cache/manifest.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'confine-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));

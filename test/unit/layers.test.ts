@@ -6,7 +6,7 @@ import { after, describe, test } from 'node:test';
 import { accelArgs } from '../../src/host/platform.js';
 import type { Host } from '../../src/host/setup.js';
 import { parseConfig } from '../../src/inputs.js';
-import { hashOf, invalidReason, readManifest, writeManifest } from '../../src/layers/manifest.js';
+import { hashOf, invalidReason, readManifest, writeManifest } from '../../src/cache/manifest.js';
 import { cleanStaleTemps, tempPath, withLayerLock } from '../../src/cache/local.js';
 import { cacheKeyFor, recipesFor } from '../../src/layers/pipeline.js';
 import { preparedPackages, planLayers as plan0 } from '../../src/layers/plan.js';

@@ -18,7 +18,7 @@ import {
   releaseHolder,
   withLayerLock,
 } from '../../src/cache/local.js';
-import { writeManifest } from '../../src/layers/manifest.js';
+import { writeManifest } from '../../src/cache/manifest.js';
 import { manifestPath } from '../../src/names.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'local-cache-unit-'));

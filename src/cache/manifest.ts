@@ -4,7 +4,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { isPlainName } from '../cache/confine.js';
+import { isPlainName } from './confine.js';
 import type { VmLayout } from '../vm/spec.js';
 
 export { MANIFEST_SUFFIX, manifestPath } from '../names.js';
