@@ -162,7 +162,7 @@ export interface SyncOptions {
   excludes?: string[];
   /** Byte budget of a sync-back (see entryCost). Default: unlimited. */
   maxBytes?: number;
-  /** Time bound of a sync-back. Default SYNC_BACK_TIMEOUT_MS. */
+  /** Time bound of a sync-back (and of a sync-in). Default SYNC_BACK_TIMEOUT_MS. */
   timeoutMs?: number;
 }
 
@@ -225,12 +225,16 @@ async function syncInListed(exec: Exec, o: SyncOptions, listArgs: string[]): Pro
   const state = collect();
   const stderr = new PassThrough();
   let err = '';
-  stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+  stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-20_000)));
+  const timeoutMs = o.timeoutMs ?? SYNC_BACK_TIMEOUT_MS;
   const r = await exec(
     // sudo only where the user cannot make the dir (a sudo costs seconds in an emulated guest).
     `set -e; mkdir -p ${g} 2>/dev/null || sudo install -d -o "$(id -u)" -g "$(id -g)" ${g}; cd ${g}; tar -x -p -f - --no-same-owner --warning=no-unknown-keyword; ${FIND_STATE}`,
-    { stdin: tar.stdout, stdout: state.sink, stderr },
-  );
+    { stdin: tar.stdout, stdout: state.sink, stderr, timeoutMs },
+  ).catch((e: Error) => {
+    tar.child.kill('SIGKILL');
+    throw /timed out/.test(e.message) ? new Error(`syncing ${o.hostDir} into the guest took longer than its bound of ${Math.round(timeoutMs / 1000)} s`) : e;
+  });
   await tar.done;
   if (r.code !== 0) throw new Error(`syncing ${o.hostDir} into the guest failed (exit ${r.code}): ${err.trim().split('\n').slice(-5).join('\n')}`);
   if (state.over()) throw new Error(`the guest's listing of ${o.guestDir} exceeds ${MAX_LISTING_BYTES >> 20} MiB: too many entries to sync (exclude some with --exclude)`);
