@@ -3,14 +3,28 @@
 // outputs, how to restore the snapshot (the exact QEMU recipe) and how to cold-boot the image.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { OutputValues } from './contract.js';
-import type { Arch } from './distro.js';
+import { Outputs, type OutputValues } from './contract.js';
+import { GUEST_USER, type Arch } from './distro.js';
 import type { Accel } from './host/platform.js';
-import { InputError, type SyncMode } from './inputs.js';
-import type { LayerResult } from './layers/pipeline.js';
-import { RuntimeFiles } from './names.js';
+import type { Host } from './host/setup.js';
+import { InputError, type Config, type SyncMode } from './inputs.js';
+import { hashOf, type LayerName, type Manifest } from './cache/manifest.js';
+import type { LayerPlan, Plan } from './layers/plan.js';
+import { CacheFiles, RuntimeFiles } from './names.js';
+import { recipe } from './vm/spec.js';
 import type { RestoreOptions } from './vm/boot.js';
 import type { VmLayout } from './vm/spec.js';
+
+export type LayerSource = 'local' | 'actions cache' | 'registry' | 'built' | 'failed' | 'skipped';
+
+/** How a run got one layer (the job summary is a table of these). */
+export interface LayerResult {
+  layer: LayerName;
+  source: LayerSource;
+  seconds: number;
+  bytes: number;
+  note?: string;
+}
 
 /** How to restore a snapshot layer: its files, the image its disk sits on, and the recipe. */
 export interface SnapshotRecord {
@@ -109,4 +123,83 @@ export function newestRecord(runtimeDir: string, cacheDir?: string): RunRecord {
     .sort((a, b) => b.t - a.t);
   if (!files.length) throw new InputError(`no prepared layers recorded in ${runtimeDir}: run the action (or ryra-vm prepare) first, or name a record with --config`);
   return files[0].r;
+}
+
+/** What a run's layers come to: the action's outputs and the run record (written by the caller). */
+export function runRecord(o: {
+  config: Config;
+  host: Host;
+  plan: Plan;
+  dir: string;
+  rt: string;
+  publicKey: string;
+  results: LayerResult[];
+  evicted: RunRecord['evicted'];
+  cacheDirBytes: number;
+  coldLayout: VmLayout;
+  snapshot?: Manifest;
+  browser?: Manifest;
+  browserSnapshot?: Manifest;
+}): { outputs: OutputValues; record: RunRecord } {
+  const { config, host, plan, results } = o;
+  const at = (f: string) => path.join(o.dir, f);
+  const snapshotRecord = (p: LayerPlan, m: Manifest | undefined, backing: LayerPlan): SnapshotRecord | undefined =>
+    m?.layout && {
+      argv: recipe(m.layout, { efiCode: host.firmware.code, seedIso: at(p.files[2]) }),
+      disk: at(p.files[0]),
+      efivars: at(p.files[1]),
+      seed: at(p.files[2]),
+      backing: at(backing.files[0]),
+      layout: m.layout,
+      base: p.base,
+      backingBase: backing.base,
+    };
+  const restore = snapshotRecord(plan.snapshot, o.snapshot, plan.prepared);
+  const browserRestore = snapshotRecord(plan.browserSnapshot, o.browserSnapshot, plan.browser);
+  const id = hashOf({ prepared: plan.prepared.key, snapshot: restore ? plan.snapshot.key : null, browser: o.browser ? plan.browser.key : null }).slice(0, 16);
+  const remote = (r: LayerResult) => r.source === 'actions cache' || r.source === 'registry';
+  const outputs: OutputValues = {
+    [Outputs.Image]: at(plan.prepared.files[0]),
+    [Outputs.EfiCode]: host.firmware.code,
+    [Outputs.EfiVarsTemplate]: host.firmware.vars,
+    [Outputs.Prepared]: 'true',
+    [Outputs.Snapshot]: String(!!restore),
+    [Outputs.SnapshotDisk]: restore?.disk ?? '',
+    [Outputs.SnapshotEfivars]: restore?.efivars ?? '',
+    [Outputs.SnapshotSeedIso]: restore?.seed ?? '',
+    [Outputs.SnapshotMemoryMb]: restore ? String(config.memoryMb) : '',
+    [Outputs.SshKey]: at(CacheFiles.sshKey),
+    [Outputs.SshPublicKey]: o.publicKey,
+    [Outputs.SshUser]: GUEST_USER,
+    [Outputs.BrowserImage]: o.browser ? at(plan.browser.files[0]) : '',
+    [Outputs.BrowserSnapshotDisk]: browserRestore?.disk ?? '',
+    [Outputs.BrowserSnapshotEfivars]: browserRestore?.efivars ?? '',
+    [Outputs.BrowserSnapshotSeedIso]: browserRestore?.seed ?? '',
+    [Outputs.Accel]: host.accel.accel,
+    [Outputs.Qemu]: host.qemu.path,
+    [Outputs.CacheHit]: String(results.every((r) => r.source === 'local' || remote(r))),
+    [Outputs.CacheHitLayers]: results.filter(remote).map((r) => r.layer).join(','),
+    [Outputs.Manifest]: recordPath(o.rt, id),
+  };
+  const record: RunRecord = {
+    version: 2,
+    id,
+    outputs,
+    cacheDir: o.dir,
+    distro: config.distro,
+    arch: config.arch,
+    qemu: host.qemu.path,
+    accel: host.accel.accel,
+    firmware: { code: host.firmware.code, vars: host.firmware.vars, format: host.firmware.format },
+    guestPackageManager: plan.image.guestPackageManager,
+    ...(restore ? { restore } : {}),
+    ...(browserRestore ? { browserRestore } : {}),
+    cold: { image: at(plan.prepared.files[0]), base: plan.prepared.base, layout: o.coldLayout },
+    ...(o.browser ? { browserCold: { image: at(plan.browser.files[0]), base: plan.browser.base, layout: o.coldLayout } } : {}),
+    run: { environmentVariables: config.environmentVariables, sync: config.sync, syncMaxBytes: config.syncMaxBytes, diskSize: config.diskSize, bootTimeoutMs: config.bootTimeoutMs },
+    layers: results,
+    cacheDirBytes: o.cacheDirBytes,
+    evicted: o.evicted,
+  };
+  return { outputs, record };
 }

@@ -28,7 +28,7 @@ import {
   withLayerLock,
   type Eviction,
 } from '../cache/local.js';
-import { distroImage, GUEST_USER } from '../distro.js';
+import { distroImage } from '../distro.js';
 import { getHooks } from '../env.js';
 import { fallBackToTcg, type Host } from '../host/setup.js';
 import { kvmUnusableError } from '../host/platform.js';
@@ -36,33 +36,24 @@ import type { Checksum, Config } from '../inputs.js';
 import { errorMessage, log } from '../log.js';
 import { CacheFiles, manifestPath } from '../names.js';
 import { runtimeDir } from '../paths.js';
-import { recordPath, writeRecord, type RunRecord, type SnapshotRecord } from '../record.js';
+import { runRecord, writeRecord, type LayerResult, type LayerSource, type RunRecord } from '../record.js';
 import { copyFile, rebaseUnsafe } from '../vm/images.js';
 import { KvmBootError } from '../vm/boot.js';
-import { recipe } from '../vm/spec.js';
 import type { KeyPair } from '../vm/ssh.js';
 import { BROWSER_CPUS, BROWSER_MEMORY_MB, SOURCE_FILE, browserInstallScript } from './browser.js';
 import { backingProblem, stagedLayerProblem } from './check.js';
 import { timeoutsFor, type LayerContext, type PendingSave, type Timeouts } from './context.js';
 import { hostLayout } from './guest.js';
-import { describeFiles, hashOf, invalidReason, readManifest, writeManifest, type LayerName, type Manifest } from '../cache/manifest.js';
+import { describeFiles, hashOf, readManifest, writeManifest, type LayerName, type Manifest } from '../cache/manifest.js';
 import { planLayers, type LayerPlan, type Plan, type Recipes } from './plan.js';
 import { CLEAN_FOR_TEMPLATE, buildImage } from './prepared.js';
 import { adoptRaw, download, expectedChecksum } from './raw.js';
 import { SHRINK_RAM, SNAPSHOT_SETUP, buildSnapshot, type SnapshotBuild } from './snapshot.js';
 import { ensureSshKey } from './sshkey.js';
 
-export type LayerSource = 'local' | 'actions cache' | 'registry' | 'built' | 'failed' | 'skipped';
+export type { LayerResult, LayerSource } from '../record.js';
 
 const sourceOf = (t: RemoteTier): LayerSource => (t.label.startsWith('registry') ? 'registry' : 'actions cache');
-
-export interface LayerResult {
-  layer: LayerName;
-  source: LayerSource;
-  seconds: number;
-  bytes: number;
-  note?: string;
-}
 
 export interface EnsureResult {
   outputs: OutputValues;
@@ -465,66 +456,7 @@ async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: Remot
     return { evicted: [] as Eviction[], bytes: dirBytes(dir) };
   });
 
-  const snapshotRecord = (p: LayerPlan, m: Manifest | undefined, backing: LayerPlan): SnapshotRecord | undefined =>
-    m?.layout && {
-      argv: recipe(m.layout, { efiCode: host.firmware.code, seedIso: at(p.files[2]) }),
-      disk: at(p.files[0]),
-      efivars: at(p.files[1]),
-      seed: at(p.files[2]),
-      backing: at(backing.files[0]),
-      layout: m.layout,
-      base: p.base,
-      backingBase: backing.base,
-    };
-  const restore = snapshotRecord(plan.snapshot, snap.manifest, plan.prepared);
-  const browserRestore = snapshotRecord(plan.browserSnapshot, browserSnap.manifest, plan.browser);
-  const id = hashOf({ prepared: plan.prepared.key, snapshot: restore ? plan.snapshot.key : null, browser: browser ? plan.browser.key : null }).slice(0, 16);
-  const recordFile = recordPath(rt, id);
-  const fromCache = results.filter((r) => r.source === 'actions cache' || r.source === 'registry').map((r) => r.layer);
-  const outputs: OutputValues = {
-    [Outputs.Image]: at(plan.prepared.files[0]),
-    [Outputs.EfiCode]: host.firmware.code,
-    [Outputs.EfiVarsTemplate]: host.firmware.vars,
-    [Outputs.Prepared]: 'true',
-    [Outputs.Snapshot]: String(!!restore),
-    [Outputs.SnapshotDisk]: restore?.disk ?? '',
-    [Outputs.SnapshotEfivars]: restore?.efivars ?? '',
-    [Outputs.SnapshotSeedIso]: restore?.seed ?? '',
-    [Outputs.SnapshotMemoryMb]: restore ? String(config.memoryMb) : '',
-    [Outputs.SshKey]: at(CacheFiles.sshKey),
-    [Outputs.SshPublicKey]: key.publicKey,
-    [Outputs.SshUser]: GUEST_USER,
-    [Outputs.BrowserImage]: browser ? at(plan.browser.files[0]) : '',
-    [Outputs.BrowserSnapshotDisk]: browserRestore?.disk ?? '',
-    [Outputs.BrowserSnapshotEfivars]: browserRestore?.efivars ?? '',
-    [Outputs.BrowserSnapshotSeedIso]: browserRestore?.seed ?? '',
-    [Outputs.Accel]: host.accel.accel,
-    [Outputs.Qemu]: host.qemu.path,
-    [Outputs.CacheHit]: String(results.every((r) => r.source === 'local' || r.source === 'actions cache' || r.source === 'registry')),
-    [Outputs.CacheHitLayers]: fromCache.join(','),
-    [Outputs.Manifest]: recordFile,
-  };
-  const coldLayout = hostLayout(ctx, { memoryMb: config.memoryMb, cpus: config.cpus });
-  const record: RunRecord = {
-    version: 2,
-    id,
-    outputs,
-    cacheDir: dir,
-    distro: config.distro,
-    arch: config.arch,
-    qemu: host.qemu.path,
-    accel: host.accel.accel,
-    firmware: { code: host.firmware.code, vars: host.firmware.vars, format: host.firmware.format },
-    guestPackageManager: plan.image.guestPackageManager,
-    ...(restore ? { restore } : {}),
-    ...(browserRestore ? { browserRestore } : {}),
-    cold: { image: at(plan.prepared.files[0]), base: plan.prepared.base, layout: coldLayout },
-    ...(browser ? { browserCold: { image: at(plan.browser.files[0]), base: plan.browser.base, layout: coldLayout } } : {}),
-    run: { environmentVariables: config.environmentVariables, sync: config.sync, syncMaxBytes: config.syncMaxBytes, diskSize: config.diskSize, bootTimeoutMs: config.bootTimeoutMs },
-    layers: results,
-    cacheDirBytes: bytes,
-    evicted,
-  };
-  writeRecord(recordFile, record);
+  const { outputs, record } = runRecord({ config, host, plan, dir, rt, publicKey: key.publicKey, results, evicted, cacheDirBytes: bytes, coldLayout: hostLayout(ctx, { memoryMb: config.memoryMb, cpus: config.cpus }), snapshot: snap.manifest, browser, browserSnapshot: browserSnap.manifest });
+  writeRecord(outputs[Outputs.Manifest], record);
   return { outputs, record, layers: results, runtimeDir: rt, plan, host, snapshotBuild: snap.build, evicted, pending: ctx.pending };
 }
