@@ -1,5 +1,6 @@
 // SSH to guests through ssh2: key generation, connect-until-ready that gives up as soon as QEMU
 // exits, and exec with streamed output and exit codes. One place holds the connection options.
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Writable } from 'node:stream';
@@ -56,23 +57,93 @@ export interface KeyPair {
 }
 
 export function generateKeyPair(comment = 'ryra-vm'): KeyPair {
-  const k = utils.generateKeyPairSync('ed25519', { comment });
-  return { privateKey: k.private, publicKey: k.public.trim() };
+  // Written by hand from Node's key: ssh2 1.17's generateKeyPairSync strips leading zero bytes from
+  // the public key (1 key in 256 comes out 31 bytes, which sshd refuses; ssh2 issues 1390, 1513),
+  // and Node exports no OpenSSH format. DER straight from the generator: exporting a KeyObject as
+  // JWK can deadlock Node 20 when a GC runs inside it (seen here within 10,000 keys).
+  const der = crypto.generateKeyPairSync('ed25519', { publicKeyEncoding: { type: 'spki', format: 'der' }, privateKeyEncoding: { type: 'pkcs8', format: 'der' } });
+  const pub = Buffer.from(derTail(der.publicKey, SPKI_ED25519));
+  const seed = Buffer.from(derTail(der.privateKey, PKCS8_ED25519));
+  const pair = { privateKey: openSshPrivateKey(pub, seed, comment), publicKey: `ssh-ed25519 ${publicBlob(pub).toString('base64')}${comment ? ` ${comment}` : ''}` };
+  const bad = keyProblem(pair.publicKey);
+  if (bad) throw new Error(`made a broken SSH key: ${bad}`);
+  return pair;
 }
 
-/** Writes a key pair as `<file>` (0600) and `<file>.pub` unless both exist; returns it. */
+// The fixed DER prefixes of an ed25519 SubjectPublicKeyInfo and PKCS#8 key (RFC 8410); 32 key bytes follow.
+const SPKI_ED25519 = Buffer.from('302a300506032b6570032100', 'hex');
+const PKCS8_ED25519 = Buffer.from('302e020100300506032b657004220420', 'hex');
+
+function derTail(der: Buffer, prefix: Buffer): Buffer {
+  if (der.length !== prefix.length + 32 || !der.subarray(0, prefix.length).equals(prefix)) throw new Error(`Node made an ed25519 key in an unexpected DER form: ${der.toString('hex')}`);
+  return der.subarray(prefix.length);
+}
+
+const sshString = (b: Buffer | string) => {
+  const data = typeof b === 'string' ? Buffer.from(b) : b;
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(data.length);
+  return Buffer.concat([len, data]);
+};
+const uint32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+};
+const publicBlob = (pub: Buffer) => Buffer.concat([sshString('ssh-ed25519'), sshString(pub)]);
+
+/** The unencrypted `openssh-key-v1` format (OpenSSH's PROTOCOL.key), as ssh-keygen writes it. */
+function openSshPrivateKey(pub: Buffer, seed: Buffer, comment: string): string {
+  const check = crypto.randomBytes(4);
+  let secret = Buffer.concat([check, check, sshString('ssh-ed25519'), sshString(pub), sshString(Buffer.concat([seed, pub])), sshString(comment)]);
+  // Padded with 1, 2, 3, … to the cipher's block size (8 for "none").
+  const pad = (8 - (secret.length % 8)) % 8;
+  secret = Buffer.concat([secret, Buffer.from(Array.from({ length: pad }, (_, i) => i + 1))]);
+  const body = Buffer.concat([Buffer.from('openssh-key-v1\0'), sshString('none'), sshString('none'), sshString(''), uint32(1), sshString(publicBlob(pub)), sshString(secret)]);
+  const lines = body.toString('base64').match(/.{1,70}/g)!;
+  return ['-----BEGIN OPENSSH PRIVATE KEY-----', ...lines, '-----END OPENSSH PRIVATE KEY-----', ''].join('\n');
+}
+
+/**
+ * Why an OpenSSH public key line (or a private key, by the public key inside it) is not a
+ * usable ed25519 key; undefined when it is one.
+ */
+export function keyProblem(key: string): string | undefined {
+  const parsed = utils.parseKey(key.trim());
+  if (parsed instanceof Error) return `not an SSH key (${parsed.message})`;
+  const k = Array.isArray(parsed) ? parsed[0] : parsed;
+  if (k.type !== 'ssh-ed25519') return `a ${k.type} key, not ssh-ed25519`;
+  const blob = k.getPublicSSH();
+  const typeLen = blob.readUInt32BE(0);
+  const keyLen = blob.length >= 8 + typeLen ? blob.readUInt32BE(4 + typeLen) : -1;
+  if (keyLen !== 32 || blob.length !== 8 + typeLen + 32) return `its ed25519 public key is ${keyLen} bytes, not 32 (sshd refuses it)`;
+  return undefined;
+}
+
+/**
+ * Writes a key pair as `<file>` (0600) and `<file>.pub` unless both exist and hold a usable key;
+ * returns it. A broken key (made by an earlier version) is replaced.
+ */
 export function ensureKeyFile(file: string): KeyPair {
   if (fs.existsSync(file) && fs.existsSync(`${file}.pub`)) {
     fs.chmodSync(file, 0o600);
-    return { privateKey: fs.readFileSync(file, 'utf8'), publicKey: fs.readFileSync(`${file}.pub`, 'utf8').trim() };
+    const existing = { privateKey: fs.readFileSync(file, 'utf8'), publicKey: fs.readFileSync(`${file}.pub`, 'utf8').trim() };
+    const bad = keyProblem(existing.publicKey) ?? keyProblem(existing.privateKey);
+    if (!bad) return existing;
+    log.warning(`the SSH key ${file} is broken (${bad}); making a new one`);
   }
   const pair = generateKeyPair();
+  writeKeyFiles(file, pair);
+  return pair;
+}
+
+/** `<file>` (0600) and `<file>.pub`, each written under a temp name and renamed. */
+export function writeKeyFiles(file: string, pair: KeyPair): void {
   const tmp = `${file}.tmp-${process.pid}`;
   fs.writeFileSync(`${tmp}.pub`, pair.publicKey + '\n');
   fs.writeFileSync(tmp, pair.privateKey, { mode: 0o600 });
   fs.renameSync(`${tmp}.pub`, `${file}.pub`);
   fs.renameSync(tmp, file);
-  return pair;
 }
 
 const KEEP_CHARS = 1 << 20;
@@ -237,10 +308,28 @@ export interface WaitOptions {
   abort: Promise<never>;
   /** Pause between attempts. */
   retryMs?: number;
+  /**
+   * Why a refusal of the key can no longer change (cloud-init has finished, so the key it was to
+   * install is in place), or undefined while it still can: a refusal then ends the wait at once.
+   */
+  refusalFinal?: () => string | undefined;
+}
+
+/** The guest answers SSH but refuses the key, and nothing will change that. */
+export class SshKeyRefusedError extends Error {
+  override name = 'SshKeyRefusedError';
+}
+
+/** ssh2's error for a server that turned down every key offered. */
+function isKeyRefusal(err: unknown): boolean {
+  return (err as { level?: string })?.level === 'client-authentication' || /All configured authentication methods failed/.test((err as Error)?.message ?? '');
 }
 
 /** Connects (and proves a command runs) until it works, the overall timeout passes, or `abort` fires. */
 export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<SshClient> {
+  // A key ssh2 cannot read never logs in: no use waiting (its 31-byte ed25519 keys are such).
+  const parsed = utils.parseKey(target.privateKey);
+  if (parsed instanceof Error) throw new SshKeyRefusedError(`cannot log in to 127.0.0.1:${target.port} as ${target.user}: the key is broken (${parsed.message})`);
   const deadline = Date.now() + opts.timeoutMs;
   let last: unknown;
   let aborted: unknown;
@@ -266,6 +355,13 @@ export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<
       if (aborted) throw aborted;
       last = err;
       log.debug(`ssh 127.0.0.1:${target.port}: ${(err as Error).message}`);
+      const final = isKeyRefusal(err) ? opts.refusalFinal?.() : undefined;
+      if (final) {
+        throw new SshKeyRefusedError(
+          `the guest at 127.0.0.1:${target.port} answers SSH but refuses the key for ${target.user} (${(err as Error).message}), and ${final}: ` +
+            'the guest does not hold the public key of the key offered (was it made with another key, or does its sshd refuse this one?)',
+        );
+      }
     }
     await Promise.race([sleep(opts.retryMs ?? 1000), opts.abort.catch(() => {})]);
   }

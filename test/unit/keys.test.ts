@@ -1,0 +1,139 @@
+// Every SSH key the project makes is a valid 32-byte ed25519 key that OpenSSH and ssh2 both take
+// (ssh2 1.17's own generator strips leading zero bytes: 1 key in 256 is 31 bytes, which sshd
+// refuses); a broken key on disk is replaced; a guest that refuses the key once that is final ends
+// the wait for SSH at once, naming the cause.
+import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { after, describe, test } from 'node:test';
+import ssh2 from 'ssh2';
+import { ensureKeyFile, generateKeyPair, keyProblem, SshKeyRefusedError, waitForSsh, writeKeyFiles } from '../../src/vm/ssh.js';
+
+const { Server, utils } = ssh2;
+const run = promisify(execFile);
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'keys-unit-'));
+after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/** `ssh-keygen -l` over one authorized_keys-style file: one line per key it accepts. */
+function fingerprints(publicKeys: string[], file: string): string[] {
+  fs.writeFileSync(file, publicKeys.join('\n') + '\n');
+  return execFileSync('ssh-keygen', ['-l', '-f', file], { encoding: 'utf8', maxBuffer: 1 << 26 }).trim().split('\n').filter(Boolean);
+}
+
+const blobBytes = (publicKey: string) => Buffer.from(publicKey.split(' ')[1], 'base64');
+
+describe('SSH keys', () => {
+  test('10,000 keys: each a 32-byte ed25519 key that ssh-keygen -l and ssh2 accept; OpenSSH reads the private halves, which sign for the public ones', async () => {
+    const keys = Array.from({ length: 10_000 }, (_, i) => generateKeyPair(`ryra-vm k${i}`));
+    const data = Buffer.from('ryra-vm');
+    for (const [i, k] of keys.entries()) {
+      const blob = blobBytes(k.publicKey);
+      // string "ssh-ed25519" (4 + 11), string key (4 + 32)
+      assert.equal(blob.length, 51, `key ${i}: ${k.publicKey}`);
+      assert.equal(blob.readUInt32BE(15), 32, `key ${i}`);
+      assert.equal(keyProblem(k.publicKey), undefined);
+      const priv = utils.parseKey(k.privateKey);
+      const pub = utils.parseKey(k.publicKey);
+      assert.ok(!(priv instanceof Error) && !(pub instanceof Error), `key ${i}: ssh2 parses both halves`);
+      const [p, q] = [Array.isArray(priv) ? priv[0] : priv, Array.isArray(pub) ? pub[0] : pub];
+      assert.ok(p.getPublicSSH().equals(blob) && q.getPublicSSH().equals(blob), `key ${i}: both halves hold the public key`);
+      // A signature costs ssh2 nearly 1 ms: every 40th key.
+      if (i % 40 === 0) assert.equal(q.verify(data, p.sign(data)), true, `key ${i}: a signature of the private key verifies with the public one`);
+    }
+    const fp = fingerprints(keys.map((k) => k.publicKey), path.join(tmp, 'all.pub'));
+    assert.equal(fp.length, keys.length, 'ssh-keygen -l lists every key');
+    for (const [i, line] of fp.entries()) assert.match(line, new RegExp(`^256 SHA256:\\S+ ryra-vm k${i} \\(ED25519\\)$`));
+
+    // OpenSSH reads the private halves too (ssh-keygen -y, a process per key: a sample). The
+    // format varies between keys only in the padding, which the comment's length sets: every
+    // padding length (0-7) is in the sample.
+    const sample = keys.filter((_, i) => i % 80 === 0).concat(Array.from({ length: 8 }, (_, n) => generateKeyPair('c'.repeat(n))));
+    const dir = fs.mkdtempSync(path.join(tmp, 'priv-'));
+    const derived: string[] = [];
+    for (let i = 0; i < sample.length; i += 16) {
+      derived.push(
+        ...(await Promise.all(
+          sample.slice(i, i + 16).map(async (k, j) => {
+            const f = path.join(dir, `k${i + j}`);
+            fs.writeFileSync(f, k.privateKey, { mode: 0o600 });
+            return (await run('ssh-keygen', ['-y', '-f', f])).stdout.trim();
+          }),
+        )),
+      );
+    }
+    assert.deepEqual(derived, sample.map((k) => k.publicKey));
+  });
+
+  test('the check catches what ssh2 1.17 makes: its 31-byte keys are flagged, and ssh-keygen -l skips exactly those', () => {
+    // 3,000 keys hold a bad one but for a chance of (255/256)^3000, about 1e-5.
+    const keys = Array.from({ length: 3000 }, (_, i) => utils.generateKeyPairSync('ed25519', { comment: `s${i}` }));
+    const flagged = keys.filter((k) => keyProblem(k.public) !== undefined);
+    assert.ok(flagged.length > 0, 'ssh2 made a broken key');
+    // ssh2's own parser refuses them too (it cannot even log in with one).
+    for (const k of flagged) assert.match(keyProblem(k.public)! + keyProblem(k.private)!, /Malformed OpenSSH public key.*Malformed OpenSSH private key/);
+    for (const k of flagged) assert.equal(blobBytes(k.public).readUInt32BE(15), 31);
+    const fp = fingerprints(keys.map((k) => k.public.trim()), path.join(tmp, 'ssh2.pub'));
+    const listed = new Set(fp.map((l) => l.split(' ')[2]));
+    assert.deepEqual(keys.filter((k) => !listed.has(k.public.trim().split(' ')[2])), flagged);
+  });
+
+  test('a broken key file is replaced by a good one; a good one is kept', () => {
+    let bad;
+    do bad = utils.generateKeyPairSync('ed25519');
+    while (!keyProblem(bad.public));
+    const file = path.join(tmp, 'test-ssh-key');
+    writeKeyFiles(file, { privateKey: bad.private, publicKey: bad.public.trim() });
+    const fixed = ensureKeyFile(file);
+    assert.equal(keyProblem(fixed.publicKey), undefined);
+    assert.notEqual(fixed.publicKey, bad.public.trim());
+    assert.equal(fs.readFileSync(`${file}.pub`, 'utf8').trim(), fixed.publicKey);
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    assert.deepEqual(ensureKeyFile(file), fixed);
+  });
+});
+
+describe('a guest that refuses the key', () => {
+  /** An SSH server that turns down every key (as sshd does a key it does not hold). */
+  async function refusingServer(): Promise<{ port: number; close: () => void }> {
+    const server = new Server({ hostKeys: [generateKeyPair().privateKey] }, (client) => {
+      client.on('authentication', (ctx) => ctx.reject(['publickey']));
+      client.on('error', () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return { port: (server.address() as net.AddressInfo).port, close: () => server.close() };
+  }
+  const never = new Promise<never>(() => {});
+
+  test('once the refusal is final, the wait ends at once naming the cause; before, it goes on', async () => {
+    const s = await refusingServer();
+    try {
+      let asked = 0;
+      // Final from the third attempt on: the first two refusals are waited through.
+      const refusalFinal = () => (++asked >= 3 ? 'cloud-init has finished' : undefined);
+      const key = generateKeyPair();
+      const err = await waitForSsh({ port: s.port, user: 'ryra', privateKey: key.privateKey }, { timeoutMs: 120_000, abort: never, retryMs: 10, refusalFinal }).catch((e: Error) => e);
+      assert.ok(err instanceof SshKeyRefusedError, String(err));
+      assert.equal(asked, 3);
+      assert.match(err.message, /answers SSH but refuses the key for ryra \(All configured authentication methods failed\), and cloud-init has finished: the guest does not hold the public key/);
+
+      let bad;
+      do bad = utils.generateKeyPairSync('ed25519');
+      while (!keyProblem(bad.public));
+      // A broken key is never tried: it could not log in anywhere.
+      const err2 = await waitForSsh({ port: s.port, user: 'ryra', privateKey: bad.private }, { timeoutMs: 120_000, abort: never }).catch((e: Error) => e);
+      assert.ok(err2 instanceof SshKeyRefusedError, String(err2));
+      assert.match(err2.message, /cannot log in to 127\.0\.0\.1:\d+ as ryra: the key is broken \(Malformed OpenSSH private key\)/);
+
+      // Never final: refusals are retried until the bound.
+      const err3 = await waitForSsh({ port: s.port, user: 'ryra', privateKey: key.privateKey }, { timeoutMs: 1500, abort: never, retryMs: 10, refusalFinal: () => undefined }).catch((e: Error) => e);
+      assert.ok(!(err3 instanceof SshKeyRefusedError));
+      assert.match(String(err3), /not ready after 2 s \(last error: All configured authentication methods failed\)/);
+    } finally {
+      s.close();
+    }
+  });
+});
