@@ -12,9 +12,10 @@ import { actionsLogger, errorMessage, setLogger } from './log.js';
 import { ensureLayers, openTiers, syncTiers } from './layers/pipeline.js';
 import type { PendingSave } from './layers/context.js';
 import { RuntimeFiles } from './names.js';
+import { JOB_ENV, newJobId } from './paths.js';
 import { summaryTable, vmTable } from './summary.js';
 import { logTail } from './vm/machine.js';
-import { bootVm, listVms, stopVm } from './vms.js';
+import { bootVm, forgetSshHosts, listVms, stopVm } from './vms.js';
 
 /** The inputs, parsed; the registry token is masked in the log before anything can print it. */
 function readConfig(): Config {
@@ -51,10 +52,13 @@ export async function runMain(): Promise<void> {
     core.saveState(State.RuntimeDir, result.runtimeDir);
     core.saveState(State.CacheDir, config.cacheDir);
     addCliToPath(result.runtimeDir);
+    // The job's id, for its later steps: their plain `ssh NAME` reaches this job's VMs only (vms.ts).
+    if (!process.env[JOB_ENV]) core.exportVariable(JOB_ENV, newJobId());
     const vms = [];
     for (const name of config.boot) {
-      const vm = await core.group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest] }));
-      core.info(`${vm.name}: ready in ${(vm.readyMs / 1000).toFixed(1)} s (${vm.mode}), ssh ${vm.name} or ryra-vm ssh ${vm.name}`);
+      const vm = await core.group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest], forwards: config.forward[name] ?? [] }));
+      const fwd = vm.forwards.map((f) => `, 127.0.0.1:${f.host} → ${f.guest}`).join('');
+      core.info(`${vm.name}: ready in ${(vm.readyMs / 1000).toFixed(1)} s (${vm.mode}), ssh ${vm.name} or ryra-vm ssh ${vm.name}${fwd}`);
       vms.push(vm);
     }
     await core.summary.addHeading('ryra-vm', 3).addRaw(summaryTable(result.record), true).write();
@@ -100,6 +104,7 @@ export async function runPost(): Promise<void> {
       await stopVm(vm);
       if (vm.running) core.info(`stopped VM ${vm.name} (left running by a later step)`);
     }
+    await forgetSshHosts();
     await savePending();
     const cacheDir = core.getState(State.CacheDir);
     if (cacheDir && rt) releaseHolder(cacheDir, jobHolder(rt).id);

@@ -6,20 +6,20 @@ import { parseArgs } from 'node:util';
 import { evict, dirBytes } from './cache/local.js';
 import { Inputs, type InputName } from './contract.js';
 import { setupHost } from './host/setup.js';
-import { INPUT_DEFAULTS, InputError, defaultCacheDir, currentHost, parseConfig, parseSize, parseSyncMaxSize, type SyncMode } from './inputs.js';
+import { INPUT_DEFAULTS, InputError, defaultCacheDir, currentHost, parseConfig, parseForward, parseSize, parseSyncMaxSize, type SyncMode } from './inputs.js';
 import { errorMessage, log, plainLogger, setLogger } from './log.js';
 import { ensureLayers } from './layers/pipeline.js';
 import { runScript } from './run.js';
 import { VERSION } from './version.js';
 import { download, upload } from './vm/transfer.js';
 import { SshClient } from './vm/ssh.js';
-import { bootVm, getVm, listVms, stopVm, type VmRecord } from './vms.js';
+import { bootVm, checkVmName, findVm, getVm, listVms, stopVm, useForwards, type VmRecord } from './vms.js';
 
 const USAGE: Record<string, string> = {
   prepare: `ryra-vm prepare [options]
   Build or reuse the image layers; print the outputs. The flags are the action's layer inputs, with
   its defaults and checks, except that the Actions cache is off (there is none outside Actions) and
-  host tools are installed only with --install-deps. The action's boot, boot-timeout,
+  host tools are installed only with --install-deps. The action's boot, forward, boot-timeout,
   environment-variables, sync, sync-max-size and registry-token inputs have no flags: see
   ryra-vm boot and ryra-vm run (the registry's token is the environment variable RYRA_VM_REGISTRY_TOKEN).
   --distro D            debian-13 | fedora-43 | ubuntu-24.04       [debian-13]
@@ -44,19 +44,23 @@ const USAGE: Record<string, string> = {
   --registry R          an OCI repository for the layers (e.g. ghcr.io/OWNER/ryra-vm-layers);
                         its token comes from the environment variable RYRA_VM_REGISTRY_TOKEN
   --json                print one JSON object whose keys are the action's output names`,
-  boot: `ryra-vm boot [--name N] [--browser] [--memory MB] [--cpus N] [--config FILE] [--cache-dir DIR] [--json]
+  boot: `ryra-vm boot [--name N] [--forward HOST:GUEST]... [--browser] [--memory MB] [--cpus N] [--config FILE] [--cache-dir DIR] [--json]
   Start a VM from the snapshot (per-VM disk copies and its own SSH key), wait for SSH. Without a
   snapshot, or when its restore fails, cold-boot the prepared image. --config names a run record
   (the action's manifest output, or the JSON ryra-vm prepare --json printed); default: the newest.
-  The VM gets a Host entry in ~/.ssh/config: ssh NAME, scp, rsync -e ssh work.`,
-  run: `ryra-vm run [--name N | --fresh] [--browser] [--sync in|both|none] [--sync-max-size S] [--exclude PATTERN]... [--env NAME]... [--config FILE] SCRIPT
+  A name is lowercase letters, digits and - (default vm1, vm2, …). --forward HOST:GUEST forwards
+  127.0.0.1:HOST on this host to the guest's TCP port GUEST (repeatable; a taken port fails).
+  The VM gets a Host entry this job's ssh reads: ssh NAME, scp, rsync -e ssh work (in Actions,
+  in the job's later steps; ~/.ssh/config includes the job's entries where RYRA_VM_JOB is the job's).`,
+  run: `ryra-vm run [--name N | --fresh] [--forward HOST:GUEST]... [--browser] [--sync in|both|none] [--sync-max-size S] [--exclude PATTERN]... [--env NAME]... [--config FILE] SCRIPT
   Run SCRIPT (a file, as a step's {0}) with bash -e in the VM, in the workspace's own path
   ($GITHUB_WORKSPACE, else the current directory), starting in the step's working directory: the
   workspace is synced in first and the changed files back after (within --sync-max-size [the
   action's sync-max-size, 4G]; only files, dirs and symlinks that stay inside the workspace); CI,
   GITHUB_* and RUNNER_* but no *_TOKEN (plus --env names) are passed; output streams live;
   the exit status is the script's. Default VM: "default", booted on first use and reused by later
-  steps; --fresh restores a new VM for this step and stops it after.
+  steps; --fresh restores a new VM for this step and stops it after. --forward as for boot, for
+  the VM this command boots.
   Use it as a step's shell:   shell: ryra-vm run {0}`,
   ssh: `ryra-vm ssh NAME [-- CMD...]
   Run CMD in the VM (its exit code is passed on), or an interactive shell without CMD.`,
@@ -178,6 +182,7 @@ async function prepare(args: string[]): Promise<number> {
 
 const BOOT_OPTIONS = {
   name: { type: 'string' },
+  forward: { type: 'string', multiple: true },
   browser: { type: 'boolean' },
   memory: { type: 'string' },
   cpus: { type: 'string' },
@@ -185,6 +190,11 @@ const BOOT_OPTIONS = {
   'cache-dir': { type: 'string' },
   json: { type: 'boolean' },
 } as const;
+
+/** The --forward flags: HOST:GUEST each. */
+function forwards(values: string[] | undefined) {
+  return (values ?? []).map((f) => parseForward('--forward', f));
+}
 
 function optionalInt(flag: string, v: string | undefined, min: number): number | undefined {
   if (v === undefined) return undefined;
@@ -204,6 +214,7 @@ async function boot(args: string[]): Promise<number> {
     cpus: optionalInt('--cpus', v.cpus as string | undefined, 1),
     config: v.config as string | undefined,
     cacheDir: v['cache-dir'] as string | undefined,
+    forwards: forwards(values.forward),
   });
   if (v.json) process.stdout.write(JSON.stringify(vm) + '\n');
   else process.stdout.write(`${vm.name} port=${vm.port} pid=${vm.pid} ready in ${(vm.readyMs / 1000).toFixed(1)} s (${vm.mode})\n`);
@@ -212,6 +223,7 @@ async function boot(args: string[]): Promise<number> {
 
 const RUN_OPTIONS = {
   name: { type: 'string' },
+  forward: { type: 'string', multiple: true },
   fresh: { type: 'boolean' },
   browser: { type: 'boolean' },
   sync: { type: 'string' },
@@ -228,6 +240,15 @@ async function run(args: string[]): Promise<number> {
   if (positionals.length !== 1) throw new InputError('ryra-vm run takes one SCRIPT file (see ryra-vm run --help)');
   const v = values as Record<string, string | boolean | string[] | undefined>;
   if (v.fresh && v.name) throw new InputError('ryra-vm run: --fresh and --name exclude each other');
+  if (v.name) checkVmName(v.name as string);
+  // For the VM this command boots, when it boots one: a running VM keeps the forwards it has.
+  const fwd = forwards(v.forward as string[] | undefined);
+  const running = v.fresh ? undefined : findVm((v.name as string | undefined) ?? 'default');
+  const differ = (a: typeof fwd, b: typeof fwd) => JSON.stringify(a.map((f) => [f.host, f.guest]).sort()) !== JSON.stringify(b.map((f) => [f.host, f.guest]).sort());
+  if (fwd.length && running?.running && differ(fwd, running.forwards ?? [])) {
+    throw new InputError(`invalid --forward: VM ${running.name} is already running with other forwards (--forward applies when run boots the VM: ryra-vm stop ${running.name} first, or use --fresh)`);
+  }
+  useForwards(fwd);
   const sync = v.sync as string | undefined;
   if (sync !== undefined && !['in', 'both', 'none'].includes(sync)) throw new InputError(`invalid --sync: ${JSON.stringify(sync)} (allowed: in, both, none)`);
   for (const n of (v.env as string[] | undefined) ?? []) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(n)) throw new InputError(`invalid --env: ${JSON.stringify(n)} (an environment variable name)`);

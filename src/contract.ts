@@ -23,6 +23,7 @@ export const Inputs = {
   BrowserSource: 'browser-source',
   DiskSize: 'disk-size',
   Boot: 'boot',
+  Forward: 'forward',
   BootTimeout: 'boot-timeout',
   EnvironmentVariables: 'environment-variables',
   Sync: 'sync',

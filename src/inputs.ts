@@ -6,6 +6,8 @@ import * as path from 'node:path';
 import { Inputs, type InputName } from './contract.js';
 import { parseRegistryRef } from './cache/oci.js';
 import { ARCHES, DISTROS, isDistro, type Arch, type DistroName } from './distro.js';
+import { VM_NAME_RE, VM_NAME_RULE } from './names.js';
+import type { Forward } from './vm/spec.js';
 
 export type KvmMode = 'auto' | 'true' | 'false';
 export type SyncMode = 'in' | 'both' | 'none';
@@ -47,6 +49,8 @@ export interface Config {
   diskSize: string;
   /** VMs the action step boots itself, so that the first `ryra-vm run` pays nothing. */
   boot: string[];
+  /** TCP forwards of the VMs in `boot`, by VM name. */
+  forward: Record<string, Forward[]>;
   /** How long a VM boot in a later step may take to answer SSH; undefined: the accelerator's default. */
   bootTimeoutMs?: number;
   /** Extra environment variables `ryra-vm run` passes into the guest (beside CI, GITHUB_*, RUNNER_*). */
@@ -86,6 +90,7 @@ export const INPUT_DEFAULTS: Record<InputName, string> = {
   [Inputs.BrowserSource]: 'auto',
   [Inputs.DiskSize]: '20G',
   [Inputs.Boot]: '',
+  [Inputs.Forward]: '',
   [Inputs.BootTimeout]: '',
   [Inputs.EnvironmentVariables]: '',
   [Inputs.Sync]: 'both',
@@ -101,7 +106,6 @@ export const MAX_CPUS = 256;
 const DIGEST_HEX_LENGTH: Record<ChecksumAlgorithm, number> = { sha256: 64, sha512: 128 };
 // A Debian/Fedora package name (or name=version, name:arch); rejects shell metacharacters.
 const PACKAGE_RE = /^[A-Za-z0-9][A-Za-z0-9+._:=~@-]*$/;
-export const VM_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
 
@@ -213,6 +217,30 @@ export function parseSyncMaxSize(value: string): number {
   return n;
 }
 
+const FORWARD_RULE = 'HOST:GUEST, two TCP ports from 1 to 65535, e.g. 8080:80';
+
+/** `HOST:GUEST`: a forward from the host's 127.0.0.1 to a guest port. `what` names the input or flag. */
+export function parseForward(what: string, value: string): Forward {
+  const m = /^(\d{1,5}):(\d{1,5})$/.exec(value);
+  const [host, guest] = m ? [Number(m[1]), Number(m[2])] : [0, 0];
+  if (!m || host < 1 || host > 65535 || guest < 1 || guest > 65535) throw new InputError(`invalid ${what}: ${JSON.stringify(value)} (${FORWARD_RULE})`);
+  return { host, guest };
+}
+
+/** The `forward` input: HOST:GUEST for the one VM in `boot`, NAME:HOST:GUEST for one of several. */
+function parseBootForwards(value: string, boot: string[]): Record<string, Forward[]> {
+  const out: Record<string, Forward[]> = {};
+  for (const item of value.split(/[\s,]+/).filter(Boolean)) {
+    const named = /^([^:]+):(\d+:\d+)$/.exec(item);
+    const vm = named ? named[1] : boot.length === 1 ? boot[0] : undefined;
+    if (!boot.length) bad(Inputs.Forward, item, `forwards go to the VMs that ${Inputs.Boot} starts, and it names none`);
+    if (!vm) bad(Inputs.Forward, item, `${Inputs.Boot} names several VMs: write NAME:HOST:GUEST`);
+    if (!boot.includes(vm)) bad(Inputs.Forward, item, `${vm} is not one of the VMs ${Inputs.Boot} starts (${boot.join(', ')})`);
+    (out[vm] ??= []).push(parseForward(Inputs.Forward, named ? named[2] : item));
+  }
+  return out;
+}
+
 /**
  * Parses raw input strings. `get` returns the raw value of an input ('' or undefined when unset);
  * defaults apply to empty values, as GitHub Actions does.
@@ -258,6 +286,7 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
   if (!/^\d+[KMGT]?$/.test(diskSize) || parseSize(Inputs.DiskSize, diskSize) < 2 ** 30) {
     bad(Inputs.DiskSize, diskSize, 'a whole size of at least 1G, such as 20G or 40960M');
   }
+  const boot = list(Inputs.Boot, get(Inputs.Boot) ?? '', VM_NAME_RE, VM_NAME_RULE);
   const bootTimeoutValue = raw(Inputs.BootTimeout);
   const bootTimeoutMs = bootTimeoutValue ? integer(Inputs.BootTimeout, bootTimeoutValue, 1, 24 * 3600, ' of seconds') * 1000 : undefined;
 
@@ -283,7 +312,8 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
     prepareScript: (get(Inputs.Prepare) ?? '').trim() ? (get(Inputs.Prepare) ?? '') : '',
     browserSource: oneOf(Inputs.BrowserSource, raw(Inputs.BrowserSource), ['auto', 'upstream', 'registries'] as const),
     diskSize,
-    boot: list(Inputs.Boot, get(Inputs.Boot) ?? '', VM_NAME_RE, 'a VM name: letters, digits, . _ - (at most 63)'),
+    boot,
+    forward: parseBootForwards(get(Inputs.Forward) ?? '', boot),
     bootTimeoutMs,
     environmentVariables: list(Inputs.EnvironmentVariables, get(Inputs.EnvironmentVariables) ?? '', ENV_NAME_RE, 'an environment variable name'),
     sync: oneOf(Inputs.Sync, raw(Inputs.Sync), ['in', 'both', 'none'] as const),

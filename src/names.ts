@@ -1,6 +1,13 @@
 // Every file name in the cache dir and in a VM's dir, defined once (as lima's filenames package does).
 import * as path from 'node:path';
 
+/**
+ * A VM's name, which is also its hostname and its `Host` for plain ssh: no dots, so it never
+ * shadows a real host (github.com), and never `localhost`.
+ */
+export const VM_NAME_RE = /^(?!localhost$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+export const VM_NAME_RULE = 'a VM name is lowercase letters, digits and -, starts and ends with a letter or digit, has at most 63 characters and is not localhost';
+
 /** Files and dirs of the cache dir beside the layers. */
 export const CacheFiles = {
   /** The SSH key baked into every snapshot (the seed's name). */

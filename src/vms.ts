@@ -3,24 +3,26 @@
 // vm.json. Boots restore the snapshot (or cold-boot the prepared image) detached from the CLI. A
 // VM holds the layers it depends on, so eviction never takes them while it runs.
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { holdLayer, liveHolders, processHolder, releaseHolder, removeLayer, withLayerLock, type Holder } from './cache/local.js';
 import type { Accel } from './host/platform.js';
-import { InputError, VM_NAME_RE } from './inputs.js';
+import { InputError } from './inputs.js';
 import { timeoutsFor } from './layers/context.js';
-import { readManifest } from './layers/manifest.js';
+import { readManifest } from './cache/manifest.js';
 import { errorMessage, log } from './log.js';
-import { GuestFiles, manifestPath, RuntimeFiles } from './names.js';
-import { runtimeDir } from './paths.js';
+import { GuestFiles, manifestPath, RuntimeFiles, VM_NAME_RE, VM_NAME_RULE } from './names.js';
+import { JOB_ENV, jobId, runtimeDir } from './paths.js';
 import { caSetupScript, proxySetupCommand, runnerCAs, runnerProxy, runnerSeed } from './proxy.js';
 import { newestRecord, readRecord, restoreFrom, type RunRecord, type SnapshotRecord } from './record.js';
 import { processNamed } from './util/procfs.js';
 import { sleep } from './util/time.js';
 import { coldBoot, restoreMachine } from './vm/boot.js';
-import { logTail, type Machine } from './vm/machine.js';
-import { generateKeyPair, type KeyPair } from './vm/ssh.js';
+import { ForwardPortError, logTail, type Machine } from './vm/machine.js';
+import type { Forward } from './vm/spec.js';
+import { generateKeyPair, writeKeyFiles, type KeyPair } from './vm/ssh.js';
 
 export interface VmRecord {
   name: string;
@@ -42,6 +44,8 @@ export interface VmRecord {
   record: string;
   /** The holder id under which it holds its layers in the cache dir. */
   holder: string;
+  /** TCP forwards from the host's 127.0.0.1 besides SSH. */
+  forwards: Forward[];
 }
 
 export function vmsDir(): string {
@@ -64,7 +68,14 @@ export function findVm(name: string): (VmRecord & { running: boolean }) | undefi
   return listVms().find((v) => v.name === name);
 }
 
+/** Refuses a name that is not a VM name, naming the rule. */
+export function checkVmName(name: string): string {
+  if (!VM_NAME_RE.test(name)) throw new InputError(`invalid VM name: ${JSON.stringify(name)} (${VM_NAME_RULE})`);
+  return name;
+}
+
 export function getVm(name: string): VmRecord & { running: boolean } {
+  checkVmName(name);
   const all = listVms();
   const vm = all.find((v) => v.name === name);
   if (!vm) {
@@ -88,6 +99,32 @@ export interface BootOptions {
   cacheDir?: string;
   /** A run record: the `manifest` output's file, or the JSON `ryra-vm prepare --json` printed. */
   config?: string;
+  /** TCP forwards from the host's 127.0.0.1 (default: those set by useForwards). */
+  forwards?: Forward[];
+}
+
+let processForwards: Forward[] = [];
+/**
+ * Forwards for the VMs this process boots without naming any: `ryra-vm run --forward` (run.ts
+ * boots its VM itself when none is running).
+ */
+export function useForwards(forwards: Forward[]): void {
+  processForwards = forwards;
+}
+
+/** Refuses forwards whose host ports repeat or that something on this host already listens on. */
+async function checkForwards(forwards: Forward[]): Promise<void> {
+  const seen = new Set<number>();
+  for (const f of forwards) {
+    if (seen.has(f.host)) throw new InputError(`invalid forward ${f.host}:${f.guest}: host port ${f.host} is forwarded twice`);
+    seen.add(f.host);
+    const problem = await new Promise<string | undefined>((resolve) => {
+      const srv = net.createServer();
+      srv.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'EADDRINUSE' ? 'another process listens on it' : err.code === 'EACCES' ? 'ports below 1024 need privileges' : err.message));
+      srv.listen(f.host, '127.0.0.1', () => srv.close(() => resolve(undefined)));
+    });
+    if (problem) throw new InputError(`invalid forward ${f.host}:${f.guest}: 127.0.0.1:${f.host} is not free (${problem}); forward from another host port`);
+  }
 }
 
 export function loadRecord(o: { config?: string; cacheDir?: string }): RunRecord {
@@ -148,9 +185,11 @@ function personalize(name: string, vmKey: KeyPair, manager: 'apt' | 'dnf'): stri
 export async function bootVm(o: BootOptions): Promise<VmRecord> {
   const rec = loadRecord(o);
   const out = rec.outputs;
-  const name = o.name ?? freeName();
-  if (!VM_NAME_RE.test(name)) throw new InputError(`invalid VM name: ${name} (letters, digits, . _ -; at most 63)`);
+  const name = checkVmName(o.name ?? freeName());
+  const job = jobId();
   if (listVms().some((v) => v.name === name && v.running)) throw new InputError(`a VM named ${name} is already running`);
+  const forwards = o.forwards ?? processForwards;
+  await checkForwards(forwards);
   const snap = o.browser ? rec.browserRestore : rec.restore;
   const cold = o.browser ? rec.browserCold : rec.cold;
   if (o.browser && !cold) throw new InputError('no browser layer was prepared: run the action with browser: true');
@@ -160,8 +199,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   // The VM's own key, in its dir (0600): the shared key in the cache dir logs into no running VM.
   const keyFile = path.join(workDir, GuestFiles.vmKey);
   const vmKey = generateKeyPair(`ryra-vm ${name}`);
-  fs.writeFileSync(keyFile, vmKey.privateKey, { mode: 0o600 });
-  fs.writeFileSync(`${keyFile}.pub`, vmKey.publicKey + '\n');
+  writeKeyFiles(keyFile, vmKey);
   const timeouts = timeoutsFor(out.accel as Accel);
   const bootTimeout = (fallback: number) => rec.run.bootTimeoutMs ?? fallback;
   // Held by this process while booting; by the VM's QEMU once it runs.
@@ -186,12 +224,14 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
         sshTimeoutMs: bootTimeout(timeouts.restoreSshMs),
         shareDir: path.join(workDir, GuestFiles.share),
         detached: true,
+        forwards,
       }));
       await machine.check('sh -s', 'setting up the VM (its own key, hostname, clock, network)', { input: personalize(name, vmKey, rec.guestPackageManager), timeoutMs: 120_000 });
       machine.useKey(vmKey.privateKey);
     } catch (err) {
       await machine?.destroy();
       machine = undefined;
+      if (err instanceof ForwardPortError) throw new InputError(err.message);
       log.warning(`restoring ${name} from ${path.basename(snap.disk)} failed; marking that snapshot invalid (the next action run rebuilds it) and cold-booting instead: ${errorMessage(err).split('\n')[0]}`);
       await invalidateSnapshot(rec.cacheDir, snap).catch((e) => log.warning(`could not mark the snapshot invalid: ${errorMessage(e)}`));
       await holdAll(rec.cacheDir, [cold!.base], processHolder());
@@ -214,6 +254,9 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       sshTimeoutMs: bootTimeout(timeouts.bootSshMs),
       cloudInitTimeoutMs: timeouts.bootSshMs,
       detached: true,
+      forwards,
+    }).catch((err) => {
+      throw err instanceof ForwardPortError ? new InputError(err.message) : err;
     });
   }
   const holder = processHolder(machine.pid, 'vm');
@@ -236,9 +279,11 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
     cacheDir: rec.cacheDir,
     record: out.manifest,
     holder: holder.id,
+    forwards,
   };
   fs.writeFileSync(path.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + '\n');
-  await addSshHost(vm);
+  await updateSshHosts();
+  if (!job && process.env.GITHUB_ACTIONS === 'true') log.warning(`${JOB_ENV} is not set: plain \`ssh ${name}\` reaches this VM from any job of this runner user that has no ${JOB_ENV} either (the action sets it for the job's later steps)`);
   machine.release();
   return vm;
 }
@@ -255,67 +300,127 @@ export async function stopVm(vm: VmRecord): Promise<void> {
   fs.rmSync(vm.workDir, { recursive: true, force: true });
   fs.rmSync(path.dirname(vm.qmpSocket), { recursive: true, force: true });
   releaseHolder(vm.cacheDir, vm.holder);
-  await removeSshHost(vm.name);
+  await updateSshHosts();
 }
 
-// ---- ~/.ssh/config ----------------------------------------------------------------------------
-// Booted VMs get a Host entry, so `ssh NAME`, scp, rsync -e ssh and ansible work. The entries go
-// first in the file (ssh takes the first value it finds for each option) between marker lines.
+// ---- plain `ssh NAME` ---------------------------------------------------------------------------
+// A job's VMs get Host entries in a file of the job's own, in the runtime dir, so `ssh NAME`, scp,
+// rsync -e ssh and ansible work. ~/.ssh/config includes that file only for an ssh whose
+// environment holds the job's id (RYRA_VM_JOB, which the action exports to the job's later steps):
+// two jobs of one runner user that both boot `default` each reach their own. The block goes first
+// in the file (ssh takes the first value it finds for each option) and ends with `Match all`, so
+// the user's own lines after it keep applying to every host.
 
-function sshConfigFile(): string {
+function userSshConfig(): string {
   return path.join(os.homedir(), '.ssh', 'config');
 }
 
-const begin = (name: string) => `# >>> ryra-vm ${name} (added by ryra-vm boot; removed by ryra-vm stop)`;
-const end = (name: string) => `# <<< ryra-vm ${name}`;
-
-async function editSshConfig(edit: (text: string) => string): Promise<void> {
-  const file = sshConfigFile();
-  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  if (!fs.existsSync(file)) fs.writeFileSync(file, '', { mode: 0o600 });
-  const release = await lockfile.lock(file, { realpath: false, stale: 10_000, retries: { retries: 50, minTimeout: 100, maxTimeout: 200 } });
-  try {
-    const text = fs.readFileSync(file, 'utf8');
-    const next = edit(text);
-    if (next === text) return;
-    const tmp = `${file}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, next, { mode: 0o600 });
-    fs.renameSync(tmp, file);
-  } finally {
-    await release();
-  }
+export function jobSshConfig(): string {
+  return path.join(runtimeDir(), RuntimeFiles.sshConfig);
 }
 
-function withoutBlock(text: string, name: string): string {
+const begin = (file: string) => `# >>> ryra-vm job ${file} (added by ryra-vm boot; removed by ryra-vm stop and the action's post step)`;
+const end = (file: string) => `# <<< ryra-vm job ${file}`;
+const BEGIN_RE = /^# >>> ryra-vm job (.+) \(added by ryra-vm boot/;
+
+/** A path as one ssh_config argument; refused where ssh would expand or split it. */
+function configPath(p: string): string {
+  if (/["\\\r\n*?[$%]/.test(p)) throw new InputError(`the path ${JSON.stringify(p)} holds a character ssh's config would expand or split: set RYRA_VM_RUNTIME_DIR to a plainer path`);
+  return `"${p}"`;
+}
+
+/** The lines of ~/.ssh/config that include a job's file for that job's shells only. */
+export function jobBlock(file: string, job: string): string {
+  return [
+    begin(file),
+    // ssh runs it with $SHELL, whichever that is: printenv and grep read alike in every shell.
+    job ? `Match exec "printenv ${JOB_ENV} | grep -qx -e ${job}"` : `Match !exec "printenv ${JOB_ENV} | grep -q ."`,
+    `  Include ${configPath(file)}`,
+    'Match all',
+    end(file),
+  ].join('\n');
+}
+
+/** `text` without the block for `file`, and without blocks of jobs whose files are gone (ended jobs). */
+export function withoutJobBlocks(text: string, file: string): string {
   const lines = text.split('\n');
-  const a = lines.indexOf(begin(name));
-  const b = lines.indexOf(end(name));
-  if (a < 0 || b < a) return text;
-  lines.splice(a, b - a + 1);
-  return lines.join('\n');
+  const out: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const m = BEGIN_RE.exec(lines[i]);
+    const j = m ? lines.indexOf(end(m[1]), i) : -1;
+    if (m && j > i && (m[1] === file || !fs.existsSync(m[1]))) {
+      i = j;
+      continue;
+    }
+    out.push(lines[i]);
+  }
+  return out.join('\n');
 }
 
 export function sshHostBlock(vm: Pick<VmRecord, 'name' | 'port' | 'user' | 'key'>): string {
   return [
-    begin(vm.name),
     `Host ${vm.name}`,
     '  HostName 127.0.0.1',
     `  Port ${vm.port}`,
     `  User ${vm.user}`,
-    `  IdentityFile ${vm.key}`,
+    `  IdentityFile ${configPath(vm.key)}`,
     '  IdentitiesOnly yes',
     // A fresh VM's host key is new every boot: nothing to pin it to.
     '  StrictHostKeyChecking no',
     '  UserKnownHostsFile /dev/null',
     '  LogLevel ERROR',
-    end(vm.name),
   ].join('\n');
 }
 
-async function addSshHost(vm: VmRecord): Promise<void> {
-  await editSshConfig((t) => `${sshHostBlock(vm)}\n${withoutBlock(t, vm.name)}`);
+async function withLock<T>(file: string, fn: () => T | Promise<T>): Promise<T> {
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  if (!fs.existsSync(file)) fs.writeFileSync(file, '', { mode: 0o600 });
+  const release = await lockfile.lock(file, { realpath: false, stale: 10_000, retries: { retries: 50, minTimeout: 100, maxTimeout: 200 } });
+  try {
+    return await fn();
+  } finally {
+    await release();
+  }
 }
 
-async function removeSshHost(name: string): Promise<void> {
-  await editSshConfig((t) => withoutBlock(t, name));
+function writePrivate(file: string, text: string): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, text, { mode: 0o600 });
+  fs.renameSync(tmp, file);
+}
+
+async function editUserSshConfig(edit: (text: string) => string): Promise<void> {
+  const file = userSshConfig();
+  await withLock(file, () => {
+    const text = fs.readFileSync(file, 'utf8');
+    const next = edit(text);
+    if (next !== text) writePrivate(file, next);
+  });
+}
+
+/**
+ * Writes the job's Host entries from the VMs its runtime dir holds, and includes them from
+ * ~/.ssh/config while there are any (under the job file's lock, so a boot and a stop of one job
+ * never leave the include and the file disagreeing).
+ */
+async function updateSshHosts(): Promise<void> {
+  const file = jobSshConfig();
+  const job = jobId();
+  await withLock(file, async () => {
+    const vms = listVms();
+    if (vms.length) {
+      writePrivate(file, `# Host entries of the VMs in ${path.dirname(file)} (ryra-vm writes it)\n${vms.map(sshHostBlock).join('\n')}\n`);
+      await editUserSshConfig((t) => `${jobBlock(file, job)}\n${withoutJobBlocks(t, file)}`);
+    } else {
+      await editUserSshConfig((t) => withoutJobBlocks(t, file));
+      writePrivate(file, '');
+    }
+  });
+}
+
+/** Removes the job's include from ~/.ssh/config (the post step, after its VMs are stopped). */
+export async function forgetSshHosts(): Promise<void> {
+  const file = jobSshConfig();
+  await editUserSshConfig((t) => withoutJobBlocks(t, file));
+  fs.rmSync(file, { force: true });
 }

@@ -12,7 +12,7 @@ import { GuestFiles } from '../names.js';
 import { convert, copyFile, createOverlay, rebaseUnsafe } from './images.js';
 import { GuestPanicError, GuestStalledError, Machine, QemuExitedError } from './machine.js';
 import { writeSeedIso, type SeedOptions } from './seed.js';
-import { recipe, type VmLayout } from './spec.js';
+import { recipe, withForwards, type Forward, type VmLayout } from './spec.js';
 import type { KeyPair } from './ssh.js';
 
 /** The internal snapshot every snapshot layer saves and every restore loads. */
@@ -55,6 +55,8 @@ export interface ColdBootOptions {
   detached?: boolean;
   /** The disk is a build's scratch overlay (no savevm): host flushes are skipped. */
   scratchDisk?: boolean;
+  /** TCP forwards from the host's loopback, beside SSH's. */
+  forwards?: Forward[];
 }
 
 /**
@@ -88,7 +90,7 @@ async function coldBootOnce(o: ColdBootOptions): Promise<Machine> {
     qemu: o.qemu,
     name: o.name,
     workDir: machineDir(o.workDir),
-    recipe: recipe(hooked.layout, { efiCode: o.firmware.code, seedIso }, { scratchDisk: o.scratchDisk }),
+    recipe: withForwards(recipe(hooked.layout, { efiCode: o.firmware.code, seedIso }, { scratchDisk: o.scratchDisk }), o.forwards ?? []),
     disk,
     efivars,
     shareDir: o.shareDir,
@@ -158,6 +160,8 @@ export interface RestoreOptions {
   /** The share's directory; default: a `share` dir in the work dir. */
   shareDir?: string;
   detached?: boolean;
+  /** TCP forwards from the host's loopback, beside SSH's (any: they are not part of the saved state). */
+  forwards?: Forward[];
 }
 
 /** Restores a snapshot's disk + vars copy into `workDir` and waits for SSH. */
@@ -176,7 +180,7 @@ export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Mach
     qemu: o.qemu,
     name: o.name,
     workDir: machineDir(o.workDir),
-    recipe: o.recipe,
+    recipe: withForwards(o.recipe, o.forwards ?? []),
     disk,
     efivars,
     shareDir,
@@ -186,7 +190,7 @@ export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Mach
     detached: o.detached,
   });
   try {
-    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, { label: `SSH on restored ${o.name}` }) };
+    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, { label: `SSH on restored ${o.name}`, restored: true }) };
   } catch (err) {
     await machine.destroy();
     throw err;

@@ -38,7 +38,16 @@ export const GUEST_COMMAND_TIMEOUT_MS = 10 * 60_000;
 /** From spawn to a QMP handshake: QEMU that has not opened its monitor by then is stuck. */
 const START_TIMEOUT_MS = 30_000;
 const HOSTFWD_FAILURE = /host ?forward|hostfwd/i;
+/** The rule QEMU names when it cannot listen for one: `… host forwarding rule 'tcp:127.0.0.1:8080-:80'`. */
+const HOSTFWD_RULE = /host forwarding rule 'tcp:127\.0\.0\.1:(\d+)-:(\d+)'/;
+
+/** A port forward QEMU could not listen for: not retried, the port is the caller's choice. */
+export class ForwardPortError extends Error {
+  override name = 'ForwardPortError';
+}
 const PANIC = /Kernel panic - not syncing:[^\r\n]*/;
+/** cloud-init's final message (cloud-final prints it on the console): every key it installs is in place. */
+const CLOUD_INIT_FINISHED = /Cloud-init v\. \S+ finished at/;
 
 /** Creates a unique work directory, so concurrent jobs on one host never share one. */
 export function makeWorkDir(name: string, base = process.env.RUNNER_TEMP || os.tmpdir()): string {
@@ -107,10 +116,12 @@ export class GuestStalledError extends Error {
 
 /**
  * Watches the serial log while a guest boots: rejects on a kernel panic line, and (with
- * `stallMs`) when nothing new was printed for that long. Reads only what is new each time.
+ * `stallMs`) when nothing new was printed for that long; notes cloud-init's final message. Reads
+ * only what is new each time.
  */
-function watchSerial(serialLog: string, stallMs: number | undefined, everyMs = 1000): { found: Promise<never>; stop: () => void } {
+function watchSerial(serialLog: string, stallMs: number | undefined, everyMs = 1000): { found: Promise<never>; stop: () => void; cloudInitFinished: () => boolean } {
   let offset = 0;
+  let finished = false;
   let carry = '';
   let lastGrowth = Date.now();
   let timer: NodeJS.Timeout | undefined;
@@ -127,6 +138,7 @@ function watchSerial(serialLog: string, stallMs: number | undefined, everyMs = 1
           offset = size;
           const text = carry + buf.toString('latin1');
           carry = text.slice(-64);
+          if (CLOUD_INIT_FINISHED.test(text)) finished = true;
           // The panic line itself leads: the tail is mostly the stack trace printed after it.
           const line = PANIC.exec(text)?.[0];
           if (line) reject(new GuestPanicError(`the guest kernel panicked (${line.trim()}). Serial console, last lines:\n${logTail(serialLog)}`));
@@ -142,7 +154,7 @@ function watchSerial(serialLog: string, stallMs: number | undefined, everyMs = 1
     }, everyMs);
   });
   found.catch(() => {});
-  return { found, stop: () => clearInterval(timer) };
+  return { found, stop: () => clearInterval(timer), cloudInitFinished: () => finished };
 }
 
 export class Machine {
@@ -229,6 +241,11 @@ export class Machine {
         await withTimeout(exited, 10_000, `QEMU ${child.pid} exiting after SIGKILL`).catch(() => {});
       }
       const stderr = fs.readFileSync(stderrFile, 'utf8').trim();
+      const rule = HOSTFWD_RULE.exec(stderr);
+      if (!alive && rule && rule[1] !== String(sshPort)) {
+        fs.rmSync(socketDir, { recursive: true, force: true });
+        throw new ForwardPortError(`the forward ${rule[1]}:${rule[2]}: QEMU cannot listen on 127.0.0.1:${rule[1]} (another process has that port, or it is below 1024): forward from another host port`);
+      }
       if (!alive && HOSTFWD_FAILURE.test(stderr) && attempt < 5) {
         log.info(`  port ${sshPort} was taken; retrying with another`);
         continue;
@@ -266,14 +283,16 @@ export class Machine {
 
   /**
    * Waits until SSH logs in and runs a command; stops at once if QEMU exits or the kernel
-   * panics, and (with `stallMs`) when the serial console stays silent that long.
+   * panics, (with `stallMs`) when the serial console stays silent that long, and when the guest
+   * refuses the key once cloud-init has finished (or at all, for a guest `restored` with the key in place).
    */
-  async waitReady(timeoutMs: number, o: { label?: string; stallMs?: number } = {}): Promise<number> {
+  async waitReady(timeoutMs: number, o: { label?: string; stallMs?: number; restored?: boolean } = {}): Promise<number> {
     const start = Date.now();
     const stop = heartbeat(o.label ?? `SSH on ${this.name}`, timeoutMs);
     const watch = watchSerial(this.serialLog, o.stallMs);
     try {
-      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: Promise.race([this.died, watch.found]) });
+      const refusalFinal = () => (o.restored ? 'the guest was restored from a snapshot that holds its key' : watch.cloudInitFinished() ? 'cloud-init has finished (the serial console says so)' : undefined);
+      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: Promise.race([this.died, watch.found]), refusalFinal });
     } catch (err) {
       if (err instanceof QemuExitedError || err instanceof GuestPanicError || err instanceof GuestStalledError) throw err;
       throw new Error(`${(err as Error).message}\n${this.diagnostics()}`);

@@ -103,6 +103,26 @@ export function fillRecipe(argv: readonly string[], v: TokenValues): string[] {
   return argv.map((a) => a.replace(/\{(disk|efivars|ssh-port|serial-log|share-dir)\}/g, (t) => values[t]));
 }
 
+/** A TCP forward from the host's loopback to a guest port. */
+export interface Forward {
+  host: number;
+  guest: number;
+}
+
+/**
+ * The recipe with `forwards` added to its `-nic user` line, on 127.0.0.1 like the SSH forward.
+ * hostfwd is the network backend's configuration, not part of the state savevm writes, so a
+ * snapshot restores with any forwards (as it does with any SSH port).
+ */
+export function withForwards(argv: readonly string[], forwards: readonly Forward[]): string[] {
+  if (!forwards.length) return [...argv];
+  const at = argv.findIndex((a, i) => argv[i - 1] === '-nic' && a.startsWith('user,'));
+  if (at < 0) throw new Error(`the recipe has no -nic user line to add forwards to: ${argv.join(' ')}`);
+  const out = [...argv];
+  out[at] += forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.host}-:${f.guest}`).join('');
+  return out;
+}
+
 /** What this engine adds to a recipe to run a VM (a consumer adds its own): QMP, no HMP, pid file, restore. */
 export function controlArgs(o: { name: string; qmpSocket: string; pidFile: string; loadvm?: string }): string[] {
   return [
