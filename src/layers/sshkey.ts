@@ -13,23 +13,23 @@ import { tempPath } from '../cache/local.js';
 import type { RemoteTier } from '../cache/tier.js';
 import { log } from '../log.js';
 import { CacheFiles } from '../names.js';
-import { ensureKeyFile, type KeyPair } from '../vm/ssh.js';
+import { ensureKeyFile, keyProblem, type KeyPair } from '../vm/ssh.js';
 import { RECIPE_VERSION } from './plan.js';
 
 /** The SSH key's remote entry. */
 export const SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
 
-/** Why `priv`/`pub` are not one OpenSSH ed25519 key pair with a 32-byte public key; undefined when they are. */
+/** Why `priv`/`pub` are not one usable ed25519 key pair (each valid, and the same key); undefined when they are. */
 export function keyPairProblem(priv: string, pub: string): string | undefined {
-  const k = ssh2.utils.parseKey(priv);
-  if (k instanceof Error || Array.isArray(k)) return `the private key does not parse (${k instanceof Error ? k.message : 'several keys'})`;
-  if (k.type !== 'ssh-ed25519' || !k.isPrivateKey()) return `not an ed25519 private key (${k.type})`;
-  const wire = k.getPublicSSH();
-  // string "ssh-ed25519" (4 + 11 bytes), string key (4 + 32 bytes)
-  if (wire.length !== 51) return `its public key is ${wire.length - 19} bytes, not 32`;
-  const [type, b64] = pub.trim().split(/\s+/);
-  if (type !== 'ssh-ed25519' || !b64 || !Buffer.from(b64, 'base64').equals(wire)) return 'the public key file does not match the private key';
-  return undefined;
+  const bad = keyProblem(priv) ?? keyProblem(pub);
+  if (bad) return bad;
+  const blob = (k: string) => {
+    const parsed = ssh2.utils.parseKey(k.trim());
+    return (Array.isArray(parsed) ? parsed[0] : (parsed as Exclude<typeof parsed, Error>)).getPublicSSH();
+  };
+  const privKey = ssh2.utils.parseKey(priv.trim());
+  if (Array.isArray(privKey) || privKey instanceof Error || !privKey.isPrivateKey()) return 'the private key file holds no private key';
+  return blob(priv).equals(blob(pub)) ? undefined : 'the public key file does not match the private key';
 }
 
 export async function ensureSshKey(dir: string, tiers: RemoteTier[], save = true): Promise<KeyPair> {

@@ -9,6 +9,8 @@ import { after, describe, test } from 'node:test';
 import { isPlainName, stagedFilesProblem } from '../../src/cache/confine.js';
 import { backingProblem, stagedLayerProblem } from '../../src/layers/check.js';
 import { describeFiles, readManifest, writeManifest, type Manifest } from '../../src/cache/manifest.js';
+import { keyPairProblem } from '../../src/layers/sshkey.js';
+import { generateKeyPair } from '../../src/vm/ssh.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'confine-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -96,5 +98,18 @@ describe('staged layers', () => {
   test('a manifest naming other files than the plan is refused', async () => {
     const { d, m } = await staged({ 'x.qcow2': (f) => img('-f', 'qcow2', f, '1M') });
     assert.match((await stagedLayerProblem(d, plan(['y.qcow2']), m, undefined))!, /its manifest names \["x\.qcow2"\], not \["y\.qcow2"\]/);
+  });
+});
+
+describe('a restored SSH key entry', () => {
+  test('only one valid ed25519 pair is taken', () => {
+    const a = generateKeyPair();
+    const b = generateKeyPair();
+    assert.equal(keyPairProblem(a.privateKey, a.publicKey), undefined);
+    assert.match(keyPairProblem(a.privateKey, b.publicKey)!, /does not match/);
+    assert.match(keyPairProblem(a.publicKey, a.publicKey)!, /holds no private key/);
+    assert.match(keyPairProblem('#!/bin/sh\nrm -rf ~\n', a.publicKey)!, /not an SSH key/);
+    const rsa = execFileSync('sh', ['-c', `d=$(mktemp -d) && ssh-keygen -q -t rsa -b 1024 -N '' -f $d/k && cat $d/k && rm -r $d`], { encoding: 'utf8' });
+    assert.match(keyPairProblem(rsa, a.publicKey)!, /not ssh-ed25519/);
   });
 });
