@@ -390,7 +390,9 @@ function writePrivate(file: string, text: string): void {
 }
 
 async function editUserSshConfig(edit: (text: string) => string): Promise<void> {
-  const file = userSshConfig();
+  // A config kept as a symlink (dotfiles) stays one: the file it points to is edited.
+  const link = userSshConfig();
+  const file = fs.existsSync(link) ? fs.realpathSync(link) : link;
   await withLock(file, () => {
     const text = fs.readFileSync(file, 'utf8');
     const next = edit(text);
@@ -421,6 +423,6 @@ async function updateSshHosts(): Promise<void> {
 /** Removes the job's include from ~/.ssh/config (the post step, after its VMs are stopped). */
 export async function forgetSshHosts(): Promise<void> {
   const file = jobSshConfig();
-  await editUserSshConfig((t) => withoutJobBlocks(t, file));
+  if (fs.existsSync(userSshConfig())) await editUserSshConfig((t) => withoutJobBlocks(t, file));
   fs.rmSync(file, { force: true });
 }

@@ -3,7 +3,9 @@
 // `ssh default` reach its own VM, a shell of neither job reaches none, and the post steps leave
 // ~/.ssh/config as it was. Port forwards, from the action's `forward` input and from
 // `ryra-vm boot --forward` (restores of one snapshot with other forwards each): a web server in
-// the guest answers on the runner's 127.0.0.1 and nowhere else; a taken port is a clear error.
+// the guest answers on the runner's 127.0.0.1 and nowhere else; a taken port is a clear error;
+// `ryra-vm run --forward` forwards for the VM it boots. A cold-booted guest that refuses the key
+// is reported as soon as cloud-init has finished, naming the cause.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -138,6 +140,16 @@ describe('jobs of one runner user (amd64, TCG)', { timeout: 30 * 60_000 }, () =>
       assert.ok(listeners(q)[0].startsWith('0100007F:'), listeners(q)[0]);
       const s = await jobs.a.step('ssh web cat /tmp/www/index.html');
       assert.equal(s.stdout.trim(), 'page-from-web', s.stderr);
+
+      // ryra-vm run --forward: for the VM it boots; a running VM keeps the forwards it has.
+      const r = await freePort();
+      const serveStep = 'mkdir -p /tmp/www && echo page-from-run > /tmp/www/index.html && cd /tmp/www && (setsid python3 -m http.server 8000 </dev/null >/dev/null 2>&1 &)';
+      const viaRun = await jobs.a.step(serveStep, { shell: `ryra-vm run --name runner --sync none --forward ${r}:8000 {0}` });
+      assert.equal(viaRun.code, 0, viaRun.stderr);
+      assert.equal(await page(r), 'page-from-run');
+      const again = await jobs.a.step('true', { shell: `ryra-vm run --name runner --forward ${r + 1}:8000 {0}` });
+      assert.equal(again.code, 2);
+      assert.match(again.stderr, /invalid --forward: VM runner is already running with other forwards/);
     } finally {
       for (const r of Object.values(jobs)) await r.post();
     }
