@@ -13,7 +13,7 @@ import { runScript } from './run.js';
 import { VERSION } from './version.js';
 import { download, upload } from './vm/transfer.js';
 import { SshClient } from './vm/ssh.js';
-import { bootVm, checkVmName, findVm, getVm, listVms, stopVm, useForwards, type VmRecord } from './vms.js';
+import { bootVm, checkVmName, findVm, getVm, listVms, stopVm, type VmRecord } from './vms.js';
 
 const USAGE: Record<string, string> = {
   prepare: `ryra-vm prepare [options]
@@ -248,7 +248,6 @@ async function run(args: string[]): Promise<number> {
   if (fwd.length && running?.running && differ(fwd, running.forwards ?? [])) {
     throw new InputError(`invalid --forward: VM ${running.name} is already running with other forwards (--forward applies when run boots the VM: ryra-vm stop ${running.name} first, or use --fresh)`);
   }
-  useForwards(fwd);
   const sync = v.sync as string | undefined;
   if (sync !== undefined && !['in', 'both', 'none'].includes(sync)) throw new InputError(`invalid --sync: ${JSON.stringify(sync)} (allowed: in, both, none)`);
   for (const n of (v.env as string[] | undefined) ?? []) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(n)) throw new InputError(`invalid --env: ${JSON.stringify(n)} (an environment variable name)`);
@@ -263,6 +262,7 @@ async function run(args: string[]): Promise<number> {
     env: (v.env as string[] | undefined) ?? [],
     config: v.config as string | undefined,
     cacheDir: v['cache-dir'] as string | undefined,
+    forwards: fwd,
   });
 }
 

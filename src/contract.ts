@@ -64,4 +64,6 @@ export const State = {
   RuntimeDir: 'runtime-dir',
   Manifest: 'manifest',
   CacheDir: 'cache-dir',
+  /** A file listing the layers this job has that a remote tier may lack (the post step saves them). */
+  PendingSaves: 'pending-saves',
 } as const;

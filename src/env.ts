@@ -19,11 +19,6 @@ export interface TestHooks {
   assumeKvm: boolean;
   /** RYRA_VM_TEST_KVM_DEVICE: the node opened in place of /dev/kvm (a missing path: a host without KVM; /dev/null: one whose device opens, leaving the verdict to the probe). */
   kvmDevice?: string;
-  /**
-   * RYRA_VM_TEST_STALL_KVM=1: boots made under KVM start frozen (-S), a guest that makes no
-   * progress; where /dev/kvm is missing they run under TCG so that QEMU starts at all.
-   */
-  stallKvm: boolean;
   /** RYRA_VM_TEST_STALL_MS: how long a KVM guest may print nothing before it counts as stalled. */
   stallMs?: number;
 }
@@ -42,7 +37,6 @@ export function readHooks(env: NodeJS.ProcessEnv = process.env): TestHooks {
     cacheTransferMs: num(env.RYRA_VM_CACHE_TRANSFER_TIMEOUT_MS),
     assumeKvm: env.RYRA_VM_TEST_ASSUME_KVM === '1',
     kvmDevice: env.RYRA_VM_TEST_KVM_DEVICE || undefined,
-    stallKvm: env.RYRA_VM_TEST_STALL_KVM === '1',
     stallMs: num(env.RYRA_VM_TEST_STALL_MS),
   };
 }

@@ -12,6 +12,7 @@ import { INPUT_DEFAULTS, parseSize, type SyncMode } from './inputs.js';
 import { errorMessage, log } from './log.js';
 import { syncBack, syncIn, type Exec, type SyncBackResult } from './sync.js';
 import { SshClient } from './vm/ssh.js';
+import type { Forward } from './vm/spec.js';
 import { bootVm, findVm, loadRecord, stopVm } from './vms.js';
 
 export interface RunOptions {
@@ -30,6 +31,8 @@ export interface RunOptions {
   cwd?: string;
   config?: string;
   cacheDir?: string;
+  /** TCP forwards for the VM this step boots (a running VM keeps its own). */
+  forwards?: Forward[];
 }
 
 /**
@@ -153,7 +156,7 @@ export async function runScript(o: RunOptions): Promise<number> {
   const syncMaxBytes = o.syncMaxBytes ?? record.run.syncMaxBytes ?? parseSize(Inputs.SyncMaxSize, INPUT_DEFAULTS[Inputs.SyncMaxSize]);
   const names = [...record.run.environmentVariables, ...o.env];
   const booted = !vm;
-  const rec = vm ?? (await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir }));
+  const rec = vm ?? (await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards }));
   if (booted) log.info(`${rec.name}: ${rec.mode === 'restore' ? 'restored' : 'cold-booted'} in ${(rec.readyMs / 1000).toFixed(1)} s`);
   const client = await SshClient.connect({ port: rec.port, user: rec.user, privateKey: fs.readFileSync(rec.key, 'utf8') }, 60_000);
   const exec: Exec = (cmd, opts) => client.exec(cmd, opts);

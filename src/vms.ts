@@ -99,17 +99,8 @@ export interface BootOptions {
   cacheDir?: string;
   /** A run record: the `manifest` output's file, or the JSON `ryra-vm prepare --json` printed. */
   config?: string;
-  /** TCP forwards from the host's 127.0.0.1 (default: those set by useForwards). */
+  /** TCP forwards from the host's 127.0.0.1. */
   forwards?: Forward[];
-}
-
-let processForwards: Forward[] = [];
-/**
- * Forwards for the VMs this process boots without naming any: `ryra-vm run --forward` (run.ts
- * boots its VM itself when none is running).
- */
-export function useForwards(forwards: Forward[]): void {
-  processForwards = forwards;
 }
 
 /** Refuses forwards whose host ports repeat or that something on this host already listens on. */
@@ -188,7 +179,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   const name = checkVmName(o.name ?? freeName());
   const job = jobId();
   if (listVms().some((v) => v.name === name && v.running)) throw new InputError(`a VM named ${name} is already running`);
-  const forwards = o.forwards ?? processForwards;
+  const forwards = o.forwards ?? [];
   await checkForwards(forwards);
   const snap = o.browser ? rec.browserRestore : rec.restore;
   const cold = o.browser ? rec.browserCold : rec.cold;

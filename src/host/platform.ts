@@ -5,8 +5,8 @@ import { run, which } from '../util/proc.js';
 import type { Arch } from '../distro.js';
 import type { KvmMode } from '../inputs.js';
 
-export type QemuArch = 'aarch64' | 'x86_64';
-export type Accel = 'kvm' | 'tcg';
+import type { Accel, AccelChoice, QemuArch } from '../vm/spec.js';
+export type { Accel, AccelChoice, QemuArch };
 
 export const QEMU_ARCH: Record<Arch, QemuArch> = { arm64: 'aarch64', amd64: 'x86_64' };
 /** The machine alias per guest arch; the versioned name it resolves to is what gets recorded. */
@@ -28,14 +28,6 @@ export function parseMachineAlias(help: string, alias: string): string | undefin
 /** `QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)` → `7.2.19`. */
 export function parseQemuVersion(text: string): string | undefined {
   return /version (\d+\.\d+(?:\.\d+)?)/.exec(text)?.[1];
-}
-
-export interface AccelChoice {
-  accel: Accel;
-  /** `-accel …`, `-cpu …` arguments. */
-  args: string[];
-  /** Extra `-machine` properties (aarch64 KVM pins the GIC so snapshots don't tie to a guess). */
-  machineProps: string[];
 }
 
 /** The accelerator arguments for a guest arch, as measured to be fast and snapshot-stable. */

@@ -5,8 +5,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GUEST_USER } from '../distro.js';
 import { getHooks } from '../env.js';
-import { kvmDeviceProblem } from '../host/kvm.js';
-import { accelArgs } from '../host/platform.js';
 import { log } from '../log.js';
 import { GuestFiles } from '../names.js';
 import { convert, copyFile, createOverlay, rebaseUnsafe } from './images.js';
@@ -85,16 +83,14 @@ async function coldBootOnce(o: ColdBootOptions): Promise<Machine> {
   await convert(o.firmware.vars, efivars, { srcFormat: o.layout.firmwareFormat });
   writeSeedIso(seedIso, { ...o.seed, publicKey: o.key.publicKey, user: o.user });
   const kvm = o.layout.accel.accel === 'kvm';
-  const hooked = kvm ? kvmTestHooks(o.layout) : { layout: o.layout, extraArgs: [] };
   const m = await Machine.spawn({
     qemu: o.qemu,
     name: o.name,
     workDir: machineDir(o.workDir),
-    recipe: withForwards(recipe(hooked.layout, { efiCode: o.firmware.code, seedIso }, { scratchDisk: o.scratchDisk }), o.forwards ?? []),
+    recipe: withForwards(recipe(o.layout, { efiCode: o.firmware.code, seedIso }, { scratchDisk: o.scratchDisk }), o.forwards ?? []),
     disk,
     efivars,
     shareDir: o.shareDir,
-    extraArgs: hooked.extraArgs,
     user: o.user ?? GUEST_USER,
     privateKey: o.key.privateKey,
     detached: o.detached,
@@ -131,16 +127,6 @@ function machineDir(workDir: string): string {
 
 function firstLine(s: string): string {
   return s.split('\n').find((l) => l.trim())?.trim() ?? s;
-}
-
-/**
- * The test hook for a KVM guest that makes no progress: the boot starts frozen (-S). On a host
- * whose /dev/kvm cannot even be opened it runs under TCG, so that QEMU starts at all.
- */
-function kvmTestHooks(layout: VmLayout): { layout: VmLayout; extraArgs: string[] } {
-  if (!getHooks().stallKvm) return { layout, extraArgs: [] };
-  const swap = kvmDeviceProblem() !== undefined;
-  return { layout: swap ? { ...layout, accel: accelArgs(layout.arch, 'tcg') } : layout, extraArgs: ['-S'] };
 }
 
 export interface RestoreOptions {

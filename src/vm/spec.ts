@@ -4,7 +4,17 @@
 // forward, -nographic, serial to a file, the read-only `images` virtfs share), plus the
 // accelerator's arguments. A snapshot restores only under the identical layout, so it is written
 // once, as a recipe: an argv in which only the per-VM tokens vary.
-import type { AccelChoice, QemuArch } from '../host/platform.js';
+
+/** The accelerator a layout runs under (host/ decides it; a layout records it). */
+export type QemuArch = 'aarch64' | 'x86_64';
+export type Accel = 'kvm' | 'tcg';
+export interface AccelChoice {
+  accel: Accel;
+  /** `-accel …`, `-cpu …` arguments. */
+  args: string[];
+  /** Extra `-machine` properties (aarch64 KVM pins the GIC so snapshots don't tie to a guess). */
+  machineProps: string[];
+}
 
 /** What a saved snapshot is bound to: a restore must use exactly this. */
 export interface VmLayout {
