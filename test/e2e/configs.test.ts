@@ -9,15 +9,13 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { RunRecord } from '../../src/record.js';
 import { dirBytes, listLayers } from '../../src/cache/local.js';
-import { fillRecipe } from '../../src/vm/spec.js';
 import { BUILD_APT_FILES } from '../../src/layers/guest.js';
 import { SshClient } from '../../src/vm/ssh.js';
-import { freePort } from '../../src/vm/machine.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { killAllCliRuns, runCli } from '../support/cli.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { LIGHT, configEnv, linkLayers, prepareArgs, sharedDir, sharedLayers, type SharedConfig } from '../support/shared.js';
-import { withPlainQemu } from '../support/vm.js';
+import { withRecipeRestore } from '../support/vm.js';
 
 const root = tempRoot('configs');
 const cacheDir = path.join(root.dir, 'cache');
@@ -114,13 +112,7 @@ describe('configurations side by side (amd64, TCG)', { timeout: 60 * 60_000 }, (
   });
 
   test('a restore from the run record\'s recipe with only the tokens replaced reaches SSH', async () => {
-    const d = fs.mkdtempSync(path.join(root.dir, 'recipe-'));
-    fs.mkdirSync(path.join(d, 'share'));
-    fs.copyFileSync(recB.restore!.disk, path.join(d, 'disk.qcow2'));
-    fs.copyFileSync(recB.restore!.efivars, path.join(d, 'efivars.qcow2'));
-    const port = await freePort();
-    const argv = fillRecipe(recB.restore!.argv, { disk: path.join(d, 'disk.qcow2'), efivars: path.join(d, 'efivars.qcow2'), sshPort: String(port), serialLog: path.join(d, 'serial.log'), shareDir: path.join(d, 'share') });
-    await withPlainQemu(recB, recB.qemu, [...argv, '-monitor', 'none', '-loadvm', 'ready'], port, async (c) => {
+    await withRecipeRestore(recB, root.dir, async (c) => {
       assert.match((await c.exec('tree --version')).stdout, /^tree v/);
     });
   });

@@ -6,6 +6,8 @@ import * as path from 'node:path';
 import { restoreFrom, type RunRecord } from '../../src/record.js';
 import { restoreMachine } from '../../src/vm/boot.js';
 import type { Machine } from '../../src/vm/machine.js';
+import { freePort } from '../../src/vm/machine.js';
+import { fillRecipe } from '../../src/vm/spec.js';
 import { waitForSsh, type SshClient } from '../../src/vm/ssh.js';
 
 /** Restores the record's snapshot into a fresh dir under `root`, logging in with the shared key. */
@@ -40,4 +42,18 @@ export async function withPlainQemu<T>(rec: RunRecord, qemu: string, argv: strin
   } finally {
     q.kill('SIGKILL');
   }
+}
+
+/**
+ * Restores the record's snapshot from its recipe alone, as a tool outside this project would: copies
+ * of the disk and vars in a dir under `root`, the tokens filled, `-loadvm ready`; `fn` gets SSH.
+ */
+export async function withRecipeRestore<T>(rec: RunRecord, root: string, fn: (c: SshClient) => Promise<T>): Promise<T> {
+  const d = fs.mkdtempSync(path.join(root, 'recipe-'));
+  fs.mkdirSync(path.join(d, 'share'));
+  fs.copyFileSync(rec.restore!.disk, path.join(d, 'disk.qcow2'));
+  fs.copyFileSync(rec.restore!.efivars, path.join(d, 'efivars.qcow2'));
+  const port = await freePort();
+  const argv = fillRecipe(rec.restore!.argv, { disk: path.join(d, 'disk.qcow2'), efivars: path.join(d, 'efivars.qcow2'), sshPort: String(port), serialLog: path.join(d, 'serial.log'), shareDir: path.join(d, 'share') });
+  return withPlainQemu(rec, rec.qemu, [...argv, '-monitor', 'none', '-loadvm', 'ready'], port, fn);
 }
