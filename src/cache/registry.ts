@@ -14,8 +14,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, log as globalLog, type Logger } from '../log.js';
-import { OCI_MANIFEST, OciClient, RegistryError, asRegistryError, parseRegistryRef, type Response } from './oci.js';
+import { OCI_MANIFEST, OciClient, RegistryError, parseRegistryRef } from './oci.js';
 import type { RemoteTier, RestoreResult, SaveResult } from './tier.js';
 
 export const ARTIFACT_TYPE = 'application/vnd.ryra-vm.layer.v1';
@@ -339,11 +340,104 @@ function planPull(m: OciManifest, key: string, files: string[]): { config?: Desc
 }
 
 /**
- * Pulls the artifact tagged from `key` into `staging`: exactly `files`, each chunk streamed to its
- * offset, every blob digest and uncompressed sha256 checked. 'miss' when the tag does not exist;
- * throws LayerMismatch when it holds something else, or the transfer's error.
+ * Hashes what a writer appends to `fh` from `from` on while `writing` is pending, then the rest:
+ * the digest of the bytes as they are in the file. Fails past `max` bytes.
  */
-export async function pullLayer(client: OciClient, key: string, files: string[], staging: string, opts: TransferOptions = {}): Promise<{ result: 'restored' | 'miss'; stats: TransferStats }> {
+async function hashAppended(fh: fs.promises.FileHandle, from: number, max: number, writing: Promise<unknown>, what: string, signal: AbortSignal): Promise<{ hex: string; bytes: number }> {
+  let ended = false;
+  writing.then(
+    () => (ended = true),
+    () => (ended = true),
+  );
+  const hash = crypto.createHash('sha256');
+  const buf = Buffer.allocUnsafe(4 << 20);
+  let bytes = 0;
+  for (;;) {
+    signal.throwIfAborted();
+    const last = ended;
+    const { bytesRead } = await fh.read(buf, 0, buf.length, from + bytes);
+    if (bytesRead) {
+      bytes += bytesRead;
+      if (bytes > max) throw new RegistryError(`${what} is longer than its ${max} bytes`, 'protocol');
+      hash.update(buf.subarray(0, bytesRead));
+    } else if (last) return { hex: hash.digest('hex'), bytes };
+    else await sleep(5);
+  }
+}
+
+interface PullJob {
+  file: string;
+  d: Descriptor;
+  offset: number;
+  size: number;
+  sha256: string;
+  compressed: boolean;
+}
+
+/**
+ * One chunk appended to `out` (O_APPEND, so it lands at its offset: a file's chunks go in order):
+ * curl writes the blob (through `zstd -d` when compressed) and Node hashes the file's new bytes as
+ * they land, and the compressed blob as it passes by. Every check of a streamed pull holds: the
+ * blob's digest and size, the uncompressed sha256 and size.
+ */
+async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.promises.FileHandle, signal: AbortSignal): Promise<{ wire: number }> {
+  if (fs.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.d.annotations?.[Annotations.chunk] ?? 0} would land at ${fs.fstatSync(out).size}, not ${j.offset}`);
+  const ctrl = new AbortController();
+  const sig = AbortSignal.any([signal, ctrl.signal]);
+  const parts: Promise<unknown>[] = [];
+  // The first failure ends the others (curl and zstd are killed through the signal).
+  const part = <T>(p: Promise<T>): Promise<T> => {
+    const q = p.catch((err) => (ctrl.abort(err), Promise.reject(err)));
+    parts.push(q);
+    return q;
+  };
+  let blob: Meter | undefined;
+  let writing: Promise<unknown>;
+  if (j.compressed) {
+    const c = client.curlBlob(j.d.digest, 'pipe', sig);
+    blob = new Meter(j.d.size, `blob ${j.d.digest}`);
+    const zstd = spawn('zstd', ['-q', '-d', '-c', '--no-sparse'], { stdio: ['pipe', out, 'pipe'], signal: sig });
+    let stderr = '';
+    zstd.stderr!.on('data', (d) => (stderr += d).length > 4000 && (stderr = stderr.slice(-2000)));
+    const unzipped = new Promise<void>((resolve, reject) => {
+      zstd.on('error', reject);
+      zstd.on('close', (code, s) => (code === 0 ? resolve() : reject(new Error(`zstd -d of blob ${j.d.digest} failed (${code ?? s}): ${stderr.trim().slice(-300)}`))));
+    });
+    writing = Promise.all([part(c.done), part(pipeline(c.body!, blob, zstd.stdin!, { signal: sig })), part(unzipped)]);
+  } else {
+    writing = part(client.curlBlob(j.d.digest, out, sig).done);
+  }
+  const raw = part(hashAppended(reader, j.offset, j.size, writing, `${j.file} chunk at ${j.offset}`, sig));
+  try {
+    await Promise.all(parts);
+  } catch (err) {
+    ctrl.abort(err);
+    await Promise.allSettled(parts);
+    throw err;
+  }
+  const { hex: rawHex, bytes: rawBytes } = await raw;
+  const blobHex = blob ? blob.hex() : rawHex;
+  const blobBytes = blob ? blob.bytes : rawBytes;
+  if (blobBytes !== j.d.size || `sha256:${blobHex}` !== j.d.digest) throw new RegistryError(`blob ${j.d.digest} of ${j.file} arrived with sha256:${blobHex} (${blobBytes} bytes): refused`, 'protocol');
+  if (rawBytes !== j.size || rawHex !== j.sha256) throw new RegistryError(`${j.file} chunk at ${j.offset}: uncompressed sha256 ${rawHex} (${rawBytes} bytes), expected ${j.sha256}: refused`, 'protocol');
+  return { wire: blobBytes };
+}
+
+/**
+ * Pulls the artifact tagged from `key` into `staging`: exactly `files`, every blob digest and
+ * uncompressed sha256 checked. Files go `concurrency` at a time, the chunks of one file in order.
+ * 'miss' when the tag does not exist; throws LayerMismatch when it holds something else, or the
+ * transfer's error. `verified` gets the sha256 of each single-chunk file, computed from its bytes
+ * as written (so the caller need not read it again).
+ */
+export async function pullLayer(
+  client: OciClient,
+  key: string,
+  files: string[],
+  staging: string,
+  opts: TransferOptions = {},
+  verified?: Map<string, string>,
+): Promise<{ result: 'restored' | 'miss'; stats: TransferStats }> {
   const started = Date.now();
   const signal = opts.signal ?? new AbortController().signal;
   const stats: TransferStats = { blobs: 0, transferred: 0, skipped: 0, wireBytes: 0, fileBytes: 0, ms: 0 };
@@ -356,44 +450,40 @@ export async function pullLayer(client: OciClient, key: string, files: string[],
     throw new LayerMismatch('its manifest is not JSON');
   }
   const plan = planPull(m, key, files);
-  const jobs: { file: string; d: Descriptor; offset: number; size: number; sha256: string; compressed: boolean }[] = [];
+  const perFile: { file: string; jobs: PullJob[]; bytes: number }[] = [];
   if (plan.config) {
-    const a = plan.config.annotations!;
-    jobs.push({ file: a[Annotations.title], d: plan.config, offset: 0, size: plan.config.size, sha256: plan.config.digest.slice(7), compressed: false });
+    const d = plan.config;
+    perFile.push({ file: d.annotations![Annotations.title], jobs: [{ file: d.annotations![Annotations.title], d, offset: 0, size: d.size, sha256: d.digest.slice(7), compressed: false }], bytes: d.size });
   }
   for (const [f, ds] of plan.byFile) {
-    // Sized up front (sparse), so chunks land at their offsets in any order.
-    const fileSize = Number(ds[0].annotations![Annotations.fileSize]);
-    fs.writeFileSync(path.join(staging, f), '');
-    fs.truncateSync(path.join(staging, f), fileSize);
-    for (const d of ds) {
+    const jobs = ds.map((d) => {
       const a = d.annotations!;
-      jobs.push({ file: f, d, offset: Number(a[Annotations.offset]), size: Number(a[Annotations.size]), sha256: a[Annotations.sha256], compressed: a[Annotations.compressed] === 'true' });
-    }
+      return { file: f, d, offset: Number(a[Annotations.offset]), size: Number(a[Annotations.size]), sha256: a[Annotations.sha256], compressed: a[Annotations.compressed] === 'true' };
+    });
+    perFile.push({ file: f, jobs, bytes: jobs.reduce((n, j) => n + j.d.size, 0) });
   }
-  // Biggest first, so the last blobs to finish are small ones.
-  jobs.sort((a, b) => b.d.size - a.d.size);
-  await eachLimit(jobs, opts.concurrency ?? 4, signal, async (j, sig) => {
-    const r: Response = await client.getBlob(j.d.digest, sig);
-    const blob = new Meter(j.d.size, `blob ${j.d.digest}`);
-    // A plain chunk's bytes are the blob's: one hash (sha256 is most of a pull's CPU).
-    const raw = new Meter(j.size, `${j.file} chunk at ${j.offset}`, j.compressed);
-    const out = fs.createWriteStream(path.join(staging, j.file), { flags: j.file === plan.config?.annotations?.[Annotations.title] ? 'w' : 'r+', start: j.offset });
+  // Biggest first, so the last to finish are small ones.
+  perFile.sort((a, b) => b.bytes - a.bytes);
+  await eachLimit(perFile, opts.concurrency ?? 4, signal, async ({ file, jobs }, sig) => {
+    const target = path.join(staging, file);
+    const out = fs.openSync(target, 'wx');
+    fs.closeSync(out);
+    const append = fs.openSync(target, 'a');
+    const reader = await fs.promises.open(target, 'r');
     try {
-      if (j.compressed) await throughZstd(['-d', '-c'], r.res, blob, raw, out, sig);
-      else await pipeline(r.res, blob, raw, out, { signal: sig });
-    } catch (err) {
-      r.res.destroy();
-      throw asRegistryError(err, r);
+      for (const j of jobs) {
+        const { wire } = await pullChunk(client, j, append, reader, sig);
+        stats.blobs++;
+        stats.transferred++;
+        stats.wireBytes += wire;
+        stats.fileBytes += j.size;
+      }
+    } finally {
+      fs.closeSync(append);
+      await reader.close();
     }
-    const blobHex = blob.hex();
-    if (blob.bytes !== j.d.size || `sha256:${blobHex}` !== j.d.digest) throw new RegistryError(`blob ${j.d.digest} of ${j.file} arrived with sha256:${blobHex} (${blob.bytes} bytes): refused`, 'protocol');
-    const rawHex = j.compressed ? raw.hex() : blobHex;
-    if (raw.bytes !== j.size || rawHex !== j.sha256) throw new RegistryError(`${j.file} chunk at ${j.offset}: uncompressed sha256 ${rawHex} (${raw.bytes} bytes), expected ${j.sha256}: refused`, 'protocol');
-    stats.blobs++;
-    stats.transferred++;
-    stats.wireBytes += blob.bytes;
-    stats.fileBytes += raw.bytes;
+    // A single chunk's uncompressed sha256, checked against the bytes in the file, is the file's.
+    if (jobs.length === 1) verified?.set(file, jobs[0].sha256);
   });
   stats.ms = Date.now() - started;
   return { result: 'restored', stats };
@@ -439,14 +529,15 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
     get on() {
       return !off.signal.aborted;
     },
-    async restore(key, files, staging): Promise<RestoreResult> {
+    async restore(key, files, staging, verified): Promise<RestoreResult> {
       if (off.signal.aborted) return 'miss';
       try {
-        const { result, stats } = await pullLayer(client, key, files, staging, transfer);
+        const { result, stats } = await pullLayer(client, key, files, staging, transfer, verified);
         if (result === 'restored') log().info(`  ${label}: pulled ${key}: ${stats.blobs} blobs, ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1000).toFixed(1)} s`);
         return result;
       } catch (err) {
         for (const f of files) fs.rmSync(path.join(staging, f), { force: true });
+        verified?.clear();
         fail('restore', key, err);
         // Off (down, stalled, refused) or not our artifact: a miss; a bad blob: worth one more try.
         return err instanceof LayerMismatch || off.signal.aborted ? 'miss' : 'failed';

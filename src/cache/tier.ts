@@ -14,9 +14,10 @@ export interface RemoteTier {
   /**
    * Restores the entry `key` into `staging` (an empty dir): exactly the files named `files`, or
    * nothing. 'failed': the entry exists but its transfer failed (worth one more try); 'miss': no
-   * such entry, or the tier is off.
+   * such entry, or the tier is off. A tier that checked a file's sha256 against the bytes it wrote
+   * may put it in `verified` (name → sha256 hex), so the caller need not read the file again.
    */
-  restore(key: string, files: string[], staging: string): Promise<RestoreResult>;
+  restore(key: string, files: string[], staging: string, verified?: Map<string, string>): Promise<RestoreResult>;
   /** Whether the tier has a usable entry for `key` (undefined: it cannot tell now). */
   has?(key: string, files: string[]): Promise<boolean | undefined>;
   /** Saves `files` (names relative to `dir`) under `key`; 'exists' when the tier has that key already. */

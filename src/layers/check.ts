@@ -17,20 +17,28 @@ export interface Planned {
  * Why the layer in `staging` may not be used, or undefined when it may. `backing`: the parent image
  * a snapshot's disk sits on here; the saver's header names the same layer file in its cache dir.
  */
-export async function stagedLayerProblem(staging: string, p: Planned, m: Manifest | undefined, parentId: string | undefined, backing?: string): Promise<string | undefined> {
+export async function stagedLayerProblem(
+  staging: string,
+  p: Planned,
+  m: Manifest | undefined,
+  parentId: string | undefined,
+  backing?: string,
+  verified?: ReadonlyMap<string, string>,
+): Promise<string | undefined> {
   if (!m) return 'no valid manifest';
   const named = m.files.map((f) => f.name).sort();
   if (named.join('\0') !== [...p.files].sort().join('\0')) return `its manifest names ${JSON.stringify(named)}, not ${JSON.stringify([...p.files].sort())}`;
   const invalid = invalidReason(m, staging, p, parentId);
   if (invalid) return invalid;
-  const digests = await Promise.all(m.files.map(async (f) => ({ f, sha256: (await fileDigests(path.join(staging, f.name), ['sha256'])).sha256 })));
+  // A digest the tier computed from the bytes it wrote (`verified`) stands for reading the file again.
+  const digests = await Promise.all(m.files.map(async (f) => ({ f, sha256: verified?.get(f.name) ?? (await fileDigests(path.join(staging, f.name), ['sha256'])).sha256 })));
   const bad = digests.find((d) => d.sha256 !== d.f.sha256);
   if (bad) return `${bad.f.name} does not have the sha256 its manifest records`;
-  for (const f of p.files.filter((x) => x.endsWith('.qcow2'))) {
-    const problem = await imageProblem(path.join(staging, f), f === p.files[0] ? backing : undefined);
-    if (problem) return `${f} ${problem}`;
-  }
-  return undefined;
+  // Side by side (each is a few qemu-img runs); the first problem in file order is the one said.
+  const qcow2 = p.files.filter((x) => x.endsWith('.qcow2'));
+  const problems = await Promise.all(qcow2.map((f) => imageProblem(path.join(staging, f), f === p.files[0] ? backing : undefined)));
+  const i = problems.findIndex(Boolean);
+  return i < 0 ? undefined : `${qcow2[i]} ${problems[i]}`;
 }
 
 /**

@@ -137,11 +137,12 @@ async function restoreOnce(ctx: LayerContext, tier: RemoteTier, p: LayerPlan, ke
   fs.mkdirSync(staging, { mode: 0o700 });
   try {
     const files = cachePaths(p);
-    const got = await tier.restore(key, files, staging);
+    const verified = new Map<string, string>();
+    const got = await tier.restore(key, files, staging, verified);
     if (got === 'miss') return 'miss';
     if (got === 'failed') return 'the download failed';
     if (got !== 'restored') return got;
-    const why = stagedFilesProblem(staging, files) ?? (await stagedLayerProblem(staging, p, readManifest(manifestPath(staging, p.base)), parentId, backing));
+    const why = stagedFilesProblem(staging, files) ?? (await stagedLayerProblem(staging, p, readManifest(manifestPath(staging, p.base)), parentId, backing, verified));
     if (why) return `refused: ${why}`;
     let m = readManifest(manifestPath(staging, p.base))!;
     if (backing) {
