@@ -8,6 +8,10 @@
 //     download) and saving a layer-sized archive of
 //     incompressible data at 180 and 600 MiB, against a local cache service, vs plain
 //     `zstd -d | tar x` of the very archive the service stored, and `tar | zstd`;
+//   - the OCI registry tier (src/cache/registry.ts, as the tier runs it) pulling and pushing a
+//     layer-like file set (180 MiB incompressible, 150 MiB that zstd shrinks, a few small files)
+//     against Debian's docker-registry on loopback, vs plain `curl | zstd -d` of the very blobs into
+//     files and `zstd` + `curl -T` of them (`--registry`: these rows alone, no guest);
 //   - the all-local action run (dist/main.js), median of 5;
 //   - snapshot RAM state at 2048 and 4096 MiB, restore → SSH for each, cold boot → SSH;
 //   - `ryra-vm run` syncing 5,000 small files + one 100 MB file in and back, vs `tar | ssh`.
@@ -18,7 +22,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import type { RunRecord } from '../src/record.js';
+import { OciClient } from '../src/cache/oci.js';
+import { pullLayer, pushLayer, type OciManifest } from '../src/cache/registry.js';
 import { startCacheServer, TWIRP_SERVICE, type CacheServer } from '../test/support/cache-server.js';
+import { registryMissing, startRegistry } from '../test/support/registry.js';
 import { ensureFixture } from '../test/support/fixtures.js';
 import { exec, runner } from '../test/support/runner.js';
 import { LIGHT, configInputs } from '../test/support/shared.js';
@@ -42,6 +49,15 @@ function row(figure: string, ms: number, refMs: number | undefined, goal?: { max
     goal: goal ? (goal.of === 'ratio' ? `≤ ${goal.max}×` : `≤ ${goal.max} s`) : undefined,
     ok: goal && v !== undefined ? v <= goal.max : undefined,
   });
+}
+
+function printRows() {
+  const w = Math.max(...rows.map((x) => x.figure.length));
+  console.log(`\nryra-vm bench (${arch}, ${kvm === 'false' ? 'tcg' : 'kvm: ' + kvm}, production bundle dist/, Node ${process.versions.node})`);
+  console.log(`  ${'figure'.padEnd(w)}  ${'measured'.padStart(9)}  ${'reference'.padStart(9)}  ${'ratio'.padStart(7)}  goal`);
+  for (const x of rows) {
+    console.log(`  ${x.figure.padEnd(w)}  ${x.value.padStart(9)}  ${(x.reference ?? '').padStart(9)}  ${(x.ratio ?? '').padStart(7)}  ${x.goal ?? ''}${x.ok === undefined ? '' : x.ok ? '  ✓' : '  ✗'}`);
+  }
 }
 
 /**
@@ -178,13 +194,115 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
   row(`cache worker start, once per run beside host setup (median of ${workerStarts.length})`, median(workerStarts), undefined);
 }
 
+/**
+ * The registry tier's pull and push of one layer-like file set vs the plain tools on the same
+ * blobs, side by side, alternated, medians of 3. Each push goes to a fresh repository (no blob
+ * there yet), as does each plain upload.
+ */
+async function registryFigures() {
+  const missing = registryMissing();
+  if (missing) {
+    rows.push({ figure: `OCI registry rows skipped: ${missing}`, value: '' });
+    return;
+  }
+  const src = fs.mkdtempSync(path.join(root, 'oci-layer-'));
+  const disk = fs.openSync(path.join(src, 'disk.qcow2'), 'w');
+  for (let i = 0; i < 180; i++) fs.writeSync(disk, randomBytes(2 ** 20));
+  fs.closeSync(disk);
+  // Compressible like an efivars image: a random 4 KiB block in every five, zeros between.
+  const vars = fs.openSync(path.join(src, 'efivars.qcow2'), 'w');
+  for (let i = 0; i < 150; i++) {
+    const b = Buffer.alloc(2 ** 20);
+    for (let k = 0; k < 256; k += 5) randomBytes(4096).copy(b, k * 4096);
+    fs.writeSync(vars, b);
+  }
+  fs.closeSync(vars);
+  fs.writeFileSync(path.join(src, 'seed.iso'), Buffer.from('instance-id: bench\n'.repeat(3000)));
+  fs.writeFileSync(path.join(src, 'layer.manifest.json'), '{}');
+  const files = ['disk.qcow2', 'efivars.qcow2', 'seed.iso', 'layer.manifest.json'];
+  const reg = await startRegistry();
+  try {
+    const signal = new AbortController().signal;
+    const client = (repo: string) => new OciClient(`${reg.host}/${repo}`);
+    const key = 'bench-layer';
+    const seedClient = client('bench/pull');
+    await pushLayer(seedClient, key, files, src);
+    const m = JSON.parse((await seedClient.getManifest(key, signal))!.toString()) as OciManifest;
+    seedClient.close();
+    const blobs = [m.config, ...m.layers];
+    const pulls: number[] = [];
+    const plainPulls: number[] = [];
+    const pushes: number[] = [];
+    const plainPushes: number[] = [];
+    let n = 0;
+    const steps = [
+      async () => {
+        const dst = fs.mkdtempSync(path.join(root, 'oci-pull-'));
+        const c = client('bench/pull');
+        const t = Date.now();
+        const r = await pullLayer(c, key, files, dst);
+        pulls.push(Date.now() - t);
+        c.close();
+        if (r.result !== 'restored' || fs.statSync(path.join(dst, 'disk.qcow2')).size !== 180 * 2 ** 20) throw new Error('the registry pull did not restore the layer');
+        fs.rmSync(dst, { recursive: true });
+      },
+      async () => {
+        const dst = fs.mkdtempSync(path.join(root, 'oci-plain-pull-'));
+        const script = blobs.map((b, i) => `curl -sSf http://${reg.host}/v2/bench/pull/blobs/${b.digest} ${b.mediaType.endsWith('+zstd') ? '| zstd -d -q ' : ''}> ${dst}/${i}`).join('\n');
+        plainPulls.push(await timed(`set -e\n${script}`));
+        fs.rmSync(dst, { recursive: true });
+      },
+      async () => {
+        const c = client(`bench/push${++n}`);
+        const t = Date.now();
+        await pushLayer(c, key, files, src);
+        pushes.push(Date.now() - t);
+        c.close();
+      },
+      async () => {
+        // The plain upload of the same blobs: zstd -3 where the tier compressed (from stdin, as the
+        // tier streams it: the same bytes), then POST + curl -T.
+        const tmp = fs.mkdtempSync(path.join(root, 'oci-plain-push-'));
+        const repo = `bench/plain${++n}`;
+        const script = blobs
+          .map((b, i) => {
+            const title = b.annotations?.['org.opencontainers.image.title'] ?? '';
+            const file = b.mediaType.endsWith('+zstd') ? `${tmp}/${i}.zst` : path.join(src, title);
+            const zstd = b.mediaType.endsWith('+zstd') ? `zstd -3 -T1 -q -c < ${path.join(src, title)} > ${file}\n` : '';
+            return `${zstd}loc=$(curl -sSf -X POST -D - -o /dev/null http://${reg.host}/v2/${repo}/blobs/uploads/ | tr -d '\\r' | sed -n 's/^[Ll]ocation: //p')\ncase $loc in /*) loc=http://${reg.host}$loc ;; esac\ncurl -sSf -T ${file} -H 'Content-Type: application/octet-stream' "$loc&digest=${b.digest}" -o /dev/null`;
+          })
+          .join('\n');
+        plainPushes.push(await timed(`set -e\n${script}`));
+        fs.rmSync(tmp, { recursive: true });
+      },
+    ];
+    for (let i = 0; i < 3; i++) for (let j = 0; j < steps.length; j++) await steps[(i + j) % steps.length]!();
+    const wire = blobs.reduce((x, b) => x + b.size, 0);
+    row(`OCI registry pull, 330 MiB layer, ${mib(wire)} on the wire (median of 3)`, median(pulls), median(plainPulls), { max: 2.0, of: 'ratio' });
+    row(`OCI registry push, same layer to an empty repository (median of 3)`, median(pushes), median(plainPushes));
+  } finally {
+    await reg.close();
+    fs.rmSync(src, { recursive: true, force: true });
+  }
+}
+
 try {
+  if (process.argv.includes('--registry')) {
+    console.error('bench: OCI registry tier…');
+    await registryFigures();
+    printRows();
+    // No guest ran: the cleanup below is this rm alone.
+    fs.rmSync(root, { recursive: true, force: true });
+    process.exit(0);
+  }
   const fx = ensureFixture(arch);
   const server = await startCacheServer({ dir: root });
   const env = { ...process.env, ...server.env('v2'), RUNNER_TEMP: path.join(root, 'runner-temp') };
   fs.mkdirSync(env.RUNNER_TEMP!, { recursive: true });
   console.error('bench: cache tier…');
   await cacheFigures(server, env);
+  console.error('bench: OCI registry tier…');
+  await registryFigures();
   // `npm run bench -- --cache-only`: the cache tier's figures alone (a few minutes, no guest).
   if (!process.argv.includes('--cache-only')) {
     // Layers of the light configuration at 2048 and 4096 MiB, built by the bundled action (local cache dir).
@@ -276,13 +394,7 @@ try {
     await r.post();
   }
   await server.close();
-
-  const w = Math.max(...rows.map((x) => x.figure.length));
-  console.log(`\nryra-vm bench (${arch}, ${kvm === 'false' ? 'tcg' : 'kvm: ' + kvm}, production bundle dist/, Node ${process.versions.node})`);
-  console.log(`  ${'figure'.padEnd(w)}  ${'measured'.padStart(9)}  ${'reference'.padStart(9)}  ${'ratio'.padStart(7)}  goal`);
-  for (const x of rows) {
-    console.log(`  ${x.figure.padEnd(w)}  ${x.value.padStart(9)}  ${(x.reference ?? '').padStart(9)}  ${(x.ratio ?? '').padStart(7)}  ${x.goal ?? ''}${x.ok === undefined ? '' : x.ok ? '  ✓' : '  ✗'}`);
-  }
+  printRows();
 } finally {
   // The VMs `ryra-vm boot` started run detached: stop them even when a figure failed.
   spawnSync(process.execPath, [path.resolve('dist/cli.js'), 'stop', '--all'], { env: { ...process.env, RYRA_VM_RUNTIME_DIR: path.join(root, 'rt') }, stdio: 'ignore' });
