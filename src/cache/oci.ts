@@ -350,8 +350,8 @@ export class OciClient {
   }
 
   /**
-   * GETs a blob with curl, its body straight into `stdout` (a file descriptor, or 'pipe' for a
-   * stream the caller reads); `done` settles when curl has exited. Blob bodies go through curl, not
+   * GETs a blob with curl, its body straight into the file descriptor `out`; settles when curl
+   * has exited. Blob bodies go through curl, not
    * node:http: Node's receive, hash and write share one thread (~200 MB/s here) where curl reads at
    * ~500 MB/s on its own core and leaves Node only the hashing. The auth is the one this client
    * already holds for 'pull' (a manifest GET comes first and got it); it goes to curl on stdin, not
@@ -359,7 +359,7 @@ export class OciClient {
    * host. The same bounds hold: the connect bound, and a stall is less than 1 byte/s for the stall
    * bound (rounded to whole seconds). The caller checks the digest.
    */
-  curlBlob(digest: string, stdout: number | 'pipe', signal: AbortSignal): { body: Readable | null; done: Promise<void> } {
+  curlBlob(digest: string, out: number, signal: AbortSignal): Promise<void> {
     const url = this.url(`blobs/${digest}`);
     const auth = this.auth.get('pull');
     const q = (v: string) => `"${v.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
@@ -368,13 +368,13 @@ export class OciClient {
     // -q first: no ~/.curlrc. Redirects (blob storage) only to https; no proxy, as node:http uses none.
     const args = ['-q', '--config', '-', '--silent', '--show-error', '--fail', '--location', '--max-redirs', '5', '--proto', this.ref.scheme === 'https' ? '=https' : '=http,https', '--proto-redir', '=https', '--noproxy', '*'];
     args.push('--connect-timeout', String(this.connectMs / 1000), '--speed-limit', '1', '--speed-time', String(stallS));
-    const child = spawn('curl', args, { stdio: ['pipe', stdout, 'pipe'], signal });
+    const child = spawn('curl', args, { stdio: ['pipe', out, 'pipe'], signal });
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr += d).length > 4000 && (stderr = stderr.slice(-2000)));
     child.stdin!.on('error', () => {});
     child.stdin!.end(config);
     const what = `GET ${url.pathname}`;
-    const done = new Promise<void>((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       child.on('error', (err) => reject((err as NodeJS.ErrnoException).code === 'ENOENT' ? new RegistryError('curl is not installed (it fetches blobs): install curl', 'protocol') : err));
       child.on('close', (code, sig) => {
         if (code === 0) return resolve();
@@ -393,13 +393,5 @@ export class OciClient {
         reject(new RegistryError(`curl ${what} failed (${code ?? sig}): ${msg}`, 'protocol'));
       });
     });
-    return { body: child.stdout, done };
-  }
-
-  /** The blob's body as a stream (the caller checks its digest). */
-  async getBlob(digest: string, signal: AbortSignal): Promise<Response> {
-    const r = await this.request('GET', this.url(`blobs/${digest}`), { scope: 'pull', signal });
-    if (r.res.statusCode !== 200) return this.unexpected(r, `GET blob ${digest}`);
-    return r;
   }
 }

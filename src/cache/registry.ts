@@ -374,40 +374,17 @@ interface PullJob {
   compressed: boolean;
 }
 
-/**
- * One chunk appended to `out` (O_APPEND, so it lands at its offset: a file's chunks go in order):
- * curl writes the blob (through `zstd -d` when compressed) and Node hashes the file's new bytes as
- * they land, and the compressed blob as it passes by. Every check of a streamed pull holds: the
- * blob's digest and size, the uncompressed sha256 and size.
- */
-async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.promises.FileHandle, signal: AbortSignal): Promise<{ wire: number }> {
-  if (fs.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.d.annotations?.[Annotations.chunk] ?? 0} would land at ${fs.fstatSync(out).size}, not ${j.offset}`);
+/** Runs what `fn` starts under one signal: the first part to fail ends the others, and is thrown once they settled. */
+async function together<T>(signal: AbortSignal, fn: (sig: AbortSignal, part: <U>(p: Promise<U>) => Promise<U>) => Promise<T>): Promise<T> {
   const ctrl = new AbortController();
   const sig = AbortSignal.any([signal, ctrl.signal]);
   const parts: Promise<unknown>[] = [];
-  // The first failure ends the others (curl and zstd are killed through the signal).
-  const part = <T>(p: Promise<T>): Promise<T> => {
+  const part = <U>(p: Promise<U>): Promise<U> => {
     const q = p.catch((err) => (ctrl.abort(err), Promise.reject(err)));
     parts.push(q);
     return q;
   };
-  let blob: Meter | undefined;
-  let writing: Promise<unknown>;
-  if (j.compressed) {
-    const c = client.curlBlob(j.d.digest, 'pipe', sig);
-    blob = new Meter(j.d.size, `blob ${j.d.digest}`);
-    const zstd = spawn('zstd', ['-q', '-d', '-c', '--no-sparse'], { stdio: ['pipe', out, 'pipe'], signal: sig });
-    let stderr = '';
-    zstd.stderr!.on('data', (d) => (stderr += d).length > 4000 && (stderr = stderr.slice(-2000)));
-    const unzipped = new Promise<void>((resolve, reject) => {
-      zstd.on('error', reject);
-      zstd.on('close', (code, s) => (code === 0 ? resolve() : reject(new Error(`zstd -d of blob ${j.d.digest} failed (${code ?? s}): ${stderr.trim().slice(-300)}`))));
-    });
-    writing = Promise.all([part(c.done), part(pipeline(c.body!, blob, zstd.stdin!, { signal: sig })), part(unzipped)]);
-  } else {
-    writing = part(client.curlBlob(j.d.digest, out, sig).done);
-  }
-  const raw = part(hashAppended(reader, j.offset, j.size, writing, `${j.file} chunk at ${j.offset}`, sig));
+  const result = part(fn(sig, part));
   try {
     await Promise.all(parts);
   } catch (err) {
@@ -415,12 +392,55 @@ async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.
     await Promise.allSettled(parts);
     throw err;
   }
-  const { hex: rawHex, bytes: rawBytes } = await raw;
-  const blobHex = blob ? blob.hex() : rawHex;
-  const blobBytes = blob ? blob.bytes : rawBytes;
-  if (blobBytes !== j.d.size || `sha256:${blobHex}` !== j.d.digest) throw new RegistryError(`blob ${j.d.digest} of ${j.file} arrived with sha256:${blobHex} (${blobBytes} bytes): refused`, 'protocol');
-  if (rawBytes !== j.size || rawHex !== j.sha256) throw new RegistryError(`${j.file} chunk at ${j.offset}: uncompressed sha256 ${rawHex} (${rawBytes} bytes), expected ${j.sha256}: refused`, 'protocol');
-  return { wire: blobBytes };
+  return result;
+}
+
+/** `zstd -d` of `file` appended to `out`; fails when zstd does. */
+function unzstd(file: string, out: number, what: string, signal: AbortSignal): Promise<void> {
+  // --no-sparse: a sparse skip on an O_APPEND descriptor would drop the zeros.
+  const zstd = spawn('zstd', ['-q', '-d', '-c', '--no-sparse', '--', file], { stdio: ['ignore', out, 'pipe'], signal });
+  let stderr = '';
+  zstd.stderr!.on('data', (d) => (stderr += d).length > 4000 && (stderr = stderr.slice(-2000)));
+  return new Promise<void>((resolve, reject) => {
+    zstd.on('error', reject);
+    zstd.on('close', (code, s) => (code === 0 ? resolve() : reject(new Error(`zstd -d of ${what} failed (${code ?? s}): ${stderr.trim().slice(-300)}`))));
+  });
+}
+
+/**
+ * One chunk appended to `out` (O_APPEND, so it lands at its offset: a file's chunks go in order).
+ * curl writes the blob and Node hashes the bytes as they land. A compressed blob lands whole in a
+ * temp file in `staging` first, and only once its digest holds is it decompressed into `out`, hashed
+ * again as it lands. Every check of a streamed pull holds: the blob's digest and size, the
+ * uncompressed sha256 and size, each computed from the bytes as written.
+ */
+async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.promises.FileHandle, staging: string, signal: AbortSignal): Promise<{ wire: number }> {
+  if (fs.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.d.annotations?.[Annotations.chunk] ?? 0} would land at ${fs.fstatSync(out).size}, not ${j.offset}`);
+  const what = `${j.file} chunk at ${j.offset}`;
+  let blob: { hex: string; bytes: number };
+  let raw: { hex: string; bytes: number };
+  const refuseBlob = (b: { hex: string; bytes: number }) => {
+    if (b.bytes !== j.d.size || `sha256:${b.hex}` !== j.d.digest) throw new RegistryError(`blob ${j.d.digest} of ${j.file} arrived with sha256:${b.hex} (${b.bytes} bytes): refused`, 'protocol');
+  };
+  if (!j.compressed) {
+    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client.curlBlob(j.d.digest, out, sig)), what, sig));
+    refuseBlob(blob);
+  } else {
+    const tmp = path.join(staging, `.pull-${j.d.digest.slice(7, 39)}.zst`);
+    const tmpOut = fs.openSync(tmp, 'wx');
+    const tmpIn = await fs.promises.open(tmp, 'r').catch((err) => (fs.closeSync(tmpOut), Promise.reject(err)));
+    try {
+      blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.d.size, part(client.curlBlob(j.d.digest, tmpOut, sig)), `blob ${j.d.digest}`, sig));
+      refuseBlob(blob);
+      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, `blob ${j.d.digest}`, sig)), what, sig));
+    } finally {
+      fs.closeSync(tmpOut);
+      await tmpIn.close();
+      fs.rmSync(tmp, { force: true });
+    }
+  }
+  if (raw.bytes !== j.size || raw.hex !== j.sha256) throw new RegistryError(`${what}: uncompressed sha256 ${raw.hex} (${raw.bytes} bytes), expected ${j.sha256}: refused`, 'protocol');
+  return { wire: blob.bytes };
 }
 
 /**
@@ -472,7 +492,7 @@ export async function pullLayer(
     const reader = await fs.promises.open(target, 'r');
     try {
       for (const j of jobs) {
-        const { wire } = await pullChunk(client, j, append, reader, sig);
+        const { wire } = await pullChunk(client, j, append, reader, staging, sig);
         stats.blobs++;
         stats.transferred++;
         stats.wireBytes += wire;
