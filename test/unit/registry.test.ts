@@ -137,6 +137,22 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     assert.deepEqual(logger.warnings, []);
   });
 
+  test('a pull hands over the sha256 of each single-chunk file, computed from its bytes as written; a file of several chunks is left to the caller', async () => {
+    const { t } = tier();
+    const dir = staging();
+    const verified = new Map<string, string>();
+    assert.equal(await t.restore(key, files, dir, verified), 'restored');
+    t.close();
+    const sha = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, f))).digest('hex');
+    // disk.qcow2 and seed.iso are several chunks of CHUNK; the others one each (efivars.qcow2 compressed).
+    const single = files.filter((f) => fs.statSync(path.join(src, f)).size <= CHUNK);
+    assert.deepEqual(single.sort(), ['efivars.qcow2', 'empty.bin', 'snap.manifest.json']);
+    assert.deepEqual([...verified.keys()].sort(), single);
+    for (const [f, hex] of verified) assert.equal(hex, sha(f), f);
+    // No temp file of a compressed blob is left beside the files.
+    assert.deepEqual(fs.readdirSync(dir).sort(), [...files].sort());
+  });
+
   test('an unknown key is a miss; a different file set is a miss with a warning; the tier stays on', async () => {
     const { t, logger } = tier();
     assert.equal(await t.restore('no-such-layer', files, staging()), 'miss');
