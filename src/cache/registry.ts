@@ -543,13 +543,28 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
       off.abort(err);
     } else log().warning(`${label}: ${op} of ${key} failed: ${errorMessage(err)}`);
   };
+  // Started while the host is set up: the connection and the pull token (a HEAD of a tag no one
+  // pushes), so the first restore does not wait for them. A registry down or refusing the token turns
+  // the tier off here, with the one warning; anything else is left to the first real call.
+  let warm: Promise<void> | undefined;
+  const warmUp = () =>
+    client.manifestExists('ryra-vm-warm-up', off.signal, 'pull').then(
+      () => undefined,
+      (err) => {
+        if (err instanceof RegistryError && err.kind !== 'protocol') fail('sign-in', ref.host, err);
+      },
+    );
   return {
     label,
     client,
     get on() {
       return !off.signal.aborted;
     },
+    prestart() {
+      warm ??= warmUp();
+    },
     async restore(key, files, staging, verified): Promise<RestoreResult> {
+      await warm;
       if (off.signal.aborted) return 'miss';
       try {
         const { result, stats } = await pullLayer(client, key, files, staging, transfer, verified);
@@ -564,6 +579,7 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
       }
     },
     async has(key) {
+      await warm;
       if (off.signal.aborted) return undefined;
       try {
         return await client.manifestExists(tagFor(key), off.signal, 'pull');
@@ -573,6 +589,7 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
       }
     },
     async save(key, files, dir): Promise<SaveResult> {
+      await warm;
       if (off.signal.aborted || pushRefused) return 'failed';
       try {
         if (await client.manifestExists(tagFor(key), off.signal, 'pull,push')) return 'exists';
