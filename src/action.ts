@@ -28,17 +28,11 @@ export async function runMain(): Promise<void> {
   setLogger(actionsLogger);
   try {
     const config = readConfig();
-    // The cache worker loads while the host is set up; ensureLayers closes the tiers, or this does.
+    // The tiers start (the cache worker loads, the registry signs in) and the SSH key is fetched
+    // while the host is set up; ensureLayers waits for the host, and closes the tiers.
     const tiers = openTiers(config);
-    let host;
-    try {
-      host = await setupHost(config);
-    } catch (err) {
-      for (const t of tiers) t.close();
-      throw err;
-    }
     // Layers a tier lacks are saved by the post step: the job's own steps do not wait for them.
-    const result = await ensureLayers(config, host, tiers, { deferSaves: true });
+    const result = await ensureLayers(config, setupHost(config), tiers, { deferSaves: true });
     const { outputs } = result;
     if (result.pending.length) {
       const file = path.join(result.runtimeDir, 'pending-saves.json');

@@ -344,7 +344,9 @@ export function openTiers(config: Config): RemoteTier[] {
  * Every layer this config needs. Under `kvm: auto`, a first boot that fails under KVM (QEMU exits
  * early, or the guest stalls) records the verdict, warns once, and the run goes on under TCG.
  */
-export async function ensureLayers(config: Config, host0: Host, tiers = openTiers(config), o: { deferSaves?: boolean } = {}): Promise<EnsureResult> {
+export async function ensureLayers(config: Config, hostSetup: Host | Promise<Host>, tiers = openTiers(config), o: { deferSaves?: boolean } = {}): Promise<EnsureResult> {
+  // The host may still be being set up: the SSH key needs none of it.
+  Promise.resolve(hostSetup).catch(() => {});
   const dir = config.cacheDir;
   fs.mkdirSync(dir, { recursive: true });
   cleanStaleTemps(dir);
@@ -353,7 +355,7 @@ export async function ensureLayers(config: Config, host0: Host, tiers = openTier
   const holder = process.env.GITHUB_ACTIONS === 'true' ? jobHolder(rt) : processHolder();
   try {
     const key = await withLayerLock(dir, CacheFiles.sshKey, 10 * 60_000, () => ensureSshKey(dir, tiers, config.cacheSave));
-    let host = host0;
+    let host = await hostSetup;
     for (;;) {
       try {
         const result = await ensureOnce(config, host, key, tiers, holder, rt);
