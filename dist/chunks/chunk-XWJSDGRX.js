@@ -6,6 +6,7 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   InputError,
+  JOB_ENV,
   Outputs,
   RuntimeFiles,
   State,
@@ -13,18 +14,22 @@ import {
   bootVm,
   ensureLayers,
   errorMessage,
+  forgetSshHosts,
   jobHolder,
   listVms,
   logTail,
-  openCacheTier,
+  newJobId,
+  openTiers,
   parseConfig,
   releaseHolder,
   setLogger,
   setupHost,
-  stopVm
-} from "./chunk-WP3WUWAF.js";
+  stopVm,
+  syncTiers
+} from "./chunk-BJISUMN7.js";
 import {
   addPath,
+  exportVariable,
   getInput,
   getState,
   group,
@@ -35,7 +40,7 @@ import {
   setSecret,
   summary,
   warning
-} from "./chunk-4G2R25J7.js";
+} from "./chunk-R3MNE3V3.js";
 
 // src/action.ts
 import * as fs from "node:fs";
@@ -68,30 +73,35 @@ function vmTable(vms) {
 }
 
 // src/action.ts
+function readConfig() {
+  const config = parseConfig((name) => getInput(name));
+  if (config.registryToken) setSecret(config.registryToken);
+  return config;
+}
 async function runMain() {
   setLogger(actionsLogger);
   try {
-    const config = parseConfig((name) => getInput(name));
-    const cache = openCacheTier(config);
-    let host;
-    try {
-      host = await setupHost(config);
-    } catch (err) {
-      cache?.close();
-      throw err;
-    }
-    const result = await ensureLayers(config, host, cache);
+    const config = readConfig();
+    const tiers = openTiers(config);
+    const result = await ensureLayers(config, setupHost(config), tiers, { deferSaves: true });
     const { outputs } = result;
+    if (result.pending.length) {
+      const file = path.join(result.runtimeDir, "pending-saves.json");
+      fs.writeFileSync(file, JSON.stringify(result.pending));
+      saveState(State.PendingSaves, file);
+    }
     for (const [name, value] of Object.entries(outputs)) setOutput(name, value);
     for (const line of fs.readFileSync(outputs[Outputs.SshKey], "utf8").split("\n")) if (line.length > 20 && !line.startsWith("-----")) setSecret(line);
     saveState(State.Manifest, outputs[Outputs.Manifest]);
     saveState(State.RuntimeDir, result.runtimeDir);
     saveState(State.CacheDir, config.cacheDir);
     addCliToPath(result.runtimeDir);
+    if (!process.env[JOB_ENV]) exportVariable(JOB_ENV, newJobId());
     const vms = [];
     for (const name of config.boot) {
-      const vm = await group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest] }));
-      info(`${vm.name}: ready in ${(vm.readyMs / 1e3).toFixed(1)} s (${vm.mode}), ssh ${vm.name} or ryra-vm ssh ${vm.name}`);
+      const vm = await group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest], forwards: config.forward[name] ?? [] }));
+      const fwd = vm.forwards.map((f) => `, 127.0.0.1:${f.host} \u2192 ${f.guest}`).join("");
+      info(`${vm.name}: ready in ${(vm.readyMs / 1e3).toFixed(1)} s (${vm.mode}), ssh ${vm.name} or ryra-vm ssh ${vm.name}${fwd}`);
       vms.push(vm);
     }
     await summary.addHeading("ryra-vm", 3).addRaw(summaryTable(result.record), true).write();
@@ -108,6 +118,18 @@ exec "${process.execPath}" "${cli}" "$@"
 `, { mode: 493 });
   addPath(bin);
 }
+async function savePending() {
+  const file = getState(State.PendingSaves);
+  if (!file || !fs.existsSync(file)) return;
+  const pending = JSON.parse(fs.readFileSync(file, "utf8"));
+  const tiers = openTiers(readConfig());
+  try {
+    const saved = await syncTiers(pending, tiers);
+    if (saved.length) info(`saved what the remote tiers lacked: ${saved.join(", ")}`);
+  } finally {
+    for (const t of tiers) t.close();
+  }
+}
 async function runPost() {
   setLogger(actionsLogger);
   try {
@@ -121,6 +143,8 @@ async function runPost() {
       await stopVm(vm);
       if (vm.running) info(`stopped VM ${vm.name} (left running by a later step)`);
     }
+    await forgetSshHosts();
+    await savePending();
     const cacheDir = getState(State.CacheDir);
     if (cacheDir && rt) releaseHolder(cacheDir, jobHolder(rt).id);
     if (vms.length) await summary.addHeading("ryra-vm: VMs", 3).addRaw(vmTable(vms), true).write();

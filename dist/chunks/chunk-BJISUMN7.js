@@ -12,12 +12,10 @@ import {
   debug,
   error,
   exec,
-  getHooks,
-  getKnobs,
   group,
   info,
   warning
-} from "./chunk-4G2R25J7.js";
+} from "./chunk-R3MNE3V3.js";
 
 // node_modules/graceful-fs/polyfills.js
 var require_polyfills = __commonJS({
@@ -45,54 +43,54 @@ var require_polyfills = __commonJS({
     }
     var chdir;
     module.exports = patch;
-    function patch(fs22) {
+    function patch(fs26) {
       if (constants3.hasOwnProperty("O_SYMLINK") && process.version.match(/^v0\.6\.[0-2]|^v0\.5\./)) {
-        patchLchmod(fs22);
+        patchLchmod(fs26);
       }
-      if (!fs22.lutimes) {
-        patchLutimes(fs22);
+      if (!fs26.lutimes) {
+        patchLutimes(fs26);
       }
-      fs22.chown = chownFix(fs22.chown);
-      fs22.fchown = chownFix(fs22.fchown);
-      fs22.lchown = chownFix(fs22.lchown);
-      fs22.chmod = chmodFix(fs22.chmod);
-      fs22.fchmod = chmodFix(fs22.fchmod);
-      fs22.lchmod = chmodFix(fs22.lchmod);
-      fs22.chownSync = chownFixSync(fs22.chownSync);
-      fs22.fchownSync = chownFixSync(fs22.fchownSync);
-      fs22.lchownSync = chownFixSync(fs22.lchownSync);
-      fs22.chmodSync = chmodFixSync(fs22.chmodSync);
-      fs22.fchmodSync = chmodFixSync(fs22.fchmodSync);
-      fs22.lchmodSync = chmodFixSync(fs22.lchmodSync);
-      fs22.stat = statFix(fs22.stat);
-      fs22.fstat = statFix(fs22.fstat);
-      fs22.lstat = statFix(fs22.lstat);
-      fs22.statSync = statFixSync(fs22.statSync);
-      fs22.fstatSync = statFixSync(fs22.fstatSync);
-      fs22.lstatSync = statFixSync(fs22.lstatSync);
-      if (fs22.chmod && !fs22.lchmod) {
-        fs22.lchmod = function(path20, mode, cb) {
+      fs26.chown = chownFix(fs26.chown);
+      fs26.fchown = chownFix(fs26.fchown);
+      fs26.lchown = chownFix(fs26.lchown);
+      fs26.chmod = chmodFix(fs26.chmod);
+      fs26.fchmod = chmodFix(fs26.fchmod);
+      fs26.lchmod = chmodFix(fs26.lchmod);
+      fs26.chownSync = chownFixSync(fs26.chownSync);
+      fs26.fchownSync = chownFixSync(fs26.fchownSync);
+      fs26.lchownSync = chownFixSync(fs26.lchownSync);
+      fs26.chmodSync = chmodFixSync(fs26.chmodSync);
+      fs26.fchmodSync = chmodFixSync(fs26.fchmodSync);
+      fs26.lchmodSync = chmodFixSync(fs26.lchmodSync);
+      fs26.stat = statFix(fs26.stat);
+      fs26.fstat = statFix(fs26.fstat);
+      fs26.lstat = statFix(fs26.lstat);
+      fs26.statSync = statFixSync(fs26.statSync);
+      fs26.fstatSync = statFixSync(fs26.fstatSync);
+      fs26.lstatSync = statFixSync(fs26.lstatSync);
+      if (fs26.chmod && !fs26.lchmod) {
+        fs26.lchmod = function(path23, mode, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs22.lchmodSync = function() {
+        fs26.lchmodSync = function() {
         };
       }
-      if (fs22.chown && !fs22.lchown) {
-        fs22.lchown = function(path20, uid, gid, cb) {
+      if (fs26.chown && !fs26.lchown) {
+        fs26.lchown = function(path23, uid, gid, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs22.lchownSync = function() {
+        fs26.lchownSync = function() {
         };
       }
       if (platform === "win32") {
-        fs22.rename = typeof fs22.rename !== "function" ? fs22.rename : (function(fs$rename) {
+        fs26.rename = typeof fs26.rename !== "function" ? fs26.rename : (function(fs$rename) {
           function rename(from, to, cb) {
             var start = Date.now();
             var backoff = 0;
             fs$rename(from, to, function CB(er) {
               if (er && (er.code === "EACCES" || er.code === "EPERM" || er.code === "EBUSY") && Date.now() - start < 6e4) {
                 setTimeout(function() {
-                  fs22.stat(to, function(stater, st) {
+                  fs26.stat(to, function(stater, st) {
                     if (stater && stater.code === "ENOENT")
                       fs$rename(from, to, CB);
                     else
@@ -108,9 +106,9 @@ var require_polyfills = __commonJS({
           }
           if (Object.setPrototypeOf) Object.setPrototypeOf(rename, fs$rename);
           return rename;
-        })(fs22.rename);
+        })(fs26.rename);
       }
-      fs22.read = typeof fs22.read !== "function" ? fs22.read : (function(fs$read) {
+      fs26.read = typeof fs26.read !== "function" ? fs26.read : (function(fs$read) {
         function read(fd, buffer, offset, length, position, callback_) {
           var callback;
           if (callback_ && typeof callback_ === "function") {
@@ -118,22 +116,22 @@ var require_polyfills = __commonJS({
             callback = function(er, _, __) {
               if (er && er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
-                return fs$read.call(fs22, fd, buffer, offset, length, position, callback);
+                return fs$read.call(fs26, fd, buffer, offset, length, position, callback);
               }
               callback_.apply(this, arguments);
             };
           }
-          return fs$read.call(fs22, fd, buffer, offset, length, position, callback);
+          return fs$read.call(fs26, fd, buffer, offset, length, position, callback);
         }
         if (Object.setPrototypeOf) Object.setPrototypeOf(read, fs$read);
         return read;
-      })(fs22.read);
-      fs22.readSync = typeof fs22.readSync !== "function" ? fs22.readSync : /* @__PURE__ */ (function(fs$readSync) {
+      })(fs26.read);
+      fs26.readSync = typeof fs26.readSync !== "function" ? fs26.readSync : /* @__PURE__ */ (function(fs$readSync) {
         return function(fd, buffer, offset, length, position) {
           var eagCounter = 0;
           while (true) {
             try {
-              return fs$readSync.call(fs22, fd, buffer, offset, length, position);
+              return fs$readSync.call(fs26, fd, buffer, offset, length, position);
             } catch (er) {
               if (er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
@@ -143,11 +141,11 @@ var require_polyfills = __commonJS({
             }
           }
         };
-      })(fs22.readSync);
-      function patchLchmod(fs23) {
-        fs23.lchmod = function(path20, mode, callback) {
-          fs23.open(
-            path20,
+      })(fs26.readSync);
+      function patchLchmod(fs27) {
+        fs27.lchmod = function(path23, mode, callback) {
+          fs27.open(
+            path23,
             constants3.O_WRONLY | constants3.O_SYMLINK,
             mode,
             function(err, fd) {
@@ -155,80 +153,80 @@ var require_polyfills = __commonJS({
                 if (callback) callback(err);
                 return;
               }
-              fs23.fchmod(fd, mode, function(err2) {
-                fs23.close(fd, function(err22) {
+              fs27.fchmod(fd, mode, function(err2) {
+                fs27.close(fd, function(err22) {
                   if (callback) callback(err2 || err22);
                 });
               });
             }
           );
         };
-        fs23.lchmodSync = function(path20, mode) {
-          var fd = fs23.openSync(path20, constants3.O_WRONLY | constants3.O_SYMLINK, mode);
+        fs27.lchmodSync = function(path23, mode) {
+          var fd = fs27.openSync(path23, constants3.O_WRONLY | constants3.O_SYMLINK, mode);
           var threw = true;
           var ret;
           try {
-            ret = fs23.fchmodSync(fd, mode);
+            ret = fs27.fchmodSync(fd, mode);
             threw = false;
           } finally {
             if (threw) {
               try {
-                fs23.closeSync(fd);
+                fs27.closeSync(fd);
               } catch (er) {
               }
             } else {
-              fs23.closeSync(fd);
+              fs27.closeSync(fd);
             }
           }
           return ret;
         };
       }
-      function patchLutimes(fs23) {
-        if (constants3.hasOwnProperty("O_SYMLINK") && fs23.futimes) {
-          fs23.lutimes = function(path20, at, mt, cb) {
-            fs23.open(path20, constants3.O_SYMLINK, function(er, fd) {
+      function patchLutimes(fs27) {
+        if (constants3.hasOwnProperty("O_SYMLINK") && fs27.futimes) {
+          fs27.lutimes = function(path23, at, mt, cb) {
+            fs27.open(path23, constants3.O_SYMLINK, function(er, fd) {
               if (er) {
                 if (cb) cb(er);
                 return;
               }
-              fs23.futimes(fd, at, mt, function(er2) {
-                fs23.close(fd, function(er22) {
+              fs27.futimes(fd, at, mt, function(er2) {
+                fs27.close(fd, function(er22) {
                   if (cb) cb(er2 || er22);
                 });
               });
             });
           };
-          fs23.lutimesSync = function(path20, at, mt) {
-            var fd = fs23.openSync(path20, constants3.O_SYMLINK);
+          fs27.lutimesSync = function(path23, at, mt) {
+            var fd = fs27.openSync(path23, constants3.O_SYMLINK);
             var ret;
             var threw = true;
             try {
-              ret = fs23.futimesSync(fd, at, mt);
+              ret = fs27.futimesSync(fd, at, mt);
               threw = false;
             } finally {
               if (threw) {
                 try {
-                  fs23.closeSync(fd);
+                  fs27.closeSync(fd);
                 } catch (er) {
                 }
               } else {
-                fs23.closeSync(fd);
+                fs27.closeSync(fd);
               }
             }
             return ret;
           };
-        } else if (fs23.futimes) {
-          fs23.lutimes = function(_a, _b, _c, cb) {
+        } else if (fs27.futimes) {
+          fs27.lutimes = function(_a, _b, _c, cb) {
             if (cb) process.nextTick(cb);
           };
-          fs23.lutimesSync = function() {
+          fs27.lutimesSync = function() {
           };
         }
       }
       function chmodFix(orig) {
         if (!orig) return orig;
         return function(target, mode, cb) {
-          return orig.call(fs22, target, mode, function(er) {
+          return orig.call(fs26, target, mode, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -238,7 +236,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, mode) {
           try {
-            return orig.call(fs22, target, mode);
+            return orig.call(fs26, target, mode);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -247,7 +245,7 @@ var require_polyfills = __commonJS({
       function chownFix(orig) {
         if (!orig) return orig;
         return function(target, uid, gid, cb) {
-          return orig.call(fs22, target, uid, gid, function(er) {
+          return orig.call(fs26, target, uid, gid, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -257,7 +255,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, uid, gid) {
           try {
-            return orig.call(fs22, target, uid, gid);
+            return orig.call(fs26, target, uid, gid);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -277,13 +275,13 @@ var require_polyfills = __commonJS({
             }
             if (cb) cb.apply(this, arguments);
           }
-          return options ? orig.call(fs22, target, options, callback) : orig.call(fs22, target, callback);
+          return options ? orig.call(fs26, target, options, callback) : orig.call(fs26, target, callback);
         };
       }
       function statFixSync(orig) {
         if (!orig) return orig;
         return function(target, options) {
-          var stats = options ? orig.call(fs22, target, options) : orig.call(fs22, target);
+          var stats = options ? orig.call(fs26, target, options) : orig.call(fs26, target);
           if (stats) {
             if (stats.uid < 0) stats.uid += 4294967296;
             if (stats.gid < 0) stats.gid += 4294967296;
@@ -312,16 +310,16 @@ var require_legacy_streams = __commonJS({
   "node_modules/graceful-fs/legacy-streams.js"(exports, module) {
     var Stream = __require("stream").Stream;
     module.exports = legacy;
-    function legacy(fs22) {
+    function legacy(fs26) {
       return {
         ReadStream,
         WriteStream
       };
-      function ReadStream(path20, options) {
-        if (!(this instanceof ReadStream)) return new ReadStream(path20, options);
+      function ReadStream(path23, options) {
+        if (!(this instanceof ReadStream)) return new ReadStream(path23, options);
         Stream.call(this);
         var self2 = this;
-        this.path = path20;
+        this.path = path23;
         this.fd = null;
         this.readable = true;
         this.paused = false;
@@ -355,7 +353,7 @@ var require_legacy_streams = __commonJS({
           });
           return;
         }
-        fs22.open(this.path, this.flags, this.mode, function(err, fd) {
+        fs26.open(this.path, this.flags, this.mode, function(err, fd) {
           if (err) {
             self2.emit("error", err);
             self2.readable = false;
@@ -366,10 +364,10 @@ var require_legacy_streams = __commonJS({
           self2._read();
         });
       }
-      function WriteStream(path20, options) {
-        if (!(this instanceof WriteStream)) return new WriteStream(path20, options);
+      function WriteStream(path23, options) {
+        if (!(this instanceof WriteStream)) return new WriteStream(path23, options);
         Stream.call(this);
-        this.path = path20;
+        this.path = path23;
         this.fd = null;
         this.writable = true;
         this.flags = "w";
@@ -394,7 +392,7 @@ var require_legacy_streams = __commonJS({
         this.busy = false;
         this._queue = [];
         if (this.fd === null) {
-          this._open = fs22.open;
+          this._open = fs26.open;
           this._queue.push([this._open, this.path, this.flags, this.mode, void 0]);
           this.flush();
         }
@@ -429,7 +427,7 @@ var require_clone = __commonJS({
 // node_modules/graceful-fs/graceful-fs.js
 var require_graceful_fs = __commonJS({
   "node_modules/graceful-fs/graceful-fs.js"(exports, module) {
-    var fs22 = __require("fs");
+    var fs26 = __require("fs");
     var polyfills = require_polyfills();
     var legacy = require_legacy_streams();
     var clone = require_clone();
@@ -461,12 +459,12 @@ var require_graceful_fs = __commonJS({
         m = "GFS4: " + m.split(/\n/).join("\nGFS4: ");
         console.error(m);
       };
-    if (!fs22[gracefulQueue]) {
+    if (!fs26[gracefulQueue]) {
       queue = global[gracefulQueue] || [];
-      publishQueue(fs22, queue);
-      fs22.close = (function(fs$close) {
+      publishQueue(fs26, queue);
+      fs26.close = (function(fs$close) {
         function close(fd, cb) {
-          return fs$close.call(fs22, fd, function(err) {
+          return fs$close.call(fs26, fd, function(err) {
             if (!err) {
               resetQueue();
             }
@@ -478,48 +476,48 @@ var require_graceful_fs = __commonJS({
           value: fs$close
         });
         return close;
-      })(fs22.close);
-      fs22.closeSync = (function(fs$closeSync) {
-        function closeSync3(fd) {
-          fs$closeSync.apply(fs22, arguments);
+      })(fs26.close);
+      fs26.closeSync = (function(fs$closeSync) {
+        function closeSync4(fd) {
+          fs$closeSync.apply(fs26, arguments);
           resetQueue();
         }
-        Object.defineProperty(closeSync3, previousSymbol, {
+        Object.defineProperty(closeSync4, previousSymbol, {
           value: fs$closeSync
         });
-        return closeSync3;
-      })(fs22.closeSync);
+        return closeSync4;
+      })(fs26.closeSync);
       if (/\bgfs4\b/i.test(process.env.NODE_DEBUG || "")) {
         process.on("exit", function() {
-          debug2(fs22[gracefulQueue]);
-          __require("assert").equal(fs22[gracefulQueue].length, 0);
+          debug2(fs26[gracefulQueue]);
+          __require("assert").equal(fs26[gracefulQueue].length, 0);
         });
       }
     }
     var queue;
     if (!global[gracefulQueue]) {
-      publishQueue(global, fs22[gracefulQueue]);
+      publishQueue(global, fs26[gracefulQueue]);
     }
-    module.exports = patch(clone(fs22));
-    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs22.__patched) {
-      module.exports = patch(fs22);
-      fs22.__patched = true;
+    module.exports = patch(clone(fs26));
+    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs26.__patched) {
+      module.exports = patch(fs26);
+      fs26.__patched = true;
     }
-    function patch(fs23) {
-      polyfills(fs23);
-      fs23.gracefulify = patch;
-      fs23.createReadStream = createReadStream3;
-      fs23.createWriteStream = createWriteStream2;
-      var fs$readFile = fs23.readFile;
-      fs23.readFile = readFile;
-      function readFile(path20, options, cb) {
+    function patch(fs27) {
+      polyfills(fs27);
+      fs27.gracefulify = patch;
+      fs27.createReadStream = createReadStream4;
+      fs27.createWriteStream = createWriteStream3;
+      var fs$readFile = fs27.readFile;
+      fs27.readFile = readFile;
+      function readFile(path23, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        return go$readFile(path20, options, cb);
-        function go$readFile(path21, options2, cb2, startTime) {
-          return fs$readFile(path21, options2, function(err) {
+        return go$readFile(path23, options, cb);
+        function go$readFile(path24, options2, cb2, startTime) {
+          return fs$readFile(path24, options2, function(err) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$readFile, [path21, options2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$readFile, [path24, options2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -527,16 +525,16 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$writeFile = fs23.writeFile;
-      fs23.writeFile = writeFile;
-      function writeFile(path20, data, options, cb) {
+      var fs$writeFile = fs27.writeFile;
+      fs27.writeFile = writeFile;
+      function writeFile(path23, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        return go$writeFile(path20, data, options, cb);
-        function go$writeFile(path21, data2, options2, cb2, startTime) {
-          return fs$writeFile(path21, data2, options2, function(err) {
+        return go$writeFile(path23, data, options, cb);
+        function go$writeFile(path24, data2, options2, cb2, startTime) {
+          return fs$writeFile(path24, data2, options2, function(err) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$writeFile, [path21, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$writeFile, [path24, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -544,17 +542,17 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$appendFile = fs23.appendFile;
+      var fs$appendFile = fs27.appendFile;
       if (fs$appendFile)
-        fs23.appendFile = appendFile;
-      function appendFile(path20, data, options, cb) {
+        fs27.appendFile = appendFile;
+      function appendFile(path23, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        return go$appendFile(path20, data, options, cb);
-        function go$appendFile(path21, data2, options2, cb2, startTime) {
-          return fs$appendFile(path21, data2, options2, function(err) {
+        return go$appendFile(path23, data, options, cb);
+        function go$appendFile(path24, data2, options2, cb2, startTime) {
+          return fs$appendFile(path24, data2, options2, function(err) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$appendFile, [path21, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$appendFile, [path24, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -562,9 +560,9 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$copyFile = fs23.copyFile;
+      var fs$copyFile = fs27.copyFile;
       if (fs$copyFile)
-        fs23.copyFile = copyFile2;
+        fs27.copyFile = copyFile2;
       function copyFile2(src, dest, flags, cb) {
         if (typeof flags === "function") {
           cb = flags;
@@ -582,34 +580,34 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$readdir = fs23.readdir;
-      fs23.readdir = readdir;
+      var fs$readdir = fs27.readdir;
+      fs27.readdir = readdir;
       var noReaddirOptionVersions = /^v[0-5]\./;
-      function readdir(path20, options, cb) {
+      function readdir(path23, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        var go$readdir = noReaddirOptionVersions.test(process.version) ? function go$readdir2(path21, options2, cb2, startTime) {
-          return fs$readdir(path21, fs$readdirCallback(
-            path21,
+        var go$readdir = noReaddirOptionVersions.test(process.version) ? function go$readdir2(path24, options2, cb2, startTime) {
+          return fs$readdir(path24, fs$readdirCallback(
+            path24,
             options2,
             cb2,
             startTime
           ));
-        } : function go$readdir2(path21, options2, cb2, startTime) {
-          return fs$readdir(path21, options2, fs$readdirCallback(
-            path21,
+        } : function go$readdir2(path24, options2, cb2, startTime) {
+          return fs$readdir(path24, options2, fs$readdirCallback(
+            path24,
             options2,
             cb2,
             startTime
           ));
         };
-        return go$readdir(path20, options, cb);
-        function fs$readdirCallback(path21, options2, cb2, startTime) {
+        return go$readdir(path23, options, cb);
+        function fs$readdirCallback(path24, options2, cb2, startTime) {
           return function(err, files) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
               enqueue([
                 go$readdir,
-                [path21, options2, cb2],
+                [path24, options2, cb2],
                 err,
                 startTime || Date.now(),
                 Date.now()
@@ -624,21 +622,21 @@ var require_graceful_fs = __commonJS({
         }
       }
       if (process.version.substr(0, 4) === "v0.8") {
-        var legStreams = legacy(fs23);
+        var legStreams = legacy(fs27);
         ReadStream = legStreams.ReadStream;
         WriteStream = legStreams.WriteStream;
       }
-      var fs$ReadStream = fs23.ReadStream;
+      var fs$ReadStream = fs27.ReadStream;
       if (fs$ReadStream) {
         ReadStream.prototype = Object.create(fs$ReadStream.prototype);
         ReadStream.prototype.open = ReadStream$open;
       }
-      var fs$WriteStream = fs23.WriteStream;
+      var fs$WriteStream = fs27.WriteStream;
       if (fs$WriteStream) {
         WriteStream.prototype = Object.create(fs$WriteStream.prototype);
         WriteStream.prototype.open = WriteStream$open;
       }
-      Object.defineProperty(fs23, "ReadStream", {
+      Object.defineProperty(fs27, "ReadStream", {
         get: function() {
           return ReadStream;
         },
@@ -648,7 +646,7 @@ var require_graceful_fs = __commonJS({
         enumerable: true,
         configurable: true
       });
-      Object.defineProperty(fs23, "WriteStream", {
+      Object.defineProperty(fs27, "WriteStream", {
         get: function() {
           return WriteStream;
         },
@@ -659,7 +657,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileReadStream = ReadStream;
-      Object.defineProperty(fs23, "FileReadStream", {
+      Object.defineProperty(fs27, "FileReadStream", {
         get: function() {
           return FileReadStream;
         },
@@ -670,7 +668,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileWriteStream = WriteStream;
-      Object.defineProperty(fs23, "FileWriteStream", {
+      Object.defineProperty(fs27, "FileWriteStream", {
         get: function() {
           return FileWriteStream;
         },
@@ -680,7 +678,7 @@ var require_graceful_fs = __commonJS({
         enumerable: true,
         configurable: true
       });
-      function ReadStream(path20, options) {
+      function ReadStream(path23, options) {
         if (this instanceof ReadStream)
           return fs$ReadStream.apply(this, arguments), this;
         else
@@ -700,7 +698,7 @@ var require_graceful_fs = __commonJS({
           }
         });
       }
-      function WriteStream(path20, options) {
+      function WriteStream(path23, options) {
         if (this instanceof WriteStream)
           return fs$WriteStream.apply(this, arguments), this;
         else
@@ -718,22 +716,22 @@ var require_graceful_fs = __commonJS({
           }
         });
       }
-      function createReadStream3(path20, options) {
-        return new fs23.ReadStream(path20, options);
+      function createReadStream4(path23, options) {
+        return new fs27.ReadStream(path23, options);
       }
-      function createWriteStream2(path20, options) {
-        return new fs23.WriteStream(path20, options);
+      function createWriteStream3(path23, options) {
+        return new fs27.WriteStream(path23, options);
       }
-      var fs$open = fs23.open;
-      fs23.open = open;
-      function open(path20, flags, mode, cb) {
+      var fs$open = fs27.open;
+      fs27.open = open;
+      function open(path23, flags, mode, cb) {
         if (typeof mode === "function")
           cb = mode, mode = null;
-        return go$open(path20, flags, mode, cb);
-        function go$open(path21, flags2, mode2, cb2, startTime) {
-          return fs$open(path21, flags2, mode2, function(err, fd) {
+        return go$open(path23, flags, mode, cb);
+        function go$open(path24, flags2, mode2, cb2, startTime) {
+          return fs$open(path24, flags2, mode2, function(err, fd) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$open, [path21, flags2, mode2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$open, [path24, flags2, mode2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -741,20 +739,20 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      return fs23;
+      return fs27;
     }
     function enqueue(elem) {
       debug2("ENQUEUE", elem[0].name, elem[1]);
-      fs22[gracefulQueue].push(elem);
+      fs26[gracefulQueue].push(elem);
       retry2();
     }
     var retryTimer;
     function resetQueue() {
       var now = Date.now();
-      for (var i = 0; i < fs22[gracefulQueue].length; ++i) {
-        if (fs22[gracefulQueue][i].length > 2) {
-          fs22[gracefulQueue][i][3] = now;
-          fs22[gracefulQueue][i][4] = now;
+      for (var i = 0; i < fs26[gracefulQueue].length; ++i) {
+        if (fs26[gracefulQueue][i].length > 2) {
+          fs26[gracefulQueue][i][3] = now;
+          fs26[gracefulQueue][i][4] = now;
         }
       }
       retry2();
@@ -762,9 +760,9 @@ var require_graceful_fs = __commonJS({
     function retry2() {
       clearTimeout(retryTimer);
       retryTimer = void 0;
-      if (fs22[gracefulQueue].length === 0)
+      if (fs26[gracefulQueue].length === 0)
         return;
-      var elem = fs22[gracefulQueue].shift();
+      var elem = fs26[gracefulQueue].shift();
       var fn = elem[0];
       var args = elem[1];
       var err = elem[2];
@@ -786,7 +784,7 @@ var require_graceful_fs = __commonJS({
           debug2("RETRY", fn.name, args);
           fn.apply(null, args.concat([startTime]));
         } else {
-          fs22[gracefulQueue].push(elem);
+          fs26[gracefulQueue].push(elem);
         }
       }
       if (retryTimer === void 0) {
@@ -1221,10 +1219,10 @@ var require_mtime_precision = __commonJS({
   "node_modules/proper-lockfile/lib/mtime-precision.js"(exports, module) {
     "use strict";
     var cacheSymbol = /* @__PURE__ */ Symbol();
-    function probe(file, fs22, callback) {
-      const cachedPrecision = fs22[cacheSymbol];
+    function probe(file, fs26, callback) {
+      const cachedPrecision = fs26[cacheSymbol];
       if (cachedPrecision) {
-        return fs22.stat(file, (err, stat) => {
+        return fs26.stat(file, (err, stat) => {
           if (err) {
             return callback(err);
           }
@@ -1232,16 +1230,16 @@ var require_mtime_precision = __commonJS({
         });
       }
       const mtime = new Date(Math.ceil(Date.now() / 1e3) * 1e3 + 5);
-      fs22.utimes(file, mtime, mtime, (err) => {
+      fs26.utimes(file, mtime, mtime, (err) => {
         if (err) {
           return callback(err);
         }
-        fs22.stat(file, (err2, stat) => {
+        fs26.stat(file, (err2, stat) => {
           if (err2) {
             return callback(err2);
           }
           const precision = stat.mtime.getTime() % 1e3 === 0 ? "s" : "ms";
-          Object.defineProperty(fs22, cacheSymbol, { value: precision });
+          Object.defineProperty(fs26, cacheSymbol, { value: precision });
           callback(null, stat.mtime, precision);
         });
       });
@@ -1262,8 +1260,8 @@ var require_mtime_precision = __commonJS({
 var require_lockfile = __commonJS({
   "node_modules/proper-lockfile/lib/lockfile.js"(exports, module) {
     "use strict";
-    var path20 = __require("path");
-    var fs22 = require_graceful_fs();
+    var path23 = __require("path");
+    var fs26 = require_graceful_fs();
     var retry2 = require_retry2();
     var onExit = require_signal_exit();
     var mtimePrecision = require_mtime_precision();
@@ -1273,7 +1271,7 @@ var require_lockfile = __commonJS({
     }
     function resolveCanonicalPath(file, options, callback) {
       if (!options.realpath) {
-        return callback(null, path20.resolve(file));
+        return callback(null, path23.resolve(file));
       }
       options.fs.realpath(file, callback);
     }
@@ -1394,7 +1392,7 @@ var require_lockfile = __commonJS({
         update: null,
         realpath: true,
         retries: 0,
-        fs: fs22,
+        fs: fs26,
         onCompromised: (err) => {
           throw err;
         },
@@ -1438,7 +1436,7 @@ var require_lockfile = __commonJS({
     }
     function unlock(file, options, callback) {
       options = {
-        fs: fs22,
+        fs: fs26,
         realpath: true,
         ...options
       };
@@ -1460,7 +1458,7 @@ var require_lockfile = __commonJS({
       options = {
         stale: 1e4,
         realpath: true,
-        fs: fs22,
+        fs: fs26,
         ...options
       };
       options.stale = Math.max(options.stale || 0, 2e3);
@@ -1499,16 +1497,16 @@ var require_lockfile = __commonJS({
 var require_adapter = __commonJS({
   "node_modules/proper-lockfile/lib/adapter.js"(exports, module) {
     "use strict";
-    var fs22 = require_graceful_fs();
-    function createSyncFs(fs23) {
+    var fs26 = require_graceful_fs();
+    function createSyncFs(fs27) {
       const methods = ["mkdir", "realpath", "stat", "rmdir", "utimes"];
-      const newFs = { ...fs23 };
+      const newFs = { ...fs27 };
       methods.forEach((method) => {
         newFs[method] = (...args) => {
           const callback = args.pop();
           let ret;
           try {
-            ret = fs23[`${method}Sync`](...args);
+            ret = fs27[`${method}Sync`](...args);
           } catch (err) {
             return callback(err);
           }
@@ -1546,7 +1544,7 @@ var require_adapter = __commonJS({
     }
     function toSyncOptions(options) {
       options = { ...options };
-      options.fs = createSyncFs(options.fs || fs22);
+      options.fs = createSyncFs(options.fs || fs26);
       if (typeof options.retries === "number" && options.retries > 0 || options.retries && typeof options.retries.retries === "number" && options.retries.retries > 0) {
         throw Object.assign(new Error("Cannot use retries with the sync api"), { code: "ESYNC" });
       }
@@ -4074,29 +4072,29 @@ var require_nacl_fast = __commonJS({
         return smlen;
       }
       function unpackneg(r, p) {
-        var t = gf(), chk = gf(), num = gf(), den = gf(), den2 = gf(), den4 = gf(), den6 = gf();
+        var t = gf(), chk = gf(), num2 = gf(), den = gf(), den2 = gf(), den4 = gf(), den6 = gf();
         set25519(r[2], gf1);
         unpack25519(r[1], p);
-        S(num, r[1]);
-        M(den, num, D);
-        Z(num, num, r[2]);
+        S(num2, r[1]);
+        M(den, num2, D);
+        Z(num2, num2, r[2]);
         A(den, r[2], den);
         S(den2, den);
         S(den4, den2);
         M(den6, den4, den2);
-        M(t, den6, num);
+        M(t, den6, num2);
         M(t, t, den);
         pow2523(t, t);
-        M(t, t, num);
+        M(t, t, num2);
         M(t, t, den);
         M(t, t, den);
         M(r[0], t, den);
         S(chk, r[0]);
         M(chk, chk, den);
-        if (neq25519(chk, num)) M(r[0], r[0], I);
+        if (neq25519(chk, num2)) M(r[0], r[0], I);
         S(chk, r[0]);
         M(chk, chk, den);
-        if (neq25519(chk, num)) return -1;
+        if (neq25519(chk, num2)) return -1;
         if (par25519(r[0]) === p[31] >> 7) Z(r[0], gf0, r[0]);
         M(r[3], r[0], r[1]);
         return 0;
@@ -4356,22 +4354,22 @@ var require_nacl_fast = __commonJS({
         randombytes = fn;
       };
       (function() {
-        var crypto = typeof self !== "undefined" ? self.crypto || self.msCrypto : null;
-        if (crypto && crypto.getRandomValues) {
+        var crypto3 = typeof self !== "undefined" ? self.crypto || self.msCrypto : null;
+        if (crypto3 && crypto3.getRandomValues) {
           var QUOTA = 65536;
           nacl.setPRNG(function(x, n) {
             var i, v = new Uint8Array(n);
             for (i = 0; i < n; i += QUOTA) {
-              crypto.getRandomValues(v.subarray(i, i + Math.min(n - i, QUOTA)));
+              crypto3.getRandomValues(v.subarray(i, i + Math.min(n - i, QUOTA)));
             }
             for (i = 0; i < n; i++) x[i] = v[i];
             cleanup(v);
           });
         } else if (typeof __require !== "undefined") {
-          crypto = __require("crypto");
-          if (crypto && crypto.randomBytes) {
+          crypto3 = __require("crypto");
+          if (crypto3 && crypto3.randomBytes) {
             nacl.setPRNG(function(x, n) {
-              var i, v = crypto.randomBytes(n);
+              var i, v = crypto3.randomBytes(n);
               for (i = 0; i < n; i++) x[i] = v[i];
               cleanup(v);
             });
@@ -5648,7 +5646,7 @@ var require_lib2 = __commonJS({
 var require_constants = __commonJS({
   "node_modules/ssh2/lib/protocol/constants.js"(exports, module) {
     "use strict";
-    var crypto = __require("crypto");
+    var crypto3 = __require("crypto");
     var cpuInfo;
     try {
       cpuInfo = require_lib2()();
@@ -5656,21 +5654,21 @@ var require_constants = __commonJS({
     }
     var { bindingAvailable, CIPHER_INFO, MAC_INFO } = require_crypto();
     var eddsaSupported = (() => {
-      if (typeof crypto.sign === "function" && typeof crypto.verify === "function") {
+      if (typeof crypto3.sign === "function" && typeof crypto3.verify === "function") {
         const key = "-----BEGIN PRIVATE KEY-----\r\nMC4CAQAwBQYDK2VwBCIEIHKj+sVa9WcD/q2DJUJaf43Kptc8xYuUQA4bOFj9vC8T\r\n-----END PRIVATE KEY-----";
         const data = Buffer.from("a");
         let sig;
         let verified;
         try {
-          sig = crypto.sign(null, data, key);
-          verified = crypto.verify(null, data, key, sig);
+          sig = crypto3.sign(null, data, key);
+          verified = crypto3.verify(null, data, key, sig);
         } catch {
         }
         return Buffer.isBuffer(sig) && sig.length === 64 && verified === true;
       }
       return false;
     })();
-    var curve25519Supported = typeof crypto.diffieHellman === "function" && typeof crypto.generateKeyPairSync === "function" && typeof crypto.createPublicKey === "function";
+    var curve25519Supported = typeof crypto3.diffieHellman === "function" && typeof crypto3.generateKeyPairSync === "function" && typeof crypto3.createPublicKey === "function";
     var DEFAULT_KEX = [
       // https://tools.ietf.org/html/rfc5656#section-10.1
       "ecdh-sha2-nistp256",
@@ -5713,7 +5711,7 @@ var require_constants = __commonJS({
       "ssh-dss"
     ]);
     var canUseCipher = (() => {
-      const ciphers = crypto.getCiphers();
+      const ciphers = crypto3.getCiphers();
       return (name) => ciphers.includes(CIPHER_INFO[name].sslName);
     })();
     var DEFAULT_CIPHER = [
@@ -5751,7 +5749,7 @@ var require_constants = __commonJS({
       "arcfour"
     ].filter(canUseCipher));
     var canUseMAC = (() => {
-      const hashes = crypto.getHashes();
+      const hashes = crypto3.getHashes();
       return (name) => hashes.includes(MAC_INFO[name].sslName);
     })();
     var DEFAULT_MAC = [
@@ -8112,7 +8110,7 @@ var require_keyParser = __commonJS({
     var {
       createDecipheriv,
       createECDH,
-      createHash: createHash2,
+      createHash: createHash3,
       createHmac,
       createSign,
       createVerify,
@@ -8800,11 +8798,11 @@ ${formatted}-----END ${type} KEY-----`;
                 );
               }
               const ivSlice = bufferSlice(cipherIV, 0, 8);
-              let cipherKey = createHash2("md5").update(passphrase).update(ivSlice).digest();
+              let cipherKey = createHash3("md5").update(passphrase).update(ivSlice).digest();
               while (cipherKey.length < encInfo.keyLen) {
                 cipherKey = combineBuffers(
                   cipherKey,
-                  createHash2("md5").update(cipherKey).update(passphrase).update(ivSlice).digest()
+                  createHash3("md5").update(cipherKey).update(passphrase).update(ivSlice).digest()
                 );
               }
               if (cipherKey.length > encInfo.keyLen)
@@ -8969,8 +8967,8 @@ ${formatted}-----END ${type} KEY-----`;
         if (encrypted) {
           const encInfo = CIPHER_INFO[cipherName];
           let cipherKey = combineBuffers(
-            createHash2("sha1").update(PPK_PP1).update(passphrase).digest(),
-            createHash2("sha1").update(PPK_PP2).update(passphrase).digest()
+            createHash3("sha1").update(PPK_PP1).update(passphrase).digest(),
+            createHash3("sha1").update(PPK_PP2).update(passphrase).digest()
           );
           if (cipherKey.length > encInfo.keyLen)
             cipherKey = bufferSlice(cipherKey, 0, encInfo.keyLen);
@@ -9010,7 +9008,7 @@ ${formatted}-----END ${type} KEY-----`;
           passphrase = EMPTY_PASSPHRASE;
         const calcMAC = createHmac(
           "sha1",
-          createHash2("sha1").update("putty-private-key-file-mac-key").update(passphrase).digest()
+          createHash3("sha1").update("putty-private-key-file-mac-key").update(passphrase).digest()
         ).update(macData).digest("hex");
         if (calcMAC !== mac) {
           if (encrypted) {
@@ -9354,7 +9352,7 @@ var require_agent = __commonJS({
     var { Duplex } = __require("stream");
     var { resolve: resolve7 } = __require("path");
     var { readFile } = __require("fs");
-    var { execFile, spawn: spawn5 } = __require("child_process");
+    var { execFile, spawn: spawn7 } = __require("child_process");
     var { isParsedKey, parseKey } = require_keyParser();
     var {
       makeBufferParser,
@@ -9531,7 +9529,7 @@ var require_agent = __commonJS({
             return cb(new Error("Unexpected multiple agent requests"));
           this.buffer = null;
           let error2;
-          const proc = this.proc = spawn5(EXEPATH, [data.length]);
+          const proc = this.proc = spawn7(EXEPATH, [data.length]);
           proc.stdout.on("data", (data2) => {
             this.push(data2);
           });
@@ -9654,11 +9652,11 @@ var require_agent = __commonJS({
       };
     })();
     var WINDOWS_PIPE_REGEX = /^[/\\][/\\]\.[/\\]pipe[/\\].+/;
-    function createAgent(path20) {
-      if (process.platform === "win32" && !WINDOWS_PIPE_REGEX.test(path20)) {
-        return path20 === "pageant" ? new PageantAgent() : new CygwinAgent(path20);
+    function createAgent(path23) {
+      if (process.platform === "win32" && !WINDOWS_PIPE_REGEX.test(path23)) {
+        return path23 === "pageant" ? new PageantAgent() : new CygwinAgent(path23);
       }
-      return new OpenSSHAgent(path20);
+      return new OpenSSHAgent(path23);
     }
     var AgentProtocol = (() => {
       const SSH_AGENTC_REQUEST_IDENTITIES = 11;
@@ -11111,8 +11109,8 @@ var require_handlers_misc = __commonJS({
               let signal;
               let coreDumped;
               if (self2._compatFlags & COMPAT.OLD_EXIT) {
-                const num = bufferParser.readUInt32BE();
-                switch (num) {
+                const num2 = bufferParser.readUInt32BE();
+                switch (num2) {
                   case 1:
                     signal = "HUP";
                     break;
@@ -11135,8 +11133,8 @@ var require_handlers_misc = __commonJS({
                     signal = "TERM";
                     break;
                   default:
-                    if (num !== void 0) {
-                      signal = `UNKNOWN (${num})`;
+                    if (num2 !== void 0) {
+                      signal = `UNKNOWN (${num2})`;
                     }
                 }
                 coreDumped = false;
@@ -11332,10 +11330,10 @@ var require_kex = __commonJS({
       createDiffieHellman,
       createDiffieHellmanGroup,
       createECDH,
-      createHash: createHash2,
+      createHash: createHash3,
       createPublicKey,
       diffieHellman,
-      generateKeyPairSync,
+      generateKeyPairSync: generateKeyPairSync2,
       randomFillSync
     } = __require("crypto");
     var { Ber } = require_lib();
@@ -11758,7 +11756,7 @@ var require_kex = __commonJS({
               DISCONNECT_REASON.KEY_EXCHANGE_FAILED
             );
           }
-          const hash = createHash2(this.hashName);
+          const hash = createHash3(this.hashName);
           hashString(hash, isServer ? this._remoteIdentRaw : this._identRaw);
           hashString(hash, isServer ? this._identRaw : this._remoteIdentRaw);
           hashString(hash, isServer ? this._remoteKexinit : this._kexinit);
@@ -11767,13 +11765,13 @@ var require_kex = __commonJS({
           hashString(hash, serverPublicHostKey);
           if (this.type === "groupex") {
             const params = this.getDHParams();
-            const num = Buffer.allocUnsafe(4);
-            writeUInt32BE(num, this._minBits, 0);
-            hash.update(num);
-            writeUInt32BE(num, this._prefBits, 0);
-            hash.update(num);
-            writeUInt32BE(num, this._maxBits, 0);
-            hash.update(num);
+            const num2 = Buffer.allocUnsafe(4);
+            writeUInt32BE(num2, this._minBits, 0);
+            hash.update(num2);
+            writeUInt32BE(num2, this._prefBits, 0);
+            hash.update(num2);
+            writeUInt32BE(num2, this._maxBits, 0);
+            hash.update(num2);
             hashString(hash, params.prime);
             hashString(hash, params.generator);
           }
@@ -12356,7 +12354,7 @@ var require_kex = __commonJS({
         }
         generateKeys() {
           if (!this._keys)
-            this._keys = generateKeyPairSync("x25519");
+            this._keys = generateKeyPairSync2("x25519");
         }
         getPublicKey() {
           this.generateKeys();
@@ -12766,9 +12764,9 @@ var require_kex = __commonJS({
     function generateKEXVal(len, hashName, secret, exchangeHash, sessionID, char) {
       let ret;
       if (len) {
-        let digest = createHash2(hashName).update(secret).update(exchangeHash).update(char).update(sessionID).digest();
+        let digest = createHash3(hashName).update(secret).update(exchangeHash).update(char).update(sessionID).digest();
         while (digest.length < len) {
-          const chunk = createHash2(hashName).update(secret).update(exchangeHash).update(digest).digest();
+          const chunk = createHash3(hashName).update(secret).update(exchangeHash).update(digest).digest();
           const extended = Buffer.allocUnsafe(digest.length + chunk.length);
           extended.set(digest, 0);
           extended.set(chunk, digest.length);
@@ -14633,8 +14631,8 @@ var require_SFTP = __commonJS({
   "node_modules/ssh2/lib/protocol/SFTP.js"(exports, module) {
     "use strict";
     var EventEmitter2 = __require("events");
-    var fs22 = __require("fs");
-    var { constants: constants3 } = fs22;
+    var fs26 = __require("fs");
+    var { constants: constants3 } = fs26;
     var {
       Readable: ReadableStream,
       Writable: WritableStream
@@ -14902,17 +14900,17 @@ var require_SFTP = __commonJS({
       // ===========================================================================
       // Client-specific ===========================================================
       // ===========================================================================
-      createReadStream(path20, options) {
+      createReadStream(path23, options) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        return new ReadStream(this, path20, options);
+        return new ReadStream(this, path23, options);
       }
-      createWriteStream(path20, options) {
+      createWriteStream(path23, options) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        return new WriteStream(this, path20, options);
+        return new WriteStream(this, path23, options);
       }
-      open(path20, flags_, attrs, cb) {
+      open(path23, flags_, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         if (typeof attrs === "function") {
@@ -14931,7 +14929,7 @@ var require_SFTP = __commonJS({
           attrsFlags = attrs.flags;
           attrsLen = attrs.nb;
         }
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen + 4 + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -14939,7 +14937,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         writeUInt32BE(buf, attrsFlags, p += 4);
         if (attrsLen) {
@@ -15063,14 +15061,14 @@ var require_SFTP = __commonJS({
       fastGet(remotePath, localPath2, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(this, fs22, remotePath, localPath2, opts, cb);
+        fastXfer(this, fs26, remotePath, localPath2, opts, cb);
       }
       fastPut(localPath2, remotePath, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(fs22, this, localPath2, remotePath, opts, cb);
+        fastXfer(fs26, this, localPath2, remotePath, opts, cb);
       }
-      readFile(path20, options, callback_) {
+      readFile(path23, options, callback_) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let callback;
@@ -15143,13 +15141,13 @@ var require_SFTP = __commonJS({
             return callback && callback(er, buffer);
           });
         };
-        this.open(path20, flag, 438, (er, handle_) => {
+        this.open(path23, flag, 438, (er, handle_) => {
           if (er)
             return callback && callback(er);
           handle = handle_;
           const tryStat = (er2, st) => {
             if (er2) {
-              this.stat(path20, (er_, st_) => {
+              this.stat(path23, (er_, st_) => {
                 if (er_) {
                   return this.close(handle, () => {
                     callback && callback(er2);
@@ -15170,7 +15168,7 @@ var require_SFTP = __commonJS({
           this.fstat(handle, tryStat);
         });
       }
-      writeFile(path20, data, options, callback_) {
+      writeFile(path23, data, options, callback_) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let callback;
@@ -15189,7 +15187,7 @@ var require_SFTP = __commonJS({
         if (options.encoding && !Buffer.isEncoding(options.encoding))
           throw new Error(`Unknown encoding: ${options.encoding}`);
         const flag = options.flag || "w";
-        this.open(path20, flag, options.mode, (openErr, handle) => {
+        this.open(path23, flag, options.mode, (openErr, handle) => {
           if (openErr) {
             callback && callback(openErr);
           } else {
@@ -15198,7 +15196,7 @@ var require_SFTP = __commonJS({
             if (position === null) {
               const tryStat = (er, st) => {
                 if (er) {
-                  this.stat(path20, (er_, st_) => {
+                  this.stat(path23, (er_, st_) => {
                     if (er_) {
                       return this.close(handle, () => {
                         callback && callback(er);
@@ -15217,7 +15215,7 @@ var require_SFTP = __commonJS({
           }
         });
       }
-      appendFile(path20, data, options, callback_) {
+      appendFile(path23, data, options, callback_) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let callback;
@@ -15235,12 +15233,12 @@ var require_SFTP = __commonJS({
           throw new TypeError("Bad arguments");
         if (!options.flag)
           options = Object.assign({ flag: "a" }, options);
-        this.writeFile(path20, data, options, callback);
+        this.writeFile(path23, data, options, callback);
       }
-      exists(path20, cb) {
+      exists(path23, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        this.stat(path20, (err) => {
+        this.stat(path23, (err) => {
           cb && cb(err ? false : true);
         });
       }
@@ -15283,7 +15281,7 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} RENAME`
         );
       }
-      mkdir(path20, attrs, cb) {
+      mkdir(path23, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let flags = 0;
@@ -15297,7 +15295,7 @@ var require_SFTP = __commonJS({
           flags = attrs.flags;
           attrsLen = attrs.nb;
         }
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15305,7 +15303,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         if (attrsLen) {
           p += 4;
@@ -15321,10 +15319,10 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} MKDIR`
         );
       }
-      rmdir(path20, cb) {
+      rmdir(path23, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15332,7 +15330,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
@@ -15422,10 +15420,10 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} FSTAT`
         );
       }
-      stat(path20, cb) {
+      stat(path23, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15433,17 +15431,17 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} STAT`
         );
       }
-      lstat(path20, cb) {
+      lstat(path23, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15451,17 +15449,17 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} LSTAT`
         );
       }
-      opendir(path20, cb) {
+      opendir(path23, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15469,14 +15467,14 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} OPENDIR`
         );
       }
-      setstat(path20, attrs, cb) {
+      setstat(path23, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let flags = 0;
@@ -15488,7 +15486,7 @@ var require_SFTP = __commonJS({
         } else if (typeof attrs === "function") {
           cb = attrs;
         }
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15496,7 +15494,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         if (attrsLen) {
           p += 4;
@@ -15556,8 +15554,8 @@ var require_SFTP = __commonJS({
           mtime: toUnixTimestamp(mtime)
         }, cb);
       }
-      utimes(path20, atime, mtime, cb) {
-        return this.setstat(path20, {
+      utimes(path23, atime, mtime, cb) {
+        return this.setstat(path23, {
           atime: toUnixTimestamp(atime),
           mtime: toUnixTimestamp(mtime)
         }, cb);
@@ -15568,8 +15566,8 @@ var require_SFTP = __commonJS({
           gid
         }, cb);
       }
-      chown(path20, uid, gid, cb) {
-        return this.setstat(path20, {
+      chown(path23, uid, gid, cb) {
+        return this.setstat(path23, {
           uid,
           gid
         }, cb);
@@ -15579,15 +15577,15 @@ var require_SFTP = __commonJS({
           mode
         }, cb);
       }
-      chmod(path20, mode, cb) {
-        return this.setstat(path20, {
+      chmod(path23, mode, cb) {
+        return this.setstat(path23, {
           mode
         }, cb);
       }
-      readlink(path20, cb) {
+      readlink(path23, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15595,7 +15593,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         this._requests[reqid] = {
           cb: (err, names) => {
             if (typeof cb !== "function")
@@ -15640,10 +15638,10 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} SYMLINK`
         );
       }
-      realpath(path20, cb) {
+      realpath(path23, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15651,7 +15649,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         this._requests[reqid] = {
           cb: (err, names) => {
             if (typeof cb !== "function")
@@ -15696,13 +15694,13 @@ var require_SFTP = __commonJS({
           this._debug(`SFTP: Outbound: ${which2} posix-rename@openssh.com`);
         }
       }
-      ext_openssh_statvfs(path20, cb) {
+      ext_openssh_statvfs(path23, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         const ext = this._extensions["statvfs@openssh.com"];
         if (!ext || ext !== "2")
           throw new Error("Server does not support this extended request");
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + 19 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15712,7 +15710,7 @@ var require_SFTP = __commonJS({
         writeUInt32BE(buf, 19, p);
         buf.utf8Write("statvfs@openssh.com", p += 4, 19);
         writeUInt32BE(buf, pathLen, p += 19);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         this._requests[reqid] = { extended: "statvfs@openssh.com", cb };
         const isBuffered = sendOrBuffer(this, buf);
         if (this._debug) {
@@ -15798,7 +15796,7 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} fsync@openssh.com`
         );
       }
-      ext_openssh_lsetstat(path20, attrs, cb) {
+      ext_openssh_lsetstat(path23, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         const ext = this._extensions["lsetstat@openssh.com"];
@@ -15813,7 +15811,7 @@ var require_SFTP = __commonJS({
         } else if (typeof attrs === "function") {
           cb = attrs;
         }
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + 20 + 4 + pathLen + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15823,7 +15821,7 @@ var require_SFTP = __commonJS({
         writeUInt32BE(buf, 20, p);
         buf.utf8Write("lsetstat@openssh.com", p += 4, 20);
         writeUInt32BE(buf, pathLen, p += 20);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         if (attrsLen) {
           p += 4;
@@ -15840,13 +15838,13 @@ var require_SFTP = __commonJS({
           this._debug(`SFTP: Outbound: ${status} lsetstat@openssh.com`);
         }
       }
-      ext_openssh_expandPath(path20, cb) {
+      ext_openssh_expandPath(path23, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         const ext = this._extensions["expand-path@openssh.com"];
         if (ext !== "1")
           throw new Error("Server does not support this extended request");
-        const pathLen = Buffer.byteLength(path20);
+        const pathLen = Buffer.byteLength(path23);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + 23 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15856,7 +15854,7 @@ var require_SFTP = __commonJS({
         writeUInt32BE(buf, 23, p);
         buf.utf8Write("expand-path@openssh.com", p += 4, 23);
         writeUInt32BE(buf, pathLen, p += 20);
-        buf.utf8Write(path20, p += 4, pathLen);
+        buf.utf8Write(path23, p += 4, pathLen);
         this._requests[reqid] = {
           cb: (err, names) => {
             if (typeof cb !== "function")
@@ -16329,13 +16327,13 @@ var require_SFTP = __commonJS({
             if (--left === 0)
               cb(err);
           };
-          if (srcHandle && (src === fs22 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs26 || src.outgoing.state === "open"))
             ++left;
-          if (dstHandle && (dst === fs22 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs26 || dst.outgoing.state === "open"))
             ++left;
-          if (srcHandle && (src === fs22 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs26 || src.outgoing.state === "open"))
             src.close(srcHandle, cbfinal);
-          if (dstHandle && (dst === fs22 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs26 || dst.outgoing.state === "open"))
             dst.close(dstHandle, cbfinal);
         } else {
           cb(err);
@@ -16351,7 +16349,7 @@ var require_SFTP = __commonJS({
           tryStat(null, { size: fileSize });
         function tryStat(err2, attrs) {
           if (err2) {
-            if (src !== fs22) {
+            if (src !== fs26) {
               src.stat(srcPath, (err_, attrs_) => {
                 if (err_)
                   return onerror(err2);
@@ -17134,12 +17132,12 @@ var require_SFTP = __commonJS({
       [REQUEST.LSTAT]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path20 = bufferParser.readString(true);
+        const path23 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path20 === void 0)
+        if (path23 === void 0)
           return doFatalSFTPError(sftp, "Malformed LSTAT packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received LSTAT (id:${reqID})`);
-        if (!sftp.emit("LSTAT", reqID, path20)) {
+        if (!sftp.emit("LSTAT", reqID, path23)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17158,13 +17156,13 @@ var require_SFTP = __commonJS({
       [REQUEST.SETSTAT]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path20 = bufferParser.readString(true);
+        const path23 = bufferParser.readString(true);
         const attrs = readAttrs(sftp._biOpt);
         bufferParser.clear();
         if (attrs === void 0)
           return doFatalSFTPError(sftp, "Malformed SETSTAT packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received SETSTAT (id:${reqID})`);
-        if (!sftp.emit("SETSTAT", reqID, path20, attrs)) {
+        if (!sftp.emit("SETSTAT", reqID, path23, attrs)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17186,12 +17184,12 @@ var require_SFTP = __commonJS({
       [REQUEST.OPENDIR]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path20 = bufferParser.readString(true);
+        const path23 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path20 === void 0)
+        if (path23 === void 0)
           return doFatalSFTPError(sftp, "Malformed OPENDIR packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received OPENDIR (id:${reqID})`);
-        if (!sftp.emit("OPENDIR", reqID, path20)) {
+        if (!sftp.emit("OPENDIR", reqID, path23)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17210,63 +17208,63 @@ var require_SFTP = __commonJS({
       [REQUEST.REMOVE]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path20 = bufferParser.readString(true);
+        const path23 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path20 === void 0)
+        if (path23 === void 0)
           return doFatalSFTPError(sftp, "Malformed REMOVE packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received REMOVE (id:${reqID})`);
-        if (!sftp.emit("REMOVE", reqID, path20)) {
+        if (!sftp.emit("REMOVE", reqID, path23)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.MKDIR]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path20 = bufferParser.readString(true);
+        const path23 = bufferParser.readString(true);
         const attrs = readAttrs(sftp._biOpt);
         bufferParser.clear();
         if (attrs === void 0)
           return doFatalSFTPError(sftp, "Malformed MKDIR packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received MKDIR (id:${reqID})`);
-        if (!sftp.emit("MKDIR", reqID, path20, attrs)) {
+        if (!sftp.emit("MKDIR", reqID, path23, attrs)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.RMDIR]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path20 = bufferParser.readString(true);
+        const path23 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path20 === void 0)
+        if (path23 === void 0)
           return doFatalSFTPError(sftp, "Malformed RMDIR packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received RMDIR (id:${reqID})`);
-        if (!sftp.emit("RMDIR", reqID, path20)) {
+        if (!sftp.emit("RMDIR", reqID, path23)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.REALPATH]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path20 = bufferParser.readString(true);
+        const path23 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path20 === void 0)
+        if (path23 === void 0)
           return doFatalSFTPError(sftp, "Malformed REALPATH packet");
         sftp._debug && sftp._debug(
           `SFTP: Inbound: Received REALPATH (id:${reqID})`
         );
-        if (!sftp.emit("REALPATH", reqID, path20)) {
+        if (!sftp.emit("REALPATH", reqID, path23)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.STAT]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path20 = bufferParser.readString(true);
+        const path23 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path20 === void 0)
+        if (path23 === void 0)
           return doFatalSFTPError(sftp, "Malformed STAT packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received STAT (id:${reqID})`);
-        if (!sftp.emit("STAT", reqID, path20)) {
+        if (!sftp.emit("STAT", reqID, path23)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17286,14 +17284,14 @@ var require_SFTP = __commonJS({
       [REQUEST.READLINK]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path20 = bufferParser.readString(true);
+        const path23 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path20 === void 0)
+        if (path23 === void 0)
           return doFatalSFTPError(sftp, "Malformed READLINK packet");
         sftp._debug && sftp._debug(
           `SFTP: Inbound: Received READLINK (id:${reqID})`
         );
-        if (!sftp.emit("READLINK", reqID, path20)) {
+        if (!sftp.emit("READLINK", reqID, path23)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17364,7 +17362,7 @@ var require_SFTP = __commonJS({
     function roundUpToMultipleOf8(n) {
       return n + 7 & ~7;
     }
-    function ReadStream(sftp, path20, options) {
+    function ReadStream(sftp, path23, options) {
       if (options === void 0)
         options = {};
       else if (typeof options === "string")
@@ -17378,7 +17376,7 @@ var require_SFTP = __commonJS({
       options.emitClose = false;
       options.autoDestroy = false;
       ReadableStream.call(this, options);
-      this.path = path20;
+      this.path = path23;
       this.flags = options.flags === void 0 ? "r" : options.flags;
       this.mode = options.mode === void 0 ? 438 : options.mode;
       this.start = options.start;
@@ -17509,7 +17507,7 @@ var require_SFTP = __commonJS({
       },
       configurable: true
     });
-    function WriteStream(sftp, path20, options) {
+    function WriteStream(sftp, path23, options) {
       if (options === void 0)
         options = {};
       else if (typeof options === "string")
@@ -17521,7 +17519,7 @@ var require_SFTP = __commonJS({
       options.emitClose = false;
       options.autoDestroy = false;
       WritableStream.call(this, options);
-      this.path = path20;
+      this.path = path23;
       this.flags = options.flags === void 0 ? "w" : options.flags;
       this.mode = options.mode === void 0 ? 438 : options.mode;
       this.start = options.start;
@@ -18203,7 +18201,7 @@ var require_client = __commonJS({
   "node_modules/ssh2/lib/client.js"(exports, module) {
     "use strict";
     var {
-      createHash: createHash2,
+      createHash: createHash3,
       getHashes,
       randomFillSync
     } = __require("crypto");
@@ -18425,7 +18423,7 @@ var require_client = __commonJS({
           }
           hostVerifier = (key, verify) => {
             if (hashAlgo)
-              key = createHash2(hashAlgo).update(key).digest("hex");
+              key = createHash3(hashAlgo).update(key).digest("hex");
             const ret = hashCb(key, verify);
             if (ret !== void 0)
               verify(ret);
@@ -21264,7 +21262,7 @@ var require_keygen = __commonJS({
       generateKeyPair: generateKeyPair_,
       generateKeyPairSync: generateKeyPairSync_,
       getCurves,
-      randomBytes
+      randomBytes: randomBytes3
     } = __require("crypto");
     var { Ber } = require_lib();
     var bcrypt_pbkdf = require_bcrypt_pbkdf().pbkdf;
@@ -21528,7 +21526,7 @@ var require_keygen = __commonJS({
                 rounds = opts.rounds;
             }
             const gen = Buffer.allocUnsafe(cipher.keyLen + cipher.ivLen);
-            const salt = randomBytes(SALT_LEN);
+            const salt = randomBytes3(SALT_LEN);
             const r = bcrypt_pbkdf(
               passphrase,
               passphrase.length,
@@ -21567,7 +21565,7 @@ var require_keygen = __commonJS({
           const kdfOptions = encrypted ? encrypted.kdfOptions : Buffer.alloc(0);
           const blockLen = encrypted ? encrypted.cipher.blockLen : 8;
           const parsed = parseDERs(keyType, pub, priv);
-          const checkInt = randomBytes(4);
+          const checkInt = randomBytes3(4);
           const commentBin = Buffer.from(comment);
           const privBlobLen = 4 + 4 + parsed.priv.length + 4 + commentBin.length;
           let padding = [];
@@ -21725,6 +21723,32 @@ var require_lib3 = __commonJS({
   }
 });
 
+// src/env.ts
+import * as fs from "node:fs";
+var num = (v) => v && Number.isFinite(Number(v)) && Number(v) > 0 ? Number(v) : void 0;
+function readKnobs(env = process.env) {
+  return { debug: !!env.RYRA_VM_DEBUG };
+}
+function readHooks(env = process.env) {
+  return {
+    browserScript: env.RYRA_VM_BROWSER_SCRIPT ? fs.readFileSync(env.RYRA_VM_BROWSER_SCRIPT, "utf8") : void 0,
+    timeoutScale: num(env.RYRA_VM_TIMEOUT_SCALE) ?? 1,
+    cacheLookupMs: num(env.RYRA_VM_CACHE_LOOKUP_TIMEOUT_MS),
+    cacheTransferMs: num(env.RYRA_VM_CACHE_TRANSFER_TIMEOUT_MS),
+    assumeKvm: env.RYRA_VM_TEST_ASSUME_KVM === "1",
+    kvmDevice: env.RYRA_VM_TEST_KVM_DEVICE || void 0,
+    stallMs: num(env.RYRA_VM_TEST_STALL_MS)
+  };
+}
+var knobs;
+var hooks;
+function getKnobs() {
+  return knobs ??= readKnobs();
+}
+function getHooks() {
+  return hooks ??= readHooks();
+}
+
 // src/log.ts
 var actionsLogger = {
   info: (m) => info(m),
@@ -21766,11 +21790,13 @@ function errorMessage(err) {
 // src/cache/local.ts
 var import_proper_lockfile = __toESM(require_proper_lockfile(), 1);
 import { randomUUID as randomUUID2 } from "node:crypto";
-import * as fs3 from "node:fs";
-import * as path3 from "node:path";
+import * as fs5 from "node:fs";
+import * as path4 from "node:path";
 
 // src/names.ts
 import * as path from "node:path";
+var VM_NAME_RE = /^(?!localhost$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+var VM_NAME_RULE = "a VM name is lowercase letters, digits and -, starts and ends with a letter or digit, has at most 63 characters and is not localhost";
 var CacheFiles = {
   /** The SSH key baked into every snapshot (the seed's name). */
   sshKey: "test-ssh-key",
@@ -21812,18 +21838,50 @@ var RuntimeFiles = {
   sshConfig: "ssh_config"
 };
 
-// src/layers/manifest.ts
+// src/cache/manifest.ts
 import { createHash, randomUUID } from "node:crypto";
-import * as fs from "node:fs";
+import * as fs3 from "node:fs";
+import * as path3 from "node:path";
+
+// src/cache/confine.ts
+import * as fs2 from "node:fs";
 import * as path2 from "node:path";
+function isPlainName(name) {
+  return typeof name === "string" && name.length > 0 && name.length <= 255 && name !== "." && name !== ".." && /^[A-Za-z0-9._+-]+$/.test(name);
+}
+function stagedFilesProblem(staging, files) {
+  const want = new Set(files);
+  const extra = [];
+  for (const d of fs2.readdirSync(staging, { withFileTypes: true })) {
+    if (!want.has(d.name)) extra.push(`${d.isDirectory() ? "dir" : d.isSymbolicLink() ? "symlink" : d.isFile() ? "file" : "special file"} ${JSON.stringify(d.name)}`);
+  }
+  if (extra.length) return `unexpected ${extra.slice(0, 4).join(", ")}${extra.length > 4 ? ` and ${extra.length - 4} more` : ""}`;
+  for (const f of files) {
+    let st;
+    try {
+      st = fs2.lstatSync(path2.join(staging, f));
+    } catch {
+      return `${f} is missing`;
+    }
+    if (st.isSymbolicLink()) return `${f} is a symlink`;
+    if (!st.isFile()) return `${f} is not a regular file`;
+    if (st.nlink !== 1) return `${f} is a hard link`;
+    fs2.chmodSync(path2.join(staging, f), 420);
+  }
+  return void 0;
+}
+
+// src/cache/manifest.ts
 function hashOf(value) {
   const stable = (v) => Array.isArray(v) ? v.map(stable) : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b)).map(([k, x]) => [k, stable(x)])) : v;
   return createHash("sha256").update(JSON.stringify(stable(value))).digest("hex").slice(0, 20);
 }
 function readManifest(file) {
   try {
-    const m = JSON.parse(fs.readFileSync(file, "utf8"));
-    return m.version === 1 ? m : void 0;
+    const m = JSON.parse(fs3.readFileSync(file, "utf8"));
+    if (m?.version !== 1 || !Array.isArray(m.files) || typeof m.key !== "string") return void 0;
+    if (!m.files.every((f) => isPlainName(f?.name) && Number.isSafeInteger(f.size) && typeof f.sha256 === "string")) return void 0;
+    return m;
   } catch {
     return void 0;
   }
@@ -21837,7 +21895,7 @@ function invalidReason(m, dir, want, parentId) {
   for (const f of m.files) {
     let size;
     try {
-      size = fs.statSync(path2.join(dir, f.name)).size;
+      size = fs3.statSync(path3.join(dir, f.name)).size;
     } catch {
       return `${f.name} is missing`;
     }
@@ -21854,24 +21912,24 @@ function digester(algorithms) {
 }
 async function fileDigests(file, algorithms) {
   const d = digester(algorithms);
-  for await (const chunk of fs.createReadStream(file)) d.update(chunk);
+  for await (const chunk of fs3.createReadStream(file)) d.update(chunk);
   return d.hex();
 }
 async function describeFiles(dir, names) {
   return Promise.all(
-    names.map(async (name) => ({ name, size: fs.statSync(path2.join(dir, name)).size, sha256: (await fileDigests(path2.join(dir, name), ["sha256"])).sha256 }))
+    names.map(async (name) => ({ name, size: fs3.statSync(path3.join(dir, name)).size, sha256: (await fileDigests(path3.join(dir, name), ["sha256"])).sha256 }))
   );
 }
 function writeManifest(file, m) {
   const full = { version: 1, id: m.id ?? randomUUID(), createdAt: (/* @__PURE__ */ new Date()).toISOString(), ...m };
   const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n");
-  fs.renameSync(tmp, file);
+  fs3.writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n");
+  fs3.renameSync(tmp, file);
   return full;
 }
 
 // src/util/procfs.ts
-import * as fs2 from "node:fs";
+import * as fs4 from "node:fs";
 function processAlive(pid) {
   try {
     process.kill(pid, 0);
@@ -21882,7 +21940,7 @@ function processAlive(pid) {
 }
 function processStartTime(pid) {
   try {
-    const stat = fs2.readFileSync(`/proc/${pid}/stat`, "utf8");
+    const stat = fs4.readFileSync(`/proc/${pid}/stat`, "utf8");
     return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? "";
   } catch {
     return "";
@@ -21890,17 +21948,17 @@ function processStartTime(pid) {
 }
 function processNamed(pid, marker) {
   try {
-    return fs2.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
+    return fs4.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
   } catch {
     return false;
   }
 }
 function descendants(pid) {
   const children = /* @__PURE__ */ new Map();
-  for (const name of fs2.readdirSync("/proc")) {
+  for (const name of fs4.readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
     try {
-      const stat = fs2.readFileSync(`/proc/${name}/stat`, "utf8");
+      const stat = fs4.readFileSync(`/proc/${name}/stat`, "utf8");
       const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
       children.set(ppid, [...children.get(ppid) ?? [], Number(name)]);
     } catch {
@@ -21917,7 +21975,7 @@ function descendants(pid) {
 function processStartedMs(pid) {
   const ticks = Number(processStartTime(pid));
   if (!ticks) return void 0;
-  const btime = /^btime (\d+)$/m.exec(fs2.readFileSync("/proc/stat", "utf8"))?.[1];
+  const btime = /^btime (\d+)$/m.exec(fs4.readFileSync("/proc/stat", "utf8"))?.[1];
   return btime ? Number(btime) * 1e3 + ticks * 10 : void 0;
 }
 function ownerAlive(pid, madeMs) {
@@ -21977,13 +22035,13 @@ function validLayer(dir, p, parentId) {
   return why ? void 0 : m;
 }
 function removeLayer(dir, base, files) {
-  fs3.rmSync(manifestPath(dir, base), { force: true });
-  for (const f of files) fs3.rmSync(path3.join(dir, f), { force: true });
+  fs5.rmSync(manifestPath(dir, base), { force: true });
+  for (const f of files) fs5.rmSync(path4.join(dir, f), { force: true });
 }
 function placeLayer(dir, staging, p) {
   removeLayer(dir, p.base, p.files);
-  for (const f of p.files) fs3.renameSync(path3.join(staging, f), path3.join(dir, f));
-  fs3.renameSync(manifestPath(staging, p.base), manifestPath(dir, p.base));
+  for (const f of p.files) fs5.renameSync(path4.join(staging, f), path4.join(dir, f));
+  fs5.renameSync(manifestPath(staging, p.base), manifestPath(dir, p.base));
 }
 function recordLayer(dir, base, m) {
   return writeManifest(manifestPath(dir, base), m);
@@ -21991,50 +22049,50 @@ function recordLayer(dir, base, m) {
 function touchLayer(dir, base) {
   const now = /* @__PURE__ */ new Date();
   try {
-    fs3.utimesSync(manifestPath(dir, base), now, now);
+    fs5.utimesSync(manifestPath(dir, base), now, now);
   } catch {
   }
 }
 function ownerFile(dir, base) {
-  return path3.join(dir, `${base}.lock-owner`);
+  return path4.join(dir, `${base}.lock-owner`);
 }
 async function withLayerLock(dir, base, waitMs, fn) {
-  fs3.mkdirSync(dir, { recursive: true });
+  fs5.mkdirSync(dir, { recursive: true });
   const start = Date.now();
   let waited = false;
-  const release2 = await import_proper_lockfile.default.lock(path3.join(dir, base), {
+  const release2 = await import_proper_lockfile.default.lock(path4.join(dir, base), {
     realpath: false,
     stale: 3e4,
     update: 5e3,
     retries: { retries: Math.max(1, Math.ceil(waitMs / 1e3)), minTimeout: 1e3, maxTimeout: 1e3, factor: 1 },
     onCompromised: (err) => log.warning(`lock ${base}.lock compromised: ${err.message}`)
   }).catch((err) => {
-    if (err.code !== "ELOCKED") throw new Error(`cannot lock ${path3.join(dir, base)}.lock: ${err.message}`);
+    if (err.code !== "ELOCKED") throw new Error(`cannot lock ${path4.join(dir, base)}.lock: ${err.message}`);
     let owner = "another run";
     try {
-      const o = JSON.parse(fs3.readFileSync(ownerFile(dir, base), "utf8"));
+      const o = JSON.parse(fs5.readFileSync(ownerFile(dir, base), "utf8"));
       owner = `pid ${o.pid}${processAlive(o.pid) ? "" : " (no longer running)"}, holding it since ${o.since}`;
     } catch {
     }
     throw new Error(`the ${base} layer is locked by ${owner}; gave up after waiting ${fmtSeconds(Date.now() - start)} (as long as building it may take). If that run is stuck, stop it.`);
   }).finally(() => waited = Date.now() - start > 1500);
   if (waited) log.info(`  waited ${fmtSeconds(Date.now() - start)} for another run's lock on ${base}`);
-  fs3.writeFileSync(ownerFile(dir, base), JSON.stringify({ pid: process.pid, since: (/* @__PURE__ */ new Date()).toISOString() }));
+  fs5.writeFileSync(ownerFile(dir, base), JSON.stringify({ pid: process.pid, since: (/* @__PURE__ */ new Date()).toISOString() }));
   try {
     return await fn();
   } finally {
-    fs3.rmSync(ownerFile(dir, base), { force: true });
+    fs5.rmSync(ownerFile(dir, base), { force: true });
     await release2().catch(() => {
     });
   }
 }
 var TEMP_MARKER = ".ryra-tmp-";
 function tempPath(dir, name) {
-  return path3.join(dir, `${name}${TEMP_MARKER}${process.pid}-${randomUUID2().slice(0, 8)}`);
+  return path4.join(dir, `${name}${TEMP_MARKER}${process.pid}-${randomUUID2().slice(0, 8)}`);
 }
 function bornMs(p) {
   try {
-    const st = fs3.statSync(p);
+    const st = fs5.statSync(p);
     return st.birthtimeMs > 0 ? st.birthtimeMs : st.mtimeMs;
   } catch {
     return 0;
@@ -22043,7 +22101,7 @@ function bornMs(p) {
 function cleanStaleTemps(dir) {
   let names;
   try {
-    names = fs3.readdirSync(dir);
+    names = fs5.readdirSync(dir);
   } catch {
     return;
   }
@@ -22052,7 +22110,7 @@ function cleanStaleTemps(dir) {
     const m = re.exec(n);
     if (!m) continue;
     const pid = Number(m[1]);
-    const p = path3.join(dir, n);
+    const p = path4.join(dir, n);
     if (pid === process.pid || ownerAlive(pid, bornMs(p))) continue;
     for (const q2 of orphanedQemu(p)) {
       log.info(`killing QEMU pid ${q2.pid} left running in ${n} by an interrupted run`);
@@ -22060,9 +22118,9 @@ function cleanStaleTemps(dir) {
         process.kill(q2.pid, "SIGKILL");
       } catch {
       }
-      if (q2.socketDir) fs3.rmSync(q2.socketDir, { recursive: true, force: true });
+      if (q2.socketDir) fs5.rmSync(q2.socketDir, { recursive: true, force: true });
     }
-    fs3.rmSync(p, { recursive: true, force: true });
+    fs5.rmSync(p, { recursive: true, force: true });
     log.info(`removed a stale temp left by an interrupted run: ${n}`);
   }
 }
@@ -22070,21 +22128,21 @@ function orphanedQemu(root) {
   const found = [];
   let entries = [];
   try {
-    if (!fs3.statSync(root).isDirectory()) return [];
-    entries = fs3.readdirSync(root, { recursive: true, withFileTypes: true });
+    if (!fs5.statSync(root).isDirectory()) return [];
+    entries = fs5.readdirSync(root, { recursive: true, withFileTypes: true });
   } catch {
     return [];
   }
   for (const e of entries) {
     if (!e.isFile() || e.name !== GuestFiles.pid) continue;
-    const pid = Number(fs3.readFileSync(path3.join(e.parentPath, e.name), "utf8").trim());
+    const pid = Number(fs5.readFileSync(path4.join(e.parentPath, e.name), "utf8").trim());
     if (!(pid > 0)) continue;
     try {
-      const cmd = fs3.readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      const cmd = fs5.readFileSync(`/proc/${pid}/cmdline`, "utf8");
       if (!cmd.includes("qemu-system") || !cmd.includes(root)) continue;
       const qmp = /\0-qmp\0unix:([^,\0]+)/.exec(cmd)?.[1];
-      const socketDir = qmp && path3.dirname(qmp);
-      found.push({ pid, socketDir: socketDir && path3.basename(socketDir).startsWith("rvm-") ? socketDir : void 0 });
+      const socketDir = qmp && path4.dirname(qmp);
+      found.push({ pid, socketDir: socketDir && path4.basename(socketDir).startsWith("rvm-") ? socketDir : void 0 });
     } catch {
     }
   }
@@ -22097,32 +22155,32 @@ function jobHolder(runtimeDir2) {
   return { id: `job-${Buffer.from(runtimeDir2).toString("base64url").slice(-40)}`, dir: runtimeDir2 };
 }
 function holderAlive(h) {
-  if ("dir" in h) return fs3.existsSync(h.dir);
+  if ("dir" in h) return fs5.existsSync(h.dir);
   return processStartTime(h.pid) === h.startTime;
 }
 function holdersDir(dir, base) {
-  return path3.join(dir, CacheFiles.inUse, base);
+  return path4.join(dir, CacheFiles.inUse, base);
 }
 function holdLayer(dir, base, holder) {
   const d = holdersDir(dir, base);
-  fs3.mkdirSync(d, { recursive: true });
-  fs3.writeFileSync(path3.join(d, `${holder.id}.json`), JSON.stringify(holder));
+  fs5.mkdirSync(d, { recursive: true });
+  fs5.writeFileSync(path4.join(d, `${holder.id}.json`), JSON.stringify(holder));
 }
 function releaseHolder(dir, holderId) {
-  const root = path3.join(dir, CacheFiles.inUse);
+  const root = path4.join(dir, CacheFiles.inUse);
   let bases = [];
   try {
-    bases = fs3.readdirSync(root);
+    bases = fs5.readdirSync(root);
   } catch {
     return;
   }
-  for (const b of bases) fs3.rmSync(path3.join(root, b, `${holderId}.json`), { force: true });
+  for (const b of bases) fs5.rmSync(path4.join(root, b, `${holderId}.json`), { force: true });
 }
 function liveHolders(dir, base) {
   const d = holdersDir(dir, base);
   let files = [];
   try {
-    files = fs3.readdirSync(d);
+    files = fs5.readdirSync(d);
   } catch {
     return [];
   }
@@ -22130,36 +22188,36 @@ function liveHolders(dir, base) {
   for (const f of files) {
     let h;
     try {
-      h = JSON.parse(fs3.readFileSync(path3.join(d, f), "utf8"));
+      h = JSON.parse(fs5.readFileSync(path4.join(d, f), "utf8"));
     } catch {
       continue;
     }
     if (holderAlive(h)) alive.push(h);
-    else fs3.rmSync(path3.join(d, f), { force: true });
+    else fs5.rmSync(path4.join(d, f), { force: true });
   }
   return alive;
 }
 function listLayers(dir) {
   let names = [];
   try {
-    names = fs3.readdirSync(dir).filter((n) => n.endsWith(MANIFEST_SUFFIX));
+    names = fs5.readdirSync(dir).filter((n) => n.endsWith(MANIFEST_SUFFIX));
   } catch {
     return [];
   }
   const out = [];
   for (const n of names) {
     const base = n.slice(0, -MANIFEST_SUFFIX.length);
-    const file = path3.join(dir, n);
+    const file = path4.join(dir, n);
     const m = readManifest(file);
     if (!m) continue;
-    const bytes = m.files.reduce((s, f) => s + fileBytes(path3.join(dir, f.name)), 0);
-    out.push({ base, layer: m.layer, id: m.id, parentId: m.parentId, files: m.files.map((f) => f.name), bytes, lastUse: fs3.statSync(file).mtimeMs });
+    const bytes = m.files.reduce((s, f) => s + fileBytes(path4.join(dir, f.name)), 0);
+    out.push({ base, layer: m.layer, id: m.id, parentId: m.parentId, files: m.files.map((f) => f.name), bytes, lastUse: fs5.statSync(file).mtimeMs });
   }
   return out;
 }
 function fileBytes(f) {
   try {
-    return fs3.statSync(f).blocks * 512;
+    return fs5.statSync(f).blocks * 512;
   } catch {
     return 0;
   }
@@ -22168,11 +22226,11 @@ function dirBytes(dir) {
   let total = 0;
   let entries = [];
   try {
-    entries = fs3.readdirSync(dir, { recursive: true, withFileTypes: true });
+    entries = fs5.readdirSync(dir, { recursive: true, withFileTypes: true });
   } catch {
     return 0;
   }
-  for (const e of entries) if (e.isFile()) total += fileBytes(path3.join(e.parentPath, e.name));
+  for (const e of entries) if (e.isFile()) total += fileBytes(path4.join(e.parentPath, e.name));
   return total;
 }
 var BACKED = /* @__PURE__ */ new Set(["snapshot", "browser-snapshot"]);
@@ -22223,8 +22281,10 @@ var Inputs = {
   Redownload: "redownload",
   Snapshot: "snapshot",
   Cache: "cache",
+  CacheSave: "cache-save",
   CacheDir: "cache-dir",
   Packages: "packages",
+  BasePackages: "base-packages",
   ImageUrl: "image-url",
   ImageChecksum: "image-checksum",
   InstallDeps: "install-deps",
@@ -22233,9 +22293,13 @@ var Inputs = {
   BrowserSource: "browser-source",
   DiskSize: "disk-size",
   Boot: "boot",
+  Forward: "forward",
   BootTimeout: "boot-timeout",
   EnvironmentVariables: "environment-variables",
-  Sync: "sync"
+  Sync: "sync",
+  SyncMaxSize: "sync-max-size",
+  Registry: "registry",
+  RegistryToken: "registry-token"
 };
 var Outputs = {
   Image: "image",
@@ -22263,12 +22327,14 @@ var Outputs = {
 var State = {
   RuntimeDir: "runtime-dir",
   Manifest: "manifest",
-  CacheDir: "cache-dir"
+  CacheDir: "cache-dir",
+  /** A file listing the layers this job has that a remote tier may lack (the post step saves them). */
+  PendingSaves: "pending-saves"
 };
 
 // src/host/setup.ts
-import * as fs7 from "node:fs";
-import * as path6 from "node:path";
+import * as fs9 from "node:fs";
+import * as path7 from "node:path";
 
 // src/util/proc.ts
 import { spawn } from "node:child_process";
@@ -22322,8 +22388,8 @@ async function which(cmd) {
 }
 
 // src/host/firmware.ts
-import * as fs4 from "node:fs";
-import * as path4 from "node:path";
+import * as fs6 from "node:fs";
+import * as path5 from "node:path";
 var DESCRIPTOR_DIRS = ["/usr/share/qemu/firmware", "/etc/qemu/firmware"];
 var UNWANTED_FEATURES = ["secure-boot", "enrolled-keys", "requires-smm", "amd-sev", "amd-sev-es", "intel-tdx"];
 var KNOWN_PATHS = {
@@ -22352,7 +22418,7 @@ function globMatch(pattern, value) {
   return re.test(value);
 }
 function selectFromDescriptors(descriptors, arch, machine, exists) {
-  const sorted = [...descriptors].sort((a, b) => path4.basename(a.file).localeCompare(path4.basename(b.file)));
+  const sorted = [...descriptors].sort((a, b) => path5.basename(a.file).localeCompare(path5.basename(b.file)));
   for (const { file, json } of sorted) {
     let d;
     try {
@@ -22387,32 +22453,32 @@ function readDescriptors(dirs) {
   for (const dir of dirs) {
     let names;
     try {
-      names = fs4.readdirSync(dir).filter((n) => n.endsWith(".json"));
+      names = fs6.readdirSync(dir).filter((n) => n.endsWith(".json"));
     } catch {
       continue;
     }
-    for (const n of names) out.set(n, { file: path4.join(dir, n), json: fs4.readFileSync(path4.join(dir, n), "utf8") });
+    for (const n of names) out.set(n, { file: path5.join(dir, n), json: fs6.readFileSync(path5.join(dir, n), "utf8") });
   }
   return [...out.values()];
 }
 var AARCH64_PFLASH_SIZE = 64 * 1024 * 1024;
 function padTo(file, size, dir) {
-  const st = fs4.statSync(file);
+  const st = fs6.statSync(file);
   if (st.size === size) return file;
   if (st.size > size) throw new Error(`${file} is ${st.size} bytes, larger than the ${size}-byte pflash`);
-  fs4.mkdirSync(dir, { recursive: true });
-  const out = path4.join(dir, `${path4.basename(file)}.padded-${size}`);
-  if (fs4.existsSync(out) && fs4.statSync(out).size === size) return out;
+  fs6.mkdirSync(dir, { recursive: true });
+  const out = path5.join(dir, `${path5.basename(file)}.padded-${size}`);
+  if (fs6.existsSync(out) && fs6.statSync(out).size === size) return out;
   const tmp = `${out}.tmp-${process.pid}`;
-  fs4.copyFileSync(file, tmp);
-  fs4.truncateSync(tmp, size);
-  fs4.renameSync(tmp, out);
+  fs6.copyFileSync(file, tmp);
+  fs6.truncateSync(tmp, size);
+  fs6.renameSync(tmp, out);
   return out;
 }
 function findFirmware(arch, machine, padDir, dirs = DESCRIPTOR_DIRS) {
-  const exists = (p) => fs4.existsSync(p);
-  const configHome = process.env.XDG_CONFIG_HOME || (process.env.HOME ? path4.join(process.env.HOME, ".config") : "");
-  const allDirs = configHome ? [...dirs, path4.join(configHome, "qemu/firmware")] : dirs;
+  const exists = (p) => fs6.existsSync(p);
+  const configHome = process.env.XDG_CONFIG_HOME || (process.env.HOME ? path5.join(process.env.HOME, ".config") : "");
+  const allDirs = configHome ? [...dirs, path5.join(configHome, "qemu/firmware")] : dirs;
   const fw = selectFromDescriptors(readDescriptors(allDirs), arch, machine, exists) ?? selectFromKnownPaths(arch, exists);
   if (!fw) throw firmwareNotFound(arch);
   if (arch === "aarch64" && fw.format === "raw") {
@@ -22421,7 +22487,7 @@ function findFirmware(arch, machine, padDir, dirs = DESCRIPTOR_DIRS) {
   return fw;
 }
 function firmwareInstalled(arch, dirs = DESCRIPTOR_DIRS) {
-  const exists = (p) => fs4.existsSync(p);
+  const exists = (p) => fs6.existsSync(p);
   return !!(selectFromDescriptors(readDescriptors(dirs), arch, void 0, exists) ?? selectFromKnownPaths(arch, exists));
 }
 
@@ -22498,9 +22564,9 @@ async function ensureHostDeps(arch, withZstd) {
 }
 
 // src/host/kvm.ts
-import * as fs5 from "node:fs";
+import * as fs7 from "node:fs";
 import * as os from "node:os";
-import * as path5 from "node:path";
+import * as path6 from "node:path";
 import { spawn as spawn2 } from "node:child_process";
 
 // src/vm/qmp.ts
@@ -22628,7 +22694,7 @@ var Qmp = class _Qmp extends EventEmitter {
 // src/host/kvm.ts
 function kvmDeviceProblem(device = "/dev/kvm") {
   try {
-    fs5.closeSync(fs5.openSync(device, fs5.constants.O_RDWR));
+    fs7.closeSync(fs7.openSync(device, fs7.constants.O_RDWR));
     return void 0;
   } catch (err) {
     const code = err.code;
@@ -22639,11 +22705,11 @@ function hostIdentity(qemu, cpuModel, kernel = os.release()) {
   return `kernel ${kernel}, ${qemu.binary} ${qemu.version}, CPU ${cpuModel}`;
 }
 function recordsFile(cacheDir) {
-  return path5.join(cacheDir, CacheFiles.kvmVerdicts);
+  return path6.join(cacheDir, CacheFiles.kvmVerdicts);
 }
 function readVerdict(cacheDir, identity) {
   try {
-    const all = JSON.parse(fs5.readFileSync(recordsFile(cacheDir), "utf8"));
+    const all = JSON.parse(fs7.readFileSync(recordsFile(cacheDir), "utf8"));
     return all[identity];
   } catch {
     return void 0;
@@ -22652,23 +22718,23 @@ function readVerdict(cacheDir, identity) {
 function recordVerdict(cacheDir, identity, v) {
   let all = {};
   try {
-    all = JSON.parse(fs5.readFileSync(recordsFile(cacheDir), "utf8"));
+    all = JSON.parse(fs7.readFileSync(recordsFile(cacheDir), "utf8"));
   } catch {
   }
   all[identity] = { ...v, at: (/* @__PURE__ */ new Date()).toISOString() };
-  fs5.mkdirSync(cacheDir, { recursive: true });
+  fs7.mkdirSync(cacheDir, { recursive: true });
   const tmp = `${recordsFile(cacheDir)}.tmp-${process.pid}`;
-  fs5.writeFileSync(tmp, JSON.stringify(all, null, 2) + "\n");
-  fs5.renameSync(tmp, recordsFile(cacheDir));
+  fs7.writeFileSync(tmp, JSON.stringify(all, null, 2) + "\n");
+  fs7.renameSync(tmp, recordsFile(cacheDir));
 }
 var PC = /\b(?:RIP|PC)\s*=\s*([0-9a-f]+)/i;
 async function probeKvm(o) {
   const timeoutMs = o.timeoutMs ?? 4e3;
-  const dir = fs5.mkdtempSync(path5.join(fs5.existsSync("/tmp") ? "/tmp" : os.tmpdir(), "rvm-probe-"));
-  const vars = path5.join(dir, "vars.fd");
-  fs5.copyFileSync(o.firmware.vars, vars, fs5.constants.COPYFILE_FICLONE);
-  const serial = path5.join(dir, "serial.log");
-  const sock = path5.join(dir, "qmp.sock");
+  const dir = fs7.mkdtempSync(path6.join(fs7.existsSync("/tmp") ? "/tmp" : os.tmpdir(), "rvm-probe-"));
+  const vars = path6.join(dir, "vars.fd");
+  fs7.copyFileSync(o.firmware.vars, vars, fs7.constants.COPYFILE_FICLONE);
+  const serial = path6.join(dir, "serial.log");
+  const sock = path6.join(dir, "qmp.sock");
   const argv = [
     "-nodefaults",
     "-display",
@@ -22700,7 +22766,7 @@ async function probeKvm(o) {
   let qmp;
   try {
     while (!exited && !qmp && Date.now() < deadline) {
-      if (fs5.existsSync(sock)) qmp = await Qmp.connect(sock, Math.max(500, deadline - Date.now())).catch(() => void 0);
+      if (fs7.existsSync(sock)) qmp = await Qmp.connect(sock, Math.max(500, deadline - Date.now())).catch(() => void 0);
       if (!qmp) await sleep(25);
     }
     const pcs = /* @__PURE__ */ new Set();
@@ -22708,7 +22774,7 @@ async function probeKvm(o) {
       const regs = await qmp.hmp("info registers", 2e3).catch(() => "");
       const pc = PC.exec(regs)?.[1];
       if (pc) pcs.add(pc);
-      const printed = fs5.existsSync(serial) && fs5.statSync(serial).size > 0;
+      const printed = fs7.existsSync(serial) && fs7.statSync(serial).size > 0;
       if (pcs.size > 1 || printed) return { usable: true, reason: printed ? "the firmware printed on the serial console" : "the vCPU made progress" };
       await sleep(200);
     }
@@ -22720,12 +22786,12 @@ async function probeKvm(o) {
     if (!exited) child.kill("SIGKILL");
     await withTimeout(exit, 1e4, "the KVM probe exiting").catch(() => {
     });
-    fs5.rmSync(dir, { recursive: true, force: true });
+    fs7.rmSync(dir, { recursive: true, force: true });
   }
 }
 
 // src/host/platform.ts
-import * as fs6 from "node:fs";
+import * as fs8 from "node:fs";
 var QEMU_ARCH = { arm64: "aarch64", amd64: "x86_64" };
 var MACHINE_ALIAS = { aarch64: "virt", x86_64: "q35" };
 function qemuBinary(arch) {
@@ -22793,7 +22859,7 @@ function hostCpuIdentity(cpuinfo) {
 }
 function readHostCpuIdentity() {
   try {
-    return hostCpuIdentity(fs6.readFileSync("/proc/cpuinfo", "utf8"));
+    return hostCpuIdentity(fs8.readFileSync("/proc/cpuinfo", "utf8"));
   } catch {
     return "unknown";
   }
@@ -22804,8 +22870,8 @@ async function setupHost(config) {
   const qemuArch = QEMU_ARCH[config.arch];
   if (config.installDeps) await ensureHostDeps(qemuArch, config.cache);
   const qemu = await qemuInfo(config.arch);
-  const fw = findFirmware(qemuArch, qemu.machine, path6.join(config.cacheDir, CacheFiles.firmware));
-  const firmware = { ...fw, size: fs7.statSync(fw.code).size };
+  const fw = findFirmware(qemuArch, qemu.machine, path7.join(config.cacheDir, CacheFiles.firmware));
+  const firmware = { ...fw, size: fs9.statSync(fw.code).size };
   const cpuModel = readHostCpuIdentity();
   const identity = hostIdentity(qemu, cpuModel);
   const verdict = config.kvm === "false" || config.crossArch ? void 0 : await kvmVerdict(config, qemuArch, qemu, firmware, identity);
@@ -22819,12 +22885,12 @@ async function setupHost(config) {
 }
 async function kvmVerdict(config, arch, qemu, firmware, identity) {
   const hooked = getHooks().assumeKvm;
-  const device = hooked ? void 0 : kvmDeviceProblem();
+  const device = hooked ? void 0 : kvmDeviceProblem(getHooks().kvmDevice);
   if (device) return { usable: false, reason: device, source: "device" };
   if (config.kvm === "auto") {
     const rec = readVerdict(config.cacheDir, identity);
     if (rec) {
-      const file = path6.join(config.cacheDir, CacheFiles.kvmVerdicts);
+      const file = path7.join(config.cacheDir, CacheFiles.kvmVerdicts);
       return { usable: rec.usable, source: "record", reason: `${rec.reason} (recorded ${rec.at} by the ${rec.source} for ${identity}; delete ${file} to try KVM again)` };
     }
   }
@@ -22843,11 +22909,329 @@ function fallBackToTcg(host, cacheDir, cause) {
 
 // src/inputs.ts
 import * as os2 from "node:os";
-import * as path7 from "node:path";
+import * as path8 from "node:path";
+
+// src/cache/oci.ts
+import { spawn as spawn3 } from "node:child_process";
+import * as http from "node:http";
+import * as https from "node:https";
+import { pipeline } from "node:stream/promises";
+var OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+var NAME_RE = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
+function isLoopback(hostname) {
+  const h = hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+function parseRegistryRef(value) {
+  const m = /^(?:(https?):\/\/)?([^/\s]+)\/([^\s]+?)\/?$/.exec(value.trim());
+  if (!m) throw new Error("expected HOST/REPOSITORY, such as ghcr.io/OWNER/ryra-vm-layers");
+  const [, scheme0, host0, name] = m;
+  let url;
+  try {
+    url = new URL(`http://${host0}`);
+  } catch {
+    throw new Error(`${host0} is not a host name`);
+  }
+  if (url.username || url.password || url.host !== host0.toLowerCase()) throw new Error(`${host0} is not a host name (no credentials in it: use registry-token)`);
+  if (!NAME_RE.test(name)) throw new Error(`repository ${name}: lowercase letters and digits, separated by . _ or -, parts joined by /`);
+  const loop = isLoopback(url.hostname);
+  const scheme = scheme0 ?? (loop ? "http" : "https");
+  if (scheme === "http" && !loop) throw new Error("plain http is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https");
+  return { scheme, host: url.host, name };
+}
+var RegistryError = class extends Error {
+  constructor(message, kind) {
+    super(message);
+    this.kind = kind;
+  }
+  kind;
+  name = "RegistryError";
+};
+var CURL_NET = /* @__PURE__ */ new Set([5, 6, 7, 18, 28, 35, 52, 55, 56]);
+var NET_CODES = /* @__PURE__ */ new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "ECONNABORTED", "ERR_STREAM_PREMATURE_CLOSE", "UND_ERR_SOCKET"]);
+function asRegistryError(err, r) {
+  const bound = r?.why();
+  if (bound) return bound;
+  if (err instanceof RegistryError || err?.name === "AbortError") return err;
+  const code = err?.code;
+  if (code && NET_CODES.has(code) || err?.message === "aborted") return new RegistryError(`connection lost: ${err.message}`, "unreachable");
+  return err;
+}
+async function readBody(res, max) {
+  const parts = [];
+  let n = 0;
+  for await (const c of res) {
+    n += c.length;
+    if (n > max) {
+      res.destroy();
+      throw new RegistryError(`a response body over ${max} bytes`, "protocol");
+    }
+    parts.push(c);
+  }
+  return Buffer.concat(parts);
+}
+function drain(res) {
+  res.resume();
+  res.on("error", () => {
+  });
+}
+function parseChallenge(header) {
+  const m = /^\s*(\w+)\s*(.*)$/.exec(header ?? "");
+  if (!m) return void 0;
+  const params = {};
+  for (const p of m[2].matchAll(/(\w+)=(?:"([^"]*)"|([^,\s]*))/g)) params[p[1].toLowerCase()] = p[2] ?? p[3];
+  return { scheme: m[1].toLowerCase(), params };
+}
+var OciClient = class {
+  ref;
+  base;
+  connectMs;
+  stallMs;
+  agent;
+  /** For redirects to blob storage on other hosts (always https there); closed with the client. */
+  otherAgent;
+  user;
+  password;
+  /** The Authorization header that worked, per scope asked for. */
+  auth = /* @__PURE__ */ new Map();
+  constructor(ref, opts = {}) {
+    this.ref = typeof ref === "string" ? parseRegistryRef(ref) : ref;
+    this.base = `${this.ref.scheme}://${this.ref.host}`;
+    this.connectMs = opts.connectTimeoutMs ?? 1e4;
+    this.stallMs = opts.stallMs ?? 3e4;
+    const agentOpts = { keepAlive: true, maxSockets: opts.maxSockets ?? 8 };
+    this.agent = this.ref.scheme === "https" ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
+    this.otherAgent = new https.Agent(agentOpts);
+    const t = opts.token?.trim() || void 0;
+    const colon = t ? t.indexOf(":") : -1;
+    this.user = t && colon > 0 ? t.slice(0, colon) : "ryra-vm";
+    this.password = t && colon > 0 ? t.slice(colon + 1) : t;
+  }
+  close() {
+    this.agent.destroy();
+    this.otherAgent.destroy();
+  }
+  url(p) {
+    return new URL(`${this.base}/v2/${this.ref.name}/${p}`);
+  }
+  /** One HTTP exchange under the connect and stall bounds; resolves at the response head. */
+  exchange(method, url, headers, body, signal) {
+    if (url.protocol !== "https:" && !isLoopback(url.hostname)) {
+      return Promise.reject(new RegistryError(`refusing plain http to ${url.host} (only loopback hosts may use it)`, "protocol"));
+    }
+    return new Promise((resolve7, reject) => {
+      let bound;
+      const mod = url.protocol === "https:" ? https : http;
+      const agent = url.host === this.ref.host ? this.agent : url.protocol === "https:" ? this.otherAgent : void 0;
+      const req = mod.request(url, { method, headers, agent, signal });
+      let connectTimer;
+      req.on("socket", (s) => {
+        if (!s.connecting) return;
+        connectTimer = setTimeout(() => {
+          bound = new RegistryError(`no connection to ${url.host} within ${this.connectMs / 1e3} s`, "unreachable");
+          req.destroy(bound);
+        }, this.connectMs);
+        s.once("connect", () => clearTimeout(connectTimer));
+      });
+      req.setTimeout(this.stallMs, () => {
+        bound = new RegistryError(`${url.host} stalled: nothing sent or received for ${this.stallMs / 1e3} s (${method} ${url.pathname})`, "unreachable");
+        req.destroy(bound);
+      });
+      const why = () => bound;
+      req.on("error", (err) => {
+        clearTimeout(connectTimer);
+        reject(asRegistryError(err, { why }));
+      });
+      req.on("response", (res) => {
+        clearTimeout(connectTimer);
+        resolve7({ res, why });
+      });
+      if (body === void 0 || Buffer.isBuffer(body)) req.end(body);
+      else pipeline(body(), req).catch((err) => req.destroy(err));
+    });
+  }
+  /**
+   * A request to the registry with its auth: on a 401 it authenticates as the challenge says and
+   * tries once more; GET and HEAD follow redirects (blob storage), without credentials to another host.
+   */
+  async request(method, url, o) {
+    let target = url;
+    for (let attempt = 0, hops = 0; ; ) {
+      const sameHost = target.host === this.ref.host;
+      const authHeader = sameHost ? this.auth.get(o.scope) : void 0;
+      const headers = { "user-agent": "ryra-vm", ...o.headers, ...authHeader ? { authorization: authHeader } : {} };
+      const r = await this.exchange(method, target, headers, o.body, o.signal);
+      const status = r.res.statusCode ?? 0;
+      if (status === 401 && sameHost && attempt === 0) {
+        drain(r.res);
+        attempt++;
+        await this.authenticate(r.res.headers["www-authenticate"], o.scope, o.signal);
+        continue;
+      }
+      if ((status === 401 || status === 403) && sameHost) {
+        const text = (await readBody(r.res, 64 << 10).catch(() => Buffer.alloc(0))).toString().slice(0, 300);
+        throw new RegistryError(
+          `${this.ref.host} refused ${method} ${target.pathname} with HTTP ${status}${text ? `: ${text.trim()}` : ""} (check registry-token: it needs ${o.scope === "pull" ? "read" : "write"} access to ${this.ref.name})`,
+          "auth"
+        );
+      }
+      if ([301, 302, 303, 307, 308].includes(status) && (method === "GET" || method === "HEAD") && r.res.headers.location && hops < 5) {
+        drain(r.res);
+        hops++;
+        target = new URL(r.res.headers.location, target);
+        continue;
+      }
+      return r;
+    }
+  }
+  /** Gets a token (or sets Basic credentials) for `scope` as the registry's challenge says. */
+  async authenticate(header, scope, signal) {
+    const c = parseChallenge(header);
+    const basic = this.password !== void 0 ? `Basic ${Buffer.from(`${this.user}:${this.password}`).toString("base64")}` : void 0;
+    if (c?.scheme === "basic") {
+      if (!basic) throw new RegistryError(`${this.ref.host} asks for credentials (Basic) and none were given: set registry-token`, "auth");
+      this.auth.set(scope, basic);
+      return;
+    }
+    if (c?.scheme !== "bearer" || !c.params.realm) throw new RegistryError(`${this.ref.host} answered 401 without a usable challenge (${header ?? "none"})`, "auth");
+    let realm;
+    try {
+      realm = new URL(c.params.realm);
+    } catch {
+      throw new RegistryError(`${this.ref.host} names a token realm that is not a URL: ${c.params.realm}`, "auth");
+    }
+    if (c.params.service) realm.searchParams.set("service", c.params.service);
+    const scopes = /* @__PURE__ */ new Set([`repository:${this.ref.name}:${scope}`]);
+    if (c.params.scope) {
+      for (const s of c.params.scope.split(" ")) if (s && !s.startsWith(`repository:${this.ref.name}:`)) scopes.add(s);
+    }
+    for (const s of scopes) realm.searchParams.append("scope", s);
+    const r = await this.exchange("GET", realm, { "user-agent": "ryra-vm", ...basic ? { authorization: basic } : {} }, void 0, signal);
+    const status = r.res.statusCode ?? 0;
+    let body;
+    try {
+      body = await readBody(r.res, 1 << 20);
+    } catch (err) {
+      throw asRegistryError(err, r);
+    }
+    if (status === 401 || status === 403) throw new RegistryError(`the token service ${realm.host} refused the ${basic ? "credentials" : "anonymous request"} (HTTP ${status}): check registry-token`, "auth");
+    if (status !== 200) throw new RegistryError(`the token service ${realm.host} answered HTTP ${status}`, "auth");
+    let token;
+    try {
+      const j = JSON.parse(body.toString());
+      token = j.token ?? j.access_token;
+    } catch {
+    }
+    if (typeof token !== "string" || !token) throw new RegistryError(`the token service ${realm.host} sent no token`, "auth");
+    this.auth.set(scope, `Bearer ${token}`);
+  }
+  /** Throws a RegistryError naming what was asked and what came back. */
+  async unexpected(r, what) {
+    const text = (await readBody(r.res, 64 << 10).catch(() => Buffer.alloc(0))).toString().trim().slice(0, 300);
+    throw new RegistryError(`${what}: HTTP ${r.res.statusCode}${text ? ` ${text}` : ""}`, "protocol");
+  }
+  async exists(kind, ref, scope, signal) {
+    const r = await this.request("HEAD", this.url(`${kind}/${ref}`), { scope, signal, headers: kind === "manifests" ? { accept: OCI_MANIFEST } : {} });
+    drain(r.res);
+    if (r.res.statusCode === 200) return true;
+    if (r.res.statusCode === 404) return false;
+    return this.unexpected(r, `HEAD ${kind}/${ref}`);
+  }
+  blobExists(digest, signal, scope = "pull") {
+    return this.exists("blobs", digest, scope, signal);
+  }
+  manifestExists(tag, signal, scope = "pull") {
+    return this.exists("manifests", tag, scope, signal);
+  }
+  /** The manifest's bytes, or undefined when the tag does not exist. */
+  async getManifest(tag, signal) {
+    const r = await this.request("GET", this.url(`manifests/${tag}`), { scope: "pull", signal, headers: { accept: OCI_MANIFEST } });
+    if (r.res.statusCode === 404) {
+      drain(r.res);
+      return void 0;
+    }
+    if (r.res.statusCode !== 200) return this.unexpected(r, `GET manifests/${tag}`);
+    try {
+      return await readBody(r.res, 4 << 20);
+    } catch (err) {
+      throw asRegistryError(err, r);
+    }
+  }
+  async putManifest(tag, body, signal) {
+    const r = await this.request("PUT", this.url(`manifests/${tag}`), {
+      scope: "pull,push",
+      signal,
+      headers: { "content-type": OCI_MANIFEST, "content-length": body.length },
+      body
+    });
+    if (r.res.statusCode !== 201) return this.unexpected(r, `PUT manifests/${tag}`);
+    drain(r.res);
+  }
+  /** A monolithic upload (POST, then one PUT with the whole body streamed); `body` may be called again on a retry. */
+  async pushBlob(digest, size, body, signal) {
+    const start = await this.request("POST", this.url("blobs/uploads/"), { scope: "pull,push", signal, headers: { "content-length": 0 } });
+    if (start.res.statusCode !== 202 || !start.res.headers.location) return this.unexpected(start, "POST blobs/uploads/");
+    drain(start.res);
+    const loc = new URL(start.res.headers.location, this.base);
+    loc.searchParams.set("digest", digest);
+    const r = await this.request("PUT", loc, {
+      scope: "pull,push",
+      signal,
+      headers: { "content-type": "application/octet-stream", "content-length": size },
+      body
+    });
+    if (r.res.statusCode !== 201) return this.unexpected(r, `PUT blob ${digest}`);
+    drain(r.res);
+  }
+  /**
+   * GETs a blob with curl, its body straight into the file descriptor `out`; settles when curl
+   * has exited. Blob bodies go through curl, not
+   * node:http: Node's receive, hash and write share one thread (~200 MB/s here) where curl reads at
+   * ~500 MB/s on its own core and leaves Node only the hashing. The auth is the one this client
+   * already holds for 'pull' (a manifest GET comes first and got it); it goes to curl on stdin, not
+   * in its argv, and curl sends it to the registry's host only, never on a redirect to another
+   * host. The same bounds hold: the connect bound, and a stall is less than 1 byte/s for the stall
+   * bound (rounded to whole seconds). The caller checks the digest.
+   */
+  curlBlob(digest, out, signal) {
+    const url = this.url(`blobs/${digest}`);
+    const auth = this.auth.get("pull");
+    const q2 = (v) => `"${v.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+    const config = [`url = ${q2(url.href)}`, 'header = "User-Agent: ryra-vm"', ...auth ? [`header = ${q2(`Authorization: ${auth}`)}`] : []].join("\n") + "\n";
+    const stallS = Math.max(1, Math.round(this.stallMs / 1e3));
+    const args = ["-q", "--config", "-", "--silent", "--show-error", "--fail", "--location", "--max-redirs", "5", "--proto", this.ref.scheme === "https" ? "=https" : "=http,https", "--proto-redir", "=https", "--noproxy", "*"];
+    args.push("--connect-timeout", String(this.connectMs / 1e3), "--speed-limit", "1", "--speed-time", String(stallS));
+    const child = spawn3("curl", args, { stdio: ["pipe", out, "pipe"], signal });
+    let stderr = "";
+    child.stderr.on("data", (d) => (stderr += d).length > 4e3 && (stderr = stderr.slice(-2e3)));
+    child.stdin.on("error", () => {
+    });
+    child.stdin.end(config);
+    const what = `GET ${url.pathname}`;
+    return new Promise((resolve7, reject) => {
+      child.on("error", (err) => reject(err.code === "ENOENT" ? new RegistryError("curl is not installed (it fetches blobs): install curl", "protocol") : err));
+      child.on("close", (code, sig) => {
+        if (code === 0) return resolve7();
+        if (signal.aborted) return reject(signal.reason);
+        const msg = stderr.trim().split("\n").pop()?.slice(0, 300) ?? "";
+        const status = Number(/returned error: (\d{3})/.exec(msg)?.[1] ?? 0);
+        if (code === 22 && (status === 401 || status === 403)) {
+          this.auth.delete("pull");
+          return reject(new RegistryError(`${this.ref.host} refused ${what} with HTTP ${status}`, "protocol"));
+        }
+        if (code === 22) return reject(new RegistryError(`GET blob ${digest}: HTTP ${status || "?"}`, "protocol"));
+        if (code === 28 && /too slow/i.test(msg)) return reject(new RegistryError(`${this.ref.host} stalled: nothing sent or received for ${stallS} s (${what})`, "unreachable"));
+        if (code === 28 && /connect/i.test(msg)) return reject(new RegistryError(`no connection to ${this.ref.host} within ${this.connectMs / 1e3} s`, "unreachable"));
+        if (code !== null && CURL_NET.has(code)) return reject(new RegistryError(`connection lost: ${msg} (${what})`, "unreachable"));
+        reject(new RegistryError(`curl ${what} failed (${code ?? sig}): ${msg}`, "protocol"));
+      });
+    });
+  }
+};
 
 // src/distro.ts
 var ARCHES = ["arm64", "amd64"];
-var DISTROS = ["debian-13", "fedora-43"];
+var DISTROS = ["debian-13", "fedora-43", "ubuntu-24.04"];
 var DEBIAN_PACKAGES = [
   "podman",
   "podman-compose",
@@ -22859,9 +23243,11 @@ var DEBIAN_PACKAGES = [
   "restic"
 ];
 var FEDORA_PACKAGES = ["podman", "podman-compose", "git", "systemd-container", "curl", "restic"];
+var UBUNTU_PACKAGES = DEBIAN_PACKAGES;
 var DEBIAN_BASE = "https://cloud.debian.org/images/cloud/trixie/latest";
 var FEDORA_BASE = "https://download.fedoraproject.org/pub/fedora/linux/releases/43/Cloud";
 var FEDORA_ARCH = { arm64: "aarch64", amd64: "x86_64" };
+var UBUNTU_BASE = "https://cloud-images.ubuntu.com/releases/noble/release";
 function debian(arch) {
   return {
     distro: "debian-13",
@@ -22897,9 +23283,28 @@ function fedora(arch) {
     guestPackageManager: "dnf"
   };
 }
+function ubuntu(arch) {
+  return {
+    distro: "ubuntu-24.04",
+    arch,
+    // A qcow2 image despite the .img name; cached under a .qcow2 name like the others.
+    url: `${UBUNTU_BASE}/ubuntu-24.04-server-cloudimg-${arch}.img`,
+    checksumUrl: `${UBUNTU_BASE}/SHA256SUMS`,
+    checksumFormat: "sha256sums",
+    rawFile: `ubuntu-24.04-cloudimg-${arch}.qcow2`,
+    preparedFile: `ubuntu-24.04-prepared-${arch}.qcow2`,
+    browserFile: `ubuntu-24.04-browser-${arch}.qcow2`,
+    snapshotBase: `ubuntu-24.04-${arch}`,
+    browserSnapshotBase: `ubuntu-24.04-browser-${arch}`,
+    defaultUser: "ubuntu",
+    packages: UBUNTU_PACKAGES,
+    guestPackageManager: "apt"
+  };
+}
 var CATALOGUE = {
   "debian-13": { arm64: debian("arm64"), amd64: debian("amd64") },
-  "fedora-43": { arm64: fedora("arm64"), amd64: fedora("amd64") }
+  "fedora-43": { arm64: fedora("arm64"), amd64: fedora("amd64") },
+  "ubuntu-24.04": { arm64: ubuntu("arm64"), amd64: ubuntu("amd64") }
 };
 function isDistro(name) {
   return DISTROS.includes(name);
@@ -22923,8 +23328,10 @@ var INPUT_DEFAULTS = {
   [Inputs.Redownload]: "false",
   [Inputs.Snapshot]: "true",
   [Inputs.Cache]: "true",
+  [Inputs.CacheSave]: "true",
   [Inputs.CacheDir]: "",
   [Inputs.Packages]: "",
+  [Inputs.BasePackages]: "true",
   [Inputs.ImageUrl]: "",
   [Inputs.ImageChecksum]: "",
   [Inputs.InstallDeps]: "true",
@@ -22933,16 +23340,20 @@ var INPUT_DEFAULTS = {
   [Inputs.BrowserSource]: "auto",
   [Inputs.DiskSize]: "20G",
   [Inputs.Boot]: "",
+  [Inputs.Forward]: "",
   [Inputs.BootTimeout]: "",
   [Inputs.EnvironmentVariables]: "",
-  [Inputs.Sync]: "both"
+  [Inputs.Sync]: "both",
+  [Inputs.SyncMaxSize]: "4G",
+  [Inputs.Registry]: "",
+  // Read as given (no default applied): GitHub substitutes the expression before the action runs.
+  [Inputs.RegistryToken]: "${{ github.token }}"
 };
 var MIN_MEMORY_MB = 512;
 var MAX_MEMORY_MB = 1024 * 1024;
 var MAX_CPUS = 256;
 var DIGEST_HEX_LENGTH = { sha256: 64, sha512: 128 };
 var PACKAGE_RE = /^[A-Za-z0-9][A-Za-z0-9+._:=~@-]*$/;
-var VM_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 var ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 var SIZE_UNITS = { "": 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
 function hostArch(nodeArch = process.arch) {
@@ -22955,7 +23366,7 @@ function currentHost() {
 }
 function defaultCacheDir(host) {
   const xdg = host.env.XDG_CACHE_HOME;
-  return path7.join(xdg && path7.isAbsolute(xdg) ? xdg : path7.join(host.homedir, ".cache"), "ryra-vm");
+  return path8.join(xdg && path8.isAbsolute(xdg) ? xdg : path8.join(host.homedir, ".cache"), "ryra-vm");
 }
 function bad(name, value, allowed) {
   throw new InputError(`invalid ${name}: ${JSON.stringify(value)} (${allowed})`);
@@ -22987,7 +23398,7 @@ function parseChecksum(value) {
 }
 function parseImageUrl(value, cwd = process.cwd()) {
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(value);
-  if (!scheme) return path7.resolve(cwd, value);
+  if (!scheme) return path8.resolve(cwd, value);
   const s = scheme[1].toLowerCase();
   if (s === "http" || s === "https") {
     try {
@@ -23012,6 +23423,38 @@ function parseSize(name, value) {
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(value.trim());
   if (!m) return bad(name, value, "a size such as 20G, 512M or 1.5T");
   return Math.round(Number(m[1]) * SIZE_UNITS[m[2].toUpperCase()]);
+}
+function parseRegistry(value) {
+  try {
+    parseRegistryRef(value);
+  } catch (err) {
+    return bad(Inputs.Registry, value, `${err.message}; e.g. ghcr.io/OWNER/ryra-vm-layers, or empty for none`);
+  }
+  return value;
+}
+function parseSyncMaxSize(value) {
+  const n = parseSize(Inputs.SyncMaxSize, value);
+  if (n < 2 ** 20) bad(Inputs.SyncMaxSize, value, "a size of at least 1M, such as 4G or 512M");
+  return n;
+}
+var FORWARD_RULE = "HOST:GUEST, two TCP ports from 1 to 65535, e.g. 8080:80";
+function parseForward(what, value) {
+  const m = /^(\d{1,5}):(\d{1,5})$/.exec(value);
+  const [host, guest] = m ? [Number(m[1]), Number(m[2])] : [0, 0];
+  if (!m || host < 1 || host > 65535 || guest < 1 || guest > 65535) throw new InputError(`invalid ${what}: ${JSON.stringify(value)} (${FORWARD_RULE})`);
+  return { host, guest };
+}
+function parseBootForwards(value, boot) {
+  const out = {};
+  for (const item of value.split(/[\s,]+/).filter(Boolean)) {
+    const named = /^([^:]+):(\d+:\d+)$/.exec(item);
+    const vm = named ? named[1] : boot.length === 1 ? boot[0] : void 0;
+    if (!boot.length) bad(Inputs.Forward, item, `forwards go to the VMs that ${Inputs.Boot} starts, and it names none`);
+    if (!vm) bad(Inputs.Forward, item, `${Inputs.Boot} names several VMs: write NAME:HOST:GUEST`);
+    if (!boot.includes(vm)) bad(Inputs.Forward, item, `${vm} is not one of the VMs ${Inputs.Boot} starts (${boot.join(", ")})`);
+    (out[vm] ??= []).push(parseForward(Inputs.Forward, named ? named[2] : item));
+  }
+  return out;
 }
 function parseConfig(get, host = currentHost()) {
   const raw = (name) => {
@@ -23043,11 +23486,12 @@ function parseConfig(get, host = currentHost()) {
     );
   }
   const cacheDirValue = raw(Inputs.CacheDir);
-  const cacheDir = cacheDirValue ? path7.resolve(cacheDirValue.replace(/^~(?=$|\/)/, host.homedir)) : defaultCacheDir(host);
+  const cacheDir = cacheDirValue ? path8.resolve(cacheDirValue.replace(/^~(?=$|\/)/, host.homedir)) : defaultCacheDir(host);
   const diskSize = raw(Inputs.DiskSize);
   if (!/^\d+[KMGT]?$/.test(diskSize) || parseSize(Inputs.DiskSize, diskSize) < 2 ** 30) {
     bad(Inputs.DiskSize, diskSize, "a whole size of at least 1G, such as 20G or 40960M");
   }
+  const boot = list(Inputs.Boot, get(Inputs.Boot) ?? "", VM_NAME_RE, VM_NAME_RULE);
   const bootTimeoutValue = raw(Inputs.BootTimeout);
   const bootTimeoutMs = bootTimeoutValue ? integer(Inputs.BootTimeout, bootTimeoutValue, 1, 24 * 3600, " of seconds") * 1e3 : void 0;
   return {
@@ -23061,8 +23505,10 @@ function parseConfig(get, host = currentHost()) {
     redownload: bool(Inputs.Redownload, raw(Inputs.Redownload)),
     snapshot: bool(Inputs.Snapshot, raw(Inputs.Snapshot)),
     cache: bool(Inputs.Cache, raw(Inputs.Cache)),
+    cacheSave: bool(Inputs.CacheSave, raw(Inputs.CacheSave)),
     cacheDir,
     packages: parsePackages(get(Inputs.Packages) ?? ""),
+    basePackages: bool(Inputs.BasePackages, raw(Inputs.BasePackages)),
     imageUrl,
     imageChecksum,
     installDeps: bool(Inputs.InstallDeps, raw(Inputs.InstallDeps)),
@@ -23070,15 +23516,21 @@ function parseConfig(get, host = currentHost()) {
     prepareScript: (get(Inputs.Prepare) ?? "").trim() ? get(Inputs.Prepare) ?? "" : "",
     browserSource: oneOf(Inputs.BrowserSource, raw(Inputs.BrowserSource), ["auto", "upstream", "registries"]),
     diskSize,
-    boot: list(Inputs.Boot, get(Inputs.Boot) ?? "", VM_NAME_RE, "a VM name: letters, digits, . _ - (at most 63)"),
+    boot,
+    forward: parseBootForwards(get(Inputs.Forward) ?? "", boot),
     bootTimeoutMs,
     environmentVariables: list(Inputs.EnvironmentVariables, get(Inputs.EnvironmentVariables) ?? "", ENV_NAME_RE, "an environment variable name"),
-    sync: oneOf(Inputs.Sync, raw(Inputs.Sync), ["in", "both", "none"])
+    sync: oneOf(Inputs.Sync, raw(Inputs.Sync), ["in", "both", "none"]),
+    syncMaxBytes: parseSyncMaxSize(raw(Inputs.SyncMaxSize)),
+    registry: raw(Inputs.Registry) ? parseRegistry(raw(Inputs.Registry)) : void 0,
+    // An unsubstituted expression (the default read outside Actions) is no token.
+    registryToken: (get(Inputs.RegistryToken) ?? "").trim().replace(/^\$\{\{.*\}\}$/, "") || void 0
   };
 }
 
 // src/vm/ssh.ts
-import * as fs8 from "node:fs";
+import * as crypto from "node:crypto";
+import * as fs10 from "node:fs";
 import * as net2 from "node:net";
 var import_ssh2 = __toESM(require_lib3(), 1);
 var { Client, utils } = import_ssh2.default;
@@ -23091,21 +23543,70 @@ var SshConnectionError = class extends Error {
   name = "SshConnectionError";
 };
 function generateKeyPair(comment = "ryra-vm") {
-  const k = utils.generateKeyPairSync("ed25519", { comment });
-  return { privateKey: k.private, publicKey: k.public.trim() };
+  const der = crypto.generateKeyPairSync("ed25519", { publicKeyEncoding: { type: "spki", format: "der" }, privateKeyEncoding: { type: "pkcs8", format: "der" } });
+  const pub = Buffer.from(derTail(der.publicKey, SPKI_ED25519));
+  const seed = Buffer.from(derTail(der.privateKey, PKCS8_ED25519));
+  const pair = { privateKey: openSshPrivateKey(pub, seed, comment), publicKey: `ssh-ed25519 ${publicBlob(pub).toString("base64")}${comment ? ` ${comment}` : ""}` };
+  const bad2 = keyProblem(pair.publicKey);
+  if (bad2) throw new Error(`made a broken SSH key: ${bad2}`);
+  return pair;
+}
+var SPKI_ED25519 = Buffer.from("302a300506032b6570032100", "hex");
+var PKCS8_ED25519 = Buffer.from("302e020100300506032b657004220420", "hex");
+function derTail(der, prefix) {
+  if (der.length !== prefix.length + 32 || !der.subarray(0, prefix.length).equals(prefix)) throw new Error(`Node made an ed25519 key in an unexpected DER form: ${der.toString("hex")}`);
+  return der.subarray(prefix.length);
+}
+var sshString = (b) => {
+  const data = typeof b === "string" ? Buffer.from(b) : b;
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(data.length);
+  return Buffer.concat([len, data]);
+};
+var uint32 = (n) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+};
+var publicBlob = (pub) => Buffer.concat([sshString("ssh-ed25519"), sshString(pub)]);
+function openSshPrivateKey(pub, seed, comment) {
+  const check = crypto.randomBytes(4);
+  let secret = Buffer.concat([check, check, sshString("ssh-ed25519"), sshString(pub), sshString(Buffer.concat([seed, pub])), sshString(comment)]);
+  const pad = (8 - secret.length % 8) % 8;
+  secret = Buffer.concat([secret, Buffer.from(Array.from({ length: pad }, (_, i) => i + 1))]);
+  const body = Buffer.concat([Buffer.from("openssh-key-v1\0"), sshString("none"), sshString("none"), sshString(""), uint32(1), sshString(publicBlob(pub)), sshString(secret)]);
+  const lines = body.toString("base64").match(/.{1,70}/g);
+  return ["-----BEGIN OPENSSH PRIVATE KEY-----", ...lines, "-----END OPENSSH PRIVATE KEY-----", ""].join("\n");
+}
+function keyProblem(key) {
+  const parsed = utils.parseKey(key.trim());
+  if (parsed instanceof Error) return `not an SSH key (${parsed.message})`;
+  const k = Array.isArray(parsed) ? parsed[0] : parsed;
+  if (k.type !== "ssh-ed25519") return `a ${k.type} key, not ssh-ed25519`;
+  const blob = k.getPublicSSH();
+  const typeLen = blob.readUInt32BE(0);
+  const keyLen = blob.length >= 8 + typeLen ? blob.readUInt32BE(4 + typeLen) : -1;
+  if (keyLen !== 32 || blob.length !== 8 + typeLen + 32) return `its ed25519 public key is ${keyLen} bytes, not 32 (sshd refuses it)`;
+  return void 0;
 }
 function ensureKeyFile(file) {
-  if (fs8.existsSync(file) && fs8.existsSync(`${file}.pub`)) {
-    fs8.chmodSync(file, 384);
-    return { privateKey: fs8.readFileSync(file, "utf8"), publicKey: fs8.readFileSync(`${file}.pub`, "utf8").trim() };
+  if (fs10.existsSync(file) && fs10.existsSync(`${file}.pub`)) {
+    fs10.chmodSync(file, 384);
+    const existing = { privateKey: fs10.readFileSync(file, "utf8"), publicKey: fs10.readFileSync(`${file}.pub`, "utf8").trim() };
+    const bad2 = keyProblem(existing.publicKey) ?? keyProblem(existing.privateKey);
+    if (!bad2) return existing;
+    log.warning(`the SSH key ${file} is broken (${bad2}); making a new one`);
   }
   const pair = generateKeyPair();
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs8.writeFileSync(`${tmp}.pub`, pair.publicKey + "\n");
-  fs8.writeFileSync(tmp, pair.privateKey, { mode: 384 });
-  fs8.renameSync(`${tmp}.pub`, `${file}.pub`);
-  fs8.renameSync(tmp, file);
+  writeKeyFiles(file, pair);
   return pair;
+}
+function writeKeyFiles(file, pair) {
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs10.writeFileSync(`${tmp}.pub`, pair.publicKey + "\n");
+  fs10.writeFileSync(tmp, pair.privateKey, { mode: 384 });
+  fs10.renameSync(`${tmp}.pub`, `${file}.pub`);
+  fs10.renameSync(tmp, file);
 }
 var KEEP_CHARS = 1 << 20;
 var SshClient = class _SshClient {
@@ -23169,12 +23670,18 @@ var SshClient = class _SshClient {
           stream.close();
           reject(new Error(`command timed out after ${opts.timeoutMs / 1e3} s: ${command.slice(0, 80)}`));
         }, opts.timeoutMs) : void 0;
+        const onAbort = () => {
+          stream.close();
+          reject(opts.signal.reason instanceof Error ? opts.signal.reason : new Error(`command aborted: ${command.slice(0, 80)}`));
+        };
+        if (opts.signal?.aborted) return onAbort();
+        opts.signal?.addEventListener("abort", onAbort, { once: true });
         if (opts.stdout) {
           const dest = opts.stdout;
           stream.pipe(dest, { end: false });
-          const drain = () => (stream.unpipe(dest), stream.resume());
-          dest.once("error", drain);
-          dest.once("close", drain);
+          const drain2 = () => (stream.unpipe(dest), stream.resume());
+          dest.once("error", drain2);
+          dest.once("close", drain2);
         }
         if (opts.stderr) stream.stderr.pipe(opts.stderr, { end: false });
         if (!opts.stdout) stream.on("data", (d) => stdout = keep(stdout, d));
@@ -23185,6 +23692,7 @@ var SshClient = class _SshClient {
         });
         stream.on("close", () => {
           clearTimeout(timer);
+          opts.signal?.removeEventListener("abort", onAbort);
           if (code !== void 0) resolve7({ code, stdout, stderr });
           else if (signal) resolve7({ code: 128 + 1, stdout, stderr: stderr + `
 (killed by signal ${signal})` });
@@ -23235,7 +23743,15 @@ function sshBanner(port, timeoutMs, host = "127.0.0.1") {
     s.once("close", () => done(false));
   });
 }
+var SshKeyRefusedError = class extends Error {
+  name = "SshKeyRefusedError";
+};
+function isKeyRefusal(err) {
+  return err?.level === "client-authentication" || /All configured authentication methods failed/.test(err?.message ?? "");
+}
 async function waitForSsh(target, opts) {
+  const parsed = utils.parseKey(target.privateKey);
+  if (parsed instanceof Error) throw new SshKeyRefusedError(`cannot log in to 127.0.0.1:${target.port} as ${target.user}: the key is broken (${parsed.message})`);
   const deadline = Date.now() + opts.timeoutMs;
   let last;
   let aborted;
@@ -23262,6 +23778,12 @@ async function waitForSsh(target, opts) {
       if (aborted) throw aborted;
       last = err;
       log.debug(`ssh 127.0.0.1:${target.port}: ${err.message}`);
+      const final = isKeyRefusal(err) ? opts.refusalFinal?.() : void 0;
+      if (final) {
+        throw new SshKeyRefusedError(
+          `the guest at 127.0.0.1:${target.port} answers SSH but refuses the key for ${target.user} (${err.message}), and ${final}: the guest does not hold the public key of the key offered (was it made with another key, or does its sshd refuse this one?)`
+        );
+      }
     }
     await Promise.race([sleep(opts.retryMs ?? 1e3), opts.abort.catch(() => {
     })]);
@@ -23270,12 +23792,12 @@ async function waitForSsh(target, opts) {
 }
 
 // src/layers/pipeline.ts
-import * as fs20 from "node:fs";
-import * as path18 from "node:path";
+import * as fs24 from "node:fs";
+import * as path21 from "node:path";
 
 // src/cache/actions.ts
-import { spawn as spawn3 } from "node:child_process";
-import * as fs9 from "node:fs";
+import { spawn as spawn4 } from "node:child_process";
+import * as fs11 from "node:fs";
 import * as readline from "node:readline";
 import { fileURLToPath } from "node:url";
 function cacheTimeouts() {
@@ -23291,7 +23813,7 @@ function workerCommand() {
   const candidates = [new URL("./worker.ts", import.meta.url), new URL("./cache-worker.js", import.meta.url), new URL("../cache-worker.js", import.meta.url)];
   for (const u of candidates) {
     const p = fileURLToPath(u);
-    if (fs9.existsSync(p)) return p.endsWith(".ts") ? ["--import", "tsx", p] : [p];
+    if (fs11.existsSync(p)) return p.endsWith(".ts") ? ["--import", "tsx", p] : [p];
   }
   throw new Error("cache worker not found next to the action");
 }
@@ -23302,7 +23824,7 @@ var Worker = class {
   out = "";
   queue = Promise.resolve();
   start() {
-    const child = spawn3(process.execPath, workerCommand(), { stdio: ["pipe", "pipe", "pipe", "pipe"] });
+    const child = spawn4(process.execPath, workerCommand(), { stdio: ["pipe", "pipe", "pipe", "pipe"] });
     const onLog = (d) => {
       const text = d.toString();
       this.out += text;
@@ -23348,9 +23870,10 @@ var Worker = class {
         this.kill();
         return { timedOut: true };
       }
-      const outcome = { matchedKey: result.matchedKey, entryId: result.entryId, error: result.error };
+      const outcome = { matchedKey: result.matchedKey, entryId: result.entryId, error: result.error, refused: result.refused };
+      if (result.rateLimitedS) outcome.rateLimited = { retryAfterS: result.rateLimitedS };
       const failed = req.op === "save" ? result.entryId === void 0 || result.entryId === -1 : !result.matchedKey;
-      const rate = failed && /rate limit will reset in (\d+) seconds|Rate limited|\(429\)|responded with 429|status code 429/i.exec(out);
+      const rate = req.op === "save" && failed && /rate limit will reset in (\d+) seconds|Rate limited|\(429\)|responded with 429|status code 429/i.exec(out);
       if (rate) outcome.rateLimited = { retryAfterS: Number(rate[1] ?? 0) || 1 };
       if (failed && /another job may be creating this cache|already_exists|already exists/i.exec(out)) outcome.duplicate = true;
       for (const m of out.matchAll(/^::warning::(.*)$/gm)) log.info(`  cache: ${m[1]}`);
@@ -23391,6 +23914,11 @@ var Worker = class {
     this.child = void 0;
   }
 };
+var successorOf = (key, matched) => {
+  if (matched.toLowerCase() === key.toLowerCase()) return `${key}-r1`;
+  const n = /^-r(\d+)$/i.exec(matched.slice(key.length));
+  return matched.toLowerCase().startsWith(key.toLowerCase()) && n ? `${key}-r${Number(n[1]) + 1}` : void 0;
+};
 function actionsCache(timeouts = cacheTimeouts()) {
   const worker = new Worker();
   let off;
@@ -23410,32 +23938,50 @@ function actionsCache(timeouts = cacheTimeouts()) {
     }
     return o;
   };
+  const matched = /* @__PURE__ */ new Map();
+  const refusedKeys = /* @__PURE__ */ new Set();
+  const ours = (key, m) => !!m && (m.toLowerCase() === key.toLowerCase() || !!successorOf(key, m));
   return {
+    label: "Actions cache",
     get on() {
       return !off;
     },
     async restore(key, paths, dir) {
-      const hit = await call({ op: "lookup", dir, paths, key }, timeouts.lookupMs);
+      const keys = [`${key}-r`, key];
+      const hit = await call({ op: "lookup", dir, paths, key, keys }, timeouts.lookupMs);
       if (!hit || hit.timedOut) return "miss";
       const problem = describe(hit, "lookup", key);
       if (problem) log.warning(`Actions cache: ${problem}; building instead`);
-      if (!hit.matchedKey || hit.matchedKey.toLowerCase() !== key.toLowerCase()) return "miss";
-      const o = await call({ op: "restore", dir, paths, key }, timeouts.transferMs);
+      if (!ours(key, hit.matchedKey)) return "miss";
+      matched.set(key, hit.matchedKey);
+      const o = await call({ op: "restore", dir, paths, key, keys }, timeouts.transferMs);
       if (!o || o.timedOut) return "miss";
+      if (o.refused) return `refused: ${o.refused}`;
       const p2 = describe(o, "restore", key);
       if (p2) log.warning(`Actions cache: ${p2}`);
-      return !!o.matchedKey && o.matchedKey.toLowerCase() === key.toLowerCase() ? "restored" : "failed";
+      return ours(key, o.matchedKey) ? "restored" : "failed";
+    },
+    refused(key) {
+      refusedKeys.add(key);
+    },
+    async has(key, paths) {
+      if (refusedKeys.has(key)) return false;
+      const hit = await call({ op: "lookup", dir: process.cwd(), paths, key, keys: [`${key}-r`, key] }, timeouts.lookupMs);
+      if (!hit || hit.timedOut || hit.error) return void 0;
+      return ours(key, hit.matchedKey);
     },
     async save(key, paths, dir) {
+      const as = refusedKeys.has(key) ? successorOf(key, matched.get(key) ?? key) ?? `${key}-r1` : key;
+      if (as !== key) log.info(`  cache: ${key} holds a refused entry; saving as ${as}`);
       try {
-        const o = await call({ op: "save", dir, paths, key }, timeouts.transferMs);
+        const o = await call({ op: "save", dir, paths, key: as }, timeouts.transferMs);
         if (!o) return "failed";
         if (o.entryId !== void 0 && o.entryId !== -1) return "saved";
         if (o.duplicate) return "exists";
         if (!o.timedOut) log.warning(`Actions cache: ${describe(o, "save", key) ?? `save of ${key} failed`}; the layer stays in the local cache only`);
         return "failed";
       } catch (err) {
-        log.warning(`Actions cache: save of ${key} failed: ${errorMessage(err)}`);
+        log.warning(`Actions cache: save of ${as} failed: ${errorMessage(err)}`);
         return "failed";
       }
     },
@@ -23444,101 +23990,502 @@ function actionsCache(timeouts = cacheTimeouts()) {
   };
 }
 
-// src/paths.ts
+// src/cache/registry.ts
+import { spawn as spawn5 } from "node:child_process";
+import * as crypto2 from "node:crypto";
+import * as fs12 from "node:fs";
 import * as os3 from "node:os";
-import * as path8 from "node:path";
+import * as path9 from "node:path";
+import { Readable, Transform, Writable } from "node:stream";
+import { pipeline as pipeline2 } from "node:stream/promises";
+import { setTimeout as sleep2 } from "node:timers/promises";
+var ARTIFACT_TYPE = "application/vnd.ryra-vm.layer.v1";
+var CONFIG_MEDIA_TYPE = "application/vnd.ryra-vm.layer.manifest.v1+json";
+var FILE_MEDIA_TYPE = "application/vnd.ryra-vm.layer.file.v1";
+var FILE_MEDIA_TYPE_ZSTD = `${FILE_MEDIA_TYPE}+zstd`;
+var EMPTY_CONFIG = { mediaType: "application/vnd.oci.empty.v1+json", bytes: Buffer.from("{}") };
+var Annotations = {
+  title: "org.opencontainers.image.title",
+  key: "vnd.ryra-vm.key",
+  chunk: "vnd.ryra-vm.chunk",
+  offset: "vnd.ryra-vm.offset",
+  fileSize: "vnd.ryra-vm.file-size",
+  compressed: "vnd.ryra-vm.compressed",
+  size: "vnd.ryra-vm.uncompressed-size",
+  sha256: "vnd.ryra-vm.uncompressed-sha256"
+};
+var MAX_CHUNK_BYTES = 512 * 2 ** 20;
+function tagFor(key) {
+  if (/^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/.test(key)) return key;
+  const hash = crypto2.createHash("sha256").update(key).digest("hex").slice(0, 32);
+  const readable = key.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[.-]+/, "").slice(0, 90);
+  return readable ? `${readable}-${hash}` : hash;
+}
+async function eachLimit(items, limit, parent, fn) {
+  const ctrl = new AbortController();
+  const signal = parent ? AbortSignal.any([parent, ctrl.signal]) : ctrl.signal;
+  let next = 0;
+  let failed;
+  const worker = async () => {
+    while (!failed && next < items.length) {
+      const item = items[next++];
+      try {
+        signal.throwIfAborted();
+        await fn(item, signal);
+      } catch (err) {
+        if (!failed) {
+          failed = { err };
+          ctrl.abort(err);
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failed) throw failed.err;
+}
+var Meter = class extends Transform {
+  constructor(max = Infinity, what = "stream", hashing = true) {
+    super();
+    this.max = max;
+    this.what = what;
+    this.hashing = hashing;
+  }
+  max;
+  what;
+  hashing;
+  hash = crypto2.createHash("sha256");
+  bytes = 0;
+  _transform(chunk, _enc, cb) {
+    this.bytes += chunk.length;
+    if (this.bytes > this.max) return cb(new RegistryError(`${this.what} is longer than its ${this.max} bytes`, "protocol"));
+    if (this.hashing) this.hash.update(chunk);
+    cb(null, chunk);
+  }
+  hex() {
+    return this.hash.digest("hex");
+  }
+};
+var sink = () => new Writable({ write: (_c, _e, cb) => cb() });
+async function throughZstd(args, src, before, after, dst, signal) {
+  const ctrl = new AbortController();
+  const sig = AbortSignal.any([signal, ctrl.signal]);
+  const child = spawn5("zstd", ["-q", ...args], { stdio: ["pipe", "pipe", "pipe"], signal: sig });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d).length > 4e3 && (stderr = stderr.slice(-2e3)));
+  const exited = new Promise((resolve7, reject) => {
+    child.on("error", reject);
+    child.on("close", (code, sig2) => code === 0 ? resolve7() : reject(new Error(`zstd ${args.join(" ")} failed (${code ?? sig2}): ${stderr.trim().slice(-300)}`)));
+  });
+  const parts = [pipeline2(src, before, child.stdin, { signal: sig }), pipeline2(child.stdout, after, dst, { signal: sig }), exited];
+  await Promise.all(parts.map((p) => p.catch((err) => (ctrl.abort(err), Promise.reject(err)))));
+}
+async function compressionPays(file, size, signal) {
+  if (size < 4096) return false;
+  const slices = size <= 1 << 20 ? [[0, size]] : [0, 1, 2, 3].map((i) => [Math.floor((i + 0.5) * size / 4), 256 << 10]);
+  const fd = await fs12.promises.open(file, "r");
+  const parts = [];
+  try {
+    for (const [at, n] of slices) {
+      const b = Buffer.alloc(Math.min(n, size - at));
+      const { bytesRead } = await fd.read(b, 0, b.length, at);
+      parts.push(b.subarray(0, bytesRead));
+    }
+  } finally {
+    await fd.close();
+  }
+  const sample = Buffer.concat(parts);
+  let out = 0;
+  const counter = new Transform({
+    transform(c, _e, cb) {
+      out += c.length;
+      cb();
+    }
+  });
+  await throughZstd(["-1", "-c", "-T1"], Readable.from([sample]), new Meter(), counter, sink(), signal);
+  return out < sample.length * 0.85;
+}
+async function pushLayer(client2, key, files, dir, opts = {}) {
+  const started = Date.now();
+  const chunkBytes = opts.chunkBytes ?? MAX_CHUNK_BYTES;
+  const limit = opts.concurrency ?? 4;
+  const stats = { blobs: 0, transferred: 0, skipped: 0, wireBytes: 0, fileBytes: 0, ms: 0 };
+  const configFile = files.find((f) => f.endsWith(".manifest.json"));
+  const dataFiles = files.filter((f) => f !== configFile);
+  const tmp = fs12.mkdtempSync(path9.join(opts.tmpDir ?? os3.tmpdir(), "ryra-oci-push-"));
+  const signal = opts.signal ?? new AbortController().signal;
+  try {
+    const chunks = [];
+    const sizes = /* @__PURE__ */ new Map();
+    for (const f of dataFiles) sizes.set(f, fs12.statSync(path9.join(dir, f)).size);
+    const compress = /* @__PURE__ */ new Map();
+    await eachLimit(dataFiles, limit, signal, async (f, sig) => void compress.set(f, await compressionPays(path9.join(dir, f), sizes.get(f), sig)));
+    for (const f of dataFiles) {
+      const size = sizes.get(f);
+      stats.fileBytes += size;
+      const n = Math.max(1, Math.ceil(size / chunkBytes));
+      for (let i = 0; i < n; i++) chunks.push({ file: f, index: i, offset: i * chunkBytes, size: Math.min(chunkBytes, size - i * chunkBytes), fileSize: size, compress: compress.get(f) });
+    }
+    const layers = new Array(chunks.length);
+    const sent = /* @__PURE__ */ new Map();
+    const upload = (digest, size, body, sig) => {
+      stats.blobs++;
+      const p = sent.get(digest) ?? (async () => {
+        if (await client2.blobExists(digest, sig, "pull,push")) {
+          stats.skipped++;
+          return;
+        }
+        await client2.pushBlob(digest, size, body, sig);
+        stats.transferred++;
+        stats.wireBytes += size;
+      })();
+      sent.set(digest, p);
+      return p;
+    };
+    await eachLimit(chunks.map((c, i) => [c, i]), limit, signal, async ([c, i], sig) => {
+      const file = path9.join(dir, c.file);
+      const range = () => c.size ? fs12.createReadStream(file, { start: c.offset, end: c.offset + c.size - 1 }) : Readable.from([]);
+      const raw = new Meter();
+      let digest;
+      let size;
+      let body;
+      if (c.compress) {
+        const temp = path9.join(tmp, `${i}.zst`);
+        const blob = new Meter();
+        await throughZstd(["-3", "-c", "-T1"], range(), raw, blob, fs12.createWriteStream(temp), sig);
+        digest = `sha256:${blob.hex()}`;
+        size = blob.bytes;
+        body = () => fs12.createReadStream(temp);
+      } else {
+        await pipeline2(range(), raw, sink(), { signal: sig });
+        digest = `sha256:${raw.hex()}`;
+        size = c.size;
+        body = range;
+      }
+      if (raw.bytes !== c.size) throw new Error(`${c.file} changed while it was pushed (read ${raw.bytes} bytes at ${c.offset}, expected ${c.size})`);
+      const rawHex = c.compress ? raw.hex() : digest.slice(7);
+      try {
+        await upload(digest, size, body, sig);
+      } finally {
+        if (c.compress) fs12.rmSync(path9.join(tmp, `${i}.zst`), { force: true });
+      }
+      layers[i] = {
+        mediaType: c.compress ? FILE_MEDIA_TYPE_ZSTD : FILE_MEDIA_TYPE,
+        digest,
+        size,
+        annotations: {
+          [Annotations.title]: c.file,
+          [Annotations.chunk]: String(c.index),
+          [Annotations.offset]: String(c.offset),
+          [Annotations.fileSize]: String(c.fileSize),
+          [Annotations.compressed]: String(c.compress),
+          [Annotations.size]: String(c.size),
+          [Annotations.sha256]: rawHex
+        }
+      };
+    });
+    let config;
+    if (configFile) {
+      const bytes = fs12.readFileSync(path9.join(dir, configFile));
+      config = { mediaType: CONFIG_MEDIA_TYPE, digest: `sha256:${crypto2.createHash("sha256").update(bytes).digest("hex")}`, size: bytes.length, annotations: { [Annotations.title]: configFile } };
+      await upload(config.digest, bytes.length, () => fs12.createReadStream(path9.join(dir, configFile)), signal);
+    } else {
+      const bytes = EMPTY_CONFIG.bytes;
+      config = { mediaType: EMPTY_CONFIG.mediaType, digest: `sha256:${crypto2.createHash("sha256").update(bytes).digest("hex")}`, size: bytes.length };
+      await upload(config.digest, bytes.length, () => Readable.from([bytes]), signal);
+    }
+    const manifest = { schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: ARTIFACT_TYPE, config, layers, annotations: { [Annotations.key]: key } };
+    await client2.putManifest(tagFor(key), Buffer.from(JSON.stringify(manifest)), signal);
+    stats.ms = Date.now() - started;
+    return stats;
+  } finally {
+    fs12.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+var LayerMismatch = class extends Error {
+  name = "LayerMismatch";
+};
+var DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+function planPull(m, key, files) {
+  if (m.mediaType !== OCI_MANIFEST || m.artifactType !== ARTIFACT_TYPE || !m.config || !Array.isArray(m.layers)) throw new LayerMismatch(`not a ryra-vm layer artifact (artifactType ${m.artifactType})`);
+  if (m.annotations?.[Annotations.key] !== key) throw new LayerMismatch(`the tag holds another key (${m.annotations?.[Annotations.key]})`);
+  const want = new Set(files);
+  const byFile = /* @__PURE__ */ new Map();
+  const configTitle = m.config.mediaType === CONFIG_MEDIA_TYPE ? m.config.annotations?.[Annotations.title] : void 0;
+  for (const d of [m.config, ...m.layers]) if (!DIGEST_RE.test(d.digest) || !Number.isSafeInteger(d.size) || d.size < 0) throw new LayerMismatch(`a bad descriptor: ${JSON.stringify(d).slice(0, 200)}`);
+  for (const d of m.layers) {
+    const t = d.annotations?.[Annotations.title];
+    if (!t || !want.has(t) || t === configTitle) throw new LayerMismatch(`a blob for ${t ?? "no file"}, which is not one of ${files.join(", ")}`);
+    if (!byFile.has(t)) byFile.set(t, []);
+    byFile.get(t).push(d);
+  }
+  const got = /* @__PURE__ */ new Set([...byFile.keys(), ...configTitle ? [configTitle] : []]);
+  if (got.size !== want.size) throw new LayerMismatch(`it holds ${[...got].sort().join(", ")}, not ${[...want].sort().join(", ")}`);
+  for (const [f, ds] of byFile) {
+    ds.sort((a, b) => Number(a.annotations[Annotations.chunk]) - Number(b.annotations[Annotations.chunk]));
+    let offset = 0;
+    const fileSize = Number(ds[0].annotations[Annotations.fileSize]);
+    ds.forEach((d, i) => {
+      const a = d.annotations;
+      const size = Number(a[Annotations.size]);
+      const ok = Number(a[Annotations.chunk]) === i && Number(a[Annotations.offset]) === offset && Number(a[Annotations.fileSize]) === fileSize && Number.isSafeInteger(size) && size >= 0 && /^[0-9a-f]{64}$/.test(a[Annotations.sha256] ?? "") && a[Annotations.compressed] === "true" === (d.mediaType === FILE_MEDIA_TYPE_ZSTD) && (d.mediaType === FILE_MEDIA_TYPE_ZSTD || d.mediaType === FILE_MEDIA_TYPE && d.size === size);
+      if (!ok) throw new LayerMismatch(`${f}: chunk ${i} is inconsistent (${JSON.stringify(a).slice(0, 300)})`);
+      offset += size;
+    });
+    if (offset !== fileSize) throw new LayerMismatch(`${f}: chunks add up to ${offset} bytes, not ${fileSize}`);
+  }
+  return { config: configTitle ? m.config : void 0, byFile };
+}
+async function hashAppended(fh, from, max, writing, what, signal) {
+  let ended = false;
+  writing.then(
+    () => ended = true,
+    () => ended = true
+  );
+  const hash = crypto2.createHash("sha256");
+  const buf = Buffer.allocUnsafe(4 << 20);
+  let bytes = 0;
+  for (; ; ) {
+    signal.throwIfAborted();
+    const last = ended;
+    const { bytesRead } = await fh.read(buf, 0, buf.length, from + bytes);
+    if (bytesRead) {
+      bytes += bytesRead;
+      if (bytes > max) throw new RegistryError(`${what} is longer than its ${max} bytes`, "protocol");
+      hash.update(buf.subarray(0, bytesRead));
+    } else if (last) return { hex: hash.digest("hex"), bytes };
+    else await sleep2(5);
+  }
+}
+async function together(signal, fn) {
+  const ctrl = new AbortController();
+  const sig = AbortSignal.any([signal, ctrl.signal]);
+  const parts = [];
+  const part = (p) => {
+    const q2 = p.catch((err) => (ctrl.abort(err), Promise.reject(err)));
+    parts.push(q2);
+    return q2;
+  };
+  const result = part(fn(sig, part));
+  try {
+    await Promise.all(parts);
+  } catch (err) {
+    ctrl.abort(err);
+    await Promise.allSettled(parts);
+    throw err;
+  }
+  return result;
+}
+function unzstd(file, out, what, signal) {
+  const zstd = spawn5("zstd", ["-q", "-d", "-c", "--no-sparse", "--", file], { stdio: ["ignore", out, "pipe"], signal });
+  let stderr = "";
+  zstd.stderr.on("data", (d) => (stderr += d).length > 4e3 && (stderr = stderr.slice(-2e3)));
+  return new Promise((resolve7, reject) => {
+    zstd.on("error", reject);
+    zstd.on("close", (code, s) => code === 0 ? resolve7() : reject(new Error(`zstd -d of ${what} failed (${code ?? s}): ${stderr.trim().slice(-300)}`)));
+  });
+}
+async function pullChunk(client2, j, out, reader, staging, signal) {
+  if (fs12.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.d.annotations?.[Annotations.chunk] ?? 0} would land at ${fs12.fstatSync(out).size}, not ${j.offset}`);
+  const what = `${j.file} chunk at ${j.offset}`;
+  let blob;
+  let raw;
+  const refuseBlob = (b) => {
+    if (b.bytes !== j.d.size || `sha256:${b.hex}` !== j.d.digest) throw new RegistryError(`blob ${j.d.digest} of ${j.file} arrived with sha256:${b.hex} (${b.bytes} bytes): refused`, "protocol");
+  };
+  if (!j.compressed) {
+    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client2.curlBlob(j.d.digest, out, sig)), what, sig));
+    refuseBlob(blob);
+  } else {
+    const tmp = path9.join(staging, `.pull-${j.d.digest.slice(7, 39)}.zst`);
+    const tmpOut = fs12.openSync(tmp, "wx");
+    const tmpIn = await fs12.promises.open(tmp, "r").catch((err) => (fs12.closeSync(tmpOut), Promise.reject(err)));
+    try {
+      blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.d.size, part(client2.curlBlob(j.d.digest, tmpOut, sig)), `blob ${j.d.digest}`, sig));
+      refuseBlob(blob);
+      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, `blob ${j.d.digest}`, sig)), what, sig));
+    } finally {
+      fs12.closeSync(tmpOut);
+      await tmpIn.close();
+      fs12.rmSync(tmp, { force: true });
+    }
+  }
+  if (raw.bytes !== j.size || raw.hex !== j.sha256) throw new RegistryError(`${what}: uncompressed sha256 ${raw.hex} (${raw.bytes} bytes), expected ${j.sha256}: refused`, "protocol");
+  return { wire: blob.bytes };
+}
+async function pullLayer(client2, key, files, staging, opts = {}, verified) {
+  const started = Date.now();
+  const signal = opts.signal ?? new AbortController().signal;
+  const stats = { blobs: 0, transferred: 0, skipped: 0, wireBytes: 0, fileBytes: 0, ms: 0 };
+  const body = await client2.getManifest(tagFor(key), signal);
+  if (!body) return { result: "miss", stats };
+  let m;
+  try {
+    m = JSON.parse(body.toString());
+  } catch {
+    throw new LayerMismatch("its manifest is not JSON");
+  }
+  const plan = planPull(m, key, files);
+  const perFile = [];
+  if (plan.config) {
+    const d = plan.config;
+    perFile.push({ file: d.annotations[Annotations.title], jobs: [{ file: d.annotations[Annotations.title], d, offset: 0, size: d.size, sha256: d.digest.slice(7), compressed: false }], bytes: d.size });
+  }
+  for (const [f, ds] of plan.byFile) {
+    const jobs = ds.map((d) => {
+      const a = d.annotations;
+      return { file: f, d, offset: Number(a[Annotations.offset]), size: Number(a[Annotations.size]), sha256: a[Annotations.sha256], compressed: a[Annotations.compressed] === "true" };
+    });
+    perFile.push({ file: f, jobs, bytes: jobs.reduce((n, j) => n + j.d.size, 0) });
+  }
+  perFile.sort((a, b) => b.bytes - a.bytes);
+  await eachLimit(perFile, opts.concurrency ?? 4, signal, async ({ file, jobs }, sig) => {
+    const target = path9.join(staging, file);
+    const out = fs12.openSync(target, "wx");
+    fs12.closeSync(out);
+    const append = fs12.openSync(target, "a");
+    const reader = await fs12.promises.open(target, "r");
+    try {
+      for (const j of jobs) {
+        const { wire } = await pullChunk(client2, j, append, reader, staging, sig);
+        stats.blobs++;
+        stats.transferred++;
+        stats.wireBytes += wire;
+        stats.fileBytes += j.size;
+      }
+    } finally {
+      fs12.closeSync(append);
+      await reader.close();
+    }
+    if (jobs.length === 1) verified?.set(file, jobs[0].sha256);
+  });
+  stats.ms = Date.now() - started;
+  return { result: "restored", stats };
+}
+var mb = (n) => (n / 2 ** 20).toFixed(1);
+function registryTier(opts) {
+  const ref = parseRegistryRef(opts.repository);
+  const concurrency = opts.concurrency ?? 4;
+  const client2 = new OciClient(ref, { token: opts.token, connectTimeoutMs: opts.connectTimeoutMs, stallMs: opts.stallMs, maxSockets: concurrency + 2 });
+  const label = `registry ${ref.host}/${ref.name}`;
+  const log2 = () => opts.logger ?? log;
+  const off = new AbortController();
+  const transfer = { ...opts, concurrency, signal: off.signal };
+  let pushRefused = false;
+  const fail = (op, key, err) => {
+    if (off.signal.aborted) return;
+    if (err instanceof RegistryError && err.kind === "auth" && op === "save") {
+      log2().warning(`${label}: ${op} of ${key} failed: ${err.message}; saves to the registry are off for the rest of this run`);
+      pushRefused = true;
+    } else if (err instanceof RegistryError && (err.kind === "unreachable" || err.kind === "auth")) {
+      log2().warning(`${label}: ${op} of ${key} failed: ${err.message}; the registry tier is off for the rest of this run`);
+      off.abort(err);
+    } else log2().warning(`${label}: ${op} of ${key} failed: ${errorMessage(err)}`);
+  };
+  let warm;
+  const warmUp = () => client2.manifestExists("ryra-vm-warm-up", off.signal, "pull").then(
+    () => void 0,
+    (err) => {
+      if (err instanceof RegistryError && err.kind !== "protocol") fail("sign-in", ref.host, err);
+    }
+  );
+  return {
+    label,
+    client: client2,
+    get on() {
+      return !off.signal.aborted;
+    },
+    prestart() {
+      warm ??= warmUp();
+    },
+    async restore(key, files, staging, verified) {
+      await warm;
+      if (off.signal.aborted) return "miss";
+      try {
+        const { result, stats } = await pullLayer(client2, key, files, staging, transfer, verified);
+        if (result === "restored") log2().info(`  ${label}: pulled ${key}: ${stats.blobs} blobs, ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1e3).toFixed(1)} s`);
+        return result;
+      } catch (err) {
+        for (const f of files) fs12.rmSync(path9.join(staging, f), { force: true });
+        verified?.clear();
+        fail("restore", key, err);
+        return err instanceof LayerMismatch || off.signal.aborted ? "miss" : "failed";
+      }
+    },
+    async has(key) {
+      await warm;
+      if (off.signal.aborted) return void 0;
+      try {
+        return await client2.manifestExists(tagFor(key), off.signal, "pull");
+      } catch (err) {
+        fail("lookup", key, err);
+        return void 0;
+      }
+    },
+    async save(key, files, dir) {
+      await warm;
+      if (off.signal.aborted || pushRefused) return "failed";
+      try {
+        if (await client2.manifestExists(tagFor(key), off.signal, "pull,push")) return "exists";
+        const stats = await pushLayer(client2, key, files, dir, transfer);
+        log2().info(`  ${label}: pushed ${key}: ${stats.transferred} of ${stats.blobs} blobs sent (${stats.skipped} there already), ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1e3).toFixed(1)} s`);
+        return "saved";
+      } catch (err) {
+        fail("save", key, err);
+        return "failed";
+      }
+    },
+    close: () => client2.close()
+  };
+}
+
+// src/paths.ts
+import { randomBytes as randomBytes2 } from "node:crypto";
+import * as fs13 from "node:fs";
+import * as os4 from "node:os";
+import * as path10 from "node:path";
+function runtimeDirPath(env = process.env) {
+  if (env.RYRA_VM_RUNTIME_DIR) return path10.resolve(env.RYRA_VM_RUNTIME_DIR);
+  if (env.RUNNER_TEMP) return path10.join(env.RUNNER_TEMP, "ryra-vm");
+  if (env.XDG_RUNTIME_DIR) return path10.join(env.XDG_RUNTIME_DIR, "ryra-vm");
+  return path10.join(os4.tmpdir(), `ryra-vm-${process.getuid?.() ?? "user"}`);
+}
 function runtimeDir(env = process.env) {
-  if (env.RYRA_VM_RUNTIME_DIR) return path8.resolve(env.RYRA_VM_RUNTIME_DIR);
-  if (env.RUNNER_TEMP) return path8.join(env.RUNNER_TEMP, "ryra-vm");
-  if (env.XDG_RUNTIME_DIR) return path8.join(env.XDG_RUNTIME_DIR, "ryra-vm");
-  return path8.join(os3.tmpdir(), `ryra-vm-${process.getuid?.() ?? "user"}`);
+  const dir = runtimeDirPath(env);
+  const problem = privateDirProblem(dir);
+  if (problem) {
+    throw new InputError(`the runtime dir ${dir} ${problem}; it must be this user's own directory with mode 0700 (remove it, chmod 700 it if it is yours, or set RYRA_VM_RUNTIME_DIR to another path)`);
+  }
+  return dir;
+}
+function privateDirProblem(dir) {
+  fs13.mkdirSync(path10.dirname(dir), { recursive: true });
+  try {
+    fs13.mkdirSync(dir, { mode: 448 });
+    fs13.chmodSync(dir, 448);
+  } catch (err) {
+    if (err.code !== "EEXIST") throw err;
+  }
+  const st = fs13.lstatSync(dir);
+  if (st.isSymbolicLink()) return "is a symlink";
+  if (!st.isDirectory()) return "is not a directory";
+  const uid = process.getuid?.();
+  if (uid !== void 0 && st.uid !== uid) return `belongs to uid ${st.uid}, not to this user (uid ${uid})`;
+  if ((st.mode & 511) !== 448) return `has mode 0${(st.mode & 511).toString(8)}, not 0700`;
+  return void 0;
+}
+var JOB_ENV = "RYRA_VM_JOB";
+var JOB_RE = /^[A-Za-z0-9_-]{0,64}$/;
+function jobId(env = process.env) {
+  const v = env[JOB_ENV] ?? "";
+  if (!JOB_RE.test(v)) throw new InputError(`invalid ${JOB_ENV}: ${JSON.stringify(v)} (letters, digits, _ and -, at most 64; the action sets it for the job's later steps)`);
+  return v;
+}
+function newJobId() {
+  return randomBytes2(8).toString("hex");
 }
 
 // src/record.ts
-import * as fs10 from "node:fs";
-import * as path9 from "node:path";
-function restoreFrom(r, browser = false) {
-  const snap = browser ? r.browserRestore : r.restore;
-  if (!snap) throw new InputError(`the run record ${r.outputs.manifest} has no ${browser ? "browser " : ""}snapshot`);
-  return {
-    qemu: r.qemu,
-    recipe: snap.argv,
-    files: snap,
-    backing: snap.backing,
-    key: { privateKey: fs10.readFileSync(r.outputs["ssh-key"], "utf8"), publicKey: r.outputs["ssh-public-key"] },
-    user: r.outputs["ssh-user"]
-  };
-}
-function recordPath(runtimeDir2, id) {
-  return path9.join(runtimeDir2, `${RuntimeFiles.recordPrefix}${id}.json`);
-}
-function writeRecord(file, r) {
-  fs10.mkdirSync(path9.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs10.writeFileSync(tmp, JSON.stringify(r, null, 2) + "\n");
-  fs10.renameSync(tmp, file);
-}
-function readRecord(file) {
-  let j;
-  try {
-    j = JSON.parse(fs10.readFileSync(file, "utf8"));
-  } catch (err) {
-    throw new InputError(`cannot read the run record ${file}: ${err.message}`);
-  }
-  if (j.version === 2 && j.outputs) return j;
-  if (typeof j.manifest === "string" && j.manifest !== file) return readRecord(j.manifest);
-  throw new InputError(`${file} is neither a run record (the manifest output) nor the JSON of ryra-vm prepare --json`);
-}
-function newestRecord(runtimeDir2, cacheDir) {
-  const files = (fs10.existsSync(runtimeDir2) ? fs10.readdirSync(runtimeDir2) : []).filter((f) => f.startsWith(RuntimeFiles.recordPrefix) && f.endsWith(".json")).map((f) => path9.join(runtimeDir2, f)).map((f) => ({ t: fs10.statSync(f).mtimeMs, r: readRecord(f) })).filter((x) => !cacheDir || path9.resolve(x.r.cacheDir) === path9.resolve(cacheDir)).sort((a, b) => b.t - a.t);
-  if (!files.length) throw new InputError(`no prepared layers recorded in ${runtimeDir2}: run the action (or ryra-vm prepare) first, or name a record with --config`);
-  return files[0].r;
-}
-
-// src/vm/images.ts
-import * as fs11 from "node:fs";
-import * as path10 from "node:path";
-async function createOverlay(backing, file, opts = {}) {
-  const b = opts.relative ? path10.relative(path10.dirname(file), backing) : path10.resolve(backing);
-  await run("qemu-img", ["create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", file, ...opts.size ? [opts.size] : []]);
-}
-async function rebaseUnsafe(file, backing) {
-  await run("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", backing, "-F", "qcow2", file]);
-}
-async function convert(src, dst, opts = {}) {
-  const args = (zstd) => ["convert", "-f", opts.srcFormat ?? "qcow2", "-O", "qcow2", ...opts.compress ? ["-c", "-m", "16", "-W", ...zstd ? ["-o", "compression_type=zstd"] : []] : [], src, dst];
-  if (!opts.compress) return void await run("qemu-img", args(false));
-  try {
-    await run("qemu-img", args(true));
-  } catch (err) {
-    if (!/compression.type|zstd/i.test(String(err))) throw err;
-    fs11.rmSync(dst, { force: true });
-    await run("qemu-img", args(false));
-  }
-}
-async function listSnapshots(file) {
-  const r = await run("qemu-img", ["info", "-U", "--output=json", file]);
-  const j = JSON.parse(r.stdout);
-  return (j.snapshots ?? []).map((x) => ({ tag: x.name, vmStateBytes: x["vm-state-size"] }));
-}
-async function checkImage(file) {
-  const spec = JSON.stringify({ driver: "qcow2", backing: null, file: { driver: "file", filename: path10.resolve(file) } });
-  const r = await run("qemu-img", ["check", "-q", "-U", `json:${spec}`], { allowFailure: true });
-  return r.code === 0 || r.code === 3;
-}
-function copyFile(src, dst) {
-  fs11.copyFileSync(src, dst, fs11.constants.COPYFILE_FICLONE);
-}
-
-// src/vm/boot.ts
 import * as fs14 from "node:fs";
-import * as path12 from "node:path";
-
-// src/vm/machine.ts
-import { spawn as spawn4 } from "node:child_process";
-import * as fs12 from "node:fs";
-import * as net3 from "node:net";
-import * as os4 from "node:os";
 import * as path11 from "node:path";
 
 // src/vm/spec.ts
@@ -23601,6 +24548,14 @@ function fillRecipe(argv, v) {
   };
   return argv.map((a) => a.replace(/\{(disk|efivars|ssh-port|serial-log|share-dir)\}/g, (t) => values[t]));
 }
+function withForwards(argv, forwards) {
+  if (!forwards.length) return [...argv];
+  const at = argv.findIndex((a, i) => argv[i - 1] === "-nic" && a.startsWith("user,"));
+  if (at < 0) throw new Error(`the recipe has no -nic user line to add forwards to: ${argv.join(" ")}`);
+  const out = [...argv];
+  out[at] += forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.host}-:${f.guest}`).join("");
+  return out;
+}
 function controlArgs(o) {
   return [
     "-name",
@@ -23615,11 +24570,166 @@ function controlArgs(o) {
   ];
 }
 
+// src/record.ts
+function restoreFrom(r, browser = false) {
+  const snap = browser ? r.browserRestore : r.restore;
+  if (!snap) throw new InputError(`the run record ${r.outputs.manifest} has no ${browser ? "browser " : ""}snapshot`);
+  return {
+    qemu: r.qemu,
+    recipe: snap.argv,
+    files: snap,
+    backing: snap.backing,
+    key: { privateKey: fs14.readFileSync(r.outputs["ssh-key"], "utf8"), publicKey: r.outputs["ssh-public-key"] },
+    user: r.outputs["ssh-user"]
+  };
+}
+function recordPath(runtimeDir2, id) {
+  return path11.join(runtimeDir2, `${RuntimeFiles.recordPrefix}${id}.json`);
+}
+function writeRecord(file, r) {
+  fs14.mkdirSync(path11.dirname(file), { recursive: true });
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs14.writeFileSync(tmp, JSON.stringify(r, null, 2) + "\n");
+  fs14.renameSync(tmp, file);
+}
+function readRecord(file) {
+  let j;
+  try {
+    j = JSON.parse(fs14.readFileSync(file, "utf8"));
+  } catch (err) {
+    throw new InputError(`cannot read the run record ${file}: ${err.message}`);
+  }
+  if (j.version === 2 && j.outputs) return j;
+  if (typeof j.manifest === "string" && j.manifest !== file) return readRecord(j.manifest);
+  throw new InputError(`${file} is neither a run record (the manifest output) nor the JSON of ryra-vm prepare --json`);
+}
+function newestRecord(runtimeDir2, cacheDir) {
+  const files = (fs14.existsSync(runtimeDir2) ? fs14.readdirSync(runtimeDir2) : []).filter((f) => f.startsWith(RuntimeFiles.recordPrefix) && f.endsWith(".json")).map((f) => path11.join(runtimeDir2, f)).map((f) => ({ t: fs14.statSync(f).mtimeMs, r: readRecord(f) })).filter((x) => !cacheDir || path11.resolve(x.r.cacheDir) === path11.resolve(cacheDir)).sort((a, b) => b.t - a.t);
+  if (!files.length) throw new InputError(`no prepared layers recorded in ${runtimeDir2}: run the action (or ryra-vm prepare) first, or name a record with --config`);
+  return files[0].r;
+}
+function runRecord(o) {
+  const { config, host, plan, results } = o;
+  const at = (f) => path11.join(o.dir, f);
+  const snapshotRecord = (p, m, backing) => m?.layout && {
+    argv: recipe(m.layout, { efiCode: host.firmware.code, seedIso: at(p.files[2]) }),
+    disk: at(p.files[0]),
+    efivars: at(p.files[1]),
+    seed: at(p.files[2]),
+    backing: at(backing.files[0]),
+    layout: m.layout,
+    base: p.base,
+    backingBase: backing.base
+  };
+  const restore = snapshotRecord(plan.snapshot, o.snapshot, plan.prepared);
+  const browserRestore = snapshotRecord(plan.browserSnapshot, o.browserSnapshot, plan.browser);
+  const id = hashOf({ prepared: plan.prepared.key, snapshot: restore ? plan.snapshot.key : null, browser: o.browser ? plan.browser.key : null }).slice(0, 16);
+  const remote = (r) => r.source === "actions cache" || r.source === "registry";
+  const outputs = {
+    [Outputs.Image]: at(plan.prepared.files[0]),
+    [Outputs.EfiCode]: host.firmware.code,
+    [Outputs.EfiVarsTemplate]: host.firmware.vars,
+    [Outputs.Prepared]: "true",
+    [Outputs.Snapshot]: String(!!restore),
+    [Outputs.SnapshotDisk]: restore?.disk ?? "",
+    [Outputs.SnapshotEfivars]: restore?.efivars ?? "",
+    [Outputs.SnapshotSeedIso]: restore?.seed ?? "",
+    [Outputs.SnapshotMemoryMb]: restore ? String(config.memoryMb) : "",
+    [Outputs.SshKey]: at(CacheFiles.sshKey),
+    [Outputs.SshPublicKey]: o.publicKey,
+    [Outputs.SshUser]: GUEST_USER,
+    [Outputs.BrowserImage]: o.browser ? at(plan.browser.files[0]) : "",
+    [Outputs.BrowserSnapshotDisk]: browserRestore?.disk ?? "",
+    [Outputs.BrowserSnapshotEfivars]: browserRestore?.efivars ?? "",
+    [Outputs.BrowserSnapshotSeedIso]: browserRestore?.seed ?? "",
+    [Outputs.Accel]: host.accel.accel,
+    [Outputs.Qemu]: host.qemu.path,
+    [Outputs.CacheHit]: String(results.every((r) => r.source === "local" || remote(r))),
+    [Outputs.CacheHitLayers]: results.filter(remote).map((r) => r.layer).join(","),
+    [Outputs.Manifest]: recordPath(o.rt, id)
+  };
+  const record2 = {
+    version: 2,
+    id,
+    outputs,
+    cacheDir: o.dir,
+    distro: config.distro,
+    arch: config.arch,
+    qemu: host.qemu.path,
+    accel: host.accel.accel,
+    firmware: { code: host.firmware.code, vars: host.firmware.vars, format: host.firmware.format },
+    guestPackageManager: plan.image.guestPackageManager,
+    ...restore ? { restore } : {},
+    ...browserRestore ? { browserRestore } : {},
+    cold: { image: at(plan.prepared.files[0]), base: plan.prepared.base, layout: o.coldLayout },
+    ...o.browser ? { browserCold: { image: at(plan.browser.files[0]), base: plan.browser.base, layout: o.coldLayout } } : {},
+    run: { environmentVariables: config.environmentVariables, sync: config.sync, syncMaxBytes: config.syncMaxBytes, diskSize: config.diskSize, bootTimeoutMs: config.bootTimeoutMs },
+    layers: results,
+    cacheDirBytes: o.cacheDirBytes,
+    evicted: o.evicted
+  };
+  return { outputs, record: record2 };
+}
+
+// src/vm/images.ts
+import * as fs15 from "node:fs";
+import * as path12 from "node:path";
+async function createOverlay(backing, file, opts = {}) {
+  const b = opts.relative ? path12.relative(path12.dirname(file), backing) : path12.resolve(backing);
+  await run("qemu-img", ["create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", file, ...opts.size ? [opts.size] : []]);
+}
+async function rebaseUnsafe(file, backing) {
+  await run("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", backing, "-F", "qcow2", file]);
+}
+async function convert(src, dst, opts = {}) {
+  const args = (zstd) => ["convert", "-f", opts.srcFormat ?? "qcow2", "-O", "qcow2", ...opts.compress ? ["-c", "-m", "16", "-W", ...zstd ? ["-o", "compression_type=zstd"] : []] : [], src, dst];
+  if (!opts.compress) return void await run("qemu-img", args(false));
+  try {
+    await run("qemu-img", args(true));
+  } catch (err) {
+    if (!/compression.type|zstd/i.test(String(err))) throw err;
+    fs15.rmSync(dst, { force: true });
+    await run("qemu-img", args(false));
+  }
+}
+async function listSnapshots(file) {
+  const r = await run("qemu-img", ["info", "-U", "--output=json", file]);
+  const j = JSON.parse(r.stdout);
+  return (j.snapshots ?? []).map((x) => ({ tag: x.name, vmStateBytes: x["vm-state-size"] }));
+}
+async function imageInfo(file) {
+  const r = await run("qemu-img", ["info", "-U", "--output=json", file]);
+  const j = JSON.parse(r.stdout);
+  return { format: j.format, virtualSize: j["virtual-size"], backingFile: j["backing-filename"], backingFormat: j["backing-filename-format"], dataFile: j["format-specific"]?.data?.["data-file"] };
+}
+async function checkImage(file) {
+  const spec = JSON.stringify({ driver: "qcow2", backing: null, file: { driver: "file", filename: path12.resolve(file) } });
+  const r = await run("qemu-img", ["check", "-q", "-U", `json:${spec}`], { allowFailure: true });
+  return r.code === 0 || r.code === 3;
+}
+function copyFile(src, dst) {
+  fs15.copyFileSync(src, dst, fs15.constants.COPYFILE_FICLONE);
+}
+
+// src/vm/boot.ts
+import * as fs18 from "node:fs";
+import * as path14 from "node:path";
+
 // src/vm/machine.ts
+import { spawn as spawn6 } from "node:child_process";
+import * as fs16 from "node:fs";
+import * as net3 from "node:net";
+import * as os5 from "node:os";
+import * as path13 from "node:path";
 var GUEST_COMMAND_TIMEOUT_MS = 10 * 6e4;
 var START_TIMEOUT_MS = 3e4;
 var HOSTFWD_FAILURE = /host ?forward|hostfwd/i;
+var HOSTFWD_RULE = /host forwarding rule 'tcp:127\.0\.0\.1:(\d+)-:(\d+)'/;
+var ForwardPortError = class extends Error {
+  name = "ForwardPortError";
+};
 var PANIC = /Kernel panic - not syncing:[^\r\n]*/;
+var CLOUD_INIT_FINISHED = /Cloud-init v\. \S+ finished at/;
 function freePort() {
   return new Promise((resolve7, reject) => {
     const srv = net3.createServer();
@@ -23633,7 +24743,7 @@ function freePort() {
 function logTail(file, lines = 25) {
   let text;
   try {
-    text = fs12.readFileSync(file, "utf8");
+    text = fs16.readFileSync(file, "utf8");
   } catch {
     return "(no serial output)";
   }
@@ -23667,6 +24777,7 @@ var GuestStalledError = class extends Error {
 };
 function watchSerial(serialLog, stallMs, everyMs = 1e3) {
   let offset = 0;
+  let finished = false;
   let carry = "";
   let lastGrowth = Date.now();
   let timer;
@@ -23674,22 +24785,23 @@ function watchSerial(serialLog, stallMs, everyMs = 1e3) {
     timer = setInterval(() => {
       let fd;
       try {
-        fd = fs12.openSync(serialLog, "r");
-        const size = fs12.fstatSync(fd).size;
+        fd = fs16.openSync(serialLog, "r");
+        const size = fs16.fstatSync(fd).size;
         if (size > offset) {
           lastGrowth = Date.now();
           const buf = Buffer.alloc(size - offset);
-          fs12.readSync(fd, buf, 0, buf.length, offset);
+          fs16.readSync(fd, buf, 0, buf.length, offset);
           offset = size;
           const text = carry + buf.toString("latin1");
           carry = text.slice(-64);
+          if (CLOUD_INIT_FINISHED.test(text)) finished = true;
           const line = PANIC.exec(text)?.[0];
           if (line) reject(new GuestPanicError(`the guest kernel panicked (${line.trim()}). Serial console, last lines:
 ${logTail(serialLog)}`));
         }
       } catch {
       } finally {
-        if (fd !== void 0) fs12.closeSync(fd);
+        if (fd !== void 0) fs16.closeSync(fd);
       }
       if (stallMs !== void 0 && Date.now() - lastGrowth > stallMs) {
         reject(new GuestStalledError(`the guest printed nothing on its serial console for ${Math.round(stallMs / 1e3)} s (${offset} bytes in all)`));
@@ -23698,7 +24810,7 @@ ${logTail(serialLog)}`));
   });
   found.catch(() => {
   });
-  return { found, stop: () => clearInterval(timer) };
+  return { found, stop: () => clearInterval(timer), cloudInitFinished: () => finished };
 }
 var Machine = class _Machine {
   constructor(opts, sshPort, argv, child, qmp, exited) {
@@ -23737,7 +24849,7 @@ ${this.diagnostics()}`);
     return this.child.pid;
   }
   get serialLog() {
-    return path11.join(this.opts.workDir, GuestFiles.serialLog);
+    return path13.join(this.opts.workDir, GuestFiles.serialLog);
   }
   get qmpSocket() {
     return this.qmp.socketPath;
@@ -23751,11 +24863,11 @@ ${this.diagnostics()}`);
    */
   static async spawn(opts) {
     installExitHook();
-    const serialLog = path11.join(opts.workDir, GuestFiles.serialLog);
-    const pidFile = path11.join(opts.workDir, GuestFiles.pid);
-    const stderrFile = path11.join(opts.workDir, GuestFiles.stderr);
+    const serialLog = path13.join(opts.workDir, GuestFiles.serialLog);
+    const pidFile = path13.join(opts.workDir, GuestFiles.pid);
+    const stderrFile = path13.join(opts.workDir, GuestFiles.stderr);
     const socketDir = makeSocketDir();
-    const qmpSocket = path11.join(socketDir, "qmp.sock");
+    const qmpSocket = path13.join(socketDir, "qmp.sock");
     for (let attempt = 1; ; attempt++) {
       const sshPort = await freePort();
       const argv = [
@@ -23763,11 +24875,11 @@ ${this.diagnostics()}`);
         ...controlArgs({ name: opts.name, qmpSocket, pidFile, loadvm: opts.loadvm }),
         ...opts.extraArgs ?? []
       ];
-      fs12.rmSync(qmpSocket, { force: true });
-      const errFd = fs12.openSync(stderrFile, "w");
+      fs16.rmSync(qmpSocket, { force: true });
+      const errFd = fs16.openSync(stderrFile, "w");
       log.debug(`${opts.qemu} ${argv.join(" ")}`);
-      const child = spawn4(opts.qemu, argv, { stdio: ["ignore", "ignore", errFd], detached: !!opts.detached });
-      fs12.closeSync(errFd);
+      const child = spawn6(opts.qemu, argv, { stdio: ["ignore", "ignore", errFd], detached: !!opts.detached });
+      fs16.closeSync(errFd);
       const exited = new Promise((resolve7) => {
         child.once("exit", (code, signal) => resolve7({ code, signal }));
         child.once("error", () => resolve7({ code: -1, signal: null }));
@@ -23784,12 +24896,17 @@ ${this.diagnostics()}`);
         await withTimeout(exited, 1e4, `QEMU ${child.pid} exiting after SIGKILL`).catch(() => {
         });
       }
-      const stderr = fs12.readFileSync(stderrFile, "utf8").trim();
+      const stderr = fs16.readFileSync(stderrFile, "utf8").trim();
+      const rule = HOSTFWD_RULE.exec(stderr);
+      if (!alive && rule && rule[1] !== String(sshPort)) {
+        fs16.rmSync(socketDir, { recursive: true, force: true });
+        throw new ForwardPortError(`the forward ${rule[1]}:${rule[2]}: QEMU cannot listen on 127.0.0.1:${rule[1]} (another process has that port, or it is below 1024): forward from another host port`);
+      }
       if (!alive && HOSTFWD_FAILURE.test(stderr) && attempt < 5) {
         log.info(`  port ${sshPort} was taken; retrying with another`);
         continue;
       }
-      fs12.rmSync(socketDir, { recursive: true, force: true });
+      fs16.rmSync(socketDir, { recursive: true, force: true });
       const why = alive ? `its monitor did not answer within ${START_TIMEOUT_MS / 1e3} s (killed)` : stderr || "no error output";
       throw new QemuExitedError(`QEMU failed to start ${opts.name}: ${why}
   command: ${opts.qemu} ${argv.join(" ")}`);
@@ -23799,7 +24916,7 @@ ${this.diagnostics()}`);
   diagnostics() {
     let stderr = "";
     try {
-      stderr = fs12.readFileSync(path11.join(this.opts.workDir, GuestFiles.stderr), "utf8").trim();
+      stderr = fs16.readFileSync(path13.join(this.opts.workDir, GuestFiles.stderr), "utf8").trim();
     } catch {
     }
     return `${stderr ? `QEMU stderr: ${stderr}
@@ -23809,7 +24926,7 @@ ${logTail(this.serialLog)}`;
   /** The first line of what QEMU printed on stderr (the cause of an early exit). */
   stderrLine() {
     try {
-      const lines = fs12.readFileSync(path11.join(this.opts.workDir, GuestFiles.stderr), "utf8").split("\n").map((l) => l.trim()).filter(Boolean);
+      const lines = fs16.readFileSync(path13.join(this.opts.workDir, GuestFiles.stderr), "utf8").split("\n").map((l) => l.trim()).filter(Boolean);
       return lines.find((l) => /error|fail|abort|assert/i.test(l)) ?? lines[0] ?? "";
     } catch {
       return "";
@@ -23820,14 +24937,16 @@ ${logTail(this.serialLog)}`;
   }
   /**
    * Waits until SSH logs in and runs a command; stops at once if QEMU exits or the kernel
-   * panics, and (with `stallMs`) when the serial console stays silent that long.
+   * panics, (with `stallMs`) when the serial console stays silent that long, and when the guest
+   * refuses the key once cloud-init has finished (or at all, for a guest `restored` with the key in place).
    */
   async waitReady(timeoutMs, o = {}) {
     const start = Date.now();
     const stop = heartbeat(o.label ?? `SSH on ${this.name}`, timeoutMs);
     const watch = watchSerial(this.serialLog, o.stallMs);
     try {
-      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: Promise.race([this.died, watch.found]) });
+      const refusalFinal = () => o.restored ? "the guest was restored from a snapshot that holds its key" : watch.cloudInitFinished() ? "cloud-init has finished (the serial console says so)" : void 0;
+      this.ssh = await waitForSsh(this.target(), { timeoutMs, abort: Promise.race([this.died, watch.found]), refusalFinal });
     } catch (err) {
       if (err instanceof QemuExitedError || err instanceof GuestPanicError || err instanceof GuestStalledError) throw err;
       throw new Error(`${err.message}
@@ -23952,8 +25071,8 @@ ${list2}`);
   /** Stops QEMU if needed and removes the machine's work directory and socket dir. */
   async destroy() {
     await this.kill();
-    fs12.rmSync(this.opts.workDir, { recursive: true, force: true });
-    fs12.rmSync(path11.dirname(this.qmpSocket), { recursive: true, force: true });
+    fs16.rmSync(this.opts.workDir, { recursive: true, force: true });
+    fs16.rmSync(path13.dirname(this.qmpSocket), { recursive: true, force: true });
   }
   /** Lets this process exit while QEMU runs on (CLI `boot`). */
   release() {
@@ -23964,15 +25083,15 @@ ${list2}`);
   }
 };
 function makeSocketDir() {
-  const base = fs12.existsSync("/tmp") ? "/tmp" : os4.tmpdir();
-  return fs12.mkdtempSync(path11.join(base, "rvm-"));
+  const base = fs16.existsSync("/tmp") ? "/tmp" : os5.tmpdir();
+  return fs16.mkdtempSync(path13.join(base, "rvm-"));
 }
 async function connectQmp(socket, exited) {
   let gone = false;
   void exited.then(() => gone = true);
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (!gone && Date.now() < deadline) {
-    if (fs12.existsSync(socket)) {
+    if (fs16.existsSync(socket)) {
       try {
         return await Qmp.connect(socket, Math.max(1e3, deadline - Date.now()));
       } catch {
@@ -23985,7 +25104,7 @@ async function connectQmp(socket, exited) {
 
 // src/vm/seed.ts
 import { randomUUID as randomUUID3 } from "node:crypto";
-import * as fs13 from "node:fs";
+import * as fs17 from "node:fs";
 
 // src/vm/iso9660.ts
 var SECTOR = 2048;
@@ -24310,7 +25429,7 @@ function seedIso(o) {
   ]);
 }
 function writeSeedIso(file, o) {
-  fs13.writeFileSync(file, seedIso(o));
+  fs17.writeFileSync(file, seedIso(o));
 }
 
 // src/vm/boot.ts
@@ -24337,25 +25456,23 @@ async function coldBoot(o) {
   }
 }
 async function coldBootOnce(o) {
-  const disk = path12.join(o.workDir, GuestFiles.disk);
-  const efivars = path12.join(o.workDir, GuestFiles.efivars);
-  const seedIso2 = path12.join(o.workDir, GuestFiles.seed);
-  fs14.mkdirSync(o.workDir, { recursive: true });
-  for (const f of [disk, efivars]) fs14.rmSync(f, { force: true });
-  await createOverlay(path12.resolve(o.base), disk, { size: o.diskSize ?? "20G" });
+  const disk = path14.join(o.workDir, GuestFiles.disk);
+  const efivars = path14.join(o.workDir, GuestFiles.efivars);
+  const seedIso2 = path14.join(o.workDir, GuestFiles.seed);
+  fs18.mkdirSync(o.workDir, { recursive: true });
+  for (const f of [disk, efivars]) fs18.rmSync(f, { force: true });
+  await createOverlay(path14.resolve(o.base), disk, { size: o.diskSize ?? "20G" });
   await convert(o.firmware.vars, efivars, { srcFormat: o.layout.firmwareFormat });
   writeSeedIso(seedIso2, { ...o.seed, publicKey: o.key.publicKey, user: o.user });
   const kvm = o.layout.accel.accel === "kvm";
-  const hooked = kvm ? kvmTestHooks(o.layout) : { layout: o.layout, extraArgs: [] };
   const m = await Machine.spawn({
     qemu: o.qemu,
     name: o.name,
     workDir: machineDir(o.workDir),
-    recipe: recipe(hooked.layout, { efiCode: o.firmware.code, seedIso: seedIso2 }, { scratchDisk: o.scratchDisk }),
+    recipe: withForwards(recipe(o.layout, { efiCode: o.firmware.code, seedIso: seedIso2 }, { scratchDisk: o.scratchDisk }), o.forwards ?? []),
     disk,
     efivars,
     shareDir: o.shareDir,
-    extraArgs: hooked.extraArgs,
     user: o.user ?? GUEST_USER,
     privateKey: o.key.privateKey,
     detached: o.detached
@@ -24382,33 +25499,28 @@ async function coldBootOnce(o) {
   }
 }
 function machineDir(workDir) {
-  const dir = path12.join(workDir, "vm");
-  fs14.rmSync(dir, { recursive: true, force: true });
-  fs14.mkdirSync(dir, { recursive: true });
+  const dir = path14.join(workDir, "vm");
+  fs18.rmSync(dir, { recursive: true, force: true });
+  fs18.mkdirSync(dir, { recursive: true });
   return dir;
 }
 function firstLine(s) {
   return s.split("\n").find((l) => l.trim())?.trim() ?? s;
 }
-function kvmTestHooks(layout) {
-  if (!getHooks().stallKvm) return { layout, extraArgs: [] };
-  const swap = kvmDeviceProblem() !== void 0;
-  return { layout: swap ? { ...layout, accel: accelArgs(layout.arch, "tcg") } : layout, extraArgs: ["-S"] };
-}
 async function restoreMachine(o) {
-  fs14.mkdirSync(o.workDir, { recursive: true });
-  const disk = path12.join(o.workDir, GuestFiles.disk);
-  const efivars = path12.join(o.workDir, GuestFiles.efivars);
+  fs18.mkdirSync(o.workDir, { recursive: true });
+  const disk = path14.join(o.workDir, GuestFiles.disk);
+  const efivars = path14.join(o.workDir, GuestFiles.efivars);
   copyFile(o.files.disk, disk);
   copyFile(o.files.efivars, efivars);
-  await rebaseUnsafe(disk, path12.resolve(o.backing));
-  const shareDir = o.shareDir ?? path12.join(o.workDir, GuestFiles.share);
-  fs14.mkdirSync(shareDir, { recursive: true });
+  await rebaseUnsafe(disk, path14.resolve(o.backing));
+  const shareDir = o.shareDir ?? path14.join(o.workDir, GuestFiles.share);
+  fs18.mkdirSync(shareDir, { recursive: true });
   const machine = await Machine.spawn({
     qemu: o.qemu,
     name: o.name,
     workDir: machineDir(o.workDir),
-    recipe: o.recipe,
+    recipe: withForwards(o.recipe, o.forwards ?? []),
     disk,
     efivars,
     shareDir,
@@ -24418,7 +25530,7 @@ async function restoreMachine(o) {
     detached: o.detached
   });
   try {
-    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, { label: `SSH on restored ${o.name}` }) };
+    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, { label: `SSH on restored ${o.name}`, restored: true }) };
   } catch (err) {
     await machine.destroy();
     throw err;
@@ -24545,6 +25657,39 @@ echo "$source" | sudo tee ${SOURCE_FILE} >/dev/null
 `;
 }
 
+// src/layers/check.ts
+import * as path15 from "node:path";
+async function stagedLayerProblem(staging, p, m, parentId, backing, verified) {
+  if (!m) return "no valid manifest";
+  const named = m.files.map((f) => f.name).sort();
+  if (named.join("\0") !== [...p.files].sort().join("\0")) return `its manifest names ${JSON.stringify(named)}, not ${JSON.stringify([...p.files].sort())}`;
+  const invalid = invalidReason(m, staging, p, parentId);
+  if (invalid) return invalid;
+  const digests = await Promise.all(m.files.map(async (f) => ({ f, sha256: verified?.get(f.name) ?? (await fileDigests(path15.join(staging, f.name), ["sha256"])).sha256 })));
+  const bad2 = digests.find((d) => d.sha256 !== d.f.sha256);
+  if (bad2) return `${bad2.f.name} does not have the sha256 its manifest records`;
+  const qcow22 = p.files.filter((x) => x.endsWith(".qcow2"));
+  const problems = await Promise.all(qcow22.map((f) => imageProblem(path15.join(staging, f), f === p.files[0] ? backing : void 0)));
+  const i = problems.findIndex(Boolean);
+  return i < 0 ? void 0 : `${qcow22[i]} ${problems[i]}`;
+}
+async function imageProblem(file, parent) {
+  const info2 = await imageInfo(file).catch(() => void 0);
+  if (!info2) return "is not an image qemu-img can read";
+  if (info2.format !== "qcow2") return `is ${info2.format}, not qcow2`;
+  if (info2.dataFile) return `keeps its data in another file (${info2.dataFile})`;
+  if (info2.backingFile && (!parent || path15.basename(info2.backingFile) !== path15.basename(parent) || info2.backingFormat !== "qcow2")) {
+    return `is backed by ${info2.backingFile}${info2.backingFormat ? ` (${info2.backingFormat})` : ""}, ${parent ? `not by its parent layer ${path15.basename(parent)}` : "where it may have no backing file"}`;
+  }
+  if (!await checkImage(file)) return "fails qemu-img check";
+  return void 0;
+}
+async function backingProblem(disk, backing) {
+  const info2 = await imageInfo(disk);
+  if (info2.backingFile !== backing || info2.backingFormat !== "qcow2") return `is backed by ${info2.backingFile ?? "nothing"} (${info2.backingFormat ?? "no format"}), not ${backing}`;
+  return void 0;
+}
+
 // src/layers/context.ts
 function timeoutsFor(accel, scale = getHooks().timeoutScale) {
   const t = accel === "kvm" ? { prepareSshMs: 3e5, bootSshMs: 12e4, packagesMs: 18e5, restoreSshMs: 6e4 } : { prepareSshMs: 9e5, bootSshMs: 6e5, packagesMs: 36e5, restoreSshMs: 3e5 };
@@ -24552,8 +25697,8 @@ function timeoutsFor(accel, scale = getHooks().timeoutScale) {
 }
 
 // src/proxy.ts
-import * as fs15 from "node:fs";
-import * as path13 from "node:path";
+import * as fs19 from "node:fs";
+import * as path16 from "node:path";
 var GUEST_HOST_ADDRESS = "10.0.2.2";
 function runnerProxy(env = process.env) {
   const p = {
@@ -24606,12 +25751,12 @@ function runnerCAs(dirs = LOCAL_CA_DIRS) {
   for (const dir of dirs) {
     let files = [];
     try {
-      files = fs15.readdirSync(dir, { recursive: true });
+      files = fs19.readdirSync(dir, { recursive: true });
     } catch {
       continue;
     }
     for (const f of files.filter((n) => /\.(crt|pem)$/.test(n))) {
-      const text = fs15.readFileSync(path13.join(dir, f), "utf8");
+      const text = fs19.readFileSync(path16.join(dir, f), "utf8");
       for (const m of text.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)) pems.add(m[0]);
     }
   }
@@ -24670,8 +25815,8 @@ function bootBuilder(ctx, g) {
 // src/layers/plan.ts
 var RECIPE_VERSION = 2;
 var NAME_KEY_LENGTH = 12;
-function basePackages(image, extra, hooks) {
-  return [.../* @__PURE__ */ new Set([...hooks.basePackages ?? image.packages, ...extra])];
+function preparedPackages(image, config) {
+  return [.../* @__PURE__ */ new Set([...config.basePackages ? image.packages : [], ...config.packages])];
 }
 function plan1(layer, name, files, inputs, suffix) {
   const key = hashOf({ layer, recipe: RECIPE_VERSION, ...inputs });
@@ -24680,9 +25825,9 @@ function plan1(layer, name, files, inputs, suffix) {
 }
 var qcow2 = (base) => [`${base}.qcow2`];
 var stripQcow2 = (f) => f.replace(/\.qcow2$/, "");
-function planLayers(config, host, publicKey, recipes, hooks) {
+function planLayers(config, host, publicKey, recipes) {
   const image = distroImage(config.distro, config.arch);
-  const packages = basePackages(image, config.packages, hooks);
+  const packages = preparedPackages(image, config);
   const id = `${config.distro}-${config.arch}`;
   const custom = config.imageUrl !== void 0;
   const raw = plan1(
@@ -24732,8 +25877,8 @@ function planLayers(config, host, publicKey, recipes, hooks) {
 }
 
 // src/layers/prepared.ts
-import * as fs16 from "node:fs";
-import * as path14 from "node:path";
+import * as fs20 from "node:fs";
+import * as path17 from "node:path";
 var CLEAN_FOR_TEMPLATE = "sudo cloud-init clean --logs && sudo rm -f /etc/ssh/ssh_host_*_key* && sudo truncate -s 0 /etc/machine-id";
 function verifyCommand(manager, packages) {
   const names = packages.map((p) => p.split(/[=:]/)[0]).join(" ");
@@ -24742,7 +25887,7 @@ function verifyCommand(manager, packages) {
 var CLEAN_PACKAGE_CACHE = { apt: "sudo apt-get clean", dnf: "sudo dnf clean all" };
 async function buildImage(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
-  fs16.mkdirSync(work, { recursive: true });
+  fs20.mkdirSync(work, { recursive: true });
   let result;
   try {
     const m = await bootBuilder(ctx, {
@@ -24770,19 +25915,19 @@ async function buildImage(ctx, o) {
     } finally {
       await m.destroy();
     }
-    const tmp = tempPath(ctx.dir, path14.basename(o.out));
-    log.info(`  ${o.name}: compressing into ${path14.basename(o.out)}`);
-    await convert(path14.join(work, GuestFiles.disk), tmp, { compress: true });
-    fs16.renameSync(tmp, o.out);
+    const tmp = tempPath(ctx.dir, path17.basename(o.out));
+    log.info(`  ${o.name}: compressing into ${path17.basename(o.out)}`);
+    await convert(path17.join(work, GuestFiles.disk), tmp, { compress: true });
+    fs20.renameSync(tmp, o.out);
     return result;
   } finally {
-    fs16.rmSync(work, { recursive: true, force: true });
+    fs20.rmSync(work, { recursive: true, force: true });
   }
 }
 
 // src/layers/raw.ts
-import * as fs17 from "node:fs";
-import * as path15 from "node:path";
+import * as fs21 from "node:fs";
+import * as path18 from "node:path";
 import { fileURLToPath as fileURLToPath2 } from "node:url";
 var IDLE_MS = 6e4;
 var DOWNLOAD_MS = 60 * 6e4;
@@ -24791,9 +25936,10 @@ var ChecksumMismatchError = class extends Error {
 };
 function parseChecksumFile(text, format, file) {
   for (const line of text.split("\n")) {
-    if (format === "sha512sums") {
-      const m = /^([0-9a-fA-F]{128})\s+\*?(\S+)$/.exec(line.trim());
-      if (m && path15.basename(m[2]) === file) return { algorithm: "sha512", hex: m[1].toLowerCase() };
+    if (format === "sha512sums" || format === "sha256sums") {
+      const [algorithm, length] = format === "sha512sums" ? ["sha512", 128] : ["sha256", 64];
+      const m = /^([0-9a-fA-F]+)\s+\*?(\S+)$/.exec(line.trim());
+      if (m && m[1].length === length && path18.basename(m[2]) === file) return { algorithm, hex: m[1].toLowerCase() };
     } else {
       const m = /^(SHA256|SHA512) \((.+)\) = ([0-9a-fA-F]+)$/.exec(line.trim());
       if (m && m[2] === file) return { algorithm: m[1].toLowerCase(), hex: m[3].toLowerCase() };
@@ -24813,8 +25959,8 @@ function client() {
 async function openSource(url) {
   if (!isRemote(url)) {
     const p = localPath(url);
-    const stream = fs17.createReadStream(p);
-    return { stream, total: fs17.statSync(p).size, close: () => stream.destroy() };
+    const stream = fs21.createReadStream(p);
+    return { stream, total: fs21.statSync(p).size, close: () => stream.destroy() };
   }
   const c = client();
   const res = await withTimeout(c.get(url), IDLE_MS, `connecting to ${url}`);
@@ -24828,7 +25974,7 @@ async function openSource(url) {
   return { stream: res.message, total: len > 0 ? len : void 0, close: () => (res.message.destroy(), c.dispose()) };
 }
 async function readText(url) {
-  if (!isRemote(url)) return fs17.readFileSync(localPath(url), "utf8");
+  if (!isRemote(url)) return fs21.readFileSync(localPath(url), "utf8");
   const c = client();
   try {
     const res = await withTimeout(c.get(url), IDLE_MS, `fetching ${url}`);
@@ -24842,7 +25988,7 @@ async function readText(url) {
 async function expectedChecksum(image, given) {
   if (given) return given;
   const text = await withRetries(`checksum file ${image.checksumUrl}`, () => readText(image.checksumUrl));
-  const name = path15.basename(new URL(image.url).pathname);
+  const name = path18.basename(new URL(image.url).pathname);
   const found = parseChecksumFile(text, image.checksumFormat, name);
   if (!found) throw new Error(`${image.checksumUrl} lists no digest for ${name}`);
   return found;
@@ -24855,14 +26001,14 @@ function withRetries(what, fn, attempts = 4) {
     onRetry: (err, i, wait) => log.warning(`${what}: ${errorMessage(err)}; retrying in ${wait / 1e3} s (attempt ${i + 1} of ${attempts})`)
   });
 }
-function mb(n) {
+function mb2(n) {
   return (n / 1048576).toFixed(1);
 }
 async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
   return withRetries(`download ${url}`, async () => {
     const { stream, total, close } = await openSource(url);
     const hash = digester([expected.algorithm, "sha256"]);
-    const out = fs17.createWriteStream(partial);
+    const out = fs21.createWriteStream(partial);
     const start = Date.now();
     let bytes = 0;
     let lastReport = start;
@@ -24877,13 +26023,13 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
         if (now - lastReport >= progressEveryMs) {
           lastReport = now;
           const rate = bytes / 1048576 / ((now - start) / 1e3);
-          log.info(`  ${total ? `${Math.floor(bytes / total * 100)}% ` : ""}${mb(bytes)}${total ? `/${mb(total)}` : ""} MB at ${rate.toFixed(1)} MB/s`);
+          log.info(`  ${total ? `${Math.floor(bytes / total * 100)}% ` : ""}${mb2(bytes)}${total ? `/${mb2(total)}` : ""} MB at ${rate.toFixed(1)} MB/s`);
         }
       }
       await new Promise((resolve7, reject) => out.end((err) => err ? reject(err) : resolve7()));
     } catch (err) {
       out.destroy();
-      fs17.rmSync(partial, { force: true });
+      fs21.rmSync(partial, { force: true });
       throw err;
     } finally {
       clearTimeout(bound);
@@ -24892,19 +26038,19 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
     const digests = hash.hex();
     const actual = digests[expected.algorithm];
     if (actual !== expected.hex) {
-      fs17.rmSync(partial, { force: true });
+      fs21.rmSync(partial, { force: true });
       throw new ChecksumMismatchError(
         `checksum mismatch for ${url}: expected ${expected.algorithm}:${expected.hex}, got ${expected.algorithm}:${actual} (the file was deleted)`
       );
     }
-    fs17.renameSync(partial, dest);
+    fs21.renameSync(partial, dest);
     const secs = (Date.now() - start) / 1e3;
-    log.info(`  ${mb(bytes)} MB in ${secs.toFixed(1)} s, ${expected.algorithm} verified`);
+    log.info(`  ${mb2(bytes)} MB in ${secs.toFixed(1)} s, ${expected.algorithm} verified`);
     return { bytes, sha256: digests.sha256 };
   });
 }
 async function adoptRaw(file, expected) {
-  log.info(`${path15.basename(file)} has no manifest: checking its ${expected.algorithm} before using it`);
+  log.info(`${path18.basename(file)} has no manifest: checking its ${expected.algorithm} before using it`);
   const d = await fileDigests(file, [expected.algorithm, "sha256"]);
   if (d[expected.algorithm] === expected.hex) return { sha256: d.sha256 };
   log.info(`  it is not the published image (${expected.algorithm}:${d[expected.algorithm].slice(0, 16)}\u2026): downloading afresh`);
@@ -24912,8 +26058,8 @@ async function adoptRaw(file, expected) {
 }
 
 // src/layers/snapshot.ts
-import * as fs18 from "node:fs";
-import * as path16 from "node:path";
+import * as fs22 from "node:fs";
+import * as path19 from "node:path";
 var SHARE_TAG = "images";
 var SNAPSHOT_SETUP = `sudo mkdir -p /mnt/images; mkdir -p ~/.config/containers && printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf && printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf; systemctl --user daemon-reload`;
 var SHRINK_RAM = `set -e
@@ -24946,9 +26092,9 @@ function savevmTimeoutMs(memoryMb) {
 }
 async function buildSnapshot(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
-  const share = path16.join(ctx.dir, CacheFiles.share);
-  fs18.mkdirSync(work, { recursive: true });
-  fs18.mkdirSync(share, { recursive: true });
+  const share = path19.join(ctx.dir, CacheFiles.share);
+  fs22.mkdirSync(work, { recursive: true });
+  fs22.mkdirSync(share, { recursive: true });
   try {
     const layout = hostLayout(ctx, { memoryMb: o.memoryMb, cpus: o.cpus, shareTag: SHARE_TAG });
     const m = await bootBuilder(ctx, {
@@ -24975,9 +26121,9 @@ async function buildSnapshot(ctx, o) {
       await m.destroy();
     }
     const stepMs = Date.now() - stepStart;
-    const disk = path16.join(work, GuestFiles.disk);
-    const efivars = path16.join(work, GuestFiles.efivars);
-    const seed = path16.join(work, GuestFiles.seed);
+    const disk = path19.join(work, GuestFiles.disk);
+    const efivars = path19.join(work, GuestFiles.efivars);
+    const seed = path19.join(work, GuestFiles.seed);
     if (!(await listSnapshots(disk)).some((x) => x.tag === SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
     const stateBytes = (await listSnapshots(efivars)).find((x) => x.tag === SNAPSHOT_TAG)?.vmStateBytes ?? 0;
     log.info(`  ${o.name}: savevm ${(savevmMs / 1e3).toFixed(1)} s, RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
@@ -24987,62 +26133,96 @@ async function buildSnapshot(ctx, o) {
       recipe: recipe(layout, { efiCode: ctx.host.firmware.code, seedIso: seed }),
       files: { disk, efivars },
       backing: o.base,
-      workDir: path16.join(work, "verify"),
+      workDir: path19.join(work, "verify"),
       key: o.key,
       sshTimeoutMs: ctx.timeouts.restoreSshMs,
       shareDir: share
     });
     await machine.destroy();
     log.info(`  ${o.name}: restored copy reached SSH in ${(readyMs / 1e3).toFixed(1)} s`);
-    fs18.renameSync(disk, o.out.disk);
-    fs18.renameSync(efivars, o.out.efivars);
-    fs18.renameSync(seed, o.out.seed);
+    fs22.renameSync(disk, o.out.disk);
+    fs22.renameSync(efivars, o.out.efivars);
+    fs22.renameSync(seed, o.out.seed);
     return { layout, savevmMs, stepMs, verifyRestoreMs: readyMs, stateBytes };
   } finally {
-    fs18.rmSync(work, { recursive: true, force: true });
+    fs22.rmSync(work, { recursive: true, force: true });
   }
 }
 
 // src/layers/sshkey.ts
-import * as fs19 from "node:fs";
-import * as path17 from "node:path";
+var import_ssh22 = __toESM(require_lib3(), 1);
+import * as fs23 from "node:fs";
+import * as path20 from "node:path";
 var SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
-async function ensureSshKey(dir, cache) {
-  const file = path17.join(dir, CacheFiles.sshKey);
+function keyPairProblem(priv, pub) {
+  const bad2 = keyProblem(priv) ?? keyProblem(pub);
+  if (bad2) return bad2;
+  const blob = (k) => {
+    const parsed = import_ssh22.default.utils.parseKey(k.trim());
+    return (Array.isArray(parsed) ? parsed[0] : parsed).getPublicSSH();
+  };
+  const privKey = import_ssh22.default.utils.parseKey(priv.trim());
+  if (Array.isArray(privKey) || privKey instanceof Error || !privKey.isPrivateKey()) return "the private key file holds no private key";
+  return blob(priv).equals(blob(pub)) ? void 0 : "the public key file does not match the private key";
+}
+async function ensureSshKey(dir, tiers, save = true) {
+  const file = path20.join(dir, CacheFiles.sshKey);
   const shared = `${file}.shared`;
   const names = [CacheFiles.sshKey, `${CacheFiles.sshKey}.pub`];
-  const local = () => fs19.existsSync(file) && fs19.existsSync(`${file}.pub`);
-  if (!cache || local() && fs19.existsSync(shared) && fs19.readFileSync(shared, "utf8").trim() === SSH_KEY_CACHE_KEY) return ensureKeyFile(file);
-  const markShared = () => fs19.writeFileSync(shared, SSH_KEY_CACHE_KEY + "\n");
-  const adopt = async () => {
+  const local = () => fs23.existsSync(file) && fs23.existsSync(`${file}.pub`);
+  const on = tiers.filter((t) => t.on);
+  if (!on.length || local() && fs23.existsSync(shared) && fs23.readFileSync(shared, "utf8").trim() === SSH_KEY_CACHE_KEY) return ensureKeyFile(file);
+  const markShared = () => fs23.writeFileSync(shared, SSH_KEY_CACHE_KEY + "\n");
+  const adopt = async (tier) => {
     const staging = tempPath(dir, "ssh-key-restore");
-    fs19.mkdirSync(staging);
+    fs23.mkdirSync(staging, { mode: 448 });
     try {
-      if (await cache.restore(SSH_KEY_CACHE_KEY, names, staging) !== "restored") return false;
-      const before = local() ? fs19.readFileSync(`${file}.pub`, "utf8") : void 0;
-      fs19.renameSync(path17.join(staging, names[1]), `${file}.pub`);
-      fs19.renameSync(path17.join(staging, names[0]), file);
-      if (before !== void 0 && before !== fs19.readFileSync(`${file}.pub`, "utf8")) {
-        log.info("SSH key: the repository's key (Actions cache) replaces this cache dir's; snapshots made with the old one are rebuilt");
+      const got = await tier.restore(SSH_KEY_CACHE_KEY, names, staging);
+      if (got !== "restored") {
+        if (got.startsWith("refused: ")) log.warning(`${tier.label} entry ${SSH_KEY_CACHE_KEY} refused: ${got.slice(9)}; using a key of this runner's`);
+        if (got.startsWith("refused: ")) tier.refused?.(SSH_KEY_CACHE_KEY);
+        return false;
+      }
+      const at = (n) => path20.join(staging, n);
+      const why = stagedFilesProblem(staging, names) ?? keyPairProblem(fs23.readFileSync(at(names[0]), "utf8"), fs23.readFileSync(at(names[1]), "utf8"));
+      if (why) {
+        log.warning(`${tier.label} entry ${SSH_KEY_CACHE_KEY} refused: ${why}; using a key of this runner's`);
+        tier.refused?.(SSH_KEY_CACHE_KEY);
+        return false;
+      }
+      fs23.chmodSync(at(names[0]), 384);
+      const before = local() ? fs23.readFileSync(`${file}.pub`, "utf8") : void 0;
+      fs23.renameSync(at(names[1]), `${file}.pub`);
+      fs23.renameSync(at(names[0]), file);
+      if (before !== void 0 && before !== fs23.readFileSync(`${file}.pub`, "utf8")) {
+        log.info(`SSH key: the repository's key (${tier.label}) replaces this cache dir's; snapshots made with the old one are rebuilt`);
       }
       return true;
     } finally {
-      fs19.rmSync(staging, { recursive: true, force: true });
+      fs23.rmSync(staging, { recursive: true, force: true });
     }
   };
-  if (await adopt()) {
-    log.info("SSH key: the repository's key, from the Actions cache");
+  for (const [i, tier] of on.entries()) {
+    if (!await adopt(tier)) continue;
+    log.info(`SSH key: the repository's key, from the ${tier.label}`);
+    if (save) for (const t of on.slice(0, i)) await t.save(SSH_KEY_CACHE_KEY, names, dir);
     markShared();
     return ensureKeyFile(file);
   }
   ensureKeyFile(file);
-  const saved = await cache.save(SSH_KEY_CACHE_KEY, names, dir);
-  if (saved === "exists" && await adopt()) log.info("SSH key: another job saved one first; using it");
-  if (saved !== "failed") markShared();
+  if (!save) return ensureKeyFile(file);
+  let anySaved = false;
+  for (const tier of on) {
+    const saved = await tier.save(SSH_KEY_CACHE_KEY, names, dir);
+    if (saved === "exists" && await adopt(tier)) log.info(`SSH key: another job saved one to the ${tier.label} first; using it`);
+    if (saved !== "failed") anySaved = true;
+  }
+  if (anySaved) markShared();
   return ensureKeyFile(file);
 }
 
 // src/layers/pipeline.ts
+var sourceOf = (t) => t.label.startsWith("registry") ? "registry" : "actions cache";
 function recipesFor(config, manager) {
   return {
     cleanForTemplate: CLEAN_FOR_TEMPLATE,
@@ -25071,47 +26251,69 @@ function bytesOf(m) {
   return m.files.reduce((n, f) => n + f.size, 0);
 }
 function cachePaths(p) {
-  return [...p.files, path18.basename(manifestPath("", p.base))];
+  return [...p.files, path21.basename(manifestPath("", p.base))];
 }
-async function imagesCorrupt(dir, files) {
-  for (const f of files.filter((x) => x.endsWith(".qcow2"))) {
-    if (!await checkImage(path18.join(dir, f))) return `qemu-img check fails on ${f}`;
-  }
-  return void 0;
-}
-async function restoreLayer(ctx, p, key, parentId, backing) {
+async function restoreLayer(ctx, tier, p, key, parentId, backing) {
   for (let attempt = 1; ; attempt++) {
-    const r = await restoreOnce(ctx, p, key, parentId, backing);
+    const r = await restoreOnce(ctx, tier, p, key, parentId, backing);
     if (typeof r !== "string") return r;
     if (r === "miss") return void 0;
-    if (attempt === 2 || !ctx.cache.on) {
-      log.warning(`Actions cache entry ${key}: ${r}; building instead`);
+    if (r.startsWith("refused: ")) {
+      log.warning(`${tier.label} entry ${key} refused: ${r.slice("refused: ".length)}; building the ${p.layer} layer instead`);
+      tier.refused?.(key);
       return void 0;
     }
-    log.warning(`Actions cache entry ${key}: ${r}; downloading it once more`);
+    if (attempt === 2 || !tier.on) {
+      log.warning(`${tier.label} entry ${key}: ${r}; building instead`);
+      return void 0;
+    }
+    log.warning(`${tier.label} entry ${key}: ${r}; downloading it once more`);
   }
 }
-async function restoreOnce(ctx, p, key, parentId, backing) {
+async function restoreOnce(ctx, tier, p, key, parentId, backing) {
   const staging = tempPath(ctx.dir, `${p.base}-restore`);
-  fs20.mkdirSync(staging, { recursive: true });
+  fs24.mkdirSync(staging, { mode: 448 });
   try {
-    const got = await ctx.cache.restore(key, cachePaths(p), staging);
+    const files = cachePaths(p);
+    const verified = /* @__PURE__ */ new Map();
+    const got = await tier.restore(key, files, staging, verified);
     if (got === "miss") return "miss";
     if (got === "failed") return "the download failed";
-    const m = readManifest(manifestPath(staging, p.base));
-    const why = invalidReason(m, staging, p, parentId) ?? await imagesCorrupt(staging, p.files);
-    if (why || !m) return `not usable (${why ?? "no manifest"})`;
-    if (backing) await pointAt(staging, p, m, backing, { shared: false });
+    if (got !== "restored") return got;
+    const why = stagedFilesProblem(staging, files) ?? await stagedLayerProblem(staging, p, readManifest(manifestPath(staging, p.base)), parentId, backing, verified);
+    if (why) return `refused: ${why}`;
+    let m = readManifest(manifestPath(staging, p.base));
+    if (backing) {
+      m = await pointAt(staging, p, m, backing, { shared: false });
+      const off = await backingProblem(path21.join(staging, p.files[0]), backing);
+      if (off) return `refused: ${p.files[0]} ${off}`;
+    }
     placeLayer(ctx.dir, staging, p);
     return readManifest(manifestPath(ctx.dir, p.base)) ?? "no manifest after placing it";
   } finally {
-    fs20.rmSync(staging, { recursive: true, force: true });
+    fs24.rmSync(staging, { recursive: true, force: true });
   }
 }
 async function saveLayer(ctx, p, key) {
-  if (!ctx.cache) return "no Actions cache";
-  const saved = await log.group(`Saving the ${p.layer} layer to the Actions cache (${key})`, () => ctx.cache.save(key, cachePaths(p), ctx.dir));
-  return saved === "saved" ? "saved to the Actions cache" : saved === "exists" ? "another job saved it first" : "not saved to the Actions cache";
+  if (!ctx.tiers.length) return void 0;
+  if (!ctx.config.cacheSave) return "not saved (cache-save: false)";
+  const said = [];
+  for (const tier of ctx.tiers.filter((t) => t.on)) {
+    const saved = await log.group(`Saving the ${p.layer} layer to the ${tier.label} (${key})`, () => tier.save(key, cachePaths(p), ctx.dir));
+    said.push(saved === "saved" ? `saved to the ${tier.label}` : saved === "exists" ? `the ${tier.label} had it` : `not saved to the ${tier.label}`);
+  }
+  return said.join("; ") || void 0;
+}
+async function syncTiers(pending, tiers) {
+  const saved = [];
+  for (const s of pending) {
+    for (const tier of tiers.filter((t) => t.on && !s.from.includes(t.label))) {
+      if (await tier.has?.(s.key, s.files).catch(() => void 0) !== false) continue;
+      const r = await log.group(`Saving the ${s.layer} layer to the ${tier.label}, which lacks it (${s.key})`, () => tier.save(s.key, s.files, s.dir));
+      if (r === "saved") saved.push(`${s.layer} \u2192 ${tier.label}`);
+    }
+  }
+  return saved;
 }
 async function ensureLayer(ctx, p, results, o) {
   const start = Date.now();
@@ -25122,27 +26324,32 @@ async function ensureLayer(ctx, p, results, o) {
       touchLayer(ctx.dir, p.base);
       return m2;
     };
+    const key = cacheKeyFor(p, o.parentId);
+    const pending = (from) => ctx.config.cacheSave && ctx.tiers.length && ctx.pending.push({ layer: p.layer, key, files: cachePaths(p), dir: ctx.dir, from });
     const valid = validLayer(ctx.dir, p, o.parentId);
     if (valid) {
       const have = o.backing ? await pointAt(ctx.dir, p, valid, o.backing, { shared: true }) : valid;
       log.info(`${p.layer}: using ${p.files[0]} (local cache)`);
       result("local", have, Date.now() - start > 1500 ? "waited for another run" : void 0);
+      pending([]);
       return use(have);
     }
-    const key = cacheKeyFor(p, o.parentId);
-    const unrecorded = !fs20.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs20.existsSync(path18.join(ctx.dir, f)));
+    const unrecorded = !fs24.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs24.existsSync(path21.join(ctx.dir, f)));
     const adopted = unrecorded && o.adopt ? await o.adopt() : void 0;
     if (adopted) {
       const m2 = await record(ctx, p, start, o.parentId, adopted);
       log.info(`${p.layer}: adopted ${p.files[0]} left by an earlier tool (verified)`);
-      result("local", m2, `adopted an unrecorded file (${await saveLayer(ctx, p, key)})`);
+      const saved = await saveLayer(ctx, p, key);
+      result("local", m2, `adopted an unrecorded file${saved ? ` (${saved})` : ""}`);
       return use(m2);
     }
-    if (ctx.cache) {
-      const restored = await log.group(`Restoring the ${p.layer} layer from the Actions cache (${key})`, () => restoreLayer(ctx, p, key, o.parentId, o.backing));
+    for (const tier of ctx.tiers) {
+      if (!tier.on) continue;
+      const restored = await log.group(`Restoring the ${p.layer} layer from the ${tier.label} (${key})`, () => restoreLayer(ctx, tier, p, key, o.parentId, o.backing));
       if (restored) {
-        log.info(`${p.layer}: restored ${p.files[0]} from the Actions cache`);
-        result("actions cache", restored);
+        log.info(`${p.layer}: restored ${p.files[0]} from the ${tier.label}`);
+        result(sourceOf(tier), restored);
+        pending([tier.label]);
         return use(restored);
       }
     }
@@ -25152,22 +26359,23 @@ async function ensureLayer(ctx, p, results, o) {
       log.info(`${p.layer}: built ${p.files[0]} in ${((Date.now() - start) / 1e3).toFixed(0)} s`);
       return built;
     });
-    result("built", m, ctx.cache ? await saveLayer(ctx, p, key) : void 0);
+    result("built", m, await saveLayer(ctx, p, key));
     return use(m);
   });
 }
 async function pointAt(dir, p, m, backing, o) {
   if (m.backing === backing) return m;
-  const disk = path18.join(dir, p.files[0]);
+  const disk = path21.join(dir, p.files[0]);
   if (o.shared) {
     const tmp = tempPath(dir, p.files[0]);
     copyFile(disk, tmp);
     await rebaseUnsafe(tmp, backing);
-    fs20.renameSync(tmp, disk);
+    fs24.renameSync(tmp, disk);
   } else {
     await rebaseUnsafe(disk, backing);
   }
-  return writeManifest(manifestPath(dir, p.base), { ...m, backing });
+  const [described] = await describeFiles(dir, [p.files[0]]);
+  return writeManifest(manifestPath(dir, p.base), { ...m, backing, files: m.files.map((f) => f.name === described.name ? described : f) });
 }
 async function record(ctx, p, start, parentId, extra) {
   return recordLayer(ctx.dir, p.base, {
@@ -25183,11 +26391,11 @@ async function record(ctx, p, start, parentId, extra) {
 }
 async function ensureSnapshotLayer(ctx, p, base, parent, key, results) {
   let build;
-  const at = (f) => path18.join(ctx.dir, f);
+  const at = (f) => path21.join(ctx.dir, f);
   try {
     const manifest = await ensureLayer(ctx, p, results, {
       parentId: parent.id,
-      backing: path18.resolve(base),
+      backing: path21.resolve(base),
       build: async () => {
         build = await buildSnapshot(ctx, {
           name: p.base,
@@ -25209,26 +26417,32 @@ async function ensureSnapshotLayer(ctx, p, base, parent, key, results) {
     return {};
   }
 }
-function openCacheTier(config) {
+function openTiers(config) {
   const useCache = config.cache && cacheServiceAvailable();
   if (config.cache && !useCache) log.info("Actions cache: not available in this environment; using the local cache only");
-  const cache = useCache ? actionsCache() : void 0;
-  cache?.prestart();
-  return cache;
+  const tiers = [];
+  if (useCache) tiers.push(actionsCache());
+  if (config.registry) tiers.push(registryTier({ repository: config.registry, token: config.registryToken }));
+  for (const t of tiers) t.prestart?.();
+  return tiers;
 }
-async function ensureLayers(config, host0, cache = openCacheTier(config)) {
+async function ensureLayers(config, hostSetup, tiers = openTiers(config), o = {}) {
+  Promise.resolve(hostSetup).catch(() => {
+  });
   const dir = config.cacheDir;
-  fs20.mkdirSync(dir, { recursive: true });
+  fs24.mkdirSync(dir, { recursive: true });
   cleanStaleTemps(dir);
   const rt = runtimeDir();
-  fs20.mkdirSync(rt, { recursive: true });
+  fs24.mkdirSync(rt, { recursive: true });
   const holder = process.env.GITHUB_ACTIONS === "true" ? jobHolder(rt) : processHolder();
   try {
-    const key = await withLayerLock(dir, CacheFiles.sshKey, 10 * 6e4, () => ensureSshKey(dir, cache));
-    let host = host0;
+    const key = await withLayerLock(dir, CacheFiles.sshKey, 10 * 6e4, () => ensureSshKey(dir, tiers, config.cacheSave));
+    let host = await hostSetup;
     for (; ; ) {
       try {
-        return await ensureOnce(config, host, key, cache, holder, rt);
+        const result = await ensureOnce(config, host, key, tiers, holder, rt);
+        if (!o.deferSaves && result.pending.length) await syncTiers(result.pending, tiers);
+        return result;
       } catch (err) {
         if (!(err instanceof KvmBootError)) throw err;
         if (host.kvmMode !== "auto") throw new Error(kvmUnusableError(err.cause));
@@ -25236,16 +26450,16 @@ async function ensureLayers(config, host0, cache = openCacheTier(config)) {
       }
     }
   } finally {
-    cache?.close();
+    for (const t of tiers) t.close();
   }
 }
-async function ensureOnce(config, host, key, cache, holder, rt) {
+async function ensureOnce(config, host, key, tiers, holder, rt) {
   const dir = config.cacheDir;
   const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager);
-  const plan = planLayers(config, host, key.publicKey, recipes, getHooks());
-  const ctx = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), cache, holder };
+  const plan = planLayers(config, host, key.publicKey, recipes);
+  const ctx = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), tiers, holder, pending: [] };
   const results = [];
-  const at = (f) => path18.join(dir, f);
+  const at = (f) => path21.join(dir, f);
   if (config.redownload) {
     log.info("redownload: removing the raw, prepared and browser layers");
     for (const p of [plan.raw, plan.prepared, plan.browser]) {
@@ -25259,7 +26473,7 @@ async function ensureOnce(config, host, key, cache, holder, rt) {
       const rawFile = at(plan.raw.files[0]);
       const recorded = (e, sha256) => ({
         digest: `${e.algorithm}:${e.hex}`,
-        files: [{ name: plan.raw.files[0], size: fs20.statSync(rawFile).size, sha256 }]
+        files: [{ name: plan.raw.files[0], size: fs24.statSync(rawFile).size, sha256 }]
       });
       const raw = await ensureLayer(ctx, plan.raw, results, {
         // The seed's download under the same name is used when its digest is the published one.
@@ -25318,86 +26532,34 @@ async function ensureOnce(config, host, key, cache, holder, rt) {
     log.warning(`cache eviction failed: ${errorMessage(err)}`);
     return { evicted: [], bytes: dirBytes(dir) };
   });
-  const snapshotRecord = (p, m, backing) => m?.layout && {
-    argv: recipe(m.layout, { efiCode: host.firmware.code, seedIso: at(p.files[2]) }),
-    disk: at(p.files[0]),
-    efivars: at(p.files[1]),
-    seed: at(p.files[2]),
-    backing: at(backing.files[0]),
-    layout: m.layout,
-    base: p.base,
-    backingBase: backing.base
-  };
-  const restore = snapshotRecord(plan.snapshot, snap.manifest, plan.prepared);
-  const browserRestore = snapshotRecord(plan.browserSnapshot, browserSnap.manifest, plan.browser);
-  const id = hashOf({ prepared: plan.prepared.key, snapshot: restore ? plan.snapshot.key : null, browser: browser ? plan.browser.key : null }).slice(0, 16);
-  const recordFile = recordPath(rt, id);
-  const fromCache = results.filter((r) => r.source === "actions cache").map((r) => r.layer);
-  const outputs = {
-    [Outputs.Image]: at(plan.prepared.files[0]),
-    [Outputs.EfiCode]: host.firmware.code,
-    [Outputs.EfiVarsTemplate]: host.firmware.vars,
-    [Outputs.Prepared]: "true",
-    [Outputs.Snapshot]: String(!!restore),
-    [Outputs.SnapshotDisk]: restore?.disk ?? "",
-    [Outputs.SnapshotEfivars]: restore?.efivars ?? "",
-    [Outputs.SnapshotSeedIso]: restore?.seed ?? "",
-    [Outputs.SnapshotMemoryMb]: restore ? String(config.memoryMb) : "",
-    [Outputs.SshKey]: at(CacheFiles.sshKey),
-    [Outputs.SshPublicKey]: key.publicKey,
-    [Outputs.SshUser]: GUEST_USER,
-    [Outputs.BrowserImage]: browser ? at(plan.browser.files[0]) : "",
-    [Outputs.BrowserSnapshotDisk]: browserRestore?.disk ?? "",
-    [Outputs.BrowserSnapshotEfivars]: browserRestore?.efivars ?? "",
-    [Outputs.BrowserSnapshotSeedIso]: browserRestore?.seed ?? "",
-    [Outputs.Accel]: host.accel.accel,
-    [Outputs.Qemu]: host.qemu.path,
-    [Outputs.CacheHit]: String(results.every((r) => r.source === "local" || r.source === "actions cache")),
-    [Outputs.CacheHitLayers]: fromCache.join(","),
-    [Outputs.Manifest]: recordFile
-  };
-  const coldLayout = hostLayout(ctx, { memoryMb: config.memoryMb, cpus: config.cpus });
-  const record2 = {
-    version: 2,
-    id,
-    outputs,
-    cacheDir: dir,
-    distro: config.distro,
-    arch: config.arch,
-    qemu: host.qemu.path,
-    accel: host.accel.accel,
-    firmware: { code: host.firmware.code, vars: host.firmware.vars, format: host.firmware.format },
-    guestPackageManager: plan.image.guestPackageManager,
-    ...restore ? { restore } : {},
-    ...browserRestore ? { browserRestore } : {},
-    cold: { image: at(plan.prepared.files[0]), base: plan.prepared.base, layout: coldLayout },
-    ...browser ? { browserCold: { image: at(plan.browser.files[0]), base: plan.browser.base, layout: coldLayout } } : {},
-    run: { environmentVariables: config.environmentVariables, sync: config.sync, diskSize: config.diskSize, bootTimeoutMs: config.bootTimeoutMs },
-    layers: results,
-    cacheDirBytes: bytes,
-    evicted
-  };
-  writeRecord(recordFile, record2);
-  return { outputs, record: record2, layers: results, runtimeDir: rt, plan, host, snapshotBuild: snap.build, evicted };
+  const { outputs, record: record2 } = runRecord({ config, host, plan, dir, rt, publicKey: key.publicKey, results, evicted, cacheDirBytes: bytes, coldLayout: hostLayout(ctx, { memoryMb: config.memoryMb, cpus: config.cpus }), snapshot: snap.manifest, browser, browserSnapshot: browserSnap.manifest });
+  writeRecord(outputs[Outputs.Manifest], record2);
+  return { outputs, record: record2, layers: results, runtimeDir: rt, plan, host, snapshotBuild: snap.build, evicted, pending: ctx.pending };
 }
 
 // src/vms.ts
 var import_proper_lockfile2 = __toESM(require_proper_lockfile(), 1);
-import * as fs21 from "node:fs";
-import * as os5 from "node:os";
-import * as path19 from "node:path";
+import * as fs25 from "node:fs";
+import * as net4 from "node:net";
+import * as os6 from "node:os";
+import * as path22 from "node:path";
 function vmsDir() {
-  return path19.join(runtimeDir(), RuntimeFiles.vms);
+  return path22.join(runtimeDir(), RuntimeFiles.vms);
 }
 function listVms() {
   const dir = vmsDir();
-  if (!fs21.existsSync(dir)) return [];
-  return fs21.readdirSync(dir).map((n) => path19.join(dir, n, GuestFiles.vmRecord)).filter((f) => fs21.existsSync(f)).map((f) => JSON.parse(fs21.readFileSync(f, "utf8"))).map((v) => ({ ...v, running: processNamed(v.pid, v.workDir) })).sort((a, b) => a.name.localeCompare(b.name));
+  if (!fs25.existsSync(dir)) return [];
+  return fs25.readdirSync(dir).map((n) => path22.join(dir, n, GuestFiles.vmRecord)).filter((f) => fs25.existsSync(f)).map((f) => JSON.parse(fs25.readFileSync(f, "utf8"))).map((v) => ({ ...v, running: processNamed(v.pid, v.workDir) })).sort((a, b) => a.name.localeCompare(b.name));
 }
 function findVm(name) {
   return listVms().find((v) => v.name === name);
 }
+function checkVmName(name) {
+  if (!VM_NAME_RE.test(name)) throw new InputError(`invalid VM name: ${JSON.stringify(name)} (${VM_NAME_RULE})`);
+  return name;
+}
 function getVm(name) {
+  checkVmName(name);
   const all = listVms();
   const vm = all.find((v) => v.name === name);
   if (!vm) {
@@ -25411,6 +26573,19 @@ ${logTail(vm.serialLog)}`);
 function freeName() {
   const taken = new Set(listVms().map((v) => v.name));
   for (let i = 1; ; i++) if (!taken.has(`vm${i}`)) return `vm${i}`;
+}
+async function checkForwards(forwards) {
+  const seen = /* @__PURE__ */ new Set();
+  for (const f of forwards) {
+    if (seen.has(f.host)) throw new InputError(`invalid forward ${f.host}:${f.guest}: host port ${f.host} is forwarded twice`);
+    seen.add(f.host);
+    const problem = await new Promise((resolve7) => {
+      const srv = net4.createServer();
+      srv.once("error", (err) => resolve7(err.code === "EADDRINUSE" ? "another process listens on it" : err.code === "EACCES" ? "ports below 1024 need privileges" : err.message));
+      srv.listen(f.host, "127.0.0.1", () => srv.close(() => resolve7(void 0)));
+    });
+    if (problem) throw new InputError(`invalid forward ${f.host}:${f.guest}: 127.0.0.1:${f.host} is not free (${problem}); forward from another host port`);
+  }
 }
 function loadRecord(o) {
   return o.config ? readRecord(o.config) : newestRecord(runtimeDir(), o.cacheDir);
@@ -25428,8 +26603,8 @@ async function holdAll(cacheDir, bases, holder) {
 async function invalidateSnapshot(cacheDir, snap) {
   await withLayerLock(cacheDir, snap.base, 6e4, async () => {
     if (liveHolders(cacheDir, snap.base).some((h) => "dir" in h)) {
-      fs21.rmSync(manifestPath(cacheDir, snap.base), { force: true });
-    } else removeLayer(cacheDir, snap.base, [snap.disk, snap.efivars, snap.seed].map((f) => path19.basename(f)));
+      fs25.rmSync(manifestPath(cacheDir, snap.base), { force: true });
+    } else removeLayer(cacheDir, snap.base, [snap.disk, snap.efivars, snap.seed].map((f) => path22.basename(f)));
   });
 }
 function personalize(name, vmKey, manager) {
@@ -25454,19 +26629,20 @@ function personalize(name, vmKey, manager) {
 async function bootVm(o) {
   const rec = loadRecord(o);
   const out = rec.outputs;
-  const name = o.name ?? freeName();
-  if (!VM_NAME_RE.test(name)) throw new InputError(`invalid VM name: ${name} (letters, digits, . _ -; at most 63)`);
+  const name = checkVmName(o.name ?? freeName());
+  const job = jobId();
   if (listVms().some((v) => v.name === name && v.running)) throw new InputError(`a VM named ${name} is already running`);
+  const forwards = o.forwards ?? [];
+  await checkForwards(forwards);
   const snap = o.browser ? rec.browserRestore : rec.restore;
   const cold = o.browser ? rec.browserCold : rec.cold;
   if (o.browser && !cold) throw new InputError("no browser layer was prepared: run the action with browser: true");
-  const workDir = path19.join(vmsDir(), name);
-  fs21.rmSync(workDir, { recursive: true, force: true });
-  fs21.mkdirSync(workDir, { recursive: true });
-  const keyFile = path19.join(workDir, GuestFiles.vmKey);
+  const workDir = path22.join(vmsDir(), name);
+  fs25.rmSync(workDir, { recursive: true, force: true });
+  fs25.mkdirSync(workDir, { recursive: true });
+  const keyFile = path22.join(workDir, GuestFiles.vmKey);
   const vmKey = generateKeyPair(`ryra-vm ${name}`);
-  fs21.writeFileSync(keyFile, vmKey.privateKey, { mode: 384 });
-  fs21.writeFileSync(`${keyFile}.pub`, vmKey.publicKey + "\n");
+  writeKeyFiles(keyFile, vmKey);
   const timeouts = timeoutsFor(out.accel);
   const bootTimeout = (fallback) => rec.run.bootTimeoutMs ?? fallback;
   await holdAll(rec.cacheDir, snap ? [snap.base, snap.backingBase] : [cold.base], processHolder());
@@ -25488,22 +26664,24 @@ async function bootVm(o) {
         name,
         workDir,
         sshTimeoutMs: bootTimeout(timeouts.restoreSshMs),
-        shareDir: path19.join(workDir, GuestFiles.share),
-        detached: true
+        shareDir: path22.join(workDir, GuestFiles.share),
+        detached: true,
+        forwards
       }));
       await machine.check("sh -s", "setting up the VM (its own key, hostname, clock, network)", { input: personalize(name, vmKey, rec.guestPackageManager), timeoutMs: 12e4 });
       machine.useKey(vmKey.privateKey);
     } catch (err) {
       await machine?.destroy();
       machine = void 0;
-      log.warning(`restoring ${name} from ${path19.basename(snap.disk)} failed; marking that snapshot invalid (the next action run rebuilds it) and cold-booting instead: ${errorMessage(err).split("\n")[0]}`);
+      if (err instanceof ForwardPortError) throw new InputError(err.message);
+      log.warning(`restoring ${name} from ${path22.basename(snap.disk)} failed; marking that snapshot invalid (the next action run rebuilds it) and cold-booting instead: ${errorMessage(err).split("\n")[0]}`);
       await invalidateSnapshot(rec.cacheDir, snap).catch((e) => log.warning(`could not mark the snapshot invalid: ${errorMessage(e)}`));
       await holdAll(rec.cacheDir, [cold.base], processHolder());
     }
   }
   if (!machine) {
     mode = "cold";
-    log.info(`cold-booting ${name} from ${path19.basename(cold.image)}`);
+    log.info(`cold-booting ${name} from ${path22.basename(cold.image)}`);
     machine = await coldBoot({
       name,
       qemu: rec.qemu,
@@ -25517,7 +26695,10 @@ async function bootVm(o) {
       seed: { hostname: name, ...runnerSeed(rec.guestPackageManager) },
       sshTimeoutMs: bootTimeout(timeouts.bootSshMs),
       cloudInitTimeoutMs: timeouts.bootSshMs,
-      detached: true
+      detached: true,
+      forwards
+    }).catch((err) => {
+      throw err instanceof ForwardPortError ? new InputError(err.message) : err;
     });
   }
   const holder = processHolder(machine.pid, "vm");
@@ -25539,10 +26720,12 @@ async function bootVm(o) {
     qmpSocket: machine.qmpSocket,
     cacheDir: rec.cacheDir,
     record: out.manifest,
-    holder: holder.id
+    holder: holder.id,
+    forwards
   };
-  fs21.writeFileSync(path19.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + "\n");
-  await addSshHost(vm);
+  fs25.writeFileSync(path22.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + "\n");
+  await updateSshHosts();
+  if (!job && process.env.GITHUB_ACTIONS === "true") log.warning(`${JOB_ENV} is not set: plain \`ssh ${name}\` reaches this VM from any job of this runner user that has no ${JOB_ENV} either (the action sets it for the job's later steps)`);
   machine.release();
   return vm;
 }
@@ -25554,62 +26737,107 @@ async function stopVm(vm) {
     if (alive()) process.kill(vm.pid, "SIGKILL");
     for (let i = 0; i < 50 && alive(); i++) await sleep(100);
   }
-  fs21.rmSync(vm.workDir, { recursive: true, force: true });
-  fs21.rmSync(path19.dirname(vm.qmpSocket), { recursive: true, force: true });
+  fs25.rmSync(vm.workDir, { recursive: true, force: true });
+  fs25.rmSync(path22.dirname(vm.qmpSocket), { recursive: true, force: true });
   releaseHolder(vm.cacheDir, vm.holder);
-  await removeSshHost(vm.name);
+  await updateSshHosts();
 }
-function sshConfigFile() {
-  return path19.join(os5.homedir(), ".ssh", "config");
+function userSshConfig() {
+  return path22.join(os6.homedir(), ".ssh", "config");
 }
-var begin = (name) => `# >>> ryra-vm ${name} (added by ryra-vm boot; removed by ryra-vm stop)`;
-var end = (name) => `# <<< ryra-vm ${name}`;
-async function editSshConfig(edit) {
-  const file = sshConfigFile();
-  fs21.mkdirSync(path19.dirname(file), { recursive: true, mode: 448 });
-  if (!fs21.existsSync(file)) fs21.writeFileSync(file, "", { mode: 384 });
-  const release2 = await import_proper_lockfile2.default.lock(file, { realpath: false, stale: 1e4, retries: { retries: 50, minTimeout: 100, maxTimeout: 200 } });
-  try {
-    const text = fs21.readFileSync(file, "utf8");
-    const next = edit(text);
-    if (next === text) return;
-    const tmp = `${file}.tmp-${process.pid}`;
-    fs21.writeFileSync(tmp, next, { mode: 384 });
-    fs21.renameSync(tmp, file);
-  } finally {
-    await release2();
-  }
+function jobSshConfig() {
+  return path22.join(runtimeDir(), RuntimeFiles.sshConfig);
 }
-function withoutBlock(text, name) {
+var begin = (file) => `# >>> ryra-vm job ${file} (added by ryra-vm boot; removed by ryra-vm stop and the action's post step)`;
+var end = (file) => `# <<< ryra-vm job ${file}`;
+var BEGIN_RE = /^# >>> ryra-vm job (.+) \(added by ryra-vm boot/;
+function configPath(p) {
+  if (/["\\\r\n*?[$%]/.test(p)) throw new InputError(`the path ${JSON.stringify(p)} holds a character ssh's config would expand or split: set RYRA_VM_RUNTIME_DIR to a plainer path`);
+  return `"${p}"`;
+}
+function jobBlock(file, job) {
+  return [
+    begin(file),
+    // ssh runs it with $SHELL, whichever that is: printenv and grep read alike in every shell.
+    job ? `Match exec "printenv ${JOB_ENV} | grep -qx -e ${job}"` : `Match !exec "printenv ${JOB_ENV} | grep -q ."`,
+    `  Include ${configPath(file)}`,
+    "Match all",
+    end(file)
+  ].join("\n");
+}
+function withoutJobBlocks(text, file) {
   const lines = text.split("\n");
-  const a = lines.indexOf(begin(name));
-  const b = lines.indexOf(end(name));
-  if (a < 0 || b < a) return text;
-  lines.splice(a, b - a + 1);
-  return lines.join("\n");
+  const out = [];
+  for (let i = 0; i < lines.length; i++) {
+    const m = BEGIN_RE.exec(lines[i]);
+    const j = m ? lines.indexOf(end(m[1]), i) : -1;
+    if (m && j > i && (m[1] === file || !fs25.existsSync(m[1]))) {
+      i = j;
+      continue;
+    }
+    out.push(lines[i]);
+  }
+  return out.join("\n");
 }
 function sshHostBlock(vm) {
   return [
-    begin(vm.name),
     `Host ${vm.name}`,
     "  HostName 127.0.0.1",
     `  Port ${vm.port}`,
     `  User ${vm.user}`,
-    `  IdentityFile ${vm.key}`,
+    `  IdentityFile ${configPath(vm.key)}`,
     "  IdentitiesOnly yes",
     // A fresh VM's host key is new every boot: nothing to pin it to.
     "  StrictHostKeyChecking no",
     "  UserKnownHostsFile /dev/null",
-    "  LogLevel ERROR",
-    end(vm.name)
+    "  LogLevel ERROR"
   ].join("\n");
 }
-async function addSshHost(vm) {
-  await editSshConfig((t) => `${sshHostBlock(vm)}
-${withoutBlock(t, vm.name)}`);
+async function withLock(file, fn) {
+  fs25.mkdirSync(path22.dirname(file), { recursive: true, mode: 448 });
+  if (!fs25.existsSync(file)) fs25.writeFileSync(file, "", { mode: 384 });
+  const release2 = await import_proper_lockfile2.default.lock(file, { realpath: false, stale: 1e4, retries: { retries: 50, minTimeout: 100, maxTimeout: 200 } });
+  try {
+    return await fn();
+  } finally {
+    await release2();
+  }
 }
-async function removeSshHost(name) {
-  await editSshConfig((t) => withoutBlock(t, name));
+function writePrivate(file, text) {
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs25.writeFileSync(tmp, text, { mode: 384 });
+  fs25.renameSync(tmp, file);
+}
+async function editUserSshConfig(edit) {
+  const link = userSshConfig();
+  const file = fs25.existsSync(link) ? fs25.realpathSync(link) : link;
+  await withLock(file, () => {
+    const text = fs25.readFileSync(file, "utf8");
+    const next = edit(text);
+    if (next !== text) writePrivate(file, next);
+  });
+}
+async function updateSshHosts() {
+  const file = jobSshConfig();
+  const job = jobId();
+  await withLock(file, async () => {
+    const vms = listVms();
+    if (vms.length) {
+      writePrivate(file, `# Host entries of the VMs in ${path22.dirname(file)} (ryra-vm writes it)
+${vms.map(sshHostBlock).join("\n")}
+`);
+      await editUserSshConfig((t) => `${jobBlock(file, job)}
+${withoutJobBlocks(t, file)}`);
+    } else {
+      await editUserSshConfig((t) => withoutJobBlocks(t, file));
+      writePrivate(file, "");
+    }
+  });
+}
+async function forgetSshHosts() {
+  const file = jobSshConfig();
+  if (fs25.existsSync(userSshConfig())) await editUserSshConfig((t) => withoutJobBlocks(t, file));
+  fs25.rmSync(file, { force: true });
 }
 
 export {
@@ -25632,15 +26860,22 @@ export {
   currentHost,
   defaultCacheDir,
   parseSize,
+  parseSyncMaxSize,
+  parseForward,
   parseConfig,
+  JOB_ENV,
+  newJobId,
   SshClient,
   logTail,
-  openCacheTier,
+  syncTiers,
+  openTiers,
   ensureLayers,
   listVms,
   findVm,
+  checkVmName,
   getVm,
   loadRecord,
   bootVm,
-  stopVm
+  stopVm,
+  forgetSshHosts
 };
