@@ -94,6 +94,7 @@ let pass = 0;
 let fail = 0;
 let skipped = 0;
 const timings = [];
+const failures = [];
 for (const r of results) {
   const text = r.taps.map((t) => (fs.existsSync(t) ? fs.readFileSync(t, 'utf8') : '')).join('\n');
   const count = (name) => [...text.matchAll(new RegExp(`^# ${name} (\\d+)$`, 'gm'))].reduce((n, m) => n + Number(m[1]), 0);
@@ -108,11 +109,23 @@ for (const r of results) {
     const yaml = lines.slice(i + 1, i + 6).join('\n');
     const d = /duration_ms: ([\d.]+)/.exec(yaml);
     if (d && !/type: 'suite'/.test(yaml)) timings.push({ name: m[2], s: Number(d[1]) / 1000, lane: r.label });
+    // A failed test (not a suite that failed only through its subtests): its name, where, and the
+    // first lines of its error, repeated at the end, where a log cut to its tail still shows them.
+    if (lines[i].trimStart().startsWith('not ok')) {
+      let end = i + 1;
+      while (end < lines.length && (lines[end].startsWith(`${m[1]}  `) || lines[end].trim() === '')) end++;
+      const body = lines.slice(i + 1, end).join('\n');
+      if (/failureType: 'subtestsFailed'/.test(body)) continue;
+      const where = /location: '([^']*)'/.exec(body)?.[1] ?? '';
+      const error = /error: \|-?\n((?:.*\n?){1,6})/.exec(body)?.[1] ?? /error: (.*)/.exec(body)?.[1] ?? '';
+      failures.push(`[${r.label}] ${m[2]}\n    at ${path.relative(process.cwd(), where) || '?'}\n${error.split('\n').map((l) => l.trim()).filter((l) => l && !/^(code|name): /.test(l)).slice(0, 6).map((l) => `    ${l}`).join('\n')}`);
+    }
   }
   console.log(`${r.label}: ${(r.ms / 1000).toFixed(0)} s for ${r.files.map(nameOf).join(', ')}`);
 }
 console.log('\ntests by time:');
 for (const t of [...timings].sort((a, b) => b.s - a.s).filter((t) => t.s >= 1)) console.log(`  ${t.s.toFixed(1).padStart(7)} s  [${t.lane}] ${t.name}`);
 fs.rmSync(work, { recursive: true, force: true });
+if (failures.length) console.log(`\nfailed:\n${failures.join('\n')}`);
 console.log(`\n${pass} passed, ${fail} failed, ${skipped} skipped`);
 process.exit(fail > 0 || results.some((r) => r.code !== 0) ? 1 : 0);
