@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { jobHolder, releaseHolder } from './cache/local.js';
 import { Outputs, State, type InputName } from './contract.js';
+import { readHooks } from './env.js';
 import { setupHost } from './host/setup.js';
 import { InputError, parseConfig, type Config } from './inputs.js';
 import { actionsLogger, errorMessage, setLogger } from './log.js';
@@ -28,11 +29,12 @@ export async function runMain(): Promise<void> {
   setLogger(actionsLogger);
   try {
     const config = readConfig();
+    const hooks = readHooks();
     // The tiers start (the cache worker loads, the registry signs in) and the SSH key is fetched
     // while the host is set up; ensureLayers waits for the host, and closes the tiers.
-    const tiers = openTiers(config);
+    const tiers = openTiers(config, hooks);
     // Layers a tier lacks are saved by the post step: the job's own steps do not wait for them.
-    const result = await ensureLayers(config, setupHost(config), tiers, { deferSaves: true });
+    const result = await ensureLayers(config, setupHost(config, hooks), tiers, { deferSaves: true, hooks });
     const { outputs } = result;
     if (result.pending.length) {
       const file = path.join(result.runtimeDir, 'pending-saves.json');
@@ -50,7 +52,7 @@ export async function runMain(): Promise<void> {
     if (!process.env[JOB_ENV]) core.exportVariable(JOB_ENV, newJobId());
     const vms = [];
     for (const name of config.boot) {
-      const vm = await core.group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest], forwards: config.forward[name] ?? [] }));
+      const vm = await core.group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest], forwards: config.forward[name] ?? [], hooks }));
       const fwd = vm.forwards.map((f) => `, 127.0.0.1:${f.host} → ${f.guest}`).join('');
       core.info(`${vm.name}: ready in ${(vm.readyMs / 1000).toFixed(1)} s (${vm.mode}), ssh ${vm.name} or ryra-vm ssh ${vm.name}${fwd}`);
       vms.push(vm);
@@ -75,7 +77,7 @@ async function savePending(): Promise<void> {
   const file = core.getState(State.PendingSaves);
   if (!file || !fs.existsSync(file)) return;
   const pending = JSON.parse(fs.readFileSync(file, 'utf8')) as PendingSave[];
-  const tiers = openTiers(readConfig());
+  const tiers = openTiers(readConfig(), readHooks());
   try {
     const saved = await syncTiers(pending, tiers);
     if (saved.length) core.info(`saved what the remote tiers lacked: ${saved.join(', ')}`);

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { evict, dirBytes } from './cache/local.js';
+import { readHooks } from './env.js';
 import { Inputs, type InputName } from './contract.js';
 import { setupHost } from './host/setup.js';
 import { INPUT_DEFAULTS, InputError, defaultCacheDir, currentHost, parseConfig, parseForward, parseSize, parseSyncMaxSize, type SyncMode } from './inputs.js';
@@ -170,8 +171,9 @@ async function prepare(args: string[]): Promise<number> {
     [Inputs.RegistryToken]: process.env.RYRA_VM_REGISTRY_TOKEN,
   };
   const config = parseConfig((n) => raw[n]);
-  const host = await setupHost(config);
-  const result = await ensureLayers(config, host);
+  const hooks = readHooks();
+  const host = await setupHost(config, hooks);
+  const result = await ensureLayers(config, host, undefined, { hooks });
   if (v.json) process.stdout.write(JSON.stringify(result.outputs, null, 2) + '\n');
   else {
     for (const l of result.layers) log.info(`${l.layer.padEnd(17)} ${l.source.padEnd(13)} ${l.seconds.toFixed(1).padStart(7)} s`);
@@ -215,6 +217,7 @@ async function boot(args: string[]): Promise<number> {
     config: v.config as string | undefined,
     cacheDir: v['cache-dir'] as string | undefined,
     forwards: forwards(values.forward),
+    hooks: readHooks(),
   });
   if (v.json) process.stdout.write(JSON.stringify(vm) + '\n');
   else process.stdout.write(`${vm.name} port=${vm.port} pid=${vm.pid} ready in ${(vm.readyMs / 1000).toFixed(1)} s (${vm.mode})\n`);
@@ -263,6 +266,7 @@ async function run(args: string[]): Promise<number> {
     config: v.config as string | undefined,
     cacheDir: v['cache-dir'] as string | undefined,
     forwards: fwd,
+    hooks: readHooks(),
   });
 }
 

@@ -1,5 +1,7 @@
 // Every environment variable the engine reads, parsed in one place: the user's knobs, and the
 // hooks that only the project's own tests set (each named RYRA_VM_TEST_* or documented as such).
+// The hooks are read by the entry points (action.ts, cli.ts) and passed down; the engine reads no
+// global for them, and a caller that passes none gets the product's behaviour (NO_HOOKS).
 import * as fs from 'node:fs';
 
 export interface Knobs {
@@ -41,15 +43,12 @@ export function readHooks(env: NodeJS.ProcessEnv = process.env): TestHooks {
   };
 }
 
+/** No hooks: the product's own bounds and checks. */
+export const NO_HOOKS: TestHooks = Object.freeze({ timeoutScale: 1, assumeKvm: false });
+
 let knobs: Knobs | undefined;
-let hooks: TestHooks | undefined;
 
 /** The process's knobs, read once. */
 export function getKnobs(): Knobs {
   return (knobs ??= readKnobs());
-}
-
-/** The process's test hooks, read once. */
-export function getHooks(): TestHooks {
-  return (hooks ??= readHooks());
 }

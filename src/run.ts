@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { SFTPWrapper } from 'ssh2';
 import { Inputs } from './contract.js';
+import type { TestHooks } from './env.js';
 import { INPUT_DEFAULTS, parseSize, type SyncMode } from './inputs.js';
 import { errorMessage, log } from './log.js';
 import { syncBack, syncIn, type Exec, type SyncBackResult } from './sync.js';
@@ -33,6 +34,8 @@ export interface RunOptions {
   cacheDir?: string;
   /** TCP forwards for the VM this step boots (a running VM keeps its own). */
   forwards?: Forward[];
+  /** The test hooks the entry point read (none: NO_HOOKS). */
+  hooks?: TestHooks;
 }
 
 /**
@@ -156,7 +159,7 @@ export async function runScript(o: RunOptions): Promise<number> {
   const syncMaxBytes = o.syncMaxBytes ?? record.run.syncMaxBytes ?? parseSize(Inputs.SyncMaxSize, INPUT_DEFAULTS[Inputs.SyncMaxSize]);
   const names = [...record.run.environmentVariables, ...o.env];
   const booted = !vm;
-  const rec = vm ?? (await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards }));
+  const rec = vm ?? (await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards, hooks: o.hooks }));
   if (booted) log.info(`${rec.name}: ${rec.mode === 'restore' ? 'restored' : 'cold-booted'} in ${(rec.readyMs / 1000).toFixed(1)} s`);
   const client = await SshClient.connect({ port: rec.port, user: rec.user, privateKey: fs.readFileSync(rec.key, 'utf8') }, 60_000);
   const exec: Exec = (cmd, opts) => client.exec(cmd, opts);

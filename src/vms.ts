@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { holdLayer, liveHolders, processHolder, releaseHolder, removeLayer, withLayerLock, type Holder } from './cache/local.js';
 import type { Accel } from './host/platform.js';
+import { NO_HOOKS, type TestHooks } from './env.js';
 import { InputError } from './inputs.js';
 import { timeoutsFor } from './layers/context.js';
 import { readManifest } from './cache/manifest.js';
@@ -101,6 +102,8 @@ export interface BootOptions {
   config?: string;
   /** TCP forwards from the host's 127.0.0.1. */
   forwards?: Forward[];
+  /** The test hooks the entry point read (none: NO_HOOKS). */
+  hooks?: TestHooks;
 }
 
 /** Refuses forwards whose host ports repeat or that something on this host already listens on. */
@@ -191,7 +194,8 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   const keyFile = path.join(workDir, GuestFiles.vmKey);
   const vmKey = generateKeyPair(`ryra-vm ${name}`);
   writeKeyFiles(keyFile, vmKey);
-  const timeouts = timeoutsFor(out.accel as Accel);
+  const hooks = o.hooks ?? NO_HOOKS;
+  const timeouts = timeoutsFor(out.accel as Accel, hooks.timeoutScale);
   const bootTimeout = (fallback: number) => rec.run.bootTimeoutMs ?? fallback;
   // Held by this process while booting; by the VM's QEMU once it runs.
   await holdAll(rec.cacheDir, snap ? [snap.base, snap.backingBase] : [cold!.base], processHolder());
@@ -246,6 +250,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       cloudInitTimeoutMs: timeouts.bootSshMs,
       detached: true,
       forwards,
+      stallMs: hooks.stallMs,
     }).catch((err) => {
       throw err instanceof ForwardPortError ? new InputError(err.message) : err;
     });

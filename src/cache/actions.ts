@@ -16,7 +16,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { getHooks } from '../env.js';
+import { NO_HOOKS, type TestHooks } from '../env.js';
 import { errorMessage, log } from '../log.js';
 import { descendants } from '../util/procfs.js';
 import { sleep } from '../util/time.js';
@@ -28,8 +28,7 @@ export interface CacheTimeouts {
   transferMs: number;
 }
 
-export function cacheTimeouts(): CacheTimeouts {
-  const h = getHooks();
+export function cacheTimeouts(h: Pick<TestHooks, 'cacheLookupMs' | 'cacheTransferMs'> = NO_HOOKS): CacheTimeouts {
   return { lookupMs: h.cacheLookupMs ?? 60_000, transferMs: h.cacheTransferMs ?? 45 * 60_000 };
 }
 

@@ -2,7 +2,7 @@
 // and decides the accelerator: KVM only where the job's own machine runs under it (host/kvm.ts).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { getHooks } from '../env.js';
+import { NO_HOOKS, type TestHooks } from '../env.js';
 import type { Config, KvmMode } from '../inputs.js';
 import { log } from '../log.js';
 import { CacheFiles } from '../names.js';
@@ -35,7 +35,7 @@ export interface Host {
   accelReason: string;
 }
 
-export async function setupHost(config: Config): Promise<Host> {
+export async function setupHost(config: Config, hooks: Pick<TestHooks, 'assumeKvm' | 'kvmDevice'> = NO_HOOKS): Promise<Host> {
   const qemuArch = QEMU_ARCH[config.arch];
   if (config.installDeps) await ensureHostDeps(qemuArch, config.cache);
   const qemu = await qemuInfo(config.arch);
@@ -43,7 +43,7 @@ export async function setupHost(config: Config): Promise<Host> {
   const firmware = { ...fw, size: fs.statSync(fw.code).size };
   const cpuModel = readHostCpuIdentity();
   const identity = hostIdentity(qemu, cpuModel);
-  const verdict = config.kvm === 'false' || config.crossArch ? undefined : await kvmVerdict(config, qemuArch, qemu, firmware, identity);
+  const verdict = config.kvm === 'false' || config.crossArch ? undefined : await kvmVerdict(config, hooks, qemuArch, qemu, firmware, identity);
   const choice = chooseAccel(config.kvm, config.crossArch, verdict);
   if (choice.error) throw new Error(choice.error);
   if (choice.warning) log.warning(choice.warning);
@@ -59,9 +59,9 @@ export async function setupHost(config: Config): Promise<Host> {
  * then, under `auto`, a verdict recorded for this host identity is taken as is; else the probe
  * runs (once per host: its verdict is recorded). `kvm: true` always probes afresh.
  */
-async function kvmVerdict(config: Config, arch: QemuArch, qemu: QemuInfo, firmware: Firmware, identity: string): Promise<KvmVerdict> {
-  const hooked = getHooks().assumeKvm;
-  const device = hooked ? undefined : kvmDeviceProblem(getHooks().kvmDevice);
+async function kvmVerdict(config: Config, hooks: Pick<TestHooks, 'assumeKvm' | 'kvmDevice'>, arch: QemuArch, qemu: QemuInfo, firmware: Firmware, identity: string): Promise<KvmVerdict> {
+  const hooked = hooks.assumeKvm;
+  const device = hooked ? undefined : kvmDeviceProblem(hooks.kvmDevice);
   if (device) return { usable: false, reason: device, source: 'device' };
   if (config.kvm === 'auto') {
     const rec = readVerdict(config.cacheDir, identity);
@@ -70,7 +70,7 @@ async function kvmVerdict(config: Config, arch: QemuArch, qemu: QemuInfo, firmwa
       return { usable: rec.usable, source: 'record', reason: `${rec.reason} (recorded ${rec.at} by the ${rec.source} for ${identity}; delete ${file} to try KVM again)` };
     }
   }
-  if (hooked) return { usable: true, reason: 'RYRA_VM_TEST_ASSUME_KVM=1 (no device check, no probe)', source: 'test hook' };
+  if (hooked) return { usable: true, reason: 'assumed by a test hook (no device check, no probe)', source: 'test hook' };
   const start = Date.now();
   const probe = await probeKvm({ qemu: qemu.path, arch, machine: qemu.machine, accel: accelArgs(arch, 'kvm'), firmware });
   log.info(`KVM probe (${identity}): ${probe.usable ? 'usable' : 'not usable'}, ${probe.reason} (${Date.now() - start} ms)`);

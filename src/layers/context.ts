@@ -4,7 +4,7 @@
 import type { RemoteTier } from '../cache/tier.js';
 import type { Holder } from '../cache/local.js';
 import type { DistroImage } from '../distro.js';
-import { getHooks } from '../env.js';
+import type { TestHooks } from '../env.js';
 import type { Host } from '../host/setup.js';
 import type { Config } from '../inputs.js';
 
@@ -19,7 +19,7 @@ export interface Timeouts {
   restoreSshMs: number;
 }
 
-export function timeoutsFor(accel: 'kvm' | 'tcg', scale = getHooks().timeoutScale): Timeouts {
+export function timeoutsFor(accel: 'kvm' | 'tcg', scale = 1): Timeouts {
   const t =
     accel === 'kvm'
       ? { prepareSshMs: 300_000, bootSshMs: 120_000, packagesMs: 1_800_000, restoreSshMs: 60_000 }
@@ -35,6 +35,8 @@ export interface LayerContext {
   timeouts: Timeouts;
   /** The remote tiers in lookup order (the Actions cache, a registry); empty when none. */
   tiers: RemoteTier[];
+  /** The test hooks the entry point read (NO_HOOKS in the product). */
+  hooks: TestHooks;
   /** Who holds this run's layers in use (the job in Actions, else this process). */
   holder: Holder;
   /** Layers this run has that a tier may lack, to be saved there afterwards. */

@@ -52,5 +52,6 @@ export function bootBuilder(ctx: LayerContext, g: BuilderGuest): Promise<Machine
     qemu: ctx.host.qemu.path,
     layout: hostLayout(ctx, { memoryMb, cpus, shareTag }),
     firmware: ctx.host.firmware,
+    stallMs: ctx.hooks.stallMs,
   });
 }

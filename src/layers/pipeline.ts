@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Outputs, type OutputValues } from '../contract.js';
-import { actionsCache, cacheServiceAvailable } from '../cache/actions.js';
+import { actionsCache, cacheServiceAvailable, cacheTimeouts } from '../cache/actions.js';
 import { stagedFilesProblem } from '../cache/confine.js';
 import { registryTier } from '../cache/registry.js';
 import type { RemoteTier } from '../cache/tier.js';
@@ -29,7 +29,7 @@ import {
   type Eviction,
 } from '../cache/local.js';
 import { distroImage } from '../distro.js';
-import { getHooks } from '../env.js';
+import { NO_HOOKS, type TestHooks } from '../env.js';
 import { fallBackToTcg, type Host } from '../host/setup.js';
 import { kvmUnusableError } from '../host/platform.js';
 import type { Checksum, Config } from '../inputs.js';
@@ -69,12 +69,12 @@ export interface EnsureResult {
 }
 
 /** The guest commands the layers' content depends on, for this config. */
-export function recipesFor(config: Config, manager: 'apt' | 'dnf'): Recipes {
+export function recipesFor(config: Config, manager: 'apt' | 'dnf', browserScript?: string): Recipes {
   return {
     cleanForTemplate: CLEAN_FOR_TEMPLATE,
     snapshotSetup: SNAPSHOT_SETUP,
     shrinkRam: SHRINK_RAM,
-    browserScript: getHooks().browserScript ?? browserInstallScript(config.browserSource, manager),
+    browserScript: browserScript ?? browserInstallScript(config.browserSource, manager),
   };
 }
 
@@ -330,11 +330,11 @@ async function ensureSnapshotLayer(
  * job has one; its worker already starting, so call this before the host is set up), then the
  * registry. ensureLayers closes them.
  */
-export function openTiers(config: Config): RemoteTier[] {
+export function openTiers(config: Config, hooks: TestHooks = NO_HOOKS): RemoteTier[] {
   const useCache = config.cache && cacheServiceAvailable();
   if (config.cache && !useCache) log.info('Actions cache: not available in this environment; using the local cache only');
   const tiers: RemoteTier[] = [];
-  if (useCache) tiers.push(actionsCache());
+  if (useCache) tiers.push(actionsCache(cacheTimeouts(hooks)));
   if (config.registry) tiers.push(registryTier({ repository: config.registry, token: config.registryToken }));
   for (const t of tiers) t.prestart?.();
   return tiers;
@@ -344,7 +344,9 @@ export function openTiers(config: Config): RemoteTier[] {
  * Every layer this config needs. Under `kvm: auto`, a first boot that fails under KVM (QEMU exits
  * early, or the guest stalls) records the verdict, warns once, and the run goes on under TCG.
  */
-export async function ensureLayers(config: Config, hostSetup: Host | Promise<Host>, tiers = openTiers(config), o: { deferSaves?: boolean } = {}): Promise<EnsureResult> {
+export async function ensureLayers(config: Config, hostSetup: Host | Promise<Host>, opened?: RemoteTier[], o: { deferSaves?: boolean; hooks?: TestHooks } = {}): Promise<EnsureResult> {
+  const hooks = o.hooks ?? NO_HOOKS;
+  const tiers = opened ?? openTiers(config, hooks);
   // The host may still be being set up: the SSH key needs none of it.
   Promise.resolve(hostSetup).catch(() => {});
   const dir = config.cacheDir;
@@ -358,7 +360,7 @@ export async function ensureLayers(config: Config, hostSetup: Host | Promise<Hos
     let host = await hostSetup;
     for (;;) {
       try {
-        const result = await ensureOnce(config, host, key, tiers, holder, rt);
+        const result = await ensureOnce(config, host, key, tiers, holder, rt, hooks);
         if (!o.deferSaves && result.pending.length) await syncTiers(result.pending, tiers);
         return result;
       } catch (err) {
@@ -372,11 +374,11 @@ export async function ensureLayers(config: Config, hostSetup: Host | Promise<Hos
   }
 }
 
-async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: RemoteTier[], holder: LayerContext['holder'], rt: string): Promise<EnsureResult> {
+async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: RemoteTier[], holder: LayerContext['holder'], rt: string, hooks: TestHooks): Promise<EnsureResult> {
   const dir = config.cacheDir;
-  const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager);
+  const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager, hooks.browserScript);
   const plan = planLayers(config, host, key.publicKey, recipes);
-  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), tiers, holder, pending: [] };
+  const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel, hooks.timeoutScale), tiers, hooks, holder, pending: [] };
   const results: LayerResult[] = [];
   const at = (f: string) => path.join(dir, f);
 

@@ -4,7 +4,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GUEST_USER } from '../distro.js';
-import { getHooks } from '../env.js';
 import { log } from '../log.js';
 import { GuestFiles } from '../names.js';
 import { convert, copyFile, createOverlay, rebaseUnsafe } from './images.js';
@@ -55,6 +54,8 @@ export interface ColdBootOptions {
   scratchDisk?: boolean;
   /** TCP forwards from the host's loopback, beside SSH's. */
   forwards?: Forward[];
+  /** Under KVM, how long the guest may print nothing before it counts as stalled (KVM_STALL_MS). */
+  stallMs?: number;
 }
 
 /**
@@ -101,7 +102,7 @@ async function coldBootOnce(o: ColdBootOptions): Promise<Machine> {
     log.info(`  ${o.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.serialLog}`);
     let ms: number;
     try {
-      ms = await m.waitReady(o.sshTimeoutMs, { stallMs: kvm ? (getHooks().stallMs ?? KVM_STALL_MS) : undefined });
+      ms = await m.waitReady(o.sshTimeoutMs, { stallMs: kvm ? (o.stallMs ?? KVM_STALL_MS) : undefined });
     } catch (err) {
       if (kvm && err instanceof QemuExitedError) throw new KvmBootError(`QEMU exited under KVM before the guest answered SSH: ${m.stderrLine() || firstLine(err.message)}`, err.message);
       if (kvm && err instanceof GuestStalledError) throw new KvmBootError(`the guest made no progress under KVM: ${err.message}`, m.diagnostics());

@@ -18,7 +18,44 @@ const action = parse(fs.readFileSync('action.yml', 'utf8')) as {
 };
 const readme = fs.readFileSync('README.md', 'utf8');
 
+/** Every module under src/, with the src/ modules it imports (relative imports, resolved). */
+function srcImports(): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const f = path.join(d, e.name);
+      if (e.isDirectory()) walk(f);
+      else if (f.endsWith('.ts')) {
+        const text = fs.readFileSync(f, 'utf8');
+        const deps = [...text.matchAll(/^(?:import|export)[^;]*? from '(\.[^']+)'/gms)].map((m) => path.join(path.dirname(f), m[1]).replace(/\.js$/, '.ts'));
+        out.set(f, deps);
+      }
+    }
+  };
+  walk('src');
+  return out;
+}
+
 describe('contract', () => {
+  test('dependencies point down: cache/ imports no layers/, vm/ neither host/ nor layers/ (no cycle); only the entry points read the test hooks', () => {
+    const mods = srcImports();
+    assert.ok(mods.size > 30, `found ${mods.size} modules`);
+    const bad: string[] = [];
+    const rule = (from: string, to: string) => {
+      for (const [f, deps] of mods) if (f.startsWith(`src/${from}/`)) for (const d of deps) if (d.startsWith(`src/${to}/`)) bad.push(`${f} imports ${d}`);
+    };
+    rule('cache', 'layers');
+    rule('vm', 'host');
+    rule('vm', 'layers');
+    // The hooks' variables are named in env.ts alone, and only the entry points read them.
+    for (const f of mods.keys()) {
+      const text = fs.readFileSync(f, 'utf8');
+      if (f !== 'src/env.ts' && /RYRA_VM_(TEST_|TIMEOUT_SCALE|BROWSER_SCRIPT|CACHE_\w*TIMEOUT)/.test(text.replace(/^\s*(\/\/|\*).*$/gm, ''))) bad.push(`${f} names a test hook's variable`);
+      if (!['src/env.ts', 'src/action.ts', 'src/cli.ts'].includes(f) && /\breadHooks\(/.test(text)) bad.push(`${f} reads the test hooks`);
+    }
+    assert.deepEqual(bad, []);
+  });
+
   test('action.yml runs node24 with main and post from dist/', () => {
     assert.equal(action.runs.using, 'node24');
     assert.equal(action.runs.main, 'dist/main.js');
