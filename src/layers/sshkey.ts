@@ -7,13 +7,12 @@
 // snapshots themselves.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import ssh2 from 'ssh2';
 import { stagedFilesProblem } from '../cache/confine.js';
 import { tempPath } from '../cache/local.js';
 import type { RemoteTier } from '../cache/tier.js';
 import { log } from '../log.js';
 import { CacheFiles } from '../names.js';
-import { ensureKeyFile, keyProblem, type KeyPair } from '../vm/ssh.js';
+import { checkedKey, ensureKeyFile, type KeyPair } from '../vm/ssh.js';
 import { RECIPE_VERSION } from './plan.js';
 
 /** The SSH key's remote entry. */
@@ -21,15 +20,11 @@ export const SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
 
 /** Why `priv`/`pub` are not one usable ed25519 key pair (each valid, and the same key); undefined when they are. */
 export function keyPairProblem(priv: string, pub: string): string | undefined {
-  const bad = keyProblem(priv) ?? keyProblem(pub);
-  if (bad) return bad;
-  const blob = (k: string) => {
-    const parsed = ssh2.utils.parseKey(k.trim());
-    return (Array.isArray(parsed) ? parsed[0] : (parsed as Exclude<typeof parsed, Error>)).getPublicSSH();
-  };
-  const privKey = ssh2.utils.parseKey(priv.trim());
-  if (Array.isArray(privKey) || privKey instanceof Error || !privKey.isPrivateKey()) return 'the private key file holds no private key';
-  return blob(priv).equals(blob(pub)) ? undefined : 'the public key file does not match the private key';
+  const a = checkedKey(priv);
+  const b = checkedKey(pub);
+  if (!a.key || !b.key) return a.problem ?? b.problem;
+  if (!a.key.isPrivateKey()) return 'the private key file holds no private key';
+  return a.key.getPublicSSH().equals(b.key.getPublicSSH()) ? undefined : 'the public key file does not match the private key';
 }
 
 export async function ensureSshKey(dir: string, tiers: RemoteTier[], save = true): Promise<KeyPair> {

@@ -6,7 +6,7 @@ import * as net from 'node:net';
 import type { Writable } from 'node:stream';
 import { log } from '../log.js';
 import { sleep } from '../util/time.js';
-import ssh2, { type ClientChannel, type SFTPWrapper } from 'ssh2';
+import ssh2, { type ClientChannel, type ParsedKey, type SFTPWrapper } from 'ssh2';
 
 // ssh2 is CommonJS: its named exports come through the default import under Node's ESM loader.
 const { Client, utils } = ssh2;
@@ -109,15 +109,20 @@ function openSshPrivateKey(pub: Buffer, seed: Buffer, comment: string): string {
  * usable ed25519 key; undefined when it is one.
  */
 export function keyProblem(key: string): string | undefined {
+  return checkedKey(key).problem;
+}
+
+/** The key parsed once, with what keyProblem says of it (a key only when there is no problem). */
+export function checkedKey(key: string): { key: ParsedKey; problem?: undefined } | { key?: undefined; problem: string } {
   const parsed = utils.parseKey(key.trim());
-  if (parsed instanceof Error) return `not an SSH key (${parsed.message})`;
+  if (parsed instanceof Error) return { problem: `not an SSH key (${parsed.message})` };
   const k = Array.isArray(parsed) ? parsed[0] : parsed;
-  if (k.type !== 'ssh-ed25519') return `a ${k.type} key, not ssh-ed25519`;
+  if (k.type !== 'ssh-ed25519') return { problem: `a ${k.type} key, not ssh-ed25519` };
   const blob = k.getPublicSSH();
   const typeLen = blob.readUInt32BE(0);
   const keyLen = blob.length >= 8 + typeLen ? blob.readUInt32BE(4 + typeLen) : -1;
-  if (keyLen !== 32 || blob.length !== 8 + typeLen + 32) return `its ed25519 public key is ${keyLen} bytes, not 32 (sshd refuses it)`;
-  return undefined;
+  if (keyLen !== 32 || blob.length !== 8 + typeLen + 32) return { problem: `its ed25519 public key is ${keyLen} bytes, not 32 (sshd refuses it)` };
+  return { key: k };
 }
 
 /**
