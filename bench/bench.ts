@@ -4,10 +4,12 @@
 // it on Node 24 (scripts/node24.sh), the runtime action.yml names, so the worker, the action and
 // the CLI it starts run on the Node a runner gives them.
 //   - the Actions cache tier's worker (dist/cache-worker.js, as the action runs it: started before
-//     the host is set up, its start timed apart) restoring (streamed, and through the toolkit's
-//     download) and saving a layer-sized archive of
+//     the host is set up, its start timed apart) restoring (streamed from the loopback URL, and from
+//     an https URL as github.com's Azure URLs are: same curl path, plus TLS) and saving a layer-sized archive of
 //     incompressible data at 180 and 600 MiB, against a local cache service, vs plain
 //     `zstd -d | tar x` of the very archive the service stored, and `tar | zstd`;
+//   - the staging checks every restored layer passes (sha256 of each file, qemu-img on each qcow2)
+//     on a 600 MiB layer, vs `sha256sum` of the same files;
 //   - the OCI registry tier (src/cache/registry.ts, as the tier runs it) pulling and pushing a
 //     layer-like file set (180 MiB incompressible, 150 MiB that zstd shrinks, a few small files)
 //     against Debian's docker-registry on loopback, vs plain `curl | zstd -d` of the very blobs into
@@ -18,12 +20,16 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
+import * as tls from 'node:tls';
 import type { RunRecord } from '../src/record.js';
 import { OciClient } from '../src/cache/oci.js';
 import { pullLayer, pushLayer, type OciManifest } from '../src/cache/registry.js';
+import type { Manifest } from '../src/cache/manifest.js';
+import { stagedLayerProblem } from '../src/layers/check.js';
 import { startCacheServer, TWIRP_SERVICE, type CacheServer } from '../test/support/cache-server.js';
 import { registryMissing, startRegistry } from '../test/support/registry.js';
 import { ensureFixture } from '../test/support/fixtures.js';
@@ -109,7 +115,30 @@ async function twirp(server: CacheServer, method: string, body: object): Promise
   return j;
 }
 
+/**
+ * A TLS front for the service's signed blob URLs. github.com hands out https URLs of Azure blob
+ * storage (`*.blob.core.windows.net`); the worker streams those with the same curl as any URL, so
+ * what users get differs from the loopback rows by TLS (and their network). `ca`: the file to trust
+ * (CURL_CA_BUNDLE).
+ */
+async function tlsFront(server: CacheServer): Promise<{ url: string; ca: string; close: () => void }> {
+  const dir = fs.mkdtempSync(path.join(root, 'tls-'));
+  const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', `${dir}/key.pem`, '-out', `${dir}/cert.pem`], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`openssl: ${r.stderr}`);
+  const port = Number(new URL(server.url).port);
+  const front = tls.createServer({ key: fs.readFileSync(`${dir}/key.pem`), cert: fs.readFileSync(`${dir}/cert.pem`) }, (s) => {
+    const up = net.connect(port, '127.0.0.1');
+    s.pipe(up).pipe(s);
+    s.on('error', () => up.destroy());
+    up.on('error', () => s.destroy());
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  return { url: `https://127.0.0.1:${(front.address() as net.AddressInfo).port}/`, ca: `${dir}/cert.pem`, close: () => front.close() };
+}
+
 async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
+  const front = await tlsFront(server);
+  const httpsEnv = { ...env, CURL_CA_BUNDLE: front.ca };
   for (const size of [180, 600]) {
     // A layer-like pair: an incompressible image (layers are compressed qcow2) and its manifest.
     const src = fs.mkdtempSync(path.join(root, `layer-${size}-`));
@@ -171,8 +200,17 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
       fs.rmSync(dst, { recursive: true });
       return ms;
     };
+    const https: number[] = [];
     const steps = [
       async () => times.push(await viaWorker(env)),
+      async () => {
+        server.blobBase(front.url);
+        try {
+          https.push(await viaWorker(httpsEnv));
+        } finally {
+          server.blobBase(undefined);
+        }
+      },
       async () => {
         const p = fs.mkdtempSync(path.join(root, 'plain-'));
         plain.push(await timed(`zstd -d -q -c ${blob} | tar -xf - -C ${p}`));
@@ -187,11 +225,54 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
     for (let i = 0; i < 5; i++) for (let j = 0; j < steps.length; j++) await steps[(i + j) % steps.length]!();
     row(`Actions cache restore, ${size} MiB layer, streamed (median of 5)`, median(times), median(plain), { max: 2.0, of: 'ratio' });
     row(`  floor here: the shell's curl | zstd -d | tar x from this service`, median(floor), median(plain));
+    row(`  github.com's path: the same restore from an https signed URL (TLS front on loopback)`, median(https), median(plain), { max: 2.0, of: 'ratio' });
     row(`Actions cache save, ${size} MiB layer (median of 3)`, saveMs, plainSaveMs, { max: 2.0, of: 'ratio' });
     row(`  floor here: curl -T of the archive into this service, upload alone`, median(uploads), plainSaveMs);
     fs.rmSync(src, { recursive: true });
   }
   row(`cache worker start, once per run beside host setup (median of ${workerStarts.length})`, median(workerStarts), undefined);
+  front.close();
+}
+
+/**
+ * What the staging checks add to every restore, from any tier: the sha256 of every file and
+ * qemu-img's look at every qcow2 (format, data file, backing), on a 600 MiB incompressible qcow2
+ * and a small one, vs plain `sha256sum` of the same files; alternated, medians of 3.
+ */
+async function stagingFigures() {
+  const dir = fs.mkdtempSync(path.join(root, 'staging-'));
+  const raw = path.join(root, 'staging.raw');
+  const f = fs.openSync(raw, 'w');
+  for (let i = 0; i < 600; i++) fs.writeSync(f, randomBytes(2 ** 20));
+  fs.closeSync(f);
+  await timed(`qemu-img convert -f raw -O qcow2 ${raw} ${dir}/disk.qcow2 && qemu-img create -q -f qcow2 ${dir}/efivars.qcow2 64M`);
+  fs.rmSync(raw);
+  const files = ['disk.qcow2', 'efivars.qcow2'];
+  const sums = spawnSync('sha256sum', files, { cwd: dir, encoding: 'utf8' }).stdout.trim().split('\n').map((l) => l.split(/\s+/)[0]);
+  const m: Manifest = {
+    version: 1,
+    layer: 'prepared',
+    key: 'bench',
+    inputs: {},
+    id: 'bench',
+    files: files.map((name, i) => ({ name, size: fs.statSync(path.join(dir, name)).size, sha256: sums[i]! })),
+    createdAt: new Date().toISOString(),
+    buildSeconds: 0,
+  };
+  const ours: number[] = [];
+  const plain: number[] = [];
+  const steps = [
+    async () => {
+      const t = Date.now();
+      const problem = await stagedLayerProblem(dir, { layer: 'prepared', files, key: 'bench', inputs: {} }, m, undefined);
+      if (problem) throw new Error(`the staging checks refused a sound layer: ${problem}`);
+      ours.push(Date.now() - t);
+    },
+    async () => plain.push(await timed(`cd ${dir} && sha256sum ${files.join(' ')} >/dev/null`)),
+  ];
+  for (let i = 0; i < 3; i++) for (let j = 0; j < steps.length; j++) await steps[(i + j) % steps.length]!();
+  row('staging checks of a restored 600 MiB layer: sha256 + qemu-img (median of 3)', median(ours), median(plain), { max: 1.5, of: 'ratio' });
+  fs.rmSync(dir, { recursive: true });
 }
 
 /**
@@ -287,9 +368,10 @@ async function registryFigures() {
 }
 
 try {
-  if (process.argv.includes('--registry')) {
-    console.error('bench: OCI registry tier…');
-    await registryFigures();
+  // `--registry`, `--staging`: those rows alone (no guest).
+  if (process.argv.includes('--registry') || process.argv.includes('--staging')) {
+    if (process.argv.includes('--staging')) await stagingFigures();
+    if (process.argv.includes('--registry')) await registryFigures();
     printRows();
     // No guest ran: the cleanup below is this rm alone.
     fs.rmSync(root, { recursive: true, force: true });
@@ -301,6 +383,8 @@ try {
   fs.mkdirSync(env.RUNNER_TEMP!, { recursive: true });
   console.error('bench: cache tier…');
   await cacheFigures(server, env);
+  console.error('bench: staging checks…');
+  await stagingFigures();
   console.error('bench: OCI registry tier…');
   await registryFigures();
   // `npm run bench -- --cache-only`: the cache tier's figures alone (a few minutes, no guest).

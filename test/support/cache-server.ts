@@ -156,6 +156,8 @@ export interface CacheServer {
   env(protocol: CacheProtocol, opts?: { token?: string }): Record<string, string>;
   /** Mint a runtime token with other scopes (e.g. a PR run that may only read the default branch). */
   makeToken(scopes: ScopeGrant[], opts?: { expiresInSec?: number }): string;
+  /** Where signed blob URLs point from now on (e.g. a TLS front, as github.com's are https); undefined: this server. */
+  blobBase(url: string | undefined): void;
   /** Committed entries, newest first (pending reservations too with includePending). */
   entries(opts?: { includePending?: boolean }): CacheEntryInfo[];
   /** Store a committed entry directly, bypassing the protocol. */
@@ -263,6 +265,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
   let fileSeq = 0;
   let closed = false;
   let baseUrl = '';
+  let blobBaseUrl: string | undefined;
 
   // ---- tokens ------------------------------------------------------------------------------------
 
@@ -336,7 +339,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
     const sv = API_VERSION;
     const sig = hmac(`blob\n${blobId}\n${perm}\n${se}\n${sv}`).toString('base64');
     const q = new URLSearchParams({ sv, se, sr: 'b', sp: perm, sig });
-    return `${baseUrl}blob/cache/${blobId}?${q.toString()}`;
+    return `${blobBaseUrl ?? baseUrl}blob/cache/${blobId}?${q.toString()}`;
   }
 
   function verifyBlobSig(blobId: string, q: URLSearchParams, need: 'r' | 'w'): void {
@@ -1167,6 +1170,9 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
       };
     },
     makeToken,
+    blobBase(url) {
+      blobBaseUrl = url;
+    },
     entries(o = {}) {
       return entries
         .filter((e) => o.includePending || e.committed)
