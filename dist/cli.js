@@ -28,10 +28,11 @@ import {
   parseSize,
   parseSyncMaxSize,
   plainLogger,
+  readHooks,
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-BJISUMN7.js";
+} from "./chunks/chunk-QKBQ4UX2.js";
 import "./chunks/chunk-R3MNE3V3.js";
 
 // src/cli.ts
@@ -512,7 +513,7 @@ async function runScript(o) {
   const syncMaxBytes = o.syncMaxBytes ?? record.run.syncMaxBytes ?? parseSize(Inputs.SyncMaxSize, INPUT_DEFAULTS[Inputs.SyncMaxSize]);
   const names = [...record.run.environmentVariables, ...o.env];
   const booted = !vm;
-  const rec = vm ?? await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards });
+  const rec = vm ?? await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards, hooks: o.hooks });
   if (booted) log.info(`${rec.name}: ${rec.mode === "restore" ? "restored" : "cold-booted"} in ${(rec.readyMs / 1e3).toFixed(1)} s`);
   const client = await SshClient.connect({ port: rec.port, user: rec.user, privateKey: fs2.readFileSync(rec.key, "utf8") }, 6e4);
   const exec = (cmd, opts) => client.exec(cmd, opts);
@@ -820,8 +821,9 @@ async function prepare(args) {
     [Inputs.RegistryToken]: process.env.RYRA_VM_REGISTRY_TOKEN
   };
   const config = parseConfig((n) => raw[n]);
-  const host = await setupHost(config);
-  const result = await ensureLayers(config, host);
+  const hooks = readHooks();
+  const host = await setupHost(config, hooks);
+  const result = await ensureLayers(config, host, void 0, { hooks });
   if (v.json) process.stdout.write(JSON.stringify(result.outputs, null, 2) + "\n");
   else {
     for (const l of result.layers) log.info(`${l.layer.padEnd(17)} ${l.source.padEnd(13)} ${l.seconds.toFixed(1).padStart(7)} s`);
@@ -860,7 +862,8 @@ async function boot(args) {
     cpus: optionalInt("--cpus", v.cpus, 1),
     config: v.config,
     cacheDir: v["cache-dir"],
-    forwards: forwards(values.forward)
+    forwards: forwards(values.forward),
+    hooks: readHooks()
   });
   if (v.json) process.stdout.write(JSON.stringify(vm) + "\n");
   else process.stdout.write(`${vm.name} port=${vm.port} pid=${vm.pid} ready in ${(vm.readyMs / 1e3).toFixed(1)} s (${vm.mode})
@@ -906,7 +909,8 @@ async function run(args) {
     env: v.env ?? [],
     config: v.config,
     cacheDir: v["cache-dir"],
-    forwards: fwd
+    forwards: fwd,
+    hooks: readHooks()
   });
 }
 async function ssh(args) {

@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-XWJSDGRX.js";
-import "./chunks/chunk-BJISUMN7.js";
+} from "./chunks/chunk-DMUUVKVU.js";
+import "./chunks/chunk-QKBQ4UX2.js";
 import "./chunks/chunk-R3MNE3V3.js";
 
 // src/post.ts

@@ -21,12 +21,13 @@ import {
   newJobId,
   openTiers,
   parseConfig,
+  readHooks,
   releaseHolder,
   setLogger,
   setupHost,
   stopVm,
   syncTiers
-} from "./chunk-BJISUMN7.js";
+} from "./chunk-QKBQ4UX2.js";
 import {
   addPath,
   exportVariable,
@@ -82,8 +83,9 @@ async function runMain() {
   setLogger(actionsLogger);
   try {
     const config = readConfig();
-    const tiers = openTiers(config);
-    const result = await ensureLayers(config, setupHost(config), tiers, { deferSaves: true });
+    const hooks = readHooks();
+    const tiers = openTiers(config, hooks);
+    const result = await ensureLayers(config, setupHost(config, hooks), tiers, { deferSaves: true, hooks });
     const { outputs } = result;
     if (result.pending.length) {
       const file = path.join(result.runtimeDir, "pending-saves.json");
@@ -99,7 +101,7 @@ async function runMain() {
     if (!process.env[JOB_ENV]) exportVariable(JOB_ENV, newJobId());
     const vms = [];
     for (const name of config.boot) {
-      const vm = await group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest], forwards: config.forward[name] ?? [] }));
+      const vm = await group(`Booting VM ${name}`, () => bootVm({ name, config: outputs[Outputs.Manifest], forwards: config.forward[name] ?? [], hooks }));
       const fwd = vm.forwards.map((f) => `, 127.0.0.1:${f.host} \u2192 ${f.guest}`).join("");
       info(`${vm.name}: ready in ${(vm.readyMs / 1e3).toFixed(1)} s (${vm.mode}), ssh ${vm.name} or ryra-vm ssh ${vm.name}${fwd}`);
       vms.push(vm);
@@ -122,7 +124,7 @@ async function savePending() {
   const file = getState(State.PendingSaves);
   if (!file || !fs.existsSync(file)) return;
   const pending = JSON.parse(fs.readFileSync(file, "utf8"));
-  const tiers = openTiers(readConfig());
+  const tiers = openTiers(readConfig(), readHooks());
   try {
     const saved = await syncTiers(pending, tiers);
     if (saved.length) info(`saved what the remote tiers lacked: ${saved.join(", ")}`);

@@ -21740,13 +21740,10 @@ function readHooks(env = process.env) {
     stallMs: num(env.RYRA_VM_TEST_STALL_MS)
   };
 }
+var NO_HOOKS = Object.freeze({ timeoutScale: 1, assumeKvm: false });
 var knobs;
-var hooks;
 function getKnobs() {
   return knobs ??= readKnobs();
-}
-function getHooks() {
-  return hooks ??= readHooks();
 }
 
 // src/log.ts
@@ -22866,7 +22863,7 @@ function readHostCpuIdentity() {
 }
 
 // src/host/setup.ts
-async function setupHost(config) {
+async function setupHost(config, hooks = NO_HOOKS) {
   const qemuArch = QEMU_ARCH[config.arch];
   if (config.installDeps) await ensureHostDeps(qemuArch, config.cache);
   const qemu = await qemuInfo(config.arch);
@@ -22874,7 +22871,7 @@ async function setupHost(config) {
   const firmware = { ...fw, size: fs9.statSync(fw.code).size };
   const cpuModel = readHostCpuIdentity();
   const identity = hostIdentity(qemu, cpuModel);
-  const verdict = config.kvm === "false" || config.crossArch ? void 0 : await kvmVerdict(config, qemuArch, qemu, firmware, identity);
+  const verdict = config.kvm === "false" || config.crossArch ? void 0 : await kvmVerdict(config, hooks, qemuArch, qemu, firmware, identity);
   const choice = chooseAccel(config.kvm, config.crossArch, verdict);
   if (choice.error) throw new Error(choice.error);
   if (choice.warning) log.warning(choice.warning);
@@ -22883,9 +22880,9 @@ async function setupHost(config) {
   log.info(`QEMU ${qemu.version} (${qemu.path}), machine ${qemu.machine}, accel ${accel.accel} (${accelReason}), firmware ${firmware.code}`);
   return { qemuArch, qemu, accel, firmware, cpuIdentity: choice.accel === "kvm" ? cpuModel : "tcg", kvmMode: config.kvm, identity, accelReason };
 }
-async function kvmVerdict(config, arch, qemu, firmware, identity) {
-  const hooked = getHooks().assumeKvm;
-  const device = hooked ? void 0 : kvmDeviceProblem(getHooks().kvmDevice);
+async function kvmVerdict(config, hooks, arch, qemu, firmware, identity) {
+  const hooked = hooks.assumeKvm;
+  const device = hooked ? void 0 : kvmDeviceProblem(hooks.kvmDevice);
   if (device) return { usable: false, reason: device, source: "device" };
   if (config.kvm === "auto") {
     const rec = readVerdict(config.cacheDir, identity);
@@ -22894,7 +22891,7 @@ async function kvmVerdict(config, arch, qemu, firmware, identity) {
       return { usable: rec.usable, source: "record", reason: `${rec.reason} (recorded ${rec.at} by the ${rec.source} for ${identity}; delete ${file} to try KVM again)` };
     }
   }
-  if (hooked) return { usable: true, reason: "RYRA_VM_TEST_ASSUME_KVM=1 (no device check, no probe)", source: "test hook" };
+  if (hooked) return { usable: true, reason: "assumed by a test hook (no device check, no probe)", source: "test hook" };
   const start = Date.now();
   const probe = await probeKvm({ qemu: qemu.path, arch, machine: qemu.machine, accel: accelArgs(arch, "kvm"), firmware });
   log.info(`KVM probe (${identity}): ${probe.usable ? "usable" : "not usable"}, ${probe.reason} (${Date.now() - start} ms)`);
@@ -23579,15 +23576,18 @@ function openSshPrivateKey(pub, seed, comment) {
   return ["-----BEGIN OPENSSH PRIVATE KEY-----", ...lines, "-----END OPENSSH PRIVATE KEY-----", ""].join("\n");
 }
 function keyProblem(key) {
+  return checkedKey(key).problem;
+}
+function checkedKey(key) {
   const parsed = utils.parseKey(key.trim());
-  if (parsed instanceof Error) return `not an SSH key (${parsed.message})`;
+  if (parsed instanceof Error) return { problem: `not an SSH key (${parsed.message})` };
   const k = Array.isArray(parsed) ? parsed[0] : parsed;
-  if (k.type !== "ssh-ed25519") return `a ${k.type} key, not ssh-ed25519`;
+  if (k.type !== "ssh-ed25519") return { problem: `a ${k.type} key, not ssh-ed25519` };
   const blob = k.getPublicSSH();
   const typeLen = blob.readUInt32BE(0);
   const keyLen = blob.length >= 8 + typeLen ? blob.readUInt32BE(4 + typeLen) : -1;
-  if (keyLen !== 32 || blob.length !== 8 + typeLen + 32) return `its ed25519 public key is ${keyLen} bytes, not 32 (sshd refuses it)`;
-  return void 0;
+  if (keyLen !== 32 || blob.length !== 8 + typeLen + 32) return { problem: `its ed25519 public key is ${keyLen} bytes, not 32 (sshd refuses it)` };
+  return { key: k };
 }
 function ensureKeyFile(file) {
   if (fs10.existsSync(file) && fs10.existsSync(`${file}.pub`)) {
@@ -23800,8 +23800,7 @@ import { spawn as spawn4 } from "node:child_process";
 import * as fs11 from "node:fs";
 import * as readline from "node:readline";
 import { fileURLToPath } from "node:url";
-function cacheTimeouts() {
-  const h = getHooks();
+function cacheTimeouts(h = NO_HOOKS) {
   return { lookupMs: h.cacheLookupMs ?? 6e4, transferMs: h.cacheTransferMs ?? 45 * 6e4 };
 }
 function cacheServiceAvailable(env = process.env) {
@@ -25483,7 +25482,7 @@ async function coldBootOnce(o) {
     log.info(`  ${o.name}: QEMU pid ${m.pid}, ssh 127.0.0.1:${m.sshPort}, serial log ${m.serialLog}`);
     let ms;
     try {
-      ms = await m.waitReady(o.sshTimeoutMs, { stallMs: kvm ? getHooks().stallMs ?? KVM_STALL_MS : void 0 });
+      ms = await m.waitReady(o.sshTimeoutMs, { stallMs: kvm ? o.stallMs ?? KVM_STALL_MS : void 0 });
     } catch (err) {
       if (kvm && err instanceof QemuExitedError) throw new KvmBootError(`QEMU exited under KVM before the guest answered SSH: ${m.stderrLine() || firstLine(err.message)}`, err.message);
       if (kvm && err instanceof GuestStalledError) throw new KvmBootError(`the guest made no progress under KVM: ${err.message}`, m.diagnostics());
@@ -25691,7 +25690,7 @@ async function backingProblem(disk, backing) {
 }
 
 // src/layers/context.ts
-function timeoutsFor(accel, scale = getHooks().timeoutScale) {
+function timeoutsFor(accel, scale = 1) {
   const t = accel === "kvm" ? { prepareSshMs: 3e5, bootSshMs: 12e4, packagesMs: 18e5, restoreSshMs: 6e4 } : { prepareSshMs: 9e5, bootSshMs: 6e5, packagesMs: 36e5, restoreSshMs: 3e5 };
   return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v * scale]));
 }
@@ -25808,7 +25807,8 @@ function bootBuilder(ctx, g) {
     seed: { ...rest.seed, ...network },
     qemu: ctx.host.qemu.path,
     layout: hostLayout(ctx, { memoryMb, cpus, shareTag }),
-    firmware: ctx.host.firmware
+    firmware: ctx.host.firmware,
+    stallMs: ctx.hooks.stallMs
   });
 }
 
@@ -26150,20 +26150,15 @@ async function buildSnapshot(ctx, o) {
 }
 
 // src/layers/sshkey.ts
-var import_ssh22 = __toESM(require_lib3(), 1);
 import * as fs23 from "node:fs";
 import * as path20 from "node:path";
 var SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
 function keyPairProblem(priv, pub) {
-  const bad2 = keyProblem(priv) ?? keyProblem(pub);
-  if (bad2) return bad2;
-  const blob = (k) => {
-    const parsed = import_ssh22.default.utils.parseKey(k.trim());
-    return (Array.isArray(parsed) ? parsed[0] : parsed).getPublicSSH();
-  };
-  const privKey = import_ssh22.default.utils.parseKey(priv.trim());
-  if (Array.isArray(privKey) || privKey instanceof Error || !privKey.isPrivateKey()) return "the private key file holds no private key";
-  return blob(priv).equals(blob(pub)) ? void 0 : "the public key file does not match the private key";
+  const a = checkedKey(priv);
+  const b = checkedKey(pub);
+  if (!a.key || !b.key) return a.problem ?? b.problem;
+  if (!a.key.isPrivateKey()) return "the private key file holds no private key";
+  return a.key.getPublicSSH().equals(b.key.getPublicSSH()) ? void 0 : "the public key file does not match the private key";
 }
 async function ensureSshKey(dir, tiers, save = true) {
   const file = path20.join(dir, CacheFiles.sshKey);
@@ -26223,12 +26218,12 @@ async function ensureSshKey(dir, tiers, save = true) {
 
 // src/layers/pipeline.ts
 var sourceOf = (t) => t.label.startsWith("registry") ? "registry" : "actions cache";
-function recipesFor(config, manager) {
+function recipesFor(config, manager, browserScript) {
   return {
     cleanForTemplate: CLEAN_FOR_TEMPLATE,
     snapshotSetup: SNAPSHOT_SETUP,
     shrinkRam: SHRINK_RAM,
-    browserScript: getHooks().browserScript ?? browserInstallScript(config.browserSource, manager)
+    browserScript: browserScript ?? browserInstallScript(config.browserSource, manager)
   };
 }
 function cacheKeyFor(p, parentId) {
@@ -26417,16 +26412,18 @@ async function ensureSnapshotLayer(ctx, p, base, parent, key, results) {
     return {};
   }
 }
-function openTiers(config) {
+function openTiers(config, hooks = NO_HOOKS) {
   const useCache = config.cache && cacheServiceAvailable();
   if (config.cache && !useCache) log.info("Actions cache: not available in this environment; using the local cache only");
   const tiers = [];
-  if (useCache) tiers.push(actionsCache());
+  if (useCache) tiers.push(actionsCache(cacheTimeouts(hooks)));
   if (config.registry) tiers.push(registryTier({ repository: config.registry, token: config.registryToken }));
   for (const t of tiers) t.prestart?.();
   return tiers;
 }
-async function ensureLayers(config, hostSetup, tiers = openTiers(config), o = {}) {
+async function ensureLayers(config, hostSetup, opened, o = {}) {
+  const hooks = o.hooks ?? NO_HOOKS;
+  const tiers = opened ?? openTiers(config, hooks);
   Promise.resolve(hostSetup).catch(() => {
   });
   const dir = config.cacheDir;
@@ -26440,7 +26437,7 @@ async function ensureLayers(config, hostSetup, tiers = openTiers(config), o = {}
     let host = await hostSetup;
     for (; ; ) {
       try {
-        const result = await ensureOnce(config, host, key, tiers, holder, rt);
+        const result = await ensureOnce(config, host, key, tiers, holder, rt, hooks);
         if (!o.deferSaves && result.pending.length) await syncTiers(result.pending, tiers);
         return result;
       } catch (err) {
@@ -26453,11 +26450,11 @@ async function ensureLayers(config, hostSetup, tiers = openTiers(config), o = {}
     for (const t of tiers) t.close();
   }
 }
-async function ensureOnce(config, host, key, tiers, holder, rt) {
+async function ensureOnce(config, host, key, tiers, holder, rt, hooks) {
   const dir = config.cacheDir;
-  const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager);
+  const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager, hooks.browserScript);
   const plan = planLayers(config, host, key.publicKey, recipes);
-  const ctx = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel), tiers, holder, pending: [] };
+  const ctx = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel, hooks.timeoutScale), tiers, hooks, holder, pending: [] };
   const results = [];
   const at = (f) => path21.join(dir, f);
   if (config.redownload) {
@@ -26643,7 +26640,8 @@ async function bootVm(o) {
   const keyFile = path22.join(workDir, GuestFiles.vmKey);
   const vmKey = generateKeyPair(`ryra-vm ${name}`);
   writeKeyFiles(keyFile, vmKey);
-  const timeouts = timeoutsFor(out.accel);
+  const hooks = o.hooks ?? NO_HOOKS;
+  const timeouts = timeoutsFor(out.accel, hooks.timeoutScale);
   const bootTimeout = (fallback) => rec.run.bootTimeoutMs ?? fallback;
   await holdAll(rec.cacheDir, snap ? [snap.base, snap.backingBase] : [cold.base], processHolder());
   const start = Date.now();
@@ -26696,7 +26694,8 @@ async function bootVm(o) {
       sshTimeoutMs: bootTimeout(timeouts.bootSshMs),
       cloudInitTimeoutMs: timeouts.bootSshMs,
       detached: true,
-      forwards
+      forwards,
+      stallMs: hooks.stallMs
     }).catch((err) => {
       throw err instanceof ForwardPortError ? new InputError(err.message) : err;
     });
@@ -26841,6 +26840,7 @@ async function forgetSshHosts() {
 }
 
 export {
+  readHooks,
   actionsLogger,
   plainLogger,
   log,
