@@ -283,7 +283,8 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
       assert.equal(t.on, false);
       const again = Date.now();
       assert.equal(await t.restore(key, files, staging()), 'miss');
-      assert.ok(Date.now() - again < 100);
+      // At once: no connection is tried (well under the 3 s stall bound, with room for a loaded CI host).
+      assert.ok(Date.now() - again < 1000, `took ${Date.now() - again} ms`);
       assert.equal(logger.warnings.length, 1, logger.warnings.join('\n'));
       assert.match(logger.warnings[0], /stalled: nothing sent or received for 3 s.*off for the rest of this run/);
     } finally {
