@@ -14,7 +14,7 @@ import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { runner, type Runner } from '../support/runner.js';
 import { restoreRecord } from '../support/vm.js';
-import { LIGHT, configEnv, configInputs, sharedDir } from '../support/shared.js';
+import { LIGHT, configInputs, sharedDir } from '../support/shared.js';
 
 const root = tempRoot('action');
 let server: CacheServer;
@@ -34,7 +34,7 @@ after(async () => {
 });
 
 function newRunner(name: string, protocol?: 'v1' | 'v2'): Runner {
-  return runner(root.dir, name, { ...configEnv(LIGHT), ...(protocol ? server.env(protocol) : {}) });
+  return runner(root.dir, name, protocol ? server.env(protocol) : {});
 }
 
 const sources = (r?: RunRecord) => Object.fromEntries((r?.layers ?? []).map((l) => [l.layer, l.source]));

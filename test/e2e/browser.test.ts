@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { runner } from '../support/runner.js';
-import { LIGHT, configEnv, configInputs, sharedDir } from '../support/shared.js';
+import { LIGHT, configInputs, sharedDir } from '../support/shared.js';
 import { jobsOf, readmeBlocks, runJob } from '../support/workflow.js';
 
 const root = tempRoot('browser');
@@ -64,7 +64,7 @@ process.exit(0);
 
 describe('the browser layer, built for real (amd64, TCG)', { timeout: 80 * 60_000 }, () => {
   test('browser: true builds it from the registries; Playwright with bun screenshots a page in a restored VM; the rerun is all local', async () => {
-    const r = runner(root.dir, 'job', configEnv(LIGHT));
+    const r = runner(root.dir, 'job');
     const ws = r.env.GITHUB_WORKSPACE!;
     const block = readmeBlocks(fs.readFileSync('README.md', 'utf8')).find((b) => b.code.includes('browser: true') && b.code.includes('ryra-vm run --browser'));
     assert.ok(block, 'the README has its browser example');

@@ -14,7 +14,7 @@ import { SshClient } from '../../src/vm/ssh.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { killAllCliRuns, runCli } from '../support/cli.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
-import { LIGHT, configEnv, linkLayers, prepareArgs, sharedDir, sharedLayers, type SharedConfig } from '../support/shared.js';
+import { LIGHT, linkLayers, prepareArgs, sharedDir, sharedLayers, type SharedConfig } from '../support/shared.js';
 import { withRecipeRestore } from '../support/vm.js';
 
 const root = tempRoot('configs');
@@ -47,7 +47,7 @@ after(async () => {
 });
 
 function env(c: SharedConfig = A): NodeJS.ProcessEnv {
-  return { ...configEnv(c), RYRA_VM_RUNTIME_DIR: rt, HOME: home, TMPDIR: root.dir };
+  return { RYRA_VM_RUNTIME_DIR: rt, HOME: home, TMPDIR: root.dir };
 }
 
 async function prepare(c: SharedConfig, extra: string[] = []) {

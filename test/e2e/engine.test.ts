@@ -14,7 +14,7 @@ import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { execFileSync } from 'node:child_process';
 import { runCli } from '../support/cli.js';
 import { ensureFixture } from '../support/fixtures.js';
-import { LIGHT, configEnv, linkLayers, prepareArgs, sharedDir, sharedLayers } from '../support/shared.js';
+import { LIGHT, linkLayers, prepareArgs, sharedDir, sharedLayers } from '../support/shared.js';
 import { restoreRecord } from '../support/vm.js';
 
 const root = tempRoot('engine');
@@ -126,7 +126,7 @@ describe('engine amd64', { timeout: 30 * 60_000 }, () => {
     for (const f of [rec.outputs.image, rec.restore!.disk, rec.restore!.efivars, rec.restore!.seed]) keep.add(path.basename(f));
     for (const f of [rec.outputs.image, rec.restore!.disk]) keep.add(path.basename(f).replace(/\.qcow2$/, '.manifest.json'));
     linkLayers(sharedDir(), dir, (n) => keep.has(n));
-    const env = { ...configEnv(LIGHT), RYRA_VM_RUNTIME_DIR: path.join(root.dir, 'rt-recover'), HOME: path.join(root.dir, 'home-recover') };
+    const env = { RYRA_VM_RUNTIME_DIR: path.join(root.dir, 'rt-recover'), HOME: path.join(root.dir, 'home-recover') };
     const p = await runCli(prepareArgs(LIGHT, ensureFixture('amd64'), dir), env).done;
     assert.equal(p.code, 0, p.stderr);
     const local = JSON.parse(fs.readFileSync(JSON.parse(p.stdout).manifest, 'utf8')) as RunRecord;

@@ -21,7 +21,7 @@ import { startCacheServer, type CacheServer } from '../support/cache-server.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { runner } from '../support/runner.js';
-import { LIGHT, configEnv, configInputs, linkLayers, sharedDir, sharedLayers } from '../support/shared.js';
+import { LIGHT, configInputs, linkLayers, sharedDir, sharedLayers } from '../support/shared.js';
 import { inRestoredVm } from '../support/vm.js';
 
 const root = tempRoot('hostile-cache');
@@ -63,7 +63,7 @@ describe('hostile Actions cache entries (amd64, TCG)', { timeout: 40 * 60_000 },
     const snap = path.basename(shared.restore!.disk, '.qcow2');
     const mine = [`${base}.qcow2`, `${base}.manifest.json`, ...KEY_FILES, ...[shared.restore!.disk, shared.restore!.efivars, shared.restore!.seed].map((f) => path.basename(f)), `${snap}.manifest.json`];
     linkLayers(sharedDir(), dirA, (n) => mine.includes(n));
-    const r = runner(root.dir, 'a', { ...configEnv(LIGHT), ...server.env('v2') });
+    const r = runner(root.dir, 'a', server.env('v2'));
     const res = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': dirA });
     assert.equal(res.code, 0, res.stdout.slice(-4000));
     assert.deepEqual(sources(res.record), { prepared: 'local', snapshot: 'local' });
@@ -115,7 +115,7 @@ describe('hostile Actions cache entries (amd64, TCG)', { timeout: 40 * 60_000 },
     const dirB = path.join(root.dir, 'cache-b');
     fs.mkdirSync(dirB);
     for (const f of KEY_FILES) fs.copyFileSync(path.join(dirA, f), path.join(dirB, f));
-    const r = runner(root.dir, 'b', { ...configEnv(LIGHT), ...server.env('v2') });
+    const r = runner(root.dir, 'b', server.env('v2'));
     const res = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': dirB });
     await r.post();
     assert.equal(res.code, 0, res.stdout.slice(-5000));
@@ -141,7 +141,7 @@ describe('hostile Actions cache entries (amd64, TCG)', { timeout: 40 * 60_000 },
   });
 
   test('a runner on another empty disk restores every layer, the refused ones from their successors', async () => {
-    const r = runner(root.dir, 'c', { ...configEnv(LIGHT), ...server.env('v2') });
+    const r = runner(root.dir, 'c', server.env('v2'));
     const res = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': path.join(root.dir, 'cache-c') });
     await r.post();
     assert.equal(res.code, 0, res.stdout.slice(-4000));
@@ -155,7 +155,7 @@ describe('hostile Actions cache entries (amd64, TCG)', { timeout: 40 * 60_000 },
     const before = server.requests.length;
     const dirD = path.join(root.dir, 'cache-d');
     linkLayers(dirA, dirD, (n) => !n.endsWith('.shared'));
-    const r = runner(root.dir, 'd', { ...configEnv(LIGHT), ...server.env('v2') });
+    const r = runner(root.dir, 'd', server.env('v2'));
     const res = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': dirD, 'cache-save': 'false' });
     await r.post();
     assert.equal(res.code, 0, res.stdout.slice(-4000));

@@ -14,7 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { runner } from '../support/runner.js';
-import { LIGHT, configEnv, configInputs, sharedDir, sharedLayers } from '../support/shared.js';
+import { LIGHT, configInputs, sharedDir, sharedLayers } from '../support/shared.js';
 
 const root = tempRoot('hostile');
 let fx: Fixture;
@@ -52,7 +52,7 @@ async function lowestFree<T>(dir: string, fn: () => Promise<T>): Promise<{ resul
 
 describe('a hostile guest cannot reach past the workspace (amd64, TCG)', { timeout: 30 * 60_000 }, () => {
   test('working directory; forged tools, escaping symlinks, setuid, FIFO, device, sparse giant, endless step file', async () => {
-    const r = runner(root.dir, 'job', configEnv(LIGHT));
+    const r = runner(root.dir, 'job');
     const ws = r.env.GITHUB_WORKSPACE!;
     // The workspace on a filesystem of its own where this host allows it, so the free space measured
     // is this step's alone (the other lane's builds write to the shared disk meanwhile).

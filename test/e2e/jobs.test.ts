@@ -19,7 +19,7 @@ import { generateKeyPair } from '../../src/vm/ssh.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { readCommandFile, runner, type Runner } from '../support/runner.js';
-import { LIGHT, configEnv, configInputs, sharedDir, sharedLayers } from '../support/shared.js';
+import { LIGHT, configInputs, sharedDir, sharedLayers } from '../support/shared.js';
 
 const root = tempRoot('jobs');
 const run = promisify(execFile);
@@ -80,7 +80,7 @@ describe('jobs of one runner user (amd64, TCG)', { timeout: 30 * 60_000 }, () =>
     const own = 'Host *\n  ServerAliveInterval 42\n';
     fs.writeFileSync(path.join(home, '.ssh', 'config'), own, { mode: 0o600 });
     const userConfig = () => fs.readFileSync(path.join(home, '.ssh', 'config'), 'utf8');
-    const jobs = { a: runner(root.dir, 'a', { ...configEnv(LIGHT), HOME: home }), b: runner(root.dir, 'b', { ...configEnv(LIGHT), HOME: home }) };
+    const jobs = { a: runner(root.dir, 'a', { HOME: home }), b: runner(root.dir, 'b', { HOME: home }) };
     const p = await freePort();
     try {
       const t0 = Date.now();

@@ -20,7 +20,7 @@ import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { runCli } from '../support/cli.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { qemuStandIn, type KvmShape } from '../support/qemu-stand-in.js';
-import { LIGHT, configEnv, linkLayers, prepareArgs, sharedDir, sharedLayers, type SharedConfig } from '../support/shared.js';
+import { LIGHT, linkLayers, prepareArgs, sharedDir, sharedLayers, type SharedConfig } from '../support/shared.js';
 import { inRestoredVm } from '../support/vm.js';
 
 const root = tempRoot('kvm');
@@ -54,7 +54,7 @@ function cacheDir(name: string): string {
 
 async function prepare(dir: string, kvm: 'auto' | 'true', hooks: NodeJS.ProcessEnv) {
   const args = prepareArgs(K, fx, dir).map((a, i, all) => (all[i - 1] === '--kvm' ? kvm : a));
-  const r = await runCli(args, { ...configEnv(K), RYRA_VM_RUNTIME_DIR: path.join(dir, '..', `rt-${path.basename(dir)}`), ...hooks }).done;
+  const r = await runCli(args, { RYRA_VM_RUNTIME_DIR: path.join(dir, '..', `rt-${path.basename(dir)}`), ...hooks }).done;
   const record = r.code === 0 ? (JSON.parse(fs.readFileSync(JSON.parse(r.stdout).manifest, 'utf8')) as RunRecord) : undefined;
   return { ...r, record, sources: Object.fromEntries((record?.layers ?? []).map((l) => [l.layer, l.source])) };
 }

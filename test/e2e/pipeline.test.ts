@@ -12,7 +12,7 @@ import type { RunRecord } from '../../src/record.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { killAllCliRuns, runCli } from '../support/cli.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
-import { FULL, configEnv, prepareArgs, sharedDir } from '../support/shared.js';
+import { FULL, prepareArgs, sharedDir } from '../support/shared.js';
 import { inRestoredVm } from '../support/vm.js';
 
 const root = tempRoot('pipeline');
@@ -34,7 +34,7 @@ after(async () => {
 let runN = 0;
 function prepare(cacheDir: string, o: { fx?: Fixture; extra?: string[]; env?: NodeJS.ProcessEnv } = {}) {
   const rt = path.join(root.dir, `runtime-${++runN}`);
-  const run = runCli(prepareArgs(FULL, o.fx ?? fx, cacheDir, o.extra), { ...configEnv(FULL), RYRA_VM_RUNTIME_DIR: rt, TMPDIR: root.dir, ...o.env });
+  const run = runCli(prepareArgs(FULL, o.fx ?? fx, cacheDir, o.extra), { RYRA_VM_RUNTIME_DIR: rt, TMPDIR: root.dir, ...o.env });
   const result = async () => {
     const r = await run.done;
     assert.equal(r.code, 0, `prepare failed:\n${r.stderr.slice(-4000)}`);

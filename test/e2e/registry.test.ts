@@ -17,7 +17,7 @@ import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { registryMissing, startRegistry, type TestRegistry } from '../support/registry.js';
 import { exec, runner } from '../support/runner.js';
-import { LIGHT, configEnv, configInputs, linkLayers, sharedDir, sharedLayers } from '../support/shared.js';
+import { LIGHT, configInputs, linkLayers, sharedDir, sharedLayers } from '../support/shared.js';
 import { withRecipeRestore } from '../support/vm.js';
 
 const missing = registryMissing();
@@ -75,7 +75,7 @@ describe('an OCI registry tier (amd64, TCG)', { skip: missing, timeout: 30 * 60_
 
   test('runner A, its layers all local, pushes them after the job as OCI artifacts with no blob over 512 MiB; a second run pushes no blob', async () => {
     linkLayers(sharedDir(), dirA, (n) => n.startsWith(path.basename(shared.outputs.image, '.qcow2')) || n.startsWith(path.basename(shared.restore!.disk, '.qcow2')) || n === 'test-ssh-key' || n === 'test-ssh-key.pub');
-    const r = runner(root.dir, 'a', configEnv(LIGHT));
+    const r = runner(root.dir, 'a');
     const res = await r.action(inputs(dirA));
     await r.post();
     assert.equal(res.code, 0, res.stdout.slice(-4000));
@@ -93,7 +93,7 @@ describe('an OCI registry tier (amd64, TCG)', { skip: missing, timeout: 30 * 60_
     }
     const uploads = reg.blobUploads();
     assert.ok(uploads > 0);
-    const again = runner(root.dir, 'a2', configEnv(LIGHT));
+    const again = runner(root.dir, 'a2');
     const res2 = await again.action(inputs(dirA));
     await again.post();
     assert.equal(res2.code, 0, res2.stdout.slice(-4000));
@@ -114,7 +114,7 @@ describe('an OCI registry tier (amd64, TCG)', { skip: missing, timeout: 30 * 60_
     const floors: number[] = [];
     let rec: RunRecord | undefined;
     for (let i = 0; i < 3; i++) {
-      const r = runner(root.dir, `b${i}`, configEnv(LIGHT));
+      const r = runner(root.dir, `b${i}`);
       const res = await r.action(inputs(path.join(root.dir, `cache-b${i}`)));
       await r.post();
       assert.equal(res.code, 0, res.stdout.slice(-4000));
@@ -142,7 +142,7 @@ describe('an OCI registry tier (amd64, TCG)', { skip: missing, timeout: 30 * 60_
   test('a registry that is down: one warning, a bounded wait, the job green', async () => {
     const dirC = path.join(root.dir, 'cache-c');
     linkLayers(dirA, dirC, (n) => !n.endsWith('.shared'));
-    const r = runner(root.dir, 'c', configEnv(LIGHT));
+    const r = runner(root.dir, 'c');
     const res = await r.action(inputs(dirC, `127.0.0.1:${await freePort()}/${REPO}`));
     const post = await r.post();
     assert.equal(res.code, 0, res.stdout.slice(-4000));

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { runner } from '../support/runner.js';
-import { LIGHT, configEnv, configInputs, sharedDir, sharedLayers } from '../support/shared.js';
+import { LIGHT, configInputs, sharedDir, sharedLayers } from '../support/shared.js';
 
 const root = tempRoot('run');
 let fx: Fixture;
@@ -30,7 +30,7 @@ after(async () => {
 
 describe('ryra-vm run as a step\'s shell (amd64, TCG)', { timeout: 30 * 60_000 }, () => {
   test('a job: the action boots the VM; run steps in it see the workspace and env; the host sees their work; --fresh is clean; exit codes pass', async () => {
-    const r = runner(root.dir, 'job', configEnv(LIGHT));
+    const r = runner(root.dir, 'job');
     const ws = r.env.GITHUB_WORKSPACE!;
     fs.mkdirSync(path.join(ws, 'src'), { recursive: true });
     fs.writeFileSync(path.join(ws, 'src', 'input.txt'), 'from the runner\n');

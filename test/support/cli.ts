@@ -14,6 +14,15 @@ export interface CliRun {
 
 const running = new Set<ChildProcess>();
 
+/**
+ * A layer that failed (the run goes on without it, and a test's later assertion only sees its
+ * absence): its warning goes to the test's stderr whatever the verbosity, so a CI log shows the cause.
+ */
+export function echoLayerFailures(label: string, text: string): void {
+  if (process.env.RYRA_TEST_VERBOSE) return;
+  for (const l of text.split('\n')) if (/failed to create the |gave up after waiting/.test(l)) process.stderr.write(`${label}: ${l}\n`);
+}
+
 export function killAllCliRuns(): void {
   for (const c of running) {
     try {
@@ -44,6 +53,7 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): CliRun {
   const done = new Promise<{ code: number | null; stdout: string; stderr: string; ms: number }>((resolve) =>
     child.on('close', (code) => {
       running.delete(child);
+      echoLayerFailures(`ryra-vm ${args[0]}`, stderr);
       resolve({ code, stdout, stderr, ms: Date.now() - start });
     }),
   );

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { OutputValues } from '../../src/contract.js';
 import type { RunRecord } from '../../src/record.js';
+import { echoLayerFailures } from './cli.js';
 import type { Fixture } from './fixtures.js';
 
 /** GITHUB_OUTPUT / GITHUB_STATE / GITHUB_ENV files: `name<<DELIM\nvalue\nDELIM` records (and name=value lines). */
@@ -110,6 +111,7 @@ export function runner(root: string, name: string, base: NodeJS.ProcessEnv = {})
       for (const [k, v] of Object.entries(inputs)) inputsEnv[`INPUT_${k.toUpperCase()}`] = v;
       Object.assign(e, inputsEnv);
       const r = await exec(process.execPath, [path.resolve('dist/main.js')], e, env.GITHUB_WORKSPACE);
+      echoLayerFailures('action', r.stdout + r.stderr);
       const outputs = outputsFile();
       const record = outputs.manifest && fs.existsSync(outputs.manifest) ? (JSON.parse(fs.readFileSync(outputs.manifest, 'utf8')) as RunRecord) : undefined;
       return { ...r, stdout: r.stdout + r.stderr, outputs, record };

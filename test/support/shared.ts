@@ -37,14 +37,6 @@ export const LIGHT: SharedConfig = { name: 'light', arch: 'amd64', memory: '1024
 /** The catalogue's real package list plus jq, at the action's default memory: the README's examples. */
 export const FULL: SharedConfig = { name: 'full', arch: 'amd64', memory: '2048', packages: 'jq', fullList: true };
 
-/**
- * Environment a configuration needs beside its inputs: none since the base package list became an
- * input (callers still spread it; it is where a configuration's test hooks would go).
- */
-export function configEnv(_c: SharedConfig): NodeJS.ProcessEnv {
-  return {};
-}
-
 /** Action inputs for a configuration (plus the test image and TCG). */
 export function configInputs(c: SharedConfig, fx: Fixture): Record<string, string> {
   return {
@@ -68,7 +60,7 @@ export function prepareArgs(c: SharedConfig, fx: Fixture, cacheDir: string, extr
 /** The configuration's layers in the shared dir: built there if nobody has, else used (or waited for). */
 export async function sharedLayers(c: SharedConfig, runtimeDir: string): Promise<{ outputs: OutputValues; record: RunRecord; stderr: string }> {
   const fx = ensureFixture(c.arch);
-  const r = await runCli(prepareArgs(c, fx, sharedDir()), { ...configEnv(c), RYRA_VM_RUNTIME_DIR: runtimeDir }).done;
+  const r = await runCli(prepareArgs(c, fx, sharedDir()), { RYRA_VM_RUNTIME_DIR: runtimeDir }).done;
   if (r.code !== 0) throw new Error(`shared layers ${c.name}: prepare failed:\n${r.stderr.slice(-4000)}`);
   const outputs = JSON.parse(r.stdout) as OutputValues;
   return { outputs, record: JSON.parse(fs.readFileSync(outputs.manifest, 'utf8')) as RunRecord, stderr: r.stderr };
