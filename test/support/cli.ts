@@ -20,7 +20,7 @@ const running = new Set<ChildProcess>();
  */
 export function echoLayerFailures(label: string, text: string): void {
   if (process.env.RYRA_TEST_VERBOSE) return;
-  for (const l of text.split('\n')) if (/failed to create the |gave up after waiting/.test(l)) process.stderr.write(`${label}: ${l}\n`);
+  for (const l of text.split('\n')) if (/failed to create the |gave up after waiting|compromised/.test(l)) process.stderr.write(`${label}: ${l}\n`);
 }
 
 export function killAllCliRuns(): void {
