@@ -221,7 +221,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
         detached: true,
         forwards,
       }));
-      await machine.check('sh -s', 'setting up the VM (its own key, hostname, clock, network)', { input: personalize(name, vmKey, rec.guestPackageManager), timeoutMs: 120_000 });
+      await machine.check('sh -s', 'setting up the VM (its own key, hostname, clock, network)', { input: personalize(name, vmKey, rec.guestPackageManager), timeoutMs: timeouts.stepMs });
       machine.useKey(vmKey.privateKey);
     } catch (err) {
       await machine?.destroy();

@@ -17,13 +17,19 @@ export interface Timeouts {
   packagesMs: number;
   /** Restore from a snapshot to SSH. */
   restoreSshMs: number;
+  /**
+   * One short guest step: the snapshot's setup and RAM zeroing, a VM's personalisation, a clean
+   * shutdown. A fixed bound here broke under TCG on a loaded host (an emulated arm64 guest is
+   * several times slower than an amd64 one), so it scales with the accelerator like the others.
+   */
+  stepMs: number;
 }
 
 export function timeoutsFor(accel: 'kvm' | 'tcg', scale = 1): Timeouts {
   const t =
     accel === 'kvm'
-      ? { prepareSshMs: 300_000, bootSshMs: 120_000, packagesMs: 1_800_000, restoreSshMs: 60_000 }
-      : { prepareSshMs: 900_000, bootSshMs: 600_000, packagesMs: 3_600_000, restoreSshMs: 300_000 };
+      ? { prepareSshMs: 300_000, bootSshMs: 120_000, packagesMs: 1_800_000, restoreSshMs: 60_000, stepMs: 300_000 }
+      : { prepareSshMs: 900_000, bootSshMs: 600_000, packagesMs: 3_600_000, restoreSshMs: 300_000, stepMs: 900_000 };
   return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v * scale])) as unknown as Timeouts;
 }
 

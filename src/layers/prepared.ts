@@ -63,7 +63,7 @@ export async function buildImage(ctx: LayerContext, o: ImageBuild): Promise<stri
       }
       if (o.result) result = (await m.check(o.result, 'reading the build result')).stdout.trim();
       await m.check(`${PROXY_CLEANUP}; ${CA_CLEANUP}; sudo rm -f ${BUILD_APT_FILES.map((f) => f.path).join(' ')}; ${CLEAN_PACKAGE_CACHE[ctx.image.guestPackageManager]}; ${CLEAN_FOR_TEMPLATE}`, 'cleaning instance state');
-      if (!(await m.poweroff())) throw new Error(`${o.name} did not shut down cleanly; not keeping a possibly inconsistent image`);
+      if (!(await m.poweroff(ctx.timeouts.stepMs))) throw new Error(`${o.name} did not shut down cleanly; not keeping a possibly inconsistent image`);
     } finally {
       await m.destroy();
     }

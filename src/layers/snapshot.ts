@@ -117,8 +117,8 @@ export async function buildSnapshot(
     let savevmMs: number;
     const stepStart = Date.now();
     try {
-      await m.check(SNAPSHOT_SETUP, 'snapshot setup', { timeoutMs: 120_000 });
-      if (o.shrink !== false) await m.check('sudo sh -s', 'zeroing free guest memory', { input: SHRINK_RAM, timeoutMs: 300_000 });
+      await m.check(SNAPSHOT_SETUP, 'snapshot setup', { timeoutMs: ctx.timeouts.stepMs });
+      if (o.shrink !== false) await m.check('sudo sh -s', 'zeroing free guest memory', { input: SHRINK_RAM, timeoutMs: ctx.timeouts.stepMs });
       savevmMs = await m.saveSnapshot(SNAPSHOT_TAG, savevmTimeoutMs(o.memoryMb));
     } finally {
       await m.destroy();
@@ -130,7 +130,7 @@ export async function buildSnapshot(
     if (!(await listSnapshots(disk)).some((x) => x.tag === SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
     // QEMU writes the RAM state into the first writable qcow2 drive: the UEFI vars.
     const stateBytes = (await listSnapshots(efivars)).find((x) => x.tag === SNAPSHOT_TAG)?.vmStateBytes ?? 0;
-    log.info(`  ${o.name}: savevm ${(savevmMs / 1000).toFixed(1)} s, RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
+    log.info(`  ${o.name}: setup, zeroing and savevm ${(stepMs / 1000).toFixed(1)} s (savevm ${(savevmMs / 1000).toFixed(1)} s), RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
 
     // The restore recipe names the seed ISO where the layer keeps it; the copy here proves the same layout.
     const { machine, readyMs } = await restoreMachine({

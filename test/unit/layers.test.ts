@@ -8,6 +8,7 @@ import type { Host } from '../../src/host/setup.js';
 import { parseConfig } from '../../src/inputs.js';
 import { hashOf, invalidReason, readManifest, writeManifest } from '../../src/cache/manifest.js';
 import { cleanStaleTemps, tempPath, withLayerLock } from '../../src/cache/local.js';
+import { timeoutsFor } from '../../src/layers/context.js';
 import { cacheKeyFor, recipesFor } from '../../src/layers/pipeline.js';
 import { preparedPackages, planLayers as plan0 } from '../../src/layers/plan.js';
 import { parseChecksumFile, download } from '../../src/layers/raw.js';
@@ -86,6 +87,18 @@ describe('layer plan', () => {
     assert.deepEqual(planLayers(cfg({ 'base-packages': 'false', packages: 'jq' }), host(), 'k').packages, ['jq']);
     assert.deepEqual(preparedPackages(img, { basePackages: true, packages: ['git'] }).filter((x) => x === 'git').length, 1);
     assert.deepEqual(preparedPackages(img, { basePackages: true, packages: ['jq'] }), [...img.packages, 'jq']);
+  });
+});
+
+describe('guest time limits', () => {
+  test('each one is longer under TCG than under KVM, and the timeout-scale hook multiplies every one', () => {
+    const kvm = timeoutsFor('kvm');
+    const tcg = timeoutsFor('tcg');
+    for (const k of Object.keys(kvm) as (keyof typeof kvm)[]) assert.ok(tcg[k] > kvm[k], `${k}: TCG ${tcg[k]} ms, KVM ${kvm[k]} ms`);
+    // The seed's TCG bounds to SSH; a guest step (snapshot setup, zeroing, shutdown) gets 15 min under TCG.
+    assert.deepEqual([tcg.prepareSshMs, tcg.bootSshMs, tcg.stepMs], [900_000, 600_000, 900_000]);
+    const scaled = timeoutsFor('tcg', 0.5);
+    for (const k of Object.keys(tcg) as (keyof typeof tcg)[]) assert.equal(scaled[k], tcg[k] / 2, k);
   });
 });
 
