@@ -32,7 +32,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-QKBQ4UX2.js";
+} from "./chunks/chunk-6TNSSUEN.js";
 import "./chunks/chunk-R3MNE3V3.js";
 
 // src/cli.ts

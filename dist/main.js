@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-DMUUVKVU.js";
-import "./chunks/chunk-QKBQ4UX2.js";
+} from "./chunks/chunk-QO5U4KZV.js";
+import "./chunks/chunk-6TNSSUEN.js";
 import "./chunks/chunk-R3MNE3V3.js";
 
 // src/main.ts

@@ -27,7 +27,7 @@ import {
   setupHost,
   stopVm,
   syncTiers
-} from "./chunk-QKBQ4UX2.js";
+} from "./chunk-6TNSSUEN.js";
 import {
   addPath,
   exportVariable,

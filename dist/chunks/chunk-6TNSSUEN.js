@@ -25691,7 +25691,7 @@ async function backingProblem(disk, backing) {
 
 // src/layers/context.ts
 function timeoutsFor(accel, scale = 1) {
-  const t = accel === "kvm" ? { prepareSshMs: 3e5, bootSshMs: 12e4, packagesMs: 18e5, restoreSshMs: 6e4 } : { prepareSshMs: 9e5, bootSshMs: 6e5, packagesMs: 36e5, restoreSshMs: 3e5 };
+  const t = accel === "kvm" ? { prepareSshMs: 3e5, bootSshMs: 12e4, packagesMs: 18e5, restoreSshMs: 6e4, stepMs: 3e5 } : { prepareSshMs: 9e5, bootSshMs: 6e5, packagesMs: 36e5, restoreSshMs: 3e5, stepMs: 9e5 };
   return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v * scale]));
 }
 
@@ -25911,7 +25911,7 @@ async function buildImage(ctx, o) {
       }
       if (o.result) result = (await m.check(o.result, "reading the build result")).stdout.trim();
       await m.check(`${PROXY_CLEANUP}; ${CA_CLEANUP}; sudo rm -f ${BUILD_APT_FILES.map((f) => f.path).join(" ")}; ${CLEAN_PACKAGE_CACHE[ctx.image.guestPackageManager]}; ${CLEAN_FOR_TEMPLATE}`, "cleaning instance state");
-      if (!await m.poweroff()) throw new Error(`${o.name} did not shut down cleanly; not keeping a possibly inconsistent image`);
+      if (!await m.poweroff(ctx.timeouts.stepMs)) throw new Error(`${o.name} did not shut down cleanly; not keeping a possibly inconsistent image`);
     } finally {
       await m.destroy();
     }
@@ -26114,8 +26114,8 @@ async function buildSnapshot(ctx, o) {
     let savevmMs;
     const stepStart = Date.now();
     try {
-      await m.check(SNAPSHOT_SETUP, "snapshot setup", { timeoutMs: 12e4 });
-      if (o.shrink !== false) await m.check("sudo sh -s", "zeroing free guest memory", { input: SHRINK_RAM, timeoutMs: 3e5 });
+      await m.check(SNAPSHOT_SETUP, "snapshot setup", { timeoutMs: ctx.timeouts.stepMs });
+      if (o.shrink !== false) await m.check("sudo sh -s", "zeroing free guest memory", { input: SHRINK_RAM, timeoutMs: ctx.timeouts.stepMs });
       savevmMs = await m.saveSnapshot(SNAPSHOT_TAG, savevmTimeoutMs(o.memoryMb));
     } finally {
       await m.destroy();
@@ -26126,7 +26126,7 @@ async function buildSnapshot(ctx, o) {
     const seed = path19.join(work, GuestFiles.seed);
     if (!(await listSnapshots(disk)).some((x) => x.tag === SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
     const stateBytes = (await listSnapshots(efivars)).find((x) => x.tag === SNAPSHOT_TAG)?.vmStateBytes ?? 0;
-    log.info(`  ${o.name}: savevm ${(savevmMs / 1e3).toFixed(1)} s, RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
+    log.info(`  ${o.name}: setup, zeroing and savevm ${(stepMs / 1e3).toFixed(1)} s (savevm ${(savevmMs / 1e3).toFixed(1)} s), RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
     const { machine, readyMs } = await restoreMachine({
       name: `${o.name}-verify`,
       qemu: ctx.host.qemu.path,
@@ -26666,7 +26666,7 @@ async function bootVm(o) {
         detached: true,
         forwards
       }));
-      await machine.check("sh -s", "setting up the VM (its own key, hostname, clock, network)", { input: personalize(name, vmKey, rec.guestPackageManager), timeoutMs: 12e4 });
+      await machine.check("sh -s", "setting up the VM (its own key, hostname, clock, network)", { input: personalize(name, vmKey, rec.guestPackageManager), timeoutMs: timeouts.stepMs });
       machine.useKey(vmKey.privateKey);
     } catch (err) {
       await machine?.destroy();
