@@ -204,7 +204,7 @@ export function actionsCache(timeouts = cacheTimeouts()): ActionsCache {
     get on() {
       return !off;
     },
-    async restore(key, paths, dir): Promise<RestoreResult> {
+    async restore(key, paths, dir, { maxBytes }): Promise<RestoreResult> {
       const keys = [`${key}-r`, key];
       const hit = await call({ op: 'lookup', dir, paths, key, keys }, timeouts.lookupMs);
       if (!hit || hit.timedOut) return 'miss';
@@ -212,7 +212,7 @@ export function actionsCache(timeouts = cacheTimeouts()): ActionsCache {
       if (problem) log.warning(`Actions cache: ${problem}; building instead`);
       if (!ours(key, hit.matchedKey)) return 'miss';
       matched.set(key, hit.matchedKey);
-      const o = await call({ op: 'restore', dir, paths, key, keys }, timeouts.transferMs);
+      const o = await call({ op: 'restore', dir, paths, key, keys, maxBytes }, timeouts.transferMs);
       if (!o || o.timedOut) return 'miss';
       if (o.refused) return `refused: ${o.refused}`;
       const p2 = describe(o, 'restore', key);

@@ -53,19 +53,28 @@ export function hashOf(value: unknown): string {
 }
 
 /**
- * A manifest, or undefined when the file is missing or not one of ours. Its file names are checked
- * on every read (a manifest may come from a cache entry): each must be a plain name in its dir, so
- * nothing that joins them to the dir (validity, eviction) can reach outside it.
+ * A manifest, or why the file is not one of ours. Its file names are checked on every read (a
+ * manifest may come from a cache entry): each must be a plain name in its dir, so nothing that
+ * joins them to the dir (validity, eviction) can reach outside it.
  */
-export function readManifest(file: string): Manifest | undefined {
+export function loadManifest(file: string): Manifest | string {
+  let m: Manifest;
   try {
-    const m = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
-    if (m?.version !== 1 || !Array.isArray(m.files) || typeof m.key !== 'string') return undefined;
-    if (!m.files.every((f) => isPlainName(f?.name) && Number.isSafeInteger(f.size) && typeof f.sha256 === 'string')) return undefined;
-    return m;
-  } catch {
-    return undefined;
+    m = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no manifest' : 'its manifest is not JSON';
   }
+  if (m?.version !== 1 || !Array.isArray(m.files) || typeof m.key !== 'string') return 'its manifest is not a ryra-vm manifest';
+  const outside = m.files.find((f) => !isPlainName(f?.name));
+  if (outside) return `its manifest names ${JSON.stringify(outside?.name ?? null).slice(0, 200)}, not a plain file name in its dir`;
+  if (!m.files.every((f) => Number.isSafeInteger(f.size) && f.size >= 0 && typeof f.sha256 === 'string')) return 'its manifest gives a file without a size or sha256';
+  return m;
+}
+
+/** A manifest, or undefined when the file is missing or not one of ours (loadManifest says why). */
+export function readManifest(file: string): Manifest | undefined {
+  const m = loadManifest(file);
+  return typeof m === 'string' ? undefined : m;
 }
 
 /** Why a manifest does not describe a usable layer, or undefined when it does. Cheap: stats only. */

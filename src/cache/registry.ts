@@ -70,6 +70,8 @@ export interface TransferOptions {
   /** Where compressed chunks wait for their upload (default the OS temp dir). */
   tmpDir?: string;
   signal?: AbortSignal;
+  /** A pull: the most bytes the layer's files may add up to (more is refused before a blob is fetched). */
+  maxBytes?: number;
 }
 
 export interface TransferStats {
@@ -299,8 +301,11 @@ export class LayerMismatch extends Error {
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 
-/** The chunks of each file, checked: titles among `files`, indices 0..n-1, contiguous offsets, sizes that add up. */
-function planPull(m: OciManifest, key: string, files: string[]): { config?: Descriptor; byFile: Map<string, Descriptor[]> } {
+/**
+ * The chunks of each file, checked: titles among `files`, indices 0..n-1, contiguous offsets, sizes
+ * that add up, to no more than `maxBytes` in all; a compressed blob no bigger than what it unpacks to.
+ */
+export function planPull(m: OciManifest, key: string, files: string[], maxBytes: number): { config?: Descriptor; byFile: Map<string, Descriptor[]> } {
   if (m.mediaType !== OCI_MANIFEST || m.artifactType !== ARTIFACT_TYPE || !m.config || !Array.isArray(m.layers)) throw new LayerMismatch(`not a ryra-vm layer artifact (artifactType ${m.artifactType})`);
   if (m.annotations?.[Annotations.key] !== key) throw new LayerMismatch(`the tag holds another key (${m.annotations?.[Annotations.key]})`);
   const want = new Set(files);
@@ -330,12 +335,14 @@ function planPull(m: OciManifest, key: string, files: string[]): { config?: Desc
         size >= 0 &&
         /^[0-9a-f]{64}$/.test(a[Annotations.sha256] ?? '') &&
         (a[Annotations.compressed] === 'true') === (d.mediaType === FILE_MEDIA_TYPE_ZSTD) &&
-        (d.mediaType === FILE_MEDIA_TYPE_ZSTD || (d.mediaType === FILE_MEDIA_TYPE && d.size === size));
+        (d.mediaType === FILE_MEDIA_TYPE_ZSTD ? d.size <= size + (size >> 6) + 4096 : d.mediaType === FILE_MEDIA_TYPE && d.size === size);
       if (!ok) throw new LayerMismatch(`${f}: chunk ${i} is inconsistent (${JSON.stringify(a).slice(0, 300)})`);
       offset += size;
     });
     if (offset !== fileSize) throw new LayerMismatch(`${f}: chunks add up to ${offset} bytes, not ${fileSize}`);
   }
+  const total = [...byFile.values()].reduce((n, ds) => n + Number(ds[0].annotations![Annotations.fileSize]), configTitle ? m.config.size : 0);
+  if (total > maxBytes) throw new LayerMismatch(`its files add up to ${total} bytes, more than a layer of this configuration holds (${maxBytes})`);
   return { config: configTitle ? m.config : undefined, byFile };
 }
 
@@ -395,15 +402,21 @@ async function together<T>(signal: AbortSignal, fn: (sig: AbortSignal, part: <U>
   return result;
 }
 
-/** `zstd -d` of `file` appended to `out`; fails when zstd does. */
-function unzstd(file: string, out: number, what: string, signal: AbortSignal): Promise<void> {
+/**
+ * `zstd -d` of `file` appended to `out`, which may not grow past `end` bytes; fails when zstd does.
+ * The bound is the kernel's (RLIMIT_FSIZE, through util-linux's prlimit): a blob that unpacks to
+ * more than its chunk is stopped at the chunk's end, not once a reader has caught up with it.
+ */
+function unzstd(file: string, out: number, end: number, what: string, signal: AbortSignal): Promise<void> {
   // --no-sparse: a sparse skip on an O_APPEND descriptor would drop the zeros.
-  const zstd = spawn('zstd', ['-q', '-d', '-c', '--no-sparse', '--', file], { stdio: ['ignore', out, 'pipe'], signal });
+  const zstd = spawn('prlimit', [`--fsize=${end}`, 'zstd', '-q', '-d', '-c', '--no-sparse', '--', file], { stdio: ['ignore', out, 'pipe'], signal });
   let stderr = '';
   zstd.stderr!.on('data', (d) => (stderr += d).length > 4000 && (stderr = stderr.slice(-2000)));
   return new Promise<void>((resolve, reject) => {
     zstd.on('error', reject);
-    zstd.on('close', (code, s) => (code === 0 ? resolve() : reject(new Error(`zstd -d of ${what} failed (${code ?? s}): ${stderr.trim().slice(-300)}`))));
+    zstd.on('close', (code, s) =>
+      code === 0 ? resolve() : reject(s === 'SIGXFSZ' ? new RegistryError(`${what} unpacks to more than its chunk: refused`, 'protocol') : new Error(`zstd -d of ${what} failed (${code ?? s}): ${stderr.trim().slice(-300)}`)),
+    );
   });
 }
 
@@ -432,7 +445,7 @@ async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.
     try {
       blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.d.size, part(client.curlBlob(j.d.digest, tmpOut, sig)), `blob ${j.d.digest}`, sig));
       refuseBlob(blob);
-      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, `blob ${j.d.digest}`, sig)), what, sig));
+      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.d.digest}`, sig)), what, sig));
     } finally {
       fs.closeSync(tmpOut);
       await tmpIn.close();
@@ -469,7 +482,7 @@ export async function pullLayer(
   } catch {
     throw new LayerMismatch('its manifest is not JSON');
   }
-  const plan = planPull(m, key, files);
+  const plan = planPull(m, key, files, opts.maxBytes ?? Number.MAX_SAFE_INTEGER);
   const perFile: { file: string; jobs: PullJob[]; bytes: number }[] = [];
   if (plan.config) {
     const d = plan.config;
@@ -563,11 +576,11 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
     prestart() {
       warm ??= warmUp();
     },
-    async restore(key, files, staging, verified): Promise<RestoreResult> {
+    async restore(key, files, staging, { maxBytes, verified }): Promise<RestoreResult> {
       await warm;
       if (off.signal.aborted) return 'miss';
       try {
-        const { result, stats } = await pullLayer(client, key, files, staging, transfer, verified);
+        const { result, stats } = await pullLayer(client, key, files, staging, { ...transfer, maxBytes }, verified);
         if (result === 'restored') log().info(`  ${label}: pulled ${key}: ${stats.blobs} blobs, ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1000).toFixed(1)} s`);
         return result;
       } catch (err) {

@@ -107,11 +107,15 @@ export class TransferError extends Error {}
 /** The archive arrived whole, but tar refused part of it: an entry not to use. */
 export class RefusedError extends Error {}
 
+/** What tar says (on stderr) once it has read more of the archive than may be unpacked. */
+const OVER_LIMIT = 'ryra-over-limit';
+
 /**
  * Downloads `url` into the decompressor and tar at once, extracting into `dir` (an empty private
- * staging dir); resolves with the bytes downloaded.
+ * staging dir), at most `maxBytes` of archive (past that it is refused); resolves with the bytes
+ * downloaded.
  */
-export async function curlExtract(url: string, dir: string, m: CompressionMethod = compressionMethod()): Promise<number> {
+export async function curlExtract(url: string, dir: string, maxBytes: number, m: CompressionMethod = compressionMethod()): Promise<number> {
   // The signed URL goes in on curl's stdin (`-K -`), not on its command line, where any process
   // on the host could read it. A service silent for 15 s counts as stalled (the toolkit's own plain
   // download gives up after 5 s of silence).
@@ -123,7 +127,12 @@ export async function curlExtract(url: string, dir: string, m: CompressionMethod
   // No -P (absolute names lose their `/`, names with `..` are skipped and reported), no owner or
   // mode bits from the archive, no existing file replaced (a second member cannot write through a
   // symlink the first one made), symlinks that point out are made last (tar's placeholders).
-  const tar = spawn('tar', ['-x', '-f', '-', '-C', dir, '--no-same-owner', '--no-same-permissions', '--keep-old-files'], { stdio: [unzip.stdout!, 'ignore', 'pipe'] });
+  // The bound on what it writes: tar counts the 10 KiB records it reads (what it writes is no more,
+  // but for sparse members, whose claimed sizes the caller checks before reading them), and says
+  // so at the first record past `maxBytes`; the pipeline is then killed. No byte passes through
+  // Node, and no process is added to the pipe.
+  const bound = maxBytes < Number.MAX_SAFE_INTEGER ? [`--checkpoint=${Math.floor(maxBytes / 10240) + 1}`, `--checkpoint-action=echo=${OVER_LIMIT}`] : [];
+  const tar = spawn('tar', ['-x', '-f', '-', '-C', dir, '--no-same-owner', '--no-same-permissions', '--keep-old-files', ...bound], { stdio: [unzip.stdout!, 'ignore', 'pipe'] });
   // spawn has handed each pipe to its reader: the parent's copies are closed, so a reader that dies
   // makes its writer fail (EPIPE) instead of blocking, and no byte is read here.
   curl.stdout!.destroy();
@@ -134,7 +143,16 @@ export async function curlExtract(url: string, dir: string, m: CompressionMethod
     ['tar -x', tar],
   ];
   const stderr = new Map<ChildProcess, string>();
-  for (const [, p] of procs) p.stderr!.setEncoding('utf8').on('data', (d: string) => stderr.set(p, (stderr.get(p) ?? '') + d));
+  let over = false;
+  for (const [, p] of procs) {
+    p.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      stderr.set(p, (stderr.get(p) ?? '') + d);
+      if (p === tar && !over && stderr.get(p)!.includes(OVER_LIMIT)) {
+        over = true;
+        for (const [, q] of procs) q.kill('SIGKILL');
+      }
+    });
+  }
   // A failure travels down the pipes by itself (EOF, EPIPE); whatever still runs 2 s after the
   // first failure is killed. The one that failed on its own is the one reported.
   let reaper: NodeJS.Timeout | undefined;
@@ -162,6 +180,7 @@ export async function curlExtract(url: string, dir: string, m: CompressionMethod
   const bytes = Number(/ryra-bytes=(\d+)/.exec(curlErr)?.[1] ?? 0);
   const own = (r: (typeof results)[number]) => r.error?.message ?? (stderr.get(r.p) ?? '').replace(/ryra-bytes=\d+\n?/, '').trim();
   // In pipeline order, a process that exited with an error of its own comes before one killed here.
+  if (over) throw new RefusedError(`it unpacks to more than ${maxBytes} bytes, more than a layer of this configuration holds (stopped after ${bytes} bytes downloaded)`);
   const failed = results.find((r) => r.error || (r.code !== null && r.code !== 0)) ?? results.find((r) => r.code !== 0);
   if (failed) {
     const text = own(failed);

@@ -8,16 +8,28 @@
 export type RestoreResult = 'restored' | 'failed' | 'miss' | `refused: ${string}`;
 export type SaveResult = 'saved' | 'exists' | 'failed';
 
+export interface RestoreOptions {
+  /**
+   * The most bytes the entry may unpack to (what the layer can hold at most): a tier stops writing
+   * past it and refuses the entry, so an archive that expands without end cannot fill the runner.
+   */
+  maxBytes: number;
+  /**
+   * A tier that checked a file's sha256 against the bytes it wrote may put it here (name → sha256
+   * hex), so the caller need not read the file again.
+   */
+  verified?: Map<string, string>;
+}
+
 export interface RemoteTier {
   /** For log lines: `Actions cache`, `registry ghcr.io/org/layers`. */
   readonly label: string;
   /**
    * Restores the entry `key` into `staging` (an empty dir): exactly the files named `files`, or
    * nothing. 'failed': the entry exists but its transfer failed (worth one more try); 'miss': no
-   * such entry, or the tier is off. A tier that checked a file's sha256 against the bytes it wrote
-   * may put it in `verified` (name → sha256 hex), so the caller need not read the file again.
+   * such entry, or the tier is off.
    */
-  restore(key: string, files: string[], staging: string, verified?: Map<string, string>): Promise<RestoreResult>;
+  restore(key: string, files: string[], staging: string, opts: RestoreOptions): Promise<RestoreResult>;
   /** Whether the tier has a usable entry for `key` (undefined: it cannot tell now). */
   has?(key: string, files: string[]): Promise<boolean | undefined>;
   /** Saves `files` (names relative to `dir`) under `key`; 'exists' when the tier has that key already. */

@@ -17,6 +17,8 @@ export interface WorkerRequest {
   /** save: the key; lookup/restore: the keys to try, in the service's order (first found wins). */
   key: string;
   keys?: string[];
+  /** restore: the most bytes the archive may unpack to. */
+  maxBytes?: number;
 }
 
 export interface WorkerResult {
@@ -78,7 +80,7 @@ for await (const line of lines) {
       continue;
     }
     console.log(`Cache hit for: ${f.matchedKey} (streamed: curl | ${compressionMethod() === 'gzip' ? 'gzip' : 'zstd'} -d | tar -x)`);
-    const bytes = await curlExtract(f.url, req.dir);
+    const bytes = await curlExtract(f.url, req.dir, req.maxBytes ?? Number.MAX_SAFE_INTEGER);
     console.log(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
     done({ id: req.id, matchedKey: f.matchedKey });
   } catch (err) {

@@ -44,8 +44,8 @@ import { BROWSER_CPUS, BROWSER_MEMORY_MB, SOURCE_FILE, browserInstallScript } fr
 import { backingProblem, stagedLayerProblem } from './check.js';
 import { timeoutsFor, type LayerContext, type PendingSave, type Timeouts } from './context.js';
 import { hostLayout } from './guest.js';
-import { describeFiles, hashOf, readManifest, writeManifest, type LayerName, type Manifest } from '../cache/manifest.js';
-import { planLayers, type LayerPlan, type Plan, type Recipes } from './plan.js';
+import { describeFiles, hashOf, loadManifest, readManifest, writeManifest, type LayerName, type Manifest } from '../cache/manifest.js';
+import { layerMaxBytes, planLayers, type LayerPlan, type Plan, type Recipes } from './plan.js';
 import { CLEAN_FOR_TEMPLATE, buildImage } from './prepared.js';
 import { adoptRaw, download, expectedChecksum } from './raw.js';
 import { SHRINK_RAM, SNAPSHOT_SETUP, buildSnapshot, type SnapshotBuild } from './snapshot.js';
@@ -138,11 +138,13 @@ async function restoreOnce(ctx: LayerContext, tier: RemoteTier, p: LayerPlan, ke
   try {
     const files = cachePaths(p);
     const verified = new Map<string, string>();
-    const got = await tier.restore(key, files, staging, verified);
+    // The browser snapshot's RAM state is of its own memory size.
+    const maxBytes = layerMaxBytes({ diskSize: ctx.config.diskSize, memoryMb: Math.max(ctx.config.memoryMb, BROWSER_MEMORY_MB) });
+    const got = await tier.restore(key, files, staging, { maxBytes, verified });
     if (got === 'miss') return 'miss';
     if (got === 'failed') return 'the download failed';
     if (got !== 'restored') return got;
-    const why = stagedFilesProblem(staging, files) ?? (await stagedLayerProblem(staging, p, readManifest(manifestPath(staging, p.base)), parentId, backing, verified));
+    const why = stagedFilesProblem(staging, files) ?? (await stagedLayerProblem(staging, p, loadManifest(manifestPath(staging, p.base)), parentId, { backing, verified, maxBytes }));
     if (why) return `refused: ${why}`;
     let m = readManifest(manifestPath(staging, p.base))!;
     if (backing) {

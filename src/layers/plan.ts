@@ -5,7 +5,8 @@
 // keeps the seed's name, so an image the Rust tool downloaded is still found.
 import { distroImage, type DistroImage } from '../distro.js';
 import type { Host } from '../host/setup.js';
-import type { Config } from '../inputs.js';
+import { Inputs } from '../contract.js';
+import { parseSize, type Config } from '../inputs.js';
 import { snapshotFileNames } from '../names.js';
 import { userData } from '../vm/seed.js';
 import { hashOf, type LayerName } from '../cache/manifest.js';
@@ -14,6 +15,15 @@ import { hashOf, type LayerName } from '../cache/manifest.js';
 export const RECIPE_VERSION = 2;
 /** Characters of a layer key in its file names. */
 export const NAME_KEY_LENGTH = 12;
+
+/**
+ * The most bytes one layer of this configuration can hold, the bound a remote tier may unpack an
+ * entry to: a qcow2 holds at most its virtual size (the disk, or a cloud image larger than a small
+ * disk) plus a snapshot's RAM state; the rest (firmware vars, seed, manifest) is small.
+ */
+export function layerMaxBytes(config: Pick<Config, 'diskSize' | 'memoryMb'>): number {
+  return parseSize(Inputs.DiskSize, config.diskSize) + config.memoryMb * 2 ** 20 + 4 * 2 ** 30;
+}
 
 /**
  * The guest-side commands a layer's content depends on (defined by prepared.ts, snapshot.ts and

@@ -40,7 +40,7 @@ export async function ensureSshKey(dir: string, tiers: RemoteTier[], save = true
     const staging = tempPath(dir, 'ssh-key-restore');
     fs.mkdirSync(staging, { mode: 0o700 });
     try {
-      const got = await tier.restore(SSH_KEY_CACHE_KEY, names, staging);
+      const got = await tier.restore(SSH_KEY_CACHE_KEY, names, staging, { maxBytes: 1 << 20 });
       if (got !== 'restored') {
         if (got.startsWith('refused: ')) log.warning(`${tier.label} entry ${SSH_KEY_CACHE_KEY} refused: ${got.slice(9)}; using a key of this runner's`);
         if (got.startsWith('refused: ')) tier.refused?.(SSH_KEY_CACHE_KEY);

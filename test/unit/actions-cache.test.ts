@@ -37,6 +37,8 @@ function layerDir(name: string, content: string): string {
   return d;
 }
 const names = ['x.qcow2', 'x.manifest.json'];
+/** The bound a restore gets: far above these small layers. */
+const BOUND = { maxBytes: 1 << 30 };
 
 for (const protocol of ['v2', 'v1'] as const) {
   describe(`cache tier over ${protocol}`, () => {
@@ -54,10 +56,10 @@ for (const protocol of ['v2', 'v1'] as const) {
       assert.equal(await c.save(key, names, layerDir('src', 'layer bytes')), 'saved');
       assert.equal(await c.save(key, names, layerDir('src2', 'other bytes')), 'exists');
       const dst = fs.mkdtempSync(path.join(tmp, 'dst-'));
-      assert.equal(await c.restore(key, names, dst), 'restored');
+      assert.equal(await c.restore(key, names, dst, BOUND), 'restored');
       assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), 'layer bytes');
-      assert.equal(await c.restore(`${key.slice(0, -1)}`, names, fs.mkdtempSync(path.join(tmp, 'p-'))), 'miss', 'a key prefix is not a hit');
-      assert.equal(await c.restore(`${key}-more`, names, fs.mkdtempSync(path.join(tmp, 'm-'))), 'miss');
+      assert.equal(await c.restore(`${key.slice(0, -1)}`, names, fs.mkdtempSync(path.join(tmp, 'p-')), BOUND), 'miss', 'a key prefix is not a hit');
+      assert.equal(await c.restore(`${key}-more`, names, fs.mkdtempSync(path.join(tmp, 'm-')), BOUND), 'miss');
       c.close();
     });
   });
@@ -83,7 +85,7 @@ describe('streamed restores (v2, a download URL outside Azure blob storage)', ()
     const lookups = () => server.requests.filter((r) => r.op === 'twirp.GetCacheEntryDownloadURL').length;
     const lookupsBefore = lookups();
     const dst = fs.mkdtempSync(path.join(tmp, 'sd-'));
-    assert.equal(await c.restore(key, names, dst), 'restored');
+    assert.equal(await c.restore(key, names, dst, BOUND), 'restored');
     assert.ok(fs.readFileSync(path.join(dst, 'x.qcow2')).equals(big));
     assert.equal(fs.readFileSync(path.join(dst, 'x.manifest.json'), 'utf8'), '{"n":1}');
     const gets = blobGets().slice(before);
@@ -117,11 +119,11 @@ describe('streamed restores (v2, a download URL outside Azure blob storage)', ()
       server.inject({ kind: 'truncate', op: 'blob.get', bytes: 1 << 20, chunked });
       const lines: string[] = [];
       const dst = fs.mkdtempSync(path.join(tmp, 'tr-'));
-      const got = await withWarnings(lines, () => c.restore(key, names, dst));
+      const got = await withWarnings(lines, () => c.restore(key, names, dst, BOUND));
       assert.equal(got, 'failed');
       assert.match(lines.join('\n'), chunked ? /zstd -d exited with 1/ : /curl exited with 18/);
       const dst2 = fs.mkdtempSync(path.join(tmp, 'tr2-'));
-      assert.equal(await c.restore(key, names, dst2), 'restored');
+      assert.equal(await c.restore(key, names, dst2, BOUND), 'restored');
       assert.ok(fs.readFileSync(path.join(dst2, 'x.qcow2')).equals(big));
       c.close();
     });
@@ -131,10 +133,10 @@ describe('streamed restores (v2, a download URL outside Azure blob storage)', ()
     const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
     server.inject({ kind: '503', op: 'blob.get' });
     const lines: string[] = [];
-    assert.equal(await withWarnings(lines, () => c.restore('ryra-vm-v1-prepared-streamed', names, fs.mkdtempSync(path.join(tmp, 'e-')))), 'failed');
+    assert.equal(await withWarnings(lines, () => c.restore('ryra-vm-v1-prepared-streamed', names, fs.mkdtempSync(path.join(tmp, 'e-')), BOUND)), 'failed');
     assert.match(lines.join('\n'), /curl exited with 22: .*503/);
     const dst = fs.mkdtempSync(path.join(tmp, 'e2-'));
-    assert.equal(await c.restore('ryra-vm-v1-prepared-streamed', names, dst), 'restored');
+    assert.equal(await c.restore('ryra-vm-v1-prepared-streamed', names, dst, BOUND), 'restored');
     assert.ok(fs.readFileSync(path.join(dst, 'x.qcow2')).equals(big));
     c.close();
   });
@@ -144,7 +146,7 @@ describe('streamed restores (v2, a download URL outside Azure blob storage)', ()
     const h = server.inject({ kind: 'stall', op: 'blob.get', afterBytes: 1 << 20, times: Infinity });
     const start = Date.now();
     const dst = fs.mkdtempSync(path.join(tmp, 'sl-'));
-    assert.equal(await c.restore('ryra-vm-v1-prepared-streamed', names, dst), 'miss');
+    assert.equal(await c.restore('ryra-vm-v1-prepared-streamed', names, dst, BOUND), 'miss');
     assert.ok(Date.now() - start < 15_000);
     assert.ok(h.hits >= 1, 'the download was reached');
     // The worker ran them in the restore's dir: nothing runs there any more.
@@ -164,7 +166,7 @@ describe('faults', () => {
     assert.equal(await c.save(key, names, layerDir('s', '429 data')), 'saved');
     server.inject({ kind: '429', op: 'twirp.GetCacheEntryDownloadURL', retryAfter: 1 });
     const dst = fs.mkdtempSync(path.join(tmp, 'r-'));
-    assert.equal(await c.restore(key, names, dst), 'restored');
+    assert.equal(await c.restore(key, names, dst, BOUND), 'restored');
     assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), '429 data');
   });
 
@@ -173,7 +175,7 @@ describe('faults', () => {
     const c = actionsCache({ lookupMs: 15_000, transferMs: 600_000 });
     const h = server.inject({ kind: 'stall', op: 'twirp.GetCacheEntryDownloadURL', times: Infinity });
     const start = Date.now();
-    assert.equal(await c.restore('ryra-vm-v1-stalled', names, fs.mkdtempSync(path.join(tmp, 'st-'))), 'miss');
+    assert.equal(await c.restore('ryra-vm-v1-stalled', names, fs.mkdtempSync(path.join(tmp, 'st-')), BOUND), 'miss');
     const ms = Date.now() - start;
     assert.ok(h.hits >= 1, 'the service was reached');
     assert.ok(ms >= 14_900 && ms < 25_000, `stopped after ${ms} ms (the lookup bound, not the transfer bound)`);
@@ -181,7 +183,7 @@ describe('faults', () => {
     // Later layers cost nothing: no call reaches the service any more.
     const before = server.requests.length;
     const t1 = Date.now();
-    assert.equal(await c.restore('ryra-vm-v1-next-layer', names, fs.mkdtempSync(path.join(tmp, 'st2-'))), 'miss');
+    assert.equal(await c.restore('ryra-vm-v1-next-layer', names, fs.mkdtempSync(path.join(tmp, 'st2-')), BOUND), 'miss');
     assert.equal(await c.save('ryra-vm-v1-next-save', names, layerDir('n', 'x')), 'failed');
     assert.ok(Date.now() - t1 < 1000);
     assert.equal(server.requests.length, before);
@@ -247,7 +249,7 @@ describe('hostile entries (v2): data, never instructions', () => {
       const before = fs.readdirSync(outside).sort();
       const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
       const dst = fs.mkdtempSync(path.join(tmp, 'ev-'));
-      const got = await c.restore(key, names, dst);
+      const got = await c.restore(key, names, dst, BOUND);
       c.close();
       assert.equal(fs.existsSync(path.join(tmp, 'abs-target')), false, 'the absolute name was not written');
       assert.deepEqual(fs.readdirSync(outside).sort(), before, 'nothing new beside the staging dir');
@@ -263,11 +265,24 @@ describe('hostile entries (v2): data, never instructions', () => {
     });
   }
 
+  test('an entry that unpacks to more than the layer can hold is stopped near the bound and refused', async () => {
+    const key = 'ryra-vm-v1-evil-bomb';
+    // 1 GiB of zeros, a few dozen KiB compressed, against a 16 MiB bound.
+    await seedEntry(key, hostileArchive((d) => (fs.writeFileSync(path.join(d, 'x.qcow2'), ''), fs.truncateSync(path.join(d, 'x.qcow2'), 1 << 30), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}')), ['x.qcow2', 'x.manifest.json']));
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    const dst = fs.mkdtempSync(path.join(tmp, 'bomb-'));
+    const got = await c.restore(key, names, dst, { maxBytes: 16 << 20 });
+    c.close();
+    assert.match(got, /^refused: it unpacks to more than 16777216 bytes, more than a layer of this configuration holds/);
+    const written = fs.readdirSync(dst).reduce((n, f) => n + fs.statSync(path.join(dst, f)).blocks * 512, 0);
+    assert.ok(written < 256 << 20, `the staging dir holds ${written} bytes of the 1 GiB`);
+  });
+
   test('a refused entry does not block its key: the next save goes to a successor that later lookups find first', async () => {
     const key = 'ryra-vm-v1-prepared-refused';
     await seedEntry(key, hostileArchive((d) => fs.writeFileSync(path.join(d, 'x.qcow2'), 'bad'), ['x.qcow2', '/etc/hostname']));
     const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
-    assert.match(await c.restore(key, names, fs.mkdtempSync(path.join(tmp, 'r1-'))), /^refused: /);
+    assert.match(await c.restore(key, names, fs.mkdtempSync(path.join(tmp, 'r1-')), BOUND), /^refused: /);
     c.refused(key);
     assert.equal(await c.has!(key, names), false, 'a refused entry is not had');
     assert.equal(await c.save(key, names, layerDir('good', 'good bytes')), 'saved');
@@ -275,7 +290,7 @@ describe('hostile entries (v2): data, never instructions', () => {
     assert.ok(server.entries().some((e) => e.key === `${key}-r1`));
     const c2 = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
     const dst = fs.mkdtempSync(path.join(tmp, 'r2-'));
-    assert.equal(await c2.restore(key, names, dst), 'restored');
+    assert.equal(await c2.restore(key, names, dst, BOUND), 'restored');
     assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), 'good bytes');
     assert.equal(await c2.has!(key, names), true);
     c2.close();

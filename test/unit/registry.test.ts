@@ -18,6 +18,8 @@ import { freePort, registryMissing, startRegistry, type TestRegistry } from '../
 const missing = registryMissing();
 const MiB = 2 ** 20;
 const CHUNK = MiB;
+/** The bound a restore gets: far above these small layers. */
+const BOUND = { maxBytes: 1 << 30 };
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'registry-unit-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -130,7 +132,7 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
   test('pull into an empty staging dir: byte-identical files, exactly the named ones', async () => {
     const { t, logger } = tier();
     const dir = staging();
-    assert.equal(await t.restore(key, files, dir), 'restored');
+    assert.equal(await t.restore(key, files, dir, BOUND), 'restored');
     t.close();
     assert.deepEqual(fs.readdirSync(dir).sort(), [...files].sort());
     sameFiles(src, dir, files);
@@ -141,7 +143,7 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     const { t } = tier();
     const dir = staging();
     const verified = new Map<string, string>();
-    assert.equal(await t.restore(key, files, dir, verified), 'restored');
+    assert.equal(await t.restore(key, files, dir, { ...BOUND, verified }), 'restored');
     t.close();
     const sha = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, f))).digest('hex');
     // disk.qcow2 and seed.iso are several chunks of CHUNK; the others one each (efivars.qcow2 compressed).
@@ -155,10 +157,10 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
 
   test('an unknown key is a miss; a different file set is a miss with a warning; the tier stays on', async () => {
     const { t, logger } = tier();
-    assert.equal(await t.restore('no-such-layer', files, staging()), 'miss');
+    assert.equal(await t.restore('no-such-layer', files, staging(), BOUND), 'miss');
     assert.deepEqual(logger.warnings, []);
     const dir = staging();
-    assert.equal(await t.restore(key, [...files, 'extra.qcow2'], dir), 'miss');
+    assert.equal(await t.restore(key, [...files, 'extra.qcow2'], dir, BOUND), 'miss');
     assert.match(logger.warnings.join('\n'), /holds .* not .*extra\.qcow2/);
     assert.deepEqual(fs.readdirSync(dir), []);
     assert.equal(t.on, true);
@@ -178,7 +180,7 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     fs.writeFileSync(file, bytes);
     try {
       const dir = staging();
-      assert.equal(await t.restore(k, files, dir), 'failed');
+      assert.equal(await t.restore(k, files, dir, BOUND), 'failed');
       assert.match(logger.warnings.join('\n'), new RegExp(`blob ${victim.digest} of disk\\.qcow2 arrived with sha256:[0-9a-f]{64} .*refused`));
       assert.deepEqual(fs.readdirSync(dir), []);
       assert.equal(t.on, true);
@@ -209,10 +211,59 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     assert.equal(put, 201);
     const { t, logger } = tier();
     const dir = staging();
-    assert.equal(await t.restore(k, files, dir), 'failed');
+    assert.equal(await t.restore(k, files, dir, BOUND), 'failed');
     t.close();
     assert.match(logger.warnings.join('\n'), /seed\.iso chunk at 0: uncompressed sha256 [0-9a-f]{64} .*expected 0{64}: refused/);
     assert.deepEqual(fs.readdirSync(dir), []);
+  });
+
+  /** Puts `m` (edited from a pushed one) under the tag of `k`. */
+  async function putManifest(k: string, m: OciManifest): Promise<void> {
+    m.annotations![Annotations.key] = k;
+    const body = Buffer.from(JSON.stringify(m));
+    const status = await new Promise<number>((resolve, reject) =>
+      http
+        .request(`http://${reg.host}/v2/ryra/layers/manifests/${tagFor(k)}`, { method: 'PUT', headers: { 'content-type': m.mediaType, 'content-length': body.length } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        })
+        .on('error', reject)
+        .end(body),
+    );
+    assert.equal(status, 201);
+  }
+
+  test('a compressed chunk that unpacks to more than its annotation is stopped at the chunk\'s end and refused', async () => {
+    const dir = path.join(tmp, 'bomb');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'zeros.bin'), Buffer.alloc(CHUNK));
+    const k = `${key}-bomb`;
+    const { t, logger } = tier();
+    assert.equal(await t.save(`${k}-honest`, ['zeros.bin'], dir), 'saved');
+    const m = JSON.parse((await get(`http://${reg.host}/v2/ryra/layers/manifests/${tagFor(`${k}-honest`)}`, { accept: 'application/vnd.oci.image.manifest.v1+json' })).body.toString()) as OciManifest;
+    assert.equal(m.layers.length, 1);
+    assert.equal(m.layers[0].mediaType, FILE_MEDIA_TYPE_ZSTD, 'zeros compress');
+    // It claims 4 KiB (its blob, a few dozen bytes, fits that), yet unpacks to 1 MiB.
+    Object.assign(m.layers[0].annotations!, { [Annotations.size]: '4096', [Annotations.fileSize]: '4096' });
+    await putManifest(k, m);
+    const staged = staging();
+    assert.equal(await t.restore(k, ['zeros.bin'], staged, BOUND), 'failed');
+    t.close();
+    assert.match(logger.warnings.join('\n'), /zeros\.bin chunk at 0 unpacks to more than its chunk: refused|blob sha256:[0-9a-f]+ unpacks to more than its chunk: refused/);
+    assert.deepEqual(fs.readdirSync(staged), [], 'nothing left in staging');
+  });
+
+  test('a layer whose files add up to more than the bound is refused before a blob is fetched', async () => {
+    const { t, logger } = tier();
+    const dir = staging();
+    const before = reg.requests().length;
+    assert.equal(await t.restore(key, files, dir, { maxBytes: MiB }), 'miss');
+    t.close();
+    assert.match(logger.warnings.join('\n'), /its files add up to \d+ bytes, more than a layer of this configuration holds \(1048576\)/);
+    assert.deepEqual(fs.readdirSync(dir), []);
+    // The registry logs a request when it completes: give the log a moment.
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(reg.requests().slice(before).filter((r) => r.method === 'GET' && r.uri.includes('/blobs/')), [], 'no blob fetched');
   });
 
   test('plain Basic auth where the registry asks for it (USER:PASSWORD), and a wrong password is one warning', async () => {
@@ -235,13 +286,13 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
       const good = capture();
       const t = registryTier({ repository, token: 'ci:s3cret', logger: good });
       const dir = staging();
-      assert.equal(await t.restore(key, files, dir), 'restored');
+      assert.equal(await t.restore(key, files, dir, BOUND), 'restored');
       sameFiles(src, dir, files);
       t.close();
       assert.deepEqual(good.warnings, []);
       const bad = capture();
       const t2 = registryTier({ repository, token: 'ci:wrong', logger: bad });
-      assert.equal(await t2.restore(key, files, staging()), 'miss');
+      assert.equal(await t2.restore(key, files, staging(), BOUND), 'miss');
       assert.equal(t2.on, false);
       t2.close();
       assert.equal(bad.warnings.length, 1, bad.warnings.join('\n'));
@@ -257,10 +308,10 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     const logger = capture();
     const t = registryTier({ repository: `127.0.0.1:${port}/ryra/layers`, logger, connectTimeoutMs: 2000, stallMs: 3000 });
     const start = Date.now();
-    assert.equal(await t.restore(key, files, staging()), 'miss');
+    assert.equal(await t.restore(key, files, staging(), BOUND), 'miss');
     assert.equal(t.on, false);
     assert.equal(await t.save(key, files, src), 'failed');
-    assert.equal(await t.restore(key, files, staging()), 'miss');
+    assert.equal(await t.restore(key, files, staging(), BOUND), 'miss');
     t.close();
     assert.ok(Date.now() - start < 5000, `took ${Date.now() - start} ms`);
     assert.equal(logger.warnings.length, 1, logger.warnings.join('\n'));
@@ -282,7 +333,7 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
       assert.ok(took < 8000, `the stall bound is 3 s; took ${took} ms`);
       assert.equal(t.on, false);
       const again = Date.now();
-      assert.equal(await t.restore(key, files, staging()), 'miss');
+      assert.equal(await t.restore(key, files, staging(), BOUND), 'miss');
       // At once: no connection is tried (well under the 3 s stall bound, with room for a loaded CI host).
       assert.ok(Date.now() - again < 1000, `took ${Date.now() - again} ms`);
       assert.equal(logger.warnings.length, 1, logger.warnings.join('\n'));
@@ -318,7 +369,7 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     try {
       const dir = staging();
       const start = Date.now();
-      assert.equal(await t.restore(key, files, dir), 'miss');
+      assert.equal(await t.restore(key, files, dir, BOUND), 'miss');
       const took = Date.now() - start;
       assert.ok(took >= 1500 && took < 6000, `the stall bound is 2 s; took ${took} ms`);
       assert.equal(t.on, false);
@@ -350,7 +401,7 @@ describe('OCI registry tier with token auth (docker-registry auth: token, a test
     const t = registryTier({ repository: `${reg.host}/org/ryra-vm-layers`, token: password, chunkBytes: CHUNK, logger });
     assert.equal(await t.save('k1', files, src), 'saved');
     const dir = staging();
-    assert.equal(await t.restore('k1', files, dir), 'restored');
+    assert.equal(await t.restore('k1', files, dir, BOUND), 'restored');
     t.close();
     sameFiles(src, dir, files);
     assert.deepEqual(logger.warnings, []);
@@ -366,7 +417,7 @@ describe('OCI registry tier with token auth (docker-registry auth: token, a test
     const logger = capture();
     const t = registryTier({ repository: `${reg.host}/org/ryra-vm-layers`, chunkBytes: CHUNK, logger });
     const dir = staging();
-    assert.equal(await t.restore('k1', files, dir), 'restored');
+    assert.equal(await t.restore('k1', files, dir, BOUND), 'restored');
     sameFiles(src, dir, files);
     assert.ok(reg.token!.requests.some((r) => r.auth === 'none'));
     assert.equal(await t.save('k2', files, src), 'failed');
@@ -375,14 +426,14 @@ describe('OCI registry tier with token auth (docker-registry auth: token, a test
     assert.match(logger.warnings[0], /refused .*HTTP 401.*registry-token.*saves to the registry are off/);
     // Pulls go on: a read-only token still restores.
     assert.equal(t.on, true);
-    assert.equal(await t.restore('k1', files, staging()), 'restored');
+    assert.equal(await t.restore('k1', files, staging(), BOUND), 'restored');
     t.close();
   });
 
   test('a wrong token: one warning and a miss, not a throw; the tier is off', async () => {
     const logger = capture();
     const t = registryTier({ repository: `${reg.host}/org/ryra-vm-layers`, token: 'wrong', chunkBytes: CHUNK, logger });
-    assert.equal(await t.restore('k1', files, staging()), 'miss');
+    assert.equal(await t.restore('k1', files, staging(), BOUND), 'miss');
     assert.equal(t.on, false);
     assert.equal(await t.save('k3', files, src), 'failed');
     t.close();
