@@ -7,7 +7,9 @@
 //    through a symlink, the snapshot entry for one whose disk is backed by a host file (its
 //    manifest recording that disk's size and sha256): a runner refuses both with one warning each,
 //    rebuilds the snapshot, writes nothing outside its cache and temp dirs, and its snapshot boots;
-// 3. a runner on another empty disk restores every layer (the refused keys' successors).
+// 3. a runner on another empty disk restores every layer (the refused keys' successors);
+// 4. the snapshot's successor entry swapped for one whose manifest names a file beside the cache
+//    dir: refused in one warning, that file untouched, the snapshot rebuilt and saved as the next.
 // The runner of 2 holds its SSH key already (a key restored from the service would change the
 // snapshot's key, and the swapped snapshot entry would never be read).
 import assert from 'node:assert/strict';
@@ -149,6 +151,37 @@ describe('hostile Actions cache entries (amd64, TCG)', { timeout: 40 * 60_000 },
     assert.equal(res.outputs['cache-hit'], 'true');
     assert.deepEqual(warnings(res.stdout), []);
     figures.push(`empty disk, all restored ${(res.ms / 1000).toFixed(1)} s`);
+  });
+
+  test('a successor entry whose manifest names a file outside the cache dir: refused in one warning, nothing outside touched, the snapshot rebuilt and saved under the next successor', async () => {
+    // The snapshot's own files, and a manifest naming one of them as a file beside the cache dir
+    // (eviction deletes what a manifest names, joined to the cache dir).
+    const evil = fs.mkdtempSync(path.join(root.dir, 'evil-manifest-'));
+    const snapBase = path.basename(shared.restore!.disk, '.qcow2');
+    const files = [shared.restore!.disk, shared.restore!.efivars, shared.restore!.seed].map((f) => path.basename(f));
+    for (const f of files) fs.copyFileSync(path.join(dirA, f), path.join(evil, f));
+    const victim = path.join(root.dir, 'victim.txt');
+    fs.writeFileSync(victim, 'untouched\n');
+    const manifest = JSON.parse(fs.readFileSync(path.join(dirA, `${snapBase}.manifest.json`), 'utf8'));
+    manifest.files = manifest.files.map((f: { name: string }) => (f.name === files[1] ? { ...f, name: '../victim.txt' } : f));
+    fs.writeFileSync(path.join(evil, `${snapBase}.manifest.json`), JSON.stringify(manifest));
+    await server.replace(`${keys.snapshot}-r1`, archive(evil, [{ cwd: evil, members: [...files, `${snapBase}.manifest.json`] }]));
+
+    const dirE = path.join(root.dir, 'cache-e');
+    const base = path.basename(shared.outputs.image, '.qcow2');
+    linkLayers(dirA, dirE, (n) => [`${base}.qcow2`, `${base}.manifest.json`, ...KEY_FILES].includes(n));
+    const r = runner(root.dir, 'e', server.env('v2'));
+    const res = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': dirE });
+    await r.post();
+    assert.equal(res.code, 0, res.stdout.slice(-5000));
+    assert.deepEqual(sources(res.record), { prepared: 'local', snapshot: 'built' });
+    const said = warnings(res.stdout).filter((l) => /refused/.test(l));
+    assert.equal(said.length, 1, warnings(res.stdout).join('\n'));
+    assert.match(said[0], new RegExp(`${keys.snapshot} refused: its manifest names "\\.\\./victim\\.txt", not a plain file name in its dir; building the snapshot layer instead`));
+    assert.equal(fs.readFileSync(victim, 'utf8'), 'untouched\n');
+    assert.deepEqual(fs.readdirSync(dirE).filter((n) => n.includes('.ryra-tmp-')), [], 'no staging dir left');
+    assert.ok(server.entries().some((e) => e.key === `${keys.snapshot}-r2`), 'saved under the next successor');
+    figures.push(`refused manifest, snapshot rebuilt ${(res.ms / 1000).toFixed(0)} s`);
   });
 
   test('cache-save: false only reads: not one save request, in the main step or the post step', async () => {
