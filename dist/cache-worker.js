@@ -47082,14 +47082,16 @@ var TransferError = class extends Error {
 };
 var RefusedError = class extends Error {
 };
-async function curlExtract(url2, dir, m = compressionMethod()) {
+var OVER_LIMIT = "ryra-over-limit";
+async function curlExtract(url2, dir, maxBytes, m = compressionMethod()) {
   const curl = spawn("curl", ["-K", "-", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", "30", "--speed-limit", "1", "--speed-time", "15", "--write-out", "%{stderr}ryra-bytes=%{size_download}\n"], {
     stdio: ["pipe", "pipe", "pipe"]
   });
   curl.stdin.end(`url = "${url2.replace(/["\\]/g, (c) => `\\${c}`)}"
 `);
   const unzip = spawn(m === "gzip" ? "gzip" : "zstd", m === "gzip" ? ["-d", "-c"] : ["-d", "-c", "-q"], { stdio: [curl.stdout, "pipe", "pipe"] });
-  const tar = spawn("tar", ["-x", "-f", "-", "-C", dir, "--no-same-owner", "--no-same-permissions", "--keep-old-files"], { stdio: [unzip.stdout, "ignore", "pipe"] });
+  const bound2 = maxBytes < Number.MAX_SAFE_INTEGER ? [`--checkpoint=${Math.floor(maxBytes / 10240) + 1}`, `--checkpoint-action=echo=${OVER_LIMIT}`] : [];
+  const tar = spawn("tar", ["-x", "-f", "-", "-C", dir, "--no-same-owner", "--no-same-permissions", "--keep-old-files", ...bound2], { stdio: [unzip.stdout, "ignore", "pipe"] });
   curl.stdout.destroy();
   unzip.stdout.destroy();
   const procs = [
@@ -47098,7 +47100,16 @@ async function curlExtract(url2, dir, m = compressionMethod()) {
     ["tar -x", tar]
   ];
   const stderr = /* @__PURE__ */ new Map();
-  for (const [, p] of procs) p.stderr.setEncoding("utf8").on("data", (d) => stderr.set(p, (stderr.get(p) ?? "") + d));
+  let over = false;
+  for (const [, p] of procs) {
+    p.stderr.setEncoding("utf8").on("data", (d) => {
+      stderr.set(p, (stderr.get(p) ?? "") + d);
+      if (p === tar && !over && stderr.get(p).includes(OVER_LIMIT)) {
+        over = true;
+        for (const [, q] of procs) q.kill("SIGKILL");
+      }
+    });
+  }
   let reaper;
   const reap = () => reaper ??= setTimeout(() => {
     for (const [, p] of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
@@ -47121,6 +47132,7 @@ async function curlExtract(url2, dir, m = compressionMethod()) {
   const curlErr = stderr.get(curl) ?? "";
   const bytes = Number(/ryra-bytes=(\d+)/.exec(curlErr)?.[1] ?? 0);
   const own = (r) => r.error?.message ?? (stderr.get(r.p) ?? "").replace(/ryra-bytes=\d+\n?/, "").trim();
+  if (over) throw new RefusedError(`it unpacks to more than ${maxBytes} bytes, more than a layer of this configuration holds (stopped after ${bytes} bytes downloaded)`);
   const failed = results.find((r) => r.error || r.code !== null && r.code !== 0) ?? results.find((r) => r.code !== 0);
   if (failed) {
     const text = own(failed);
@@ -47168,7 +47180,7 @@ for await (const line of lines) {
       continue;
     }
     console.log(`Cache hit for: ${f.matchedKey} (streamed: curl | ${compressionMethod() === "gzip" ? "gzip" : "zstd"} -d | tar -x)`);
-    const bytes = await curlExtract(f.url, req.dir);
+    const bytes = await curlExtract(f.url, req.dir, req.maxBytes ?? Number.MAX_SAFE_INTEGER);
     console.log(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
     done({ id: req.id, matchedKey: f.matchedKey });
   } catch (err) {

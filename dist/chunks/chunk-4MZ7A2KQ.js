@@ -21873,15 +21873,22 @@ function hashOf(value) {
   const stable = (v) => Array.isArray(v) ? v.map(stable) : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b)).map(([k, x]) => [k, stable(x)])) : v;
   return createHash("sha256").update(JSON.stringify(stable(value))).digest("hex").slice(0, 20);
 }
-function readManifest(file) {
+function loadManifest(file) {
+  let m;
   try {
-    const m = JSON.parse(fs3.readFileSync(file, "utf8"));
-    if (m?.version !== 1 || !Array.isArray(m.files) || typeof m.key !== "string") return void 0;
-    if (!m.files.every((f) => isPlainName(f?.name) && Number.isSafeInteger(f.size) && typeof f.sha256 === "string")) return void 0;
-    return m;
-  } catch {
-    return void 0;
+    m = JSON.parse(fs3.readFileSync(file, "utf8"));
+  } catch (err) {
+    return err.code === "ENOENT" ? "no manifest" : "its manifest is not JSON";
   }
+  if (m?.version !== 1 || !Array.isArray(m.files) || typeof m.key !== "string") return "its manifest is not a ryra-vm manifest";
+  const outside = m.files.find((f) => !isPlainName(f?.name));
+  if (outside) return `its manifest names ${JSON.stringify(outside?.name ?? null).slice(0, 200)}, not a plain file name in its dir`;
+  if (!m.files.every((f) => Number.isSafeInteger(f.size) && f.size >= 0 && typeof f.sha256 === "string")) return "its manifest gives a file without a size or sha256";
+  return m;
+}
+function readManifest(file) {
+  const m = loadManifest(file);
+  return typeof m === "string" ? void 0 : m;
 }
 function invalidReason(m, dir, want, parentId) {
   if (!m) return "no manifest";
@@ -23945,7 +23952,7 @@ function actionsCache(timeouts = cacheTimeouts()) {
     get on() {
       return !off;
     },
-    async restore(key, paths, dir) {
+    async restore(key, paths, dir, { maxBytes }) {
       const keys = [`${key}-r`, key];
       const hit = await call({ op: "lookup", dir, paths, key, keys }, timeouts.lookupMs);
       if (!hit || hit.timedOut) return "miss";
@@ -23953,7 +23960,7 @@ function actionsCache(timeouts = cacheTimeouts()) {
       if (problem) log.warning(`Actions cache: ${problem}; building instead`);
       if (!ours(key, hit.matchedKey)) return "miss";
       matched.set(key, hit.matchedKey);
-      const o = await call({ op: "restore", dir, paths, key, keys }, timeouts.transferMs);
+      const o = await call({ op: "restore", dir, paths, key, keys, maxBytes }, timeouts.transferMs);
       if (!o || o.timedOut) return "miss";
       if (o.refused) return `refused: ${o.refused}`;
       const p2 = describe(o, "restore", key);
@@ -24204,7 +24211,7 @@ var LayerMismatch = class extends Error {
   name = "LayerMismatch";
 };
 var DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
-function planPull(m, key, files) {
+function planPull(m, key, files, maxBytes) {
   if (m.mediaType !== OCI_MANIFEST || m.artifactType !== ARTIFACT_TYPE || !m.config || !Array.isArray(m.layers)) throw new LayerMismatch(`not a ryra-vm layer artifact (artifactType ${m.artifactType})`);
   if (m.annotations?.[Annotations.key] !== key) throw new LayerMismatch(`the tag holds another key (${m.annotations?.[Annotations.key]})`);
   const want = new Set(files);
@@ -24226,12 +24233,14 @@ function planPull(m, key, files) {
     ds.forEach((d, i) => {
       const a = d.annotations;
       const size = Number(a[Annotations.size]);
-      const ok = Number(a[Annotations.chunk]) === i && Number(a[Annotations.offset]) === offset && Number(a[Annotations.fileSize]) === fileSize && Number.isSafeInteger(size) && size >= 0 && /^[0-9a-f]{64}$/.test(a[Annotations.sha256] ?? "") && a[Annotations.compressed] === "true" === (d.mediaType === FILE_MEDIA_TYPE_ZSTD) && (d.mediaType === FILE_MEDIA_TYPE_ZSTD || d.mediaType === FILE_MEDIA_TYPE && d.size === size);
+      const ok = Number(a[Annotations.chunk]) === i && Number(a[Annotations.offset]) === offset && Number(a[Annotations.fileSize]) === fileSize && Number.isSafeInteger(size) && size >= 0 && /^[0-9a-f]{64}$/.test(a[Annotations.sha256] ?? "") && a[Annotations.compressed] === "true" === (d.mediaType === FILE_MEDIA_TYPE_ZSTD) && (d.mediaType === FILE_MEDIA_TYPE_ZSTD ? d.size <= size + (size >> 6) + 4096 : d.mediaType === FILE_MEDIA_TYPE && d.size === size);
       if (!ok) throw new LayerMismatch(`${f}: chunk ${i} is inconsistent (${JSON.stringify(a).slice(0, 300)})`);
       offset += size;
     });
     if (offset !== fileSize) throw new LayerMismatch(`${f}: chunks add up to ${offset} bytes, not ${fileSize}`);
   }
+  const total = [...byFile.values()].reduce((n, ds) => n + Number(ds[0].annotations[Annotations.fileSize]), configTitle ? m.config.size : 0);
+  if (total > maxBytes) throw new LayerMismatch(`its files add up to ${total} bytes, more than a layer of this configuration holds (${maxBytes})`);
   return { config: configTitle ? m.config : void 0, byFile };
 }
 async function hashAppended(fh, from, max, writing, what, signal) {
@@ -24274,13 +24283,16 @@ async function together(signal, fn) {
   }
   return result;
 }
-function unzstd(file, out, what, signal) {
-  const zstd = spawn5("zstd", ["-q", "-d", "-c", "--no-sparse", "--", file], { stdio: ["ignore", out, "pipe"], signal });
+function unzstd(file, out, end2, what, signal) {
+  const zstd = spawn5("prlimit", [`--fsize=${end2}`, "zstd", "-q", "-d", "-c", "--no-sparse", "--", file], { stdio: ["ignore", out, "pipe"], signal });
   let stderr = "";
   zstd.stderr.on("data", (d) => (stderr += d).length > 4e3 && (stderr = stderr.slice(-2e3)));
   return new Promise((resolve7, reject) => {
     zstd.on("error", reject);
-    zstd.on("close", (code, s) => code === 0 ? resolve7() : reject(new Error(`zstd -d of ${what} failed (${code ?? s}): ${stderr.trim().slice(-300)}`)));
+    zstd.on(
+      "close",
+      (code, s) => code === 0 ? resolve7() : reject(s === "SIGXFSZ" ? new RegistryError(`${what} unpacks to more than its chunk: refused`, "protocol") : new Error(`zstd -d of ${what} failed (${code ?? s}): ${stderr.trim().slice(-300)}`))
+    );
   });
 }
 async function pullChunk(client2, j, out, reader, staging, signal) {
@@ -24301,7 +24313,7 @@ async function pullChunk(client2, j, out, reader, staging, signal) {
     try {
       blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.d.size, part(client2.curlBlob(j.d.digest, tmpOut, sig)), `blob ${j.d.digest}`, sig));
       refuseBlob(blob);
-      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, `blob ${j.d.digest}`, sig)), what, sig));
+      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.d.digest}`, sig)), what, sig));
     } finally {
       fs12.closeSync(tmpOut);
       await tmpIn.close();
@@ -24323,7 +24335,7 @@ async function pullLayer(client2, key, files, staging, opts = {}, verified) {
   } catch {
     throw new LayerMismatch("its manifest is not JSON");
   }
-  const plan = planPull(m, key, files);
+  const plan = planPull(m, key, files, opts.maxBytes ?? Number.MAX_SAFE_INTEGER);
   const perFile = [];
   if (plan.config) {
     const d = plan.config;
@@ -24396,11 +24408,11 @@ function registryTier(opts) {
     prestart() {
       warm ??= warmUp();
     },
-    async restore(key, files, staging, verified) {
+    async restore(key, files, staging, { maxBytes, verified }) {
       await warm;
       if (off.signal.aborted) return "miss";
       try {
-        const { result, stats } = await pullLayer(client2, key, files, staging, transfer, verified);
+        const { result, stats } = await pullLayer(client2, key, files, staging, { ...transfer, maxBytes }, verified);
         if (result === "restored") log2().info(`  ${label}: pulled ${key}: ${stats.blobs} blobs, ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1e3).toFixed(1)} s`);
         return result;
       } catch (err) {
@@ -25658,10 +25670,13 @@ echo "$source" | sudo tee ${SOURCE_FILE} >/dev/null
 
 // src/layers/check.ts
 import * as path15 from "node:path";
-async function stagedLayerProblem(staging, p, m, parentId, backing, verified) {
+async function stagedLayerProblem(staging, p, m, parentId, { backing, verified, maxBytes }) {
+  if (typeof m === "string") return m;
   if (!m) return "no valid manifest";
   const named = m.files.map((f) => f.name).sort();
   if (named.join("\0") !== [...p.files].sort().join("\0")) return `its manifest names ${JSON.stringify(named)}, not ${JSON.stringify([...p.files].sort())}`;
+  const total = m.files.reduce((n, f) => n + f.size, 0);
+  if (total > maxBytes) return `its files add up to ${total} bytes, more than a layer of this configuration holds (${maxBytes})`;
   const invalid = invalidReason(m, staging, p, parentId);
   if (invalid) return invalid;
   const digests = await Promise.all(m.files.map(async (f) => ({ f, sha256: verified?.get(f.name) ?? (await fileDigests(path15.join(staging, f.name), ["sha256"])).sha256 })));
@@ -25815,6 +25830,9 @@ function bootBuilder(ctx, g) {
 // src/layers/plan.ts
 var RECIPE_VERSION = 2;
 var NAME_KEY_LENGTH = 12;
+function layerMaxBytes(config) {
+  return parseSize(Inputs.DiskSize, config.diskSize) + config.memoryMb * 2 ** 20 + 4 * 2 ** 30;
+}
 function preparedPackages(image, config) {
   return [.../* @__PURE__ */ new Set([...config.basePackages ? image.packages : [], ...config.packages])];
 }
@@ -26172,7 +26190,7 @@ async function ensureSshKey(dir, tiers, save = true) {
     const staging = tempPath(dir, "ssh-key-restore");
     fs23.mkdirSync(staging, { mode: 448 });
     try {
-      const got = await tier.restore(SSH_KEY_CACHE_KEY, names, staging);
+      const got = await tier.restore(SSH_KEY_CACHE_KEY, names, staging, { maxBytes: 1 << 20 });
       if (got !== "restored") {
         if (got.startsWith("refused: ")) log.warning(`${tier.label} entry ${SSH_KEY_CACHE_KEY} refused: ${got.slice(9)}; using a key of this runner's`);
         if (got.startsWith("refused: ")) tier.refused?.(SSH_KEY_CACHE_KEY);
@@ -26271,11 +26289,12 @@ async function restoreOnce(ctx, tier, p, key, parentId, backing) {
   try {
     const files = cachePaths(p);
     const verified = /* @__PURE__ */ new Map();
-    const got = await tier.restore(key, files, staging, verified);
+    const maxBytes = layerMaxBytes({ diskSize: ctx.config.diskSize, memoryMb: Math.max(ctx.config.memoryMb, BROWSER_MEMORY_MB) });
+    const got = await tier.restore(key, files, staging, { maxBytes, verified });
     if (got === "miss") return "miss";
     if (got === "failed") return "the download failed";
     if (got !== "restored") return got;
-    const why = stagedFilesProblem(staging, files) ?? await stagedLayerProblem(staging, p, readManifest(manifestPath(staging, p.base)), parentId, backing, verified);
+    const why = stagedFilesProblem(staging, files) ?? await stagedLayerProblem(staging, p, loadManifest(manifestPath(staging, p.base)), parentId, { backing, verified, maxBytes });
     if (why) return `refused: ${why}`;
     let m = readManifest(manifestPath(staging, p.base));
     if (backing) {

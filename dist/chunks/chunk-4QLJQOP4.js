@@ -27,7 +27,7 @@ import {
   setupHost,
   stopVm,
   syncTiers
-} from "./chunk-6TNSSUEN.js";
+} from "./chunk-4MZ7A2KQ.js";
 import {
   addPath,
   exportVariable,
