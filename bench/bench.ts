@@ -30,11 +30,15 @@ import { OciClient } from '../src/cache/oci.js';
 import { pullLayer, pushLayer, type OciManifest } from '../src/cache/registry.js';
 import type { Manifest } from '../src/cache/manifest.js';
 import { stagedLayerProblem } from '../src/layers/check.js';
+import { layerMaxBytes } from '../src/layers/plan.js';
 import { startCacheServer, TWIRP_SERVICE, type CacheServer } from '../test/support/cache-server.js';
 import { registryMissing, startRegistry } from '../test/support/registry.js';
 import { ensureFixture } from '../test/support/fixtures.js';
 import { exec, runner } from '../test/support/runner.js';
 import { LIGHT, configInputs } from '../test/support/shared.js';
+
+/** The bound a restore gets in a run with the defaults (disk-size 20G, 2048 MiB): the product's path, checkpoint included. */
+const BOUND = layerMaxBytes({ diskSize: '20G', memoryMb: 2048 });
 
 const arch = process.arch === 'arm64' ? 'arm64' : 'amd64';
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ryra-bench-'));
@@ -193,7 +197,7 @@ async function cacheFigures(server: CacheServer, env: NodeJS.ProcessEnv) {
       const ms = await worker(workerEnv, async (call) => {
         const t = Date.now();
         await call({ op: 'lookup', dir: dst, paths, key: saveKey });
-        await call({ op: 'restore', dir: dst, paths, key: saveKey });
+        await call({ op: 'restore', dir: dst, paths, key: saveKey, maxBytes: BOUND });
         return Date.now() - t;
       });
       if (!fs.existsSync(path.join(dst, 'layer.qcow2')) || fs.statSync(path.join(dst, 'layer.qcow2')).size !== size * 2 ** 20) throw new Error('the worker did not restore the layer');
@@ -272,7 +276,7 @@ async function stagingFigures() {
   const steps = [
     async () => {
       const t = Date.now();
-      const problem = await stagedLayerProblem(dir, { layer: 'prepared', files, key: 'bench', inputs: {} }, m, undefined, { maxBytes: Number.MAX_SAFE_INTEGER });
+      const problem = await stagedLayerProblem(dir, { layer: 'prepared', files, key: 'bench', inputs: {} }, m, undefined, { maxBytes: BOUND });
       if (problem) throw new Error(`the staging checks refused a sound layer: ${problem}`);
       ours.push(Date.now() - t);
     },
@@ -329,7 +333,7 @@ async function registryFigures() {
         const dst = fs.mkdtempSync(path.join(root, 'oci-pull-'));
         const c = client('bench/pull');
         const t = Date.now();
-        const r = await pullLayer(c, key, files, dst);
+        const r = await pullLayer(c, key, files, dst, { maxBytes: BOUND });
         pulls.push(Date.now() - t);
         c.close();
         if (r.result !== 'restored' || fs.statSync(path.join(dst, 'disk.qcow2')).size !== 180 * 2 ** 20) throw new Error('the registry pull did not restore the layer');

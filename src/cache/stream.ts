@@ -127,11 +127,12 @@ export async function curlExtract(url: string, dir: string, maxBytes: number, m:
   // No -P (absolute names lose their `/`, names with `..` are skipped and reported), no owner or
   // mode bits from the archive, no existing file replaced (a second member cannot write through a
   // symlink the first one made), symlinks that point out are made last (tar's placeholders).
-  // The bound on what it writes: tar counts the 10 KiB records it reads (what it writes is no more,
-  // but for sparse members, whose claimed sizes the caller checks before reading them), and says
-  // so at the first record past `maxBytes`; the pipeline is then killed. No byte passes through
-  // Node, and no process is added to the pipe.
-  const bound = maxBytes < Number.MAX_SAFE_INTEGER ? [`--checkpoint=${Math.floor(maxBytes / 10240) + 1}`, `--checkpoint-action=echo=${OVER_LIMIT}`] : [];
+  // The bound on what it writes: tar counts the 10 KiB records it reads (reblocking a pipe's short
+  // reads), and its checkpoint N fires once N - 1 records are in, so checkpoint floor(max/10240) + 2
+  // fires once more than `maxBytes` of archive has been read (what tar writes is no more, but for
+  // sparse members, whose claimed sizes the caller checks before reading them); the pipeline is
+  // then killed. No byte passes through Node, and no process is added to the pipe.
+  const bound = maxBytes < Number.MAX_SAFE_INTEGER ? [`--checkpoint=${Math.floor(maxBytes / 10240) + 2}`, `--checkpoint-action=echo=${OVER_LIMIT}`] : [];
   const tar = spawn('tar', ['-x', '-f', '-', '-C', dir, '--no-same-owner', '--no-same-permissions', '--keep-old-files', ...bound], { stdio: [unzip.stdout!, 'ignore', 'pipe'] });
   // spawn has handed each pipe to its reader: the parent's copies are closed, so a reader that dies
   // makes its writer fail (EPIPE) instead of blocking, and no byte is read here.

@@ -278,6 +278,21 @@ describe('hostile entries (v2): data, never instructions', () => {
     assert.ok(written < 256 << 20, `the staging dir holds ${written} bytes of the 1 GiB`);
   });
 
+  test('the bound is exact to a tar record: an entry of just the bound unpacks, one a record over it is refused', async () => {
+    const key = 'ryra-vm-v1-bounded';
+    const data = hostileArchive((d) => (fs.writeFileSync(path.join(d, 'x.qcow2'), crypto.randomBytes(300_000)), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}')), ['x.qcow2', 'x.manifest.json']);
+    const tarBytes = spawnSync('zstd', ['-d', '-c', '-q'], { input: data, maxBuffer: 1 << 26 }).stdout.length;
+    assert.equal(tarBytes % 10240, 0, 'tar pads to whole records');
+    await seedEntry(key, data);
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    try {
+      assert.equal(await c.restore(key, names, fs.mkdtempSync(path.join(tmp, 'fit-')), { maxBytes: tarBytes }), 'restored');
+      assert.match(await c.restore(key, names, fs.mkdtempSync(path.join(tmp, 'over-')), { maxBytes: tarBytes - 10241 }), /^refused: it unpacks to more than/);
+    } finally {
+      c.close();
+    }
+  });
+
   test('a refused entry does not block its key: the next save goes to a successor that later lookups find first', async () => {
     const key = 'ryra-vm-v1-prepared-refused';
     await seedEntry(key, hostileArchive((d) => fs.writeFileSync(path.join(d, 'x.qcow2'), 'bad'), ['x.qcow2', '/etc/hostname']));
