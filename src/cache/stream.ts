@@ -132,7 +132,7 @@ export async function curlExtract(url: string, dir: string, maxBytes: number, m:
   // fires once more than `maxBytes` of archive has been read (what tar writes is no more, but for
   // sparse members, whose claimed sizes the caller checks before reading them); the pipeline is
   // then killed. No byte passes through Node, and no process is added to the pipe.
-  const bound = maxBytes < Number.MAX_SAFE_INTEGER ? [`--checkpoint=${Math.floor(maxBytes / 10240) + 2}`, `--checkpoint-action=echo=${OVER_LIMIT}`] : [];
+  const bound = [`--checkpoint=${Math.floor(maxBytes / 10240) + 2}`, `--checkpoint-action=echo=${OVER_LIMIT}`];
   const tar = spawn('tar', ['-x', '-f', '-', '-C', dir, '--no-same-owner', '--no-same-permissions', '--keep-old-files', ...bound], { stdio: [unzip.stdout!, 'ignore', 'pipe'] });
   // spawn has handed each pipe to its reader: the parent's copies are closed, so a reader that dies
   // makes its writer fail (EPIPE) instead of blocking, and no byte is read here.
@@ -180,8 +180,8 @@ export async function curlExtract(url: string, dir: string, maxBytes: number, m:
   const curlErr = stderr.get(curl) ?? '';
   const bytes = Number(/ryra-bytes=(\d+)/.exec(curlErr)?.[1] ?? 0);
   const own = (r: (typeof results)[number]) => r.error?.message ?? (stderr.get(r.p) ?? '').replace(/ryra-bytes=\d+\n?/, '').trim();
-  // In pipeline order, a process that exited with an error of its own comes before one killed here.
   if (over) throw new RefusedError(`it unpacks to more than ${maxBytes} bytes, more than a layer of this configuration holds (stopped after ${bytes} bytes downloaded)`);
+  // In pipeline order, a process that exited with an error of its own comes before one killed here.
   const failed = results.find((r) => r.error || (r.code !== null && r.code !== 0)) ?? results.find((r) => r.code !== 0);
   if (failed) {
     const text = own(failed);

@@ -14,19 +14,17 @@ export interface Planned {
 }
 
 /**
- * Why the layer in `staging` may not be used, or undefined when it may. `m`: its manifest, or why
- * it has none (loadManifest). `backing`: the parent image a snapshot's disk sits on here; the
+ * Why the layer in `staging` may not be used, or undefined when it may. `backing`: the parent image a snapshot's disk sits on here; the
  * saver's header names the same layer file in its cache dir. `maxBytes`: the most its files may
  * add up to.
  */
 export async function stagedLayerProblem(
   staging: string,
   p: Planned,
-  m: Manifest | string | undefined,
+  m: Manifest | undefined,
   parentId: string | undefined,
   { backing, verified, maxBytes }: { backing?: string; verified?: ReadonlyMap<string, string>; maxBytes: number },
 ): Promise<string | undefined> {
-  if (typeof m === 'string') return m;
   if (!m) return 'no valid manifest';
   const named = m.files.map((f) => f.name).sort();
   if (named.join('\0') !== [...p.files].sort().join('\0')) return `its manifest names ${JSON.stringify(named)}, not ${JSON.stringify([...p.files].sort())}`;

@@ -138,22 +138,25 @@ async function restoreOnce(ctx: LayerContext, tier: RemoteTier, p: LayerPlan, ke
   try {
     const files = cachePaths(p);
     const verified = new Map<string, string>();
-    // The browser snapshot's RAM state is of its own memory size.
-    const maxBytes = layerMaxBytes({ diskSize: ctx.config.diskSize, memoryMb: Math.max(ctx.config.memoryMb, BROWSER_MEMORY_MB) });
+    const maxBytes = layerMaxBytes(ctx.config);
     const got = await tier.restore(key, files, staging, { maxBytes, verified });
     if (got === 'miss') return 'miss';
     if (got === 'failed') return 'the download failed';
     if (got !== 'restored') return got;
-    const why = stagedFilesProblem(staging, files) ?? (await stagedLayerProblem(staging, p, loadManifest(manifestPath(staging, p.base)), parentId, { backing, verified, maxBytes }));
+    // The manifest is read only once the files are known to be plain files of the staging dir.
+    const filesWhy = stagedFilesProblem(staging, files);
+    if (filesWhy) return `refused: ${filesWhy}`;
+    let m = loadManifest(manifestPath(staging, p.base));
+    if (typeof m === 'string') return `refused: ${m}`;
+    const why = await stagedLayerProblem(staging, p, m, parentId, { backing, verified, maxBytes });
     if (why) return `refused: ${why}`;
-    let m = readManifest(manifestPath(staging, p.base))!;
     if (backing) {
       m = await pointAt(staging, p, m, backing, { shared: false });
       const off = await backingProblem(path.join(staging, p.files[0]), backing);
       if (off) return `refused: ${p.files[0]} ${off}`;
     }
     placeLayer(ctx.dir, staging, p);
-    return readManifest(manifestPath(ctx.dir, p.base)) ?? 'no manifest after placing it';
+    return m;
   } finally {
     fs.rmSync(staging, { recursive: true, force: true });
   }

@@ -191,32 +191,6 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     }
   });
 
-  test('a chunk whose uncompressed bytes differ from its annotation is refused (the second digest), though its blob digest holds', async () => {
-    const accept = { accept: 'application/vnd.oci.image.manifest.v1+json' };
-    const m = JSON.parse((await get(`http://${reg.host}/v2/ryra/layers/manifests/${tagFor(key)}`, accept)).body.toString()) as OciManifest;
-    const k = `${key}-lying`;
-    const iso = m.layers.find((l) => l.annotations![Annotations.title] === 'seed.iso')!;
-    iso.annotations![Annotations.sha256] = '0'.repeat(64);
-    m.annotations![Annotations.key] = k;
-    const body = Buffer.from(JSON.stringify(m));
-    const put = await new Promise<number>((resolve, reject) =>
-      http
-        .request(`http://${reg.host}/v2/ryra/layers/manifests/${k}`, { method: 'PUT', headers: { 'content-type': m.mediaType, 'content-length': body.length } }, (res) => {
-          res.resume();
-          resolve(res.statusCode ?? 0);
-        })
-        .on('error', reject)
-        .end(body),
-    );
-    assert.equal(put, 201);
-    const { t, logger } = tier();
-    const dir = staging();
-    assert.equal(await t.restore(k, files, dir, BOUND), 'failed');
-    t.close();
-    assert.match(logger.warnings.join('\n'), /seed\.iso chunk at 0: uncompressed sha256 [0-9a-f]{64} .*expected 0{64}: refused/);
-    assert.deepEqual(fs.readdirSync(dir), []);
-  });
-
   /** Puts `m` (edited from a pushed one) under the tag of `k`. */
   async function putManifest(k: string, m: OciManifest): Promise<void> {
     m.annotations![Annotations.key] = k;
@@ -232,6 +206,21 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     );
     assert.equal(status, 201);
   }
+
+  test('a chunk whose uncompressed bytes differ from its annotation is refused (the second digest), though its blob digest holds', async () => {
+    const accept = { accept: 'application/vnd.oci.image.manifest.v1+json' };
+    const m = JSON.parse((await get(`http://${reg.host}/v2/ryra/layers/manifests/${tagFor(key)}`, accept)).body.toString()) as OciManifest;
+    const k = `${key}-lying`;
+    const iso = m.layers.find((l) => l.annotations![Annotations.title] === 'seed.iso')!;
+    iso.annotations![Annotations.sha256] = '0'.repeat(64);
+    await putManifest(k, m);
+    const { t, logger } = tier();
+    const dir = staging();
+    assert.equal(await t.restore(k, files, dir, BOUND), 'failed');
+    t.close();
+    assert.match(logger.warnings.join('\n'), /seed\.iso chunk at 0: uncompressed sha256 [0-9a-f]{64} .*expected 0{64}: refused/);
+    assert.deepEqual(fs.readdirSync(dir), []);
+  });
 
   test('a compressed chunk that unpacks to more than its annotation is stopped at the chunk\'s end and refused', async () => {
     const dir = path.join(tmp, 'bomb');
