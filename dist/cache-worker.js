@@ -47090,7 +47090,7 @@ async function curlExtract(url2, dir, maxBytes, m = compressionMethod()) {
   curl.stdin.end(`url = "${url2.replace(/["\\]/g, (c) => `\\${c}`)}"
 `);
   const unzip = spawn(m === "gzip" ? "gzip" : "zstd", m === "gzip" ? ["-d", "-c"] : ["-d", "-c", "-q"], { stdio: [curl.stdout, "pipe", "pipe"] });
-  const bound2 = maxBytes < Number.MAX_SAFE_INTEGER ? [`--checkpoint=${Math.floor(maxBytes / 10240) + 2}`, `--checkpoint-action=echo=${OVER_LIMIT}`] : [];
+  const bound2 = [`--checkpoint=${Math.floor(maxBytes / 10240) + 2}`, `--checkpoint-action=echo=${OVER_LIMIT}`];
   const tar = spawn("tar", ["-x", "-f", "-", "-C", dir, "--no-same-owner", "--no-same-permissions", "--keep-old-files", ...bound2], { stdio: [unzip.stdout, "ignore", "pipe"] });
   curl.stdout.destroy();
   unzip.stdout.destroy();

@@ -32,7 +32,7 @@ import {
   setLogger,
   setupHost,
   stopVm
-} from "./chunks/chunk-4MZ7A2KQ.js";
+} from "./chunks/chunk-XOBFZAS2.js";
 import "./chunks/chunk-R3MNE3V3.js";
 
 // src/cli.ts

@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-4QLJQOP4.js";
-import "./chunks/chunk-4MZ7A2KQ.js";
+} from "./chunks/chunk-HG4SFLLI.js";
+import "./chunks/chunk-XOBFZAS2.js";
 import "./chunks/chunk-R3MNE3V3.js";
 
 // src/post.ts

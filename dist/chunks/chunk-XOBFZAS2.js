@@ -25671,7 +25671,6 @@ echo "$source" | sudo tee ${SOURCE_FILE} >/dev/null
 // src/layers/check.ts
 import * as path15 from "node:path";
 async function stagedLayerProblem(staging, p, m, parentId, { backing, verified, maxBytes }) {
-  if (typeof m === "string") return m;
   if (!m) return "no valid manifest";
   const named = m.files.map((f) => f.name).sort();
   if (named.join("\0") !== [...p.files].sort().join("\0")) return `its manifest names ${JSON.stringify(named)}, not ${JSON.stringify([...p.files].sort())}`;
@@ -26289,21 +26288,24 @@ async function restoreOnce(ctx, tier, p, key, parentId, backing) {
   try {
     const files = cachePaths(p);
     const verified = /* @__PURE__ */ new Map();
-    const maxBytes = layerMaxBytes({ diskSize: ctx.config.diskSize, memoryMb: Math.max(ctx.config.memoryMb, BROWSER_MEMORY_MB) });
+    const maxBytes = layerMaxBytes(ctx.config);
     const got = await tier.restore(key, files, staging, { maxBytes, verified });
     if (got === "miss") return "miss";
     if (got === "failed") return "the download failed";
     if (got !== "restored") return got;
-    const why = stagedFilesProblem(staging, files) ?? await stagedLayerProblem(staging, p, loadManifest(manifestPath(staging, p.base)), parentId, { backing, verified, maxBytes });
+    const filesWhy = stagedFilesProblem(staging, files);
+    if (filesWhy) return `refused: ${filesWhy}`;
+    let m = loadManifest(manifestPath(staging, p.base));
+    if (typeof m === "string") return `refused: ${m}`;
+    const why = await stagedLayerProblem(staging, p, m, parentId, { backing, verified, maxBytes });
     if (why) return `refused: ${why}`;
-    let m = readManifest(manifestPath(staging, p.base));
     if (backing) {
       m = await pointAt(staging, p, m, backing, { shared: false });
       const off = await backingProblem(path21.join(staging, p.files[0]), backing);
       if (off) return `refused: ${p.files[0]} ${off}`;
     }
     placeLayer(ctx.dir, staging, p);
-    return readManifest(manifestPath(ctx.dir, p.base)) ?? "no manifest after placing it";
+    return m;
   } finally {
     fs24.rmSync(staging, { recursive: true, force: true });
   }

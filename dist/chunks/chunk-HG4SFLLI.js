@@ -27,7 +27,7 @@ import {
   setupHost,
   stopVm,
   syncTiers
-} from "./chunk-4MZ7A2KQ.js";
+} from "./chunk-XOBFZAS2.js";
 import {
   addPath,
   exportVariable,
