@@ -29,7 +29,7 @@ import type { RunRecord } from '../src/record.js';
 import { OciClient } from '../src/cache/oci.js';
 import { pullLayer, pushLayer, type OciManifest } from '../src/cache/registry.js';
 import type { Manifest } from '../src/cache/manifest.js';
-import { stagedLayerProblem } from '../src/layers/check.js';
+import { checkStagedLayer } from '../src/layers/ensure.js';
 import { layerMaxBytes } from '../src/layers/plan.js';
 import { startCacheServer, TWIRP_SERVICE, type CacheServer } from '../test/support/cache-server.js';
 import { registryMissing, startRegistry } from '../test/support/registry.js';
@@ -264,20 +264,21 @@ async function stagingFigures() {
   const m: Manifest = {
     version: 1,
     layer: 'prepared',
-    key: 'bench',
+    key: 'be0c',
     inputs: {},
     id: 'bench',
     files: files.map((name, i) => ({ name, size: fs.statSync(path.join(dir, name)).size, sha256: sums[i]! })),
     createdAt: new Date().toISOString(),
     buildSeconds: 0,
   };
+  fs.writeFileSync(path.join(dir, 'bench.manifest.json'), JSON.stringify(m));
   const ours: number[] = [];
   const plain: number[] = [];
   const steps = [
     async () => {
       const t = Date.now();
-      const problem = await stagedLayerProblem(dir, { layer: 'prepared', files, key: 'bench', inputs: {} }, m, undefined, { maxBytes: BOUND });
-      if (problem) throw new Error(`the staging checks refused a sound layer: ${problem}`);
+      const checked = await checkStagedLayer({ plan: { layer: 'prepared', base: 'bench', files, key: 'be0c', cacheKey: 'bench', inputs: {} }, build: async () => {} }, dir, new Map(), BOUND);
+      if (!('ok' in checked)) throw new Error(`the staging checks refused a sound layer: its ${checked.field}: ${checked.why}`);
       ours.push(Date.now() - t);
     },
     async () => plain.push(await timed(`cd ${dir} && sha256sum ${files.join(' ')} >/dev/null`)),

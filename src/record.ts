@@ -143,14 +143,15 @@ export function runRecord(o: {
 }): { outputs: OutputValues; record: RunRecord } {
   const { config, host, plan, results } = o;
   const at = (f: string) => path.join(o.dir, f);
+  // The recipe is the plan's: a snapshot layer's manifest only had to equal it (ensure.ts).
   const snapshotRecord = (p: LayerPlan, m: Manifest | undefined, backing: LayerPlan): SnapshotRecord | undefined =>
-    m?.layout && {
-      argv: recipe(m.layout, { efiCode: host.firmware.code, seedIso: at(p.files[2]) }),
+    m && p.layout && {
+      argv: recipe(p.layout, { efiCode: host.firmware.code, seedIso: at(p.files[2]) }),
       disk: at(p.files[0]),
       efivars: at(p.files[1]),
       seed: at(p.files[2]),
       backing: at(backing.files[0]),
-      layout: m.layout,
+      layout: p.layout,
       base: p.base,
       backingBase: backing.base,
     };

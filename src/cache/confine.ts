@@ -8,6 +8,16 @@ export function isPlainName(name: unknown): name is string {
   return typeof name === 'string' && name.length > 0 && name.length <= 255 && name !== '.' && name !== '..' && /^[A-Za-z0-9._+-]+$/.test(name);
 }
 
+/**
+ * The one way a name becomes a path under a dir: `name` must be one of the caller's `planned` names
+ * (each a plain name), and the path is made from the planned string, not from `name`.
+ */
+export function plannedPath(dir: string, planned: readonly string[], name: string): string {
+  const i = planned.indexOf(name);
+  if (i < 0 || !isPlainName(planned[i])) throw new Error(`${(JSON.stringify(name) ?? String(name)).slice(0, 120)} is not one of the planned plain file names (${planned.join(', ')})`);
+  return path.join(dir, planned[i]);
+}
+
 /** A new private staging dir (0700) under `parent`. */
 export function makeStaging(parent: string, name: string): string {
   fs.mkdirSync(parent, { recursive: true });

@@ -11,6 +11,7 @@ import { CacheFiles, GuestFiles, MANIFEST_SUFFIX, manifestPath } from '../names.
 import { invalidReason, readManifest, writeManifest, type LayerName, type Manifest } from './manifest.js';
 import { ownerAlive, processAlive, processStartTime } from '../util/procfs.js';
 import { fmtSeconds } from '../util/time.js';
+import type { VmLayout } from '../vm/spec.js';
 
 /** What lookups and records need of a planned layer. */
 export interface LayerRef {
@@ -19,12 +20,15 @@ export interface LayerRef {
   files: string[];
   key: string;
   inputs: Record<string, unknown>;
+  /** A snapshot: the device layout and parent file the plan computes (its manifest must record them). */
+  layout?: VmLayout;
+  backingName?: string;
 }
 
 /** The valid manifest of a layer, or undefined (with the reason logged). Stats only. */
 export function validLayer(dir: string, p: LayerRef, parentId?: string): Manifest | undefined {
   const m = readManifest(manifestPath(dir, p.base));
-  const why = invalidReason(m, dir, p, parentId);
+  const why = invalidReason(m, dir, { layer: p.layer, key: p.key, inputs: p.inputs, files: p.files, parentId, layout: p.layout, backingName: p.backingName });
   if (why && m) log.info(`  ${p.layer} layer ${p.base} not usable: ${why}`);
   return why ? undefined : m;
 }

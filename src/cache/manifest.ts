@@ -5,7 +5,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { isPlainName } from './confine.js';
-import type { VmLayout } from '../vm/spec.js';
+import { sameLayout, type VmLayout } from '../vm/spec.js';
 
 export { MANIFEST_SUFFIX, manifestPath } from '../names.js';
 
@@ -52,24 +52,78 @@ export function hashOf(value: unknown): string {
   return createHash('sha256').update(JSON.stringify(stable(value))).digest('hex').slice(0, 20);
 }
 
+/** The most a manifest file may hold: ours are a few KiB (the package list is the longest field). */
+export const MANIFEST_MAX_BYTES = 256 * 1024;
+
+const LAYERS: readonly LayerName[] = ['raw', 'prepared', 'snapshot', 'browser', 'browser-snapshot'];
+const ID_RE = /^[A-Za-z0-9-]{1,64}$/;
+const SHA256_RE = /^[0-9a-f]{64}$/;
+const DIGEST_RE = /^(sha256|sha512):[0-9a-f]{64,128}$/;
+const isObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+const optional = (v: unknown, ok: (x: unknown) => boolean) => v === undefined || ok(v);
+
+/** Why `v` is not a manifest of this project's shape (every field's type and form), or undefined. */
+function shapeProblem(m: Record<string, unknown>): string | undefined {
+  if (m.version !== 1 || !Array.isArray(m.files) || typeof m.key !== 'string') return 'its manifest is not a ryra-vm manifest';
+  const files = m.files as unknown[];
+  const outside = files.find((f) => !isObject(f) || !isPlainName(f.name));
+  if (outside !== undefined) return `its manifest names ${JSON.stringify(isObject(outside) ? (outside.name ?? null) : outside).slice(0, 200)}, not a plain file name in its dir`;
+  if (!files.every((f) => isObject(f) && Number.isSafeInteger(f.size) && (f.size as number) >= 0 && typeof f.sha256 === 'string' && SHA256_RE.test(f.sha256))) {
+    return 'its manifest gives a file without a size or sha256';
+  }
+  const bad = (
+    [
+      ['layer', LAYERS.includes(m.layer as LayerName)],
+      ['key', /^[0-9a-f]{1,64}$/.test(m.key as string)],
+      ['inputs', isObject(m.inputs)],
+      ['id', typeof m.id === 'string' && ID_RE.test(m.id)],
+      ['parentId', optional(m.parentId, (x) => typeof x === 'string' && ID_RE.test(x))],
+      ['layout', optional(m.layout, (x) => isObject(x) && isObject(x.accel))],
+      ['digest', optional(m.digest, (x) => typeof x === 'string' && DIGEST_RE.test(x))],
+      ['backing', optional(m.backing, (x) => typeof x === 'string' && x.length <= 4096 && path.isAbsolute(x))],
+      ['source', optional(m.source, (x) => typeof x === 'string' && /^[a-z-]{1,32}$/.test(x))],
+      ['stateBytes', optional(m.stateBytes, (x) => Number.isSafeInteger(x) && (x as number) >= 0)],
+      ['buildSeconds', typeof m.buildSeconds === 'number' && Number.isFinite(m.buildSeconds)],
+      ['createdAt', typeof m.createdAt === 'string' && m.createdAt.length <= 64],
+    ] as const
+  ).find(([, ok]) => !ok);
+  return bad ? `its manifest's ${bad[0]} is not of the form a manifest has` : undefined;
+}
+
 /**
- * A manifest, or why the file is not one of ours. Its file names are checked on every read (a
- * manifest may come from a cache entry): each must be a plain name in its dir, so nothing that
- * joins them to the dir (validity, eviction) can reach outside it.
+ * A manifest, or why the file is not one of ours. Read through one descriptor that may not be a
+ * symlink, no bigger than MANIFEST_MAX_BYTES; every field's type and form is checked (a manifest may
+ * come from a cache entry), each file name a plain name in its dir. A manifest of the right shape
+ * is still only data: manifestMismatch compares it with what the plan computes.
  */
 export function loadManifest(file: string): Manifest | string {
-  let m: Manifest;
+  let text: string;
+  let fd: number | undefined;
   try {
-    m = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) return 'its manifest is not a regular file';
+    if (st.size > MANIFEST_MAX_BYTES) return `its manifest is ${st.size} bytes, more than a manifest holds (${MANIFEST_MAX_BYTES})`;
+    const buf = Buffer.alloc(st.size);
+    const n = fs.readSync(fd, buf, 0, st.size, 0);
+    text = buf.subarray(0, n).toString('utf8');
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no manifest' : 'its manifest is not JSON';
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' ? 'no manifest' : code === 'ELOOP' ? 'its manifest is a symlink' : `its manifest cannot be read (${code ?? errorText(err)})`;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
   }
-  if (m?.version !== 1 || !Array.isArray(m.files) || typeof m.key !== 'string') return 'its manifest is not a ryra-vm manifest';
-  const outside = m.files.find((f) => !isPlainName(f?.name));
-  if (outside) return `its manifest names ${JSON.stringify(outside?.name ?? null).slice(0, 200)}, not a plain file name in its dir`;
-  if (!m.files.every((f) => Number.isSafeInteger(f.size) && f.size >= 0 && typeof f.sha256 === 'string')) return 'its manifest gives a file without a size or sha256';
-  return m;
+  let m: unknown;
+  try {
+    m = JSON.parse(text);
+  } catch {
+    return 'its manifest is not JSON';
+  }
+  if (!isObject(m)) return 'its manifest is not a ryra-vm manifest';
+  return shapeProblem(m) ?? (m as unknown as Manifest);
 }
+
+const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
 /** A manifest, or undefined when the file is missing or not one of ours (loadManifest says why). */
 export function readManifest(file: string): Manifest | undefined {
@@ -77,21 +131,76 @@ export function readManifest(file: string): Manifest | undefined {
   return typeof m === 'string' ? undefined : m;
 }
 
-/** Why a manifest does not describe a usable layer, or undefined when it does. Cheap: stats only. */
-export function invalidReason(m: Manifest | undefined, dir: string, want: { key: string; inputs: Record<string, unknown> }, parentId?: string): string | undefined {
+/**
+ * What the plan computes for one layer: a manifest, local or restored, is used only where it equals
+ * this. Nothing of a manifest reaches a path, an argument or a decision unless it is compared here.
+ */
+export interface Expected {
+  layer: LayerName;
+  key: string;
+  inputs: Record<string, unknown>;
+  /** The layer's planned file names (not its manifest). */
+  files: readonly string[];
+  /** The parent build this layer must sit on (undefined: not checked here). */
+  parentId?: string;
+  /** A snapshot's device layout; a layer without one must record none. */
+  layout?: VmLayout;
+  /** A snapshot: the parent layer's file its disk sits on (the header names it in its saver's dir). */
+  backingName?: string;
+}
+
+/** A manifest field that differs from the plan's value, and how. */
+export interface Mismatch {
+  field: string;
+  why: string;
+}
+
+const short = (v: unknown) => JSON.stringify(v ?? null).slice(0, 120);
+
+/** The first field of `m` that differs from what the plan computes (`e`), or undefined. Pure. */
+export function manifestMismatch(m: Manifest, e: Expected): Mismatch | undefined {
+  if (m.layer !== e.layer) return { field: 'layer', why: `${short(m.layer)}, not ${short(e.layer)}` };
+  const differing = Object.keys({ ...e.inputs, ...m.inputs }).filter((k) => hashOf(m.inputs[k] ?? null) !== hashOf(e.inputs[k] ?? null));
+  if (differing.length) {
+    return { field: 'inputs', why: `built with other ${differing.join(', ')} (${differing.map((k) => `${short(m.inputs[k])} ≠ ${short(e.inputs[k])}`).join('; ').slice(0, 300)})` };
+  }
+  if (m.key !== e.key) return { field: 'key', why: `built for other inputs (key ${m.key}, need ${e.key})` };
+  if (e.parentId !== undefined && m.parentId !== e.parentId) return { field: 'parentId', why: 'its parent layer was rebuilt since' };
+  const named = m.files.map((f) => f.name).sort();
+  const planned = [...e.files].sort();
+  if (named.join('\0') !== planned.join('\0')) return { field: 'files', why: `it names ${short(named)}, not ${short(planned)}` };
+  if (e.layout ? !m.layout || !sameLayoutSafe(m.layout, e.layout) : m.layout !== undefined) {
+    return { field: 'layout', why: `it records the device layout ${short(m.layout).slice(0, 200)}, not the one this host and configuration give` };
+  }
+  if (e.backingName ? !m.backing || path.basename(m.backing) !== e.backingName : m.backing !== undefined) {
+    return { field: 'backing', why: `it sits on ${short(m.backing)}, not on its parent layer ${short(e.backingName)}` };
+  }
+  return undefined;
+}
+
+/** sameLayout of a value from a file, which may hold anything of the right outer shape. */
+function sameLayoutSafe(a: VmLayout, b: VmLayout): boolean {
+  try {
+    return sameLayout(a, b) && hashOf(a) === hashOf(b);
+  } catch {
+    return false;
+  }
+}
+
+/** Why a manifest does not describe a usable layer in `dir`, or undefined when it does. Cheap: stats only. */
+export function invalidReason(m: Manifest | undefined, dir: string, e: Expected): string | undefined {
   if (!m) return 'no manifest';
-  const differing = Object.keys({ ...want.inputs, ...m.inputs }).filter((k) => hashOf(m.inputs[k] ?? null) !== hashOf(want.inputs[k] ?? null));
-  if (differing.length) return `built with other ${differing.join(', ')} (${differing.map((k) => `${JSON.stringify(m.inputs[k])} ≠ ${JSON.stringify(want.inputs[k])}`).join('; ').slice(0, 300)})`;
-  if (m.key !== want.key) return `built for other inputs (key ${m.key}, need ${want.key})`;
-  if (parentId !== undefined && m.parentId !== parentId) return 'its parent layer was rebuilt since';
-  for (const f of m.files) {
+  const off = manifestMismatch(m, e);
+  if (off) return off.field === 'inputs' || off.field === 'key' || off.field === 'parentId' ? off.why : `its ${off.field}: ${off.why}`;
+  for (const name of e.files) {
+    const f = m.files.find((x) => x.name === name)!;
     let size: number;
     try {
-      size = fs.statSync(path.join(dir, f.name)).size;
+      size = fs.statSync(path.join(dir, name)).size;
     } catch {
-      return `${f.name} is missing`;
+      return `${name} is missing`;
     }
-    if (size !== f.size) return `${f.name} is ${size} bytes, the manifest says ${f.size}`;
+    if (size !== f.size) return `${name} is ${size} bytes, the manifest says ${f.size}`;
   }
   return undefined;
 }

@@ -38,9 +38,12 @@ export interface RemoteTier {
   readonly on: boolean;
   /**
    * The caller refused what restore(key) brought (checks in the staging dir failed). A tier whose
-   * entries are immutable saves the next save(key) under another name its restore also finds.
+   * entries are immutable saves the next save(key) under another name its restore also finds (and
+   * says so with `successors`); a tier whose entries are mutable replaces the entry at the next save.
    */
   refused?(key: string): void;
+  /** After refused(key), a restore of `key` looks at its successor entries (worth asking once more). */
+  readonly successors?: boolean;
   /** Starts anything slow to start ahead of the first call. */
   prestart?(): void;
   close(): void;

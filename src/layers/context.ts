@@ -47,6 +47,10 @@ export interface LayerContext {
   holder: Holder;
   /** Layers this run has that a tier may lack, to be saved there afterwards. */
   pending: PendingSave[];
+  /** The tiers (labels) that hold this run's SSH key: the only ones a snapshot is saved to. */
+  keyTiers?: string[];
+  /** Layers made anew (`redownload`): neither a local copy nor any tier's is used. */
+  fresh?: readonly string[];
 }
 
 /** A layer to save to the tiers that lack it (all but `from`, the tiers it came from). */
@@ -57,4 +61,6 @@ export interface PendingSave {
   files: string[];
   dir: string;
   from: string[];
+  /** When set, the only tiers (labels) it may go to (a snapshot: those that hold its SSH key). */
+  only?: string[];
 }

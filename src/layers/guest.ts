@@ -5,6 +5,7 @@ import { coldBoot, type ColdBootOptions } from '../vm/boot.js';
 import type { Machine } from '../vm/machine.js';
 import type { VmLayout } from '../vm/spec.js';
 import type { LayerContext } from './context.js';
+import { layoutFor } from './plan.js';
 
 export type BuilderGuest = Omit<ColdBootOptions, 'qemu' | 'layout' | 'firmware'> & { memoryMb: number; cpus: number; shareTag?: string };
 
@@ -24,17 +25,7 @@ export const BUILD_APT_FILES = [BUILD_DPKG_CFG, BUILD_APT_CFG];
 
 /** The device layout of a guest of this host: the snapshot's layout when `shareTag` is given. */
 export function hostLayout(ctx: Pick<LayerContext, 'host'>, o: { memoryMb: number; cpus: number; shareTag?: string }): VmLayout {
-  const { host } = ctx;
-  return {
-    arch: host.qemuArch,
-    machine: host.qemu.machine,
-    accel: host.accel,
-    memoryMb: o.memoryMb,
-    cpus: o.cpus,
-    firmwareFormat: host.firmware.format,
-    seed: true,
-    ...(o.shareTag ? { shareTag: o.shareTag } : {}),
-  };
+  return layoutFor(ctx.host, o);
 }
 
 /**

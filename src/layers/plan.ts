@@ -9,7 +9,12 @@ import { Inputs } from '../contract.js';
 import { parseSize, type Config } from '../inputs.js';
 import { snapshotFileNames } from '../names.js';
 import { userData } from '../vm/seed.js';
-import { hashOf, type LayerName } from '../cache/manifest.js';
+import { HOST_KEY_INFO } from '../vm/ssh.js';
+import { hashOf, type Expected, type LayerName } from '../cache/manifest.js';
+import type { VmLayout } from '../vm/spec.js';
+
+/** Tag of the read-only `images` virtfs share every snapshot's layout carries. */
+export const SHARE_TAG = 'images';
 
 /** Bump when a recipe changes what a layer contains; it is part of every key. */
 export const RECIPE_VERSION = 2;
@@ -41,6 +46,12 @@ export interface Recipes {
 
 export interface LayerPlan {
   layer: LayerName;
+  /** A snapshot: the device layout its RAM state is bound to, computed here (never read from a manifest). */
+  layout?: VmLayout;
+  /** A snapshot: the parent layer's file its disk sits on. */
+  backingName?: string;
+  /** The raw layer of an image whose digest is configured: the digest its manifest must record. */
+  digest?: string;
   /** Manifest base name (the layer's main file without .qcow2). */
   base: string;
   files: string[];
@@ -72,6 +83,25 @@ function plan1(layer: LayerName, name: (key: string) => string, files: (base: st
 }
 
 const qcow2 = (base: string) => [`${base}.qcow2`];
+
+/** The device layout of a guest of this host; a snapshot's layout when `shareTag` is given. */
+export function layoutFor(host: Pick<Host, 'qemuArch' | 'qemu' | 'accel' | 'firmware'>, o: { memoryMb: number; cpus: number; shareTag?: string }): VmLayout {
+  return {
+    arch: host.qemuArch,
+    machine: host.qemu.machine,
+    accel: host.accel,
+    memoryMb: o.memoryMb,
+    cpus: o.cpus,
+    firmwareFormat: host.firmware.format,
+    seed: true,
+    ...(o.shareTag ? { shareTag: o.shareTag } : {}),
+  };
+}
+
+/** What a layer's manifest must equal, for a parent build `parentId` (manifestMismatch). */
+export function expectedOf(p: LayerPlan, parentId?: string): Expected {
+  return { layer: p.layer, key: p.key, inputs: p.inputs, files: p.files, parentId, layout: p.layout, backingName: p.backingName };
+}
 const stripQcow2 = (f: string) => f.replace(/\.qcow2$/, '');
 
 export function planLayers(config: Config, host: Host, publicKey: string, recipes: Recipes): Plan {
@@ -80,7 +110,7 @@ export function planLayers(config: Config, host: Host, publicKey: string, recipe
   const packages = preparedPackages(image, config);
   const id = `${config.distro}-${config.arch}`;
   const custom = config.imageUrl !== undefined;
-  const raw = plan1(
+  const raw: LayerPlan = plan1(
     'raw',
     (k) => (custom ? `${stripQcow2(image.rawFile)}-${k}` : stripQcow2(image.rawFile)),
     qcow2,
@@ -90,6 +120,7 @@ export function planLayers(config: Config, host: Host, publicKey: string, recipe
     },
     id,
   );
+  if (config.imageChecksum) raw.digest = `${config.imageChecksum.algorithm}:${config.imageChecksum.hex}`;
   const cloudInit = userData({ publicKey: '<key>', hostname: 'ryra-prepare', packages });
   const prepared = plan1('prepared', (k) => `${stripQcow2(image.preparedFile)}-${k}`, qcow2, {
     raw: raw.key,
@@ -108,20 +139,25 @@ export function planLayers(config: Config, host: Host, publicKey: string, recipe
     memoryMb: config.memoryMb,
     diskSize: config.diskSize,
     sshKey: hashOf(publicKey.trim()),
+    // The guest's SSH host key, derived from the SSH key this way, is in the snapshot's RAM.
+    hostKey: HOST_KEY_INFO,
     setup: hashOf(recipes.snapshotSetup + recipes.shrinkRam),
   };
-  const snapshot = plan1('snapshot', (k) => `${image.snapshotBase}-snapshot-${config.memoryMb}-${k}`, snapshotFileNames, { prepared: prepared.key, ...machineIdentity }, `${id}-m${config.memoryMb}`);
+  const layout = layoutFor(host, { memoryMb: config.memoryMb, cpus: config.cpus, shareTag: SHARE_TAG });
+  const snapshot = {
+    ...plan1('snapshot', (k) => `${image.snapshotBase}-snapshot-${config.memoryMb}-${k}`, snapshotFileNames, { prepared: prepared.key, ...machineIdentity }, `${id}-m${config.memoryMb}`),
+    layout,
+    backingName: prepared.files[0],
+  };
   const browser = plan1('browser', (k) => `${stripQcow2(image.browserFile)}-${k}`, qcow2, {
     prepared: prepared.key,
     source: config.browserSource,
     script: hashOf(recipes.browserScript),
   }, id);
-  const browserSnapshot = plan1(
-    'browser-snapshot',
-    (k) => `${image.browserSnapshotBase}-snapshot-${config.memoryMb}-${k}`,
-    snapshotFileNames,
-    { browser: browser.key, ...machineIdentity },
-    `${id}-m${config.memoryMb}`,
-  );
+  const browserSnapshot = {
+    ...plan1('browser-snapshot', (k) => `${image.browserSnapshotBase}-snapshot-${config.memoryMb}-${k}`, snapshotFileNames, { browser: browser.key, ...machineIdentity }, `${id}-m${config.memoryMb}`),
+    layout,
+    backingName: browser.files[0],
+  };
   return { image, packages, raw, prepared, snapshot, browser, browserSnapshot };
 }

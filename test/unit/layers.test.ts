@@ -107,17 +107,19 @@ describe('manifests', () => {
     const dir = fs.mkdtempSync(path.join(tmp, 'm-'));
     fs.writeFileSync(path.join(dir, 'a.qcow2'), 'data');
     const inputs = { qemu: '7.2.22', memoryMb: 2048 };
-    const want = { key: hashOf(inputs), inputs };
-    writeManifest(path.join(dir, 'a.manifest.json'), { layer: 'snapshot', key: want.key, inputs, parentId: 'p1', files: [{ name: 'a.qcow2', size: 4, sha256: 'x' }], buildSeconds: 1 });
+    const want = { layer: 'prepared' as const, key: hashOf(inputs), inputs, files: ['a.qcow2'] };
+    writeManifest(path.join(dir, 'a.manifest.json'), { layer: 'prepared', key: want.key, inputs, parentId: 'p1', files: [{ name: 'a.qcow2', size: 4, sha256: 'a'.repeat(64) }], buildSeconds: 1 });
     const m = readManifest(path.join(dir, 'a.manifest.json'))!;
-    assert.equal(invalidReason(m, dir, want, 'p1'), undefined);
+    assert.equal(invalidReason(m, dir, { ...want, parentId: 'p1' }), undefined);
     assert.equal(invalidReason(undefined, dir, want), 'no manifest');
-    assert.match(invalidReason(m, dir, want, 'p2')!, /parent layer was rebuilt/);
+    assert.match(invalidReason(m, dir, { ...want, parentId: 'p2' })!, /parent layer was rebuilt/);
     assert.match(invalidReason({ ...m, inputs: { ...inputs, qemu: '6.2.0' } }, dir, want)!, /built with other qemu \("6\.2\.0" ≠ "7\.2\.22"\)/);
+    assert.match(invalidReason({ ...m, layer: 'raw' }, dir, want)!, /its layer: "raw", not "prepared"/);
+    assert.match(invalidReason(m, dir, { ...want, files: ['b.qcow2'] })!, /its files: it names \["a\.qcow2"\], not \["b\.qcow2"\]/);
     fs.appendFileSync(path.join(dir, 'a.qcow2'), '!');
-    assert.match(invalidReason(m, dir, want, 'p1')!, /a\.qcow2 is 5 bytes, the manifest says 4/);
+    assert.match(invalidReason(m, dir, { ...want, parentId: 'p1' })!, /a\.qcow2 is 5 bytes, the manifest says 4/);
     fs.rmSync(path.join(dir, 'a.qcow2'));
-    assert.match(invalidReason(m, dir, want, 'p1')!, /a\.qcow2 is missing/);
+    assert.match(invalidReason(m, dir, { ...want, parentId: 'p1' })!, /a\.qcow2 is missing/);
   });
 
   test('stale temps of dead processes are removed, live ones kept', () => {

@@ -119,10 +119,10 @@ function layer(dir: string, base: string, o: { bytes: number; id: string; parent
   writeManifest(manifestPath(dir, base), {
     id: o.id,
     layer: o.layer ?? 'prepared',
-    key: o.id,
+    key: Buffer.from(o.id).toString('hex').slice(0, 20),
     inputs: {},
     parentId: o.parentId,
-    files: [{ name: file, size: o.bytes, sha256: '' }],
+    files: [{ name: file, size: o.bytes, sha256: '0'.repeat(64) }],
     buildSeconds: 0,
   });
   const t = new Date(Date.now() - o.ageS * 1000);
