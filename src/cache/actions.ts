@@ -1,8 +1,12 @@
 // The GitHub Actions cache tier: one entry per layer, keyed exactly (no prefix fallback: a near-miss
 // snapshot is unusable). Never fatal: every failure is a warning and the layer is built instead.
 // Entries are immutable, so an entry the caller refused would block its key for good: the layer is
-// then saved under a successor key (`<key>-r1`, `-r2`, …), and lookups ask for the newest successor
-// first, then the key itself (one request: the service tries `<key>-r` as a prefix, then `<key>`).
+// then saved under a successor key (`<key>-r1`, `-r2`, …). The key's own entry wins while it is
+// valid: a lookup asks for `<key>` alone and takes only that exact key (the service falls back to
+// `<key>` as a prefix, which finds successors and other keys too), so a later writer of `<key>-r1`
+// cannot shadow the entry the default branch saved. Only after the caller refused what a key
+// brought do its lookups ask for `<key>-r` as a prefix (the newest successor) and take a successor
+// other than the one refused; a save then goes under the successor after the newest one known.
 //
 // The toolkit's calls run in one long-lived child process per run (worker.ts): @actions/cache
 // resolves paths against the process's cwd and GITHUB_WORKSPACE, and its calls cannot be
@@ -163,15 +167,21 @@ class Worker {
 }
 
 export interface ActionsCache extends RemoteTier {
-  /** The caller refused what restore(key) brought: the next save of `key` goes under a successor key. */
+  /**
+   * The caller refused what restore(key) brought: from now on restore(key) and has(key) look at its
+   * successors (`<key>-rN`, the newest one not refused), and the next save of `key` goes under the
+   * successor after the newest one known.
+   */
   refused(key: string): void;
 }
 
-/** `<key>` or one of its successors `<key>-rN`. */
-const successorOf = (key: string, matched: string): string | undefined => {
-  if (matched.toLowerCase() === key.toLowerCase()) return `${key}-r1`;
-  const n = /^-r(\d+)$/i.exec(matched.slice(key.length));
-  return matched.toLowerCase().startsWith(key.toLowerCase()) && n ? `${key}-r${Number(n[1]) + 1}` : undefined;
+const sameKey = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+
+/** Which successor of `key` `matched` is: 0 for `<key>` itself, N for `<key>-rN`, undefined for another key. */
+const successorNumber = (key: string, matched: string): number | undefined => {
+  if (sameKey(matched, key)) return 0;
+  const n = /^-r([1-9]\d{0,8})$/i.exec(matched.slice(key.length));
+  return matched.toLowerCase().startsWith(key.toLowerCase()) && n ? Number(n[1]) : undefined;
 };
 
 export function actionsCache(timeouts = cacheTimeouts()): ActionsCache {
@@ -195,42 +205,59 @@ export function actionsCache(timeouts = cacheTimeouts()): ActionsCache {
     }
     return o;
   };
-  /** The key each restore matched (the key itself or a successor), and the keys whose entry was refused. */
+  /**
+   * Per key: the entry (the key itself or a successor) its last restore matched, the newest successor
+   * number seen, and the entry last refused (set once the caller refused one: successors are looked
+   * at only from then on).
+   */
   const matched = new Map<string, string>();
-  const refusedKeys = new Set<string>();
-  const ours = (key: string, m: string | null | undefined): m is string => !!m && (m.toLowerCase() === key.toLowerCase() || !!successorOf(key, m));
+  const newest = new Map<string, number>();
+  const refusedEntry = new Map<string, string>();
+  const lookupKeys = (key: string) => (refusedEntry.has(key) ? [`${key}-r`] : [key]);
+  /** Whether `m`, what a lookup of lookupKeys(key) matched, is an entry to use for `key`. */
+  const usable = (key: string, m: string | null | undefined): m is string => {
+    if (!m) return false;
+    const n = successorNumber(key, m);
+    if (n !== undefined) newest.set(key, Math.max(newest.get(key) ?? 0, n));
+    const gone = refusedEntry.get(key);
+    return gone === undefined ? n === 0 : !!n && !sameKey(m, gone);
+  };
   return {
     label: 'Actions cache',
+    successors: true,
     get on() {
       return !off;
     },
     async restore(key, paths, dir, { maxBytes }): Promise<RestoreResult> {
-      const keys = [`${key}-r`, key];
+      const keys = lookupKeys(key);
       const hit = await call({ op: 'lookup', dir, paths, key, keys }, timeouts.lookupMs);
       if (!hit || hit.timedOut) return 'miss';
       const problem = describe(hit, 'lookup', key);
       if (problem) log.warning(`Actions cache: ${problem}; building instead`);
-      if (!ours(key, hit.matchedKey)) return 'miss';
+      if (!usable(key, hit.matchedKey)) return 'miss';
       matched.set(key, hit.matchedKey);
+      if (!sameKey(hit.matchedKey, key)) log.info(`  cache: ${key} held a refused entry; restoring its successor ${hit.matchedKey}`);
       const o = await call({ op: 'restore', dir, paths, key, keys, maxBytes }, timeouts.transferMs);
       if (!o || o.timedOut) return 'miss';
       if (o.refused) return `refused: ${o.refused}`;
       const p2 = describe(o, 'restore', key);
       if (p2) log.warning(`Actions cache: ${p2}`);
-      return ours(key, o.matchedKey) ? 'restored' : 'failed';
+      return o.matchedKey && sameKey(o.matchedKey, hit.matchedKey) ? 'restored' : 'failed';
     },
     refused(key) {
-      refusedKeys.add(key);
+      refusedEntry.set(key, matched.get(key) ?? key);
     },
     async has(key, paths) {
-      if (refusedKeys.has(key)) return false;
-      const hit = await call({ op: 'lookup', dir: process.cwd(), paths, key, keys: [`${key}-r`, key] }, timeouts.lookupMs);
+      const hit = await call({ op: 'lookup', dir: process.cwd(), paths, key, keys: lookupKeys(key) }, timeouts.lookupMs);
       if (!hit || hit.timedOut || hit.error) return undefined;
-      return ours(key, hit.matchedKey);
+      return usable(key, hit.matchedKey);
     },
     async save(key, paths, dir): Promise<SaveResult> {
-      // After a refusal the key's entry is taken for good: the successor of what was refused.
-      const as = refusedKeys.has(key) ? (successorOf(key, matched.get(key) ?? key) ?? `${key}-r1`) : key;
+      // After a refusal the key's entry is taken for good: the successor after the refused one (or
+      // after the newest one a lookup saw). Not looked up here: a caller that saves without
+      // restoring the successors first would add one each run; this one meets `exists` instead.
+      const gone = refusedEntry.get(key);
+      const as = gone === undefined ? key : `${key}-r${Math.max(newest.get(key) ?? 0, successorNumber(key, gone) ?? 0) + 1}`;
       if (as !== key) log.info(`  cache: ${key} holds a refused entry; saving as ${as}`);
       try {
         const o = await call({ op: 'save', dir, paths, key: as }, timeouts.transferMs);

@@ -1,7 +1,8 @@
 // Lookups and restores of Actions cache entries, done here and not by the toolkit, for two reasons:
 // - the toolkit extracts with `tar -P` into the workspace, so an entry holding an absolute name,
 //   `..` or a symlink followed by a write lands anywhere the runner user can write; here tar runs
-//   without -P into a private staging dir, keeps no owner, mode bits or existing file, and its
+//   without -P into a private staging dir, unpacks only the layer's planned names (so no other
+//   member, directory or link is ever made), keeps no owner, mode bits or existing file, and its
 //   complaints refuse the entry (the caller then checks what is left: cache/confine.ts);
 // - the toolkit exports no lookup that returns the download URL, and on non-Azure hosts it reads
 //   the whole archive into a file before tar starts (3-6x a plain `zstd -d | tar x` here).
@@ -11,6 +12,7 @@
 // stay with the toolkit's public saveCache. Runs in the cache worker, whose kill bounds it too.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { isPlainName } from './confine.js';
 
 export type CompressionMethod = 'zstd-without-long' | 'gzip';
 
@@ -112,10 +114,13 @@ const OVER_LIMIT = 'ryra-over-limit';
 
 /**
  * Downloads `url` into the decompressor and tar at once, extracting into `dir` (an empty private
- * staging dir), at most `maxBytes` of archive (past that it is refused); resolves with the bytes
- * downloaded.
+ * staging dir) the members named `names` (plain file names) and nothing else, at most `maxBytes`
+ * of archive (past that it is refused); resolves with the bytes downloaded. A name the archive
+ * lacks refuses it.
  */
-export async function curlExtract(url: string, dir: string, maxBytes: number, m: CompressionMethod = compressionMethod()): Promise<number> {
+export async function curlExtract(url: string, dir: string, names: string[], maxBytes: number, m: CompressionMethod = compressionMethod()): Promise<number> {
+  const bad = names.find((n) => !isPlainName(n));
+  if (bad !== undefined || !names.length) throw new Error(`cannot restore ${bad === undefined ? 'no files' : JSON.stringify(bad)}: a restore takes plain file names (letters, digits, '.', '_', '+', '-')`);
   // The signed URL goes in on curl's stdin (`-K -`), not on its command line, where any process
   // on the host could read it. A service silent for 15 s counts as stalled (the toolkit's own plain
   // download gives up after 5 s of silence).
@@ -133,7 +138,19 @@ export async function curlExtract(url: string, dir: string, maxBytes: number, m:
   // sparse members, whose claimed sizes the caller checks before reading them); the pipeline is
   // then killed. No byte passes through Node, and no process is added to the pipe.
   const bound = [`--checkpoint=${Math.floor(maxBytes / 10240) + 2}`, `--checkpoint-action=echo=${OVER_LIMIT}`];
-  const tar = spawn('tar', ['-x', '-f', '-', '-C', dir, '--no-same-owner', '--no-same-permissions', '--keep-old-files', ...bound], { stdio: [unzip.stdout!, 'ignore', 'pipe'] });
+  // Only the planned names, after `--`: tar reads every other member's header and data and drops
+  // them, so no directory, link or extra member is made whatever its name (an absolute or `..` name
+  // never equals a plain one). --no-recursion: a planned name that is a directory in the archive
+  // brings none of what is under it; --no-wildcards: a name matches only itself. The bound on
+  // members: tar makes at most one inode per planned name, since a second member of that name meets
+  // --keep-old-files, and -v lists each member it unpacks, so one more than the planned count stops
+  // the pipeline at once; a skipped member makes none and costs 512 bytes of archive or more, which
+  // the byte bound counts. tar reads to the archive's end (no --occurrence): zstd checks the whole
+  // frame, a planned name twice is refused rather than ignored, and curl and zstd end on their own
+  // (a reader that stopped early would fail them with EPIPE, which reads as a broken transfer).
+  // tar speaks English (LC_ALL=C): its messages are matched below.
+  const only = ['--no-recursion', '--no-wildcards', '-v', '--', ...names];
+  const tar = spawn('tar', ['-x', '-f', '-', '-C', dir, '--no-same-owner', '--no-same-permissions', '--keep-old-files', ...bound, ...only], { stdio: [unzip.stdout!, 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
   // spawn has handed each pipe to its reader: the parent's copies are closed, so a reader that dies
   // makes its writer fail (EPIPE) instead of blocking, and no byte is read here.
   curl.stdout!.destroy();
@@ -145,6 +162,15 @@ export async function curlExtract(url: string, dir: string, maxBytes: number, m:
   ];
   const stderr = new Map<ChildProcess, string>();
   let over = false;
+  let unpacked = 0;
+  let twice = false;
+  tar.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    for (const c of d) if (c === '\n') unpacked++;
+    if (unpacked > names.length && !over && !twice) {
+      twice = true;
+      for (const [, q] of procs) q.kill('SIGKILL');
+    }
+  });
   for (const [, p] of procs) {
     p.stderr!.setEncoding('utf8').on('data', (d: string) => {
       stderr.set(p, (stderr.get(p) ?? '') + d);
@@ -181,15 +207,19 @@ export async function curlExtract(url: string, dir: string, maxBytes: number, m:
   const bytes = Number(/ryra-bytes=(\d+)/.exec(curlErr)?.[1] ?? 0);
   const own = (r: (typeof results)[number]) => r.error?.message ?? (stderr.get(r.p) ?? '').replace(/ryra-bytes=\d+\n?/, '').trim();
   if (over) throw new RefusedError(`it unpacks to more than ${maxBytes} bytes, more than a layer of this configuration holds (stopped after ${bytes} bytes downloaded)`);
+  if (twice) throw new RefusedError(`it holds more than the ${names.length} members named as the layer's files (${names.join(', ')}): a name twice`);
   // In pipeline order, a process that exited with an error of its own comes before one killed here.
   const failed = results.find((r) => r.error || (r.code !== null && r.code !== 0)) ?? results.find((r) => r.code !== 0);
   if (failed) {
     const text = own(failed);
     const message = `${failed.name} ${failed.error ? 'could not start' : `exited with ${failed.code ?? failed.p.signalCode}`}${text ? `: ${text.split('\n').slice(-2).join(' ')}` : ''} (after ${bytes} bytes downloaded)`;
     // Only tar failed, on a stream that arrived whole: the archive itself is refused.
+    const lacks = [...text.matchAll(/^tar: (.*): Not found in archive$/gm)].map((x) => x[1]);
+    if (failed.p === tar && lacks.length) throw new RefusedError(`it lacks ${lacks.join(', ')} (of the files ${names.join(', ')})`);
     throw failed.p === tar ? new RefusedError(`tar refused it: ${text.split('\n').filter(Boolean).slice(0, 3).join('; ')}`) : new TransferError(message);
   }
-  // tar strips a leading `/` with only a warning: an absolute name is refused all the same.
+  // tar strips a leading `/` or `../` (of a hard link's target: a planned name is plain) with only a
+  // warning: such a name is refused all the same.
   const warned = own(results[2]);
   if (/Removing leading|contains '\.\.'/.test(warned)) throw new RefusedError(`tar refused it: ${warned.split('\n').filter(Boolean).slice(0, 3).join('; ')}`);
   return bytes;

@@ -80,7 +80,8 @@ for await (const line of lines) {
       continue;
     }
     console.log(`Cache hit for: ${f.matchedKey} (streamed: curl | ${compressionMethod() === 'gzip' ? 'gzip' : 'zstd'} -d | tar -x)`);
-    const bytes = await curlExtract(f.url, req.dir, req.maxBytes ?? Number.MAX_SAFE_INTEGER);
+    // tar unpacks exactly the entry's paths (the layer's plain file names) and nothing else.
+    const bytes = await curlExtract(f.url, req.dir, req.paths, req.maxBytes ?? Number.MAX_SAFE_INTEGER);
     console.log(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
     done({ id: req.id, matchedKey: f.matchedKey });
   } catch (err) {

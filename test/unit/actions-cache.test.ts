@@ -1,6 +1,7 @@
 // The Actions cache tier against the project's local cache service, with the real @actions/cache in
-// its worker process: exact keys, duplicates, a 429 retried once, and a stalled service that the
-// tier's own timeout stops (the toolkit's lookups have none).
+// its worker process: exact keys (a successor key only after the key's own entry was refused),
+// duplicates, a 429 retried once, and a stalled service that the tier's own timeout stops (the
+// toolkit's lookups have none).
 import assert from 'node:assert/strict';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -235,12 +236,12 @@ describe('hostile entries (v2): data, never instructions', () => {
   }
   const seedEntry = async (key: string, data: Buffer) => server.seed({ key, version: entryVersion(names), data });
 
-  const cases: [string, () => Buffer, RegExp][] = [
-    ['a `../` name', () => hostileArchive((d) => (fs.mkdirSync(path.join(d, 'sub')), fs.writeFileSync(path.join(d, 'x.qcow2'), 'ok'), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}'), fs.writeFileSync(path.join(outside, 'dotdot-src'), 'evil')), ['x.qcow2', 'x.manifest.json', `../${path.basename(outside)}/dotdot-src`], { cwd: undefined }), /contains '\.\.'|refused/],
-    ['an absolute name', () => hostileArchive((d) => (fs.writeFileSync(path.join(d, 'x.qcow2'), 'ok'), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}'), fs.writeFileSync(path.join(d, 'abs'), 'evil')), ['x.qcow2', 'x.manifest.json', path.join(tmp, 'abs-target')]), /Removing leading|refused/],
-    ['a write through a symlink', () => hostileArchive((d) => (fs.symlinkSync(outside, path.join(d, 'x.qcow2')), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}')), ['x.qcow2', 'x.manifest.json']), /refused/],
+  const cases: [string, () => Buffer][] = [
+    ['a `../` name', () => hostileArchive((d) => (fs.mkdirSync(path.join(d, 'sub')), fs.writeFileSync(path.join(d, 'x.qcow2'), 'ok'), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}'), fs.writeFileSync(path.join(outside, 'dotdot-src'), 'evil')), ['x.qcow2', 'x.manifest.json', `../${path.basename(outside)}/dotdot-src`], { cwd: undefined })],
+    ['an absolute name', () => hostileArchive((d) => (fs.writeFileSync(path.join(d, 'x.qcow2'), 'ok'), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}'), fs.writeFileSync(path.join(d, 'abs'), 'evil')), ['x.qcow2', 'x.manifest.json', path.join(tmp, 'abs-target')])],
+    ['a write through a symlink', () => hostileArchive((d) => (fs.symlinkSync(outside, path.join(d, 'x.qcow2')), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}')), ['x.qcow2', 'x.manifest.json'])],
   ];
-  for (const [what, make, why] of cases) {
+  for (const [what, make] of cases) {
     test(`${what}: nothing lands outside the staging dir`, async () => {
       const key = `ryra-vm-v1-evil-${what.replace(/\W+/g, '-')}`;
       if (what === 'an absolute name') fs.writeFileSync(path.join(tmp, 'abs-target'), 'evil source');
@@ -259,8 +260,10 @@ describe('hostile entries (v2): data, never instructions', () => {
         assert.ok(got === 'restored' || got.startsWith('refused: '), got);
         if (got === 'restored') assert.match(stagedFilesProblem(dst, names)!, /x\.qcow2 is a symlink/);
       } else {
-        assert.match(got, /^refused: /);
-        assert.match(got, why);
+        // tar unpacks only the planned names: the hostile member is skipped, never made.
+        assert.equal(got, 'restored');
+        assert.equal(stagedFilesProblem(dst, names), undefined);
+        assert.deepEqual(fs.readdirSync(dst).sort(), ['x.manifest.json', 'x.qcow2']);
       }
     });
   }
@@ -294,22 +297,117 @@ describe('hostile entries (v2): data, never instructions', () => {
     }
   });
 
-  test('a refused entry does not block its key: the next save goes to a successor that later lookups find first', async () => {
+  const badEntry = () => hostileArchive((d) => fs.writeFileSync(path.join(d, 'x.qcow2'), 'bad'), ['x.qcow2']);
+  const goodEntry = (bytes: string) => hostileArchive((d) => (fs.writeFileSync(path.join(d, 'x.qcow2'), bytes), fs.writeFileSync(path.join(d, 'x.manifest.json'), '{}')), names);
+  const restoredBytes = async (c: ReturnType<typeof actionsCache>, key: string) => {
+    const dst = fs.mkdtempSync(path.join(tmp, 'succ-'));
+    const got = await c.restore(key, names, dst, BOUND);
+    return got === 'restored' ? fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8') : got;
+  };
+
+  test('a refused entry does not block its key: the next save goes to a successor, which a later run restores once it refused the key\'s own entry', async () => {
     const key = 'ryra-vm-v1-prepared-refused';
     await seedEntry(key, hostileArchive((d) => fs.writeFileSync(path.join(d, 'x.qcow2'), 'bad'), ['x.qcow2', '/etc/hostname']));
     const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
-    assert.match(await c.restore(key, names, fs.mkdtempSync(path.join(tmp, 'r1-')), BOUND), /^refused: /);
+    assert.equal(await restoredBytes(c, key), 'refused: it lacks x.manifest.json (of the files x.qcow2, x.manifest.json)');
     c.refused(key);
-    assert.equal(await c.has!(key, names), false, 'a refused entry is not had');
+    assert.equal(await c.has!(key, names), false, 'a refused entry is not had, and there is no successor yet');
     assert.equal(await c.save(key, names, layerDir('good', 'good bytes')), 'saved');
     c.close();
     assert.ok(server.entries().some((e) => e.key === `${key}-r1`));
+    // The next run tries the key's own entry first, refuses it, and only then takes the successor.
     const c2 = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
-    const dst = fs.mkdtempSync(path.join(tmp, 'r2-'));
-    assert.equal(await c2.restore(key, names, dst, BOUND), 'restored');
-    assert.equal(fs.readFileSync(path.join(dst, 'x.qcow2'), 'utf8'), 'good bytes');
+    assert.equal(await c2.has!(key, names), true, 'the key\'s own entry is had until it is refused');
+    assert.match(await restoredBytes(c2, key), /^refused: /);
+    c2.refused(key);
+    assert.equal(await restoredBytes(c2, key), 'good bytes');
     assert.equal(await c2.has!(key, names), true);
     c2.close();
+  });
+
+  for (const protocol of ['v2', 'v1'] as const) {
+    test(`the key's own entry wins while it is valid: a later \`-r1\` written by someone else is not read (${protocol})`, async () => {
+      Object.assign(process.env, server.env(protocol));
+      const key = `ryra-vm-v1-snapshot-base-wins-${protocol}`;
+      const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+      try {
+        assert.equal(await c.save(key, names, layerDir('base', 'base bytes')), 'saved');
+        await seedEntry(`${key}-r1`, goodEntry('later writer'));
+        assert.equal(server.entries()[0]!.key, `${key}-r1`, 'the successor is the newest entry');
+        assert.equal(await restoredBytes(c, key), 'base bytes');
+        assert.equal(await c.has!(key, names), true);
+        // A successor without a refusal is not a hit either: a key whose own entry is gone misses.
+        await seedEntry(`${key}-only-r-r1`, goodEntry('orphan successor'));
+        assert.equal(await restoredBytes(c, `${key}-only-r`), 'miss');
+        assert.equal(await c.has!(`${key}-only-r`, names), false);
+      } finally {
+        c.close();
+        Object.assign(process.env, server.env('v2'));
+      }
+    });
+  }
+
+  test('the key\'s own entry refused: the next restore takes the newest successor, and one refused too is not taken again', async () => {
+    const key = 'ryra-vm-v1-snapshot-succ';
+    await seedEntry(key, badEntry());
+    await seedEntry(`${key}-r1`, goodEntry('older successor'));
+    await seedEntry(`${key}-r2`, goodEntry('newest successor'));
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    try {
+      assert.match(await restoredBytes(c, key), /^refused: it lacks x\.manifest\.json/);
+      c.refused(key);
+      assert.equal(await restoredBytes(c, key), 'newest successor');
+      // The caller's checks refuse what -r2 brought: nothing newer, so a miss, not -r2 again.
+      c.refused(key);
+      assert.equal(await restoredBytes(c, key), 'miss');
+      assert.equal(await c.has!(key, names), false);
+      assert.equal(await c.save(key, names, layerDir('rebuilt', 'rebuilt')), 'saved');
+      assert.ok(server.entries().some((e) => e.key === `${key}-r3`), 'saved under -r3');
+    } finally {
+      c.close();
+    }
+  });
+
+  test('a save after a refusal goes under the successor after the newest one refused; a later run restores it', async () => {
+    const key = 'ryra-vm-v1-snapshot-save-next';
+    await seedEntry(key, badEntry());
+    await seedEntry(`${key}-r1`, badEntry());
+    await seedEntry(`${key}-r4`, badEntry());
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    try {
+      assert.match(await restoredBytes(c, key), /^refused: /);
+      c.refused(key);
+      assert.match(await restoredBytes(c, key), /^refused: /, 'the newest successor, -r4');
+      c.refused(key);
+      assert.equal(await c.save(key, names, layerDir('next', 'next bytes')), 'saved');
+      assert.equal(server.entries()[0]!.key, `${key}-r5`);
+    } finally {
+      c.close();
+    }
+    const c2 = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    try {
+      assert.match(await restoredBytes(c2, key), /^refused: /);
+      c2.refused(key);
+      assert.equal(await restoredBytes(c2, key), 'next bytes');
+    } finally {
+      c2.close();
+    }
+  });
+
+  test('a save after a refusal that restored no successor goes under `-r1`: an existing one is `exists`, not one more entry', async () => {
+    const key = 'ryra-vm-v1-snapshot-no-retry';
+    await seedEntry(key, badEntry());
+    await seedEntry(`${key}-r1`, goodEntry('successor'));
+    const c = actionsCache({ lookupMs: 20_000, transferMs: 60_000 });
+    try {
+      assert.match(await restoredBytes(c, key), /^refused: /);
+      c.refused(key);
+      const before = server.entries().length;
+      assert.equal(await c.save(key, names, layerDir('again', 'again')), 'exists');
+      assert.equal(server.entries().length, before);
+    } finally {
+      c.close();
+    }
   });
 });
 
