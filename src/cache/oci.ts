@@ -4,11 +4,16 @@
 // plain Basic). Written by hand on node:http(s): the npm clients (@snyk/docker-registry-v2-client,
 // docker-registry-client, @sigstore/oci) pull only, buffer blobs in memory or lack the token flow,
 // and none gives the connect and stall bounds a tier that must never hold up a job needs.
+// Requests go through the runner's proxy (http_proxy, https_proxy, no_proxy, in either case) as
+// curl, which fetches the blobs, reads it: one decision for both.
 import { spawn } from 'node:child_process';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import type { Readable } from 'node:stream';
+import * as net from 'node:net';
+import type { Duplex, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import * as tls from 'node:tls';
+import { runnerProxy, type ProxySettings } from '../proxy.js';
 
 export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
@@ -30,12 +35,15 @@ export function isLoopback(hostname: string): boolean {
 
 /**
  * `ghcr.io/OWNER/ryra-vm-layers` (optionally with https:// or, for loopback hosts only, http://).
- * Loopback hosts default to plain HTTP. Throws a message naming what is wrong.
+ * Loopback hosts default to plain HTTP. The repository is lowercased, as image-tag tools do: OCI
+ * names are lowercase, and `ghcr.io/${{ github.repository_owner }}/…` has the owner's capitals.
+ * Throws a message naming what is wrong.
  */
 export function parseRegistryRef(value: string): RegistryRef {
   const m = /^(?:(https?):\/\/)?([^/\s]+)\/([^\s]+?)\/?$/.exec(value.trim());
   if (!m) throw new Error('expected HOST/REPOSITORY, such as ghcr.io/OWNER/ryra-vm-layers');
-  const [, scheme0, host0, name] = m;
+  const [, scheme0, host0, given] = m;
+  const name = given.toLowerCase();
   let url: URL;
   try {
     url = new URL(`http://${host0}`);
@@ -43,7 +51,7 @@ export function parseRegistryRef(value: string): RegistryRef {
     throw new Error(`${host0} is not a host name`);
   }
   if (url.username || url.password || url.host !== host0.toLowerCase()) throw new Error(`${host0} is not a host name (no credentials in it: use registry-token)`);
-  if (!NAME_RE.test(name)) throw new Error(`repository ${name}: lowercase letters and digits, separated by . _ or -, parts joined by /`);
+  if (!NAME_RE.test(name)) throw new Error(`repository ${given}: letters and digits (taken in lowercase), separated by . _ or -, parts joined by /`);
   const loop = isLoopback(url.hostname);
   const scheme = (scheme0 as 'http' | 'https' | undefined) ?? (loop ? 'http' : 'https');
   if (scheme === 'http' && !loop) throw new Error('plain http is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https');
@@ -76,6 +84,128 @@ export interface OciClientOptions {
   stallMs?: number;
   /** Sockets per host (the transfers' concurrency plus a few). */
   maxSockets?: number;
+  /** The proxy (default: the runner's, from http_proxy, https_proxy and no_proxy, in either case). */
+  proxy?: ProxySettings;
+}
+
+const unbracket = (host: string) => host.replace(/^\[|\]$/g, '');
+
+/**
+ * Whether `no_proxy` exempts `hostname`, as curl reads it (so node:http and curl agree): `*` alone
+ * is every host; else a list, split on commas and spaces, of host names (a name also covers the
+ * names under it; a leading dot is ignored), IP addresses and CIDR ranges. Loopback hosts are not
+ * exempt by themselves (curl's rule; the toolkit's client always exempts them): name them.
+ */
+export function noProxy(hostname: string, list: string | undefined): boolean {
+  const host = unbracket(hostname).toLowerCase().replace(/\.$/, '');
+  const value = (list ?? '').trim();
+  if (value === '*') return true;
+  const ipType = net.isIP(host);
+  for (const raw of value.split(/[\s,]+/)) {
+    const token = raw.toLowerCase().replace(/^\./, '').replace(/^\[|\](?=\/|$)/g, '');
+    if (!token) continue;
+    if (ipType) {
+      const [ip, bits] = token.split('/');
+      if (bits === undefined ? ip === host : net.isIP(ip) === ipType && /^\d+$/.test(bits) && cidrHas(ip, Number(bits), host, ipType)) return true;
+    } else if (host === token || host.endsWith(`.${token}`)) return true;
+  }
+  return false;
+}
+
+function cidrHas(ip: string, bits: number, host: string, type: number): boolean {
+  const family = type === 4 ? 'ipv4' : 'ipv6';
+  if (bits > (type === 4 ? 32 : 128)) return false;
+  const list = new net.BlockList();
+  list.addSubnet(ip, bits, family);
+  return list.check(host, family);
+}
+
+/**
+ * The proxy a request to `url` goes through, or undefined: https_proxy for https, http_proxy for
+ * http, none for a host `no_proxy` names. A proxy that is not http(s) (curl takes socks, Node does
+ * not) is an 'unreachable' error: the tier goes off with one warning naming it.
+ */
+export function proxyFor(url: URL, p: ProxySettings | undefined): URL | undefined {
+  const value = url.protocol === 'https:' ? p?.https : p?.http;
+  if (!value || noProxy(url.hostname, p?.no)) return undefined;
+  let proxy: URL;
+  try {
+    proxy = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(value) ? value : `http://${value}`);
+  } catch {
+    throw new RegistryError(`the proxy ${value} (${url.protocol === 'https:' ? 'https_proxy' : 'http_proxy'}) is not a URL`, 'unreachable');
+  }
+  if (proxy.protocol !== 'http:' && proxy.protocol !== 'https:') throw new RegistryError(`the proxy ${proxy.protocol}//${proxy.host} is not an http or https proxy, which the registry client needs`, 'unreachable');
+  return proxy;
+}
+
+/** The Proxy-Authorization header a proxy URL's user and password make, if it has them. */
+function proxyAuthorization(proxy: URL): string | undefined {
+  if (!proxy.username && !proxy.password) return undefined;
+  return `Basic ${Buffer.from(`${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`).toString('base64')}`;
+}
+
+const proxyPort = (proxy: URL) => Number(proxy.port) || (proxy.protocol === 'https:' ? 443 : 80);
+
+/**
+ * An https agent whose sockets are CONNECT tunnels through an http(s) proxy, TLS to the server
+ * inside them (what curl and the toolkit's client do for https through a proxy). The tunnel must be
+ * up within `connectMs`, the bound a direct connection has: https-proxy-agent has no bound on it,
+ * and its socket arrives connected, past the request's own connect bound.
+ */
+export class TunnelAgent extends https.Agent {
+  constructor(
+    private readonly proxy: URL,
+    private readonly connectMs: number,
+    opts: https.AgentOptions = {},
+  ) {
+    super(opts);
+  }
+
+  // Node's Agent takes the socket from the callback when createConnection returns nothing.
+  override createConnection(options: https.RequestOptions, cb?: (err: Error | null, socket: Duplex) => void): undefined {
+    const host = options.host ?? 'localhost';
+    const target = `${net.isIPv6(host) ? `[${host}]` : host}:${options.port ?? 443}`;
+    const proxyHost = unbracket(this.proxy.hostname);
+    const viaTls = this.proxy.protocol === 'https:';
+    const raw = viaTls
+      ? tls.connect({ host: proxyHost, port: proxyPort(this.proxy), servername: net.isIP(proxyHost) ? undefined : proxyHost, ALPNProtocols: ['http/1.1'] })
+      : net.connect({ host: proxyHost, port: proxyPort(this.proxy) });
+    let done = false;
+    const finish = (err: Error | null, socket?: Duplex) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      raw.off('readable', read);
+      if (err) raw.destroy();
+      cb?.(err, socket!);
+    };
+    const timer = setTimeout(() => finish(new RegistryError(`no tunnel through the proxy ${this.proxy.host} to ${target} within ${this.connectMs / 1000} s`, 'unreachable')), this.connectMs);
+    raw.on('error', (err) => finish(asRegistryError(err) as Error));
+    raw.once('end', () => finish(new RegistryError(`the proxy ${this.proxy.host} closed the connection before it answered CONNECT ${target}`, 'unreachable')));
+    const auth = proxyAuthorization(this.proxy);
+    raw.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n${auth ? `Proxy-Authorization: ${auth}\r\n` : ''}\r\n`);
+    // The answer is read without putting the socket in flowing mode: TLS takes it over after.
+    let head = Buffer.alloc(0);
+    const read = () => {
+      for (let b = raw.read() as Buffer | null; b; b = raw.read() as Buffer | null) {
+        head = Buffer.concat([head, b]);
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) {
+          if (head.length > 64 << 10) finish(new RegistryError(`the proxy ${this.proxy.host} answered CONNECT ${target} with over 64 KiB of headers`, 'unreachable'));
+          continue;
+        }
+        const status = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
+        if (!/^HTTP\/1\.[01] 200(?: |$)/.test(status)) {
+          const kind = / 407 /.test(status) ? 'auth' : 'unreachable';
+          return finish(new RegistryError(`the proxy ${this.proxy.host} refused CONNECT ${target}: ${status.slice(0, 200)}${kind === 'auth' ? ' (check the credentials in the proxy URL)' : ''}`, kind));
+        }
+        if (end + 4 < head.length) raw.unshift(head.subarray(end + 4));
+        return finish(null, tls.connect({ ...(options as tls.ConnectionOptions), socket: raw }));
+      }
+    };
+    raw.on('readable', read);
+    return undefined;
+  }
 }
 
 export type Scope = 'pull' | 'pull,push';
@@ -141,6 +271,10 @@ export class OciClient {
   private readonly password: string | undefined;
   /** The Authorization header that worked, per scope asked for. */
   private readonly auth = new Map<Scope, string>();
+  private readonly proxy: ProxySettings | undefined;
+  private readonly agentOpts: http.AgentOptions;
+  /** Agents through a proxy, per proxy and kind (forwarding http, tunnelling https). */
+  private readonly proxyAgents = new Map<string, http.Agent>();
 
   constructor(ref: RegistryRef | string, opts: OciClientOptions = {}) {
     this.ref = typeof ref === 'string' ? parseRegistryRef(ref) : ref;
@@ -150,6 +284,8 @@ export class OciClient {
     const agentOpts = { keepAlive: true, maxSockets: opts.maxSockets ?? 8 };
     this.agent = this.ref.scheme === 'https' ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
     this.otherAgent = new https.Agent(agentOpts);
+    this.agentOpts = agentOpts;
+    this.proxy = opts.proxy ?? runnerProxy();
     const t = opts.token?.trim() || undefined;
     // USER:PASSWORD for registries that check the user name (htpasswd); a bare token goes with any name.
     const colon = t ? t.indexOf(':') : -1;
@@ -157,9 +293,24 @@ export class OciClient {
     this.password = t && colon > 0 ? t.slice(colon + 1) : t;
   }
 
+  private proxyAgent(proxy: URL, kind: 'forward' | 'tunnel', make: () => http.Agent): http.Agent {
+    const key = `${kind} ${proxy.href}`;
+    let agent = this.proxyAgents.get(key);
+    if (!agent) this.proxyAgents.set(key, (agent = make()));
+    return agent;
+  }
+
+  /** curl's environment: the same proxy settings as node:http's, in the lowercase names curl reads (it ignores HTTP_PROXY). */
+  private curlEnv(): NodeJS.ProcessEnv {
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(?:all|https?|no|ftp|socks\d?)_proxy$/i.test(k)));
+    const p = this.proxy;
+    return { ...env, ...(p?.http ? { http_proxy: p.http } : {}), ...(p?.https ? { https_proxy: p.https } : {}), ...(p?.no ? { no_proxy: p.no } : {}) };
+  }
+
   close(): void {
     this.agent.destroy();
     this.otherAgent.destroy();
+    for (const a of this.proxyAgents.values()) a.destroy();
   }
 
   private url(p: string): URL {
@@ -173,14 +324,40 @@ export class OciClient {
     }
     return new Promise((resolve, reject) => {
       let bound: RegistryError | undefined;
-      const mod = url.protocol === 'https:' ? https : http;
-      const agent = url.host === this.ref.host ? this.agent : url.protocol === 'https:' ? this.otherAgent : undefined;
-      const req = mod.request(url, { method, headers, agent, signal });
+      let proxy: URL | undefined;
+      try {
+        proxy = proxyFor(url, this.proxy);
+      } catch (err) {
+        return reject(err);
+      }
+      let req: http.ClientRequest;
+      if (!proxy) {
+        const mod = url.protocol === 'https:' ? https : http;
+        const agent = url.host === this.ref.host ? this.agent : url.protocol === 'https:' ? this.otherAgent : undefined;
+        req = mod.request(url, { method, headers, agent, signal });
+      } else if (url.protocol === 'http:') {
+        // Plain http through a proxy: the request goes to the proxy, with the absolute URI.
+        const auth = proxyAuthorization(proxy);
+        const agent = this.proxyAgent(proxy, 'forward', () => (proxy!.protocol === 'https:' ? new https.Agent(this.agentOpts) : new http.Agent(this.agentOpts)));
+        req = (proxy.protocol === 'https:' ? https : http).request({
+          protocol: proxy.protocol,
+          host: unbracket(proxy.hostname),
+          port: proxyPort(proxy),
+          path: url.href,
+          method,
+          headers: { ...headers, host: url.host, ...(auth ? { 'proxy-authorization': auth } : {}) },
+          agent,
+          signal,
+        });
+      } else {
+        // https through a proxy: a CONNECT tunnel, TLS to the server inside it.
+        req = https.request(url, { method, headers, agent: this.proxyAgent(proxy, 'tunnel', () => new TunnelAgent(proxy!, this.connectMs, this.agentOpts)), signal });
+      }
       let connectTimer: NodeJS.Timeout | undefined;
       req.on('socket', (s) => {
         if (!s.connecting) return;
         connectTimer = setTimeout(() => {
-          bound = new RegistryError(`no connection to ${url.host} within ${this.connectMs / 1000} s`, 'unreachable');
+          bound = new RegistryError(`no connection to ${proxy ? `the proxy ${proxy.host} (for ${url.host})` : url.host} within ${this.connectMs / 1000} s`, 'unreachable');
           req.destroy(bound);
         }, this.connectMs);
         s.once('connect', () => clearTimeout(connectTimer));
@@ -192,7 +369,10 @@ export class OciClient {
       const why = () => bound;
       req.on('error', (err) => {
         clearTimeout(connectTimer);
-        reject(asRegistryError(err, { why }));
+        const e = asRegistryError(err, { why });
+        // Say which hop failed: the proxy's address is not the registry's.
+        if (proxy && !bound && e instanceof RegistryError) e.message += ` (through the proxy ${proxy.host})`;
+        reject(e);
       });
       req.on('response', (res) => {
         clearTimeout(connectTimer);
@@ -365,10 +545,10 @@ export class OciClient {
     const q = (v: string) => `"${v.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
     const config = [`url = ${q(url.href)}`, 'header = "User-Agent: ryra-vm"', ...(auth ? [`header = ${q(`Authorization: ${auth}`)}`] : [])].join('\n') + '\n';
     const stallS = Math.max(1, Math.round(this.stallMs / 1000));
-    // -q first: no ~/.curlrc. Redirects (blob storage) only to https; no proxy, as node:http uses none.
-    const args = ['-q', '--config', '-', '--silent', '--show-error', '--fail', '--location', '--max-redirs', '5', '--proto', this.ref.scheme === 'https' ? '=https' : '=http,https', '--proto-redir', '=https', '--noproxy', '*'];
+    // -q first: no ~/.curlrc. Redirects (blob storage) only to https; the proxy through curlEnv.
+    const args = ['-q', '--config', '-', '--silent', '--show-error', '--fail', '--location', '--max-redirs', '5', '--proto', this.ref.scheme === 'https' ? '=https' : '=http,https', '--proto-redir', '=https'];
     args.push('--connect-timeout', String(this.connectMs / 1000), '--speed-limit', '1', '--speed-time', String(stallS));
-    const child = spawn('curl', args, { stdio: ['pipe', out, 'pipe'], signal });
+    const child = spawn('curl', args, { stdio: ['pipe', out, 'pipe'], signal, env: this.curlEnv() });
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr += d).length > 4000 && (stderr = stderr.slice(-2000)));
     child.stdin!.on('error', () => {});

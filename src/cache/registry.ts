@@ -3,8 +3,10 @@
 // files in chunks of at most 512 MiB (registries cap a blob; Tart and Cirrus chunk VM disks alike),
 // zstd-compressed where a sample says it pays. Each blob descriptor's annotations name its file,
 // chunk index and offset, whether it is compressed, and the chunk's uncompressed size and sha256.
-// A push skips blobs the registry has; a pull streams every chunk straight to its offset in the
-// staging file, checking the blob digest and the uncompressed sha256 as it streams.
+// A push skips blobs the registry has; a pull first checks the manifest against the planned files
+// (planPull: every title, media type, size and annotation, before a byte is fetched or written),
+// then streams every chunk straight to its offset in the staging file, checking the blob digest and
+// the uncompressed sha256 as it streams. Only the caller's planned names become paths (plannedPath).
 // Never fatal: a registry that is down, stalls or refuses the token costs one warning and at most
 // one connect or stall bound, then the tier is off for the run.
 import { spawn } from 'node:child_process';
@@ -16,6 +18,7 @@ import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, log as globalLog, type Logger } from '../log.js';
+import { isPlainName, plannedPath } from './confine.js';
 import { OCI_MANIFEST, OciClient, RegistryError, parseRegistryRef } from './oci.js';
 import type { RemoteTier, RestoreResult, SaveResult } from './tier.js';
 
@@ -300,50 +303,140 @@ export class LayerMismatch extends Error {
 }
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+const isObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+const show = (v: unknown) => (JSON.stringify(v) ?? String(v)).slice(0, 120);
+
+// The one way a pulled name becomes a path (cache/confine.ts), for every tier.
+export { plannedPath };
+
+/** One chunk of a planned file as the manifest describes it, every field checked. */
+export interface PlannedChunk {
+  /** Its index among the file's chunks. */
+  chunk: number;
+  digest: string;
+  /** The blob's size on the wire. */
+  blobSize: number;
+  /** Where its bytes go in the file, how many, and their sha256 (hex). */
+  offset: number;
+  size: number;
+  sha256: string;
+  compressed: boolean;
+}
 
 /**
- * The chunks of each file, checked: titles among `files`, indices 0..n-1, contiguous offsets, sizes
- * that add up, to no more than `maxBytes` in all; a compressed blob no bigger than what it unpacks to.
+ * What a pull writes, computed from the manifest before a byte is: each planned file by its index
+ * in `files` (the caller's list), with its chunks in order. The config blob is the one chunk of the
+ * layer's manifest file.
  */
-export function planPull(m: OciManifest, key: string, files: string[], maxBytes: number): { config?: Descriptor; byFile: Map<string, Descriptor[]> } {
-  if (m.mediaType !== OCI_MANIFEST || m.artifactType !== ARTIFACT_TYPE || !m.config || !Array.isArray(m.layers)) throw new LayerMismatch(`not a ryra-vm layer artifact (artifactType ${m.artifactType})`);
-  if (m.annotations?.[Annotations.key] !== key) throw new LayerMismatch(`the tag holds another key (${m.annotations?.[Annotations.key]})`);
-  const want = new Set(files);
-  const byFile = new Map<string, Descriptor[]>();
-  const configTitle = m.config.mediaType === CONFIG_MEDIA_TYPE ? m.config.annotations?.[Annotations.title] : undefined;
-  for (const d of [m.config, ...m.layers]) if (!DIGEST_RE.test(d.digest) || !Number.isSafeInteger(d.size) || d.size < 0) throw new LayerMismatch(`a bad descriptor: ${JSON.stringify(d).slice(0, 200)}`);
-  for (const d of m.layers) {
-    const t = d.annotations?.[Annotations.title];
-    if (!t || !want.has(t) || t === configTitle) throw new LayerMismatch(`a blob for ${t ?? 'no file'}, which is not one of ${files.join(', ')}`);
-    if (!byFile.has(t)) byFile.set(t, []);
-    byFile.get(t)!.push(d);
+export interface PullPlan {
+  files: readonly string[];
+  entries: { file: number; chunks: PlannedChunk[] }[];
+  /** What the files add up to. */
+  bytes: number;
+}
+
+/**
+ * Checks the manifest `m` against the planned `files` and returns the plan, or throws a
+ * LayerMismatch naming the field: the config is the planned manifest file (the one ending in
+ * .manifest.json) or, without one, the empty config; every blob's title is one of the other
+ * planned files and each of them has blobs; media types, digests, sizes and annotations agree
+ * (chunk indices 0..n-1 once each, contiguous offsets, sizes that add up to the file's, a plain
+ * blob's digest its uncompressed sha256, a compressed blob no bigger than what it unpacks to), to
+ * no more than `maxBytes` in all.
+ */
+export function planPull(m: OciManifest, key: string, files: readonly string[], maxBytes: number): PullPlan {
+  // The caller's own list: a name that is not plain or comes twice is its mistake, not the registry's.
+  files.forEach((f, i) => {
+    if (!isPlainName(f) || files.indexOf(f) !== i) throw new Error(`planned file ${show(f)} is not a plain file name, or is named twice`);
+  });
+  const refuse = (why: string): never => {
+    throw new LayerMismatch(why);
+  };
+  if (!isObject(m) || m.mediaType !== OCI_MANIFEST || m.artifactType !== ARTIFACT_TYPE || !isObject(m.config) || !Array.isArray(m.layers)) {
+    refuse(`not a ryra-vm layer artifact (mediaType ${show(isObject(m) ? m.mediaType : m)}, artifactType ${show(isObject(m) ? m.artifactType : undefined)})`);
   }
-  const got = new Set([...byFile.keys(), ...(configTitle ? [configTitle] : [])]);
-  if (got.size !== want.size) throw new LayerMismatch(`it holds ${[...got].sort().join(', ')}, not ${[...want].sort().join(', ')}`);
-  for (const [f, ds] of byFile) {
-    ds.sort((a, b) => Number(a.annotations![Annotations.chunk]) - Number(b.annotations![Annotations.chunk]));
+  if (!isObject(m.annotations) || m.annotations[Annotations.key] !== key) refuse(`the tag holds another key (${show(isObject(m.annotations) ? m.annotations[Annotations.key] : undefined)})`);
+  const descriptor = (d: Descriptor, at: string) => {
+    if (typeof d.digest !== 'string' || !DIGEST_RE.test(d.digest)) refuse(`${at} digest ${show(d.digest)} is not a sha256 digest`);
+    if (!Number.isSafeInteger(d.size) || d.size < 0) refuse(`${at} size ${show(d.size)} is not a byte count`);
+    if (d.annotations !== undefined && !isObject(d.annotations)) refuse(`${at} annotations ${show(d.annotations)} are not an object`);
+    return (d.annotations ?? {}) as Record<string, unknown>;
+  };
+  const entries: PullPlan['entries'] = [];
+  let bytes = 0;
+
+  // The config: the layer's manifest file, or the empty config of a layer without one.
+  const configFile = files.findIndex((f) => f.endsWith('.manifest.json'));
+  const c = m.config;
+  const ca = descriptor(c, 'config');
+  if (configFile >= 0) {
+    if (c.mediaType !== CONFIG_MEDIA_TYPE) refuse(`config media type ${show(c.mediaType)} is not ${CONFIG_MEDIA_TYPE} (the planned ${files[configFile]})`);
+    if (ca[Annotations.title] !== files[configFile]) refuse(`config title ${show(ca[Annotations.title])} is not the planned ${files[configFile]}`);
+    entries.push({ file: configFile, chunks: [{ chunk: 0, digest: c.digest, blobSize: c.size, offset: 0, size: c.size, sha256: c.digest.slice(7), compressed: false }] });
+    bytes += c.size;
+  } else if (c.mediaType !== EMPTY_CONFIG.mediaType || ca[Annotations.title] !== undefined) {
+    refuse(`config media type ${show(c.mediaType)}, title ${show(ca[Annotations.title])}: no manifest file is planned (${files.join(', ')}), so the config must be ${EMPTY_CONFIG.mediaType} without a title`);
+  }
+
+  // The blobs, each checked on its own: the file it belongs to, its media type, its annotations.
+  const byFile = new Map<number, { chunk: PlannedChunk; fileSize: number; at: string }[]>();
+  m.layers.forEach((d: Descriptor, n) => {
+    let at = `layer ${n}`;
+    if (!isObject(d)) refuse(`${at} is not a descriptor`);
+    const a = descriptor(d, at);
+    const title = a[Annotations.title];
+    const i = typeof title === 'string' ? files.indexOf(title) : -1;
+    if (i < 0) refuse(`${at} title ${show(title)} is not one of the planned files (${files.join(', ')})`);
+    if (i === configFile) refuse(`${at} title ${show(title)} names the planned manifest file, which is the config (each planned file comes once)`);
+    at = `${at} (${files[i]})`;
+    if (d.mediaType !== FILE_MEDIA_TYPE && d.mediaType !== FILE_MEDIA_TYPE_ZSTD) refuse(`${at} media type ${show(d.mediaType)} is not ${FILE_MEDIA_TYPE} or ${FILE_MEDIA_TYPE_ZSTD}`);
+    const count = (field: keyof typeof Annotations) => {
+      const v = a[Annotations[field]];
+      if (typeof v !== 'string' || !/^(?:0|[1-9][0-9]{0,15})$/.test(v) || !Number.isSafeInteger(Number(v))) refuse(`${at} annotation ${Annotations[field]} ${show(v)} is not a whole number`);
+      return Number(v);
+    };
+    const chunk: PlannedChunk = {
+      chunk: count('chunk'),
+      digest: d.digest,
+      blobSize: d.size,
+      offset: count('offset'),
+      size: count('size'),
+      sha256: String(a[Annotations.sha256]),
+      compressed: a[Annotations.compressed] === 'true',
+    };
+    const fileSize = count('fileSize');
+    if (!/^[0-9a-f]{64}$/.test(chunk.sha256) || typeof a[Annotations.sha256] !== 'string') refuse(`${at} annotation ${Annotations.sha256} ${show(a[Annotations.sha256])} is not a sha256`);
+    if (a[Annotations.compressed] !== String(d.mediaType === FILE_MEDIA_TYPE_ZSTD)) refuse(`${at} annotation ${Annotations.compressed} ${show(a[Annotations.compressed])} disagrees with its media type ${d.mediaType}`);
+    if (chunk.compressed) {
+      if (d.size > chunk.size + Math.floor(chunk.size / 64) + 4096) refuse(`${at} size ${d.size} is more than a zstd blob of its ${Annotations.size} ${chunk.size} can be`);
+    } else {
+      if (d.size !== chunk.size) refuse(`${at} size ${d.size} disagrees with its ${Annotations.size} ${chunk.size}`);
+      if (d.digest !== `sha256:${chunk.sha256}`) refuse(`${at} digest ${d.digest} disagrees with its ${Annotations.sha256} ${chunk.sha256}`);
+    }
+    if (!byFile.has(i)) byFile.set(i, []);
+    byFile.get(i)!.push({ chunk, fileSize, at });
+  });
+
+  // Each planned file whole: chunks 0..n-1 once each, contiguous, adding up to its size.
+  files.forEach((f, i) => {
+    if (i === configFile) return;
+    const cs = byFile.get(i);
+    if (!cs) return refuse(`it holds no blob for the planned ${f} (it holds ${[...byFile.keys()].map((k) => files[k]).join(', ') || 'none'})`);
+    cs.sort((x, y) => x.chunk.chunk - y.chunk.chunk);
+    const fileSize = cs[0].fileSize;
     let offset = 0;
-    const fileSize = Number(ds[0].annotations![Annotations.fileSize]);
-    ds.forEach((d, i) => {
-      const a = d.annotations!;
-      const size = Number(a[Annotations.size]);
-      const ok =
-        Number(a[Annotations.chunk]) === i &&
-        Number(a[Annotations.offset]) === offset &&
-        Number(a[Annotations.fileSize]) === fileSize &&
-        Number.isSafeInteger(size) &&
-        size >= 0 &&
-        /^[0-9a-f]{64}$/.test(a[Annotations.sha256] ?? '') &&
-        (a[Annotations.compressed] === 'true') === (d.mediaType === FILE_MEDIA_TYPE_ZSTD) &&
-        (d.mediaType === FILE_MEDIA_TYPE_ZSTD ? d.size <= size + (size >> 6) + 4096 : d.mediaType === FILE_MEDIA_TYPE && d.size === size);
-      if (!ok) throw new LayerMismatch(`${f}: chunk ${i} is inconsistent (${JSON.stringify(a).slice(0, 300)})`);
-      offset += size;
+    cs.forEach(({ chunk, fileSize: fs2, at }, k) => {
+      if (chunk.chunk !== k) refuse(`${at} annotation ${Annotations.chunk} ${chunk.chunk}: ${f} needs chunks 0 to ${cs.length - 1}, each once`);
+      if (chunk.offset !== offset) refuse(`${at} annotation ${Annotations.offset} ${chunk.offset} is not ${offset}, where chunk ${k} of ${f} starts`);
+      if (fs2 !== fileSize) refuse(`${at} annotation ${Annotations.fileSize} ${fs2} disagrees with chunk 0's ${fileSize}`);
+      offset += chunk.size;
     });
-    if (offset !== fileSize) throw new LayerMismatch(`${f}: chunks add up to ${offset} bytes, not ${fileSize}`);
-  }
-  const total = [...byFile.values()].reduce((n, ds) => n + Number(ds[0].annotations![Annotations.fileSize]), configTitle ? m.config.size : 0);
-  if (total > maxBytes) throw new LayerMismatch(`its files add up to ${total} bytes, more than a layer of this configuration holds (${maxBytes})`);
-  return { config: configTitle ? m.config : undefined, byFile };
+    if (offset !== fileSize) refuse(`${f}: chunks add up to ${offset} bytes, not its ${Annotations.fileSize} ${fileSize}`);
+    entries.push({ file: i, chunks: cs.map((x) => x.chunk) });
+    bytes += fileSize;
+  });
+  if (bytes > maxBytes) refuse(`its files add up to ${bytes} bytes, more than a layer of this configuration holds (${maxBytes})`);
+  return { files, entries, bytes };
 }
 
 /**
@@ -372,13 +465,10 @@ async function hashAppended(fh: fs.promises.FileHandle, from: number, max: numbe
   }
 }
 
-interface PullJob {
+/** A planned chunk and the planned file it goes to: its name (for messages) and index (for the temp name). */
+interface PullJob extends PlannedChunk {
   file: string;
-  d: Descriptor;
-  offset: number;
-  size: number;
-  sha256: string;
-  compressed: boolean;
+  fileIndex: number;
 }
 
 /** Runs what `fn` starts under one signal: the first part to fail ends the others, and is thrown once they settled. */
@@ -428,24 +518,25 @@ function unzstd(file: string, out: number, end: number, what: string, signal: Ab
  * uncompressed sha256 and size, each computed from the bytes as written.
  */
 async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.promises.FileHandle, staging: string, signal: AbortSignal): Promise<{ wire: number }> {
-  if (fs.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.d.annotations?.[Annotations.chunk] ?? 0} would land at ${fs.fstatSync(out).size}, not ${j.offset}`);
+  if (fs.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.chunk} would land at ${fs.fstatSync(out).size}, not ${j.offset}`);
   const what = `${j.file} chunk at ${j.offset}`;
   let blob: { hex: string; bytes: number };
   let raw: { hex: string; bytes: number };
   const refuseBlob = (b: { hex: string; bytes: number }) => {
-    if (b.bytes !== j.d.size || `sha256:${b.hex}` !== j.d.digest) throw new RegistryError(`blob ${j.d.digest} of ${j.file} arrived with sha256:${b.hex} (${b.bytes} bytes): refused`, 'protocol');
+    if (b.bytes !== j.blobSize || `sha256:${b.hex}` !== j.digest) throw new RegistryError(`blob ${j.digest} of ${j.file} arrived with sha256:${b.hex} (${b.bytes} bytes): refused`, 'protocol');
   };
   if (!j.compressed) {
-    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client.curlBlob(j.d.digest, out, sig)), what, sig));
+    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client.curlBlob(j.digest, out, sig)), what, sig));
     refuseBlob(blob);
   } else {
-    const tmp = path.join(staging, `.pull-${j.d.digest.slice(7, 39)}.zst`);
+    // Named from the plan's own numbers, not from anything the registry sent.
+    const tmp = path.join(staging, `.pull-${j.fileIndex}-${j.chunk}.zst`);
     const tmpOut = fs.openSync(tmp, 'wx');
     const tmpIn = await fs.promises.open(tmp, 'r').catch((err) => (fs.closeSync(tmpOut), Promise.reject(err)));
     try {
-      blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.d.size, part(client.curlBlob(j.d.digest, tmpOut, sig)), `blob ${j.d.digest}`, sig));
+      blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.blobSize, part(client.curlBlob(j.digest, tmpOut, sig)), `blob ${j.digest}`, sig));
       refuseBlob(blob);
-      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.d.digest}`, sig)), what, sig));
+      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.digest}`, sig)), what, sig));
     } finally {
       fs.closeSync(tmpOut);
       await tmpIn.close();
@@ -482,23 +573,16 @@ export async function pullLayer(
   } catch {
     throw new LayerMismatch('its manifest is not JSON');
   }
+  // Every check the manifest alone allows is done here, before a byte is fetched or written.
   const plan = planPull(m, key, files, opts.maxBytes ?? Number.MAX_SAFE_INTEGER);
-  const perFile: { file: string; jobs: PullJob[]; bytes: number }[] = [];
-  if (plan.config) {
-    const d = plan.config;
-    perFile.push({ file: d.annotations![Annotations.title], jobs: [{ file: d.annotations![Annotations.title], d, offset: 0, size: d.size, sha256: d.digest.slice(7), compressed: false }], bytes: d.size });
-  }
-  for (const [f, ds] of plan.byFile) {
-    const jobs = ds.map((d) => {
-      const a = d.annotations!;
-      return { file: f, d, offset: Number(a[Annotations.offset]), size: Number(a[Annotations.size]), sha256: a[Annotations.sha256], compressed: a[Annotations.compressed] === 'true' };
-    });
-    perFile.push({ file: f, jobs, bytes: jobs.reduce((n, j) => n + j.d.size, 0) });
-  }
+  const perFile = plan.entries.map(({ file: i, chunks }) => {
+    const file = plan.files[i];
+    return { file, jobs: chunks.map((c): PullJob => ({ ...c, file, fileIndex: i })), bytes: chunks.reduce((n, c) => n + c.blobSize, 0) };
+  });
   // Biggest first, so the last to finish are small ones.
   perFile.sort((a, b) => b.bytes - a.bytes);
   await eachLimit(perFile, opts.concurrency ?? 4, signal, async ({ file, jobs }, sig) => {
-    const target = path.join(staging, file);
+    const target = plannedPath(staging, plan.files, file);
     const out = fs.openSync(target, 'wx');
     fs.closeSync(out);
     const append = fs.openSync(target, 'a');
@@ -540,6 +624,7 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
   const client = new OciClient(ref, { token: opts.token, connectTimeoutMs: opts.connectTimeoutMs, stallMs: opts.stallMs, maxSockets: concurrency + 2 });
   const label = `registry ${ref.host}/${ref.name}`;
   const log = () => opts.logger ?? globalLog;
+  if (/[A-Z]/.test(opts.repository)) log().info(`registry ${opts.repository.trim()}: OCI repository names are lowercase, so it is used as ${ref.host}/${ref.name}`);
   // Turning off aborts what is in flight too: one bound paid, not one per call.
   const off = new AbortController();
   const transfer = { ...opts, concurrency, signal: off.signal };
@@ -567,6 +652,8 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
         if (err instanceof RegistryError && err.kind !== 'protocol') fail('sign-in', ref.host, err);
       },
     );
+  /** Tags whose manifest this run refused (or the caller did): the next save replaces them. */
+  const replace = new Set<string>();
   return {
     label,
     client,
@@ -576,6 +663,9 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
     prestart() {
       warm ??= warmUp();
     },
+    refused(key) {
+      replace.add(key);
+    },
     async restore(key, files, staging, { maxBytes, verified }): Promise<RestoreResult> {
       await warm;
       if (off.signal.aborted) return 'miss';
@@ -584,9 +674,10 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
         if (result === 'restored') log().info(`  ${label}: pulled ${key}: ${stats.blobs} blobs, ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1000).toFixed(1)} s`);
         return result;
       } catch (err) {
-        for (const f of files) fs.rmSync(path.join(staging, f), { force: true });
+        for (const f of files.filter(isPlainName)) fs.rmSync(plannedPath(staging, files, f), { force: true });
         verified?.clear();
         fail('restore', key, err);
+        if (err instanceof LayerMismatch) replace.add(key);
         // Off (down, stalled, refused) or not our artifact: a miss; a bad blob: worth one more try.
         return err instanceof LayerMismatch || off.signal.aborted ? 'miss' : 'failed';
       }
@@ -594,6 +685,7 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
     async has(key) {
       await warm;
       if (off.signal.aborted) return undefined;
+      if (replace.has(key)) return false;
       try {
         return await client.manifestExists(tagFor(key), off.signal, 'pull');
       } catch (err) {
@@ -605,7 +697,9 @@ export function registryTier(opts: RegistryTierOptions): RemoteTier & { readonly
       await warm;
       if (off.signal.aborted || pushRefused) return 'failed';
       try {
-        if (await client.manifestExists(tagFor(key), off.signal, 'pull,push')) return 'exists';
+        // A tag is mutable: a refused one is pushed over (a later run then restores the rebuilt layer).
+        if (replace.has(key)) log().info(`  ${label}: ${key} holds a refused entry; pushing the rebuilt layer over it`);
+        else if (await client.manifestExists(tagFor(key), off.signal, 'pull,push')) return 'exists';
         const stats = await pushLayer(client, key, files, dir, transfer);
         log().info(`  ${label}: pushed ${key}: ${stats.transferred} of ${stats.blobs} blobs sent (${stats.skipped} there already), ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1000).toFixed(1)} s`);
         return 'saved';

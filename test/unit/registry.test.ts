@@ -4,15 +4,18 @@
 import assert from 'node:assert/strict';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { isLoopback, parseRegistryRef } from '../../src/cache/oci.js';
-import { ARTIFACT_TYPE, Annotations, CONFIG_MEDIA_TYPE, FILE_MEDIA_TYPE, FILE_MEDIA_TYPE_ZSTD, registryTier, tagFor, type OciManifest, type RegistryTierOptions } from '../../src/cache/registry.js';
+import { RegistryError, TunnelAgent, isLoopback, noProxy, parseRegistryRef, proxyFor } from '../../src/cache/oci.js';
+import { ARTIFACT_TYPE, Annotations, CONFIG_MEDIA_TYPE, FILE_MEDIA_TYPE, FILE_MEDIA_TYPE_ZSTD, LayerMismatch, planPull, plannedPath, registryTier, tagFor, type OciManifest, type RegistryTierOptions } from '../../src/cache/registry.js';
 import type { Logger } from '../../src/log.js';
 import { InputError, parseConfig } from '../../src/inputs.js';
+import { startProxy, type TestProxy } from '../support/proxy.js';
 import { freePort, registryMissing, startRegistry, type TestRegistry } from '../support/registry.js';
 
 const missing = registryMissing();
@@ -161,7 +164,7 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     assert.deepEqual(logger.warnings, []);
     const dir = staging();
     assert.equal(await t.restore(key, [...files, 'extra.qcow2'], dir, BOUND), 'miss');
-    assert.match(logger.warnings.join('\n'), /holds .* not .*extra\.qcow2/);
+    assert.match(logger.warnings.join('\n'), /it holds no blob for the planned extra\.qcow2/);
     assert.deepEqual(fs.readdirSync(dir), []);
     assert.equal(t.on, true);
     t.close();
@@ -253,6 +256,87 @@ describe('OCI registry tier (docker-registry on loopback)', { skip: missing && `
     // The registry logs a request when it completes: give the log a moment.
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual(reg.requests().slice(before).filter((r) => r.method === 'GET' && r.uri.includes('/blobs/')), [], 'no blob fetched');
+  });
+
+  test('a hostile manifest is refused from the manifest alone, in one warning naming the field: nothing fetched, nothing written, in staging or outside it', async (t) => {
+    const accept = { accept: 'application/vnd.oci.image.manifest.v1+json' };
+    const base = JSON.parse((await get(`http://${reg.host}/v2/ryra/layers/manifests/${tagFor(key)}`, accept)).body.toString()) as OciManifest;
+    const copy = () => structuredClone(base);
+    const layer = (m: OciManifest, f: string, chunk = 0) => m.layers.find((l) => l.annotations![Annotations.title] === f && l.annotations![Annotations.chunk] === String(chunk))!;
+    // Where a title that climbs out or is absolute would land: none of these may exist afterwards.
+    const outer = fs.mkdtempSync(path.join(tmp, 'outer-'));
+    const abs = path.join(tmp, 'absolute-target');
+    const cases: [string, (m: OciManifest) => void, RegExp][] = [
+      ['config title ../x', (m) => (m.config.annotations![Annotations.title] = '../escaped-config'), /config title "\.\.\/escaped-config" is not the planned snap\.manifest\.json/],
+      ['config title absolute', (m) => (m.config.annotations![Annotations.title] = abs), /config title ".*absolute-target" is not the planned snap\.manifest\.json/],
+      ['config title another plain name', (m) => (m.config.annotations![Annotations.title] = 'other.manifest.json'), /config title "other\.manifest\.json" is not the planned snap\.manifest\.json/],
+      ['config title missing', (m) => delete m.config.annotations, /config title undefined is not the planned snap\.manifest\.json/],
+      ['config media type', (m) => (m.config.mediaType = 'application/vnd.oci.image.config.v1+json'), /config media type "application\/vnd\.oci\.image\.config\.v1\+json" is not application\/vnd\.ryra-vm\.layer\.manifest\.v1\+json/],
+      ['config size', (m) => (m.config.size = -1), /config size -1 is not a byte count/],
+      ['layer title ../x', (m) => (layer(m, 'empty.bin').annotations![Annotations.title] = '../escaped-layer'), /layer \d+ title "\.\.\/escaped-layer" is not one of the planned files/],
+      ['layer title absolute', (m) => (layer(m, 'empty.bin').annotations![Annotations.title] = abs), /layer \d+ title ".*absolute-target" is not one of the planned files/],
+      ['layer title not planned', (m) => (layer(m, 'empty.bin').annotations![Annotations.title] = 'other.qcow2'), /layer \d+ title "other\.qcow2" is not one of the planned files/],
+      ['planned name twice: a blob for the config\'s file', (m) => (layer(m, 'empty.bin').annotations![Annotations.title] = 'snap.manifest.json'), /layer \d+ title "snap\.manifest\.json" names the planned manifest file, which is the config/],
+      ['planned name twice: a chunk twice', (m) => m.layers.push(structuredClone(layer(m, 'disk.qcow2', 1))), /layer \d+ \(disk\.qcow2\) annotation vnd\.ryra-vm\.chunk 1: disk\.qcow2 needs chunks 0 to 4, each once/],
+      ['planned name missing', (m) => (m.layers = m.layers.filter((l) => l.annotations![Annotations.title] !== 'efivars.qcow2')), /it holds no blob for the planned efivars\.qcow2/],
+      ['planned manifest missing (the empty config)', (m) => (m.config = { mediaType: 'application/vnd.oci.empty.v1+json', digest: `sha256:${crypto.createHash('sha256').update('{}').digest('hex')}`, size: 2 }), /config media type "application\/vnd\.oci\.empty\.v1\+json" is not application\/vnd\.ryra-vm\.layer\.manifest\.v1\+json/],
+      ['layer media type', (m) => (layer(m, 'disk.qcow2', 2).mediaType = 'application/octet-stream'), /layer \d+ \(disk\.qcow2\) media type "application\/octet-stream" is not application\/vnd\.ryra-vm\.layer\.file\.v1/],
+      ['layer size vs its uncompressed size', (m) => (layer(m, 'disk.qcow2', 2).size += 1), /layer \d+ \(disk\.qcow2\) size \d+ disagrees with its vnd\.ryra-vm\.uncompressed-size 1048576/],
+      ['layer digest vs its uncompressed sha256', (m) => (layer(m, 'disk.qcow2', 2).annotations![Annotations.sha256] = 'a'.repeat(64)), /layer \d+ \(disk\.qcow2\) digest sha256:[0-9a-f]{64} disagrees with its vnd\.ryra-vm\.uncompressed-sha256 a{64}/],
+      ['compressed flag vs media type', (m) => (layer(m, 'disk.qcow2', 2).annotations![Annotations.compressed] = 'true'), /layer \d+ \(disk\.qcow2\) annotation vnd\.ryra-vm\.compressed "true" disagrees with its media type application\/vnd\.ryra-vm\.layer\.file\.v1$/m],
+      ['a compressed blob bigger than it unpacks to', (m) => (layer(m, 'seed.iso').size = 10 ** 9), /layer \d+ \(seed\.iso\) size 1000000000 is more than a zstd blob of its vnd\.ryra-vm\.uncompressed-size \d+ can be/],
+      ['offset', (m) => (layer(m, 'disk.qcow2', 3).annotations![Annotations.offset] = '0'), /layer \d+ \(disk\.qcow2\) annotation vnd\.ryra-vm\.offset 0 is not 3145728, where chunk 3 of disk\.qcow2 starts/],
+      ['file size', (m) => (layer(m, 'disk.qcow2', 3).annotations![Annotations.fileSize] = '4194304'), /layer \d+ \(disk\.qcow2\) annotation vnd\.ryra-vm\.file-size 4194304 disagrees with chunk 0's 3670016/],
+      ['sizes that do not add up', (m) => (m.layers = m.layers.filter((l) => l !== layer(m, 'disk.qcow2', 3))), /disk\.qcow2: chunks add up to 3145728 bytes, not its vnd\.ryra-vm\.file-size 3670016/],
+      ['a size that is not a whole number', (m) => (layer(m, 'disk.qcow2', 1).annotations![Annotations.size] = '1e6'), /layer \d+ \(disk\.qcow2\) annotation vnd\.ryra-vm\.uncompressed-size "1e6" is not a whole number/],
+      ['an empty number', (m) => (layer(m, 'disk.qcow2', 0).annotations![Annotations.offset] = ''), /layer \d+ \(disk\.qcow2\) annotation vnd\.ryra-vm\.offset "" is not a whole number/],
+      ['an uncompressed sha256 missing', (m) => delete layer(m, 'seed.iso').annotations![Annotations.sha256], /layer \d+ \(seed\.iso\) annotation vnd\.ryra-vm\.uncompressed-sha256 undefined is not a sha256/],
+    ];
+    // A layer without a manifest file: its config is the empty one (pushed here, so a hostile manifest can name it).
+    const plain = files.filter((f) => !f.endsWith('.manifest.json'));
+    const { t: tier0 } = tier();
+    assert.equal(await tier0.save(`${key}-no-manifest`, plain, src), 'saved');
+    tier0.close();
+    const before = reg.requests().length;
+    for (const [name, edit, want] of cases) {
+      await t.test(name, async () => {
+        const k = `${key}-hostile-${name.replace(/[^a-z0-9]+/gi, '-')}`;
+        const m = copy();
+        edit(m);
+        await putManifest(k, m);
+        const { t: tier1, logger } = tier();
+        const dir = fs.mkdtempSync(path.join(outer, 'staging-'));
+        assert.equal(await tier1.restore(k, files, dir, BOUND), 'miss');
+        assert.equal(tier1.on, true);
+        tier1.close();
+        assert.equal(logger.warnings.length, 1, logger.warnings.join('\n'));
+        assert.match(logger.warnings[0], want);
+        assert.deepEqual(fs.readdirSync(dir), [], 'nothing in staging');
+        assert.deepEqual(fs.readdirSync(outer), [path.basename(dir)], 'nothing beside staging');
+        for (const target of [path.join(dir, '../escaped-config'), path.join(dir, '../escaped-layer'), abs]) assert.equal(fs.existsSync(target), false, target);
+        fs.rmdirSync(dir);
+      });
+    }
+    // The same manifest unedited (and a layer without a manifest file, whose config is the empty one) restores: the edits alone were refused.
+    const control = `${key}-hostile-control`;
+    await putManifest(control, copy());
+    const { t: tier2, logger } = tier();
+    const dir = staging();
+    assert.equal(await tier2.restore(control, files, dir, BOUND), 'restored');
+    sameFiles(src, dir, files);
+    const dir2 = staging();
+    assert.equal(await tier2.restore(`${key}-no-manifest`, plain, dir2, BOUND), 'restored');
+    sameFiles(src, dir2, plain);
+    tier2.close();
+    assert.deepEqual(logger.warnings, []);
+    // The registry logs a request when it completes: give the log a moment. No hostile tag had a blob fetched.
+    await new Promise((r) => setTimeout(r, 300));
+    const fetched = reg.requests().slice(before).filter((r) => r.method === 'GET' && r.uri.includes('/blobs/'));
+    assert.ok(fetched.length > 0, 'the control fetched blobs');
+    const hostile = reg.requests().slice(before).filter((r) => r.uri.includes('-hostile-') && !r.uri.includes('-hostile-control'));
+    assert.ok(hostile.length >= cases.length, 'each hostile tag was asked for');
+    const firstControl = reg.requests().slice(before).findIndex((r) => r.uri.includes('-hostile-control'));
+    assert.deepEqual(reg.requests().slice(before, before + firstControl).filter((r) => r.method === 'GET' && r.uri.includes('/blobs/')), [], 'no blob fetched for a hostile manifest');
   });
 
   test('plain Basic auth where the registry asks for it (USER:PASSWORD), and a wrong password is one warning', async () => {
@@ -431,6 +515,129 @@ describe('OCI registry tier with token auth (docker-registry auth: token, a test
   });
 });
 
+describe('OCI registry tier through the runner\'s proxy (a forward proxy on loopback)', { skip: missing && `skipped: ${missing}` }, () => {
+  let reg: TestRegistry;
+  let proxy: TestProxy;
+  const src = path.join(tmp, 'proxy-layer');
+  let files: string[];
+  before(async () => {
+    reg = await startRegistry();
+    proxy = await startProxy();
+    files = makeLayer(src);
+  });
+  after(async () => {
+    await proxy?.close();
+    await reg?.close();
+  });
+  const PROXY_VARS = ['http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'no_proxy', 'NO_PROXY', 'all_proxy', 'ALL_PROXY'];
+  /** Runs `fn` with exactly `vars` among the proxy variables, then puts them back as they were. */
+  async function withProxyEnv<T>(vars: Record<string, string>, fn: () => Promise<T>): Promise<T> {
+    const saved = Object.fromEntries(PROXY_VARS.map((k) => [k, process.env[k]]));
+    for (const k of PROXY_VARS) delete process.env[k];
+    Object.assign(process.env, vars);
+    try {
+      return await fn();
+    } finally {
+      for (const k of PROXY_VARS) {
+        if (saved[k] === undefined) delete process.env[k];
+        else process.env[k] = saved[k];
+      }
+    }
+  }
+  const pushPull = async (k: string) => {
+    const logger = capture();
+    const t = registryTier({ repository: `${reg.host}/ryra/proxied`, chunkBytes: CHUNK, logger });
+    assert.equal(await t.save(k, files, src), 'saved');
+    const dir = staging();
+    assert.equal(await t.restore(k, files, dir, BOUND), 'restored');
+    t.close();
+    sameFiles(src, dir, files);
+    assert.deepEqual(logger.warnings, []);
+  };
+
+  test('HTTP_PROXY (uppercase, with credentials), NO_PROXY empty: node:http\'s requests and curl\'s blob GETs all go through the proxy; the pull is byte-identical', async () => {
+    const withAuth = proxy.url.replace('http://', 'http://ci:p%40ss@');
+    const from = proxy.requests.length;
+    await withProxyEnv({ HTTP_PROXY: withAuth, NO_PROXY: '' }, () => pushPull('k1'));
+    const seen = proxy.requests.slice(from);
+    assert.ok(seen.length > 0, 'nothing went through the proxy');
+    const base = `http://${reg.host}/v2/ryra/proxied/`;
+    for (const r of seen) {
+      assert.ok(r.target.startsWith(base), `${r.method} ${r.target}`);
+      assert.equal(r.auth, `Basic ${Buffer.from('ci:p@ss').toString('base64')}`, `${r.method} ${r.target}: the proxy's credentials`);
+    }
+    const kinds = new Set(seen.map((r) => `${r.method} ${r.target.slice(base.length).split('/')[0]}`));
+    for (const k of ['HEAD manifests', 'HEAD blobs', 'POST blobs', 'PUT blobs', 'PUT manifests', 'GET manifests', 'GET blobs']) assert.ok(kinds.has(k), `${k} through the proxy (saw ${[...kinds].join(', ')})`);
+    // Every blob of the pull (curl's), the config's included, came through it.
+    const m = JSON.parse((await get(`${base}manifests/k1`, { accept: 'application/vnd.oci.image.manifest.v1+json' })).body.toString()) as OciManifest;
+    assert.equal(seen.filter((r) => r.method === 'GET' && r.target.includes('/blobs/')).length, m.layers.length + 1);
+  });
+
+  test('NO_PROXY=127.0.0.1: the same push and pull bypass the proxy', async () => {
+    const from = proxy.requests.length;
+    await withProxyEnv({ HTTP_PROXY: proxy.url, NO_PROXY: '127.0.0.1' }, () => pushPull('k2'));
+    assert.deepEqual(proxy.requests.slice(from), []);
+  });
+
+  test('a proxy that is down: one warning naming it, a miss, the tier off', async () => {
+    const port = await freePort();
+    const logger = capture();
+    await withProxyEnv({ http_proxy: `http://127.0.0.1:${port}` }, async () => {
+      const t = registryTier({ repository: `${reg.host}/ryra/proxied`, logger, connectTimeoutMs: 2000 });
+      assert.equal(await t.restore('k1', files, staging(), BOUND), 'miss');
+      assert.equal(t.on, false);
+      t.close();
+    });
+    assert.equal(logger.warnings.length, 1, logger.warnings.join('\n'));
+    assert.match(logger.warnings[0], new RegExp(`ECONNREFUSED.*\\(through the proxy 127\\.0\\.0\\.1:${port}\\).*off for the rest of this run`));
+  });
+
+  test('https through a proxy: a CONNECT tunnel (one per kept-alive connection), its credentials; a refusal or a silent proxy is an error within the connect bound', async () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'tls-'));
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${dir}/k.pem`, '-out', `${dir}/c.pem`, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const ca = fs.readFileSync(`${dir}/c.pem`);
+    const server = https.createServer({ key: fs.readFileSync(`${dir}/k.pem`), cert: ca }, (req, res) => res.end(`tls ${req.url}`));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `https://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const fetch = (agent: https.Agent, p: string) =>
+      new Promise<string>((resolve, reject) =>
+        https
+          .get(`${url}${p}`, { agent }, (res) => {
+            let body = '';
+            res.on('data', (d) => (body += d));
+            res.on('end', () => resolve(body));
+          })
+          .on('error', reject),
+      );
+    const refusing = await startProxy({ refuseConnect: '407 Proxy Authentication Required' });
+    const silent = await startProxy({ silentConnect: true });
+    try {
+      const from = proxy.requests.length;
+      const agent = new TunnelAgent(new URL(proxy.url.replace('http://', 'http://ci:s3cret@')), 2000, { ca, keepAlive: true, maxSockets: 1 });
+      assert.equal(await fetch(agent, '/a'), 'tls /a');
+      assert.equal(await fetch(agent, '/b'), 'tls /b');
+      agent.destroy();
+      assert.deepEqual(proxy.requests.slice(from), [{ method: 'CONNECT', target: url.slice(8), auth: `Basic ${Buffer.from('ci:s3cret').toString('base64')}` }]);
+
+      const a2 = new TunnelAgent(new URL(refusing.url), 2000, { ca });
+      await assert.rejects(fetch(a2, '/'), (e: Error) => e instanceof RegistryError && e.kind === 'auth' && new RegExp(`the proxy 127\\.0\\.0\\.1:\\d+ refused CONNECT ${url.slice(8)}: HTTP/1\\.1 407 Proxy Authentication Required`).test(e.message));
+      a2.destroy();
+
+      const a3 = new TunnelAgent(new URL(silent.url), 1000, { ca });
+      const start = Date.now();
+      await assert.rejects(fetch(a3, '/'), (e: Error) => e instanceof RegistryError && e.kind === 'unreachable' && /no tunnel through the proxy 127\.0\.0\.1:\d+ to 127\.0\.0\.1:\d+ within 1 s/.test(e.message));
+      assert.ok(Date.now() - start < 3000, `took ${Date.now() - start} ms`);
+      a3.destroy();
+    } finally {
+      await refusing.close();
+      await silent.close();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('registry references and tags', () => {
   test('loopback hosts may use plain http, others https only; the name follows the spec grammar', () => {
     assert.deepEqual(parseRegistryRef('ghcr.io/owner/ryra-vm-layers'), { scheme: 'https', host: 'ghcr.io', name: 'owner/ryra-vm-layers' });
@@ -439,7 +646,11 @@ describe('registry references and tags', () => {
     assert.deepEqual(parseRegistryRef('[::1]:5000/a'), { scheme: 'http', host: '[::1]:5000', name: 'a' });
     assert.deepEqual(parseRegistryRef('https://localhost:5000/a'), { scheme: 'https', host: 'localhost:5000', name: 'a' });
     assert.throws(() => parseRegistryRef('http://ghcr.io/owner/x'), /plain http is allowed only for loopback/);
-    assert.throws(() => parseRegistryRef('ghcr.io/Owner/X'), /repository Owner\/X: lowercase/);
+    // Lowercased, as image-tag tools do: the README's ghcr.io/${{ github.repository_owner }}/… works for any owner.
+    assert.deepEqual(parseRegistryRef('ghcr.io/Octo-Org/layers'), { scheme: 'https', host: 'ghcr.io', name: 'octo-org/layers' });
+    assert.deepEqual(parseRegistryRef('GHCR.io/Octo-Org/Ryra_VM.Layers'), { scheme: 'https', host: 'ghcr.io', name: 'octo-org/ryra_vm.layers' });
+    assert.throws(() => parseRegistryRef('ghcr.io/Owner/-X'), /repository Owner\/-X: letters and digits \(taken in lowercase\), separated by/);
+    assert.throws(() => parseRegistryRef('ghcr.io/owner//x'), /repository owner\/\/x: letters and digits/);
     assert.throws(() => parseRegistryRef('ghcr.io'), /HOST\/REPOSITORY/);
     assert.throws(() => parseRegistryRef('user:pw@ghcr.io/a'), /no credentials in it/);
     assert.equal(isLoopback('127.8.9.10'), true);
@@ -454,7 +665,97 @@ describe('registry references and tags', () => {
     assert.equal(config({ 'registry-token': ' ghs_abc ' }).registryToken, 'ghs_abc');
     assert.equal(config({ 'registry-token': '${{ github.token }}' }).registryToken, undefined);
     assert.throws(() => config({ registry: 'http://ghcr.io/owner/x' }), (e: Error) => e instanceof InputError && /^invalid registry: "http:\/\/ghcr.io\/owner\/x" \(plain http is allowed only for loopback .*e\.g\. ghcr\.io\/OWNER\/ryra-vm-layers/.test(e.message));
-    assert.throws(() => config({ registry: 'ghcr.io/Owner' }), /invalid registry: .*lowercase/);
+    assert.equal(config({ registry: 'ghcr.io/Octo-Org/layers' }).registry, 'ghcr.io/Octo-Org/layers');
+    assert.throws(() => config({ registry: 'ghcr.io/Owner/x_-y' }), /invalid registry: "ghcr\.io\/Owner\/x_-y" \(repository Owner\/x_-y: letters and digits \(taken in lowercase\)/);
+  });
+
+  test('a repository with capitals: one line says it is used in lowercase, and pushes and pulls go there', { skip: missing && `skipped: ${missing}` }, async () => {
+    const reg = await startRegistry();
+    try {
+      const src = path.join(tmp, 'octo-layer');
+      const files = makeLayer(src);
+      const logger = capture();
+      const t = registryTier({ repository: `${reg.host}/Octo-Org/Layers`, chunkBytes: CHUNK, logger });
+      assert.equal(t.label, `registry ${reg.host}/octo-org/layers`);
+      assert.equal(await t.save('k1', files, src), 'saved');
+      const dir = staging();
+      assert.equal(await t.restore('k1', files, dir, BOUND), 'restored');
+      t.close();
+      sameFiles(src, dir, files);
+      assert.deepEqual(logger.warnings, []);
+      assert.deepEqual(logger.infos.filter((l) => /lowercase/.test(l)), [`registry ${reg.host}/Octo-Org/Layers: OCI repository names are lowercase, so it is used as ${reg.host}/octo-org/layers`]);
+      assert.equal((await get(`http://${reg.host}/v2/octo-org/layers/manifests/k1`, { accept: 'application/vnd.oci.image.manifest.v1+json' })).status, 200);
+    } finally {
+      await reg.close();
+    }
+  });
+
+  test('plannedPath: only a planned plain name becomes a path, joined from the caller\'s own string', () => {
+    const files = ['disk.qcow2', 'snap.manifest.json'];
+    assert.equal(plannedPath('/s', files, 'disk.qcow2'), '/s/disk.qcow2');
+    for (const bad of ['../disk.qcow2', '/etc/passwd', 'other.qcow2', '', 'disk.qcow2/']) assert.throws(() => plannedPath('/s', files, bad), /is not one of the planned plain file names/, bad);
+    // A caller's own name that is not plain is no path either.
+    assert.throws(() => plannedPath('/s', ['../x'], '../x'), /"\.\.\/x" is not one of the planned plain file names/);
+  });
+
+  test('planPull: a typed plan that refers to each planned file by its index; bad digests and a bad planned list refused', () => {
+    const sha = (s: string) => crypto.createHash('sha256').update(s).digest('hex');
+    const files = ['a.bin', 'x.manifest.json'];
+    const manifest = (): OciManifest => ({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      artifactType: ARTIFACT_TYPE,
+      config: { mediaType: CONFIG_MEDIA_TYPE, digest: `sha256:${sha('{"x":1}')}`, size: 7, annotations: { [Annotations.title]: 'x.manifest.json' } },
+      layers: [
+        {
+          mediaType: FILE_MEDIA_TYPE,
+          digest: `sha256:${sha('hello')}`,
+          size: 5,
+          annotations: { [Annotations.title]: 'a.bin', [Annotations.chunk]: '0', [Annotations.offset]: '0', [Annotations.fileSize]: '5', [Annotations.compressed]: 'false', [Annotations.size]: '5', [Annotations.sha256]: sha('hello') },
+        },
+      ],
+      annotations: { [Annotations.key]: 'k' },
+    });
+    const plan = planPull(manifest(), 'k', files, 100);
+    assert.equal(plan.files, files);
+    assert.equal(plan.bytes, 12);
+    assert.deepEqual(plan.entries.map((e) => [e.file, e.chunks.map((c) => [c.offset, c.size, c.compressed])]), [
+      [1, [[0, 7, false]]],
+      [0, [[0, 5, false]]],
+    ]);
+    assert.throws(() => planPull(manifest(), 'k', files, 11), /add up to 12 bytes, more than a layer of this configuration holds \(11\)/);
+    const m = manifest();
+    m.layers[0].digest = 'sha256:../x';
+    assert.throws(() => planPull(m, 'k', files, 100), (e: Error) => e instanceof LayerMismatch && /^layer 0 digest "sha256:\.\.\/x" is not a sha256 digest$/.test(e.message));
+    const m2 = manifest();
+    m2.config.digest = 'sha256:../x';
+    assert.throws(() => planPull(m2, 'k', files, 100), /^LayerMismatch: config digest "sha256:\.\.\/x" is not a sha256 digest$/);
+    assert.throws(() => planPull(manifest(), 'k', ['a.bin', 'a.bin', 'x.manifest.json'], 100), /planned file "a\.bin" is not a plain file name, or is named twice/);
+    assert.throws(() => planPull(manifest(), 'k', ['../a.bin', 'x.manifest.json'], 100), /planned file "\.\.\/a\.bin" is not a plain file name/);
+    assert.throws(() => planPull(manifest(), 'other', files, 100), /the tag holds another key \("k"\)/);
+  });
+
+  test('no_proxy as curl reads it; proxyFor picks https_proxy or http_proxy by scheme', () => {
+    for (const [host, list, want] of [
+      ['127.0.0.1', '127.0.0.1', true],
+      ['127.0.0.1', '', false],
+      ['localhost', undefined, false],
+      ['ghcr.io', '*', true],
+      ['GHCR.io', 'ghcr.io', true],
+      ['pkg.ghcr.io', '.ghcr.io', true],
+      ['pkg.ghcr.io', 'example.com, ghcr.io', true],
+      ['notghcr.io', 'ghcr.io', false],
+      ['10.1.2.3', '10.0.0.0/8', true],
+      ['11.1.2.3', '10.0.0.0/8', false],
+      ['[::1]', '::1', true],
+      ['[::1]', '127.0.0.1', false],
+    ] as const) assert.equal(noProxy(host, list), want, `${host} with ${list}`);
+    const p = { http: 'http://plain:1', https: 'proxy.corp:3128', no: 'internal.corp' };
+    assert.equal(proxyFor(new URL('https://ghcr.io/v2/'), p)?.href, 'http://proxy.corp:3128/');
+    assert.equal(proxyFor(new URL('http://127.0.0.1:5000/v2/'), p)?.href, 'http://plain:1/');
+    assert.equal(proxyFor(new URL('https://registry.internal.corp/v2/'), p), undefined);
+    assert.equal(proxyFor(new URL('https://ghcr.io/v2/'), undefined), undefined);
+    assert.throws(() => proxyFor(new URL('https://ghcr.io/v2/'), { https: 'socks5://127.0.0.1:1080' }), (e: Error) => e instanceof RegistryError && /the proxy socks5:\/\/127\.0\.0\.1:1080 is not an http or https proxy/.test(e.message));
   });
 
   test('tags: a key that fits the tag grammar is its own tag; others are sanitized and hashed, distinctly', () => {
