@@ -45,6 +45,8 @@ export const GuestFiles = {
   vmRecord: 'vm.json',
   /** A VM's own SSH key (0600), and `<key>.pub`. */
   vmKey: 'id_ed25519',
+  /** The VM's pinned SSH host key, for OpenSSH (its Host entry's UserKnownHostsFile). */
+  knownHosts: 'known_hosts',
   /** The share dir of a VM restored where the cache dir's is not wanted. */
   share: 'share',
 } as const;

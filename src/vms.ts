@@ -23,7 +23,7 @@ import { sleep } from './util/time.js';
 import { coldBoot, restoreMachine } from './vm/boot.js';
 import { ForwardPortError, logTail, type Machine } from './vm/machine.js';
 import type { Forward } from './vm/spec.js';
-import { generateKeyPair, writeKeyFiles, type KeyPair } from './vm/ssh.js';
+import { generateKeyPair, hostKeyFor, writeKeyFiles, type KeyPair, type SshTarget } from './vm/ssh.js';
 
 export interface VmRecord {
   name: string;
@@ -32,6 +32,8 @@ export interface VmRecord {
   user: string;
   /** The VM's own private key (0600); the snapshot's shared key does not log in. */
   key: string;
+  /** The guest's SSH host key (an OpenSSH public key line): ryra-vm and `ssh NAME` accept no other. */
+  hostKey: string;
   image: string;
   mode: 'restore' | 'cold';
   browser: boolean;
@@ -53,7 +55,14 @@ export function vmsDir(): string {
   return path.join(runtimeDir(), RuntimeFiles.vms);
 }
 
+/** The job's VMs; the Host entries of any found dead are replaced by ones that say so. */
 export function listVms(): (VmRecord & { running: boolean })[] {
+  const vms = readVms();
+  pruneSshHosts(vms);
+  return vms;
+}
+
+function readVms(): (VmRecord & { running: boolean })[] {
   const dir = vmsDir();
   if (!fs.existsSync(dir)) return [];
   return fs
@@ -61,8 +70,22 @@ export function listVms(): (VmRecord & { running: boolean })[] {
     .map((n) => path.join(dir, n, GuestFiles.vmRecord))
     .filter((f) => fs.existsSync(f))
     .map((f) => JSON.parse(fs.readFileSync(f, 'utf8')) as VmRecord)
-    .map((v) => ({ ...v, running: processNamed(v.pid, v.workDir) }))
+    .map((v) => ({ ...v, running: vmAlive(v) }))
     .sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/**
+ * The VM's QEMU runs: its pid's command line names the VM's dir. With the trailing slash, so that
+ * VM `a`'s dir does not match the QEMU of VM `ab` that got a's old pid. Host entries check the same.
+ */
+function vmAlive(vm: Pick<VmRecord, 'pid' | 'workDir'>): boolean {
+  return processNamed(vm.pid, `${vm.workDir}/`);
+}
+
+/** How ryra-vm reaches a VM over SSH: its own key, its host key pinned. */
+export function vmTarget(vm: Pick<VmRecord, 'name' | 'port' | 'user' | 'key' | 'hostKey'>): SshTarget {
+  if (!vm.hostKey) throw new Error(`VM ${vm.name} was booted by an older ryra-vm that recorded no SSH host key to check: stop it (ryra-vm stop ${vm.name}) and boot it again`);
+  return { port: vm.port, user: vm.user, privateKey: fs.readFileSync(vm.key, 'utf8'), hostKey: vm.hostKey };
 }
 
 export function findVm(name: string): (VmRecord & { running: boolean }) | undefined {
@@ -202,6 +225,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   const start = Date.now();
   let machine: Machine | undefined;
   let mode: VmRecord['mode'] = 'restore';
+  let hostKey = '';
   if (snap) {
     for (const [flag, want, have] of [
       ['--memory', snap.layout.memoryMb, o.memoryMb],
@@ -212,8 +236,11 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       }
     }
     try {
+      const from = restoreFrom(rec, o.browser);
+      // The snapshot's sshd presents the host key derived from the snapshot's key (restoreMachine pins it).
+      hostKey = hostKeyFor(from.key).publicKey;
       ({ machine } = await restoreMachine({
-        ...restoreFrom(rec, o.browser),
+        ...from,
         name,
         workDir,
         sshTimeoutMs: bootTimeout(timeouts.restoreSshMs),
@@ -235,6 +262,9 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   if (!machine) {
     mode = 'cold';
     log.info(`cold-booting ${name} from ${path.basename(cold!.image)}`);
+    // A host key of the VM's own, like its key: the seed installs it.
+    const coldHostKey = generateKeyPair(`ryra-vm ${name} host key`);
+    hostKey = coldHostKey.publicKey;
     machine = await coldBoot({
       name,
       qemu: rec.qemu,
@@ -244,6 +274,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
       workDir,
       diskSize: rec.run.diskSize,
       key: vmKey,
+      hostKey: coldHostKey,
       user: out['ssh-user'],
       seed: { hostname: name, ...runnerSeed(rec.guestPackageManager) },
       sshTimeoutMs: bootTimeout(timeouts.bootSshMs),
@@ -264,6 +295,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
     port: machine.sshPort,
     user: out['ssh-user'],
     key: keyFile,
+    hostKey,
     image: mode === 'restore' ? snap!.backing : cold!.image,
     mode,
     browser: !!o.browser,
@@ -277,6 +309,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
     holder: holder.id,
     forwards,
   };
+  fs.writeFileSync(path.join(workDir, GuestFiles.knownHosts), knownHostsLine(vm) + '\n', { mode: 0o600 });
   fs.writeFileSync(path.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + '\n');
   await updateSshHosts();
   if (!job && process.env.GITHUB_ACTIONS === 'true') log.warning(`${JOB_ENV} is not set: plain \`ssh ${name}\` reaches this VM from any job of this runner user that has no ${JOB_ENV} either (the action sets it for the job's later steps)`);
@@ -284,9 +317,9 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   return vm;
 }
 
-/** Stops a VM's QEMU (SIGTERM, then SIGKILL), removes its directory, its SSH host entry and its holds. */
+/** Stops a VM's QEMU (SIGTERM, then SIGKILL), removes its directory and its holds; its SSH host entry then says it is gone. */
 export async function stopVm(vm: VmRecord): Promise<void> {
-  const alive = () => processNamed(vm.pid, vm.workDir);
+  const alive = () => vmAlive(vm);
   if (alive()) {
     process.kill(vm.pid, 'SIGTERM');
     for (let i = 0; i < 50 && alive(); i++) await sleep(100);
@@ -305,7 +338,9 @@ export async function stopVm(vm: VmRecord): Promise<void> {
 // environment holds the job's id (RYRA_VM_JOB, which the action exports to the job's later steps):
 // two jobs of one runner user that both boot `default` each reach their own. The block goes first
 // in the file (ssh takes the first value it finds for each option) and ends with `Match all`, so
-// the user's own lines after it keep applying to every host.
+// the user's own lines after it keep applying to every host. An entry pins its VM's host key and
+// reaches the VM only while its QEMU runs; once the VM is stopped or found dead, its name's entry
+// only says so, so nothing that listens on the freed port later gets `ssh NAME` sessions.
 
 function userSshConfig(): string {
   return path.join(os.homedir(), '.ssh', 'config');
@@ -353,19 +388,73 @@ export function withoutJobBlocks(text: string, file: string): string {
   return out.join('\n');
 }
 
-export function sshHostBlock(vm: Pick<VmRecord, 'name' | 'port' | 'user' | 'key'>): string {
+/** A path in a shell command in an ssh_config argument: single-quoted, so refused where it holds one. */
+function shellPath(p: string): string {
+  configPath(p);
+  if (p.includes("'")) throw new InputError(`the path ${JSON.stringify(p)} holds a ' (ssh's config runs a shell command with it): set RYRA_VM_RUNTIME_DIR to a plainer path`);
+  return `'${p}'`;
+}
+
+/** The VM's known_hosts line: its host key at the address its Host entry connects to. */
+export function knownHostsLine(vm: Pick<VmRecord, 'port' | 'hostKey'>): string {
+  return `[127.0.0.1]:${vm.port} ${vm.hostKey.trim()}`;
+}
+
+export type HostEntryVm = Pick<VmRecord, 'name' | 'port' | 'user' | 'key' | 'pid' | 'workDir'>;
+
+/**
+ * Instead of a connection, ssh runs this: it prints why there is no VM and ends (QUIET keeps ssh's
+ * own lines about the closed connection out). No `%` (a token to ssh), no `$` (a variable to sh).
+ */
+function refusal(name: string, why: string): string[] {
+  return [`  ProxyCommand sh -c 'echo "ryra-vm: the VM ${name} is gone (${why}); boot it again with ryra-vm boot --name ${name}" >&2; exit 1'`, '  LogLevel QUIET'];
+}
+
+/**
+ * A running VM's Host entry: its host key pinned (the VM's own known_hosts file, nothing else
+ * trusted), and before it a Match that checks, at every `ssh NAME`, that the VM's QEMU still runs
+ * (its pid's command line names the VM's dir, as listVms checks). For a VM that died since the file
+ * was written, ssh then says so instead of connecting to whatever listens on the freed port. ssh
+ * takes the first value it finds for each option: the Match's win over the Host entry's.
+ */
+export function sshHostBlock(vm: HostEntryVm): string {
   return [
+    `Match originalhost ${vm.name} !exec "grep -qaF -e ${shellPath(`${vm.workDir}/`)} /proc/${vm.pid}/cmdline 2>/dev/null"`,
+    ...refusal(vm.name, `its QEMU, pid ${vm.pid}, exited`),
     `Host ${vm.name}`,
     '  HostName 127.0.0.1',
     `  Port ${vm.port}`,
     `  User ${vm.user}`,
     `  IdentityFile ${configPath(vm.key)}`,
     '  IdentitiesOnly yes',
-    // A fresh VM's host key is new every boot: nothing to pin it to.
-    '  StrictHostKeyChecking no',
-    '  UserKnownHostsFile /dev/null',
+    '  StrictHostKeyChecking yes',
+    `  UserKnownHostsFile ${configPath(path.join(vm.workDir, GuestFiles.knownHosts))}`,
+    '  GlobalKnownHostsFile /dev/null',
     '  LogLevel ERROR',
   ].join('\n');
+}
+
+/** The entry of a name whose VM is gone: `ssh NAME` says so and connects nowhere. */
+export function goneHostBlock(name: string, why: string): string {
+  return [`Host ${name}`, ...refusal(name, why)].join('\n');
+}
+
+/**
+ * The job file's text: an entry for each running VM, and one that refuses for each VM found dead
+ * and each name the file had before whose VM is gone (stopped); '' when there are none.
+ */
+export function jobHostsText(dir: string, vms: (HostEntryVm & { running: boolean })[], before: string): string {
+  const running = vms.filter((v) => v.running);
+  const names = new Set([...before.matchAll(/^Host (\S+)$/gm)].map((m) => m[1]).concat(vms.map((v) => v.name)));
+  const gone = [...names]
+    .filter((n) => !running.some((v) => v.name === n))
+    .sort()
+    .map((n) => {
+      const dead = vms.find((v) => v.name === n);
+      return goneHostBlock(n, dead ? `its QEMU, pid ${dead.pid}, exited` : 'stopped');
+    });
+  const blocks = [...running.map(sshHostBlock), ...gone];
+  return blocks.length ? `# Host entries of the VMs in ${dir} (ryra-vm writes it)\n${blocks.join('\n')}\n` : '';
 }
 
 async function withLock<T>(file: string, fn: () => T | Promise<T>): Promise<T> {
@@ -397,23 +486,48 @@ async function editUserSshConfig(edit: (text: string) => string): Promise<void> 
 }
 
 /**
- * Writes the job's Host entries from the VMs its runtime dir holds, and includes them from
- * ~/.ssh/config while there are any (under the job file's lock, so a boot and a stop of one job
- * never leave the include and the file disagreeing).
+ * Writes the job's Host entries from the VMs its runtime dir holds (and the names of gone ones),
+ * and includes them from ~/.ssh/config while there are any (under the job file's lock, so a boot
+ * and a stop of one job never leave the include and the file disagreeing).
  */
 async function updateSshHosts(): Promise<void> {
   const file = jobSshConfig();
   const job = jobId();
   await withLock(file, async () => {
-    const vms = listVms();
-    if (vms.length) {
-      writePrivate(file, `# Host entries of the VMs in ${path.dirname(file)} (ryra-vm writes it)\n${vms.map(sshHostBlock).join('\n')}\n`);
+    const text = jobHostsText(path.dirname(file), readVms(), fs.readFileSync(file, 'utf8'));
+    if (text) {
+      writePrivate(file, text);
       await editUserSshConfig((t) => `${jobBlock(file, job)}\n${withoutJobBlocks(t, file)}`);
     } else {
       await editUserSshConfig((t) => withoutJobBlocks(t, file));
       writePrivate(file, '');
     }
   });
+}
+
+/**
+ * Turns the Host entries of VMs found dead into ones that say so. Their Match already refuses
+ * them; this drops the port and key from the file. Skipped while a boot or stop of the job holds
+ * the file (it writes the file from the same facts), so no ryra-vm call waits on it.
+ */
+function pruneSshHosts(vms: (VmRecord & { running: boolean })[]): void {
+  const dead = vms.filter((v) => !v.running);
+  const file = jobSshConfig();
+  if (!dead.length || !fs.existsSync(file)) return;
+  if (!dead.some((v) => fs.readFileSync(file, 'utf8').includes(`Match originalhost ${v.name} `))) return;
+  let release: () => void;
+  try {
+    release = lockfile.lockSync(file, { realpath: false, stale: 10_000 });
+  } catch {
+    return;
+  }
+  try {
+    const text = jobHostsText(path.dirname(file), readVms(), fs.readFileSync(file, 'utf8'));
+    // A dead VM keeps an entry (the one that refuses): the file is never empty here, the include stays.
+    if (text) writePrivate(file, text);
+  } finally {
+    release();
+  }
 }
 
 /** Removes the job's include from ~/.ssh/config (the post step, after its VMs are stopped). */

@@ -47,6 +47,8 @@ export async function buildImage(ctx: LayerContext, o: ImageBuild): Promise<stri
       base: o.base,
       workDir: work,
       key: generateKeyPair(),
+      // The build's own, like its key: CLEAN_FOR_TEMPLATE deletes it before the image is kept.
+      hostKey: generateKeyPair('ryra-vm host key'),
       memoryMb: o.memoryMb,
       cpus: o.cpus,
       diskSize: '20G',

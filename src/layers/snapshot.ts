@@ -9,11 +9,11 @@ import { CacheFiles, GuestFiles } from '../names.js';
 import { restoreMachine, SNAPSHOT_TAG } from '../vm/boot.js';
 import { listSnapshots } from '../vm/images.js';
 import { recipe, type VmLayout } from '../vm/spec.js';
-import type { KeyPair } from '../vm/ssh.js';
+import { hostKeyFor, type KeyPair } from '../vm/ssh.js';
 import type { LayerContext } from './context.js';
-import { bootBuilder, hostLayout } from './guest.js';
+import { bootBuilder } from './guest.js';
 
-export const SHARE_TAG = 'images';
+export { SHARE_TAG } from './plan.js';
 
 /**
  * The seed's setup, exactly: /mnt/images made but NOT mounted (a mounted virtfs export blocks
@@ -92,22 +92,25 @@ function savevmTimeoutMs(memoryMb: number): number {
 
 export async function buildSnapshot(
   ctx: LayerContext,
-  o: { name: string; base: string; out: SnapshotFiles; key: KeyPair; memoryMb: number; cpus: number; diskSize: string; shrink?: boolean },
+  o: { name: string; base: string; out: SnapshotFiles; key: KeyPair; layout: VmLayout; diskSize: string; shrink?: boolean },
 ): Promise<SnapshotBuild> {
   const work = tempPath(ctx.dir, `${o.name}-work`);
   const share = path.join(ctx.dir, CacheFiles.share);
   fs.mkdirSync(work, { recursive: true });
   fs.mkdirSync(share, { recursive: true });
   try {
-    const layout = hostLayout(ctx, { memoryMb: o.memoryMb, cpus: o.cpus, shareTag: SHARE_TAG });
+    // The layout the plan computed: the one the layer's manifest must record and every restore uses.
+    const layout = o.layout;
     const m = await bootBuilder(ctx, {
       name: o.name,
       base: o.base,
       workDir: work,
       key: o.key,
-      memoryMb: o.memoryMb,
-      cpus: o.cpus,
-      shareTag: SHARE_TAG,
+      // Saved with sshd running: every restore's guest presents this key, which restores pin.
+      hostKey: hostKeyFor(o.key),
+      memoryMb: layout.memoryMb,
+      cpus: layout.cpus,
+      shareTag: layout.shareTag,
       shareDir: share,
       diskSize: o.diskSize,
       seed: { hostname: 'ryra-vm' },
@@ -119,7 +122,7 @@ export async function buildSnapshot(
     try {
       await m.check(SNAPSHOT_SETUP, 'snapshot setup', { timeoutMs: ctx.timeouts.stepMs });
       if (o.shrink !== false) await m.check('sudo sh -s', 'zeroing free guest memory', { input: SHRINK_RAM, timeoutMs: ctx.timeouts.stepMs });
-      savevmMs = await m.saveSnapshot(SNAPSHOT_TAG, savevmTimeoutMs(o.memoryMb));
+      savevmMs = await m.saveSnapshot(SNAPSHOT_TAG, savevmTimeoutMs(layout.memoryMb));
     } finally {
       await m.destroy();
     }

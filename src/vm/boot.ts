@@ -10,7 +10,7 @@ import { convert, copyFile, createOverlay, rebaseUnsafe } from './images.js';
 import { GuestPanicError, GuestStalledError, Machine, QemuExitedError } from './machine.js';
 import { writeSeedIso, type SeedOptions } from './seed.js';
 import { recipe, withForwards, type Forward, type VmLayout } from './spec.js';
-import type { KeyPair } from './ssh.js';
+import { hostKeyFor, type KeyPair } from './ssh.js';
 
 /** The internal snapshot every snapshot layer saves and every restore loads. */
 export const SNAPSHOT_TAG = 'ready';
@@ -42,8 +42,10 @@ export interface ColdBootOptions {
   workDir: string;
   diskSize?: string;
   key: KeyPair;
+  /** The guest's SSH host key: the seed installs it and every connection pins it. */
+  hostKey: KeyPair;
   user?: string;
-  seed: Omit<SeedOptions, 'publicKey'>;
+  seed: Omit<SeedOptions, 'publicKey' | 'hostKey'>;
   /** The share's directory, when the layout has one. */
   shareDir?: string;
   sshTimeoutMs: number;
@@ -82,7 +84,7 @@ async function coldBootOnce(o: ColdBootOptions): Promise<Machine> {
   for (const f of [disk, efivars]) fs.rmSync(f, { force: true });
   await createOverlay(path.resolve(o.base), disk, { size: o.diskSize ?? '20G' });
   await convert(o.firmware.vars, efivars, { srcFormat: o.layout.firmwareFormat });
-  writeSeedIso(seedIso, { ...o.seed, publicKey: o.key.publicKey, user: o.user });
+  writeSeedIso(seedIso, { ...o.seed, publicKey: o.key.publicKey, hostKey: o.hostKey, user: o.user });
   const kvm = o.layout.accel.accel === 'kvm';
   const m = await Machine.spawn({
     qemu: o.qemu,
@@ -94,6 +96,7 @@ async function coldBootOnce(o: ColdBootOptions): Promise<Machine> {
     shareDir: o.shareDir,
     user: o.user ?? GUEST_USER,
     privateKey: o.key.privateKey,
+    hostKey: o.hostKey.publicKey,
     detached: o.detached,
   }).catch((err) => {
     throw kvm && err instanceof QemuExitedError ? new KvmBootError(`QEMU exited at once under KVM: ${firstLine(err.message.replace(/^QEMU failed to start [^:]*: /, ''))}`, err.message) : err;
@@ -140,7 +143,7 @@ export interface RestoreOptions {
   /** The image the snapshot's disk overlay sits on. */
   backing: string;
   workDir: string;
-  /** The key the snapshot accepts. */
+  /** The key the snapshot accepts; the guest's host key is derived from it (hostKeyFor). */
   key: KeyPair;
   user?: string;
   sshTimeoutMs: number;
@@ -174,6 +177,8 @@ export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Mach
     loadvm: SNAPSHOT_TAG,
     user: o.user ?? GUEST_USER,
     privateKey: o.key.privateKey,
+    // The snapshot's sshd holds the host key its seed gave it: the one derived from its key.
+    hostKey: hostKeyFor(o.key).publicKey,
     detached: o.detached,
   });
   try {

@@ -3,10 +3,16 @@ import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import { GUEST_USER } from '../distro.js';
 import type { GuestFile } from '../proxy.js';
+import type { KeyPair } from './ssh.js';
 import { buildIso } from './iso9660.js';
 
 export interface SeedOptions {
   publicKey: string;
+  /**
+   * The guest's SSH host key, the only one it has: connections pin its public half. Without it
+   * the guest makes an ed25519 key of its own (nobody can pin that one).
+   */
+  hostKey?: KeyPair;
   hostname: string;
   /** Packages cloud-init installs at first boot (prepared layer only). */
   packages?: readonly string[];
@@ -41,6 +47,12 @@ export function userData(o: SeedOptions): string {
     // One host key, the fast one: RSA and ECDSA key generation cost seconds per boot under emulation.
     ssh_genkeytypes: ['ed25519'],
   };
+  if (o.hostKey) {
+    // cloud-init (cc_ssh) deletes the image's host keys, writes these two files and generates no
+    // other type (ssh_genkeytypes applies only without ssh_keys), all before sshd starts.
+    doc.ssh_deletekeys = true;
+    doc.ssh_keys = { ed25519_private: o.hostKey.privateKey, ed25519_public: o.hostKey.publicKey.trim() };
+  }
   if (o.bootcmd?.length) doc.bootcmd = o.bootcmd.map((script) => ['sh', '-c', script]);
   if (o.files?.length) {
     doc.write_files = o.files.map((f) => ({ path: f.path, content: f.content, append: true }));

@@ -1,5 +1,6 @@
-// SSH to guests through ssh2: key generation, connect-until-ready that gives up as soon as QEMU
-// exits, and exec with streamed output and exit codes. One place holds the connection options.
+// SSH to guests through ssh2: key generation, the guests' host keys (every connection pins one),
+// connect-until-ready that gives up as soon as QEMU exits, and exec with streamed output and exit
+// codes. One place holds the connection options.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -15,6 +16,11 @@ export interface SshTarget {
   port: number;
   user: string;
   privateKey: Buffer | string;
+  /**
+   * The guest's SSH host key (an OpenSSH public key line): a server that presents another is
+   * refused. Every guest this project starts gets its host key from the seed (hostKeyFor).
+   */
+  hostKey: string;
   host?: string;
 }
 
@@ -64,10 +70,35 @@ export function generateKeyPair(comment = 'ryra-vm'): KeyPair {
   const der = crypto.generateKeyPairSync('ed25519', { publicKeyEncoding: { type: 'spki', format: 'der' }, privateKeyEncoding: { type: 'pkcs8', format: 'der' } });
   const pub = Buffer.from(derTail(der.publicKey, SPKI_ED25519));
   const seed = Buffer.from(derTail(der.privateKey, PKCS8_ED25519));
-  const pair = { privateKey: openSshPrivateKey(pub, seed, comment), publicKey: `ssh-ed25519 ${publicBlob(pub).toString('base64')}${comment ? ` ${comment}` : ''}` };
+  return checkedPair(pub, seed, comment, crypto.randomBytes(4));
+}
+
+function checkedPair(pub: Buffer, seed: Buffer, comment: string, check: Buffer): KeyPair {
+  const pair = { privateKey: openSshPrivateKey(pub, seed, comment, check), publicKey: `ssh-ed25519 ${publicBlob(pub).toString('base64')}${comment ? ` ${comment}` : ''}` };
   const bad = keyProblem(pair.publicKey);
   if (bad) throw new Error(`made a broken SSH key: ${bad}`);
   return pair;
+}
+
+/**
+ * HKDF's label for a guest host key: another label (or version) gives unrelated keys. A snapshot
+ * holds the key in its RAM state, so the label belongs in the snapshot layers' keys.
+ */
+export const HOST_KEY_INFO = 'ryra-vm guest ssh host key v1';
+
+/**
+ * The SSH host key of guests that log in with `key`: an ed25519 pair derived from its private
+ * key (HKDF-SHA256 over its 32-byte seed), so whoever holds the key computes the host key and
+ * nobody has to read it from a guest or a cache entry. The same key gives the same pair, byte
+ * for byte (the check bytes come from the seed too), so a seed that holds it does not change.
+ */
+export function hostKeyFor(key: Pick<KeyPair, 'privateKey'>): KeyPair {
+  const parsed = checkedKey(key.privateKey);
+  if (!parsed.key || !parsed.key.isPrivateKey()) throw new Error(`cannot derive a host key: the SSH key is not an ed25519 private key (${parsed.problem ?? 'a public key'})`);
+  const pkcs8 = crypto.createPrivateKey(parsed.key.getPrivatePEM()).export({ type: 'pkcs8', format: 'der' });
+  const seed = Buffer.from(crypto.hkdfSync('sha256', derTail(pkcs8, PKCS8_ED25519), Buffer.alloc(0), HOST_KEY_INFO, 32));
+  const spki = crypto.createPublicKey(crypto.createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, seed]), format: 'der', type: 'pkcs8' })).export({ type: 'spki', format: 'der' });
+  return checkedPair(derTail(spki, SPKI_ED25519), seed, 'ryra-vm host key', crypto.createHash('sha256').update(seed).digest().subarray(0, 4));
 }
 
 // The fixed DER prefixes of an ed25519 SubjectPublicKeyInfo and PKCS#8 key (RFC 8410); 32 key bytes follow.
@@ -93,8 +124,7 @@ const uint32 = (n: number) => {
 const publicBlob = (pub: Buffer) => Buffer.concat([sshString('ssh-ed25519'), sshString(pub)]);
 
 /** The unencrypted `openssh-key-v1` format (OpenSSH's PROTOCOL.key), as ssh-keygen writes it. */
-function openSshPrivateKey(pub: Buffer, seed: Buffer, comment: string): string {
-  const check = crypto.randomBytes(4);
+function openSshPrivateKey(pub: Buffer, seed: Buffer, comment: string, check: Buffer): string {
   let secret = Buffer.concat([check, check, sshString('ssh-ed25519'), sshString(pub), sshString(Buffer.concat([seed, pub])), sshString(comment)]);
   // Padded with 1, 2, 3, … to the cipher's block size (8 for "none").
   const pad = (8 - (secret.length % 8)) % 8;
@@ -165,8 +195,16 @@ export class SshClient {
     return this.closed;
   }
 
-  /** One connection attempt. A TCG guest's handshake alone takes 1.5-2.5 s, hence the ready timeout. */
+  /**
+   * One connection attempt. A TCG guest's handshake alone takes 1.5-2.5 s, hence the ready timeout.
+   * A server whose host key is not `target.hostKey` is refused with an SshHostKeyError (ssh2 checks
+   * that the server signed the handshake with the key it presents).
+   */
   static connect(target: SshTarget, readyTimeoutMs = 30_000): Promise<SshClient> {
+    const expected = checkedKey(target.hostKey);
+    if (!expected.key) return Promise.reject(new Error(`cannot check the SSH host key of 127.0.0.1:${target.port}: the expected key is ${expected.problem}`));
+    const want = expected.key.getPublicSSH();
+    let presented: Buffer | undefined;
     return new Promise((resolve, reject) => {
       const conn = new Client();
       let settled = false;
@@ -175,7 +213,7 @@ export class SshClient {
         if (settled) return;
         settled = true;
         conn.end();
-        reject(err);
+        reject(presented && !presented.equals(want) ? new SshHostKeyError(target, presented) : err);
       });
       conn.once('ready', () => {
         settled = true;
@@ -195,8 +233,10 @@ export class SshClient {
         readyTimeout: readyTimeoutMs,
         keepaliveInterval: 10_000,
         keepaliveCountMax: 6,
-        // Guests are fresh VMs whose host keys are made at first boot: nothing to pin them to.
-        hostVerifier: () => true,
+        hostVerifier: (key: Buffer) => {
+          presented = Buffer.from(key);
+          return presented.equals(want);
+        },
       });
     });
   }
@@ -314,10 +354,33 @@ export interface WaitOptions {
   /** Pause between attempts. */
   retryMs?: number;
   /**
-   * Why a refusal of the key can no longer change (cloud-init has finished, so the key it was to
-   * install is in place), or undefined while it still can: a refusal then ends the wait at once.
+   * Why a refusal of the key, or another host key, can no longer change (cloud-init has finished,
+   * so the keys it was to install are in place), or undefined while it still can: either then ends
+   * the wait at once.
    */
   refusalFinal?: () => string | undefined;
+}
+
+/** What a host key line names: its type and SHA256 fingerprint, as ssh-keygen -l prints them. */
+export function fingerprint(blob: Buffer): string {
+  return `${blob.subarray(4, 4 + blob.readUInt32BE(0)).toString()} SHA256:${crypto.createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
+}
+
+/** The server at the target's port presented another host key than the guest's. */
+export class SshHostKeyError extends Error {
+  override name = 'SshHostKeyError';
+  constructor(
+    target: Pick<SshTarget, 'port' | 'hostKey'>,
+    /** The host key blob the server presented. */
+    readonly presented: Buffer,
+    final?: string,
+  ) {
+    super(
+      `refused 127.0.0.1:${target.port}: its SSH host key is ${fingerprint(presented)}, not the guest's ${fingerprint(checkedKey(target.hostKey).key!.getPublicSSH())}` +
+        (final ? `, and ${final}` : '') +
+        ': it is not the VM this key was made for (a snapshot built before host keys were pinned, a guest whose host key was replaced, or another process on that port)',
+    );
+  }
 }
 
 /** The guest answers SSH but refuses the key, and nothing will change that. */
@@ -360,6 +423,9 @@ export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<
       if (aborted) throw aborted;
       last = err;
       log.debug(`ssh 127.0.0.1:${target.port}: ${(err as Error).message}`);
+      // Another host key is final once the guest's own is in place (restored, or cloud-init done).
+      const hostKeyFinal = err instanceof SshHostKeyError ? opts.refusalFinal?.() : undefined;
+      if (hostKeyFinal) throw new SshHostKeyError(target, (err as SshHostKeyError).presented, hostKeyFinal);
       const final = isKeyRefusal(err) ? opts.refusalFinal?.() : undefined;
       if (final) {
         throw new SshKeyRefusedError(

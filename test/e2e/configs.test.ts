@@ -100,8 +100,8 @@ describe('configurations side by side (amd64, TCG)', { timeout: 60 * 60_000 }, (
 
     // The snapshot's shared key logs into no VM that ryra-vm started; the VM's own key does.
     const shared = fs.readFileSync(recA.outputs['ssh-key'], 'utf8');
-    await assert.rejects(SshClient.connect({ port: a.port, user: 'ryra', privateKey: shared }, 30_000), /authentication/i);
-    const own = await SshClient.connect({ port: a.port, user: 'ryra', privateKey: fs.readFileSync(a.key, 'utf8') }, 30_000);
+    await assert.rejects(SshClient.connect({ port: a.port, user: 'ryra', privateKey: shared, hostKey: a.hostKey }, 30_000), /authentication/i);
+    const own = await SshClient.connect({ port: a.port, user: 'ryra', privateKey: fs.readFileSync(a.key, 'utf8'), hostKey: a.hostKey }, 30_000);
     assert.equal((await own.exec('whoami')).stdout.trim(), 'ryra');
     own.end();
     assert.equal(fs.statSync(a.key).mode & 0o777, 0o600);

@@ -4,18 +4,23 @@
 // ~/.ssh/config as it was. Port forwards, from the action's `forward` input and from
 // `ryra-vm boot --forward` (restores of one snapshot with other forwards each): a web server in
 // the guest answers on the runner's 127.0.0.1 and nowhere else; a taken port is a clear error;
-// `ryra-vm run --forward` forwards for the VM it boots. A cold-booted guest that refuses the key
-// is reported as soon as cloud-init has finished, naming the cause.
+// `ryra-vm run --forward` forwards for the VM it boots. Two VMs: each guest's SSH host key is the
+// one derived from the repository's key, and a guest presenting another is refused by ryra-vm and
+// plain ssh; `ssh NAME` of a VM whose QEMU died (with something else on its port) or that was
+// stopped says the VM is gone and connects nowhere. A cold-booted guest that refuses the key is
+// reported as soon as cloud-init has finished, naming the cause.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import type { RunRecord } from '../../src/record.js';
 import { coldBoot } from '../../src/vm/boot.js';
 import { freePort } from '../../src/vm/machine.js';
-import { generateKeyPair } from '../../src/vm/ssh.js';
+import { generateKeyPair, hostKeyFor } from '../../src/vm/ssh.js';
+import type { VmRecord } from '../../src/vms.js';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
 import { readCommandFile, runner, type Runner } from '../support/runner.js';
@@ -157,6 +162,75 @@ describe('jobs of one runner user (amd64, TCG)', { timeout: 30 * 60_000 }, () =>
     assert.equal(userConfig(), own, 'the post steps took their includes out of ~/.ssh/config');
   });
 
+  test('two VMs: a guest presenting another SSH host key is refused; ssh NAME of a VM whose QEMU was killed, or that was stopped, says it is gone', async () => {
+    const r = runner(root.dir, 'pin');
+    const sshConfig = path.join(r.env.RUNNER_TEMP!, 'ryra-vm', 'ssh_config');
+    let squatter: net.Server | undefined;
+    try {
+      // One restore each.
+      const act = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': sharedDir(), boot: 'one two' });
+      assert.equal(act.code, 0, act.stdout.slice(-4000));
+      for (const n of ['one', 'two']) assert.match(act.stdout, new RegExp(`${n}: ready in [\\d.]+ s \\(restore\\)`));
+      const vms = JSON.parse((await r.cli(['list', '--json'])).stdout) as VmRecord[];
+      const [one, two] = ['one', 'two'].map((n) => vms.find((v) => v.name === n)!);
+      // The host key is the one derived from the repository's key, computed here, not read from the guest;
+      // the guest holds it as its only host key.
+      const derived = hostKeyFor({ privateKey: fs.readFileSync(rec.outputs['ssh-key'], 'utf8') }).publicKey;
+      assert.deepEqual([one.hostKey, two.hostKey], [derived, derived]);
+      const keys = await r.cli(['ssh', 'one', '--', 'ls /etc/ssh/ | grep ssh_host_; cat /etc/ssh/ssh_host_ed25519_key.pub']);
+      assert.equal(keys.stdout.trim(), `ssh_host_ed25519_key\nssh_host_ed25519_key.pub\n${derived}`, keys.stderr);
+      const both = await r.step('ssh one hostname && ssh two hostname');
+      assert.equal(both.stdout, 'one\ntwo\n', both.stderr);
+
+      // two's guest gets another host key (sshd reloaded): ryra-vm and plain ssh refuse it; one is reached as before.
+      // Done once sshd (re-executing on the reload) answers with the new key: a connection while it
+      // re-executes is just dropped.
+      const swap = await r.cli([
+        'ssh', 'two', '--',
+        `sudo sh -c 'rm -f /etc/ssh/ssh_host_* && ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key && systemctl reload ssh.service' && ` +
+          'k=$(cut -d" " -f2 /etc/ssh/ssh_host_ed25519_key.pub) && for i in $(seq 120); do ssh-keyscan -t ed25519 127.0.0.1 2>/dev/null | grep -qF "$k" && exit 0; sleep 1; done; exit 1',
+      ]);
+      assert.equal(swap.code, 0, swap.stderr);
+      const t0 = Date.now();
+      const refused = await r.cli(['ssh', 'two', '--', 'echo reached']);
+      assert.notEqual(refused.code, 0);
+      assert.doesNotMatch(refused.stdout, /reached/);
+      assert.match(refused.stderr, new RegExp(`refused 127\\.0\\.0\\.1:${two.port}: its SSH host key is ssh-ed25519 SHA256:\\S+, not the guest's ssh-ed25519 SHA256:\\S+: it is not the VM this key was made for`));
+      figures.push(`ryra-vm ssh to a guest with another host key refused in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+      const plain = await r.step('ssh two echo reached');
+      assert.equal(plain.code, 255);
+      assert.doesNotMatch(plain.stdout, /reached/);
+      assert.match(plain.stderr, /REMOTE HOST IDENTIFICATION HAS CHANGED[\s\S]*Host key verification failed/);
+      assert.equal((await r.cli(['ssh', 'one', '--', 'hostname'])).stdout, 'one\n');
+
+      // one's QEMU dies, and something else listens on its port: `ssh one` says the VM is gone and
+      // connects nowhere, before and after a ryra-vm call has found it dead.
+      process.kill(one.pid, 'SIGKILL');
+      for (let i = 0; i < 100 && fs.existsSync(`/proc/${one.pid}`); i++) await new Promise((res) => setTimeout(res, 100));
+      let connections = 0;
+      squatter = net.createServer((c) => (connections++, c.end('SSH-2.0-OpenSSH_9.9\r\n')));
+      await new Promise<void>((res) => squatter!.listen(one.port, '127.0.0.1', res));
+      const gone = `ryra-vm: the VM one is gone (its QEMU, pid ${one.pid}, exited); boot it again with ryra-vm boot --name one\n`;
+      for (const when of ['before', 'after']) {
+        if (when === 'after') assert.equal((await r.cli(['list'])).code, 0);
+        const s = await r.step('ssh one hostname');
+        assert.deepEqual([s.code, s.stdout, s.stderr], [255, '', gone], when);
+      }
+      assert.equal(connections, 0, 'nothing connected to the freed port');
+      assert.doesNotMatch(fs.readFileSync(sshConfig, 'utf8'), new RegExp(`Port ${one.port}\\b`), 'ryra-vm list dropped the dead VM\'s port from the entries');
+      assert.match((await r.cli(['ssh', 'one', '--', 'true'])).stderr, /VM one is not running \(its QEMU exited\)/);
+
+      // two is stopped: `ssh two` says so.
+      assert.equal((await r.cli(['stop', 'two'])).code, 0);
+      const stopped = await r.step('ssh two hostname');
+      assert.deepEqual([stopped.code, stopped.stderr], [255, 'ryra-vm: the VM two is gone (stopped); boot it again with ryra-vm boot --name two\n']);
+    } finally {
+      squatter?.close();
+      await r.post();
+    }
+    assert.deepEqual(qemuProcessesUnder(r.dir), []);
+  });
+
   test('a guest that refuses the key: reported once cloud-init has finished, naming the cause, not at the boot bound', async () => {
     // The seed installs one key, the boot logs in with another: what a broken key did to a build.
     const [held, offered] = [generateKeyPair(), generateKeyPair()];
@@ -169,6 +243,7 @@ describe('jobs of one runner user (amd64, TCG)', { timeout: 30 * 60_000 }, () =>
       base: rec.cold.image,
       workDir: fs.mkdtempSync(path.join(root.dir, 'refused-')),
       key: { privateKey: offered.privateKey, publicKey: held.publicKey },
+      hostKey: generateKeyPair(),
       seed: { hostname: 'refused' },
       sshTimeoutMs: 3600_000,
       cloudInitTimeoutMs: 3600_000,

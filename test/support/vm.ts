@@ -8,7 +8,7 @@ import { restoreMachine } from '../../src/vm/boot.js';
 import type { Machine } from '../../src/vm/machine.js';
 import { freePort } from '../../src/vm/machine.js';
 import { fillRecipe } from '../../src/vm/spec.js';
-import { waitForSsh, type SshClient } from '../../src/vm/ssh.js';
+import { hostKeyFor, waitForSsh, type SshClient } from '../../src/vm/ssh.js';
 
 /** Restores the record's snapshot into a fresh dir under `root`, logging in with the shared key. */
 export function restoreRecord(rec: RunRecord, root: string, name = 'check', browser = false): Promise<{ machine: Machine; readyMs: number }> {
@@ -33,7 +33,8 @@ export async function withPlainQemu<T>(rec: RunRecord, qemu: string, argv: strin
   const died = new Promise<never>((_, reject) => q.once('exit', (c) => reject(new Error(`QEMU exited ${c}: ${err}`))));
   died.catch(() => {});
   try {
-    const c = await waitForSsh({ port, user: rec.outputs['ssh-user'], privateKey: fs.readFileSync(rec.outputs['ssh-key'], 'utf8') }, { timeoutMs: 300_000, abort: died });
+    const privateKey = fs.readFileSync(rec.outputs['ssh-key'], 'utf8');
+    const c = await waitForSsh({ port, user: rec.outputs['ssh-user'], privateKey, hostKey: hostKeyFor({ privateKey }).publicKey }, { timeoutMs: 300_000, abort: died });
     try {
       return await fn(c);
     } finally {

@@ -1,7 +1,8 @@
 // Every SSH key the project makes is a valid 32-byte ed25519 key that OpenSSH and ssh2 both take
 // (ssh2 1.17's own generator strips leading zero bytes: 1 key in 256 is 31 bytes, which sshd
 // refuses); a broken key on disk is replaced; a guest that refuses the key once that is final ends
-// the wait for SSH at once, naming the cause.
+// the wait for SSH at once, naming the cause. A guest's host key is derived from the key that logs
+// in, and a server presenting another is refused before the key is offered.
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -11,7 +12,7 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { after, describe, test } from 'node:test';
 import ssh2 from 'ssh2';
-import { ensureKeyFile, generateKeyPair, keyProblem, SshKeyRefusedError, waitForSsh, writeKeyFiles } from '../../src/vm/ssh.js';
+import { ensureKeyFile, generateKeyPair, hostKeyFor, keyProblem, SshClient, SshHostKeyError, SshKeyRefusedError, waitForSsh, writeKeyFiles } from '../../src/vm/ssh.js';
 
 const { Server, utils } = ssh2;
 const run = promisify(execFile);
@@ -103,13 +104,14 @@ describe('SSH keys', () => {
 
 describe('a guest that refuses the key', () => {
   /** An SSH server that turns down every key (as sshd does a key it does not hold). */
-  async function refusingServer(): Promise<{ port: number; close: () => void }> {
-    const server = new Server({ hostKeys: [generateKeyPair().privateKey] }, (client) => {
+  async function refusingServer(): Promise<{ port: number; hostKey: string; close: () => void }> {
+    const hostKey = generateKeyPair();
+    const server = new Server({ hostKeys: [hostKey.privateKey] }, (client) => {
       client.on('authentication', (ctx) => ctx.reject(['publickey']));
       client.on('error', () => {});
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    return { port: (server.address() as net.AddressInfo).port, close: () => server.close() };
+    return { port: (server.address() as net.AddressInfo).port, hostKey: hostKey.publicKey, close: () => server.close() };
   }
   const never = new Promise<never>(() => {});
 
@@ -120,7 +122,7 @@ describe('a guest that refuses the key', () => {
       // Final from the third attempt on: the first two refusals are waited through.
       const refusalFinal = () => (++asked >= 3 ? 'cloud-init has finished' : undefined);
       const key = generateKeyPair();
-      const err = await waitForSsh({ port: s.port, user: 'ryra', privateKey: key.privateKey }, { timeoutMs: 120_000, abort: never, retryMs: 10, refusalFinal }).catch((e: Error) => e);
+      const err = await waitForSsh({ port: s.port, user: 'ryra', privateKey: key.privateKey, hostKey: s.hostKey }, { timeoutMs: 120_000, abort: never, retryMs: 10, refusalFinal }).catch((e: Error) => e);
       assert.ok(err instanceof SshKeyRefusedError, String(err));
       assert.equal(asked, 3);
       assert.match(err.message, /answers SSH but refuses the key for ryra \(All configured authentication methods failed\), and cloud-init has finished: the guest does not hold the public key/);
@@ -129,16 +131,89 @@ describe('a guest that refuses the key', () => {
       do bad = utils.generateKeyPairSync('ed25519');
       while (!keyProblem(bad.public));
       // A broken key is never tried: it could not log in anywhere.
-      const err2 = await waitForSsh({ port: s.port, user: 'ryra', privateKey: bad.private }, { timeoutMs: 120_000, abort: never }).catch((e: Error) => e);
+      const err2 = await waitForSsh({ port: s.port, user: 'ryra', privateKey: bad.private, hostKey: s.hostKey }, { timeoutMs: 120_000, abort: never }).catch((e: Error) => e);
       assert.ok(err2 instanceof SshKeyRefusedError, String(err2));
       assert.match(err2.message, /cannot log in to 127\.0\.0\.1:\d+ as ryra: the key is broken \(Malformed OpenSSH private key\)/);
 
       // Never final: refusals are retried until the bound.
-      const err3 = await waitForSsh({ port: s.port, user: 'ryra', privateKey: key.privateKey }, { timeoutMs: 1500, abort: never, retryMs: 10, refusalFinal: () => undefined }).catch((e: Error) => e);
+      const err3 = await waitForSsh({ port: s.port, user: 'ryra', privateKey: key.privateKey, hostKey: s.hostKey }, { timeoutMs: 1500, abort: never, retryMs: 10, refusalFinal: () => undefined }).catch((e: Error) => e);
       assert.ok(!(err3 instanceof SshKeyRefusedError));
       assert.match(String(err3), /not ready after 2 s \(last error: All configured authentication methods failed\)/);
     } finally {
       s.close();
+    }
+  });
+});
+
+describe('guest host keys', () => {
+  test('hostKeyFor: the same key gives the same pair byte for byte; another key another pair; OpenSSH reads it; a public key is refused', async () => {
+    const repo = generateKeyPair();
+    const a = hostKeyFor(repo);
+    assert.deepEqual(hostKeyFor({ privateKey: repo.privateKey }), a, 'computed again: identical (the seed that holds it does not change)');
+    assert.equal(keyProblem(a.publicKey), undefined);
+    assert.match(a.publicKey, /^ssh-ed25519 \S+ ryra-vm host key$/);
+    assert.notEqual(a.publicKey.split(' ')[1], repo.publicKey.split(' ')[1], 'not the key itself');
+    const others = Array.from({ length: 50 }, () => hostKeyFor(generateKeyPair()).publicKey);
+    assert.equal(new Set([a.publicKey, ...others]).size, 51);
+    // ssh-keygen reads the private half and finds the public one in it.
+    const f = path.join(tmp, 'host-key');
+    fs.writeFileSync(f, a.privateKey, { mode: 0o600 });
+    assert.equal((await run('ssh-keygen', ['-y', '-f', f])).stdout.trim(), a.publicKey);
+    // The private half signs for the public one (what sshd proves in every handshake).
+    const [p, q] = [utils.parseKey(a.privateKey), utils.parseKey(a.publicKey)].map((k) => (Array.isArray(k) ? k[0] : k)) as ssh2.ParsedKey[];
+    assert.equal(q.verify(Buffer.from('x'), p.sign(Buffer.from('x'))), true);
+    assert.throws(() => hostKeyFor({ privateKey: repo.publicKey }), /cannot derive a host key: the SSH key is not an ed25519 private key/);
+  });
+
+  /** An SSH server with `hostKey` that lets any key in and runs nothing; counts its logins. */
+  async function server(hostKey: string, port = 0): Promise<{ port: number; logins: () => number; close: () => Promise<void> }> {
+    let logins = 0;
+    const s = new Server({ hostKeys: [hostKey] }, (client) => {
+      client.on('authentication', (ctx) => ctx.accept());
+      client.on('ready', () => logins++);
+      client.on('error', () => {});
+    });
+    await new Promise<void>((r) => s.listen(port, '127.0.0.1', r));
+    return { port: (s.address() as net.AddressInfo).port, logins: () => logins, close: () => new Promise((r) => s.close(() => r())) };
+  }
+  const never = new Promise<never>(() => {});
+
+  test('a server with another host key is refused before any login, naming both fingerprints; the wait for SSH ends at once when that is final', async () => {
+    const guest = generateKeyPair('ryra-vm host key');
+    const other = generateKeyPair();
+    const key = generateKeyPair();
+    const fp = (k: string) => {
+      fs.writeFileSync(path.join(tmp, 'fp.pub'), k + '\n');
+      return execFileSync('ssh-keygen', ['-l', '-f', path.join(tmp, 'fp.pub')], { encoding: 'utf8' }).split(' ')[1];
+    };
+    const right = await server(guest.privateKey);
+    const wrong = await server(other.privateKey);
+    try {
+      const ok = await SshClient.connect({ port: right.port, user: 'ryra', privateKey: key.privateKey, hostKey: guest.publicKey });
+      ok.end();
+      assert.equal(right.logins(), 1);
+
+      const err = await SshClient.connect({ port: wrong.port, user: 'ryra', privateKey: key.privateKey, hostKey: guest.publicKey }).catch((e: Error) => e);
+      assert.ok(err instanceof SshHostKeyError, String(err));
+      assert.equal(err.message, `refused 127.0.0.1:${wrong.port}: its SSH host key is ssh-ed25519 ${fp(other.publicKey)}, not the guest's ssh-ed25519 ${fp(guest.publicKey)}: it is not the VM this key was made for (a snapshot built before host keys were pinned, a guest whose host key was replaced, or another process on that port)`);
+      assert.equal(wrong.logins(), 0, 'the key was never offered to it');
+
+      // Final (restored, or cloud-init done): the wait ends at the first attempt, saying why.
+      let asked = 0;
+      const t0 = Date.now();
+      const final = await waitForSsh({ port: wrong.port, user: 'ryra', privateKey: key.privateKey, hostKey: guest.publicKey }, { timeoutMs: 120_000, abort: never, retryMs: 10, refusalFinal: () => (++asked, 'the guest was restored from a snapshot that holds its key') }).catch((e: Error) => e);
+      assert.ok(final instanceof SshHostKeyError, String(final));
+      assert.equal(asked, 1);
+      assert.ok(Date.now() - t0 < 10_000);
+      assert.match(final.message, /, not the guest's ssh-ed25519 SHA256:\S+, and the guest was restored from a snapshot that holds its key: it is not the VM/);
+      // Not final yet (cloud-init may still be writing the key): tried again until the bound.
+      const later = await waitForSsh({ port: wrong.port, user: 'ryra', privateKey: key.privateKey, hostKey: guest.publicKey }, { timeoutMs: 1500, abort: never, retryMs: 10, refusalFinal: () => undefined }).catch((e: Error) => e);
+      assert.ok(!(later instanceof SshHostKeyError));
+      assert.match(String(later), /not ready after 2 s \(last error: refused 127\.0\.0\.1:\d+: its SSH host key is/);
+      assert.equal(wrong.logins(), 0);
+    } finally {
+      await right.close();
+      await wrong.close();
     }
   });
 });

@@ -1,23 +1,24 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
+import { parse as parseYaml } from 'yaml';
 import { accelArgs, type Accel, type QemuArch } from '../../src/host/platform.js';
 import { hmpError, Qmp } from '../../src/vm/qmp.js';
 import { metaData, seedIso, userData } from '../../src/vm/seed.js';
 import { controlArgs, fillRecipe, recipe, sameLayout, type VmLayout } from '../../src/vm/spec.js';
 import { convert } from '../../src/vm/images.js';
 import { logTail } from '../../src/vm/machine.js';
-import { SshClient, generateKeyPair } from '../../src/vm/ssh.js';
+import { SshClient, SshHostKeyError, generateKeyPair, hostKeyFor } from '../../src/vm/ssh.js';
 import { withForwards } from '../../src/vm/spec.js';
 import { InputError, parseConfig, parseForward } from '../../src/inputs.js';
 import { VM_NAME_RE, VM_NAME_RULE } from '../../src/names.js';
 import { runtimeDir, runtimeDirPath } from '../../src/paths.js';
-import { checkVmName, jobBlock, sshHostBlock, withoutJobBlocks } from '../../src/vms.js';
+import { checkVmName, jobBlock, jobHostsText, knownHostsLine, sshHostBlock, withoutJobBlocks, type HostEntryVm } from '../../src/vms.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-unit-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -207,9 +208,9 @@ describe('every wait has a bound', () => {
   test('a guest command that never returns fails at its bound (a real SSH server)', async () => {
     const { Server } = (await import('ssh2')).default;
     // Our keys: one ssh2 makes is broken 1 time in 256 (keys.test.ts), and this test failed so.
-    const hostKey = generateKeyPair().privateKey;
+    const hostKey = generateKeyPair();
     const key = generateKeyPair();
-    const server = new Server({ hostKeys: [hostKey] }, (client) => {
+    const server = new Server({ hostKeys: [hostKey.privateKey] }, (client) => {
       client.on('authentication', (ctx) => ctx.accept());
       client.on('ready', () => client.on('session', (accept) => accept().on('exec', (acc) => acc() /* never exits */)));
       client.on('error', () => {});
@@ -217,7 +218,7 @@ describe('every wait has a bound', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as net.AddressInfo).port;
     try {
-      const c = await SshClient.connect({ port, user: 'ryra', privateKey: key.privateKey });
+      const c = await SshClient.connect({ port, user: 'ryra', privateKey: key.privateKey, hostKey: hostKey.publicKey });
       const start = Date.now();
       await assert.rejects(c.exec('sleep infinity', { timeoutMs: 600 }), /command timed out after 0\.6 s: sleep infinity/);
       assert.ok(Date.now() - start < 3000);
@@ -238,7 +239,7 @@ describe('a detached guest', () => {
       import { Machine } from '${path.resolve('src/vm/machine.ts')}';
       import 'proper-lockfile';
       const dir = process.argv[1];
-      const m = await Machine.spawn({ qemu: 'qemu-system-x86_64', name: 'detached', workDir: dir, recipe: ['-machine', 'q35', '-nodefaults', '-display', 'none', '-accel', 'tcg'], disk: '', efivars: '', user: 'x', privateKey: '', detached: true });
+      const m = await Machine.spawn({ qemu: 'qemu-system-x86_64', name: 'detached', workDir: dir, recipe: ['-machine', 'q35', '-nodefaults', '-display', 'none', '-accel', 'tcg'], disk: '', efivars: '', user: 'x', privateKey: '', hostKey: '', detached: true });
       await m.destroy();
       console.log('destroyed, exit', m.running ? 'pending' : 'seen');
     `;
@@ -251,6 +252,7 @@ describe('a detached guest', () => {
 
 describe('cloud-init seed', () => {
   const o = { publicKey: 'ssh-ed25519 AAAAC3Nza test', hostname: 'ryra-vm', packages: ['jq', 'podman'], instanceId: 'i-1' };
+  const doc = (text: string) => JSON.parse(text.slice('#cloud-config\n'.length));
 
   test('user-data: ryra with passwordless sudo and the key, manage_etc_hosts, packages', () => {
     const text = userData(o);
@@ -263,6 +265,20 @@ describe('cloud-init seed', () => {
     assert.equal(JSON.parse(userData({ ...o, packages: [] }).slice(14)).packages, undefined);
     assert.equal(metaData(o), 'instance-id: i-1\nlocal-hostname: ryra-vm\n');
     assert.notEqual(metaData({ ...o, instanceId: undefined }), metaData({ ...o, instanceId: undefined }));
+  });
+
+  test('user-data with a host key: cloud-init deletes the image\'s host keys and writes this ed25519 pair as the only one', () => {
+    assert.equal(doc(userData(o)).ssh_keys, undefined, 'without one the guest makes its own');
+    const hostKey = hostKeyFor(generateKeyPair());
+    const d = doc(userData({ ...o, hostKey }));
+    assert.deepEqual(d.ssh_keys, { ed25519_private: hostKey.privateKey, ed25519_public: hostKey.publicKey });
+    assert.equal(d.ssh_deletekeys, true);
+    assert.deepEqual(d.ssh_genkeytypes, ['ed25519']);
+    // The rest of the document is what it is without one.
+    const { ssh_keys: _k, ssh_deletekeys: _d, ...rest } = d;
+    assert.deepEqual(rest, doc(userData(o)));
+    // The YAML reading of it (what cloud-init does) holds the private key's lines exactly.
+    assert.equal(parseYaml(userData({ ...o, hostKey })).ssh_keys.ed25519_private, hostKey.privateKey);
   });
 
   test('seed ISO read back by isoinfo and blkid', { skip: !hasTool('isoinfo') && 'isoinfo not installed' }, () => {
@@ -367,7 +383,7 @@ describe('the VMs of a job', () => {
     const dir = fs.mkdtempSync(path.join(tmp, 'sshcfg-'));
     const jobFile = (job: string, port: number) => {
       const f = path.join(dir, `${job || 'nojob'}-ssh_config`);
-      fs.writeFileSync(f, sshHostBlock({ name: 'default', port, user: 'ryra', key: path.join(dir, `${job}-key`) }) + '\n', { mode: 0o600 });
+      fs.writeFileSync(f, sshHostBlock({ name: 'default', port, user: 'ryra', key: path.join(dir, `${job}-key`), pid: process.pid, workDir: path.join(dir, `${job}-vm`) }) + '\n', { mode: 0o600 });
       return f;
     };
     const files = { ja: jobFile('ja', 1111), jb: jobFile('jb', 2222), '': jobFile('', 3333) };
@@ -400,5 +416,108 @@ describe('the VMs of a job', () => {
     let back = text;
     for (const f of Object.values(files)) back = withoutJobBlocks(back, f);
     assert.equal(back, userOwn);
+  });
+
+  test('plain ssh NAME pins the VM\'s host key, and says the VM is gone once its QEMU has exited or it was stopped (OpenSSH against SSH servers)', async () => {
+    const { Server } = (await import('ssh2')).default;
+    const dir = fs.mkdtempSync(path.join(tmp, 'pin-'));
+    /** An SSH server with `hostKey` that answers every command with `who`; counts its sessions. */
+    const server = async (who: string, hostKey: string, port = 0) => {
+      let sessions = 0;
+      const s = new Server({ hostKeys: [hostKey] }, (client) => {
+        client.on('authentication', (ctx) => ctx.accept());
+        client.on('ready', () =>
+          client.on('session', (accept) =>
+            accept().on('exec', (acc) => {
+              sessions++;
+              const ch = acc();
+              ch.write(`${who}\n`);
+              ch.exit(0);
+              ch.end();
+            }),
+          ),
+        );
+        client.on('error', () => {});
+      });
+      await new Promise<void>((r) => s.listen(port, '127.0.0.1', r));
+      return { port: (s.address() as net.AddressInfo).port, sessions: () => sessions, close: () => new Promise<void>((r) => s.close(() => r())) };
+    };
+    const hostKey = generateKeyPair('ryra-vm host key');
+    const key = path.join(dir, 'id_ed25519');
+    fs.writeFileSync(key, generateKeyPair().privateKey, { mode: 0o600 });
+    const workDir = path.join(dir, 'vms', 'a');
+    fs.mkdirSync(workDir, { recursive: true });
+    // The VM's QEMU: a process whose command line names a file in the VM's dir, as QEMU's names its disk.
+    const qemu = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)', path.join(workDir, 'disk.qcow2')], { stdio: 'ignore' });
+    // As a job's step sees them: ~/.ssh/config includes the job's file for the job's shells.
+    const config = path.join(dir, 'ssh_config');
+    fs.writeFileSync(path.join(dir, 'config'), `${jobBlock(config, 'pin-job')}\n`);
+    // Not spawnSync: the servers run in this process.
+    const ssh = (host: string, ...opts: string[]) =>
+      new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) =>
+        execFile('ssh', ['-F', path.join(dir, 'config'), '-o', 'BatchMode=yes', ...opts, host, 'hostname'], { encoding: 'utf8', env: { PATH: process.env.PATH, HOME: dir, RYRA_VM_JOB: 'pin-job' }, timeout: 30_000 }, (err, stdout, stderr) =>
+          resolve({ status: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr }),
+        ),
+      );
+    let guest = await server('guest', hostKey.privateKey);
+    let impostor: Awaited<ReturnType<typeof server>> | undefined;
+    try {
+      const vm: HostEntryVm & { running: boolean } = { name: 'a', port: guest.port, user: 'ryra', key, pid: qemu.pid!, workDir, running: true };
+      fs.writeFileSync(path.join(workDir, 'known_hosts'), knownHostsLine({ port: guest.port, hostKey: hostKey.publicKey }) + '\n');
+      let text = jobHostsText(dir, [vm], '');
+      fs.writeFileSync(config, text);
+      const g = (await ssh('a', '-G')).stdout;
+      for (const line of ['stricthostkeychecking true', `userknownhostsfile ${path.join(workDir, 'known_hosts')}`, 'globalknownhostsfile /dev/null', 'loglevel ERROR']) assert.match(g, new RegExp(`^${line}$`, 'm'));
+      assert.doesNotMatch(g, /^proxycommand/m, 'a running VM is connected to directly');
+      let r = await ssh('a');
+      assert.equal(r.stdout, 'guest\n', r.stderr);
+      assert.equal(r.status, 0);
+
+      // Another server on the VM's port, with another host key: OpenSSH refuses it before logging in.
+      await guest.close();
+      impostor = await server('impostor', generateKeyPair().privateKey, vm.port);
+      r = await ssh('a');
+      assert.equal(r.status, 255);
+      assert.equal(r.stdout, '');
+      assert.match(r.stderr, /REMOTE HOST IDENTIFICATION HAS CHANGED[\s\S]*Host key verification failed/);
+      assert.equal(impostor.sessions(), 0);
+      // ryra-vm's own connections too.
+      await assert.rejects(SshClient.connect({ port: vm.port, user: 'ryra', privateKey: fs.readFileSync(key, 'utf8'), hostKey: hostKey.publicKey }), SshHostKeyError);
+      await impostor.close();
+      impostor = undefined;
+      guest = await server('guest', hostKey.privateKey, vm.port);
+      assert.equal((await ssh('a')).stdout, 'guest\n', 'the guest itself is reached again');
+
+      // The VM's QEMU exits: before any ryra-vm call rewrites the file, `ssh a` already says so and
+      // connects nowhere (the guest's stand-in still listens on the port).
+      qemu.kill('SIGKILL');
+      await new Promise((res) => qemu.once('exit', res));
+      const gone = `ryra-vm: the VM a is gone (its QEMU, pid ${qemu.pid}, exited); boot it again with ryra-vm boot --name a\n`;
+      const before = guest.sessions();
+      r = await ssh('a');
+      assert.deepEqual([r.status, r.stdout, r.stderr], [255, '', gone]);
+      assert.equal(guest.sessions(), before, 'no session was opened');
+      // Found dead by a ryra-vm call: the entry is only that message, no port or key.
+      text = jobHostsText(dir, [{ ...vm, running: false }], text);
+      assert.equal(text, `# Host entries of the VMs in ${dir} (ryra-vm writes it)\nHost a\n  ProxyCommand sh -c 'echo "${gone.trim()}" >&2; exit 1'\n  LogLevel QUIET\n`);
+      fs.writeFileSync(config, text);
+      r = await ssh('a');
+      assert.deepEqual([r.status, r.stderr], [255, gone]);
+      // Stopped (its dir gone): the name the file had is kept, with why.
+      text = jobHostsText(dir, [], text);
+      fs.writeFileSync(config, text);
+      r = await ssh('a');
+      assert.deepEqual([r.status, r.stderr], [255, 'ryra-vm: the VM a is gone (stopped); boot it again with ryra-vm boot --name a\n']);
+      assert.equal(guest.sessions(), before);
+      // Booted again under that name: a running entry replaces it. Other names never had entries.
+      const again = { ...vm, pid: process.pid };
+      assert.equal(jobHostsText(dir, [again], text), jobHostsText(dir, [again], ''));
+      assert.equal(jobHostsText(dir, [], ''), '');
+      assert.match((await ssh('b')).stderr, /Could not resolve hostname b/);
+    } finally {
+      qemu.kill('SIGKILL');
+      await guest.close();
+      await impostor?.close();
+    }
   });
 });
