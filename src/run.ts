@@ -12,9 +12,10 @@ import type { TestHooks } from './env.js';
 import { INPUT_DEFAULTS, parseSize, type SyncMode } from './inputs.js';
 import { errorMessage, log } from './log.js';
 import { syncBack, syncIn, type Exec, type SyncBackResult } from './sync.js';
+import { withTimeout } from './util/time.js';
 import { SshClient } from './vm/ssh.js';
 import type { Forward } from './vm/spec.js';
-import { bootVm, findVm, loadRecord, stopVm } from './vms.js';
+import { bootVm, findVm, loadRecord, stopVm, vmTarget } from './vms.js';
 
 export interface RunOptions {
   script: string;
@@ -101,14 +102,18 @@ function readGuestFile(sftp: SFTPWrapper, file: string, max: number, label: stri
  * What the script wrote to its step files, appended to the runner's own (only those the runner
  * set). All four are read before any is written, so a failure leaves the runner's files as they were.
  */
-async function copyStepFiles(client: SshClient, dir: string, env: NodeJS.ProcessEnv): Promise<void> {
+async function copyStepFiles(client: SshClient, dir: string, env: NodeJS.ProcessEnv, bound?: AbortSignal): Promise<void> {
   const targets = STEP_FILES.filter((f) => env[f]);
   if (!targets.length) return;
   let timer: NodeJS.Timeout | undefined;
   let sftp: SFTPWrapper | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`reading the step files back from the VM took over ${STEP_FILES_TIMEOUT_MS / 1000} s (is one of them a FIFO?)`)), STEP_FILES_TIMEOUT_MS);
+    const stop = () => reject(bound!.reason);
+    if (bound?.aborted) stop();
+    bound?.addEventListener('abort', stop, { once: true });
   });
+  timeout.catch(() => {});
   try {
     sftp = await Promise.race([client.sftp(), timeout]);
     const contents: Buffer[] = [];
@@ -126,6 +131,7 @@ const list = (names: string[], max = 20) => names.slice(0, max).map((n) => JSON.
 function reportSyncBack(back: SyncBackResult, budget: number): Error | undefined {
   if (back.outsideLinks.length) log.warning(`not synced back: ${back.outsideLinks.length} symlink(s) whose targets lead outside the workspace: ${list(back.outsideLinks)}`);
   if (back.special.length) log.warning(`not synced back: ${back.special.length} entr${back.special.length === 1 ? 'y' : 'ies'} that are not files, dirs or symlinks (FIFOs, sockets, devices): ${list(back.special)}`);
+  if (back.conflicts.length) log.warning(`not synced back: ${back.conflicts.length} path(s) the script replaced or deleted, kept as the runner has them because they hold what the runner did not send (excluded, or made during the step): ${list(back.conflicts)}`);
   if (!back.overBudget.length) return undefined;
   return new Error(
     `${back.overBudget.length} changed file(s) did not fit in the sync-back budget of ${(budget / 2 ** 30).toFixed(2)} GiB (sparse files count at their full size) and stayed in the VM: ${list(back.overBudget)}. ` +
@@ -141,6 +147,81 @@ export function envFile(vars: Record<string, string>): string {
     .join('');
 }
 
+/** How long a cancelled step may take from the signal: the script stopped, the step files and the workspace back. */
+export const CANCEL_BOUND_MS = 30_000;
+/** A cancelled step's status, as a shell reports a command the signal ended: 128 + its number. */
+const SIGNAL_STATUS = { SIGINT: 130, SIGTERM: 143 } as const;
+
+interface Cancel {
+  /** Starts listening for SIGINT and SIGTERM. */
+  arm(): void;
+  /** The first signal received, once one is. */
+  readonly signal: keyof typeof SIGNAL_STATUS | undefined;
+  /** Resolves at the first signal. */
+  requested: Promise<void>;
+  /** Aborts CANCEL_BOUND_MS after the first signal. */
+  bound: AbortSignal;
+  /** Time left in the bound (ms). */
+  left(): number;
+  dispose(): void;
+}
+
+/**
+ * A step's cancel (a cancelled job, `timeout-minutes`): the runner signals the step's process.
+ * Only the first signal counts; a later one (a runner escalating SIGINT to SIGTERM) leaves the
+ * bound as it is. While armed, the handlers keep Node's default (exit at once) from applying.
+ */
+function watchCancel(): Cancel {
+  const bound = new AbortController();
+  let first: keyof typeof SIGNAL_STATUS | undefined;
+  let deadline = Infinity;
+  let timer: NodeJS.Timeout | undefined;
+  let requestedNow!: () => void;
+  const requested = new Promise<void>((resolve) => (requestedNow = resolve));
+  const on = (sig: NodeJS.Signals) => {
+    if (first) return;
+    first = sig as keyof typeof SIGNAL_STATUS;
+    deadline = Date.now() + CANCEL_BOUND_MS;
+    timer = setTimeout(() => bound.abort(new Error(`the step was cancelled (${sig}) and its ${CANCEL_BOUND_MS / 1000} s to bring its work back are up`)), CANCEL_BOUND_MS);
+    requestedNow();
+  };
+  let armed = false;
+  return {
+    arm() {
+      armed = true;
+      process.on('SIGINT', on);
+      process.on('SIGTERM', on);
+    },
+    get signal() {
+      return first;
+    },
+    requested,
+    bound: bound.signal,
+    left: () => Math.max(1, deadline - Date.now()),
+    dispose() {
+      if (armed) {
+        process.off('SIGINT', on);
+        process.off('SIGTERM', on);
+      }
+      clearTimeout(timer);
+    },
+  };
+}
+
+/**
+ * A guest command that stops the script's process group (its pid in DIR/pgid): TERM, then KILL
+ * after 5 s if anything of it is left. As root where sudo allows (the script may have started root
+ * processes in its group), else as the user.
+ */
+export function stopGroup(dir: string): string {
+  // dash's kill takes no `--`: a negative pid after the signal names the group.
+  const inner = 'kill -TERM -$0; for i in $(seq 50); do kill -0 -$0 2>/dev/null || exit 0; sleep 0.1; done; kill -KILL -$0; true';
+  return (
+    `pg=; for i in $(seq 50); do pg=$(cat ${dir}/pgid 2>/dev/null); [ -n "$pg" ] && break; sleep 0.1; done; ` +
+    `case $pg in ''|*[!0-9]*) exit 0;; esac; ` +
+    `sudo -n sh -c ${shq(inner)} "$pg" 2>/dev/null || sh -c ${shq(inner)} "$pg"`
+  );
+}
 
 export async function runScript(o: RunOptions): Promise<number> {
   if (!fs.existsSync(o.script)) throw new Error(`no such script: ${o.script}`);
@@ -161,10 +242,11 @@ export async function runScript(o: RunOptions): Promise<number> {
   const booted = !vm;
   const rec = vm ?? (await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards, hooks: o.hooks }));
   if (booted) log.info(`${rec.name}: ${rec.mode === 'restore' ? 'restored' : 'cold-booted'} in ${(rec.readyMs / 1000).toFixed(1)} s`);
-  const client = await SshClient.connect({ port: rec.port, user: rec.user, privateKey: fs.readFileSync(rec.key, 'utf8') }, 60_000);
+  const client = await SshClient.connect(vmTarget(rec), 60_000);
   const exec: Exec = (cmd, opts) => client.exec(cmd, opts);
   const id = randomUUID().slice(0, 8);
   const dir = `~/.ryra-run/${id}`;
+  const cancel = watchCancel();
   try {
     const syncOpts = { hostDir: workspace, guestDir: workspace, excludes: o.excludes, maxBytes: syncMaxBytes };
     const t0 = Date.now();
@@ -181,19 +263,34 @@ export async function runScript(o: RunOptions): Promise<number> {
 
     const start = shq(startDir(workspace, o.cwd ?? process.cwd()));
     const cd = sync === 'none' ? `mkdir -p ${start} 2>/dev/null || true; cd ${start} 2>/dev/null || cd` : `cd ${start} || exit 1`;
-    const r = await exec(`set -a; . ${dir}/env; set +a; ${cd}; bash -e ${dir}/script`, {
+    // From here a signal cancels the step (before, it ends the process as it always did: nothing
+    // ran in the guest yet). The login shell's pid is the process group sshd made for the
+    // command: a cancel stops that group.
+    cancel.arm();
+    const dropScript = new AbortController();
+    const running = exec(`echo $$ > ${dir}/pgid; set -a; . ${dir}/env; set +a; ${cd}; bash -e ${dir}/script`, {
       stdout: process.stdout,
       stderr: process.stderr,
       timeoutMs: 24 * 3600_000,
+      signal: dropScript.signal,
     });
+    running.catch(() => {});
+    const r = await Promise.race([running, cancel.requested.then(() => undefined)]);
+    if (cancel.signal) {
+      log.warning(`${cancel.signal}: stopping the script in ${rec.name}, then bringing back the step files and the workspace (at most ${CANCEL_BOUND_MS / 1000} s)`);
+      await exec(stopGroup(dir), { timeoutMs: cancel.left() }).catch((err) => log.warning(`stopping the script failed: ${errorMessage(err)}`));
+      // Its channel closes once the group is gone; one that does not is closed here.
+      await withTimeout(running, Math.min(5_000, cancel.left()), 'the script\'s channel').catch(() => dropScript.abort());
+    }
 
-    // Both run even when one fails; the step fails after them, naming each failure.
+    // Both run even when one fails; the step fails after them, naming each failure. A cancel
+    // bounds both (cancel.bound aborts them when its time is up).
     const failures: string[] = [];
-    await copyStepFiles(client, `.ryra-run/${id}`, process.env).catch((err) => failures.push(errorMessage(err)));
+    await copyStepFiles(client, `.ryra-run/${id}`, process.env, cancel.bound).catch((err) => failures.push(errorMessage(err)));
     if (before && sync === 'both') {
       const t1 = Date.now();
       try {
-        const back = await syncBack(exec, syncOpts, before);
+        const back = await syncBack(exec, { ...syncOpts, signal: cancel.bound, ...(cancel.signal ? { timeoutMs: cancel.left() } : {}) }, before);
         log.info(`synced ${back.changed} changed and ${back.deleted} deleted entries back in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
         const over = reportSyncBack(back, syncMaxBytes);
         if (over) failures.push(over.message);
@@ -201,10 +298,16 @@ export async function runScript(o: RunOptions): Promise<number> {
         failures.push(`syncing the workspace back failed: ${errorMessage(err)}`);
       }
     }
-    await exec(`rm -rf ${dir}`, { timeoutMs: 60_000 }).catch(() => {});
+    await exec(`rm -rf ${dir}`, { timeoutMs: cancel.signal ? Math.min(10_000, cancel.left()) : 60_000 }).catch(() => {});
+    if (cancel.signal) {
+      // A cancelled step ends with the signal's status whatever else failed; the failures are said.
+      for (const f of failures) log.error(f);
+      return SIGNAL_STATUS[cancel.signal];
+    }
     if (failures.length) throw new Error(failures.join('\n'));
-    return r.code;
+    return r!.code;
   } finally {
+    cancel.dispose();
     client.end();
     if (o.fresh) await stopVm(rec);
   }

@@ -164,6 +164,8 @@ export interface SyncOptions {
   maxBytes?: number;
   /** Time bound of a sync-back (and of a sync-in). Default SYNC_BACK_TIMEOUT_MS. */
   timeoutMs?: number;
+  /** Stops a sync-back that has not finished (a cancelled step's bound): nothing of it is kept. */
+  signal?: AbortSignal;
 }
 
 /** The staging dirs of an interrupted sync-back never travel. */
@@ -250,12 +252,18 @@ export interface SyncBackResult {
   special: string[];
   /** Files that did not fit in the byte budget: they stay in the guest. */
   overBudget: string[];
+  /**
+   * Paths the script replaced or deleted where the host keeps what it did not send (an excluded
+   * subtree, a file made during the step): left as the host has them.
+   */
+  conflicts: string[];
 }
 
 /**
  * Guest → host: what changed since `before` comes back as one tar stream, within the byte budget
- * and the time bound; what the script deleted is deleted, if the host had sent it. Returns what it
- * did and what it refused.
+ * and the time bound; what the script deleted or replaced is deleted or replaced only if the host
+ * had sent it (never what it did not send: an excluded subtree, a file made during the step).
+ * Returns what it did and what it refused.
  */
 export async function syncBack(exec: Exec, o: SyncOptions, synced: SyncedIn): Promise<SyncBackResult> {
   const before = synced.guest;
@@ -266,7 +274,7 @@ export async function syncBack(exec: Exec, o: SyncOptions, synced: SyncedIn): Pr
   const timedOut = () => new Error(`syncing ${o.guestDir} back took longer than its bound of ${Math.round(timeoutMs / 1000)} s`);
   const g = shq(o.guestDir);
   const now = collect();
-  const r1 = await exec(`cd ${g} && ${FIND_STATE}`, { stdout: now.sink, timeoutMs: left() }).catch((e: Error) => {
+  const r1 = await exec(`cd ${g} && ${FIND_STATE}`, { stdout: now.sink, timeoutMs: left(), signal: o.signal }).catch((e: Error) => {
     throw /timed out/.test(e.message) ? timedOut() : e;
   });
   if (r1.code !== 0) throw new Error(`listing ${o.guestDir} in the guest failed (exit ${r1.code}): ${r1.stderr.trim()}`);
@@ -274,19 +282,32 @@ export async function syncBack(exec: Exec, o: SyncOptions, synced: SyncedIn): Pr
   const after = parseState(now.bytes(), o.guestDir);
   const { changed, deleted } = diffStates(before, after);
   const plan = planSyncBack(changed, after, budget);
-  const result: SyncBackResult = { changed: 0, deleted: 0, outsideLinks: [], special: plan.special, overBudget: plan.overBudget };
+  const result: SyncBackResult = { changed: 0, deleted: 0, outsideLinks: [], special: plan.special, overBudget: plan.overBudget, conflicts: [] };
   const staging = fs.mkdtempSync(path.join(o.hostDir, STAGING_PREFIX));
   try {
+    // The whole stream is in before the workspace is touched.
+    if (plan.wanted.length) await receive(exec, o, plan, staging, left(), timedOut);
+    // Deletions first, so a dir the script turned into a file or link is empty when that takes its
+    // place, unless it holds what the host did not send. The guest's listings could name anything
+    // (an excluded path, one the host made meanwhile): only what the host sent is deleted.
+    const conflicts: string[] = [];
+    for (const p of deleted) {
+      if (!synced.sent.has(p)) continue;
+      const r = removeInside(o.hostDir, p);
+      if (r === 'removed') result.deleted++;
+      else if (r === 'kept') conflicts.push(p);
+    }
     if (plan.wanted.length) {
-      await receive(exec, o, plan, staging, left(), timedOut);
-      const moved = moveIn(staging, o.hostDir, new Set(plan.wanted), budget);
+      const moved = moveIn(staging, o.hostDir, new Set(plan.wanted), budget, synced.sent);
       result.changed = moved.moved;
       result.outsideLinks = moved.outsideLinks;
       result.special = [...new Set([...plan.special, ...moved.special])].sort();
       result.overBudget = [...new Set([...plan.overBudget, ...moved.overBudget])].sort();
+      conflicts.push(...moved.conflicts);
     }
-    // The guest's listings could name anything: an excluded path, or one the host made meanwhile.
-    for (const p of deleted) if (synced.sent.has(p) && removeInside(o.hostDir, p)) result.deleted++;
+    // A dir kept for what it holds is named once, not once per sent entry the script deleted in it.
+    const all = new Set(conflicts);
+    result.conflicts = [...all].filter((p) => !p.split('/').some((_, i, a) => i > 0 && all.has(a.slice(0, i).join('/')))).sort();
     return result;
   } finally {
     fs.rmSync(staging, { recursive: true, force: true });
@@ -332,6 +353,9 @@ async function receive(exec: Exec, o: SyncOptions, plan: SyncPlan, staging: stri
   let err = '';
   stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-20_000)));
   const timer = setTimeout(() => abort.abort(timedOut()), timeoutMs);
+  const stop = () => abort.abort(o.signal!.reason);
+  if (o.signal?.aborted) stop();
+  o.signal?.addEventListener('abort', stop, { once: true });
   try {
     const r = await exec(`cd ${shq(o.guestDir)} && tar -c --format=posix --sparse --null --no-recursion ${excludeArgs(o).map(shq).join(' ')} -T - -f -`, {
       input: list,
@@ -347,6 +371,7 @@ async function receive(exec: Exec, o: SyncOptions, plan: SyncPlan, staging: stri
     throw e;
   } finally {
     clearTimeout(timer);
+    o.signal?.removeEventListener('abort', stop);
   }
 }
 
@@ -373,15 +398,38 @@ function parentsAreDirs(root: string, rel: string): boolean {
   return true;
 }
 
-/** Makes every directory on the way to `rel` a real directory (a symlink or file there is replaced). */
-function realParents(root: string, rel: string): void {
+/**
+ * Makes every directory on the way to `rel` a real directory: a symlink or file there is replaced
+ * if the host sent it; false (nothing changed past that point) where it did not.
+ */
+function realParents(root: string, rel: string, sent: Set<string>): boolean {
   const parts = rel.split('/').slice(0, -1);
   for (let i = 1; i <= parts.length; i++) {
-    const p = bp(root, parts.slice(0, i).join('/'));
+    const q = parts.slice(0, i).join('/');
+    const p = bp(root, q);
     const st = lstat(p);
     if (st?.isDirectory()) continue;
+    if (st && !sent.has(q)) return false;
     if (st) fs.rmSync(p, { force: true });
     fs.mkdirSync(p);
+  }
+  return true;
+}
+
+/**
+ * Clears the way for the guest's `rel` where the host has `cur`: true when there is nothing, or
+ * what the host sent (a dir is removed only once empty; a file or symlink is left for the caller
+ * to replace). Never what the host did not send.
+ */
+function makeRoom(root: string, rel: string, cur: fs.Stats | undefined, sent: Set<string>): boolean {
+  if (!cur) return true;
+  if (!sent.has(rel)) return false;
+  if (!cur.isDirectory()) return true;
+  try {
+    fs.rmdirSync(bp(root, rel));
+    return true;
+  } catch {
+    return false; // it holds what the host did not send (excluded, or made during the step)
   }
 }
 
@@ -435,8 +483,8 @@ export function resolveInside(root: string, dir: string[], target: string, hops 
  * symlinks; setuid, setgid and sticky bits are dropped; files past the budget stay out; symlinks
  * come last, and only those whose targets stay inside `root` once all of them are in place.
  */
-function moveIn(staging: string, root: string, wanted: Set<string>, budget: number): { moved: number; outsideLinks: string[]; special: string[]; overBudget: string[] } {
-  const out = { moved: 0, outsideLinks: [] as string[], special: [] as string[], overBudget: [] as string[] };
+function moveIn(staging: string, root: string, wanted: Set<string>, budget: number, sent: Set<string>): { moved: number; outsideLinks: string[]; special: string[]; overBudget: string[]; conflicts: string[] } {
+  const out = { moved: 0, outsideLinks: [] as string[], special: [] as string[], overBudget: [] as string[], conflicts: [] as string[] };
   const ancestors = new Set<string>();
   for (const p of wanted) for (let i = p.indexOf('/'); i > 0; i = p.indexOf('/', i + 1)) ancestors.add(p.slice(0, i));
   const links: string[] = [];
@@ -470,20 +518,33 @@ function moveIn(staging: string, root: string, wanted: Set<string>, budget: numb
       }
       // A symlink on the way (the host's own, or one the script turned into a directory) is
       // replaced by a real directory rather than followed out of the workspace.
-      if (!parentsAreDirs(root, r)) realParents(root, r);
+      if (!parentsAreDirs(root, r) && !realParents(root, r, sent)) {
+        out.conflicts.push(r);
+        continue;
+      }
       const cur = lstat(dst);
       if (st.isDirectory()) {
-        if (cur && !cur.isDirectory()) fs.rmSync(dst, { force: true });
+        if (cur && !cur.isDirectory()) {
+          if (!makeRoom(root, r, cur, sent)) {
+            out.conflicts.push(r);
+            continue;
+          }
+          fs.rmSync(dst, { force: true });
+        }
         if (!cur || !cur.isDirectory()) fs.mkdirSync(dst);
         walk(r);
-        if (asked) {
+        // A dir the host made during the step keeps its own mode; the guest's entries go in.
+        if (asked && (!cur || sent.has(r))) {
           fs.chmodSync(dst, st.mode & 0o777);
           fs.utimesSync(dst, st.atime, st.mtime);
           out.moved++;
         }
       } else {
         fs.chmodSync(src, st.mode & 0o777);
-        if (cur?.isDirectory()) fs.rmSync(dst, { recursive: true, force: true });
+        if (!makeRoom(root, r, cur, sent)) {
+          out.conflicts.push(r);
+          continue;
+        }
         fs.renameSync(src, dst);
         out.moved++;
       }
@@ -500,9 +561,11 @@ function moveIn(staging: string, root: string, wanted: Set<string>, budget: numb
       outside.add(r);
       continue;
     }
-    if (!parentsAreDirs(root, r)) realParents(root, r);
     const dst = bp(root, r);
-    if (lstat(dst)?.isDirectory()) fs.rmSync(dst, { recursive: true, force: true });
+    if ((!parentsAreDirs(root, r) && !realParents(root, r, sent)) || !makeRoom(root, r, lstat(dst), sent)) {
+      out.conflicts.push(r);
+      continue;
+    }
     fs.renameSync(bp(staging, r), dst);
     placed.push(r);
   }
@@ -523,17 +586,21 @@ function moveIn(staging: string, root: string, wanted: Set<string>, budget: numb
   return out;
 }
 
-/** Deletes `rel` under `root` (a file, symlink or empty dir), only when no directory on the way is a symlink. */
-function removeInside(root: string, rel: string): boolean {
-  if (!safeRelative(rel) || !parentsAreDirs(root, rel)) return false;
+/**
+ * Deletes `rel` under `root` (a file, symlink or empty dir), only when no directory on the way is a
+ * symlink: `kept` when it stays (a dir that holds what the host did not send), `gone` when absent.
+ */
+function removeInside(root: string, rel: string): 'removed' | 'kept' | 'gone' {
+  if (!safeRelative(rel)) return 'gone';
   const p = bp(root, rel);
   const st = lstat(p);
-  if (!st) return false;
+  if (!st) return 'gone';
+  if (!parentsAreDirs(root, rel)) return 'kept';
   try {
     if (st.isDirectory()) fs.rmdirSync(p);
     else fs.unlinkSync(p);
-    return true;
+    return 'removed';
   } catch {
-    return false; // a directory that still holds what the host put there meanwhile
+    return 'kept'; // a directory that still holds what the host did not send
   }
 }

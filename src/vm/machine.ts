@@ -29,6 +29,8 @@ export interface MachineOptions {
   extraArgs?: string[];
   user: string;
   privateKey: string;
+  /** The guest's SSH host key (public line): every connection pins it. */
+  hostKey: string;
   /** Keep QEMU running after this process exits (the CLI's `boot`). */
   detached?: boolean;
 }
@@ -66,13 +68,20 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Printable last lines of a serial log (console escape sequences removed). */
+/** Printable last lines of a serial log (console escape sequences removed), from its last MiB. */
 export function logTail(file: string, lines = 25): string {
   let text: string;
+  let fd: number | undefined;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    fd = fs.openSync(file, 'r');
+    const size = fs.fstatSync(fd).size;
+    const buf = Buffer.alloc(Math.min(size, 2 ** 20));
+    fs.readSync(fd, buf, 0, buf.length, size - buf.length);
+    text = buf.toString('utf8');
   } catch {
     return '(no serial output)';
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
   }
   const clean = text
     .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
@@ -80,6 +89,85 @@ export function logTail(file: string, lines = 25): string {
     .replace(/\r/g, '')
     .replace(/[^\x09\x0a\x20-\x7e\u00a0-\uffff]/g, '');
   return clean.split('\n').filter((l) => l.trim()).slice(-lines).join('\n') || '(no serial output)';
+}
+
+/** Most a guest's serial log holds: past it, the older half is dropped (the tail explains a failure). */
+export const SERIAL_LOG_MAX_BYTES = 64 * 2 ** 20;
+
+/**
+ * The serial log's only writer, run as `node -e SERIAL_WRITER SOCKET LOG MAX`. QEMU 7.2's file
+ * chardev has no size limit, and VMs are detached QEMU processes that outlive the CLI, so a file
+ * trimmed by our own commands (at each call, or by a watcher) would still grow without bound
+ * between them. Instead QEMU writes the console to this process's unix socket; it appends to the
+ * log and, when the next chunk would take it past MAX, rewrites it as its last MAX/2 bytes. It
+ * takes one connection and exits when QEMU closes it (QEMU exited), so it lives exactly as long as
+ * the VM. Were it gone, QEMU drops the console's output; the guest never stalls on it.
+ */
+const SERIAL_WRITER = `
+const fs = require('fs'), net = require('net');
+const [sock, file, max] = [process.argv[1], process.argv[2], Number(process.argv[3])];
+let fd = fs.openSync(file, 'w+');
+let size = 0;
+function write(chunk) {
+  if (size + chunk.length > max) {
+    const keep = Math.min(size, Math.floor(max / 2));
+    const tail = Buffer.alloc(keep);
+    fs.readSync(fd, tail, 0, keep, size - keep);
+    const next = Buffer.concat([tail, chunk]).subarray(-Math.floor(max / 2));
+    fs.writeFileSync(file + '.tmp', next);
+    fs.renameSync(file + '.tmp', file);
+    fs.closeSync(fd);
+    fd = fs.openSync(file, 'r+');
+    size = next.length;
+  } else {
+    fs.writeSync(fd, chunk, 0, chunk.length, size);
+    size += chunk.length;
+  }
+}
+const idle = setTimeout(() => process.exit(1), 60000);
+const srv = net.createServer((c) => {
+  srv.close();
+  clearTimeout(idle);
+  c.on('data', (d) => { try { write(d); } catch { process.exit(1); } });
+  c.on('close', () => process.exit(0));
+  c.on('error', () => process.exit(0));
+});
+srv.listen(sock, () => process.stdout.write('ready\\n'));
+`;
+
+/**
+ * The argv with its `-serial file:LOG` turned into the same serial port on a socket chardev (the
+ * guest-visible device is unchanged, so snapshots restore under either); undefined without one.
+ */
+export function serialThroughSocket(argv: readonly string[], socket: string): string[] | undefined {
+  const at = argv.findIndex((a, i) => argv[i - 1] === '-serial' && a.startsWith('file:'));
+  if (at < 0) return undefined;
+  return [...argv.slice(0, at - 1), '-chardev', `socket,id=serial0,path=${socket.replaceAll(',', ',,')}`, '-serial', 'chardev:serial0', ...argv.slice(at + 1)];
+}
+
+/** Starts the serial log's writer listening on `socket`; resolves once it listens. */
+export async function startSerialWriter(socket: string, log: string, maxBytes = SERIAL_LOG_MAX_BYTES, detached = false): Promise<ChildProcess> {
+  fs.rmSync(socket, { force: true });
+  const child = spawn(process.execPath, ['-e', SERIAL_WRITER, socket, log, String(maxBytes)], { stdio: ['ignore', 'pipe', 'ignore'], detached });
+  try {
+    await withTimeout(
+      new Promise<void>((resolve, reject) => {
+        let out = '';
+        child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d).includes('ready') && resolve());
+        child.once('exit', (code) => reject(new Error(`the serial log writer exited (${code}) before it listened on ${socket}`)));
+        child.once('error', reject);
+      }),
+      START_TIMEOUT_MS,
+      `the serial log writer listening on ${socket}`,
+    );
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
+  // It exits with QEMU's connection; nothing here waits for it.
+  child.stdout!.destroy();
+  child.unref();
+  return child;
 }
 
 const live = new Set<Machine>();
@@ -131,6 +219,8 @@ function watchSerial(serialLog: string, stallMs: number | undefined, everyMs = 1
       try {
         fd = fs.openSync(serialLog, 'r');
         const size = fs.fstatSync(fd).size;
+        // The writer rewrote the log as its tail (SERIAL_WRITER): read it again from the start.
+        if (size < offset) offset = 0;
         if (size > offset) {
           lastGrowth = Date.now();
           const buf = Buffer.alloc(size - offset);
@@ -213,8 +303,13 @@ export class Machine {
     const qmpSocket = path.join(socketDir, 'qmp.sock');
     for (let attempt = 1; ; attempt++) {
       const sshPort = await freePort();
+      const filled = fillRecipe(opts.recipe, { disk: opts.disk, efivars: opts.efivars, sshPort: String(sshPort), serialLog, shareDir: opts.shareDir ?? '' });
+      // The serial log is capped by a writer of ours (SERIAL_WRITER), started before QEMU connects to it.
+      const serialSocket = path.join(socketDir, 'serial.sock');
+      const viaSocket = serialThroughSocket(filled, serialSocket);
+      const writer = viaSocket ? await startSerialWriter(serialSocket, serialLog, SERIAL_LOG_MAX_BYTES, !!opts.detached) : undefined;
       const argv = [
-        ...fillRecipe(opts.recipe, { disk: opts.disk, efivars: opts.efivars, sshPort: String(sshPort), serialLog, shareDir: opts.shareDir ?? '' }),
+        ...(viaSocket ?? filled),
         ...controlArgs({ name: opts.name, qmpSocket, pidFile, loadvm: opts.loadvm }),
         ...(opts.extraArgs ?? []),
       ];
@@ -240,6 +335,7 @@ export class Machine {
         child.kill('SIGKILL');
         await withTimeout(exited, 10_000, `QEMU ${child.pid} exiting after SIGKILL`).catch(() => {});
       }
+      writer?.kill('SIGKILL'); // a QEMU that never connected leaves it waiting
       const stderr = fs.readFileSync(stderrFile, 'utf8').trim();
       const rule = HOSTFWD_RULE.exec(stderr);
       if (!alive && rule && rule[1] !== String(sshPort)) {
@@ -278,7 +374,7 @@ export class Machine {
   }
 
   private target(privateKey = this.opts.privateKey) {
-    return { port: this.sshPort, user: this.opts.user, privateKey };
+    return { port: this.sshPort, user: this.opts.user, privateKey, hostKey: this.opts.hostKey };
   }
 
   /**

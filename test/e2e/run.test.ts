@@ -2,15 +2,18 @@
 // the shared cache dir): the action, then `shell: ryra-vm run {0}` steps whose script is a file
 // (as {0} is) reading the workspace, seeing an awkward environment value, writing files, a symlink
 // and a step output; a normal step on the host seeing all of it; a --fresh step seeing a clean VM
-// with the workspace; a failing script's status as the step's; help on every command.
+// with the workspace; a failing script's status as the step's; help on every command. And a
+// cancelled step (SIGTERM, as a cancelled job or `timeout-minutes` sends): the script stops in the
+// VM, what it wrote before comes back, the step exits 143.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { qemuProcessesUnder, tempRoot } from '../support/cleanup.js';
 import { ensureFixture, type Fixture } from '../support/fixtures.js';
-import { runner } from '../support/runner.js';
+import { readCommandFile, runner } from '../support/runner.js';
 import { LIGHT, configInputs, sharedDir, sharedLayers } from '../support/shared.js';
 
 const root = tempRoot('run');
@@ -97,5 +100,51 @@ describe('ryra-vm run as a step\'s shell (amd64, TCG)', { timeout: 30 * 60_000 }
     }
     assert.deepEqual(qemuProcessesUnder(root.dir), []);
     assert.doesNotMatch(fs.readFileSync(path.join(r.env.HOME!, '.ssh', 'config'), 'utf8'), /Host default/, 'the post step removed the Host entry');
+  });
+  test('a cancelled step: SIGTERM stops the script in the VM, what it wrote comes back, the step exits 143 within 35 s', async () => {
+    const r = runner(root.dir, 'cancel');
+    const ws = r.env.GITHUB_WORKSPACE!;
+    let step: ReturnType<typeof spawn> | undefined;
+    try {
+      const a = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': sharedDir(), boot: 'default' });
+      assert.equal(a.code, 0, a.stdout.slice(-4000));
+      const script = path.join(r.env.RUNNER_TEMP!, 'long.sh');
+      fs.writeFileSync(script, ['echo before > before-signal.txt', 'echo "partial=yes" >> "$GITHUB_OUTPUT"', 'echo script started', 'sleep 600', 'echo never > after-sleep.txt', ''].join('\n'));
+      // The step's process as the runner starts it (`shell: ryra-vm run {0}`), with a step's environment.
+      const added = fs.readFileSync(r.env.GITHUB_PATH!, 'utf8').split('\n').filter(Boolean).reverse();
+      const env = { ...r.env, ...readCommandFile(r.env.GITHUB_ENV!), PATH: [...added, r.env.PATH].join(':') };
+      step = spawn('ryra-vm', ['run', script], { cwd: ws, env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      step.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+      step.stderr!.setEncoding('utf8').on('data', (d: string) => (out += d));
+      const exit = new Promise<number | null>((resolve) => step!.once('close', (code) => resolve(code)));
+      const started = await Promise.race([
+        new Promise<boolean>((resolve) => {
+          const t = setInterval(() => /script started/.test(out) && (clearInterval(t), resolve(true)), 100);
+          void exit.then(() => (clearInterval(t), resolve(false)));
+        }),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 300_000)),
+      ]);
+      assert.ok(started, `the script did not start:\n${out}`);
+      await new Promise((res) => setTimeout(res, 5000));
+      const t0 = Date.now();
+      step.kill('SIGTERM');
+      const code = await Promise.race([exit, new Promise<string>((res) => setTimeout(() => res('still running after 60 s'), 60_000))]);
+      const secs = (Date.now() - t0) / 1000;
+      figures.push(`cancelled step: SIGTERM to exit ${secs.toFixed(1)} s`);
+      assert.equal(code, 143, out);
+      assert.ok(secs <= 35, `the step took ${secs} s to end after SIGTERM:\n${out}`);
+      assert.match(out, /SIGTERM: stopping the script in default/);
+
+      const ps = await r.cli(['ssh', 'default', '--', 'pgrep -af "^sleep 600$" || echo none left']);
+      assert.equal(ps.stdout.trim(), 'none left', `the script still runs in the guest:\n${ps.stdout}${ps.stderr}`);
+      assert.equal(fs.readFileSync(path.join(ws, 'before-signal.txt'), 'utf8'), 'before\n', 'what it wrote before the signal came back');
+      assert.equal(fs.existsSync(path.join(ws, 'after-sleep.txt')), false);
+      assert.equal(r.stepOutputs().partial, 'yes', 'the step files were written');
+    } finally {
+      if (step && step.exitCode === null && step.signalCode === null) step.kill('SIGKILL');
+      await r.post();
+    }
+    assert.deepEqual(qemuProcessesUnder(root.dir), []);
   });
 });

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { envFile, scriptEnv, startDir } from '../../src/run.js';
+import { CANCEL_BOUND_MS, envFile, scriptEnv, startDir, stopGroup } from '../../src/run.js';
 import { guestProxy, proxyFiles, runnerProxy } from '../../src/proxy.js';
 import { diffStates, parseState, parseTarIndex, planSyncBack, resolveInside, safeRelative, syncBack, syncIn, type Exec } from '../../src/sync.js';
 
@@ -83,6 +83,43 @@ describe('environment for the script', () => {
     const r = await localExec(`set -a; . ${file}; set +a; printf %s "$V"`);
     assert.equal(r.stdout, value);
     assert.doesNotMatch(fs.readFileSync(file, 'utf8'), /BAD-NAME/);
+  });
+});
+
+describe('a cancelled step', () => {
+  test('stops the script\'s whole process group: its command, a background job, and one that ignores TERM', async () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'cancel-'));
+    fs.writeFileSync(path.join(dir, 'script'), `sleep 601 &\nsh -c 'trap "" TERM; sleep 602; sleep 603' &\nsleep 600\n`);
+    // As sshd starts a command: in a session and process group of its own, led by the login shell.
+    const c = spawn('setsid', ['bash', '-c', `echo $$ > ${dir}/pgid; bash -e ${dir}/script`], { stdio: 'ignore' });
+    const closed = new Promise((r) => c.once('close', r));
+    // Live members of a group (a killed orphan may stay a zombie until something reaps it).
+    const members = (pg: number) => {
+      const r = spawn('ps', ['-o', 'stat=,args=', '-g', String(pg)]);
+      return new Promise<string[]>((resolve) => {
+        let out = '';
+        r.stdout.on('data', (d) => (out += d));
+        r.on('close', () => resolve(out.split('\n').filter((l) => l.trim() && !l.trim().startsWith('Z'))));
+      });
+    };
+    try {
+      let pg = 0;
+      for (let i = 0; i < 100 && (!pg || (await members(pg)).filter((l) => /^\S+\s+sleep 60\d$/.test(l.trim())).length < 3); i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        pg = Number(fs.readFileSync(path.join(dir, 'pgid'), { encoding: 'utf8', flag: 'a+' }).trim() || 0);
+      }
+      assert.equal(pg, c.pid, 'the login shell leads the group');
+      assert.equal((await members(pg)).filter((l) => /^\S+\s+sleep 60\d$/.test(l.trim())).length, 3, 'the script runs');
+      const t0 = Date.now();
+      const stop = spawn('bash', ['-c', stopGroup(dir)], { stdio: 'ignore' });
+      assert.equal(await new Promise((r) => stop.once('close', r)), 0);
+      const secs = (Date.now() - t0) / 1000;
+      assert.deepEqual(await members(pg), [], 'nothing of the group is left');
+      assert.ok(secs < CANCEL_BOUND_MS / 1000, `the TERM-ignoring child got KILL after its grace, within the cancel's bound (${secs} s)`);
+      await closed;
+    } finally {
+      c.kill('SIGKILL');
+    }
   });
 });
 
@@ -291,6 +328,51 @@ describe('workspace sync', () => {
     const d = await syncBack(localExec, o, { guest: parseState(claimed), sent: before.sent });
     assert.equal(d.deleted, 0);
     assert.ok(fs.existsSync(path.join(host, 'excluded.txt')) && fs.existsSync(path.join(host, 'host-later.txt')));
+  });
+
+  test('a dir the script turned into a file or link: only what was sent goes; an excluded subtree and what the host made during the step stay, each conflict named once', async () => {
+    const host = path.join(tmp, 'c-ws');
+    const guest = path.join(tmp, 'c-guest');
+    const h = (p: string) => path.join(host, p);
+    const g = (p: string) => path.join(guest, p);
+    fs.mkdirSync(h('pkg/cache'), { recursive: true });
+    fs.writeFileSync(h('pkg/cache/blob'), 'excluded');
+    fs.writeFileSync(h('pkg/a.txt'), 'sent');
+    fs.mkdirSync(h('pkg/sub'));
+    fs.writeFileSync(h('pkg/sub/b.txt'), 'sent');
+    for (const d of ['made', 'plain', 'gone']) {
+      fs.mkdirSync(h(d));
+      fs.writeFileSync(h(`${d}/sent.txt`), 'sent');
+    }
+    const o = { hostDir: host, guestDir: guest, excludes: ['./pkg/cache'] };
+    const before = await syncIn(localExec, o);
+    assert.equal(fs.existsSync(g('pkg/cache')), false, 'the excluded subtree was not sent');
+
+    // The script: dirs become files and a link, one is deleted, a new file appears.
+    for (const d of ['pkg', 'made', 'plain', 'gone']) fs.rmSync(g(d), { recursive: true });
+    fs.writeFileSync(g('pkg'), 'now a file');
+    fs.writeFileSync(g('made'), 'now a file');
+    fs.symlinkSync('pkg', g('plain'));
+    fs.writeFileSync(g('new.txt'), 'from the guest');
+    // Meanwhile the host makes files the script never saw.
+    fs.writeFileSync(h('made/host-made.txt'), 'mine');
+    fs.writeFileSync(h('gone/host-made.txt'), 'mine');
+    fs.writeFileSync(h('new.txt'), 'the host made it first');
+
+    const r = await syncBack(localExec, o, before);
+    assert.deepEqual(r.conflicts, ['gone', 'made', 'new.txt', 'pkg']);
+    assert.deepEqual(tree(host), {
+      pkg: 'dir 755',
+      'pkg/cache': 'dir 755',
+      'pkg/cache/blob': '644 excluded',
+      made: 'dir 755',
+      'made/host-made.txt': '644 mine',
+      plain: '-> pkg',
+      gone: 'dir 755',
+      'gone/host-made.txt': '644 mine',
+      'new.txt': '644 the host made it first',
+    });
+    assert.equal(r.deleted, 6, 'the sent files and dir the script removed (plain/ is replaced by its link), nothing else');
   });
 
   test('tar\'s escaped listing reads back to the names it lists', () => {
