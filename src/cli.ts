@@ -14,7 +14,7 @@ import { runScript } from './run.js';
 import { VERSION } from './version.js';
 import { download, upload } from './vm/transfer.js';
 import { SshClient } from './vm/ssh.js';
-import { bootVm, checkVmName, findVm, getVm, listVms, stopVm, type VmRecord } from './vms.js';
+import { bootVm, checkVmName, findVm, getVm, listVms, stopVm, vmTarget, type VmRecord } from './vms.js';
 
 const USAGE: Record<string, string> = {
   prepare: `ryra-vm prepare [options]
@@ -30,6 +30,8 @@ const USAGE: Record<string, string> = {
   --browser             also build the browser layer and snapshot
   --browser-source S    auto | upstream | registries               [auto]
   --kvm MODE            auto | true | false                        [auto]
+  --kvm-fix-permissions M  auto | true | false: add the udev rule that opens a /dev/kvm closed
+                        to this user, with sudo -n (auto: on GitHub-hosted runners)   [auto]
   --packages "a b"      extra guest packages
   --base-packages B     true | false: the catalogue's list (podman & co.) as well   [true]
   --prepare FILE        a script run once in the prepared layer (part of its key)
@@ -116,6 +118,7 @@ const PREPARE_OPTIONS = {
   browser: { type: 'boolean' },
   'browser-source': { type: 'string' },
   kvm: { type: 'string' },
+  'kvm-fix-permissions': { type: 'string' },
   packages: { type: 'string' },
   'base-packages': { type: 'string' },
   'cache-save': { type: 'string' },
@@ -153,6 +156,7 @@ async function prepare(args: string[]): Promise<number> {
     [Inputs.Browser]: v.browser ? 'true' : 'false',
     [Inputs.BrowserSource]: v['browser-source'] as string,
     [Inputs.Kvm]: v.kvm as string,
+    [Inputs.KvmFixPermissions]: v['kvm-fix-permissions'] as string,
     [Inputs.Packages]: v.packages as string,
     [Inputs.BasePackages]: v['base-packages'] as string,
     [Inputs.CacheSave]: v['cache-save'] as string,
@@ -305,7 +309,7 @@ async function readStdin(): Promise<Buffer> {
 }
 
 async function connectVm(vm: VmRecord): Promise<SshClient> {
-  return SshClient.connect({ port: vm.port, user: vm.user, privateKey: fs.readFileSync(vm.key, 'utf8') }, 30_000);
+  return SshClient.connect(vmTarget(vm), 30_000);
 }
 
 async function cp(args: string[]): Promise<number> {

@@ -8,6 +8,7 @@ export const Inputs = {
   Cpus: 'cpus',
   Browser: 'browser',
   Kvm: 'kvm',
+  KvmFixPermissions: 'kvm-fix-permissions',
   Redownload: 'redownload',
   Snapshot: 'snapshot',
   Cache: 'cache',

@@ -28,6 +28,12 @@ export interface Config {
   cpus: number;
   browser: boolean;
   kvm: KvmMode;
+  /**
+   * Whether the action adds the udev rule that opens /dev/kvm to every user (with `sudo -n`) when
+   * the device exists but this user cannot open it: `kvm-fix-permissions`, whose `auto` means on a
+   * GitHub-hosted runner only (RUNNER_ENVIRONMENT), whose system is the job's to change.
+   */
+  kvmFixPermissions: boolean;
   redownload: boolean;
   snapshot: boolean;
   cache: boolean;
@@ -75,6 +81,7 @@ export const INPUT_DEFAULTS: Record<InputName, string> = {
   [Inputs.Cpus]: '2',
   [Inputs.Browser]: 'false',
   [Inputs.Kvm]: 'auto',
+  [Inputs.KvmFixPermissions]: 'auto',
   [Inputs.Redownload]: 'false',
   [Inputs.Snapshot]: 'true',
   [Inputs.Cache]: 'true',
@@ -260,6 +267,7 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
   const memoryMb = integer(Inputs.Memory, raw(Inputs.Memory), MIN_MEMORY_MB, MAX_MEMORY_MB, ' of MiB');
   const cpus = integer(Inputs.Cpus, raw(Inputs.Cpus), 1, MAX_CPUS);
   const kvm = oneOf(Inputs.Kvm, raw(Inputs.Kvm), ['auto', 'true', 'false'] as const);
+  const kvmFix = oneOf(Inputs.KvmFixPermissions, raw(Inputs.KvmFixPermissions), ['auto', 'true', 'false'] as const);
   const crossArch = arch !== host.arch;
   if (crossArch && kvm === 'true') {
     throw new InputError(
@@ -298,6 +306,8 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
     cpus,
     browser: bool(Inputs.Browser, raw(Inputs.Browser)),
     kvm,
+    // A self-hosted runner's system is its owner's: `auto` changes it only where GitHub hosts it.
+    kvmFixPermissions: kvmFix === 'auto' ? host.env.RUNNER_ENVIRONMENT === 'github-hosted' : kvmFix === 'true',
     redownload: bool(Inputs.Redownload, raw(Inputs.Redownload)),
     snapshot: bool(Inputs.Snapshot, raw(Inputs.Snapshot)),
     cache: bool(Inputs.Cache, raw(Inputs.Cache)),

@@ -2,15 +2,20 @@
 // type, machine properties, `-cpu host` and firmware with one vCPU for a few seconds, requiring
 // signs of life (QEMU still running, and firmware output on the serial console or the vCPU's
 // program counter moving). `-machine none -accel kvm` is not enough: it creates no vCPU, and on
-// nested hosts the vCPU is where KVM fails. The verdict is recorded per host identity.
+// nested hosts the vCPU is where KVM fails. The verdict is recorded per host identity. Before
+// that, a /dev/kvm that exists but is closed to the runner user (GitHub's hosted runners) can be
+// opened with the udev rule GitHub documents, where the runner's system is the job's to change.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
+import { Inputs } from '../contract.js';
+import { errorMessage, log } from '../log.js';
 import { CacheFiles } from '../names.js';
+import { run } from '../util/proc.js';
 import { Qmp } from '../vm/qmp.js';
 import { sleep, withTimeout } from '../util/time.js';
-import type { AccelChoice, QemuArch, QemuInfo } from './platform.js';
+import { KVM_UDEV_RULE, type AccelChoice, type QemuArch, type QemuInfo } from './platform.js';
 
 export interface KvmVerdict {
   usable: boolean;
@@ -22,16 +27,83 @@ export interface KvmVerdict {
   at?: string;
 }
 
-/** Why /dev/kvm cannot be used by this user, or undefined when it opens read-write. */
-export function kvmDeviceProblem(device = '/dev/kvm'): string | undefined {
+/** The error code of opening the device read-write, or undefined when it opens. */
+function openError(device: string): string | undefined {
   try {
     fs.closeSync(fs.openSync(device, fs.constants.O_RDWR));
     return undefined;
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    return code === 'ENOENT'
-      ? `${device} does not exist (no KVM on this host, or nested virtualization is off)`
-      : `${device} cannot be opened read-write (${code})`;
+    return (err as NodeJS.ErrnoException).code ?? 'EIO';
+  }
+}
+
+/** Why /dev/kvm cannot be used by this user, or undefined when it opens read-write. */
+export function kvmDeviceProblem(device = '/dev/kvm'): string | undefined {
+  const code = openError(device);
+  if (!code) return undefined;
+  return code === 'ENOENT'
+    ? `${device} does not exist (no KVM on this host, or nested virtualization is off)`
+    : `${device} cannot be opened read-write (${code})`;
+}
+
+export interface KvmDeviceOptions {
+  /** The node to open: /dev/kvm (a test hook names another). */
+  device: string;
+  /** Whether the runner's system may be changed to open it (Config.kvmFixPermissions). */
+  fix: boolean;
+  /** The sudo to run the fix with (`sudo` on PATH). */
+  sudo: string;
+  /** Where the rule goes (KVM_RULES_FILE). */
+  rulesFile: string;
+  /** How long udev may take to apply the rule after the trigger returns. */
+  settleMs?: number;
+}
+
+/**
+ * Whether the KVM device opens read-write for this user: undefined when it does, else why not.
+ * When it exists but is closed to this user (EACCES, EPERM) and `fix` allows, adds the udev rule
+ * with `sudo -n` first and says so in one log line; a problem it leaves names the input and, via
+ * the caller's warning, the manual fix.
+ */
+export async function openKvmDevice(o: KvmDeviceOptions): Promise<string | undefined> {
+  const problem = kvmDeviceProblem(o.device);
+  const code = problem && openError(o.device);
+  if (!problem || (code !== 'EACCES' && code !== 'EPERM')) return problem;
+  if (!o.fix) return `${problem}; the runner's system is left alone (${Inputs.KvmFixPermissions}: true lets the action add the udev rule with sudo)`;
+  const failed = await addKvmUdevRule(o);
+  if (failed) return `${problem}, and ${Inputs.KvmFixPermissions} could not open it: ${failed}`;
+  log.info(`KVM: ${o.device} was closed to this user (${code}); added the udev rule ${o.rulesFile} (${KVM_UDEV_RULE}) with sudo, as ${Inputs.KvmFixPermissions} allows here, and it opens now`);
+  return undefined;
+}
+
+/**
+ * Writes the rule, reloads udev's rules and re-triggers the device, each with `sudo -n` (never a
+ * password prompt: `sudo -n true` must pass first), then waits for the device to open. Returns
+ * undefined once it opens, else what failed.
+ */
+async function addKvmUdevRule(o: KvmDeviceOptions): Promise<string | undefined> {
+  const sudo = (args: string[], input?: string) =>
+    run(o.sudo, ['-n', ...args], { input, timeoutMs: 60_000, allowFailure: true }).catch((err: unknown) => ({ code: -1, stderr: errorMessage(err), timedOut: false }));
+  const why = (r: { code: number | null; stderr: string; timedOut: boolean }) =>
+    r.timedOut ? 'timed out' : r.stderr.trim().split('\n').at(-1) || `exit ${r.code}`;
+  const can = await sudo(['true']);
+  if (can.code !== 0) return `sudo -n true failed (${why(can)}): no passwordless sudo to add the udev rule with`;
+  const steps: [string[], string?][] = [
+    [['tee', o.rulesFile], `${KVM_UDEV_RULE}\n`],
+    [['udevadm', 'control', '--reload-rules']],
+    [['udevadm', 'trigger', '--name-match=kvm']],
+  ];
+  for (const [args, input] of steps) {
+    const r = await sudo(args, input);
+    if (r.code !== 0) return `sudo -n ${args.join(' ')} failed (${why(r)})`;
+  }
+  // udev applies the rule after the trigger returns: the device opens within a moment.
+  const deadline = Date.now() + (o.settleMs ?? 5000);
+  for (;;) {
+    const problem = kvmDeviceProblem(o.device);
+    if (!problem) return undefined;
+    if (Date.now() >= deadline) return `the rule is in ${o.rulesFile} and udev was triggered, but ${problem} after ${(o.settleMs ?? 5000) / 1000} s`;
+    await sleep(100);
   }
 }
 

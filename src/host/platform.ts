@@ -44,9 +44,13 @@ export function accelArgs(arch: QemuArch, accel: Accel): AccelChoice {
   return { accel, args: ['-accel', 'tcg,thread=multi', '-cpu', 'max'], machineProps: [] };
 }
 
+/** The rule that opens /dev/kvm to every user, as GitHub documents it for its hosted runners. */
+export const KVM_UDEV_RULE = 'KERNEL=="kvm", GROUP="kvm", MODE="0666", OPTIONS+="static_node=kvm"';
+export const KVM_RULES_FILE = '/etc/udev/rules.d/99-kvm4all.rules';
+
 export const KVM_FIX =
   'add the runner user to the kvm group (sudo usermod -aG kvm $USER, then restart the runner) or add the udev rule ' +
-  `KERNEL=="kvm", GROUP="kvm", MODE="0666" (echo 'KERNEL=="kvm", GROUP="kvm", MODE="0666"' | sudo tee /etc/udev/rules.d/99-kvm.rules && sudo udevadm control --reload-rules && sudo udevadm trigger --name-match=kvm); ` +
+  `${KVM_UDEV_RULE} (echo '${KVM_UDEV_RULE}' | sudo tee ${KVM_RULES_FILE} && sudo udevadm control --reload-rules && sudo udevadm trigger --name-match=kvm); ` +
   'on a runner that is itself a VM, enable nested virtualization on its host';
 
 /** Pure decision: which accelerator for this mode, verdict and arch relation. */

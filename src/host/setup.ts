@@ -8,12 +8,13 @@ import { log } from '../log.js';
 import { CacheFiles } from '../names.js';
 import { ensureHostDeps } from './deps.js';
 import { findFirmware, type Firmware } from './firmware.js';
-import { hostIdentity, kvmDeviceProblem, probeKvm, readVerdict, recordVerdict, type KvmVerdict } from './kvm.js';
+import { hostIdentity, openKvmDevice, probeKvm, readVerdict, recordVerdict, type KvmVerdict } from './kvm.js';
 import {
   accelArgs,
   chooseAccel,
   kvmFallbackWarning,
   qemuInfo,
+  KVM_RULES_FILE,
   readHostCpuIdentity,
   QEMU_ARCH,
   type AccelChoice,
@@ -55,13 +56,16 @@ export async function setupHost(config: Config, hooks: Pick<TestHooks, 'assumeKv
 }
 
 /**
- * KVM's verdict for this host: /dev/kvm must open read-write (free to check, never recorded);
+ * KVM's verdict for this host: /dev/kvm must open read-write (free to check, never recorded; where
+ * kvm-fix-permissions allows, a device closed to this user is opened with the udev rule first);
  * then, under `auto`, a verdict recorded for this host identity is taken as is; else the probe
  * runs (once per host: its verdict is recorded). `kvm: true` always probes afresh.
  */
 async function kvmVerdict(config: Config, hooks: Pick<TestHooks, 'assumeKvm' | 'kvmDevice'>, arch: QemuArch, qemu: QemuInfo, firmware: Firmware, identity: string): Promise<KvmVerdict> {
   const hooked = hooks.assumeKvm;
-  const device = hooked ? undefined : kvmDeviceProblem(hooks.kvmDevice);
+  const device = hooked
+    ? undefined
+    : await openKvmDevice({ device: hooks.kvmDevice ?? '/dev/kvm', fix: config.kvmFixPermissions, sudo: 'sudo', rulesFile: KVM_RULES_FILE });
   if (device) return { usable: false, reason: device, source: 'device' };
   if (config.kvm === 'auto') {
     const rec = readVerdict(config.cacheDir, identity);

@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import { planInstall } from '../../src/host/deps.js';
 import { AARCH64_PFLASH_SIZE, firmwareNotFound, padTo, selectFromDescriptors, selectFromKnownPaths } from '../../src/host/firmware.js';
-import { accelArgs, chooseAccel, hostCpuIdentity, parseMachineAlias, parseQemuVersion, qemuBinary } from '../../src/host/platform.js';
+import { accelArgs, chooseAccel, hostCpuIdentity, kvmFallbackWarning, parseMachineAlias, parseQemuVersion, qemuBinary, KVM_RULES_FILE, KVM_UDEV_RULE } from '../../src/host/platform.js';
 import { hostIdentity, kvmDeviceProblem, probeKvm, readVerdict, recordVerdict } from '../../src/host/kvm.js';
 import { findFirmware } from '../../src/host/firmware.js';
 import { qemuStandIn, type KvmShape } from '../support/qemu-stand-in.js';
@@ -189,6 +191,126 @@ describe('firmware', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('KVM permission fix: a stand-in sudo and device node', () => {
+  // openKvmDevice runs in a child process as a user the device node is closed to (root opens any
+  // file, so under root the child runs as nobody). The stand-in sudo on PATH records its argv and
+  // runs the command as that user; the stand-in udevadm's trigger applies the rule's MODE to the
+  // node, as udev does to /dev/kvm.
+  const root = process.getuid?.() === 0;
+  const NOBODY = 65534;
+  const dirs: string[] = [];
+  after(() => dirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+  const SUDO = `#!/bin/sh
+printf '%s\\n' "$*" >> "$STANDIN_CALLS"
+[ "$1" = -n ] || { echo "sudo: the stand-in expects -n" >&2; exit 1; }
+shift
+[ -z "$STANDIN_SUDO_PASSWORD" ] || { echo "sudo: a password is required" >&2; exit 1; }
+exec "$@"
+`;
+  const UDEVADM = `#!/bin/sh
+[ "$1" = trigger ] && [ -z "$STANDIN_UDEV_IGNORES" ] || exit 0
+mode=$(sed -n 's/^KERNEL=="kvm".*MODE="\\([0-7]*\\)".*$/\\1/p' "$STANDIN_RULES")
+[ -z "$mode" ] || chmod "$mode" "$STANDIN_DEVICE"
+`;
+  const CHILD = `
+const [kvm, logging] = await Promise.all([import(${JSON.stringify(pathToFileURL(path.resolve('src/host/kvm.ts')).href)}), import(${JSON.stringify(pathToFileURL(path.resolve('src/log.ts')).href)})]);
+const lines = [];
+logging.setLogger({ info: (m) => lines.push('info: ' + m), warning: (m) => lines.push('warning: ' + m), error: (m) => lines.push('error: ' + m), debug: () => {}, group: (_n, f) => f() });
+const problem = await kvm.openKvmDevice(JSON.parse(process.argv[1]));
+console.log(JSON.stringify({ problem: problem ?? null, lines }));
+`;
+
+  interface Scenario {
+    fix: boolean;
+    device: 'closed' | 'open' | 'missing';
+    sudoAsksPassword?: boolean;
+    udevIgnores?: boolean;
+    settleMs?: number;
+  }
+  function scenario(s: Scenario) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvm-fix-'));
+    dirs.push(dir);
+    const bin = path.join(dir, 'bin');
+    const device = path.join(dir, 'kvm');
+    const rulesFile = path.join(dir, 'rules.d', path.basename(KVM_RULES_FILE));
+    const calls = path.join(dir, 'sudo-calls');
+    fs.mkdirSync(bin);
+    fs.mkdirSync(path.dirname(rulesFile));
+    fs.writeFileSync(path.join(bin, 'sudo'), SUDO, { mode: 0o755 });
+    fs.writeFileSync(path.join(bin, 'udevadm'), UDEVADM, { mode: 0o755 });
+    if (s.device !== 'missing') {
+      fs.writeFileSync(device, '');
+      fs.chmodSync(device, s.device === 'open' ? 0o666 : 0o000);
+    }
+    if (root) for (const f of [dir, path.dirname(rulesFile), ...(s.device === 'missing' ? [] : [device])]) fs.chownSync(f, NOBODY, NOBODY);
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${bin}:${process.env.PATH}`, STANDIN_CALLS: calls, STANDIN_RULES: rulesFile, STANDIN_DEVICE: device };
+    if (s.sudoAsksPassword) env.STANDIN_SUDO_PASSWORD = '1';
+    if (s.udevIgnores) env.STANDIN_UDEV_IGNORES = '1';
+    const options = { device, fix: s.fix, sudo: 'sudo', rulesFile, settleMs: s.settleMs };
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', CHILD, JSON.stringify(options)], {
+      env,
+      encoding: 'utf8',
+      timeout: 60_000,
+      ...(root ? { uid: NOBODY, gid: NOBODY } : {}),
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { problem: string | null; lines: string[] };
+    const exists = fs.existsSync(device);
+    return {
+      ...out,
+      device,
+      rulesFile,
+      calls: fs.existsSync(calls) ? fs.readFileSync(calls, 'utf8').trim().split('\n') : [],
+      rules: fs.existsSync(rulesFile) ? fs.readFileSync(rulesFile, 'utf8') : undefined,
+      mode: exists ? fs.statSync(device).mode & 0o777 : undefined,
+    };
+  }
+  const FIX_CALLS = (rulesFile: string) => ['-n true', `-n tee ${rulesFile}`, '-n udevadm control --reload-rules', '-n udevadm trigger --name-match=kvm'];
+
+  test('hosted (fix allowed): a device closed to the user gets the udev rule with sudo -n, opens, and one log line says so', () => {
+    const r = scenario({ fix: true, device: 'closed' });
+    assert.equal(r.problem, null);
+    assert.deepEqual(r.calls, FIX_CALLS(r.rulesFile));
+    assert.equal(r.rules, `${KVM_UDEV_RULE}\n`);
+    assert.equal(KVM_UDEV_RULE, 'KERNEL=="kvm", GROUP="kvm", MODE="0666", OPTIONS+="static_node=kvm"');
+    assert.equal(r.mode, 0o666);
+    assert.deepEqual(r.lines, [
+      `info: KVM: ${r.device} was closed to this user (EACCES); added the udev rule ${r.rulesFile} (${KVM_UDEV_RULE}) with sudo, as kvm-fix-permissions allows here, and it opens now`,
+    ]);
+  });
+
+  test('self-hosted (fix not allowed): the system is left alone; the warning names the input and the manual fix', () => {
+    const r = scenario({ fix: false, device: 'closed' });
+    assert.equal(r.problem, `${r.device} cannot be opened read-write (EACCES); the runner's system is left alone (kvm-fix-permissions: true lets the action add the udev rule with sudo)`);
+    assert.deepEqual([r.calls, r.rules, r.mode, r.lines], [[], undefined, 0, []]);
+    const warning = kvmFallbackWarning(r.problem!);
+    assert.match(warning, /^KVM is not used: .*\(EACCES\); .*kvm-fix-permissions: true.*Falling back to TCG.*sudo usermod -aG kvm/);
+    assert.ok(warning.includes(`echo '${KVM_UDEV_RULE}' | sudo tee ${KVM_RULES_FILE} && sudo udevadm control --reload-rules && sudo udevadm trigger --name-match=kvm`), warning);
+    assert.equal(warning.includes('\n'), false, 'one line');
+  });
+
+  test('no passwordless sudo: nothing but sudo -n true runs, and the problem says so', () => {
+    const r = scenario({ fix: true, device: 'closed', sudoAsksPassword: true });
+    assert.equal(r.problem, `${r.device} cannot be opened read-write (EACCES), and kvm-fix-permissions could not open it: sudo -n true failed (sudo: a password is required): no passwordless sudo to add the udev rule with`);
+    assert.deepEqual([r.calls, r.rules, r.mode, r.lines], [['-n true'], undefined, 0, []]);
+  });
+
+  test('a rule udev does not apply: the device is still closed after the settle time, and the problem says so', () => {
+    const r = scenario({ fix: true, device: 'closed', udevIgnores: true, settleMs: 300 });
+    assert.equal(r.problem, `${r.device} cannot be opened read-write (EACCES), and kvm-fix-permissions could not open it: the rule is in ${r.rulesFile} and udev was triggered, but ${r.device} cannot be opened read-write (EACCES) after 0.3 s`);
+    assert.deepEqual(r.calls, FIX_CALLS(r.rulesFile));
+    assert.deepEqual([r.mode, r.lines], [0, []]);
+  });
+
+  test('a missing device or one that opens: no sudo at all', () => {
+    const missing = scenario({ fix: true, device: 'missing' });
+    assert.match(missing.problem!, /kvm does not exist \(no KVM on this host, or nested virtualization is off\)$/);
+    assert.deepEqual([missing.calls, missing.lines], [[], []]);
+    const open = scenario({ fix: true, device: 'open' });
+    assert.deepEqual([open.problem, open.calls, open.lines], [null, [], []]);
   });
 });
 

