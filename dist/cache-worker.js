@@ -18,12 +18,13 @@ import {
   exec,
   info,
   isDebug,
+  isPlainName,
   mkdirP,
   rmRF,
   setSecret,
   warning,
   which
-} from "./chunks/chunk-R3MNE3V3.js";
+} from "./chunks/chunk-JPQAZDAJ.js";
 
 // node_modules/semver/internal/constants.js
 var require_constants = __commonJS({
@@ -47083,7 +47084,9 @@ var TransferError = class extends Error {
 var RefusedError = class extends Error {
 };
 var OVER_LIMIT = "ryra-over-limit";
-async function curlExtract(url2, dir, maxBytes, m = compressionMethod()) {
+async function curlExtract(url2, dir, names, maxBytes, m = compressionMethod()) {
+  const bad = names.find((n) => !isPlainName(n));
+  if (bad !== void 0 || !names.length) throw new Error(`cannot restore ${bad === void 0 ? "no files" : JSON.stringify(bad)}: a restore takes plain file names (letters, digits, '.', '_', '+', '-')`);
   const curl = spawn("curl", ["-K", "-", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", "30", "--speed-limit", "1", "--speed-time", "15", "--write-out", "%{stderr}ryra-bytes=%{size_download}\n"], {
     stdio: ["pipe", "pipe", "pipe"]
   });
@@ -47091,7 +47094,8 @@ async function curlExtract(url2, dir, maxBytes, m = compressionMethod()) {
 `);
   const unzip = spawn(m === "gzip" ? "gzip" : "zstd", m === "gzip" ? ["-d", "-c"] : ["-d", "-c", "-q"], { stdio: [curl.stdout, "pipe", "pipe"] });
   const bound2 = [`--checkpoint=${Math.floor(maxBytes / 10240) + 2}`, `--checkpoint-action=echo=${OVER_LIMIT}`];
-  const tar = spawn("tar", ["-x", "-f", "-", "-C", dir, "--no-same-owner", "--no-same-permissions", "--keep-old-files", ...bound2], { stdio: [unzip.stdout, "ignore", "pipe"] });
+  const only = ["--no-recursion", "--no-wildcards", "-v", "--", ...names];
+  const tar = spawn("tar", ["-x", "-f", "-", "-C", dir, "--no-same-owner", "--no-same-permissions", "--keep-old-files", ...bound2, ...only], { stdio: [unzip.stdout, "pipe", "pipe"], env: { ...process.env, LC_ALL: "C" } });
   curl.stdout.destroy();
   unzip.stdout.destroy();
   const procs = [
@@ -47101,6 +47105,15 @@ async function curlExtract(url2, dir, maxBytes, m = compressionMethod()) {
   ];
   const stderr = /* @__PURE__ */ new Map();
   let over = false;
+  let unpacked = 0;
+  let twice = false;
+  tar.stdout.setEncoding("utf8").on("data", (d) => {
+    for (const c of d) if (c === "\n") unpacked++;
+    if (unpacked > names.length && !over && !twice) {
+      twice = true;
+      for (const [, q] of procs) q.kill("SIGKILL");
+    }
+  });
   for (const [, p] of procs) {
     p.stderr.setEncoding("utf8").on("data", (d) => {
       stderr.set(p, (stderr.get(p) ?? "") + d);
@@ -47133,10 +47146,13 @@ async function curlExtract(url2, dir, maxBytes, m = compressionMethod()) {
   const bytes = Number(/ryra-bytes=(\d+)/.exec(curlErr)?.[1] ?? 0);
   const own = (r) => r.error?.message ?? (stderr.get(r.p) ?? "").replace(/ryra-bytes=\d+\n?/, "").trim();
   if (over) throw new RefusedError(`it unpacks to more than ${maxBytes} bytes, more than a layer of this configuration holds (stopped after ${bytes} bytes downloaded)`);
+  if (twice) throw new RefusedError(`it holds more than the ${names.length} members named as the layer's files (${names.join(", ")}): a name twice`);
   const failed = results.find((r) => r.error || r.code !== null && r.code !== 0) ?? results.find((r) => r.code !== 0);
   if (failed) {
     const text = own(failed);
     const message = `${failed.name} ${failed.error ? "could not start" : `exited with ${failed.code ?? failed.p.signalCode}`}${text ? `: ${text.split("\n").slice(-2).join(" ")}` : ""} (after ${bytes} bytes downloaded)`;
+    const lacks = [...text.matchAll(/^tar: (.*): Not found in archive$/gm)].map((x) => x[1]);
+    if (failed.p === tar && lacks.length) throw new RefusedError(`it lacks ${lacks.join(", ")} (of the files ${names.join(", ")})`);
     throw failed.p === tar ? new RefusedError(`tar refused it: ${text.split("\n").filter(Boolean).slice(0, 3).join("; ")}`) : new TransferError(message);
   }
   const warned = own(results[2]);
@@ -47180,7 +47196,7 @@ for await (const line of lines) {
       continue;
     }
     console.log(`Cache hit for: ${f.matchedKey} (streamed: curl | ${compressionMethod() === "gzip" ? "gzip" : "zstd"} -d | tar -x)`);
-    const bytes = await curlExtract(f.url, req.dir, req.maxBytes ?? Number.MAX_SAFE_INTEGER);
+    const bytes = await curlExtract(f.url, req.dir, req.paths, req.maxBytes ?? Number.MAX_SAFE_INTEGER);
     console.log(`Cache Size: ~${Math.round(bytes / (1024 * 1024))} MB (${bytes} B)`);
     done({ id: req.id, matchedKey: f.matchedKey });
   } catch (err) {

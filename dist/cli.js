@@ -31,9 +31,11 @@ import {
   readHooks,
   setLogger,
   setupHost,
-  stopVm
-} from "./chunks/chunk-XOBFZAS2.js";
-import "./chunks/chunk-R3MNE3V3.js";
+  stopVm,
+  vmTarget,
+  withTimeout
+} from "./chunks/chunk-3X57CKPN.js";
+import "./chunks/chunk-JPQAZDAJ.js";
 
 // src/cli.ts
 import * as fs4 from "node:fs";
@@ -195,7 +197,7 @@ async function syncBack(exec, o, synced) {
   const timedOut = () => new Error(`syncing ${o.guestDir} back took longer than its bound of ${Math.round(timeoutMs / 1e3)} s`);
   const g = shq(o.guestDir);
   const now = collect();
-  const r1 = await exec(`cd ${g} && ${FIND_STATE}`, { stdout: now.sink, timeoutMs: left() }).catch((e) => {
+  const r1 = await exec(`cd ${g} && ${FIND_STATE}`, { stdout: now.sink, timeoutMs: left(), signal: o.signal }).catch((e) => {
     throw /timed out/.test(e.message) ? timedOut() : e;
   });
   if (r1.code !== 0) throw new Error(`listing ${o.guestDir} in the guest failed (exit ${r1.code}): ${r1.stderr.trim()}`);
@@ -203,18 +205,27 @@ async function syncBack(exec, o, synced) {
   const after = parseState(now.bytes(), o.guestDir);
   const { changed, deleted } = diffStates(before, after);
   const plan = planSyncBack(changed, after, budget);
-  const result = { changed: 0, deleted: 0, outsideLinks: [], special: plan.special, overBudget: plan.overBudget };
+  const result = { changed: 0, deleted: 0, outsideLinks: [], special: plan.special, overBudget: plan.overBudget, conflicts: [] };
   const staging = fs.mkdtempSync(path.join(o.hostDir, STAGING_PREFIX));
   try {
+    if (plan.wanted.length) await receive(exec, o, plan, staging, left(), timedOut);
+    const conflicts = [];
+    for (const p2 of deleted) {
+      if (!synced.sent.has(p2)) continue;
+      const r = removeInside(o.hostDir, p2);
+      if (r === "removed") result.deleted++;
+      else if (r === "kept") conflicts.push(p2);
+    }
     if (plan.wanted.length) {
-      await receive(exec, o, plan, staging, left(), timedOut);
-      const moved = moveIn(staging, o.hostDir, new Set(plan.wanted), budget);
+      const moved = moveIn(staging, o.hostDir, new Set(plan.wanted), budget, synced.sent);
       result.changed = moved.moved;
       result.outsideLinks = moved.outsideLinks;
       result.special = [.../* @__PURE__ */ new Set([...plan.special, ...moved.special])].sort();
       result.overBudget = [.../* @__PURE__ */ new Set([...plan.overBudget, ...moved.overBudget])].sort();
+      conflicts.push(...moved.conflicts);
     }
-    for (const p2 of deleted) if (synced.sent.has(p2) && removeInside(o.hostDir, p2)) result.deleted++;
+    const all = new Set(conflicts);
+    result.conflicts = [...all].filter((p2) => !p2.split("/").some((_, i, a) => i > 0 && all.has(a.slice(0, i).join("/")))).sort();
     return result;
   } finally {
     fs.rmSync(staging, { recursive: true, force: true });
@@ -251,6 +262,9 @@ async function receive(exec, o, plan, staging, timeoutMs, timedOut) {
   let err = "";
   stderr.setEncoding("utf8").on("data", (d) => err = (err + d).slice(-2e4));
   const timer = setTimeout(() => abort.abort(timedOut()), timeoutMs);
+  const stop2 = () => abort.abort(o.signal.reason);
+  if (o.signal?.aborted) stop2();
+  o.signal?.addEventListener("abort", stop2, { once: true });
   try {
     const r = await exec(`cd ${shq(o.guestDir)} && tar -c --format=posix --sparse --null --no-recursion ${excludeArgs(o).map(shq).join(" ")} -T - -f -`, {
       input: list3,
@@ -266,6 +280,7 @@ async function receive(exec, o, plan, staging, timeoutMs, timedOut) {
     throw e;
   } finally {
     clearTimeout(timer);
+    o.signal?.removeEventListener("abort", stop2);
   }
 }
 function bp(root, rel) {
@@ -286,14 +301,28 @@ function parentsAreDirs(root, rel) {
   }
   return true;
 }
-function realParents(root, rel) {
+function realParents(root, rel, sent) {
   const parts = rel.split("/").slice(0, -1);
   for (let i = 1; i <= parts.length; i++) {
-    const p2 = bp(root, parts.slice(0, i).join("/"));
+    const q = parts.slice(0, i).join("/");
+    const p2 = bp(root, q);
     const st = lstat(p2);
     if (st?.isDirectory()) continue;
+    if (st && !sent.has(q)) return false;
     if (st) fs.rmSync(p2, { force: true });
     fs.mkdirSync(p2);
+  }
+  return true;
+}
+function makeRoom(root, rel, cur, sent) {
+  if (!cur) return true;
+  if (!sent.has(rel)) return false;
+  if (!cur.isDirectory()) return true;
+  try {
+    fs.rmdirSync(bp(root, rel));
+    return true;
+  } catch {
+    return false;
   }
 }
 var MAX_LINK_HOPS = 40;
@@ -332,8 +361,8 @@ function resolveInside(root, dir, target, hops = { n: 0 }) {
   }
   return stack;
 }
-function moveIn(staging, root, wanted, budget) {
-  const out = { moved: 0, outsideLinks: [], special: [], overBudget: [] };
+function moveIn(staging, root, wanted, budget, sent) {
+  const out = { moved: 0, outsideLinks: [], special: [], overBudget: [], conflicts: [] };
   const ancestors = /* @__PURE__ */ new Set();
   for (const p2 of wanted) for (let i = p2.indexOf("/"); i > 0; i = p2.indexOf("/", i + 1)) ancestors.add(p2.slice(0, i));
   const links = [];
@@ -364,20 +393,32 @@ function moveIn(staging, root, wanted, budget) {
         }
         bytes += entryCost("f", st.size);
       }
-      if (!parentsAreDirs(root, r)) realParents(root, r);
+      if (!parentsAreDirs(root, r) && !realParents(root, r, sent)) {
+        out.conflicts.push(r);
+        continue;
+      }
       const cur = lstat(dst);
       if (st.isDirectory()) {
-        if (cur && !cur.isDirectory()) fs.rmSync(dst, { force: true });
+        if (cur && !cur.isDirectory()) {
+          if (!makeRoom(root, r, cur, sent)) {
+            out.conflicts.push(r);
+            continue;
+          }
+          fs.rmSync(dst, { force: true });
+        }
         if (!cur || !cur.isDirectory()) fs.mkdirSync(dst);
         walk(r);
-        if (asked) {
+        if (asked && (!cur || sent.has(r))) {
           fs.chmodSync(dst, st.mode & 511);
           fs.utimesSync(dst, st.atime, st.mtime);
           out.moved++;
         }
       } else {
         fs.chmodSync(src, st.mode & 511);
-        if (cur?.isDirectory()) fs.rmSync(dst, { recursive: true, force: true });
+        if (!makeRoom(root, r, cur, sent)) {
+          out.conflicts.push(r);
+          continue;
+        }
         fs.renameSync(src, dst);
         out.moved++;
       }
@@ -393,9 +434,11 @@ function moveIn(staging, root, wanted, budget) {
       outside.add(r);
       continue;
     }
-    if (!parentsAreDirs(root, r)) realParents(root, r);
     const dst = bp(root, r);
-    if (lstat(dst)?.isDirectory()) fs.rmSync(dst, { recursive: true, force: true });
+    if (!parentsAreDirs(root, r) && !realParents(root, r, sent) || !makeRoom(root, r, lstat(dst), sent)) {
+      out.conflicts.push(r);
+      continue;
+    }
     fs.renameSync(bp(staging, r), dst);
     placed.push(r);
   }
@@ -414,16 +457,17 @@ function moveIn(staging, root, wanted, budget) {
   return out;
 }
 function removeInside(root, rel) {
-  if (!safeRelative(rel) || !parentsAreDirs(root, rel)) return false;
+  if (!safeRelative(rel)) return "gone";
   const p2 = bp(root, rel);
   const st = lstat(p2);
-  if (!st) return false;
+  if (!st) return "gone";
+  if (!parentsAreDirs(root, rel)) return "kept";
   try {
     if (st.isDirectory()) fs.rmdirSync(p2);
     else fs.unlinkSync(p2);
-    return true;
+    return "removed";
   } catch {
-    return false;
+    return "kept";
   }
 }
 
@@ -467,13 +511,18 @@ function readGuestFile(sftp, file, max, label) {
     s.on("end", () => resolve3(Buffer.concat(chunks)));
   });
 }
-async function copyStepFiles(client, dir, env) {
+async function copyStepFiles(client, dir, env, bound) {
   const targets = STEP_FILES.filter((f) => env[f]);
   if (!targets.length) return;
   let timer;
   let sftp;
   const timeout = new Promise((_, reject) => {
     timer = setTimeout(() => reject(new Error(`reading the step files back from the VM took over ${STEP_FILES_TIMEOUT_MS / 1e3} s (is one of them a FIFO?)`)), STEP_FILES_TIMEOUT_MS);
+    const stop2 = () => reject(bound.reason);
+    if (bound?.aborted) stop2();
+    bound?.addEventListener("abort", stop2, { once: true });
+  });
+  timeout.catch(() => {
   });
   try {
     sftp = await Promise.race([client.sftp(), timeout]);
@@ -489,6 +538,7 @@ var list = (names, max = 20) => names.slice(0, max).map((n) => JSON.stringify(Bu
 function reportSyncBack(back, budget) {
   if (back.outsideLinks.length) log.warning(`not synced back: ${back.outsideLinks.length} symlink(s) whose targets lead outside the workspace: ${list(back.outsideLinks)}`);
   if (back.special.length) log.warning(`not synced back: ${back.special.length} entr${back.special.length === 1 ? "y" : "ies"} that are not files, dirs or symlinks (FIFOs, sockets, devices): ${list(back.special)}`);
+  if (back.conflicts.length) log.warning(`not synced back: ${back.conflicts.length} path(s) the script replaced or deleted, kept as the runner has them because they hold what the runner did not send (excluded, or made during the step): ${list(back.conflicts)}`);
   if (!back.overBudget.length) return void 0;
   return new Error(
     `${back.overBudget.length} changed file(s) did not fit in the sync-back budget of ${(budget / 2 ** 30).toFixed(2)} GiB (sparse files count at their full size) and stayed in the VM: ${list(back.overBudget)}. Raise the action's ${Inputs.SyncMaxSize} input (or --sync-max-size), or leave them out with --exclude`
@@ -497,6 +547,48 @@ function reportSyncBack(back, budget) {
 function envFile(vars) {
   return Object.entries(vars).filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).map(([k, v]) => `export ${k}=${shq2(v)}
 `).join("");
+}
+var CANCEL_BOUND_MS = 3e4;
+var SIGNAL_STATUS = { SIGINT: 130, SIGTERM: 143 };
+function watchCancel() {
+  const bound = new AbortController();
+  let first;
+  let deadline = Infinity;
+  let timer;
+  let requestedNow;
+  const requested = new Promise((resolve3) => requestedNow = resolve3);
+  const on = (sig) => {
+    if (first) return;
+    first = sig;
+    deadline = Date.now() + CANCEL_BOUND_MS;
+    timer = setTimeout(() => bound.abort(new Error(`the step was cancelled (${sig}) and its ${CANCEL_BOUND_MS / 1e3} s to bring its work back are up`)), CANCEL_BOUND_MS);
+    requestedNow();
+  };
+  let armed = false;
+  return {
+    arm() {
+      armed = true;
+      process.on("SIGINT", on);
+      process.on("SIGTERM", on);
+    },
+    get signal() {
+      return first;
+    },
+    requested,
+    bound: bound.signal,
+    left: () => Math.max(1, deadline - Date.now()),
+    dispose() {
+      if (armed) {
+        process.off("SIGINT", on);
+        process.off("SIGTERM", on);
+      }
+      clearTimeout(timer);
+    }
+  };
+}
+function stopGroup(dir) {
+  const inner = "kill -TERM -$0; for i in $(seq 50); do kill -0 -$0 2>/dev/null || exit 0; sleep 0.1; done; kill -KILL -$0; true";
+  return `pg=; for i in $(seq 50); do pg=$(cat ${dir}/pgid 2>/dev/null); [ -n "$pg" ] && break; sleep 0.1; done; case $pg in ''|*[!0-9]*) exit 0;; esac; sudo -n sh -c ${shq2(inner)} "$pg" 2>/dev/null || sh -c ${shq2(inner)} "$pg"`;
 }
 async function runScript(o) {
   if (!fs2.existsSync(o.script)) throw new Error(`no such script: ${o.script}`);
@@ -515,10 +607,11 @@ async function runScript(o) {
   const booted = !vm;
   const rec = vm ?? await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards, hooks: o.hooks });
   if (booted) log.info(`${rec.name}: ${rec.mode === "restore" ? "restored" : "cold-booted"} in ${(rec.readyMs / 1e3).toFixed(1)} s`);
-  const client = await SshClient.connect({ port: rec.port, user: rec.user, privateKey: fs2.readFileSync(rec.key, "utf8") }, 6e4);
+  const client = await SshClient.connect(vmTarget(rec), 6e4);
   const exec = (cmd, opts) => client.exec(cmd, opts);
   const id = randomUUID().slice(0, 8);
   const dir = `~/.ryra-run/${id}`;
+  const cancel = watchCancel();
   try {
     const syncOpts = { hostDir: workspace, guestDir: workspace, excludes: o.excludes, maxBytes: syncMaxBytes };
     const t0 = Date.now();
@@ -533,17 +626,28 @@ async function runScript(o) {
     if (setup.code !== 0) throw new Error(`preparing the script in ${rec.name} failed: ${setup.stderr.trim()}`);
     const start = shq2(startDir(workspace, o.cwd ?? process.cwd()));
     const cd = sync === "none" ? `mkdir -p ${start} 2>/dev/null || true; cd ${start} 2>/dev/null || cd` : `cd ${start} || exit 1`;
-    const r = await exec(`set -a; . ${dir}/env; set +a; ${cd}; bash -e ${dir}/script`, {
+    cancel.arm();
+    const dropScript = new AbortController();
+    const running = exec(`echo $$ > ${dir}/pgid; set -a; . ${dir}/env; set +a; ${cd}; bash -e ${dir}/script`, {
       stdout: process.stdout,
       stderr: process.stderr,
-      timeoutMs: 24 * 36e5
+      timeoutMs: 24 * 36e5,
+      signal: dropScript.signal
     });
+    running.catch(() => {
+    });
+    const r = await Promise.race([running, cancel.requested.then(() => void 0)]);
+    if (cancel.signal) {
+      log.warning(`${cancel.signal}: stopping the script in ${rec.name}, then bringing back the step files and the workspace (at most ${CANCEL_BOUND_MS / 1e3} s)`);
+      await exec(stopGroup(dir), { timeoutMs: cancel.left() }).catch((err) => log.warning(`stopping the script failed: ${errorMessage(err)}`));
+      await withTimeout(running, Math.min(5e3, cancel.left()), "the script's channel").catch(() => dropScript.abort());
+    }
     const failures = [];
-    await copyStepFiles(client, `.ryra-run/${id}`, process.env).catch((err) => failures.push(errorMessage(err)));
+    await copyStepFiles(client, `.ryra-run/${id}`, process.env, cancel.bound).catch((err) => failures.push(errorMessage(err)));
     if (before && sync === "both") {
       const t1 = Date.now();
       try {
-        const back = await syncBack(exec, syncOpts, before);
+        const back = await syncBack(exec, { ...syncOpts, signal: cancel.bound, ...cancel.signal ? { timeoutMs: cancel.left() } : {} }, before);
         log.info(`synced ${back.changed} changed and ${back.deleted} deleted entries back in ${((Date.now() - t1) / 1e3).toFixed(1)} s`);
         const over = reportSyncBack(back, syncMaxBytes);
         if (over) failures.push(over.message);
@@ -551,11 +655,16 @@ async function runScript(o) {
         failures.push(`syncing the workspace back failed: ${errorMessage(err)}`);
       }
     }
-    await exec(`rm -rf ${dir}`, { timeoutMs: 6e4 }).catch(() => {
+    await exec(`rm -rf ${dir}`, { timeoutMs: cancel.signal ? Math.min(1e4, cancel.left()) : 6e4 }).catch(() => {
     });
+    if (cancel.signal) {
+      for (const f of failures) log.error(f);
+      return SIGNAL_STATUS[cancel.signal];
+    }
     if (failures.length) throw new Error(failures.join("\n"));
     return r.code;
   } finally {
+    cancel.dispose();
     client.end();
     if (o.fresh) await stopVm(rec);
   }
@@ -564,7 +673,7 @@ async function runScript(o) {
 // package.json
 var package_default = {
   name: "ryra-vm-action",
-  version: "0.1.0",
+  version: "1.0.0",
   description: "GitHub Action: ready-to-use QEMU virtual machines from cached, snapshotted image layers",
   license: "MIT",
   private: true,
@@ -687,6 +796,8 @@ var USAGE = {
   --browser             also build the browser layer and snapshot
   --browser-source S    auto | upstream | registries               [auto]
   --kvm MODE            auto | true | false                        [auto]
+  --kvm-fix-permissions M  auto | true | false: add the udev rule that opens a /dev/kvm closed
+                        to this user, with sudo -n (auto: on GitHub-hosted runners)   [auto]
   --packages "a b"      extra guest packages
   --base-packages B     true | false: the catalogue's list (podman & co.) as well   [true]
   --prepare FILE        a script run once in the prepared layer (part of its key)
@@ -767,6 +878,7 @@ var PREPARE_OPTIONS = {
   browser: { type: "boolean" },
   "browser-source": { type: "string" },
   kvm: { type: "string" },
+  "kvm-fix-permissions": { type: "string" },
   packages: { type: "string" },
   "base-packages": { type: "string" },
   "cache-save": { type: "string" },
@@ -803,6 +915,7 @@ async function prepare(args) {
     [Inputs.Browser]: v.browser ? "true" : "false",
     [Inputs.BrowserSource]: v["browser-source"],
     [Inputs.Kvm]: v.kvm,
+    [Inputs.KvmFixPermissions]: v["kvm-fix-permissions"],
     [Inputs.Packages]: v.packages,
     [Inputs.BasePackages]: v["base-packages"],
     [Inputs.CacheSave]: v["cache-save"],
@@ -946,7 +1059,7 @@ async function readStdin() {
   return Buffer.concat(chunks);
 }
 async function connectVm(vm) {
-  return SshClient.connect({ port: vm.port, user: vm.user, privateKey: fs4.readFileSync(vm.key, "utf8") }, 3e4);
+  return SshClient.connect(vmTarget(vm), 3e4);
 }
 async function cp(args) {
   if (args.includes("--help") || args.includes("-h")) return help("cp");

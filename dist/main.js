@@ -6,9 +6,9 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-HG4SFLLI.js";
-import "./chunks/chunk-XOBFZAS2.js";
-import "./chunks/chunk-R3MNE3V3.js";
+} from "./chunks/chunk-EHUF6SYZ.js";
+import "./chunks/chunk-3X57CKPN.js";
+import "./chunks/chunk-JPQAZDAJ.js";
 
 // src/main.ts
 await runMain();

@@ -14,13 +14,16 @@ import {
   exec,
   group,
   info,
+  isPlainName,
+  plannedPath,
+  stagedFilesProblem,
   warning
-} from "./chunk-R3MNE3V3.js";
+} from "./chunk-JPQAZDAJ.js";
 
 // node_modules/graceful-fs/polyfills.js
 var require_polyfills = __commonJS({
   "node_modules/graceful-fs/polyfills.js"(exports, module) {
-    var constants3 = __require("constants");
+    var constants4 = __require("constants");
     var origCwd = process.cwd;
     var cwd = null;
     var platform = process.env.GRACEFUL_FS_PLATFORM || process.platform;
@@ -43,54 +46,54 @@ var require_polyfills = __commonJS({
     }
     var chdir;
     module.exports = patch;
-    function patch(fs26) {
-      if (constants3.hasOwnProperty("O_SYMLINK") && process.version.match(/^v0\.6\.[0-2]|^v0\.5\./)) {
-        patchLchmod(fs26);
+    function patch(fs27) {
+      if (constants4.hasOwnProperty("O_SYMLINK") && process.version.match(/^v0\.6\.[0-2]|^v0\.5\./)) {
+        patchLchmod(fs27);
       }
-      if (!fs26.lutimes) {
-        patchLutimes(fs26);
+      if (!fs27.lutimes) {
+        patchLutimes(fs27);
       }
-      fs26.chown = chownFix(fs26.chown);
-      fs26.fchown = chownFix(fs26.fchown);
-      fs26.lchown = chownFix(fs26.lchown);
-      fs26.chmod = chmodFix(fs26.chmod);
-      fs26.fchmod = chmodFix(fs26.fchmod);
-      fs26.lchmod = chmodFix(fs26.lchmod);
-      fs26.chownSync = chownFixSync(fs26.chownSync);
-      fs26.fchownSync = chownFixSync(fs26.fchownSync);
-      fs26.lchownSync = chownFixSync(fs26.lchownSync);
-      fs26.chmodSync = chmodFixSync(fs26.chmodSync);
-      fs26.fchmodSync = chmodFixSync(fs26.fchmodSync);
-      fs26.lchmodSync = chmodFixSync(fs26.lchmodSync);
-      fs26.stat = statFix(fs26.stat);
-      fs26.fstat = statFix(fs26.fstat);
-      fs26.lstat = statFix(fs26.lstat);
-      fs26.statSync = statFixSync(fs26.statSync);
-      fs26.fstatSync = statFixSync(fs26.fstatSync);
-      fs26.lstatSync = statFixSync(fs26.lstatSync);
-      if (fs26.chmod && !fs26.lchmod) {
-        fs26.lchmod = function(path23, mode, cb) {
+      fs27.chown = chownFix(fs27.chown);
+      fs27.fchown = chownFix(fs27.fchown);
+      fs27.lchown = chownFix(fs27.lchown);
+      fs27.chmod = chmodFix(fs27.chmod);
+      fs27.fchmod = chmodFix(fs27.fchmod);
+      fs27.lchmod = chmodFix(fs27.lchmod);
+      fs27.chownSync = chownFixSync(fs27.chownSync);
+      fs27.fchownSync = chownFixSync(fs27.fchownSync);
+      fs27.lchownSync = chownFixSync(fs27.lchownSync);
+      fs27.chmodSync = chmodFixSync(fs27.chmodSync);
+      fs27.fchmodSync = chmodFixSync(fs27.fchmodSync);
+      fs27.lchmodSync = chmodFixSync(fs27.lchmodSync);
+      fs27.stat = statFix(fs27.stat);
+      fs27.fstat = statFix(fs27.fstat);
+      fs27.lstat = statFix(fs27.lstat);
+      fs27.statSync = statFixSync(fs27.statSync);
+      fs27.fstatSync = statFixSync(fs27.fstatSync);
+      fs27.lstatSync = statFixSync(fs27.lstatSync);
+      if (fs27.chmod && !fs27.lchmod) {
+        fs27.lchmod = function(path23, mode, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs26.lchmodSync = function() {
+        fs27.lchmodSync = function() {
         };
       }
-      if (fs26.chown && !fs26.lchown) {
-        fs26.lchown = function(path23, uid, gid, cb) {
+      if (fs27.chown && !fs27.lchown) {
+        fs27.lchown = function(path23, uid, gid, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs26.lchownSync = function() {
+        fs27.lchownSync = function() {
         };
       }
       if (platform === "win32") {
-        fs26.rename = typeof fs26.rename !== "function" ? fs26.rename : (function(fs$rename) {
+        fs27.rename = typeof fs27.rename !== "function" ? fs27.rename : (function(fs$rename) {
           function rename(from, to, cb) {
             var start = Date.now();
             var backoff = 0;
             fs$rename(from, to, function CB(er) {
               if (er && (er.code === "EACCES" || er.code === "EPERM" || er.code === "EBUSY") && Date.now() - start < 6e4) {
                 setTimeout(function() {
-                  fs26.stat(to, function(stater, st) {
+                  fs27.stat(to, function(stater, st) {
                     if (stater && stater.code === "ENOENT")
                       fs$rename(from, to, CB);
                     else
@@ -106,9 +109,9 @@ var require_polyfills = __commonJS({
           }
           if (Object.setPrototypeOf) Object.setPrototypeOf(rename, fs$rename);
           return rename;
-        })(fs26.rename);
+        })(fs27.rename);
       }
-      fs26.read = typeof fs26.read !== "function" ? fs26.read : (function(fs$read) {
+      fs27.read = typeof fs27.read !== "function" ? fs27.read : (function(fs$read) {
         function read(fd, buffer, offset, length, position, callback_) {
           var callback;
           if (callback_ && typeof callback_ === "function") {
@@ -116,22 +119,22 @@ var require_polyfills = __commonJS({
             callback = function(er, _, __) {
               if (er && er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
-                return fs$read.call(fs26, fd, buffer, offset, length, position, callback);
+                return fs$read.call(fs27, fd, buffer, offset, length, position, callback);
               }
               callback_.apply(this, arguments);
             };
           }
-          return fs$read.call(fs26, fd, buffer, offset, length, position, callback);
+          return fs$read.call(fs27, fd, buffer, offset, length, position, callback);
         }
         if (Object.setPrototypeOf) Object.setPrototypeOf(read, fs$read);
         return read;
-      })(fs26.read);
-      fs26.readSync = typeof fs26.readSync !== "function" ? fs26.readSync : /* @__PURE__ */ (function(fs$readSync) {
+      })(fs27.read);
+      fs27.readSync = typeof fs27.readSync !== "function" ? fs27.readSync : /* @__PURE__ */ (function(fs$readSync) {
         return function(fd, buffer, offset, length, position) {
           var eagCounter = 0;
           while (true) {
             try {
-              return fs$readSync.call(fs26, fd, buffer, offset, length, position);
+              return fs$readSync.call(fs27, fd, buffer, offset, length, position);
             } catch (er) {
               if (er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
@@ -141,92 +144,92 @@ var require_polyfills = __commonJS({
             }
           }
         };
-      })(fs26.readSync);
-      function patchLchmod(fs27) {
-        fs27.lchmod = function(path23, mode, callback) {
-          fs27.open(
+      })(fs27.readSync);
+      function patchLchmod(fs28) {
+        fs28.lchmod = function(path23, mode, callback) {
+          fs28.open(
             path23,
-            constants3.O_WRONLY | constants3.O_SYMLINK,
+            constants4.O_WRONLY | constants4.O_SYMLINK,
             mode,
             function(err, fd) {
               if (err) {
                 if (callback) callback(err);
                 return;
               }
-              fs27.fchmod(fd, mode, function(err2) {
-                fs27.close(fd, function(err22) {
+              fs28.fchmod(fd, mode, function(err2) {
+                fs28.close(fd, function(err22) {
                   if (callback) callback(err2 || err22);
                 });
               });
             }
           );
         };
-        fs27.lchmodSync = function(path23, mode) {
-          var fd = fs27.openSync(path23, constants3.O_WRONLY | constants3.O_SYMLINK, mode);
+        fs28.lchmodSync = function(path23, mode) {
+          var fd = fs28.openSync(path23, constants4.O_WRONLY | constants4.O_SYMLINK, mode);
           var threw = true;
           var ret;
           try {
-            ret = fs27.fchmodSync(fd, mode);
+            ret = fs28.fchmodSync(fd, mode);
             threw = false;
           } finally {
             if (threw) {
               try {
-                fs27.closeSync(fd);
+                fs28.closeSync(fd);
               } catch (er) {
               }
             } else {
-              fs27.closeSync(fd);
+              fs28.closeSync(fd);
             }
           }
           return ret;
         };
       }
-      function patchLutimes(fs27) {
-        if (constants3.hasOwnProperty("O_SYMLINK") && fs27.futimes) {
-          fs27.lutimes = function(path23, at, mt, cb) {
-            fs27.open(path23, constants3.O_SYMLINK, function(er, fd) {
+      function patchLutimes(fs28) {
+        if (constants4.hasOwnProperty("O_SYMLINK") && fs28.futimes) {
+          fs28.lutimes = function(path23, at, mt, cb) {
+            fs28.open(path23, constants4.O_SYMLINK, function(er, fd) {
               if (er) {
                 if (cb) cb(er);
                 return;
               }
-              fs27.futimes(fd, at, mt, function(er2) {
-                fs27.close(fd, function(er22) {
+              fs28.futimes(fd, at, mt, function(er2) {
+                fs28.close(fd, function(er22) {
                   if (cb) cb(er2 || er22);
                 });
               });
             });
           };
-          fs27.lutimesSync = function(path23, at, mt) {
-            var fd = fs27.openSync(path23, constants3.O_SYMLINK);
+          fs28.lutimesSync = function(path23, at, mt) {
+            var fd = fs28.openSync(path23, constants4.O_SYMLINK);
             var ret;
             var threw = true;
             try {
-              ret = fs27.futimesSync(fd, at, mt);
+              ret = fs28.futimesSync(fd, at, mt);
               threw = false;
             } finally {
               if (threw) {
                 try {
-                  fs27.closeSync(fd);
+                  fs28.closeSync(fd);
                 } catch (er) {
                 }
               } else {
-                fs27.closeSync(fd);
+                fs28.closeSync(fd);
               }
             }
             return ret;
           };
-        } else if (fs27.futimes) {
-          fs27.lutimes = function(_a, _b, _c, cb) {
+        } else if (fs28.futimes) {
+          fs28.lutimes = function(_a, _b, _c, cb) {
             if (cb) process.nextTick(cb);
           };
-          fs27.lutimesSync = function() {
+          fs28.lutimesSync = function() {
           };
         }
       }
       function chmodFix(orig) {
         if (!orig) return orig;
         return function(target, mode, cb) {
-          return orig.call(fs26, target, mode, function(er) {
+          return orig.call(fs27, target, mode, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -236,7 +239,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, mode) {
           try {
-            return orig.call(fs26, target, mode);
+            return orig.call(fs27, target, mode);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -245,7 +248,7 @@ var require_polyfills = __commonJS({
       function chownFix(orig) {
         if (!orig) return orig;
         return function(target, uid, gid, cb) {
-          return orig.call(fs26, target, uid, gid, function(er) {
+          return orig.call(fs27, target, uid, gid, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -255,7 +258,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, uid, gid) {
           try {
-            return orig.call(fs26, target, uid, gid);
+            return orig.call(fs27, target, uid, gid);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -275,13 +278,13 @@ var require_polyfills = __commonJS({
             }
             if (cb) cb.apply(this, arguments);
           }
-          return options ? orig.call(fs26, target, options, callback) : orig.call(fs26, target, callback);
+          return options ? orig.call(fs27, target, options, callback) : orig.call(fs27, target, callback);
         };
       }
       function statFixSync(orig) {
         if (!orig) return orig;
         return function(target, options) {
-          var stats = options ? orig.call(fs26, target, options) : orig.call(fs26, target);
+          var stats = options ? orig.call(fs27, target, options) : orig.call(fs27, target);
           if (stats) {
             if (stats.uid < 0) stats.uid += 4294967296;
             if (stats.gid < 0) stats.gid += 4294967296;
@@ -310,7 +313,7 @@ var require_legacy_streams = __commonJS({
   "node_modules/graceful-fs/legacy-streams.js"(exports, module) {
     var Stream = __require("stream").Stream;
     module.exports = legacy;
-    function legacy(fs26) {
+    function legacy(fs27) {
       return {
         ReadStream,
         WriteStream
@@ -353,7 +356,7 @@ var require_legacy_streams = __commonJS({
           });
           return;
         }
-        fs26.open(this.path, this.flags, this.mode, function(err, fd) {
+        fs27.open(this.path, this.flags, this.mode, function(err, fd) {
           if (err) {
             self2.emit("error", err);
             self2.readable = false;
@@ -392,7 +395,7 @@ var require_legacy_streams = __commonJS({
         this.busy = false;
         this._queue = [];
         if (this.fd === null) {
-          this._open = fs26.open;
+          this._open = fs27.open;
           this._queue.push([this._open, this.path, this.flags, this.mode, void 0]);
           this.flush();
         }
@@ -427,7 +430,7 @@ var require_clone = __commonJS({
 // node_modules/graceful-fs/graceful-fs.js
 var require_graceful_fs = __commonJS({
   "node_modules/graceful-fs/graceful-fs.js"(exports, module) {
-    var fs26 = __require("fs");
+    var fs27 = __require("fs");
     var polyfills = require_polyfills();
     var legacy = require_legacy_streams();
     var clone = require_clone();
@@ -459,12 +462,12 @@ var require_graceful_fs = __commonJS({
         m = "GFS4: " + m.split(/\n/).join("\nGFS4: ");
         console.error(m);
       };
-    if (!fs26[gracefulQueue]) {
+    if (!fs27[gracefulQueue]) {
       queue = global[gracefulQueue] || [];
-      publishQueue(fs26, queue);
-      fs26.close = (function(fs$close) {
+      publishQueue(fs27, queue);
+      fs27.close = (function(fs$close) {
         function close(fd, cb) {
-          return fs$close.call(fs26, fd, function(err) {
+          return fs$close.call(fs27, fd, function(err) {
             if (!err) {
               resetQueue();
             }
@@ -476,40 +479,40 @@ var require_graceful_fs = __commonJS({
           value: fs$close
         });
         return close;
-      })(fs26.close);
-      fs26.closeSync = (function(fs$closeSync) {
-        function closeSync4(fd) {
-          fs$closeSync.apply(fs26, arguments);
+      })(fs27.close);
+      fs27.closeSync = (function(fs$closeSync) {
+        function closeSync5(fd) {
+          fs$closeSync.apply(fs27, arguments);
           resetQueue();
         }
-        Object.defineProperty(closeSync4, previousSymbol, {
+        Object.defineProperty(closeSync5, previousSymbol, {
           value: fs$closeSync
         });
-        return closeSync4;
-      })(fs26.closeSync);
+        return closeSync5;
+      })(fs27.closeSync);
       if (/\bgfs4\b/i.test(process.env.NODE_DEBUG || "")) {
         process.on("exit", function() {
-          debug2(fs26[gracefulQueue]);
-          __require("assert").equal(fs26[gracefulQueue].length, 0);
+          debug2(fs27[gracefulQueue]);
+          __require("assert").equal(fs27[gracefulQueue].length, 0);
         });
       }
     }
     var queue;
     if (!global[gracefulQueue]) {
-      publishQueue(global, fs26[gracefulQueue]);
+      publishQueue(global, fs27[gracefulQueue]);
     }
-    module.exports = patch(clone(fs26));
-    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs26.__patched) {
-      module.exports = patch(fs26);
-      fs26.__patched = true;
+    module.exports = patch(clone(fs27));
+    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs27.__patched) {
+      module.exports = patch(fs27);
+      fs27.__patched = true;
     }
-    function patch(fs27) {
-      polyfills(fs27);
-      fs27.gracefulify = patch;
-      fs27.createReadStream = createReadStream4;
-      fs27.createWriteStream = createWriteStream3;
-      var fs$readFile = fs27.readFile;
-      fs27.readFile = readFile;
+    function patch(fs28) {
+      polyfills(fs28);
+      fs28.gracefulify = patch;
+      fs28.createReadStream = createReadStream4;
+      fs28.createWriteStream = createWriteStream3;
+      var fs$readFile = fs28.readFile;
+      fs28.readFile = readFile;
       function readFile(path23, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
@@ -525,8 +528,8 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$writeFile = fs27.writeFile;
-      fs27.writeFile = writeFile;
+      var fs$writeFile = fs28.writeFile;
+      fs28.writeFile = writeFile;
       function writeFile(path23, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
@@ -542,9 +545,9 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$appendFile = fs27.appendFile;
+      var fs$appendFile = fs28.appendFile;
       if (fs$appendFile)
-        fs27.appendFile = appendFile;
+        fs28.appendFile = appendFile;
       function appendFile(path23, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
@@ -560,9 +563,9 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$copyFile = fs27.copyFile;
+      var fs$copyFile = fs28.copyFile;
       if (fs$copyFile)
-        fs27.copyFile = copyFile2;
+        fs28.copyFile = copyFile2;
       function copyFile2(src, dest, flags, cb) {
         if (typeof flags === "function") {
           cb = flags;
@@ -580,8 +583,8 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$readdir = fs27.readdir;
-      fs27.readdir = readdir;
+      var fs$readdir = fs28.readdir;
+      fs28.readdir = readdir;
       var noReaddirOptionVersions = /^v[0-5]\./;
       function readdir(path23, options, cb) {
         if (typeof options === "function")
@@ -622,21 +625,21 @@ var require_graceful_fs = __commonJS({
         }
       }
       if (process.version.substr(0, 4) === "v0.8") {
-        var legStreams = legacy(fs27);
+        var legStreams = legacy(fs28);
         ReadStream = legStreams.ReadStream;
         WriteStream = legStreams.WriteStream;
       }
-      var fs$ReadStream = fs27.ReadStream;
+      var fs$ReadStream = fs28.ReadStream;
       if (fs$ReadStream) {
         ReadStream.prototype = Object.create(fs$ReadStream.prototype);
         ReadStream.prototype.open = ReadStream$open;
       }
-      var fs$WriteStream = fs27.WriteStream;
+      var fs$WriteStream = fs28.WriteStream;
       if (fs$WriteStream) {
         WriteStream.prototype = Object.create(fs$WriteStream.prototype);
         WriteStream.prototype.open = WriteStream$open;
       }
-      Object.defineProperty(fs27, "ReadStream", {
+      Object.defineProperty(fs28, "ReadStream", {
         get: function() {
           return ReadStream;
         },
@@ -646,7 +649,7 @@ var require_graceful_fs = __commonJS({
         enumerable: true,
         configurable: true
       });
-      Object.defineProperty(fs27, "WriteStream", {
+      Object.defineProperty(fs28, "WriteStream", {
         get: function() {
           return WriteStream;
         },
@@ -657,7 +660,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileReadStream = ReadStream;
-      Object.defineProperty(fs27, "FileReadStream", {
+      Object.defineProperty(fs28, "FileReadStream", {
         get: function() {
           return FileReadStream;
         },
@@ -668,7 +671,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileWriteStream = WriteStream;
-      Object.defineProperty(fs27, "FileWriteStream", {
+      Object.defineProperty(fs28, "FileWriteStream", {
         get: function() {
           return FileWriteStream;
         },
@@ -717,13 +720,13 @@ var require_graceful_fs = __commonJS({
         });
       }
       function createReadStream4(path23, options) {
-        return new fs27.ReadStream(path23, options);
+        return new fs28.ReadStream(path23, options);
       }
       function createWriteStream3(path23, options) {
-        return new fs27.WriteStream(path23, options);
+        return new fs28.WriteStream(path23, options);
       }
-      var fs$open = fs27.open;
-      fs27.open = open;
+      var fs$open = fs28.open;
+      fs28.open = open;
       function open(path23, flags, mode, cb) {
         if (typeof mode === "function")
           cb = mode, mode = null;
@@ -739,20 +742,20 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      return fs27;
+      return fs28;
     }
     function enqueue(elem) {
       debug2("ENQUEUE", elem[0].name, elem[1]);
-      fs26[gracefulQueue].push(elem);
+      fs27[gracefulQueue].push(elem);
       retry2();
     }
     var retryTimer;
     function resetQueue() {
       var now = Date.now();
-      for (var i = 0; i < fs26[gracefulQueue].length; ++i) {
-        if (fs26[gracefulQueue][i].length > 2) {
-          fs26[gracefulQueue][i][3] = now;
-          fs26[gracefulQueue][i][4] = now;
+      for (var i = 0; i < fs27[gracefulQueue].length; ++i) {
+        if (fs27[gracefulQueue][i].length > 2) {
+          fs27[gracefulQueue][i][3] = now;
+          fs27[gracefulQueue][i][4] = now;
         }
       }
       retry2();
@@ -760,9 +763,9 @@ var require_graceful_fs = __commonJS({
     function retry2() {
       clearTimeout(retryTimer);
       retryTimer = void 0;
-      if (fs26[gracefulQueue].length === 0)
+      if (fs27[gracefulQueue].length === 0)
         return;
-      var elem = fs26[gracefulQueue].shift();
+      var elem = fs27[gracefulQueue].shift();
       var fn = elem[0];
       var args = elem[1];
       var err = elem[2];
@@ -784,7 +787,7 @@ var require_graceful_fs = __commonJS({
           debug2("RETRY", fn.name, args);
           fn.apply(null, args.concat([startTime]));
         } else {
-          fs26[gracefulQueue].push(elem);
+          fs27[gracefulQueue].push(elem);
         }
       }
       if (retryTimer === void 0) {
@@ -1219,10 +1222,10 @@ var require_mtime_precision = __commonJS({
   "node_modules/proper-lockfile/lib/mtime-precision.js"(exports, module) {
     "use strict";
     var cacheSymbol = /* @__PURE__ */ Symbol();
-    function probe(file, fs26, callback) {
-      const cachedPrecision = fs26[cacheSymbol];
+    function probe(file, fs27, callback) {
+      const cachedPrecision = fs27[cacheSymbol];
       if (cachedPrecision) {
-        return fs26.stat(file, (err, stat) => {
+        return fs27.stat(file, (err, stat) => {
           if (err) {
             return callback(err);
           }
@@ -1230,16 +1233,16 @@ var require_mtime_precision = __commonJS({
         });
       }
       const mtime = new Date(Math.ceil(Date.now() / 1e3) * 1e3 + 5);
-      fs26.utimes(file, mtime, mtime, (err) => {
+      fs27.utimes(file, mtime, mtime, (err) => {
         if (err) {
           return callback(err);
         }
-        fs26.stat(file, (err2, stat) => {
+        fs27.stat(file, (err2, stat) => {
           if (err2) {
             return callback(err2);
           }
           const precision = stat.mtime.getTime() % 1e3 === 0 ? "s" : "ms";
-          Object.defineProperty(fs26, cacheSymbol, { value: precision });
+          Object.defineProperty(fs27, cacheSymbol, { value: precision });
           callback(null, stat.mtime, precision);
         });
       });
@@ -1261,7 +1264,7 @@ var require_lockfile = __commonJS({
   "node_modules/proper-lockfile/lib/lockfile.js"(exports, module) {
     "use strict";
     var path23 = __require("path");
-    var fs26 = require_graceful_fs();
+    var fs27 = require_graceful_fs();
     var retry2 = require_retry2();
     var onExit = require_signal_exit();
     var mtimePrecision = require_mtime_precision();
@@ -1392,7 +1395,7 @@ var require_lockfile = __commonJS({
         update: null,
         realpath: true,
         retries: 0,
-        fs: fs26,
+        fs: fs27,
         onCompromised: (err) => {
           throw err;
         },
@@ -1436,7 +1439,7 @@ var require_lockfile = __commonJS({
     }
     function unlock(file, options, callback) {
       options = {
-        fs: fs26,
+        fs: fs27,
         realpath: true,
         ...options
       };
@@ -1458,7 +1461,7 @@ var require_lockfile = __commonJS({
       options = {
         stale: 1e4,
         realpath: true,
-        fs: fs26,
+        fs: fs27,
         ...options
       };
       options.stale = Math.max(options.stale || 0, 2e3);
@@ -1497,16 +1500,16 @@ var require_lockfile = __commonJS({
 var require_adapter = __commonJS({
   "node_modules/proper-lockfile/lib/adapter.js"(exports, module) {
     "use strict";
-    var fs26 = require_graceful_fs();
-    function createSyncFs(fs27) {
+    var fs27 = require_graceful_fs();
+    function createSyncFs(fs28) {
       const methods = ["mkdir", "realpath", "stat", "rmdir", "utimes"];
-      const newFs = { ...fs27 };
+      const newFs = { ...fs28 };
       methods.forEach((method) => {
         newFs[method] = (...args) => {
           const callback = args.pop();
           let ret;
           try {
-            ret = fs27[`${method}Sync`](...args);
+            ret = fs28[`${method}Sync`](...args);
           } catch (err) {
             return callback(err);
           }
@@ -1544,7 +1547,7 @@ var require_adapter = __commonJS({
     }
     function toSyncOptions(options) {
       options = { ...options };
-      options.fs = createSyncFs(options.fs || fs26);
+      options.fs = createSyncFs(options.fs || fs27);
       if (typeof options.retries === "number" && options.retries > 0 || options.retries && typeof options.retries.retries === "number" && options.retries.retries > 0) {
         throw Object.assign(new Error("Cannot use retries with the sync api"), { code: "ESYNC" });
       }
@@ -8110,7 +8113,7 @@ var require_keyParser = __commonJS({
     var {
       createDecipheriv,
       createECDH,
-      createHash: createHash3,
+      createHash: createHash4,
       createHmac,
       createSign,
       createVerify,
@@ -8798,11 +8801,11 @@ ${formatted}-----END ${type} KEY-----`;
                 );
               }
               const ivSlice = bufferSlice(cipherIV, 0, 8);
-              let cipherKey = createHash3("md5").update(passphrase).update(ivSlice).digest();
+              let cipherKey = createHash4("md5").update(passphrase).update(ivSlice).digest();
               while (cipherKey.length < encInfo.keyLen) {
                 cipherKey = combineBuffers(
                   cipherKey,
-                  createHash3("md5").update(cipherKey).update(passphrase).update(ivSlice).digest()
+                  createHash4("md5").update(cipherKey).update(passphrase).update(ivSlice).digest()
                 );
               }
               if (cipherKey.length > encInfo.keyLen)
@@ -8967,8 +8970,8 @@ ${formatted}-----END ${type} KEY-----`;
         if (encrypted) {
           const encInfo = CIPHER_INFO[cipherName];
           let cipherKey = combineBuffers(
-            createHash3("sha1").update(PPK_PP1).update(passphrase).digest(),
-            createHash3("sha1").update(PPK_PP2).update(passphrase).digest()
+            createHash4("sha1").update(PPK_PP1).update(passphrase).digest(),
+            createHash4("sha1").update(PPK_PP2).update(passphrase).digest()
           );
           if (cipherKey.length > encInfo.keyLen)
             cipherKey = bufferSlice(cipherKey, 0, encInfo.keyLen);
@@ -9008,7 +9011,7 @@ ${formatted}-----END ${type} KEY-----`;
           passphrase = EMPTY_PASSPHRASE;
         const calcMAC = createHmac(
           "sha1",
-          createHash3("sha1").update("putty-private-key-file-mac-key").update(passphrase).digest()
+          createHash4("sha1").update("putty-private-key-file-mac-key").update(passphrase).digest()
         ).update(macData).digest("hex");
         if (calcMAC !== mac) {
           if (encrypted) {
@@ -11330,8 +11333,8 @@ var require_kex = __commonJS({
       createDiffieHellman,
       createDiffieHellmanGroup,
       createECDH,
-      createHash: createHash3,
-      createPublicKey,
+      createHash: createHash4,
+      createPublicKey: createPublicKey2,
       diffieHellman,
       generateKeyPairSync: generateKeyPairSync2,
       randomFillSync
@@ -11756,7 +11759,7 @@ var require_kex = __commonJS({
               DISCONNECT_REASON.KEY_EXCHANGE_FAILED
             );
           }
-          const hash = createHash3(this.hashName);
+          const hash = createHash4(this.hashName);
           hashString(hash, isServer ? this._remoteIdentRaw : this._identRaw);
           hashString(hash, isServer ? this._identRaw : this._remoteIdentRaw);
           hashString(hash, isServer ? this._remoteKexinit : this._kexinit);
@@ -12400,7 +12403,7 @@ var require_kex = __commonJS({
             asnWriter.endSequence();
             return convertToMpint(diffieHellman({
               privateKey: this._keys.privateKey,
-              publicKey: createPublicKey({
+              publicKey: createPublicKey2({
                 key: asnWriter.buffer,
                 type: "spki",
                 format: "der"
@@ -12764,9 +12767,9 @@ var require_kex = __commonJS({
     function generateKEXVal(len, hashName, secret, exchangeHash, sessionID, char) {
       let ret;
       if (len) {
-        let digest = createHash3(hashName).update(secret).update(exchangeHash).update(char).update(sessionID).digest();
+        let digest = createHash4(hashName).update(secret).update(exchangeHash).update(char).update(sessionID).digest();
         while (digest.length < len) {
-          const chunk = createHash3(hashName).update(secret).update(exchangeHash).update(digest).digest();
+          const chunk = createHash4(hashName).update(secret).update(exchangeHash).update(digest).digest();
           const extended = Buffer.allocUnsafe(digest.length + chunk.length);
           extended.set(digest, 0);
           extended.set(chunk, digest.length);
@@ -14631,8 +14634,8 @@ var require_SFTP = __commonJS({
   "node_modules/ssh2/lib/protocol/SFTP.js"(exports, module) {
     "use strict";
     var EventEmitter2 = __require("events");
-    var fs26 = __require("fs");
-    var { constants: constants3 } = fs26;
+    var fs27 = __require("fs");
+    var { constants: constants4 } = fs27;
     var {
       Readable: ReadableStream,
       Writable: WritableStream
@@ -15061,12 +15064,12 @@ var require_SFTP = __commonJS({
       fastGet(remotePath, localPath2, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(this, fs26, remotePath, localPath2, opts, cb);
+        fastXfer(this, fs27, remotePath, localPath2, opts, cb);
       }
       fastPut(localPath2, remotePath, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(fs26, this, localPath2, remotePath, opts, cb);
+        fastXfer(fs27, this, localPath2, remotePath, opts, cb);
       }
       readFile(path23, options, callback_) {
         if (this.server)
@@ -16327,13 +16330,13 @@ var require_SFTP = __commonJS({
             if (--left === 0)
               cb(err);
           };
-          if (srcHandle && (src === fs26 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs27 || src.outgoing.state === "open"))
             ++left;
-          if (dstHandle && (dst === fs26 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs27 || dst.outgoing.state === "open"))
             ++left;
-          if (srcHandle && (src === fs26 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs27 || src.outgoing.state === "open"))
             src.close(srcHandle, cbfinal);
-          if (dstHandle && (dst === fs26 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs27 || dst.outgoing.state === "open"))
             dst.close(dstHandle, cbfinal);
         } else {
           cb(err);
@@ -16349,7 +16352,7 @@ var require_SFTP = __commonJS({
           tryStat(null, { size: fileSize });
         function tryStat(err2, attrs) {
           if (err2) {
-            if (src !== fs26) {
+            if (src !== fs27) {
               src.stat(srcPath, (err_, attrs_) => {
                 if (err_)
                   return onerror(err2);
@@ -16487,25 +16490,25 @@ var require_SFTP = __commonJS({
         this.extended = initial && initial.extended;
       }
       isDirectory() {
-        return (this.mode & constants3.S_IFMT) === constants3.S_IFDIR;
+        return (this.mode & constants4.S_IFMT) === constants4.S_IFDIR;
       }
       isFile() {
-        return (this.mode & constants3.S_IFMT) === constants3.S_IFREG;
+        return (this.mode & constants4.S_IFMT) === constants4.S_IFREG;
       }
       isBlockDevice() {
-        return (this.mode & constants3.S_IFMT) === constants3.S_IFBLK;
+        return (this.mode & constants4.S_IFMT) === constants4.S_IFBLK;
       }
       isCharacterDevice() {
-        return (this.mode & constants3.S_IFMT) === constants3.S_IFCHR;
+        return (this.mode & constants4.S_IFMT) === constants4.S_IFCHR;
       }
       isSymbolicLink() {
-        return (this.mode & constants3.S_IFMT) === constants3.S_IFLNK;
+        return (this.mode & constants4.S_IFMT) === constants4.S_IFLNK;
       }
       isFIFO() {
-        return (this.mode & constants3.S_IFMT) === constants3.S_IFIFO;
+        return (this.mode & constants4.S_IFMT) === constants4.S_IFIFO;
       }
       isSocket() {
-        return (this.mode & constants3.S_IFMT) === constants3.S_IFSOCK;
+        return (this.mode & constants4.S_IFMT) === constants4.S_IFSOCK;
       }
     };
     function attrsToBytes(attrs) {
@@ -18201,7 +18204,7 @@ var require_client = __commonJS({
   "node_modules/ssh2/lib/client.js"(exports, module) {
     "use strict";
     var {
-      createHash: createHash3,
+      createHash: createHash4,
       getHashes,
       randomFillSync
     } = __require("crypto");
@@ -18423,7 +18426,7 @@ var require_client = __commonJS({
           }
           hostVerifier = (key, verify) => {
             if (hashAlgo)
-              key = createHash3(hashAlgo).update(key).digest("hex");
+              key = createHash4(hashAlgo).update(key).digest("hex");
             const ret = hashCb(key, verify);
             if (ret !== void 0)
               verify(ret);
@@ -21787,8 +21790,8 @@ function errorMessage(err) {
 // src/cache/local.ts
 var import_proper_lockfile = __toESM(require_proper_lockfile(), 1);
 import { randomUUID as randomUUID2 } from "node:crypto";
-import * as fs5 from "node:fs";
-import * as path4 from "node:path";
+import * as fs4 from "node:fs";
+import * as path3 from "node:path";
 
 // src/names.ts
 import * as path from "node:path";
@@ -21824,6 +21827,8 @@ var GuestFiles = {
   vmRecord: "vm.json",
   /** A VM's own SSH key (0600), and `<key>.pub`. */
   vmKey: "id_ed25519",
+  /** The VM's pinned SSH host key, for OpenSSH (its Host entry's UserKnownHostsFile). */
+  knownHosts: "known_hosts",
   /** The share dir of a VM restored where the cache dir's is not wanted. */
   share: "share"
 };
@@ -21837,35 +21842,95 @@ var RuntimeFiles = {
 
 // src/cache/manifest.ts
 import { createHash, randomUUID } from "node:crypto";
-import * as fs3 from "node:fs";
-import * as path3 from "node:path";
-
-// src/cache/confine.ts
 import * as fs2 from "node:fs";
 import * as path2 from "node:path";
-function isPlainName(name) {
-  return typeof name === "string" && name.length > 0 && name.length <= 255 && name !== "." && name !== ".." && /^[A-Za-z0-9._+-]+$/.test(name);
+
+// src/vm/spec.ts
+var TOKENS = {
+  disk: "{disk}",
+  efivars: "{efivars}",
+  sshPort: "{ssh-port}",
+  serialLog: "{serial-log}",
+  shareDir: "{share-dir}"
+};
+function sameLayout(a, b) {
+  return JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
 }
-function stagedFilesProblem(staging, files) {
-  const want = new Set(files);
-  const extra = [];
-  for (const d of fs2.readdirSync(staging, { withFileTypes: true })) {
-    if (!want.has(d.name)) extra.push(`${d.isDirectory() ? "dir" : d.isSymbolicLink() ? "symlink" : d.isFile() ? "file" : "special file"} ${JSON.stringify(d.name)}`);
-  }
-  if (extra.length) return `unexpected ${extra.slice(0, 4).join(", ")}${extra.length > 4 ? ` and ${extra.length - 4} more` : ""}`;
-  for (const f of files) {
-    let st;
-    try {
-      st = fs2.lstatSync(path2.join(staging, f));
-    } catch {
-      return `${f} is missing`;
-    }
-    if (st.isSymbolicLink()) return `${f} is a symlink`;
-    if (!st.isFile()) return `${f} is not a regular file`;
-    if (st.nlink !== 1) return `${f} is a hard link`;
-    fs2.chmodSync(path2.join(staging, f), 420);
-  }
-  return void 0;
+function canonical(l) {
+  return [l.arch, l.machine, l.accel.accel, l.accel.args, l.accel.machineProps, l.memoryMb, l.cpus, l.firmwareFormat, l.seed, l.shareTag ?? null];
+}
+function opt(value) {
+  return value.replaceAll(",", ",,");
+}
+var NIC_MODEL = { aarch64: "", x86_64: "model=virtio-net-pci," };
+function recipe(layout, fixed, o = {}) {
+  if (layout.seed !== !!fixed.seedIso) throw new Error("layout.seed and the seed ISO disagree");
+  const cpuAt = layout.accel.args.indexOf("-cpu");
+  if (cpuAt < 0) throw new Error(`accelerator arguments without -cpu: ${layout.accel.args.join(" ")}`);
+  const fast = o.scratchDisk && layout.arch === "aarch64" && layout.accel.accel === "tcg" && layout.accel.args[cpuAt + 1] === "max";
+  const cpu = fast ? "max,pauth-impdef=on" : layout.accel.args[cpuAt + 1];
+  const accelRest = layout.accel.args.filter((_, i) => i !== cpuAt && i !== cpuAt + 1);
+  const argv = [
+    "-machine",
+    [layout.machine, ...layout.accel.machineProps].join(","),
+    "-cpu",
+    cpu,
+    "-m",
+    String(layout.memoryMb),
+    "-smp",
+    String(layout.cpus),
+    "-drive",
+    `if=pflash,format=${layout.firmwareFormat},file=${opt(fixed.efiCode)},readonly=on`,
+    "-drive",
+    `if=pflash,format=qcow2,file=${TOKENS.efivars}`,
+    // A build's throw-away disk (a failed build is discarded) skips the host's flushes; a snapshot's never.
+    "-drive",
+    `if=virtio,file=${TOKENS.disk},format=qcow2${o.scratchDisk ? ",cache=unsafe" : ""}`
+  ];
+  if (fixed.seedIso) argv.push("-drive", `if=virtio,file=${opt(fixed.seedIso)},format=raw,readonly=on`);
+  argv.push(
+    "-nic",
+    `user,${NIC_MODEL[layout.arch]}hostfwd=tcp:127.0.0.1:${TOKENS.sshPort}-:22`,
+    "-nographic",
+    "-serial",
+    `file:${TOKENS.serialLog}`
+  );
+  if (layout.shareTag) argv.push("-virtfs", `local,path=${TOKENS.shareDir},mount_tag=${layout.shareTag},security_model=none,readonly=on`);
+  argv.push(...accelRest);
+  return argv;
+}
+function fillRecipe(argv, v) {
+  if (v.serialLog.includes(",")) throw new Error(`the serial log path may not contain a comma: ${v.serialLog}`);
+  if (!/^\d+$/.test(v.sshPort)) throw new Error(`not a port: ${v.sshPort}`);
+  const values = {
+    [TOKENS.disk]: opt(v.disk),
+    [TOKENS.efivars]: opt(v.efivars),
+    [TOKENS.sshPort]: v.sshPort,
+    [TOKENS.serialLog]: v.serialLog,
+    [TOKENS.shareDir]: opt(v.shareDir)
+  };
+  return argv.map((a) => a.replace(/\{(disk|efivars|ssh-port|serial-log|share-dir)\}/g, (t) => values[t]));
+}
+function withForwards(argv, forwards) {
+  if (!forwards.length) return [...argv];
+  const at = argv.findIndex((a, i) => argv[i - 1] === "-nic" && a.startsWith("user,"));
+  if (at < 0) throw new Error(`the recipe has no -nic user line to add forwards to: ${argv.join(" ")}`);
+  const out = [...argv];
+  out[at] += forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.host}-:${f.guest}`).join("");
+  return out;
+}
+function controlArgs(o) {
+  return [
+    "-name",
+    opt(o.name),
+    "-qmp",
+    `unix:${opt(o.qmpSocket)},server=on,wait=off`,
+    "-monitor",
+    "none",
+    "-pidfile",
+    o.pidFile,
+    ...o.loadvm ? ["-loadvm", o.loadvm] : []
+  ];
 }
 
 // src/cache/manifest.ts
@@ -21873,37 +21938,108 @@ function hashOf(value) {
   const stable = (v) => Array.isArray(v) ? v.map(stable) : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b)).map(([k, x]) => [k, stable(x)])) : v;
   return createHash("sha256").update(JSON.stringify(stable(value))).digest("hex").slice(0, 20);
 }
+var MANIFEST_MAX_BYTES = 256 * 1024;
+var LAYERS = ["raw", "prepared", "snapshot", "browser", "browser-snapshot"];
+var ID_RE = /^[A-Za-z0-9-]{1,64}$/;
+var SHA256_RE = /^[0-9a-f]{64}$/;
+var DIGEST_RE = /^(sha256|sha512):[0-9a-f]{64,128}$/;
+var isObject = (v) => !!v && typeof v === "object" && !Array.isArray(v);
+var optional = (v, ok) => v === void 0 || ok(v);
+function shapeProblem(m) {
+  if (m.version !== 1 || !Array.isArray(m.files) || typeof m.key !== "string") return "its manifest is not a ryra-vm manifest";
+  const files = m.files;
+  const outside = files.find((f) => !isObject(f) || !isPlainName(f.name));
+  if (outside !== void 0) return `its manifest names ${JSON.stringify(isObject(outside) ? outside.name ?? null : outside).slice(0, 200)}, not a plain file name in its dir`;
+  if (!files.every((f) => isObject(f) && Number.isSafeInteger(f.size) && f.size >= 0 && typeof f.sha256 === "string" && SHA256_RE.test(f.sha256))) {
+    return "its manifest gives a file without a size or sha256";
+  }
+  const bad2 = [
+    ["layer", LAYERS.includes(m.layer)],
+    ["key", /^[0-9a-f]{1,64}$/.test(m.key)],
+    ["inputs", isObject(m.inputs)],
+    ["id", typeof m.id === "string" && ID_RE.test(m.id)],
+    ["parentId", optional(m.parentId, (x) => typeof x === "string" && ID_RE.test(x))],
+    ["layout", optional(m.layout, (x) => isObject(x) && isObject(x.accel))],
+    ["digest", optional(m.digest, (x) => typeof x === "string" && DIGEST_RE.test(x))],
+    ["backing", optional(m.backing, (x) => typeof x === "string" && x.length <= 4096 && path2.isAbsolute(x))],
+    ["source", optional(m.source, (x) => typeof x === "string" && /^[a-z-]{1,32}$/.test(x))],
+    ["stateBytes", optional(m.stateBytes, (x) => Number.isSafeInteger(x) && x >= 0)],
+    ["buildSeconds", typeof m.buildSeconds === "number" && Number.isFinite(m.buildSeconds)],
+    ["createdAt", typeof m.createdAt === "string" && m.createdAt.length <= 64]
+  ].find(([, ok]) => !ok);
+  return bad2 ? `its manifest's ${bad2[0]} is not of the form a manifest has` : void 0;
+}
 function loadManifest(file) {
+  let text;
+  let fd;
+  try {
+    fd = fs2.openSync(file, fs2.constants.O_RDONLY | fs2.constants.O_NOFOLLOW | fs2.constants.O_NONBLOCK);
+    const st = fs2.fstatSync(fd);
+    if (!st.isFile()) return "its manifest is not a regular file";
+    if (st.size > MANIFEST_MAX_BYTES) return `its manifest is ${st.size} bytes, more than a manifest holds (${MANIFEST_MAX_BYTES})`;
+    const buf = Buffer.alloc(st.size);
+    const n = fs2.readSync(fd, buf, 0, st.size, 0);
+    text = buf.subarray(0, n).toString("utf8");
+  } catch (err) {
+    const code = err.code;
+    return code === "ENOENT" ? "no manifest" : code === "ELOOP" ? "its manifest is a symlink" : `its manifest cannot be read (${code ?? errorText(err)})`;
+  } finally {
+    if (fd !== void 0) fs2.closeSync(fd);
+  }
   let m;
   try {
-    m = JSON.parse(fs3.readFileSync(file, "utf8"));
-  } catch (err) {
-    return err.code === "ENOENT" ? "no manifest" : "its manifest is not JSON";
+    m = JSON.parse(text);
+  } catch {
+    return "its manifest is not JSON";
   }
-  if (m?.version !== 1 || !Array.isArray(m.files) || typeof m.key !== "string") return "its manifest is not a ryra-vm manifest";
-  const outside = m.files.find((f) => !isPlainName(f?.name));
-  if (outside) return `its manifest names ${JSON.stringify(outside?.name ?? null).slice(0, 200)}, not a plain file name in its dir`;
-  if (!m.files.every((f) => Number.isSafeInteger(f.size) && f.size >= 0 && typeof f.sha256 === "string")) return "its manifest gives a file without a size or sha256";
-  return m;
+  if (!isObject(m)) return "its manifest is not a ryra-vm manifest";
+  return shapeProblem(m) ?? m;
 }
+var errorText = (err) => err instanceof Error ? err.message : String(err);
 function readManifest(file) {
   const m = loadManifest(file);
   return typeof m === "string" ? void 0 : m;
 }
-function invalidReason(m, dir, want, parentId) {
+var short = (v) => JSON.stringify(v ?? null).slice(0, 120);
+function manifestMismatch(m, e) {
+  if (m.layer !== e.layer) return { field: "layer", why: `${short(m.layer)}, not ${short(e.layer)}` };
+  const differing = Object.keys({ ...e.inputs, ...m.inputs }).filter((k) => hashOf(m.inputs[k] ?? null) !== hashOf(e.inputs[k] ?? null));
+  if (differing.length) {
+    return { field: "inputs", why: `built with other ${differing.join(", ")} (${differing.map((k) => `${short(m.inputs[k])} \u2260 ${short(e.inputs[k])}`).join("; ").slice(0, 300)})` };
+  }
+  if (m.key !== e.key) return { field: "key", why: `built for other inputs (key ${m.key}, need ${e.key})` };
+  if (e.parentId !== void 0 && m.parentId !== e.parentId) return { field: "parentId", why: "its parent layer was rebuilt since" };
+  const named = m.files.map((f) => f.name).sort();
+  const planned2 = [...e.files].sort();
+  if (named.join("\0") !== planned2.join("\0")) return { field: "files", why: `it names ${short(named)}, not ${short(planned2)}` };
+  if (e.layout ? !m.layout || !sameLayoutSafe(m.layout, e.layout) : m.layout !== void 0) {
+    return { field: "layout", why: `it records the device layout ${short(m.layout).slice(0, 200)}, not the one this host and configuration give` };
+  }
+  if (e.backingName ? !m.backing || path2.basename(m.backing) !== e.backingName : m.backing !== void 0) {
+    return { field: "backing", why: `it sits on ${short(m.backing)}, not on its parent layer ${short(e.backingName)}` };
+  }
+  return void 0;
+}
+function sameLayoutSafe(a, b) {
+  try {
+    return sameLayout(a, b) && hashOf(a) === hashOf(b);
+  } catch {
+    return false;
+  }
+}
+function invalidReason(m, dir, e) {
   if (!m) return "no manifest";
-  const differing = Object.keys({ ...want.inputs, ...m.inputs }).filter((k) => hashOf(m.inputs[k] ?? null) !== hashOf(want.inputs[k] ?? null));
-  if (differing.length) return `built with other ${differing.join(", ")} (${differing.map((k) => `${JSON.stringify(m.inputs[k])} \u2260 ${JSON.stringify(want.inputs[k])}`).join("; ").slice(0, 300)})`;
-  if (m.key !== want.key) return `built for other inputs (key ${m.key}, need ${want.key})`;
-  if (parentId !== void 0 && m.parentId !== parentId) return "its parent layer was rebuilt since";
-  for (const f of m.files) {
+  const off = manifestMismatch(m, e);
+  if (off) return off.field === "inputs" || off.field === "key" || off.field === "parentId" ? off.why : `its ${off.field}: ${off.why}`;
+  for (const name of e.files) {
+    const f = m.files.find((x) => x.name === name);
     let size;
     try {
-      size = fs3.statSync(path3.join(dir, f.name)).size;
+      size = fs2.statSync(path2.join(dir, name)).size;
     } catch {
-      return `${f.name} is missing`;
+      return `${name} is missing`;
     }
-    if (size !== f.size) return `${f.name} is ${size} bytes, the manifest says ${f.size}`;
+    if (size !== f.size) return `${name} is ${size} bytes, the manifest says ${f.size}`;
   }
   return void 0;
 }
@@ -21916,24 +22052,24 @@ function digester(algorithms) {
 }
 async function fileDigests(file, algorithms) {
   const d = digester(algorithms);
-  for await (const chunk of fs3.createReadStream(file)) d.update(chunk);
+  for await (const chunk of fs2.createReadStream(file)) d.update(chunk);
   return d.hex();
 }
 async function describeFiles(dir, names) {
   return Promise.all(
-    names.map(async (name) => ({ name, size: fs3.statSync(path3.join(dir, name)).size, sha256: (await fileDigests(path3.join(dir, name), ["sha256"])).sha256 }))
+    names.map(async (name) => ({ name, size: fs2.statSync(path2.join(dir, name)).size, sha256: (await fileDigests(path2.join(dir, name), ["sha256"])).sha256 }))
   );
 }
 function writeManifest(file, m) {
   const full = { version: 1, id: m.id ?? randomUUID(), createdAt: (/* @__PURE__ */ new Date()).toISOString(), ...m };
   const tmp = `${file}.tmp-${process.pid}`;
-  fs3.writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n");
-  fs3.renameSync(tmp, file);
+  fs2.writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n");
+  fs2.renameSync(tmp, file);
   return full;
 }
 
 // src/util/procfs.ts
-import * as fs4 from "node:fs";
+import * as fs3 from "node:fs";
 function processAlive(pid) {
   try {
     process.kill(pid, 0);
@@ -21944,7 +22080,7 @@ function processAlive(pid) {
 }
 function processStartTime(pid) {
   try {
-    const stat = fs4.readFileSync(`/proc/${pid}/stat`, "utf8");
+    const stat = fs3.readFileSync(`/proc/${pid}/stat`, "utf8");
     return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? "";
   } catch {
     return "";
@@ -21952,17 +22088,17 @@ function processStartTime(pid) {
 }
 function processNamed(pid, marker) {
   try {
-    return fs4.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
+    return fs3.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
   } catch {
     return false;
   }
 }
 function descendants(pid) {
   const children = /* @__PURE__ */ new Map();
-  for (const name of fs4.readdirSync("/proc")) {
+  for (const name of fs3.readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
     try {
-      const stat = fs4.readFileSync(`/proc/${name}/stat`, "utf8");
+      const stat = fs3.readFileSync(`/proc/${name}/stat`, "utf8");
       const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
       children.set(ppid, [...children.get(ppid) ?? [], Number(name)]);
     } catch {
@@ -21979,7 +22115,7 @@ function descendants(pid) {
 function processStartedMs(pid) {
   const ticks = Number(processStartTime(pid));
   if (!ticks) return void 0;
-  const btime = /^btime (\d+)$/m.exec(fs4.readFileSync("/proc/stat", "utf8"))?.[1];
+  const btime = /^btime (\d+)$/m.exec(fs3.readFileSync("/proc/stat", "utf8"))?.[1];
   return btime ? Number(btime) * 1e3 + ticks * 10 : void 0;
 }
 function ownerAlive(pid, madeMs) {
@@ -22034,18 +22170,18 @@ function fmtSeconds(ms) {
 // src/cache/local.ts
 function validLayer(dir, p, parentId) {
   const m = readManifest(manifestPath(dir, p.base));
-  const why = invalidReason(m, dir, p, parentId);
+  const why = invalidReason(m, dir, { layer: p.layer, key: p.key, inputs: p.inputs, files: p.files, parentId, layout: p.layout, backingName: p.backingName });
   if (why && m) log.info(`  ${p.layer} layer ${p.base} not usable: ${why}`);
   return why ? void 0 : m;
 }
 function removeLayer(dir, base, files) {
-  fs5.rmSync(manifestPath(dir, base), { force: true });
-  for (const f of files) fs5.rmSync(path4.join(dir, f), { force: true });
+  fs4.rmSync(manifestPath(dir, base), { force: true });
+  for (const f of files) fs4.rmSync(path3.join(dir, f), { force: true });
 }
 function placeLayer(dir, staging, p) {
   removeLayer(dir, p.base, p.files);
-  for (const f of p.files) fs5.renameSync(path4.join(staging, f), path4.join(dir, f));
-  fs5.renameSync(manifestPath(staging, p.base), manifestPath(dir, p.base));
+  for (const f of p.files) fs4.renameSync(path3.join(staging, f), path3.join(dir, f));
+  fs4.renameSync(manifestPath(staging, p.base), manifestPath(dir, p.base));
 }
 function recordLayer(dir, base, m) {
   return writeManifest(manifestPath(dir, base), m);
@@ -22053,50 +22189,50 @@ function recordLayer(dir, base, m) {
 function touchLayer(dir, base) {
   const now = /* @__PURE__ */ new Date();
   try {
-    fs5.utimesSync(manifestPath(dir, base), now, now);
+    fs4.utimesSync(manifestPath(dir, base), now, now);
   } catch {
   }
 }
 function ownerFile(dir, base) {
-  return path4.join(dir, `${base}.lock-owner`);
+  return path3.join(dir, `${base}.lock-owner`);
 }
 async function withLayerLock(dir, base, waitMs, fn) {
-  fs5.mkdirSync(dir, { recursive: true });
+  fs4.mkdirSync(dir, { recursive: true });
   const start = Date.now();
   let waited = false;
-  const release2 = await import_proper_lockfile.default.lock(path4.join(dir, base), {
+  const release2 = await import_proper_lockfile.default.lock(path3.join(dir, base), {
     realpath: false,
     stale: 3e4,
     update: 5e3,
     retries: { retries: Math.max(1, Math.ceil(waitMs / 1e3)), minTimeout: 1e3, maxTimeout: 1e3, factor: 1 },
     onCompromised: (err) => log.warning(`lock ${base}.lock compromised: ${err.message}`)
   }).catch((err) => {
-    if (err.code !== "ELOCKED") throw new Error(`cannot lock ${path4.join(dir, base)}.lock: ${err.message}`);
+    if (err.code !== "ELOCKED") throw new Error(`cannot lock ${path3.join(dir, base)}.lock: ${err.message}`);
     let owner = "another run";
     try {
-      const o = JSON.parse(fs5.readFileSync(ownerFile(dir, base), "utf8"));
+      const o = JSON.parse(fs4.readFileSync(ownerFile(dir, base), "utf8"));
       owner = `pid ${o.pid}${processAlive(o.pid) ? "" : " (no longer running)"}, holding it since ${o.since}`;
     } catch {
     }
     throw new Error(`the ${base} layer is locked by ${owner}; gave up after waiting ${fmtSeconds(Date.now() - start)} (as long as building it may take). If that run is stuck, stop it.`);
   }).finally(() => waited = Date.now() - start > 1500);
   if (waited) log.info(`  waited ${fmtSeconds(Date.now() - start)} for another run's lock on ${base}`);
-  fs5.writeFileSync(ownerFile(dir, base), JSON.stringify({ pid: process.pid, since: (/* @__PURE__ */ new Date()).toISOString() }));
+  fs4.writeFileSync(ownerFile(dir, base), JSON.stringify({ pid: process.pid, since: (/* @__PURE__ */ new Date()).toISOString() }));
   try {
     return await fn();
   } finally {
-    fs5.rmSync(ownerFile(dir, base), { force: true });
+    fs4.rmSync(ownerFile(dir, base), { force: true });
     await release2().catch(() => {
     });
   }
 }
 var TEMP_MARKER = ".ryra-tmp-";
 function tempPath(dir, name) {
-  return path4.join(dir, `${name}${TEMP_MARKER}${process.pid}-${randomUUID2().slice(0, 8)}`);
+  return path3.join(dir, `${name}${TEMP_MARKER}${process.pid}-${randomUUID2().slice(0, 8)}`);
 }
 function bornMs(p) {
   try {
-    const st = fs5.statSync(p);
+    const st = fs4.statSync(p);
     return st.birthtimeMs > 0 ? st.birthtimeMs : st.mtimeMs;
   } catch {
     return 0;
@@ -22105,7 +22241,7 @@ function bornMs(p) {
 function cleanStaleTemps(dir) {
   let names;
   try {
-    names = fs5.readdirSync(dir);
+    names = fs4.readdirSync(dir);
   } catch {
     return;
   }
@@ -22114,7 +22250,7 @@ function cleanStaleTemps(dir) {
     const m = re.exec(n);
     if (!m) continue;
     const pid = Number(m[1]);
-    const p = path4.join(dir, n);
+    const p = path3.join(dir, n);
     if (pid === process.pid || ownerAlive(pid, bornMs(p))) continue;
     for (const q2 of orphanedQemu(p)) {
       log.info(`killing QEMU pid ${q2.pid} left running in ${n} by an interrupted run`);
@@ -22122,9 +22258,9 @@ function cleanStaleTemps(dir) {
         process.kill(q2.pid, "SIGKILL");
       } catch {
       }
-      if (q2.socketDir) fs5.rmSync(q2.socketDir, { recursive: true, force: true });
+      if (q2.socketDir) fs4.rmSync(q2.socketDir, { recursive: true, force: true });
     }
-    fs5.rmSync(p, { recursive: true, force: true });
+    fs4.rmSync(p, { recursive: true, force: true });
     log.info(`removed a stale temp left by an interrupted run: ${n}`);
   }
 }
@@ -22132,21 +22268,21 @@ function orphanedQemu(root) {
   const found = [];
   let entries = [];
   try {
-    if (!fs5.statSync(root).isDirectory()) return [];
-    entries = fs5.readdirSync(root, { recursive: true, withFileTypes: true });
+    if (!fs4.statSync(root).isDirectory()) return [];
+    entries = fs4.readdirSync(root, { recursive: true, withFileTypes: true });
   } catch {
     return [];
   }
   for (const e of entries) {
     if (!e.isFile() || e.name !== GuestFiles.pid) continue;
-    const pid = Number(fs5.readFileSync(path4.join(e.parentPath, e.name), "utf8").trim());
+    const pid = Number(fs4.readFileSync(path3.join(e.parentPath, e.name), "utf8").trim());
     if (!(pid > 0)) continue;
     try {
-      const cmd = fs5.readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      const cmd = fs4.readFileSync(`/proc/${pid}/cmdline`, "utf8");
       if (!cmd.includes("qemu-system") || !cmd.includes(root)) continue;
       const qmp = /\0-qmp\0unix:([^,\0]+)/.exec(cmd)?.[1];
-      const socketDir = qmp && path4.dirname(qmp);
-      found.push({ pid, socketDir: socketDir && path4.basename(socketDir).startsWith("rvm-") ? socketDir : void 0 });
+      const socketDir = qmp && path3.dirname(qmp);
+      found.push({ pid, socketDir: socketDir && path3.basename(socketDir).startsWith("rvm-") ? socketDir : void 0 });
     } catch {
     }
   }
@@ -22159,32 +22295,32 @@ function jobHolder(runtimeDir2) {
   return { id: `job-${Buffer.from(runtimeDir2).toString("base64url").slice(-40)}`, dir: runtimeDir2 };
 }
 function holderAlive(h) {
-  if ("dir" in h) return fs5.existsSync(h.dir);
+  if ("dir" in h) return fs4.existsSync(h.dir);
   return processStartTime(h.pid) === h.startTime;
 }
 function holdersDir(dir, base) {
-  return path4.join(dir, CacheFiles.inUse, base);
+  return path3.join(dir, CacheFiles.inUse, base);
 }
 function holdLayer(dir, base, holder) {
   const d = holdersDir(dir, base);
-  fs5.mkdirSync(d, { recursive: true });
-  fs5.writeFileSync(path4.join(d, `${holder.id}.json`), JSON.stringify(holder));
+  fs4.mkdirSync(d, { recursive: true });
+  fs4.writeFileSync(path3.join(d, `${holder.id}.json`), JSON.stringify(holder));
 }
 function releaseHolder(dir, holderId) {
-  const root = path4.join(dir, CacheFiles.inUse);
+  const root = path3.join(dir, CacheFiles.inUse);
   let bases = [];
   try {
-    bases = fs5.readdirSync(root);
+    bases = fs4.readdirSync(root);
   } catch {
     return;
   }
-  for (const b of bases) fs5.rmSync(path4.join(root, b, `${holderId}.json`), { force: true });
+  for (const b of bases) fs4.rmSync(path3.join(root, b, `${holderId}.json`), { force: true });
 }
 function liveHolders(dir, base) {
   const d = holdersDir(dir, base);
   let files = [];
   try {
-    files = fs5.readdirSync(d);
+    files = fs4.readdirSync(d);
   } catch {
     return [];
   }
@@ -22192,36 +22328,36 @@ function liveHolders(dir, base) {
   for (const f of files) {
     let h;
     try {
-      h = JSON.parse(fs5.readFileSync(path4.join(d, f), "utf8"));
+      h = JSON.parse(fs4.readFileSync(path3.join(d, f), "utf8"));
     } catch {
       continue;
     }
     if (holderAlive(h)) alive.push(h);
-    else fs5.rmSync(path4.join(d, f), { force: true });
+    else fs4.rmSync(path3.join(d, f), { force: true });
   }
   return alive;
 }
 function listLayers(dir) {
   let names = [];
   try {
-    names = fs5.readdirSync(dir).filter((n) => n.endsWith(MANIFEST_SUFFIX));
+    names = fs4.readdirSync(dir).filter((n) => n.endsWith(MANIFEST_SUFFIX));
   } catch {
     return [];
   }
   const out = [];
   for (const n of names) {
     const base = n.slice(0, -MANIFEST_SUFFIX.length);
-    const file = path4.join(dir, n);
+    const file = path3.join(dir, n);
     const m = readManifest(file);
     if (!m) continue;
-    const bytes = m.files.reduce((s, f) => s + fileBytes(path4.join(dir, f.name)), 0);
-    out.push({ base, layer: m.layer, id: m.id, parentId: m.parentId, files: m.files.map((f) => f.name), bytes, lastUse: fs5.statSync(file).mtimeMs });
+    const bytes = m.files.reduce((s, f) => s + fileBytes(path3.join(dir, f.name)), 0);
+    out.push({ base, layer: m.layer, id: m.id, parentId: m.parentId, files: m.files.map((f) => f.name), bytes, lastUse: fs4.statSync(file).mtimeMs });
   }
   return out;
 }
 function fileBytes(f) {
   try {
-    return fs5.statSync(f).blocks * 512;
+    return fs4.statSync(f).blocks * 512;
   } catch {
     return 0;
   }
@@ -22230,11 +22366,11 @@ function dirBytes(dir) {
   let total = 0;
   let entries = [];
   try {
-    entries = fs5.readdirSync(dir, { recursive: true, withFileTypes: true });
+    entries = fs4.readdirSync(dir, { recursive: true, withFileTypes: true });
   } catch {
     return 0;
   }
-  for (const e of entries) if (e.isFile()) total += fileBytes(path4.join(e.parentPath, e.name));
+  for (const e of entries) if (e.isFile()) total += fileBytes(path3.join(e.parentPath, e.name));
   return total;
 }
 var BACKED = /* @__PURE__ */ new Set(["snapshot", "browser-snapshot"]);
@@ -22282,6 +22418,7 @@ var Inputs = {
   Cpus: "cpus",
   Browser: "browser",
   Kvm: "kvm",
+  KvmFixPermissions: "kvm-fix-permissions",
   Redownload: "redownload",
   Snapshot: "snapshot",
   Cache: "cache",
@@ -22337,8 +22474,8 @@ var State = {
 };
 
 // src/host/setup.ts
-import * as fs9 from "node:fs";
-import * as path7 from "node:path";
+import * as fs8 from "node:fs";
+import * as path6 from "node:path";
 
 // src/util/proc.ts
 import { spawn } from "node:child_process";
@@ -22392,8 +22529,8 @@ async function which(cmd) {
 }
 
 // src/host/firmware.ts
-import * as fs6 from "node:fs";
-import * as path5 from "node:path";
+import * as fs5 from "node:fs";
+import * as path4 from "node:path";
 var DESCRIPTOR_DIRS = ["/usr/share/qemu/firmware", "/etc/qemu/firmware"];
 var UNWANTED_FEATURES = ["secure-boot", "enrolled-keys", "requires-smm", "amd-sev", "amd-sev-es", "intel-tdx"];
 var KNOWN_PATHS = {
@@ -22422,7 +22559,7 @@ function globMatch(pattern, value) {
   return re.test(value);
 }
 function selectFromDescriptors(descriptors, arch, machine, exists) {
-  const sorted = [...descriptors].sort((a, b) => path5.basename(a.file).localeCompare(path5.basename(b.file)));
+  const sorted = [...descriptors].sort((a, b) => path4.basename(a.file).localeCompare(path4.basename(b.file)));
   for (const { file, json } of sorted) {
     let d;
     try {
@@ -22457,32 +22594,32 @@ function readDescriptors(dirs) {
   for (const dir of dirs) {
     let names;
     try {
-      names = fs6.readdirSync(dir).filter((n) => n.endsWith(".json"));
+      names = fs5.readdirSync(dir).filter((n) => n.endsWith(".json"));
     } catch {
       continue;
     }
-    for (const n of names) out.set(n, { file: path5.join(dir, n), json: fs6.readFileSync(path5.join(dir, n), "utf8") });
+    for (const n of names) out.set(n, { file: path4.join(dir, n), json: fs5.readFileSync(path4.join(dir, n), "utf8") });
   }
   return [...out.values()];
 }
 var AARCH64_PFLASH_SIZE = 64 * 1024 * 1024;
 function padTo(file, size, dir) {
-  const st = fs6.statSync(file);
+  const st = fs5.statSync(file);
   if (st.size === size) return file;
   if (st.size > size) throw new Error(`${file} is ${st.size} bytes, larger than the ${size}-byte pflash`);
-  fs6.mkdirSync(dir, { recursive: true });
-  const out = path5.join(dir, `${path5.basename(file)}.padded-${size}`);
-  if (fs6.existsSync(out) && fs6.statSync(out).size === size) return out;
+  fs5.mkdirSync(dir, { recursive: true });
+  const out = path4.join(dir, `${path4.basename(file)}.padded-${size}`);
+  if (fs5.existsSync(out) && fs5.statSync(out).size === size) return out;
   const tmp = `${out}.tmp-${process.pid}`;
-  fs6.copyFileSync(file, tmp);
-  fs6.truncateSync(tmp, size);
-  fs6.renameSync(tmp, out);
+  fs5.copyFileSync(file, tmp);
+  fs5.truncateSync(tmp, size);
+  fs5.renameSync(tmp, out);
   return out;
 }
 function findFirmware(arch, machine, padDir, dirs = DESCRIPTOR_DIRS) {
-  const exists = (p) => fs6.existsSync(p);
-  const configHome = process.env.XDG_CONFIG_HOME || (process.env.HOME ? path5.join(process.env.HOME, ".config") : "");
-  const allDirs = configHome ? [...dirs, path5.join(configHome, "qemu/firmware")] : dirs;
+  const exists = (p) => fs5.existsSync(p);
+  const configHome = process.env.XDG_CONFIG_HOME || (process.env.HOME ? path4.join(process.env.HOME, ".config") : "");
+  const allDirs = configHome ? [...dirs, path4.join(configHome, "qemu/firmware")] : dirs;
   const fw = selectFromDescriptors(readDescriptors(allDirs), arch, machine, exists) ?? selectFromKnownPaths(arch, exists);
   if (!fw) throw firmwareNotFound(arch);
   if (arch === "aarch64" && fw.format === "raw") {
@@ -22491,7 +22628,7 @@ function findFirmware(arch, machine, padDir, dirs = DESCRIPTOR_DIRS) {
   return fw;
 }
 function firmwareInstalled(arch, dirs = DESCRIPTOR_DIRS) {
-  const exists = (p) => fs6.existsSync(p);
+  const exists = (p) => fs5.existsSync(p);
   return !!(selectFromDescriptors(readDescriptors(dirs), arch, void 0, exists) ?? selectFromKnownPaths(arch, exists));
 }
 
@@ -22570,7 +22707,7 @@ async function ensureHostDeps(arch, withZstd) {
 // src/host/kvm.ts
 import * as fs7 from "node:fs";
 import * as os from "node:os";
-import * as path6 from "node:path";
+import * as path5 from "node:path";
 import { spawn as spawn2 } from "node:child_process";
 
 // src/vm/qmp.ts
@@ -22695,21 +22832,135 @@ var Qmp = class _Qmp extends EventEmitter {
   }
 };
 
+// src/host/platform.ts
+import * as fs6 from "node:fs";
+var QEMU_ARCH = { arm64: "aarch64", amd64: "x86_64" };
+var MACHINE_ALIAS = { aarch64: "virt", x86_64: "q35" };
+function qemuBinary(arch) {
+  return `qemu-system-${QEMU_ARCH[arch]}`;
+}
+function parseMachineAlias(help, alias) {
+  for (const line of help.split("\n")) {
+    const m = /^(\S+)\s.*\(alias of (\S+)\)/.exec(line);
+    if (m && m[1] === alias) return m[2];
+  }
+  return void 0;
+}
+function parseQemuVersion(text) {
+  return /version (\d+\.\d+(?:\.\d+)?)/.exec(text)?.[1];
+}
+function accelArgs(arch, accel) {
+  if (accel === "kvm") {
+    return {
+      accel,
+      args: ["-accel", "kvm", "-cpu", "host"],
+      machineProps: arch === "aarch64" ? ["gic-version=3"] : []
+    };
+  }
+  return { accel, args: ["-accel", "tcg,thread=multi", "-cpu", "max"], machineProps: [] };
+}
+var KVM_UDEV_RULE = 'KERNEL=="kvm", GROUP="kvm", MODE="0666", OPTIONS+="static_node=kvm"';
+var KVM_RULES_FILE = "/etc/udev/rules.d/99-kvm4all.rules";
+var KVM_FIX = `add the runner user to the kvm group (sudo usermod -aG kvm $USER, then restart the runner) or add the udev rule ${KVM_UDEV_RULE} (echo '${KVM_UDEV_RULE}' | sudo tee ${KVM_RULES_FILE} && sudo udevadm control --reload-rules && sudo udevadm trigger --name-match=kvm); on a runner that is itself a VM, enable nested virtualization on its host`;
+function chooseAccel(mode, crossArch, verdict) {
+  if (mode === "false") return { accel: "tcg" };
+  if (crossArch) {
+    return { accel: "tcg", warning: "the guest arch differs from the host: running under TCG emulation (much slower)" };
+  }
+  if (verdict?.usable) return { accel: "kvm" };
+  const reason = verdict?.reason ?? "not probed";
+  if (mode === "true") return { accel: "tcg", error: kvmUnusableError(reason) };
+  return { accel: "tcg", warning: kvmFallbackWarning(reason) };
+}
+function kvmUnusableError(cause) {
+  return `kvm: true, but KVM cannot run the guest here: ${cause}. Fix: ${KVM_FIX}; or set kvm: auto to fall back to TCG`;
+}
+function kvmFallbackWarning(cause) {
+  return `KVM is not used: ${cause}. Falling back to TCG emulation (roughly 10-30x slower). To use KVM: ${KVM_FIX}`;
+}
+async function qemuInfo(arch) {
+  const binary = qemuBinary(arch);
+  const p = await which(binary);
+  if (!p) throw new Error(`${binary} not found on PATH (set install-deps: true, or install QEMU for ${QEMU_ARCH[arch]})`);
+  const [ver, help] = await Promise.all([
+    run(p, ["--version"], { timeoutMs: 1e4 }),
+    run(p, ["-machine", "help"], { timeoutMs: 1e4 })
+  ]);
+  const version = parseQemuVersion(ver.stdout);
+  if (!version) throw new Error(`cannot read the QEMU version from: ${ver.stdout.trim()}`);
+  const alias = MACHINE_ALIAS[QEMU_ARCH[arch]];
+  const machine = parseMachineAlias(help.stdout, alias);
+  if (!machine) throw new Error(`${binary} -machine help lists no versioned machine for the alias ${alias}`);
+  return { binary, path: p, version, machine };
+}
+function hostCpuIdentity(cpuinfo) {
+  const field = (name) => new RegExp(`^${name}\\s*:\\s*(.+)$`, "m").exec(cpuinfo)?.[1]?.trim();
+  const x86 = field("model name");
+  if (x86) return `${field("vendor_id") ?? ""} ${x86} family ${field("cpu family") ?? "?"} model ${field("model") ?? "?"}`.trim();
+  const impl = field("CPU implementer");
+  if (impl) return `arm implementer ${impl} part ${field("CPU part") ?? "?"} variant ${field("CPU variant") ?? "?"}`;
+  return "unknown";
+}
+function readHostCpuIdentity() {
+  try {
+    return hostCpuIdentity(fs6.readFileSync("/proc/cpuinfo", "utf8"));
+  } catch {
+    return "unknown";
+  }
+}
+
 // src/host/kvm.ts
-function kvmDeviceProblem(device = "/dev/kvm") {
+function openError(device) {
   try {
     fs7.closeSync(fs7.openSync(device, fs7.constants.O_RDWR));
     return void 0;
   } catch (err) {
-    const code = err.code;
-    return code === "ENOENT" ? `${device} does not exist (no KVM on this host, or nested virtualization is off)` : `${device} cannot be opened read-write (${code})`;
+    return err.code ?? "EIO";
+  }
+}
+function kvmDeviceProblem(device = "/dev/kvm") {
+  const code = openError(device);
+  if (!code) return void 0;
+  return code === "ENOENT" ? `${device} does not exist (no KVM on this host, or nested virtualization is off)` : `${device} cannot be opened read-write (${code})`;
+}
+async function openKvmDevice(o) {
+  const problem = kvmDeviceProblem(o.device);
+  const code = problem && openError(o.device);
+  if (!problem || code !== "EACCES" && code !== "EPERM") return problem;
+  if (!o.fix) return `${problem}; the runner's system is left alone (${Inputs.KvmFixPermissions}: true lets the action add the udev rule with sudo)`;
+  const failed = await addKvmUdevRule(o);
+  if (failed) return `${problem}, and ${Inputs.KvmFixPermissions} could not open it: ${failed}`;
+  log.info(`KVM: ${o.device} was closed to this user (${code}); added the udev rule ${o.rulesFile} (${KVM_UDEV_RULE}) with sudo, as ${Inputs.KvmFixPermissions} allows here, and it opens now`);
+  return void 0;
+}
+async function addKvmUdevRule(o) {
+  const sudo = (args, input) => run(o.sudo, ["-n", ...args], { input, timeoutMs: 6e4, allowFailure: true }).catch((err) => ({ code: -1, stderr: errorMessage(err), timedOut: false }));
+  const why = (r) => r.timedOut ? "timed out" : r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`;
+  const can = await sudo(["true"]);
+  if (can.code !== 0) return `sudo -n true failed (${why(can)}): no passwordless sudo to add the udev rule with`;
+  const steps = [
+    [["tee", o.rulesFile], `${KVM_UDEV_RULE}
+`],
+    [["udevadm", "control", "--reload-rules"]],
+    [["udevadm", "trigger", "--name-match=kvm"]]
+  ];
+  for (const [args, input] of steps) {
+    const r = await sudo(args, input);
+    if (r.code !== 0) return `sudo -n ${args.join(" ")} failed (${why(r)})`;
+  }
+  const deadline = Date.now() + (o.settleMs ?? 5e3);
+  for (; ; ) {
+    const problem = kvmDeviceProblem(o.device);
+    if (!problem) return void 0;
+    if (Date.now() >= deadline) return `the rule is in ${o.rulesFile} and udev was triggered, but ${problem} after ${(o.settleMs ?? 5e3) / 1e3} s`;
+    await sleep(100);
   }
 }
 function hostIdentity(qemu, cpuModel, kernel = os.release()) {
   return `kernel ${kernel}, ${qemu.binary} ${qemu.version}, CPU ${cpuModel}`;
 }
 function recordsFile(cacheDir) {
-  return path6.join(cacheDir, CacheFiles.kvmVerdicts);
+  return path5.join(cacheDir, CacheFiles.kvmVerdicts);
 }
 function readVerdict(cacheDir, identity) {
   try {
@@ -22734,11 +22985,11 @@ function recordVerdict(cacheDir, identity, v) {
 var PC = /\b(?:RIP|PC)\s*=\s*([0-9a-f]+)/i;
 async function probeKvm(o) {
   const timeoutMs = o.timeoutMs ?? 4e3;
-  const dir = fs7.mkdtempSync(path6.join(fs7.existsSync("/tmp") ? "/tmp" : os.tmpdir(), "rvm-probe-"));
-  const vars = path6.join(dir, "vars.fd");
+  const dir = fs7.mkdtempSync(path5.join(fs7.existsSync("/tmp") ? "/tmp" : os.tmpdir(), "rvm-probe-"));
+  const vars = path5.join(dir, "vars.fd");
   fs7.copyFileSync(o.firmware.vars, vars, fs7.constants.COPYFILE_FICLONE);
-  const serial = path6.join(dir, "serial.log");
-  const sock = path6.join(dir, "qmp.sock");
+  const serial = path5.join(dir, "serial.log");
+  const sock = path5.join(dir, "qmp.sock");
   const argv = [
     "-nodefaults",
     "-display",
@@ -22794,88 +23045,13 @@ async function probeKvm(o) {
   }
 }
 
-// src/host/platform.ts
-import * as fs8 from "node:fs";
-var QEMU_ARCH = { arm64: "aarch64", amd64: "x86_64" };
-var MACHINE_ALIAS = { aarch64: "virt", x86_64: "q35" };
-function qemuBinary(arch) {
-  return `qemu-system-${QEMU_ARCH[arch]}`;
-}
-function parseMachineAlias(help, alias) {
-  for (const line of help.split("\n")) {
-    const m = /^(\S+)\s.*\(alias of (\S+)\)/.exec(line);
-    if (m && m[1] === alias) return m[2];
-  }
-  return void 0;
-}
-function parseQemuVersion(text) {
-  return /version (\d+\.\d+(?:\.\d+)?)/.exec(text)?.[1];
-}
-function accelArgs(arch, accel) {
-  if (accel === "kvm") {
-    return {
-      accel,
-      args: ["-accel", "kvm", "-cpu", "host"],
-      machineProps: arch === "aarch64" ? ["gic-version=3"] : []
-    };
-  }
-  return { accel, args: ["-accel", "tcg,thread=multi", "-cpu", "max"], machineProps: [] };
-}
-var KVM_FIX = `add the runner user to the kvm group (sudo usermod -aG kvm $USER, then restart the runner) or add the udev rule KERNEL=="kvm", GROUP="kvm", MODE="0666" (echo 'KERNEL=="kvm", GROUP="kvm", MODE="0666"' | sudo tee /etc/udev/rules.d/99-kvm.rules && sudo udevadm control --reload-rules && sudo udevadm trigger --name-match=kvm); on a runner that is itself a VM, enable nested virtualization on its host`;
-function chooseAccel(mode, crossArch, verdict) {
-  if (mode === "false") return { accel: "tcg" };
-  if (crossArch) {
-    return { accel: "tcg", warning: "the guest arch differs from the host: running under TCG emulation (much slower)" };
-  }
-  if (verdict?.usable) return { accel: "kvm" };
-  const reason = verdict?.reason ?? "not probed";
-  if (mode === "true") return { accel: "tcg", error: kvmUnusableError(reason) };
-  return { accel: "tcg", warning: kvmFallbackWarning(reason) };
-}
-function kvmUnusableError(cause) {
-  return `kvm: true, but KVM cannot run the guest here: ${cause}. Fix: ${KVM_FIX}; or set kvm: auto to fall back to TCG`;
-}
-function kvmFallbackWarning(cause) {
-  return `KVM is not used: ${cause}. Falling back to TCG emulation (roughly 10-30x slower). To use KVM: ${KVM_FIX}`;
-}
-async function qemuInfo(arch) {
-  const binary = qemuBinary(arch);
-  const p = await which(binary);
-  if (!p) throw new Error(`${binary} not found on PATH (set install-deps: true, or install QEMU for ${QEMU_ARCH[arch]})`);
-  const [ver, help] = await Promise.all([
-    run(p, ["--version"], { timeoutMs: 1e4 }),
-    run(p, ["-machine", "help"], { timeoutMs: 1e4 })
-  ]);
-  const version = parseQemuVersion(ver.stdout);
-  if (!version) throw new Error(`cannot read the QEMU version from: ${ver.stdout.trim()}`);
-  const alias = MACHINE_ALIAS[QEMU_ARCH[arch]];
-  const machine = parseMachineAlias(help.stdout, alias);
-  if (!machine) throw new Error(`${binary} -machine help lists no versioned machine for the alias ${alias}`);
-  return { binary, path: p, version, machine };
-}
-function hostCpuIdentity(cpuinfo) {
-  const field = (name) => new RegExp(`^${name}\\s*:\\s*(.+)$`, "m").exec(cpuinfo)?.[1]?.trim();
-  const x86 = field("model name");
-  if (x86) return `${field("vendor_id") ?? ""} ${x86} family ${field("cpu family") ?? "?"} model ${field("model") ?? "?"}`.trim();
-  const impl = field("CPU implementer");
-  if (impl) return `arm implementer ${impl} part ${field("CPU part") ?? "?"} variant ${field("CPU variant") ?? "?"}`;
-  return "unknown";
-}
-function readHostCpuIdentity() {
-  try {
-    return hostCpuIdentity(fs8.readFileSync("/proc/cpuinfo", "utf8"));
-  } catch {
-    return "unknown";
-  }
-}
-
 // src/host/setup.ts
 async function setupHost(config, hooks = NO_HOOKS) {
   const qemuArch = QEMU_ARCH[config.arch];
   if (config.installDeps) await ensureHostDeps(qemuArch, config.cache);
   const qemu = await qemuInfo(config.arch);
-  const fw = findFirmware(qemuArch, qemu.machine, path7.join(config.cacheDir, CacheFiles.firmware));
-  const firmware = { ...fw, size: fs9.statSync(fw.code).size };
+  const fw = findFirmware(qemuArch, qemu.machine, path6.join(config.cacheDir, CacheFiles.firmware));
+  const firmware = { ...fw, size: fs8.statSync(fw.code).size };
   const cpuModel = readHostCpuIdentity();
   const identity = hostIdentity(qemu, cpuModel);
   const verdict = config.kvm === "false" || config.crossArch ? void 0 : await kvmVerdict(config, hooks, qemuArch, qemu, firmware, identity);
@@ -22889,12 +23065,12 @@ async function setupHost(config, hooks = NO_HOOKS) {
 }
 async function kvmVerdict(config, hooks, arch, qemu, firmware, identity) {
   const hooked = hooks.assumeKvm;
-  const device = hooked ? void 0 : kvmDeviceProblem(hooks.kvmDevice);
+  const device = hooked ? void 0 : await openKvmDevice({ device: hooks.kvmDevice ?? "/dev/kvm", fix: config.kvmFixPermissions, sudo: "sudo", rulesFile: KVM_RULES_FILE });
   if (device) return { usable: false, reason: device, source: "device" };
   if (config.kvm === "auto") {
     const rec = readVerdict(config.cacheDir, identity);
     if (rec) {
-      const file = path7.join(config.cacheDir, CacheFiles.kvmVerdicts);
+      const file = path6.join(config.cacheDir, CacheFiles.kvmVerdicts);
       return { usable: rec.usable, source: "record", reason: `${rec.reason} (recorded ${rec.at} by the ${rec.source} for ${identity}; delete ${file} to try KVM again)` };
     }
   }
@@ -22919,7 +23095,97 @@ import * as path8 from "node:path";
 import { spawn as spawn3 } from "node:child_process";
 import * as http from "node:http";
 import * as https from "node:https";
+import * as net2 from "node:net";
 import { pipeline } from "node:stream/promises";
+import * as tls from "node:tls";
+
+// src/proxy.ts
+import * as fs9 from "node:fs";
+import * as path7 from "node:path";
+var GUEST_HOST_ADDRESS = "10.0.2.2";
+function runnerProxy(env = process.env) {
+  const p = {
+    http: env.http_proxy || env.HTTP_PROXY || void 0,
+    https: env.https_proxy || env.HTTPS_PROXY || void 0,
+    no: env.no_proxy || env.NO_PROXY || void 0
+  };
+  return p.http || p.https ? p : void 0;
+}
+function guestProxy(p) {
+  const rewrite = (u) => {
+    if (!u) return u;
+    try {
+      const url = new URL(/^[a-z]+:\/\//i.test(u) ? u : `http://${u}`);
+      if (url.hostname === "localhost" || url.hostname.startsWith("127.") || url.hostname === "[::1]") url.hostname = GUEST_HOST_ADDRESS;
+      return url.toString().replace(/\/$/, "");
+    } catch {
+      return u;
+    }
+  };
+  return { http: rewrite(p.http), https: rewrite(p.https), no: p.no };
+}
+var APT_CONF = "/etc/apt/apt.conf.d/95ryra-vm-proxy";
+var DNF_CONF = "/etc/dnf/dnf.conf";
+function proxyFiles(p, manager) {
+  const g = guestProxy(p);
+  const env = [
+    ...g.http ? [`http_proxy=${g.http}`, `HTTP_PROXY=${g.http}`] : [],
+    ...g.https ? [`https_proxy=${g.https}`, `HTTPS_PROXY=${g.https}`] : [],
+    ...g.no ? [`no_proxy=${g.no}`, `NO_PROXY=${g.no}`] : []
+  ];
+  const files = [{ path: "/etc/environment", content: env.join("\n") + "\n" }];
+  if (manager === "apt") {
+    const lines = [...g.http ? [`Acquire::http::Proxy "${g.http}";`] : [], ...g.https ? [`Acquire::https::Proxy "${g.https}";`] : []];
+    files.push({ path: APT_CONF, content: lines.join("\n") + "\n" });
+  } else {
+    files.push({ path: DNF_CONF, content: `proxy=${g.https ?? g.http}
+` });
+  }
+  return files;
+}
+var q = (s) => `'${s.replaceAll("'", `'\\''`)}'`;
+function proxySetupCommand(p, manager) {
+  return proxyFiles(p, manager).map((f) => f.path === APT_CONF ? `printf %s ${q(f.content)} | sudo tee ${f.path} >/dev/null` : `printf %s ${q(f.content)} | sudo tee -a ${f.path} >/dev/null`).join(" && ");
+}
+var PROXY_CLEANUP = `sudo rm -f ${APT_CONF}; sudo sed -i -E '/^(http|https|no|HTTP|HTTPS|NO)_(proxy|PROXY)=/d' /etc/environment; [ ! -f ${DNF_CONF} ] || sudo sed -i '/^proxy=/d' ${DNF_CONF}; true`;
+var LOCAL_CA_DIRS = ["/usr/local/share/ca-certificates", "/etc/pki/ca-trust/source/anchors"];
+function runnerCAs(dirs = LOCAL_CA_DIRS) {
+  const pems = /* @__PURE__ */ new Set();
+  for (const dir of dirs) {
+    let files = [];
+    try {
+      files = fs9.readdirSync(dir, { recursive: true });
+    } catch {
+      continue;
+    }
+    for (const f of files.filter((n) => /\.(crt|pem)$/.test(n))) {
+      const text = fs9.readFileSync(path7.join(dir, f), "utf8");
+      for (const m of text.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)) pems.add(m[0]);
+    }
+  }
+  return [...pems];
+}
+var GUEST_CA_FILE = "/usr/local/share/ca-certificates/ryra-vm-runner.crt";
+var BUNDLE = "/etc/ssl/certs/ca-certificates.crt";
+function caSetupScript(pems) {
+  const body = pems.join("\n") + "\n";
+  return [
+    `cat > ${GUEST_CA_FILE} <<'RYRA_CA'
+${body}RYRA_CA`,
+    `[ -f ${BUNDLE} ] && cat ${GUEST_CA_FILE} >> ${BUNDLE}`,
+    `sed -i '/^NODE_EXTRA_CA_CERTS=/d' /etc/environment && echo NODE_EXTRA_CA_CERTS=${GUEST_CA_FILE} >> /etc/environment`,
+    ""
+  ].join("\n");
+}
+var CA_CLEANUP = `if [ -f ${GUEST_CA_FILE} ]; then sudo rm -f ${GUEST_CA_FILE}; sudo sed -i '/^NODE_EXTRA_CA_CERTS=/d' /etc/environment; command -v update-ca-certificates >/dev/null && sudo update-ca-certificates --fresh >/dev/null 2>&1; fi; true`;
+function runnerSeed(manager, extraFiles = []) {
+  const proxy = runnerProxy();
+  const cas = runnerCAs();
+  const files = [...proxy ? proxyFiles(proxy, manager) : [], ...extraFiles];
+  return { ...files.length ? { files } : {}, ...cas.length ? { bootcmd: [caSetupScript(cas)] } : {} };
+}
+
+// src/cache/oci.ts
 var OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 var NAME_RE = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
 function isLoopback(hostname) {
@@ -22929,7 +23195,8 @@ function isLoopback(hostname) {
 function parseRegistryRef(value) {
   const m = /^(?:(https?):\/\/)?([^/\s]+)\/([^\s]+?)\/?$/.exec(value.trim());
   if (!m) throw new Error("expected HOST/REPOSITORY, such as ghcr.io/OWNER/ryra-vm-layers");
-  const [, scheme0, host0, name] = m;
+  const [, scheme0, host0, given] = m;
+  const name = given.toLowerCase();
   let url;
   try {
     url = new URL(`http://${host0}`);
@@ -22937,7 +23204,7 @@ function parseRegistryRef(value) {
     throw new Error(`${host0} is not a host name`);
   }
   if (url.username || url.password || url.host !== host0.toLowerCase()) throw new Error(`${host0} is not a host name (no credentials in it: use registry-token)`);
-  if (!NAME_RE.test(name)) throw new Error(`repository ${name}: lowercase letters and digits, separated by . _ or -, parts joined by /`);
+  if (!NAME_RE.test(name)) throw new Error(`repository ${given}: letters and digits (taken in lowercase), separated by . _ or -, parts joined by /`);
   const loop = isLoopback(url.hostname);
   const scheme = scheme0 ?? (loop ? "http" : "https");
   if (scheme === "http" && !loop) throw new Error("plain http is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https");
@@ -22950,6 +23217,101 @@ var RegistryError = class extends Error {
   }
   kind;
   name = "RegistryError";
+};
+var unbracket = (host) => host.replace(/^\[|\]$/g, "");
+function noProxy(hostname, list2) {
+  const host = unbracket(hostname).toLowerCase().replace(/\.$/, "");
+  const value = (list2 ?? "").trim();
+  if (value === "*") return true;
+  const ipType = net2.isIP(host);
+  for (const raw of value.split(/[\s,]+/)) {
+    const token = raw.toLowerCase().replace(/^\./, "").replace(/^\[|\](?=\/|$)/g, "");
+    if (!token) continue;
+    if (ipType) {
+      const [ip, bits] = token.split("/");
+      if (bits === void 0 ? ip === host : net2.isIP(ip) === ipType && /^\d+$/.test(bits) && cidrHas(ip, Number(bits), host, ipType)) return true;
+    } else if (host === token || host.endsWith(`.${token}`)) return true;
+  }
+  return false;
+}
+function cidrHas(ip, bits, host, type) {
+  const family = type === 4 ? "ipv4" : "ipv6";
+  if (bits > (type === 4 ? 32 : 128)) return false;
+  const list2 = new net2.BlockList();
+  list2.addSubnet(ip, bits, family);
+  return list2.check(host, family);
+}
+function proxyFor(url, p) {
+  const value = url.protocol === "https:" ? p?.https : p?.http;
+  if (!value || noProxy(url.hostname, p?.no)) return void 0;
+  let proxy;
+  try {
+    proxy = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(value) ? value : `http://${value}`);
+  } catch {
+    throw new RegistryError(`the proxy ${value} (${url.protocol === "https:" ? "https_proxy" : "http_proxy"}) is not a URL`, "unreachable");
+  }
+  if (proxy.protocol !== "http:" && proxy.protocol !== "https:") throw new RegistryError(`the proxy ${proxy.protocol}//${proxy.host} is not an http or https proxy, which the registry client needs`, "unreachable");
+  return proxy;
+}
+function proxyAuthorization(proxy) {
+  if (!proxy.username && !proxy.password) return void 0;
+  return `Basic ${Buffer.from(`${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`).toString("base64")}`;
+}
+var proxyPort = (proxy) => Number(proxy.port) || (proxy.protocol === "https:" ? 443 : 80);
+var TunnelAgent = class extends https.Agent {
+  constructor(proxy, connectMs, opts = {}) {
+    super(opts);
+    this.proxy = proxy;
+    this.connectMs = connectMs;
+  }
+  proxy;
+  connectMs;
+  // Node's Agent takes the socket from the callback when createConnection returns nothing.
+  createConnection(options, cb) {
+    const host = options.host ?? "localhost";
+    const target = `${net2.isIPv6(host) ? `[${host}]` : host}:${options.port ?? 443}`;
+    const proxyHost = unbracket(this.proxy.hostname);
+    const viaTls = this.proxy.protocol === "https:";
+    const raw = viaTls ? tls.connect({ host: proxyHost, port: proxyPort(this.proxy), servername: net2.isIP(proxyHost) ? void 0 : proxyHost, ALPNProtocols: ["http/1.1"] }) : net2.connect({ host: proxyHost, port: proxyPort(this.proxy) });
+    let done = false;
+    const finish = (err, socket) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      raw.off("readable", read);
+      if (err) raw.destroy();
+      cb?.(err, socket);
+    };
+    const timer = setTimeout(() => finish(new RegistryError(`no tunnel through the proxy ${this.proxy.host} to ${target} within ${this.connectMs / 1e3} s`, "unreachable")), this.connectMs);
+    raw.on("error", (err) => finish(asRegistryError(err)));
+    raw.once("end", () => finish(new RegistryError(`the proxy ${this.proxy.host} closed the connection before it answered CONNECT ${target}`, "unreachable")));
+    const auth = proxyAuthorization(this.proxy);
+    raw.write(`CONNECT ${target} HTTP/1.1\r
+Host: ${target}\r
+${auth ? `Proxy-Authorization: ${auth}\r
+` : ""}\r
+`);
+    let head = Buffer.alloc(0);
+    const read = () => {
+      for (let b = raw.read(); b; b = raw.read()) {
+        head = Buffer.concat([head, b]);
+        const end2 = head.indexOf("\r\n\r\n");
+        if (end2 < 0) {
+          if (head.length > 64 << 10) finish(new RegistryError(`the proxy ${this.proxy.host} answered CONNECT ${target} with over 64 KiB of headers`, "unreachable"));
+          continue;
+        }
+        const status = head.subarray(0, head.indexOf("\r\n")).toString("latin1");
+        if (!/^HTTP\/1\.[01] 200(?: |$)/.test(status)) {
+          const kind = / 407 /.test(status) ? "auth" : "unreachable";
+          return finish(new RegistryError(`the proxy ${this.proxy.host} refused CONNECT ${target}: ${status.slice(0, 200)}${kind === "auth" ? " (check the credentials in the proxy URL)" : ""}`, kind));
+        }
+        if (end2 + 4 < head.length) raw.unshift(head.subarray(end2 + 4));
+        return finish(null, tls.connect({ ...options, socket: raw }));
+      }
+    };
+    raw.on("readable", read);
+    return void 0;
+  }
 };
 var CURL_NET = /* @__PURE__ */ new Set([5, 6, 7, 18, 28, 35, 52, 55, 56]);
 var NET_CODES = /* @__PURE__ */ new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "ECONNABORTED", "ERR_STREAM_PREMATURE_CLOSE", "UND_ERR_SOCKET"]);
@@ -22998,6 +23360,10 @@ var OciClient = class {
   password;
   /** The Authorization header that worked, per scope asked for. */
   auth = /* @__PURE__ */ new Map();
+  proxy;
+  agentOpts;
+  /** Agents through a proxy, per proxy and kind (forwarding http, tunnelling https). */
+  proxyAgents = /* @__PURE__ */ new Map();
   constructor(ref, opts = {}) {
     this.ref = typeof ref === "string" ? parseRegistryRef(ref) : ref;
     this.base = `${this.ref.scheme}://${this.ref.host}`;
@@ -23006,14 +23372,29 @@ var OciClient = class {
     const agentOpts = { keepAlive: true, maxSockets: opts.maxSockets ?? 8 };
     this.agent = this.ref.scheme === "https" ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
     this.otherAgent = new https.Agent(agentOpts);
+    this.agentOpts = agentOpts;
+    this.proxy = opts.proxy ?? runnerProxy();
     const t = opts.token?.trim() || void 0;
     const colon = t ? t.indexOf(":") : -1;
     this.user = t && colon > 0 ? t.slice(0, colon) : "ryra-vm";
     this.password = t && colon > 0 ? t.slice(colon + 1) : t;
   }
+  proxyAgent(proxy, kind, make) {
+    const key = `${kind} ${proxy.href}`;
+    let agent = this.proxyAgents.get(key);
+    if (!agent) this.proxyAgents.set(key, agent = make());
+    return agent;
+  }
+  /** curl's environment: the same proxy settings as node:http's, in the lowercase names curl reads (it ignores HTTP_PROXY). */
+  curlEnv() {
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(?:all|https?|no|ftp|socks\d?)_proxy$/i.test(k)));
+    const p = this.proxy;
+    return { ...env, ...p?.http ? { http_proxy: p.http } : {}, ...p?.https ? { https_proxy: p.https } : {}, ...p?.no ? { no_proxy: p.no } : {} };
+  }
   close() {
     this.agent.destroy();
     this.otherAgent.destroy();
+    for (const a of this.proxyAgents.values()) a.destroy();
   }
   url(p) {
     return new URL(`${this.base}/v2/${this.ref.name}/${p}`);
@@ -23025,14 +23406,38 @@ var OciClient = class {
     }
     return new Promise((resolve7, reject) => {
       let bound;
-      const mod = url.protocol === "https:" ? https : http;
-      const agent = url.host === this.ref.host ? this.agent : url.protocol === "https:" ? this.otherAgent : void 0;
-      const req = mod.request(url, { method, headers, agent, signal });
+      let proxy;
+      try {
+        proxy = proxyFor(url, this.proxy);
+      } catch (err) {
+        return reject(err);
+      }
+      let req;
+      if (!proxy) {
+        const mod = url.protocol === "https:" ? https : http;
+        const agent = url.host === this.ref.host ? this.agent : url.protocol === "https:" ? this.otherAgent : void 0;
+        req = mod.request(url, { method, headers, agent, signal });
+      } else if (url.protocol === "http:") {
+        const auth = proxyAuthorization(proxy);
+        const agent = this.proxyAgent(proxy, "forward", () => proxy.protocol === "https:" ? new https.Agent(this.agentOpts) : new http.Agent(this.agentOpts));
+        req = (proxy.protocol === "https:" ? https : http).request({
+          protocol: proxy.protocol,
+          host: unbracket(proxy.hostname),
+          port: proxyPort(proxy),
+          path: url.href,
+          method,
+          headers: { ...headers, host: url.host, ...auth ? { "proxy-authorization": auth } : {} },
+          agent,
+          signal
+        });
+      } else {
+        req = https.request(url, { method, headers, agent: this.proxyAgent(proxy, "tunnel", () => new TunnelAgent(proxy, this.connectMs, this.agentOpts)), signal });
+      }
       let connectTimer;
       req.on("socket", (s) => {
         if (!s.connecting) return;
         connectTimer = setTimeout(() => {
-          bound = new RegistryError(`no connection to ${url.host} within ${this.connectMs / 1e3} s`, "unreachable");
+          bound = new RegistryError(`no connection to ${proxy ? `the proxy ${proxy.host} (for ${url.host})` : url.host} within ${this.connectMs / 1e3} s`, "unreachable");
           req.destroy(bound);
         }, this.connectMs);
         s.once("connect", () => clearTimeout(connectTimer));
@@ -23044,7 +23449,9 @@ var OciClient = class {
       const why = () => bound;
       req.on("error", (err) => {
         clearTimeout(connectTimer);
-        reject(asRegistryError(err, { why }));
+        const e = asRegistryError(err, { why });
+        if (proxy && !bound && e instanceof RegistryError) e.message += ` (through the proxy ${proxy.host})`;
+        reject(e);
       });
       req.on("response", (res) => {
         clearTimeout(connectTimer);
@@ -23203,9 +23610,9 @@ var OciClient = class {
     const q2 = (v) => `"${v.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
     const config = [`url = ${q2(url.href)}`, 'header = "User-Agent: ryra-vm"', ...auth ? [`header = ${q2(`Authorization: ${auth}`)}`] : []].join("\n") + "\n";
     const stallS = Math.max(1, Math.round(this.stallMs / 1e3));
-    const args = ["-q", "--config", "-", "--silent", "--show-error", "--fail", "--location", "--max-redirs", "5", "--proto", this.ref.scheme === "https" ? "=https" : "=http,https", "--proto-redir", "=https", "--noproxy", "*"];
+    const args = ["-q", "--config", "-", "--silent", "--show-error", "--fail", "--location", "--max-redirs", "5", "--proto", this.ref.scheme === "https" ? "=https" : "=http,https", "--proto-redir", "=https"];
     args.push("--connect-timeout", String(this.connectMs / 1e3), "--speed-limit", "1", "--speed-time", String(stallS));
-    const child = spawn3("curl", args, { stdio: ["pipe", out, "pipe"], signal });
+    const child = spawn3("curl", args, { stdio: ["pipe", out, "pipe"], signal, env: this.curlEnv() });
     let stderr = "";
     child.stderr.on("data", (d) => (stderr += d).length > 4e3 && (stderr = stderr.slice(-2e3)));
     child.stdin.on("error", () => {
@@ -23329,6 +23736,7 @@ var INPUT_DEFAULTS = {
   [Inputs.Cpus]: "2",
   [Inputs.Browser]: "false",
   [Inputs.Kvm]: "auto",
+  [Inputs.KvmFixPermissions]: "auto",
   [Inputs.Redownload]: "false",
   [Inputs.Snapshot]: "true",
   [Inputs.Cache]: "true",
@@ -23474,6 +23882,7 @@ function parseConfig(get, host = currentHost()) {
   const memoryMb = integer(Inputs.Memory, raw(Inputs.Memory), MIN_MEMORY_MB, MAX_MEMORY_MB, " of MiB");
   const cpus = integer(Inputs.Cpus, raw(Inputs.Cpus), 1, MAX_CPUS);
   const kvm = oneOf(Inputs.Kvm, raw(Inputs.Kvm), ["auto", "true", "false"]);
+  const kvmFix = oneOf(Inputs.KvmFixPermissions, raw(Inputs.KvmFixPermissions), ["auto", "true", "false"]);
   const crossArch = arch !== host.arch;
   if (crossArch && kvm === "true") {
     throw new InputError(
@@ -23506,6 +23915,8 @@ function parseConfig(get, host = currentHost()) {
     cpus,
     browser: bool(Inputs.Browser, raw(Inputs.Browser)),
     kvm,
+    // A self-hosted runner's system is its owner's: `auto` changes it only where GitHub hosts it.
+    kvmFixPermissions: kvmFix === "auto" ? host.env.RUNNER_ENVIRONMENT === "github-hosted" : kvmFix === "true",
     redownload: bool(Inputs.Redownload, raw(Inputs.Redownload)),
     snapshot: bool(Inputs.Snapshot, raw(Inputs.Snapshot)),
     cache: bool(Inputs.Cache, raw(Inputs.Cache)),
@@ -23535,7 +23946,7 @@ function parseConfig(get, host = currentHost()) {
 // src/vm/ssh.ts
 import * as crypto from "node:crypto";
 import * as fs10 from "node:fs";
-import * as net2 from "node:net";
+import * as net3 from "node:net";
 var import_ssh2 = __toESM(require_lib3(), 1);
 var { Client, utils } = import_ssh2.default;
 var SshConnectionError = class extends Error {
@@ -23550,10 +23961,22 @@ function generateKeyPair(comment = "ryra-vm") {
   const der = crypto.generateKeyPairSync("ed25519", { publicKeyEncoding: { type: "spki", format: "der" }, privateKeyEncoding: { type: "pkcs8", format: "der" } });
   const pub = Buffer.from(derTail(der.publicKey, SPKI_ED25519));
   const seed = Buffer.from(derTail(der.privateKey, PKCS8_ED25519));
-  const pair = { privateKey: openSshPrivateKey(pub, seed, comment), publicKey: `ssh-ed25519 ${publicBlob(pub).toString("base64")}${comment ? ` ${comment}` : ""}` };
+  return checkedPair(pub, seed, comment, crypto.randomBytes(4));
+}
+function checkedPair(pub, seed, comment, check) {
+  const pair = { privateKey: openSshPrivateKey(pub, seed, comment, check), publicKey: `ssh-ed25519 ${publicBlob(pub).toString("base64")}${comment ? ` ${comment}` : ""}` };
   const bad2 = keyProblem(pair.publicKey);
   if (bad2) throw new Error(`made a broken SSH key: ${bad2}`);
   return pair;
+}
+var HOST_KEY_INFO = "ryra-vm guest ssh host key v1";
+function hostKeyFor(key) {
+  const parsed = checkedKey(key.privateKey);
+  if (!parsed.key || !parsed.key.isPrivateKey()) throw new Error(`cannot derive a host key: the SSH key is not an ed25519 private key (${parsed.problem ?? "a public key"})`);
+  const pkcs8 = crypto.createPrivateKey(parsed.key.getPrivatePEM()).export({ type: "pkcs8", format: "der" });
+  const seed = Buffer.from(crypto.hkdfSync("sha256", derTail(pkcs8, PKCS8_ED25519), Buffer.alloc(0), HOST_KEY_INFO, 32));
+  const spki = crypto.createPublicKey(crypto.createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, seed]), format: "der", type: "pkcs8" })).export({ type: "spki", format: "der" });
+  return checkedPair(derTail(spki, SPKI_ED25519), seed, "ryra-vm host key", crypto.createHash("sha256").update(seed).digest().subarray(0, 4));
 }
 var SPKI_ED25519 = Buffer.from("302a300506032b6570032100", "hex");
 var PKCS8_ED25519 = Buffer.from("302e020100300506032b657004220420", "hex");
@@ -23573,8 +23996,7 @@ var uint32 = (n) => {
   return b;
 };
 var publicBlob = (pub) => Buffer.concat([sshString("ssh-ed25519"), sshString(pub)]);
-function openSshPrivateKey(pub, seed, comment) {
-  const check = crypto.randomBytes(4);
+function openSshPrivateKey(pub, seed, comment, check) {
   let secret = Buffer.concat([check, check, sshString("ssh-ed25519"), sshString(pub), sshString(Buffer.concat([seed, pub])), sshString(comment)]);
   const pad = (8 - secret.length % 8) % 8;
   secret = Buffer.concat([secret, Buffer.from(Array.from({ length: pad }, (_, i) => i + 1))]);
@@ -23627,8 +24049,16 @@ var SshClient = class _SshClient {
   get isClosed() {
     return this.closed;
   }
-  /** One connection attempt. A TCG guest's handshake alone takes 1.5-2.5 s, hence the ready timeout. */
+  /**
+   * One connection attempt. A TCG guest's handshake alone takes 1.5-2.5 s, hence the ready timeout.
+   * A server whose host key is not `target.hostKey` is refused with an SshHostKeyError (ssh2 checks
+   * that the server signed the handshake with the key it presents).
+   */
   static connect(target, readyTimeoutMs = 3e4) {
+    const expected = checkedKey(target.hostKey);
+    if (!expected.key) return Promise.reject(new Error(`cannot check the SSH host key of 127.0.0.1:${target.port}: the expected key is ${expected.problem}`));
+    const want = expected.key.getPublicSSH();
+    let presented;
     return new Promise((resolve7, reject) => {
       const conn = new Client();
       let settled = false;
@@ -23636,7 +24066,7 @@ var SshClient = class _SshClient {
         if (settled) return;
         settled = true;
         conn.end();
-        reject(err);
+        reject(presented && !presented.equals(want) ? new SshHostKeyError(target, presented) : err);
       });
       conn.once("ready", () => {
         settled = true;
@@ -23655,8 +24085,10 @@ var SshClient = class _SshClient {
         readyTimeout: readyTimeoutMs,
         keepaliveInterval: 1e4,
         keepaliveCountMax: 6,
-        // Guests are fresh VMs whose host keys are made at first boot: nothing to pin them to.
-        hostVerifier: () => true
+        hostVerifier: (key) => {
+          presented = Buffer.from(key);
+          return presented.equals(want);
+        }
       });
     });
   }
@@ -23738,7 +24170,7 @@ var SshClient = class _SshClient {
 };
 function sshBanner(port, timeoutMs, host = "127.0.0.1") {
   return new Promise((resolve7) => {
-    const s = net2.createConnection({ host, port });
+    const s = net3.createConnection({ host, port });
     const done = (ok) => {
       clearTimeout(t);
       s.destroy();
@@ -23750,6 +24182,19 @@ function sshBanner(port, timeoutMs, host = "127.0.0.1") {
     s.once("close", () => done(false));
   });
 }
+function fingerprint(blob) {
+  return `${blob.subarray(4, 4 + blob.readUInt32BE(0)).toString()} SHA256:${crypto.createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
+}
+var SshHostKeyError = class extends Error {
+  constructor(target, presented, final) {
+    super(
+      `refused 127.0.0.1:${target.port}: its SSH host key is ${fingerprint(presented)}, not the guest's ${fingerprint(checkedKey(target.hostKey).key.getPublicSSH())}` + (final ? `, and ${final}` : "") + ": it is not the VM this key was made for (a snapshot built before host keys were pinned, a guest whose host key was replaced, or another process on that port)"
+    );
+    this.presented = presented;
+  }
+  presented;
+  name = "SshHostKeyError";
+};
 var SshKeyRefusedError = class extends Error {
   name = "SshKeyRefusedError";
 };
@@ -23785,6 +24230,8 @@ async function waitForSsh(target, opts) {
       if (aborted) throw aborted;
       last = err;
       log.debug(`ssh 127.0.0.1:${target.port}: ${err.message}`);
+      const hostKeyFinal = err instanceof SshHostKeyError ? opts.refusalFinal?.() : void 0;
+      if (hostKeyFinal) throw new SshHostKeyError(target, err.presented, hostKeyFinal);
       const final = isKeyRefusal(err) ? opts.refusalFinal?.() : void 0;
       if (final) {
         throw new SshKeyRefusedError(
@@ -23799,7 +24246,7 @@ async function waitForSsh(target, opts) {
 }
 
 // src/layers/pipeline.ts
-import * as fs24 from "node:fs";
+import * as fs25 from "node:fs";
 import * as path21 from "node:path";
 
 // src/cache/actions.ts
@@ -23920,10 +24367,11 @@ var Worker = class {
     this.child = void 0;
   }
 };
-var successorOf = (key, matched) => {
-  if (matched.toLowerCase() === key.toLowerCase()) return `${key}-r1`;
-  const n = /^-r(\d+)$/i.exec(matched.slice(key.length));
-  return matched.toLowerCase().startsWith(key.toLowerCase()) && n ? `${key}-r${Number(n[1]) + 1}` : void 0;
+var sameKey = (a, b) => a.toLowerCase() === b.toLowerCase();
+var successorNumber = (key, matched) => {
+  if (sameKey(matched, key)) return 0;
+  const n = /^-r([1-9]\d{0,8})$/i.exec(matched.slice(key.length));
+  return matched.toLowerCase().startsWith(key.toLowerCase()) && n ? Number(n[1]) : void 0;
 };
 function actionsCache(timeouts = cacheTimeouts()) {
   const worker = new Worker();
@@ -23945,39 +24393,49 @@ function actionsCache(timeouts = cacheTimeouts()) {
     return o;
   };
   const matched = /* @__PURE__ */ new Map();
-  const refusedKeys = /* @__PURE__ */ new Set();
-  const ours = (key, m) => !!m && (m.toLowerCase() === key.toLowerCase() || !!successorOf(key, m));
+  const newest = /* @__PURE__ */ new Map();
+  const refusedEntry = /* @__PURE__ */ new Map();
+  const lookupKeys = (key) => refusedEntry.has(key) ? [`${key}-r`] : [key];
+  const usable = (key, m) => {
+    if (!m) return false;
+    const n = successorNumber(key, m);
+    if (n !== void 0) newest.set(key, Math.max(newest.get(key) ?? 0, n));
+    const gone = refusedEntry.get(key);
+    return gone === void 0 ? n === 0 : !!n && !sameKey(m, gone);
+  };
   return {
     label: "Actions cache",
+    successors: true,
     get on() {
       return !off;
     },
     async restore(key, paths, dir, { maxBytes }) {
-      const keys = [`${key}-r`, key];
+      const keys = lookupKeys(key);
       const hit = await call({ op: "lookup", dir, paths, key, keys }, timeouts.lookupMs);
       if (!hit || hit.timedOut) return "miss";
       const problem = describe(hit, "lookup", key);
       if (problem) log.warning(`Actions cache: ${problem}; building instead`);
-      if (!ours(key, hit.matchedKey)) return "miss";
+      if (!usable(key, hit.matchedKey)) return "miss";
       matched.set(key, hit.matchedKey);
+      if (!sameKey(hit.matchedKey, key)) log.info(`  cache: ${key} held a refused entry; restoring its successor ${hit.matchedKey}`);
       const o = await call({ op: "restore", dir, paths, key, keys, maxBytes }, timeouts.transferMs);
       if (!o || o.timedOut) return "miss";
       if (o.refused) return `refused: ${o.refused}`;
       const p2 = describe(o, "restore", key);
       if (p2) log.warning(`Actions cache: ${p2}`);
-      return ours(key, o.matchedKey) ? "restored" : "failed";
+      return o.matchedKey && sameKey(o.matchedKey, hit.matchedKey) ? "restored" : "failed";
     },
     refused(key) {
-      refusedKeys.add(key);
+      refusedEntry.set(key, matched.get(key) ?? key);
     },
     async has(key, paths) {
-      if (refusedKeys.has(key)) return false;
-      const hit = await call({ op: "lookup", dir: process.cwd(), paths, key, keys: [`${key}-r`, key] }, timeouts.lookupMs);
+      const hit = await call({ op: "lookup", dir: process.cwd(), paths, key, keys: lookupKeys(key) }, timeouts.lookupMs);
       if (!hit || hit.timedOut || hit.error) return void 0;
-      return ours(key, hit.matchedKey);
+      return usable(key, hit.matchedKey);
     },
     async save(key, paths, dir) {
-      const as = refusedKeys.has(key) ? successorOf(key, matched.get(key) ?? key) ?? `${key}-r1` : key;
+      const gone = refusedEntry.get(key);
+      const as = gone === void 0 ? key : `${key}-r${Math.max(newest.get(key) ?? 0, successorNumber(key, gone) ?? 0) + 1}`;
       if (as !== key) log.info(`  cache: ${key} holds a refused entry; saving as ${as}`);
       try {
         const o = await call({ op: "save", dir, paths, key: as }, timeouts.transferMs);
@@ -24210,38 +24668,95 @@ async function pushLayer(client2, key, files, dir, opts = {}) {
 var LayerMismatch = class extends Error {
   name = "LayerMismatch";
 };
-var DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+var DIGEST_RE2 = /^sha256:[0-9a-f]{64}$/;
+var isObject2 = (v) => !!v && typeof v === "object" && !Array.isArray(v);
+var show = (v) => (JSON.stringify(v) ?? String(v)).slice(0, 120);
 function planPull(m, key, files, maxBytes) {
-  if (m.mediaType !== OCI_MANIFEST || m.artifactType !== ARTIFACT_TYPE || !m.config || !Array.isArray(m.layers)) throw new LayerMismatch(`not a ryra-vm layer artifact (artifactType ${m.artifactType})`);
-  if (m.annotations?.[Annotations.key] !== key) throw new LayerMismatch(`the tag holds another key (${m.annotations?.[Annotations.key]})`);
-  const want = new Set(files);
+  files.forEach((f, i) => {
+    if (!isPlainName(f) || files.indexOf(f) !== i) throw new Error(`planned file ${show(f)} is not a plain file name, or is named twice`);
+  });
+  const refuse = (why) => {
+    throw new LayerMismatch(why);
+  };
+  if (!isObject2(m) || m.mediaType !== OCI_MANIFEST || m.artifactType !== ARTIFACT_TYPE || !isObject2(m.config) || !Array.isArray(m.layers)) {
+    refuse(`not a ryra-vm layer artifact (mediaType ${show(isObject2(m) ? m.mediaType : m)}, artifactType ${show(isObject2(m) ? m.artifactType : void 0)})`);
+  }
+  if (!isObject2(m.annotations) || m.annotations[Annotations.key] !== key) refuse(`the tag holds another key (${show(isObject2(m.annotations) ? m.annotations[Annotations.key] : void 0)})`);
+  const descriptor = (d, at) => {
+    if (typeof d.digest !== "string" || !DIGEST_RE2.test(d.digest)) refuse(`${at} digest ${show(d.digest)} is not a sha256 digest`);
+    if (!Number.isSafeInteger(d.size) || d.size < 0) refuse(`${at} size ${show(d.size)} is not a byte count`);
+    if (d.annotations !== void 0 && !isObject2(d.annotations)) refuse(`${at} annotations ${show(d.annotations)} are not an object`);
+    return d.annotations ?? {};
+  };
+  const entries = [];
+  let bytes = 0;
+  const configFile = files.findIndex((f) => f.endsWith(".manifest.json"));
+  const c = m.config;
+  const ca = descriptor(c, "config");
+  if (configFile >= 0) {
+    if (c.mediaType !== CONFIG_MEDIA_TYPE) refuse(`config media type ${show(c.mediaType)} is not ${CONFIG_MEDIA_TYPE} (the planned ${files[configFile]})`);
+    if (ca[Annotations.title] !== files[configFile]) refuse(`config title ${show(ca[Annotations.title])} is not the planned ${files[configFile]}`);
+    entries.push({ file: configFile, chunks: [{ chunk: 0, digest: c.digest, blobSize: c.size, offset: 0, size: c.size, sha256: c.digest.slice(7), compressed: false }] });
+    bytes += c.size;
+  } else if (c.mediaType !== EMPTY_CONFIG.mediaType || ca[Annotations.title] !== void 0) {
+    refuse(`config media type ${show(c.mediaType)}, title ${show(ca[Annotations.title])}: no manifest file is planned (${files.join(", ")}), so the config must be ${EMPTY_CONFIG.mediaType} without a title`);
+  }
   const byFile = /* @__PURE__ */ new Map();
-  const configTitle = m.config.mediaType === CONFIG_MEDIA_TYPE ? m.config.annotations?.[Annotations.title] : void 0;
-  for (const d of [m.config, ...m.layers]) if (!DIGEST_RE.test(d.digest) || !Number.isSafeInteger(d.size) || d.size < 0) throw new LayerMismatch(`a bad descriptor: ${JSON.stringify(d).slice(0, 200)}`);
-  for (const d of m.layers) {
-    const t = d.annotations?.[Annotations.title];
-    if (!t || !want.has(t) || t === configTitle) throw new LayerMismatch(`a blob for ${t ?? "no file"}, which is not one of ${files.join(", ")}`);
-    if (!byFile.has(t)) byFile.set(t, []);
-    byFile.get(t).push(d);
-  }
-  const got = /* @__PURE__ */ new Set([...byFile.keys(), ...configTitle ? [configTitle] : []]);
-  if (got.size !== want.size) throw new LayerMismatch(`it holds ${[...got].sort().join(", ")}, not ${[...want].sort().join(", ")}`);
-  for (const [f, ds] of byFile) {
-    ds.sort((a, b) => Number(a.annotations[Annotations.chunk]) - Number(b.annotations[Annotations.chunk]));
+  m.layers.forEach((d, n) => {
+    let at = `layer ${n}`;
+    if (!isObject2(d)) refuse(`${at} is not a descriptor`);
+    const a = descriptor(d, at);
+    const title = a[Annotations.title];
+    const i = typeof title === "string" ? files.indexOf(title) : -1;
+    if (i < 0) refuse(`${at} title ${show(title)} is not one of the planned files (${files.join(", ")})`);
+    if (i === configFile) refuse(`${at} title ${show(title)} names the planned manifest file, which is the config (each planned file comes once)`);
+    at = `${at} (${files[i]})`;
+    if (d.mediaType !== FILE_MEDIA_TYPE && d.mediaType !== FILE_MEDIA_TYPE_ZSTD) refuse(`${at} media type ${show(d.mediaType)} is not ${FILE_MEDIA_TYPE} or ${FILE_MEDIA_TYPE_ZSTD}`);
+    const count = (field) => {
+      const v = a[Annotations[field]];
+      if (typeof v !== "string" || !/^(?:0|[1-9][0-9]{0,15})$/.test(v) || !Number.isSafeInteger(Number(v))) refuse(`${at} annotation ${Annotations[field]} ${show(v)} is not a whole number`);
+      return Number(v);
+    };
+    const chunk = {
+      chunk: count("chunk"),
+      digest: d.digest,
+      blobSize: d.size,
+      offset: count("offset"),
+      size: count("size"),
+      sha256: String(a[Annotations.sha256]),
+      compressed: a[Annotations.compressed] === "true"
+    };
+    const fileSize = count("fileSize");
+    if (!/^[0-9a-f]{64}$/.test(chunk.sha256) || typeof a[Annotations.sha256] !== "string") refuse(`${at} annotation ${Annotations.sha256} ${show(a[Annotations.sha256])} is not a sha256`);
+    if (a[Annotations.compressed] !== String(d.mediaType === FILE_MEDIA_TYPE_ZSTD)) refuse(`${at} annotation ${Annotations.compressed} ${show(a[Annotations.compressed])} disagrees with its media type ${d.mediaType}`);
+    if (chunk.compressed) {
+      if (d.size > chunk.size + Math.floor(chunk.size / 64) + 4096) refuse(`${at} size ${d.size} is more than a zstd blob of its ${Annotations.size} ${chunk.size} can be`);
+    } else {
+      if (d.size !== chunk.size) refuse(`${at} size ${d.size} disagrees with its ${Annotations.size} ${chunk.size}`);
+      if (d.digest !== `sha256:${chunk.sha256}`) refuse(`${at} digest ${d.digest} disagrees with its ${Annotations.sha256} ${chunk.sha256}`);
+    }
+    if (!byFile.has(i)) byFile.set(i, []);
+    byFile.get(i).push({ chunk, fileSize, at });
+  });
+  files.forEach((f, i) => {
+    if (i === configFile) return;
+    const cs = byFile.get(i);
+    if (!cs) return refuse(`it holds no blob for the planned ${f} (it holds ${[...byFile.keys()].map((k) => files[k]).join(", ") || "none"})`);
+    cs.sort((x, y) => x.chunk.chunk - y.chunk.chunk);
+    const fileSize = cs[0].fileSize;
     let offset = 0;
-    const fileSize = Number(ds[0].annotations[Annotations.fileSize]);
-    ds.forEach((d, i) => {
-      const a = d.annotations;
-      const size = Number(a[Annotations.size]);
-      const ok = Number(a[Annotations.chunk]) === i && Number(a[Annotations.offset]) === offset && Number(a[Annotations.fileSize]) === fileSize && Number.isSafeInteger(size) && size >= 0 && /^[0-9a-f]{64}$/.test(a[Annotations.sha256] ?? "") && a[Annotations.compressed] === "true" === (d.mediaType === FILE_MEDIA_TYPE_ZSTD) && (d.mediaType === FILE_MEDIA_TYPE_ZSTD ? d.size <= size + (size >> 6) + 4096 : d.mediaType === FILE_MEDIA_TYPE && d.size === size);
-      if (!ok) throw new LayerMismatch(`${f}: chunk ${i} is inconsistent (${JSON.stringify(a).slice(0, 300)})`);
-      offset += size;
+    cs.forEach(({ chunk, fileSize: fs27, at }, k) => {
+      if (chunk.chunk !== k) refuse(`${at} annotation ${Annotations.chunk} ${chunk.chunk}: ${f} needs chunks 0 to ${cs.length - 1}, each once`);
+      if (chunk.offset !== offset) refuse(`${at} annotation ${Annotations.offset} ${chunk.offset} is not ${offset}, where chunk ${k} of ${f} starts`);
+      if (fs27 !== fileSize) refuse(`${at} annotation ${Annotations.fileSize} ${fs27} disagrees with chunk 0's ${fileSize}`);
+      offset += chunk.size;
     });
-    if (offset !== fileSize) throw new LayerMismatch(`${f}: chunks add up to ${offset} bytes, not ${fileSize}`);
-  }
-  const total = [...byFile.values()].reduce((n, ds) => n + Number(ds[0].annotations[Annotations.fileSize]), configTitle ? m.config.size : 0);
-  if (total > maxBytes) throw new LayerMismatch(`its files add up to ${total} bytes, more than a layer of this configuration holds (${maxBytes})`);
-  return { config: configTitle ? m.config : void 0, byFile };
+    if (offset !== fileSize) refuse(`${f}: chunks add up to ${offset} bytes, not its ${Annotations.fileSize} ${fileSize}`);
+    entries.push({ file: i, chunks: cs.map((x) => x.chunk) });
+    bytes += fileSize;
+  });
+  if (bytes > maxBytes) refuse(`its files add up to ${bytes} bytes, more than a layer of this configuration holds (${maxBytes})`);
+  return { files, entries, bytes };
 }
 async function hashAppended(fh, from, max, writing, what, signal) {
   let ended = false;
@@ -24296,24 +24811,24 @@ function unzstd(file, out, end2, what, signal) {
   });
 }
 async function pullChunk(client2, j, out, reader, staging, signal) {
-  if (fs12.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.d.annotations?.[Annotations.chunk] ?? 0} would land at ${fs12.fstatSync(out).size}, not ${j.offset}`);
+  if (fs12.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.chunk} would land at ${fs12.fstatSync(out).size}, not ${j.offset}`);
   const what = `${j.file} chunk at ${j.offset}`;
   let blob;
   let raw;
   const refuseBlob = (b) => {
-    if (b.bytes !== j.d.size || `sha256:${b.hex}` !== j.d.digest) throw new RegistryError(`blob ${j.d.digest} of ${j.file} arrived with sha256:${b.hex} (${b.bytes} bytes): refused`, "protocol");
+    if (b.bytes !== j.blobSize || `sha256:${b.hex}` !== j.digest) throw new RegistryError(`blob ${j.digest} of ${j.file} arrived with sha256:${b.hex} (${b.bytes} bytes): refused`, "protocol");
   };
   if (!j.compressed) {
-    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client2.curlBlob(j.d.digest, out, sig)), what, sig));
+    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client2.curlBlob(j.digest, out, sig)), what, sig));
     refuseBlob(blob);
   } else {
-    const tmp = path9.join(staging, `.pull-${j.d.digest.slice(7, 39)}.zst`);
+    const tmp = path9.join(staging, `.pull-${j.fileIndex}-${j.chunk}.zst`);
     const tmpOut = fs12.openSync(tmp, "wx");
     const tmpIn = await fs12.promises.open(tmp, "r").catch((err) => (fs12.closeSync(tmpOut), Promise.reject(err)));
     try {
-      blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.d.size, part(client2.curlBlob(j.d.digest, tmpOut, sig)), `blob ${j.d.digest}`, sig));
+      blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.blobSize, part(client2.curlBlob(j.digest, tmpOut, sig)), `blob ${j.digest}`, sig));
       refuseBlob(blob);
-      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.d.digest}`, sig)), what, sig));
+      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.digest}`, sig)), what, sig));
     } finally {
       fs12.closeSync(tmpOut);
       await tmpIn.close();
@@ -24336,21 +24851,13 @@ async function pullLayer(client2, key, files, staging, opts = {}, verified) {
     throw new LayerMismatch("its manifest is not JSON");
   }
   const plan = planPull(m, key, files, opts.maxBytes ?? Number.MAX_SAFE_INTEGER);
-  const perFile = [];
-  if (plan.config) {
-    const d = plan.config;
-    perFile.push({ file: d.annotations[Annotations.title], jobs: [{ file: d.annotations[Annotations.title], d, offset: 0, size: d.size, sha256: d.digest.slice(7), compressed: false }], bytes: d.size });
-  }
-  for (const [f, ds] of plan.byFile) {
-    const jobs = ds.map((d) => {
-      const a = d.annotations;
-      return { file: f, d, offset: Number(a[Annotations.offset]), size: Number(a[Annotations.size]), sha256: a[Annotations.sha256], compressed: a[Annotations.compressed] === "true" };
-    });
-    perFile.push({ file: f, jobs, bytes: jobs.reduce((n, j) => n + j.d.size, 0) });
-  }
+  const perFile = plan.entries.map(({ file: i, chunks }) => {
+    const file = plan.files[i];
+    return { file, jobs: chunks.map((c) => ({ ...c, file, fileIndex: i })), bytes: chunks.reduce((n, c) => n + c.blobSize, 0) };
+  });
   perFile.sort((a, b) => b.bytes - a.bytes);
   await eachLimit(perFile, opts.concurrency ?? 4, signal, async ({ file, jobs }, sig) => {
-    const target = path9.join(staging, file);
+    const target = plannedPath(staging, plan.files, file);
     const out = fs12.openSync(target, "wx");
     fs12.closeSync(out);
     const append = fs12.openSync(target, "a");
@@ -24379,6 +24886,7 @@ function registryTier(opts) {
   const client2 = new OciClient(ref, { token: opts.token, connectTimeoutMs: opts.connectTimeoutMs, stallMs: opts.stallMs, maxSockets: concurrency + 2 });
   const label = `registry ${ref.host}/${ref.name}`;
   const log2 = () => opts.logger ?? log;
+  if (/[A-Z]/.test(opts.repository)) log2().info(`registry ${opts.repository.trim()}: OCI repository names are lowercase, so it is used as ${ref.host}/${ref.name}`);
   const off = new AbortController();
   const transfer = { ...opts, concurrency, signal: off.signal };
   let pushRefused = false;
@@ -24399,6 +24907,7 @@ function registryTier(opts) {
       if (err instanceof RegistryError && err.kind !== "protocol") fail("sign-in", ref.host, err);
     }
   );
+  const replace = /* @__PURE__ */ new Set();
   return {
     label,
     client: client2,
@@ -24408,6 +24917,9 @@ function registryTier(opts) {
     prestart() {
       warm ??= warmUp();
     },
+    refused(key) {
+      replace.add(key);
+    },
     async restore(key, files, staging, { maxBytes, verified }) {
       await warm;
       if (off.signal.aborted) return "miss";
@@ -24416,15 +24928,17 @@ function registryTier(opts) {
         if (result === "restored") log2().info(`  ${label}: pulled ${key}: ${stats.blobs} blobs, ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1e3).toFixed(1)} s`);
         return result;
       } catch (err) {
-        for (const f of files) fs12.rmSync(path9.join(staging, f), { force: true });
+        for (const f of files.filter(isPlainName)) fs12.rmSync(plannedPath(staging, files, f), { force: true });
         verified?.clear();
         fail("restore", key, err);
+        if (err instanceof LayerMismatch) replace.add(key);
         return err instanceof LayerMismatch || off.signal.aborted ? "miss" : "failed";
       }
     },
     async has(key) {
       await warm;
       if (off.signal.aborted) return void 0;
+      if (replace.has(key)) return false;
       try {
         return await client2.manifestExists(tagFor(key), off.signal, "pull");
       } catch (err) {
@@ -24436,7 +24950,8 @@ function registryTier(opts) {
       await warm;
       if (off.signal.aborted || pushRefused) return "failed";
       try {
-        if (await client2.manifestExists(tagFor(key), off.signal, "pull,push")) return "exists";
+        if (replace.has(key)) log2().info(`  ${label}: ${key} holds a refused entry; pushing the rebuilt layer over it`);
+        else if (await client2.manifestExists(tagFor(key), off.signal, "pull,push")) return "exists";
         const stats = await pushLayer(client2, key, files, dir, transfer);
         log2().info(`  ${label}: pushed ${key}: ${stats.transferred} of ${stats.blobs} blobs sent (${stats.skipped} there already), ${mb(stats.wireBytes)} MiB in ${(stats.ms / 1e3).toFixed(1)} s`);
         return "saved";
@@ -24498,90 +25013,6 @@ function newJobId() {
 // src/record.ts
 import * as fs14 from "node:fs";
 import * as path11 from "node:path";
-
-// src/vm/spec.ts
-var TOKENS = {
-  disk: "{disk}",
-  efivars: "{efivars}",
-  sshPort: "{ssh-port}",
-  serialLog: "{serial-log}",
-  shareDir: "{share-dir}"
-};
-function opt(value) {
-  return value.replaceAll(",", ",,");
-}
-var NIC_MODEL = { aarch64: "", x86_64: "model=virtio-net-pci," };
-function recipe(layout, fixed, o = {}) {
-  if (layout.seed !== !!fixed.seedIso) throw new Error("layout.seed and the seed ISO disagree");
-  const cpuAt = layout.accel.args.indexOf("-cpu");
-  if (cpuAt < 0) throw new Error(`accelerator arguments without -cpu: ${layout.accel.args.join(" ")}`);
-  const fast = o.scratchDisk && layout.arch === "aarch64" && layout.accel.accel === "tcg" && layout.accel.args[cpuAt + 1] === "max";
-  const cpu = fast ? "max,pauth-impdef=on" : layout.accel.args[cpuAt + 1];
-  const accelRest = layout.accel.args.filter((_, i) => i !== cpuAt && i !== cpuAt + 1);
-  const argv = [
-    "-machine",
-    [layout.machine, ...layout.accel.machineProps].join(","),
-    "-cpu",
-    cpu,
-    "-m",
-    String(layout.memoryMb),
-    "-smp",
-    String(layout.cpus),
-    "-drive",
-    `if=pflash,format=${layout.firmwareFormat},file=${opt(fixed.efiCode)},readonly=on`,
-    "-drive",
-    `if=pflash,format=qcow2,file=${TOKENS.efivars}`,
-    // A build's throw-away disk (a failed build is discarded) skips the host's flushes; a snapshot's never.
-    "-drive",
-    `if=virtio,file=${TOKENS.disk},format=qcow2${o.scratchDisk ? ",cache=unsafe" : ""}`
-  ];
-  if (fixed.seedIso) argv.push("-drive", `if=virtio,file=${opt(fixed.seedIso)},format=raw,readonly=on`);
-  argv.push(
-    "-nic",
-    `user,${NIC_MODEL[layout.arch]}hostfwd=tcp:127.0.0.1:${TOKENS.sshPort}-:22`,
-    "-nographic",
-    "-serial",
-    `file:${TOKENS.serialLog}`
-  );
-  if (layout.shareTag) argv.push("-virtfs", `local,path=${TOKENS.shareDir},mount_tag=${layout.shareTag},security_model=none,readonly=on`);
-  argv.push(...accelRest);
-  return argv;
-}
-function fillRecipe(argv, v) {
-  if (v.serialLog.includes(",")) throw new Error(`the serial log path may not contain a comma: ${v.serialLog}`);
-  if (!/^\d+$/.test(v.sshPort)) throw new Error(`not a port: ${v.sshPort}`);
-  const values = {
-    [TOKENS.disk]: opt(v.disk),
-    [TOKENS.efivars]: opt(v.efivars),
-    [TOKENS.sshPort]: v.sshPort,
-    [TOKENS.serialLog]: v.serialLog,
-    [TOKENS.shareDir]: opt(v.shareDir)
-  };
-  return argv.map((a) => a.replace(/\{(disk|efivars|ssh-port|serial-log|share-dir)\}/g, (t) => values[t]));
-}
-function withForwards(argv, forwards) {
-  if (!forwards.length) return [...argv];
-  const at = argv.findIndex((a, i) => argv[i - 1] === "-nic" && a.startsWith("user,"));
-  if (at < 0) throw new Error(`the recipe has no -nic user line to add forwards to: ${argv.join(" ")}`);
-  const out = [...argv];
-  out[at] += forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.host}-:${f.guest}`).join("");
-  return out;
-}
-function controlArgs(o) {
-  return [
-    "-name",
-    opt(o.name),
-    "-qmp",
-    `unix:${opt(o.qmpSocket)},server=on,wait=off`,
-    "-monitor",
-    "none",
-    "-pidfile",
-    o.pidFile,
-    ...o.loadvm ? ["-loadvm", o.loadvm] : []
-  ];
-}
-
-// src/record.ts
 function restoreFrom(r, browser = false) {
   const snap = browser ? r.browserRestore : r.restore;
   if (!snap) throw new InputError(`the run record ${r.outputs.manifest} has no ${browser ? "browser " : ""}snapshot`);
@@ -24622,13 +25053,13 @@ function newestRecord(runtimeDir2, cacheDir) {
 function runRecord(o) {
   const { config, host, plan, results } = o;
   const at = (f) => path11.join(o.dir, f);
-  const snapshotRecord = (p, m, backing) => m?.layout && {
-    argv: recipe(m.layout, { efiCode: host.firmware.code, seedIso: at(p.files[2]) }),
+  const snapshotRecord = (p, m, backing) => m && p.layout && {
+    argv: recipe(p.layout, { efiCode: host.firmware.code, seedIso: at(p.files[2]) }),
     disk: at(p.files[0]),
     efivars: at(p.files[1]),
     seed: at(p.files[2]),
     backing: at(backing.files[0]),
-    layout: m.layout,
+    layout: p.layout,
     base: p.base,
     backingBase: backing.base
   };
@@ -24682,6 +25113,10 @@ function runRecord(o) {
   return { outputs, record: record2 };
 }
 
+// src/vm/boot.ts
+import * as fs18 from "node:fs";
+import * as path14 from "node:path";
+
 // src/vm/images.ts
 import * as fs15 from "node:fs";
 import * as path12 from "node:path";
@@ -24722,14 +25157,10 @@ function copyFile(src, dst) {
   fs15.copyFileSync(src, dst, fs15.constants.COPYFILE_FICLONE);
 }
 
-// src/vm/boot.ts
-import * as fs18 from "node:fs";
-import * as path14 from "node:path";
-
 // src/vm/machine.ts
 import { spawn as spawn6 } from "node:child_process";
 import * as fs16 from "node:fs";
-import * as net3 from "node:net";
+import * as net4 from "node:net";
 import * as os5 from "node:os";
 import * as path13 from "node:path";
 var GUEST_COMMAND_TIMEOUT_MS = 10 * 6e4;
@@ -24743,7 +25174,7 @@ var PANIC = /Kernel panic - not syncing:[^\r\n]*/;
 var CLOUD_INIT_FINISHED = /Cloud-init v\. \S+ finished at/;
 function freePort() {
   return new Promise((resolve7, reject) => {
-    const srv = net3.createServer();
+    const srv = net4.createServer();
     srv.once("error", reject);
     srv.listen(0, "127.0.0.1", () => {
       const port = srv.address().port;
@@ -24753,13 +25184,79 @@ function freePort() {
 }
 function logTail(file, lines = 25) {
   let text;
+  let fd;
   try {
-    text = fs16.readFileSync(file, "utf8");
+    fd = fs16.openSync(file, "r");
+    const size = fs16.fstatSync(fd).size;
+    const buf = Buffer.alloc(Math.min(size, 2 ** 20));
+    fs16.readSync(fd, buf, 0, buf.length, size - buf.length);
+    text = buf.toString("utf8");
   } catch {
     return "(no serial output)";
+  } finally {
+    if (fd !== void 0) fs16.closeSync(fd);
   }
   const clean = text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "").replace(/\x1b[()][A-Za-z0-9]/g, "").replace(/\r/g, "").replace(/[^\x09\x0a\x20-\x7e\u00a0-\uffff]/g, "");
   return clean.split("\n").filter((l) => l.trim()).slice(-lines).join("\n") || "(no serial output)";
+}
+var SERIAL_LOG_MAX_BYTES = 64 * 2 ** 20;
+var SERIAL_WRITER = `
+const fs = require('fs'), net = require('net');
+const [sock, file, max] = [process.argv[1], process.argv[2], Number(process.argv[3])];
+let fd = fs.openSync(file, 'w+');
+let size = 0;
+function write(chunk) {
+  if (size + chunk.length > max) {
+    const keep = Math.min(size, Math.floor(max / 2));
+    const tail = Buffer.alloc(keep);
+    fs.readSync(fd, tail, 0, keep, size - keep);
+    const next = Buffer.concat([tail, chunk]).subarray(-Math.floor(max / 2));
+    fs.writeFileSync(file + '.tmp', next);
+    fs.renameSync(file + '.tmp', file);
+    fs.closeSync(fd);
+    fd = fs.openSync(file, 'r+');
+    size = next.length;
+  } else {
+    fs.writeSync(fd, chunk, 0, chunk.length, size);
+    size += chunk.length;
+  }
+}
+const idle = setTimeout(() => process.exit(1), 60000);
+const srv = net.createServer((c) => {
+  srv.close();
+  clearTimeout(idle);
+  c.on('data', (d) => { try { write(d); } catch { process.exit(1); } });
+  c.on('close', () => process.exit(0));
+  c.on('error', () => process.exit(0));
+});
+srv.listen(sock, () => process.stdout.write('ready\\n'));
+`;
+function serialThroughSocket(argv, socket) {
+  const at = argv.findIndex((a, i) => argv[i - 1] === "-serial" && a.startsWith("file:"));
+  if (at < 0) return void 0;
+  return [...argv.slice(0, at - 1), "-chardev", `socket,id=serial0,path=${socket.replaceAll(",", ",,")}`, "-serial", "chardev:serial0", ...argv.slice(at + 1)];
+}
+async function startSerialWriter(socket, log2, maxBytes = SERIAL_LOG_MAX_BYTES, detached = false) {
+  fs16.rmSync(socket, { force: true });
+  const child = spawn6(process.execPath, ["-e", SERIAL_WRITER, socket, log2, String(maxBytes)], { stdio: ["ignore", "pipe", "ignore"], detached });
+  try {
+    await withTimeout(
+      new Promise((resolve7, reject) => {
+        let out = "";
+        child.stdout.setEncoding("utf8").on("data", (d) => (out += d).includes("ready") && resolve7());
+        child.once("exit", (code) => reject(new Error(`the serial log writer exited (${code}) before it listened on ${socket}`)));
+        child.once("error", reject);
+      }),
+      START_TIMEOUT_MS,
+      `the serial log writer listening on ${socket}`
+    );
+  } catch (err) {
+    child.kill("SIGKILL");
+    throw err;
+  }
+  child.stdout.destroy();
+  child.unref();
+  return child;
 }
 var live = /* @__PURE__ */ new Set();
 var exitHookInstalled = false;
@@ -24798,6 +25295,7 @@ function watchSerial(serialLog, stallMs, everyMs = 1e3) {
       try {
         fd = fs16.openSync(serialLog, "r");
         const size = fs16.fstatSync(fd).size;
+        if (size < offset) offset = 0;
         if (size > offset) {
           lastGrowth = Date.now();
           const buf = Buffer.alloc(size - offset);
@@ -24881,8 +25379,12 @@ ${this.diagnostics()}`);
     const qmpSocket = path13.join(socketDir, "qmp.sock");
     for (let attempt = 1; ; attempt++) {
       const sshPort = await freePort();
+      const filled = fillRecipe(opts.recipe, { disk: opts.disk, efivars: opts.efivars, sshPort: String(sshPort), serialLog, shareDir: opts.shareDir ?? "" });
+      const serialSocket = path13.join(socketDir, "serial.sock");
+      const viaSocket = serialThroughSocket(filled, serialSocket);
+      const writer = viaSocket ? await startSerialWriter(serialSocket, serialLog, SERIAL_LOG_MAX_BYTES, !!opts.detached) : void 0;
       const argv = [
-        ...fillRecipe(opts.recipe, { disk: opts.disk, efivars: opts.efivars, sshPort: String(sshPort), serialLog, shareDir: opts.shareDir ?? "" }),
+        ...viaSocket ?? filled,
         ...controlArgs({ name: opts.name, qmpSocket, pidFile, loadvm: opts.loadvm }),
         ...opts.extraArgs ?? []
       ];
@@ -24907,6 +25409,7 @@ ${this.diagnostics()}`);
         await withTimeout(exited, 1e4, `QEMU ${child.pid} exiting after SIGKILL`).catch(() => {
         });
       }
+      writer?.kill("SIGKILL");
       const stderr = fs16.readFileSync(stderrFile, "utf8").trim();
       const rule = HOSTFWD_RULE.exec(stderr);
       if (!alive && rule && rule[1] !== String(sshPort)) {
@@ -24944,7 +25447,7 @@ ${logTail(this.serialLog)}`;
     }
   }
   target(privateKey = this.opts.privateKey) {
-    return { port: this.sshPort, user: this.opts.user, privateKey };
+    return { port: this.sshPort, user: this.opts.user, privateKey, hostKey: this.opts.hostKey };
   }
   /**
    * Waits until SSH logs in and runs a command; stops at once if QEMU exits or the kernel
@@ -25415,6 +25918,10 @@ function userData(o) {
     // One host key, the fast one: RSA and ECDSA key generation cost seconds per boot under emulation.
     ssh_genkeytypes: ["ed25519"]
   };
+  if (o.hostKey) {
+    doc.ssh_deletekeys = true;
+    doc.ssh_keys = { ed25519_private: o.hostKey.privateKey, ed25519_public: o.hostKey.publicKey.trim() };
+  }
   if (o.bootcmd?.length) doc.bootcmd = o.bootcmd.map((script) => ["sh", "-c", script]);
   if (o.files?.length) {
     doc.write_files = o.files.map((f) => ({ path: f.path, content: f.content, append: true }));
@@ -25474,7 +25981,7 @@ async function coldBootOnce(o) {
   for (const f of [disk, efivars]) fs18.rmSync(f, { force: true });
   await createOverlay(path14.resolve(o.base), disk, { size: o.diskSize ?? "20G" });
   await convert(o.firmware.vars, efivars, { srcFormat: o.layout.firmwareFormat });
-  writeSeedIso(seedIso2, { ...o.seed, publicKey: o.key.publicKey, user: o.user });
+  writeSeedIso(seedIso2, { ...o.seed, publicKey: o.key.publicKey, hostKey: o.hostKey, user: o.user });
   const kvm = o.layout.accel.accel === "kvm";
   const m = await Machine.spawn({
     qemu: o.qemu,
@@ -25486,6 +25993,7 @@ async function coldBootOnce(o) {
     shareDir: o.shareDir,
     user: o.user ?? GUEST_USER,
     privateKey: o.key.privateKey,
+    hostKey: o.hostKey.publicKey,
     detached: o.detached
   }).catch((err) => {
     throw kvm && err instanceof QemuExitedError ? new KvmBootError(`QEMU exited at once under KVM: ${firstLine(err.message.replace(/^QEMU failed to start [^:]*: /, ""))}`, err.message) : err;
@@ -25538,6 +26046,8 @@ async function restoreMachine(o) {
     loadvm: SNAPSHOT_TAG,
     user: o.user ?? GUEST_USER,
     privateKey: o.key.privateKey,
+    // The snapshot's sshd holds the host key its seed gave it: the one derived from its key.
+    hostKey: hostKeyFor(o.key).publicKey,
     detached: o.detached
   });
   try {
@@ -25668,24 +26178,64 @@ echo "$source" | sudo tee ${SOURCE_FILE} >/dev/null
 `;
 }
 
+// src/layers/context.ts
+function timeoutsFor(accel, scale = 1) {
+  const t = accel === "kvm" ? { prepareSshMs: 3e5, bootSshMs: 12e4, packagesMs: 18e5, restoreSshMs: 6e4, stepMs: 3e5 } : { prepareSshMs: 9e5, bootSshMs: 6e5, packagesMs: 36e5, restoreSshMs: 3e5, stepMs: 9e5 };
+  return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v * scale]));
+}
+
+// src/layers/ensure.ts
+import * as fs20 from "node:fs";
+import * as path16 from "node:path";
+
+// src/cache/staged.ts
+import * as fs19 from "node:fs";
+async function restoreOnce(dir, tier, e) {
+  const staging = tempPath(dir, "restore");
+  fs19.mkdirSync(staging, { mode: 448 });
+  try {
+    const verified = /* @__PURE__ */ new Map();
+    const got = await tier.restore(e.key, [...e.files], staging, { maxBytes: e.maxBytes, verified });
+    if (got === "miss") return { kind: "miss" };
+    if (got === "failed") return { kind: "failed", why: "the download failed" };
+    if (got !== "restored") return { kind: "refused", field: "archive", why: got.slice("refused: ".length) };
+    const files = stagedFilesProblem(staging, [...e.files]);
+    if (files) return { kind: "refused", field: "files", why: files };
+    const a = await e.accept(staging, verified);
+    return "ok" in a ? { kind: "restored", value: a.ok } : { kind: "refused", field: a.field, why: a.why };
+  } catch (err) {
+    return { kind: "failed", why: err instanceof Error ? err.message : String(err) };
+  } finally {
+    fs19.rmSync(staging, { recursive: true, force: true });
+  }
+}
+async function restoreEntry(dir, tiers, e, instead) {
+  for (const tier of tiers) {
+    let failed = 0;
+    let refused = 0;
+    while (tier.on) {
+      const r = await restoreOnce(dir, tier, e);
+      if (r.kind === "restored") return { value: r.value, tier };
+      if (r.kind === "miss") break;
+      if (r.kind === "refused") {
+        const again = tier.successors && !refused;
+        log.warning(`${tier.label} entry ${e.key} refused: its ${r.field}: ${r.why}; ${again ? "looking for a successor entry" : instead}`);
+        if (!refused++) tier.refused?.(e.key);
+        if (!again) break;
+        continue;
+      }
+      if (failed++ || !tier.on) {
+        log.warning(`${tier.label} entry ${e.key}: ${r.why}; ${instead}`);
+        break;
+      }
+      log.warning(`${tier.label} entry ${e.key}: ${r.why}; downloading it once more`);
+    }
+  }
+  return void 0;
+}
+
 // src/layers/check.ts
 import * as path15 from "node:path";
-async function stagedLayerProblem(staging, p, m, parentId, { backing, verified, maxBytes }) {
-  if (!m) return "no valid manifest";
-  const named = m.files.map((f) => f.name).sort();
-  if (named.join("\0") !== [...p.files].sort().join("\0")) return `its manifest names ${JSON.stringify(named)}, not ${JSON.stringify([...p.files].sort())}`;
-  const total = m.files.reduce((n, f) => n + f.size, 0);
-  if (total > maxBytes) return `its files add up to ${total} bytes, more than a layer of this configuration holds (${maxBytes})`;
-  const invalid = invalidReason(m, staging, p, parentId);
-  if (invalid) return invalid;
-  const digests = await Promise.all(m.files.map(async (f) => ({ f, sha256: verified?.get(f.name) ?? (await fileDigests(path15.join(staging, f.name), ["sha256"])).sha256 })));
-  const bad2 = digests.find((d) => d.sha256 !== d.f.sha256);
-  if (bad2) return `${bad2.f.name} does not have the sha256 its manifest records`;
-  const qcow22 = p.files.filter((x) => x.endsWith(".qcow2"));
-  const problems = await Promise.all(qcow22.map((f) => imageProblem(path15.join(staging, f), f === p.files[0] ? backing : void 0)));
-  const i = problems.findIndex(Boolean);
-  return i < 0 ? void 0 : `${qcow22[i]} ${problems[i]}`;
-}
 async function imageProblem(file, parent) {
   const info2 = await imageInfo(file).catch(() => void 0);
   if (!info2) return "is not an image qemu-img can read";
@@ -25703,130 +26253,8 @@ async function backingProblem(disk, backing) {
   return void 0;
 }
 
-// src/layers/context.ts
-function timeoutsFor(accel, scale = 1) {
-  const t = accel === "kvm" ? { prepareSshMs: 3e5, bootSshMs: 12e4, packagesMs: 18e5, restoreSshMs: 6e4, stepMs: 3e5 } : { prepareSshMs: 9e5, bootSshMs: 6e5, packagesMs: 36e5, restoreSshMs: 3e5, stepMs: 9e5 };
-  return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v * scale]));
-}
-
-// src/proxy.ts
-import * as fs19 from "node:fs";
-import * as path16 from "node:path";
-var GUEST_HOST_ADDRESS = "10.0.2.2";
-function runnerProxy(env = process.env) {
-  const p = {
-    http: env.http_proxy || env.HTTP_PROXY || void 0,
-    https: env.https_proxy || env.HTTPS_PROXY || void 0,
-    no: env.no_proxy || env.NO_PROXY || void 0
-  };
-  return p.http || p.https ? p : void 0;
-}
-function guestProxy(p) {
-  const rewrite = (u) => {
-    if (!u) return u;
-    try {
-      const url = new URL(/^[a-z]+:\/\//i.test(u) ? u : `http://${u}`);
-      if (url.hostname === "localhost" || url.hostname.startsWith("127.") || url.hostname === "[::1]") url.hostname = GUEST_HOST_ADDRESS;
-      return url.toString().replace(/\/$/, "");
-    } catch {
-      return u;
-    }
-  };
-  return { http: rewrite(p.http), https: rewrite(p.https), no: p.no };
-}
-var APT_CONF = "/etc/apt/apt.conf.d/95ryra-vm-proxy";
-var DNF_CONF = "/etc/dnf/dnf.conf";
-function proxyFiles(p, manager) {
-  const g = guestProxy(p);
-  const env = [
-    ...g.http ? [`http_proxy=${g.http}`, `HTTP_PROXY=${g.http}`] : [],
-    ...g.https ? [`https_proxy=${g.https}`, `HTTPS_PROXY=${g.https}`] : [],
-    ...g.no ? [`no_proxy=${g.no}`, `NO_PROXY=${g.no}`] : []
-  ];
-  const files = [{ path: "/etc/environment", content: env.join("\n") + "\n" }];
-  if (manager === "apt") {
-    const lines = [...g.http ? [`Acquire::http::Proxy "${g.http}";`] : [], ...g.https ? [`Acquire::https::Proxy "${g.https}";`] : []];
-    files.push({ path: APT_CONF, content: lines.join("\n") + "\n" });
-  } else {
-    files.push({ path: DNF_CONF, content: `proxy=${g.https ?? g.http}
-` });
-  }
-  return files;
-}
-var q = (s) => `'${s.replaceAll("'", `'\\''`)}'`;
-function proxySetupCommand(p, manager) {
-  return proxyFiles(p, manager).map((f) => f.path === APT_CONF ? `printf %s ${q(f.content)} | sudo tee ${f.path} >/dev/null` : `printf %s ${q(f.content)} | sudo tee -a ${f.path} >/dev/null`).join(" && ");
-}
-var PROXY_CLEANUP = `sudo rm -f ${APT_CONF}; sudo sed -i -E '/^(http|https|no|HTTP|HTTPS|NO)_(proxy|PROXY)=/d' /etc/environment; [ ! -f ${DNF_CONF} ] || sudo sed -i '/^proxy=/d' ${DNF_CONF}; true`;
-var LOCAL_CA_DIRS = ["/usr/local/share/ca-certificates", "/etc/pki/ca-trust/source/anchors"];
-function runnerCAs(dirs = LOCAL_CA_DIRS) {
-  const pems = /* @__PURE__ */ new Set();
-  for (const dir of dirs) {
-    let files = [];
-    try {
-      files = fs19.readdirSync(dir, { recursive: true });
-    } catch {
-      continue;
-    }
-    for (const f of files.filter((n) => /\.(crt|pem)$/.test(n))) {
-      const text = fs19.readFileSync(path16.join(dir, f), "utf8");
-      for (const m of text.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)) pems.add(m[0]);
-    }
-  }
-  return [...pems];
-}
-var GUEST_CA_FILE = "/usr/local/share/ca-certificates/ryra-vm-runner.crt";
-var BUNDLE = "/etc/ssl/certs/ca-certificates.crt";
-function caSetupScript(pems) {
-  const body = pems.join("\n") + "\n";
-  return [
-    `cat > ${GUEST_CA_FILE} <<'RYRA_CA'
-${body}RYRA_CA`,
-    `[ -f ${BUNDLE} ] && cat ${GUEST_CA_FILE} >> ${BUNDLE}`,
-    `sed -i '/^NODE_EXTRA_CA_CERTS=/d' /etc/environment && echo NODE_EXTRA_CA_CERTS=${GUEST_CA_FILE} >> /etc/environment`,
-    ""
-  ].join("\n");
-}
-var CA_CLEANUP = `if [ -f ${GUEST_CA_FILE} ]; then sudo rm -f ${GUEST_CA_FILE}; sudo sed -i '/^NODE_EXTRA_CA_CERTS=/d' /etc/environment; command -v update-ca-certificates >/dev/null && sudo update-ca-certificates --fresh >/dev/null 2>&1; fi; true`;
-function runnerSeed(manager, extraFiles = []) {
-  const proxy = runnerProxy();
-  const cas = runnerCAs();
-  const files = [...proxy ? proxyFiles(proxy, manager) : [], ...extraFiles];
-  return { ...files.length ? { files } : {}, ...cas.length ? { bootcmd: [caSetupScript(cas)] } : {} };
-}
-
-// src/layers/guest.ts
-var BUILD_DPKG_CFG = { path: "/etc/dpkg/dpkg.cfg.d/ryra-vm-build", content: "force-unsafe-io\n" };
-var BUILD_APT_CFG = { path: "/etc/apt/apt.conf.d/99ryra-vm-build", content: 'Acquire::Languages "none";\n' };
-var BUILD_APT_FILES = [BUILD_DPKG_CFG, BUILD_APT_CFG];
-function hostLayout(ctx, o) {
-  const { host } = ctx;
-  return {
-    arch: host.qemuArch,
-    machine: host.qemu.machine,
-    accel: host.accel,
-    memoryMb: o.memoryMb,
-    cpus: o.cpus,
-    firmwareFormat: host.firmware.format,
-    seed: true,
-    ...o.shareTag ? { shareTag: o.shareTag } : {}
-  };
-}
-function bootBuilder(ctx, g) {
-  const { memoryMb, cpus, shareTag, ...rest } = g;
-  const manager = ctx.image.guestPackageManager;
-  const network = rest.scratchDisk ? runnerSeed(manager, manager === "apt" ? BUILD_APT_FILES : []) : {};
-  return coldBoot({
-    ...rest,
-    seed: { ...rest.seed, ...network },
-    qemu: ctx.host.qemu.path,
-    layout: hostLayout(ctx, { memoryMb, cpus, shareTag }),
-    firmware: ctx.host.firmware,
-    stallMs: ctx.hooks.stallMs
-  });
-}
-
 // src/layers/plan.ts
+var SHARE_TAG = "images";
 var RECIPE_VERSION = 2;
 var NAME_KEY_LENGTH = 12;
 function layerMaxBytes(config) {
@@ -25841,6 +26269,21 @@ function plan1(layer, name, files, inputs, suffix) {
   return { layer, base, files: files(base), key, cacheKey: `ryra-vm-v${RECIPE_VERSION}-${layer}-${suffix}-${key}`, inputs };
 }
 var qcow2 = (base) => [`${base}.qcow2`];
+function layoutFor(host, o) {
+  return {
+    arch: host.qemuArch,
+    machine: host.qemu.machine,
+    accel: host.accel,
+    memoryMb: o.memoryMb,
+    cpus: o.cpus,
+    firmwareFormat: host.firmware.format,
+    seed: true,
+    ...o.shareTag ? { shareTag: o.shareTag } : {}
+  };
+}
+function expectedOf(p, parentId) {
+  return { layer: p.layer, key: p.key, inputs: p.inputs, files: p.files, parentId, layout: p.layout, backingName: p.backingName };
+}
 var stripQcow2 = (f) => f.replace(/\.qcow2$/, "");
 function planLayers(config, host, publicKey, recipes) {
   const image = distroImage(config.distro, config.arch);
@@ -25857,6 +26300,7 @@ function planLayers(config, host, publicKey, recipes) {
     },
     id
   );
+  if (config.imageChecksum) raw.digest = `${config.imageChecksum.algorithm}:${config.imageChecksum.hex}`;
   const cloudInit = userData({ publicKey: "<key>", hostname: "ryra-prepare", packages });
   const prepared = plan1("prepared", (k) => `${stripQcow2(image.preparedFile)}-${k}`, qcow2, {
     raw: raw.key,
@@ -25875,26 +26319,249 @@ function planLayers(config, host, publicKey, recipes) {
     memoryMb: config.memoryMb,
     diskSize: config.diskSize,
     sshKey: hashOf(publicKey.trim()),
+    // The guest's SSH host key, derived from the SSH key this way, is in the snapshot's RAM.
+    hostKey: HOST_KEY_INFO,
     setup: hashOf(recipes.snapshotSetup + recipes.shrinkRam)
   };
-  const snapshot = plan1("snapshot", (k) => `${image.snapshotBase}-snapshot-${config.memoryMb}-${k}`, snapshotFileNames, { prepared: prepared.key, ...machineIdentity }, `${id}-m${config.memoryMb}`);
+  const layout = layoutFor(host, { memoryMb: config.memoryMb, cpus: config.cpus, shareTag: SHARE_TAG });
+  const snapshot = {
+    ...plan1("snapshot", (k) => `${image.snapshotBase}-snapshot-${config.memoryMb}-${k}`, snapshotFileNames, { prepared: prepared.key, ...machineIdentity }, `${id}-m${config.memoryMb}`),
+    layout,
+    backingName: prepared.files[0]
+  };
   const browser = plan1("browser", (k) => `${stripQcow2(image.browserFile)}-${k}`, qcow2, {
     prepared: prepared.key,
     source: config.browserSource,
     script: hashOf(recipes.browserScript)
   }, id);
-  const browserSnapshot = plan1(
-    "browser-snapshot",
-    (k) => `${image.browserSnapshotBase}-snapshot-${config.memoryMb}-${k}`,
-    snapshotFileNames,
-    { browser: browser.key, ...machineIdentity },
-    `${id}-m${config.memoryMb}`
-  );
+  const browserSnapshot = {
+    ...plan1("browser-snapshot", (k) => `${image.browserSnapshotBase}-snapshot-${config.memoryMb}-${k}`, snapshotFileNames, { browser: browser.key, ...machineIdentity }, `${id}-m${config.memoryMb}`),
+    layout,
+    backingName: browser.files[0]
+  };
   return { image, packages, raw, prepared, snapshot, browser, browserSnapshot };
 }
 
+// src/layers/ensure.ts
+var sourceOf = (t) => t.label.startsWith("registry") ? "registry" : "actions cache";
+function cacheKeyFor(p, parentId) {
+  return parentId ? `${p.cacheKey}-${hashOf(parentId).slice(0, 12)}` : p.cacheKey;
+}
+function lockWaitMs(layer, t) {
+  const margin = 15 * 6e4;
+  switch (layer) {
+    case "raw":
+      return 60 * 6e4 + margin;
+    case "prepared":
+      return t.prepareSshMs + t.packagesMs + margin;
+    case "browser":
+      return t.bootSshMs + t.packagesMs + margin;
+    default:
+      return t.bootSshMs + t.restoreSshMs + margin;
+  }
+}
+var bytesOf = (m) => m.files.reduce((n, f) => n + f.size, 0);
+var manifestName = (p) => path16.basename(manifestPath("", p.base));
+function cachePaths(p) {
+  return [...p.files, manifestName(p)];
+}
+function tiersFor(ctx, s) {
+  return ctx.tiers.filter((t) => t.on && (!s.keyed || !ctx.keyTiers || ctx.keyTiers.includes(t.label)));
+}
+async function checkStagedLayer(s, staging, verified, maxBytes) {
+  const p = s.plan;
+  const files = cachePaths(p);
+  const at = (name) => plannedPath(staging, files, name);
+  const m = loadManifest(at(manifestName(p)));
+  if (typeof m === "string") return { field: "manifest", why: m };
+  const off = manifestMismatch(m, expectedOf(p, s.parentId));
+  if (off) return off;
+  const total = bytesOf(m);
+  if (total > maxBytes) return { field: "files", why: `they add up to ${total} bytes, more than a layer of this configuration holds (${maxBytes})` };
+  const recorded = p.files.map((name) => m.files.find((f) => f.name === name));
+  for (const f of recorded) {
+    const size = fs20.statSync(at(f.name)).size;
+    if (size !== f.size) return { field: "files", why: `${f.name} is ${size} bytes, the manifest says ${f.size}` };
+  }
+  if (p.digest && m.digest !== p.digest) return { field: "digest", why: `${JSON.stringify(m.digest ?? null)}, not the configured ${p.digest}` };
+  const digests = await Promise.all(recorded.map(async (f) => verified.get(f.name) ?? (await fileDigests(at(f.name), ["sha256"])).sha256));
+  const bad2 = recorded.findIndex((f, i2) => digests[i2] !== f.sha256);
+  if (bad2 >= 0) return { field: "files", why: `${recorded[bad2].name} does not have the sha256 its manifest records` };
+  const images = p.files.filter((x) => x.endsWith(".qcow2"));
+  const problems = await Promise.all(images.map((f) => imageProblem(at(f), f === p.files[0] ? p.backingName : void 0)));
+  const i = problems.findIndex(Boolean);
+  if (i >= 0) return { field: images[i], why: problems[i] };
+  let described = recorded;
+  if (s.backing) {
+    await rebaseUnsafe(at(p.files[0]), s.backing);
+    const off2 = await backingProblem(at(p.files[0]), s.backing);
+    if (off2) return { field: p.files[0], why: off2 };
+    const [disk] = await describeFiles(staging, [p.files[0]]);
+    described = recorded.map((f) => f.name === disk.name ? disk : f);
+  }
+  return {
+    ok: {
+      ...planned(s, m.buildSeconds),
+      ...!s.parentId && m.parentId ? { parentId: m.parentId } : {},
+      id: m.id,
+      files: described,
+      ...m.digest && p.layer === "raw" ? { digest: m.digest } : {},
+      ...typeof m.source === "string" && p.layer === "browser" ? { source: m.source } : {},
+      ...m.stateBytes !== void 0 && p.layout ? { stateBytes: m.stateBytes } : {}
+    }
+  };
+}
+function layerEntry(ctx, s, key) {
+  const p = s.plan;
+  const files = cachePaths(p);
+  const maxBytes = layerMaxBytes(ctx.config);
+  return {
+    key,
+    files,
+    maxBytes,
+    what: `the ${p.layer} layer`,
+    async accept(staging, verified) {
+      const checked = await checkStagedLayer(s, staging, verified, maxBytes);
+      if (!("ok" in checked)) return checked;
+      const placed = writeManifest(plannedPath(staging, files, manifestName(p)), checked.ok);
+      placeLayer(ctx.dir, staging, p);
+      return { ok: placed };
+    }
+  };
+}
+function planned(s, buildSeconds) {
+  const p = s.plan;
+  return {
+    layer: p.layer,
+    key: p.key,
+    inputs: p.inputs,
+    ...s.parentId ? { parentId: s.parentId } : {},
+    ...p.layout ? { layout: p.layout } : {},
+    ...s.backing ? { backing: s.backing } : {},
+    buildSeconds
+  };
+}
+async function saveLayer(ctx, s, key) {
+  if (!ctx.tiers.length) return void 0;
+  if (!ctx.config.cacheSave) return "not saved (cache-save: false)";
+  const p = s.plan;
+  const said = [];
+  for (const tier of ctx.tiers.filter((t) => t.on)) {
+    if (!tiersFor(ctx, s).includes(tier)) {
+      said.push(`not saved to the ${tier.label}, which holds another SSH key`);
+      continue;
+    }
+    const saved = await log.group(`Saving the ${p.layer} layer to the ${tier.label} (${key})`, () => tier.save(key, cachePaths(p), ctx.dir));
+    said.push(saved === "saved" ? `saved to the ${tier.label}` : saved === "exists" ? `the ${tier.label} had it` : `not saved to the ${tier.label}`);
+  }
+  return said.join("; ") || void 0;
+}
+async function syncTiers(pending, tiers) {
+  const saved = [];
+  for (const s of pending) {
+    for (const tier of tiers.filter((t) => t.on && !s.from.includes(t.label) && (!s.only || s.only.includes(t.label)))) {
+      if (await tier.has?.(s.key, s.files).catch(() => void 0) !== false) continue;
+      const r = await log.group(`Saving the ${s.layer} layer to the ${tier.label}, which lacks it (${s.key})`, () => tier.save(s.key, s.files, s.dir));
+      if (r === "saved") saved.push(`${s.layer} \u2192 ${tier.label}`);
+    }
+  }
+  return saved;
+}
+async function ensureLayer(ctx, s, results) {
+  const p = s.plan;
+  const start = Date.now();
+  const result = (source, m, note) => results.push({ layer: p.layer, source, seconds: (Date.now() - start) / 1e3, bytes: bytesOf(m), ...note ? { note } : {} });
+  return withLayerLock(ctx.dir, p.base, lockWaitMs(p.layer, ctx.timeouts), async () => {
+    const use = (m2) => {
+      holdLayer(ctx.dir, p.base, ctx.holder);
+      touchLayer(ctx.dir, p.base);
+      return m2;
+    };
+    const key = cacheKeyFor(p, s.parentId);
+    const pending = (from) => {
+      if (!ctx.config.cacheSave || !ctx.tiers.length) return;
+      const only = s.keyed && ctx.keyTiers ? { only: [...ctx.keyTiers] } : {};
+      ctx.pending.push({ layer: p.layer, key, files: cachePaths(p), dir: ctx.dir, from, ...only });
+    };
+    const valid = ctx.fresh?.includes(p.layer) ? void 0 : validLayer(ctx.dir, p, s.parentId);
+    if (valid) {
+      const have = s.backing ? await pointAt(ctx.dir, p, valid, s.backing) : valid;
+      log.info(`${p.layer}: using ${p.files[0]} (local cache)`);
+      result("local", have, Date.now() - start > 1500 ? "waited for another run" : void 0);
+      pending([]);
+      return use(have);
+    }
+    const unrecorded = !fs20.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs20.existsSync(path16.join(ctx.dir, f)));
+    const adopted = unrecorded && s.adopt && !ctx.fresh?.includes(p.layer) ? await s.adopt() : void 0;
+    if (adopted) {
+      const m2 = await record(ctx, s, start, adopted);
+      log.info(`${p.layer}: adopted ${p.files[0]} left by an earlier tool (verified)`);
+      const saved = await saveLayer(ctx, s, key);
+      result("local", m2, `adopted an unrecorded file${saved ? ` (${saved})` : ""}`);
+      return use(m2);
+    }
+    const tiers = ctx.fresh?.includes(p.layer) ? [] : ctx.tiers.filter((t) => t.on);
+    const found = tiers.length ? await log.group(`Restoring the ${p.layer} layer (${key})`, () => restoreEntry(ctx.dir, tiers, layerEntry(ctx, s, key), `building the ${p.layer} layer instead`)) : void 0;
+    if (found) {
+      log.info(`${p.layer}: restored ${p.files[0]} from the ${found.tier.label}`);
+      result(sourceOf(found.tier), found.value);
+      pending([found.tier.label]);
+      return use(found.value);
+    }
+    const m = await log.group(`Building the ${p.layer} layer (${p.files[0]})`, async () => {
+      removeLayer(ctx.dir, p.base, p.files);
+      const built = await record(ctx, s, start, { ...await s.build() ?? {} });
+      log.info(`${p.layer}: built ${p.files[0]} in ${((Date.now() - start) / 1e3).toFixed(0)} s`);
+      return built;
+    });
+    result("built", m, await saveLayer(ctx, s, key));
+    return use(m);
+  });
+}
+async function pointAt(dir, p, m, backing) {
+  if (m.backing === backing) return m;
+  const disk = path16.join(dir, p.files[0]);
+  const tmp = tempPath(dir, p.files[0]);
+  copyFile(disk, tmp);
+  await rebaseUnsafe(tmp, backing);
+  fs20.renameSync(tmp, disk);
+  const [described] = await describeFiles(dir, [p.files[0]]);
+  return writeManifest(manifestPath(dir, p.base), { ...m, backing, files: m.files.map((f) => f.name === described.name ? described : f) });
+}
+async function record(ctx, s, start, extra) {
+  const p = s.plan;
+  const { layout: _built, ...rest } = extra;
+  return recordLayer(ctx.dir, p.base, {
+    ...planned(s, Math.round((Date.now() - start) / 1e3)),
+    ...rest,
+    // A builder that already read its files says so; else they are hashed here, once.
+    files: extra.files ?? await describeFiles(ctx.dir, p.files)
+  });
+}
+
+// src/layers/guest.ts
+var BUILD_DPKG_CFG = { path: "/etc/dpkg/dpkg.cfg.d/ryra-vm-build", content: "force-unsafe-io\n" };
+var BUILD_APT_CFG = { path: "/etc/apt/apt.conf.d/99ryra-vm-build", content: 'Acquire::Languages "none";\n' };
+var BUILD_APT_FILES = [BUILD_DPKG_CFG, BUILD_APT_CFG];
+function hostLayout(ctx, o) {
+  return layoutFor(ctx.host, o);
+}
+function bootBuilder(ctx, g) {
+  const { memoryMb, cpus, shareTag, ...rest } = g;
+  const manager = ctx.image.guestPackageManager;
+  const network = rest.scratchDisk ? runnerSeed(manager, manager === "apt" ? BUILD_APT_FILES : []) : {};
+  return coldBoot({
+    ...rest,
+    seed: { ...rest.seed, ...network },
+    qemu: ctx.host.qemu.path,
+    layout: hostLayout(ctx, { memoryMb, cpus, shareTag }),
+    firmware: ctx.host.firmware,
+    stallMs: ctx.hooks.stallMs
+  });
+}
+
 // src/layers/prepared.ts
-import * as fs20 from "node:fs";
+import * as fs21 from "node:fs";
 import * as path17 from "node:path";
 var CLEAN_FOR_TEMPLATE = "sudo cloud-init clean --logs && sudo rm -f /etc/ssh/ssh_host_*_key* && sudo truncate -s 0 /etc/machine-id";
 function verifyCommand(manager, packages) {
@@ -25904,7 +26571,7 @@ function verifyCommand(manager, packages) {
 var CLEAN_PACKAGE_CACHE = { apt: "sudo apt-get clean", dnf: "sudo dnf clean all" };
 async function buildImage(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
-  fs20.mkdirSync(work, { recursive: true });
+  fs21.mkdirSync(work, { recursive: true });
   let result;
   try {
     const m = await bootBuilder(ctx, {
@@ -25912,6 +26579,8 @@ async function buildImage(ctx, o) {
       base: o.base,
       workDir: work,
       key: generateKeyPair(),
+      // The build's own, like its key: CLEAN_FOR_TEMPLATE deletes it before the image is kept.
+      hostKey: generateKeyPair("ryra-vm host key"),
       memoryMb: o.memoryMb,
       cpus: o.cpus,
       diskSize: "20G",
@@ -25935,15 +26604,15 @@ async function buildImage(ctx, o) {
     const tmp = tempPath(ctx.dir, path17.basename(o.out));
     log.info(`  ${o.name}: compressing into ${path17.basename(o.out)}`);
     await convert(path17.join(work, GuestFiles.disk), tmp, { compress: true });
-    fs20.renameSync(tmp, o.out);
+    fs21.renameSync(tmp, o.out);
     return result;
   } finally {
-    fs20.rmSync(work, { recursive: true, force: true });
+    fs21.rmSync(work, { recursive: true, force: true });
   }
 }
 
 // src/layers/raw.ts
-import * as fs21 from "node:fs";
+import * as fs22 from "node:fs";
 import * as path18 from "node:path";
 import { fileURLToPath as fileURLToPath2 } from "node:url";
 var IDLE_MS = 6e4;
@@ -25976,8 +26645,8 @@ function client() {
 async function openSource(url) {
   if (!isRemote(url)) {
     const p = localPath(url);
-    const stream = fs21.createReadStream(p);
-    return { stream, total: fs21.statSync(p).size, close: () => stream.destroy() };
+    const stream = fs22.createReadStream(p);
+    return { stream, total: fs22.statSync(p).size, close: () => stream.destroy() };
   }
   const c = client();
   const res = await withTimeout(c.get(url), IDLE_MS, `connecting to ${url}`);
@@ -25991,7 +26660,7 @@ async function openSource(url) {
   return { stream: res.message, total: len > 0 ? len : void 0, close: () => (res.message.destroy(), c.dispose()) };
 }
 async function readText(url) {
-  if (!isRemote(url)) return fs21.readFileSync(localPath(url), "utf8");
+  if (!isRemote(url)) return fs22.readFileSync(localPath(url), "utf8");
   const c = client();
   try {
     const res = await withTimeout(c.get(url), IDLE_MS, `fetching ${url}`);
@@ -26025,7 +26694,7 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
   return withRetries(`download ${url}`, async () => {
     const { stream, total, close } = await openSource(url);
     const hash = digester([expected.algorithm, "sha256"]);
-    const out = fs21.createWriteStream(partial);
+    const out = fs22.createWriteStream(partial);
     const start = Date.now();
     let bytes = 0;
     let lastReport = start;
@@ -26046,7 +26715,7 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
       await new Promise((resolve7, reject) => out.end((err) => err ? reject(err) : resolve7()));
     } catch (err) {
       out.destroy();
-      fs21.rmSync(partial, { force: true });
+      fs22.rmSync(partial, { force: true });
       throw err;
     } finally {
       clearTimeout(bound);
@@ -26055,12 +26724,12 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
     const digests = hash.hex();
     const actual = digests[expected.algorithm];
     if (actual !== expected.hex) {
-      fs21.rmSync(partial, { force: true });
+      fs22.rmSync(partial, { force: true });
       throw new ChecksumMismatchError(
         `checksum mismatch for ${url}: expected ${expected.algorithm}:${expected.hex}, got ${expected.algorithm}:${actual} (the file was deleted)`
       );
     }
-    fs21.renameSync(partial, dest);
+    fs22.renameSync(partial, dest);
     const secs = (Date.now() - start) / 1e3;
     log.info(`  ${mb2(bytes)} MB in ${secs.toFixed(1)} s, ${expected.algorithm} verified`);
     return { bytes, sha256: digests.sha256 };
@@ -26075,9 +26744,8 @@ async function adoptRaw(file, expected) {
 }
 
 // src/layers/snapshot.ts
-import * as fs22 from "node:fs";
+import * as fs23 from "node:fs";
 import * as path19 from "node:path";
-var SHARE_TAG = "images";
 var SNAPSHOT_SETUP = `sudo mkdir -p /mnt/images; mkdir -p ~/.config/containers && printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf && printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf; systemctl --user daemon-reload`;
 var SHRINK_RAM = `set -e
 sync
@@ -26110,18 +26778,20 @@ function savevmTimeoutMs(memoryMb) {
 async function buildSnapshot(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
   const share = path19.join(ctx.dir, CacheFiles.share);
-  fs22.mkdirSync(work, { recursive: true });
-  fs22.mkdirSync(share, { recursive: true });
+  fs23.mkdirSync(work, { recursive: true });
+  fs23.mkdirSync(share, { recursive: true });
   try {
-    const layout = hostLayout(ctx, { memoryMb: o.memoryMb, cpus: o.cpus, shareTag: SHARE_TAG });
+    const layout = o.layout;
     const m = await bootBuilder(ctx, {
       name: o.name,
       base: o.base,
       workDir: work,
       key: o.key,
-      memoryMb: o.memoryMb,
-      cpus: o.cpus,
-      shareTag: SHARE_TAG,
+      // Saved with sshd running: every restore's guest presents this key, which restores pin.
+      hostKey: hostKeyFor(o.key),
+      memoryMb: layout.memoryMb,
+      cpus: layout.cpus,
+      shareTag: layout.shareTag,
       shareDir: share,
       diskSize: o.diskSize,
       seed: { hostname: "ryra-vm" },
@@ -26133,7 +26803,7 @@ async function buildSnapshot(ctx, o) {
     try {
       await m.check(SNAPSHOT_SETUP, "snapshot setup", { timeoutMs: ctx.timeouts.stepMs });
       if (o.shrink !== false) await m.check("sudo sh -s", "zeroing free guest memory", { input: SHRINK_RAM, timeoutMs: ctx.timeouts.stepMs });
-      savevmMs = await m.saveSnapshot(SNAPSHOT_TAG, savevmTimeoutMs(o.memoryMb));
+      savevmMs = await m.saveSnapshot(SNAPSHOT_TAG, savevmTimeoutMs(layout.memoryMb));
     } finally {
       await m.destroy();
     }
@@ -26157,17 +26827,17 @@ async function buildSnapshot(ctx, o) {
     });
     await machine.destroy();
     log.info(`  ${o.name}: restored copy reached SSH in ${(readyMs / 1e3).toFixed(1)} s`);
-    fs22.renameSync(disk, o.out.disk);
-    fs22.renameSync(efivars, o.out.efivars);
-    fs22.renameSync(seed, o.out.seed);
+    fs23.renameSync(disk, o.out.disk);
+    fs23.renameSync(efivars, o.out.efivars);
+    fs23.renameSync(seed, o.out.seed);
     return { layout, savevmMs, stepMs, verifyRestoreMs: readyMs, stateBytes };
   } finally {
-    fs22.rmSync(work, { recursive: true, force: true });
+    fs23.rmSync(work, { recursive: true, force: true });
   }
 }
 
 // src/layers/sshkey.ts
-import * as fs23 from "node:fs";
+import * as fs24 from "node:fs";
 import * as path20 from "node:path";
 var SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
 function keyPairProblem(priv, pub) {
@@ -26177,64 +26847,75 @@ function keyPairProblem(priv, pub) {
   if (!a.key.isPrivateKey()) return "the private key file holds no private key";
   return a.key.getPublicSSH().equals(b.key.getPublicSSH()) ? void 0 : "the public key file does not match the private key";
 }
-async function ensureSshKey(dir, tiers, save = true) {
-  const file = path20.join(dir, CacheFiles.sshKey);
-  const shared = `${file}.shared`;
-  const names = [CacheFiles.sshKey, `${CacheFiles.sshKey}.pub`];
-  const local = () => fs23.existsSync(file) && fs23.existsSync(`${file}.pub`);
-  const on = tiers.filter((t) => t.on);
-  if (!on.length || local() && fs23.existsSync(shared) && fs23.readFileSync(shared, "utf8").trim() === SSH_KEY_CACHE_KEY) return ensureKeyFile(file);
-  const markShared = () => fs23.writeFileSync(shared, SSH_KEY_CACHE_KEY + "\n");
-  const adopt = async (tier) => {
-    const staging = tempPath(dir, "ssh-key-restore");
-    fs23.mkdirSync(staging, { mode: 448 });
-    try {
-      const got = await tier.restore(SSH_KEY_CACHE_KEY, names, staging, { maxBytes: 1 << 20 });
-      if (got !== "restored") {
-        if (got.startsWith("refused: ")) log.warning(`${tier.label} entry ${SSH_KEY_CACHE_KEY} refused: ${got.slice(9)}; using a key of this runner's`);
-        if (got.startsWith("refused: ")) tier.refused?.(SSH_KEY_CACHE_KEY);
-        return false;
-      }
-      const at = (n) => path20.join(staging, n);
-      const why = stagedFilesProblem(staging, names) ?? keyPairProblem(fs23.readFileSync(at(names[0]), "utf8"), fs23.readFileSync(at(names[1]), "utf8"));
-      if (why) {
-        log.warning(`${tier.label} entry ${SSH_KEY_CACHE_KEY} refused: ${why}; using a key of this runner's`);
-        tier.refused?.(SSH_KEY_CACHE_KEY);
-        return false;
-      }
-      fs23.chmodSync(at(names[0]), 384);
-      const before = local() ? fs23.readFileSync(`${file}.pub`, "utf8") : void 0;
-      fs23.renameSync(at(names[1]), `${file}.pub`);
-      fs23.renameSync(at(names[0]), file);
-      if (before !== void 0 && before !== fs23.readFileSync(`${file}.pub`, "utf8")) {
-        log.info(`SSH key: the repository's key (${tier.label}) replaces this cache dir's; snapshots made with the old one are rebuilt`);
-      }
-      return true;
-    } finally {
-      fs23.rmSync(staging, { recursive: true, force: true });
+function keyEntry(names) {
+  return {
+    key: SSH_KEY_CACHE_KEY,
+    files: names,
+    maxBytes: 64 * 1024,
+    what: "the SSH key",
+    async accept(staging) {
+      const [privateKey, publicKey] = names.map((n) => fs24.readFileSync(plannedPath(staging, names, n), "utf8"));
+      const why = keyPairProblem(privateKey, publicKey);
+      return why ? { field: "key", why } : { ok: { privateKey, publicKey } };
     }
   };
-  for (const [i, tier] of on.entries()) {
-    if (!await adopt(tier)) continue;
-    log.info(`SSH key: the repository's key, from the ${tier.label}`);
-    if (save) for (const t of on.slice(0, i)) await t.save(SSH_KEY_CACHE_KEY, names, dir);
-    markShared();
-    return ensureKeyFile(file);
-  }
-  ensureKeyFile(file);
-  if (!save) return ensureKeyFile(file);
-  let anySaved = false;
+}
+var samePublic = (a, b) => a.trim().split(/\s+/).slice(0, 2).join(" ") === b.trim().split(/\s+/).slice(0, 2).join(" ");
+async function ensureSshKey(dir, tiers, save = true) {
+  const file = path20.join(dir, CacheFiles.sshKey);
+  const names = [CacheFiles.sshKey, `${CacheFiles.sshKey}.pub`];
+  const had = fs24.existsSync(file) && fs24.existsSync(`${file}.pub`);
+  let key = ensureKeyFile(file);
+  const on = tiers.filter((t) => t.on);
+  const holding = [];
+  const lacking = [];
+  let adoptedFrom;
+  const adopt = (k, tier) => {
+    const old = key;
+    writeKeyFiles(file, { privateKey: k.privateKey, publicKey: k.publicKey.trim() });
+    key = ensureKeyFile(file);
+    adoptedFrom = tier.label;
+    if (had) {
+      const stale = snapshotsKeyedBy(dir, old.publicKey);
+      log.info(`SSH key: the repository's key (from the ${tier.label}) replaces this cache dir's; ${stale.length ? `the snapshots made with the old one are rebuilt (${stale.join(", ")})` : "no snapshot here was made with the old one"}`);
+    } else log.info(`SSH key: the repository's key, from the ${tier.label}`);
+  };
   for (const tier of on) {
-    const saved = await tier.save(SSH_KEY_CACHE_KEY, names, dir);
-    if (saved === "exists" && await adopt(tier)) log.info(`SSH key: another job saved one to the ${tier.label} first; using it`);
-    if (saved !== "failed") anySaved = true;
+    const found = await restoreEntry(dir, [tier], keyEntry(names), "using this runner's key");
+    if (!found) {
+      lacking.push(tier);
+    } else if (samePublic(found.value.publicKey, key.publicKey)) {
+      holding.push(tier.label);
+    } else if (!holding.length && !adoptedFrom) {
+      adopt(found.value, tier);
+      holding.push(tier.label);
+    } else {
+      log.warning(`SSH key: the ${tier.label} holds another key than the ${adoptedFrom ?? holding[0]} (whose key this run uses); no snapshot of this run is saved there`);
+    }
   }
-  if (anySaved) markShared();
-  return ensureKeyFile(file);
+  for (const tier of save ? lacking : []) {
+    const saved = await tier.save(SSH_KEY_CACHE_KEY, names, dir);
+    if (saved === "saved") {
+      holding.push(tier.label);
+      continue;
+    }
+    if (saved !== "exists") continue;
+    const found = await restoreEntry(dir, [tier], keyEntry(names), "using this runner's key");
+    if (!found) continue;
+    if (samePublic(found.value.publicKey, key.publicKey)) holding.push(tier.label);
+    else if (!holding.length) {
+      adopt(found.value, tier);
+      holding.push(tier.label);
+    }
+  }
+  return { key, keyTiers: holding };
+}
+function snapshotsKeyedBy(dir, publicKey) {
+  const want = hashOf(publicKey.trim());
+  return fs24.readdirSync(dir).filter((f) => f.endsWith(MANIFEST_SUFFIX)).map((f) => readManifest(path20.join(dir, f))).filter((m) => !!m && (m.layer === "snapshot" || m.layer === "browser-snapshot") && m.inputs.sshKey === want).map((m) => m.files[0].name.replace(/\.qcow2$/, ""));
 }
 
 // src/layers/pipeline.ts
-var sourceOf = (t) => t.label.startsWith("registry") ? "registry" : "actions cache";
 function recipesFor(config, manager, browserScript) {
   return {
     cleanForTemplate: CLEAN_FOR_TEMPLATE,
@@ -26243,188 +26924,27 @@ function recipesFor(config, manager, browserScript) {
     browserScript: browserScript ?? browserInstallScript(config.browserSource, manager)
   };
 }
-function cacheKeyFor(p, parentId) {
-  return parentId ? `${p.cacheKey}-${hashOf(parentId).slice(0, 12)}` : p.cacheKey;
-}
-function lockWaitMs(layer, t) {
-  const margin = 15 * 6e4;
-  switch (layer) {
-    case "raw":
-      return 60 * 6e4 + margin;
-    case "prepared":
-      return t.prepareSshMs + t.packagesMs + margin;
-    case "browser":
-      return t.bootSshMs + t.packagesMs + margin;
-    default:
-      return t.bootSshMs + t.restoreSshMs + margin;
-  }
-}
-function bytesOf(m) {
-  return m.files.reduce((n, f) => n + f.size, 0);
-}
-function cachePaths(p) {
-  return [...p.files, path21.basename(manifestPath("", p.base))];
-}
-async function restoreLayer(ctx, tier, p, key, parentId, backing) {
-  for (let attempt = 1; ; attempt++) {
-    const r = await restoreOnce(ctx, tier, p, key, parentId, backing);
-    if (typeof r !== "string") return r;
-    if (r === "miss") return void 0;
-    if (r.startsWith("refused: ")) {
-      log.warning(`${tier.label} entry ${key} refused: ${r.slice("refused: ".length)}; building the ${p.layer} layer instead`);
-      tier.refused?.(key);
-      return void 0;
-    }
-    if (attempt === 2 || !tier.on) {
-      log.warning(`${tier.label} entry ${key}: ${r}; building instead`);
-      return void 0;
-    }
-    log.warning(`${tier.label} entry ${key}: ${r}; downloading it once more`);
-  }
-}
-async function restoreOnce(ctx, tier, p, key, parentId, backing) {
-  const staging = tempPath(ctx.dir, `${p.base}-restore`);
-  fs24.mkdirSync(staging, { mode: 448 });
-  try {
-    const files = cachePaths(p);
-    const verified = /* @__PURE__ */ new Map();
-    const maxBytes = layerMaxBytes(ctx.config);
-    const got = await tier.restore(key, files, staging, { maxBytes, verified });
-    if (got === "miss") return "miss";
-    if (got === "failed") return "the download failed";
-    if (got !== "restored") return got;
-    const filesWhy = stagedFilesProblem(staging, files);
-    if (filesWhy) return `refused: ${filesWhy}`;
-    let m = loadManifest(manifestPath(staging, p.base));
-    if (typeof m === "string") return `refused: ${m}`;
-    const why = await stagedLayerProblem(staging, p, m, parentId, { backing, verified, maxBytes });
-    if (why) return `refused: ${why}`;
-    if (backing) {
-      m = await pointAt(staging, p, m, backing, { shared: false });
-      const off = await backingProblem(path21.join(staging, p.files[0]), backing);
-      if (off) return `refused: ${p.files[0]} ${off}`;
-    }
-    placeLayer(ctx.dir, staging, p);
-    return m;
-  } finally {
-    fs24.rmSync(staging, { recursive: true, force: true });
-  }
-}
-async function saveLayer(ctx, p, key) {
-  if (!ctx.tiers.length) return void 0;
-  if (!ctx.config.cacheSave) return "not saved (cache-save: false)";
-  const said = [];
-  for (const tier of ctx.tiers.filter((t) => t.on)) {
-    const saved = await log.group(`Saving the ${p.layer} layer to the ${tier.label} (${key})`, () => tier.save(key, cachePaths(p), ctx.dir));
-    said.push(saved === "saved" ? `saved to the ${tier.label}` : saved === "exists" ? `the ${tier.label} had it` : `not saved to the ${tier.label}`);
-  }
-  return said.join("; ") || void 0;
-}
-async function syncTiers(pending, tiers) {
-  const saved = [];
-  for (const s of pending) {
-    for (const tier of tiers.filter((t) => t.on && !s.from.includes(t.label))) {
-      if (await tier.has?.(s.key, s.files).catch(() => void 0) !== false) continue;
-      const r = await log.group(`Saving the ${s.layer} layer to the ${tier.label}, which lacks it (${s.key})`, () => tier.save(s.key, s.files, s.dir));
-      if (r === "saved") saved.push(`${s.layer} \u2192 ${tier.label}`);
-    }
-  }
-  return saved;
-}
-async function ensureLayer(ctx, p, results, o) {
-  const start = Date.now();
-  const result = (source, m, note) => results.push({ layer: p.layer, source, seconds: (Date.now() - start) / 1e3, bytes: bytesOf(m), ...note ? { note } : {} });
-  return withLayerLock(ctx.dir, p.base, lockWaitMs(p.layer, ctx.timeouts), async () => {
-    const use = (m2) => {
-      holdLayer(ctx.dir, p.base, ctx.holder);
-      touchLayer(ctx.dir, p.base);
-      return m2;
-    };
-    const key = cacheKeyFor(p, o.parentId);
-    const pending = (from) => ctx.config.cacheSave && ctx.tiers.length && ctx.pending.push({ layer: p.layer, key, files: cachePaths(p), dir: ctx.dir, from });
-    const valid = validLayer(ctx.dir, p, o.parentId);
-    if (valid) {
-      const have = o.backing ? await pointAt(ctx.dir, p, valid, o.backing, { shared: true }) : valid;
-      log.info(`${p.layer}: using ${p.files[0]} (local cache)`);
-      result("local", have, Date.now() - start > 1500 ? "waited for another run" : void 0);
-      pending([]);
-      return use(have);
-    }
-    const unrecorded = !fs24.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs24.existsSync(path21.join(ctx.dir, f)));
-    const adopted = unrecorded && o.adopt ? await o.adopt() : void 0;
-    if (adopted) {
-      const m2 = await record(ctx, p, start, o.parentId, adopted);
-      log.info(`${p.layer}: adopted ${p.files[0]} left by an earlier tool (verified)`);
-      const saved = await saveLayer(ctx, p, key);
-      result("local", m2, `adopted an unrecorded file${saved ? ` (${saved})` : ""}`);
-      return use(m2);
-    }
-    for (const tier of ctx.tiers) {
-      if (!tier.on) continue;
-      const restored = await log.group(`Restoring the ${p.layer} layer from the ${tier.label} (${key})`, () => restoreLayer(ctx, tier, p, key, o.parentId, o.backing));
-      if (restored) {
-        log.info(`${p.layer}: restored ${p.files[0]} from the ${tier.label}`);
-        result(sourceOf(tier), restored);
-        pending([tier.label]);
-        return use(restored);
-      }
-    }
-    const m = await log.group(`Building the ${p.layer} layer (${p.files[0]})`, async () => {
-      removeLayer(ctx.dir, p.base, p.files);
-      const built = await record(ctx, p, start, o.parentId, { ...await o.build() ?? {}, ...o.backing ? { backing: o.backing } : {} });
-      log.info(`${p.layer}: built ${p.files[0]} in ${((Date.now() - start) / 1e3).toFixed(0)} s`);
-      return built;
-    });
-    result("built", m, await saveLayer(ctx, p, key));
-    return use(m);
-  });
-}
-async function pointAt(dir, p, m, backing, o) {
-  if (m.backing === backing) return m;
-  const disk = path21.join(dir, p.files[0]);
-  if (o.shared) {
-    const tmp = tempPath(dir, p.files[0]);
-    copyFile(disk, tmp);
-    await rebaseUnsafe(tmp, backing);
-    fs24.renameSync(tmp, disk);
-  } else {
-    await rebaseUnsafe(disk, backing);
-  }
-  const [described] = await describeFiles(dir, [p.files[0]]);
-  return writeManifest(manifestPath(dir, p.base), { ...m, backing, files: m.files.map((f) => f.name === described.name ? described : f) });
-}
-async function record(ctx, p, start, parentId, extra) {
-  return recordLayer(ctx.dir, p.base, {
-    layer: p.layer,
-    key: p.key,
-    inputs: p.inputs,
-    parentId,
-    buildSeconds: Math.round((Date.now() - start) / 1e3),
-    ...extra,
-    // A builder that already read its files says so; else they are hashed here, once.
-    files: extra.files ?? await describeFiles(ctx.dir, p.files)
-  });
-}
 async function ensureSnapshotLayer(ctx, p, base, parent, key, results) {
   let build;
   const at = (f) => path21.join(ctx.dir, f);
   try {
-    const manifest = await ensureLayer(ctx, p, results, {
+    const manifest = await ensureLayer(ctx, {
+      plan: p,
       parentId: parent.id,
       backing: path21.resolve(base),
+      keyed: true,
       build: async () => {
         build = await buildSnapshot(ctx, {
           name: p.base,
           base,
           out: { disk: at(p.files[0]), efivars: at(p.files[1]), seed: at(p.files[2]) },
           key,
-          memoryMb: ctx.config.memoryMb,
-          cpus: ctx.config.cpus,
+          layout: p.layout,
           diskSize: ctx.config.diskSize
         });
-        return { layout: build.layout, stateBytes: build.stateBytes };
+        return { stateBytes: build.stateBytes };
       }
-    });
+    }, results);
     return { manifest, build };
   } catch (err) {
     if (err instanceof KvmBootError) throw err;
@@ -26448,17 +26968,17 @@ async function ensureLayers(config, hostSetup, opened, o = {}) {
   Promise.resolve(hostSetup).catch(() => {
   });
   const dir = config.cacheDir;
-  fs24.mkdirSync(dir, { recursive: true });
+  fs25.mkdirSync(dir, { recursive: true });
   cleanStaleTemps(dir);
   const rt = runtimeDir();
-  fs24.mkdirSync(rt, { recursive: true });
+  fs25.mkdirSync(rt, { recursive: true });
   const holder = process.env.GITHUB_ACTIONS === "true" ? jobHolder(rt) : processHolder();
   try {
-    const key = await withLayerLock(dir, CacheFiles.sshKey, 10 * 6e4, () => ensureSshKey(dir, tiers, config.cacheSave));
+    const { key, keyTiers } = await withLayerLock(dir, CacheFiles.sshKey, 10 * 6e4, () => ensureSshKey(dir, tiers, config.cacheSave));
     let host = await hostSetup;
     for (; ; ) {
       try {
-        const result = await ensureOnce(config, host, key, tiers, holder, rt, hooks);
+        const result = await ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers);
         if (!o.deferSaves && result.pending.length) await syncTiers(result.pending, tiers);
         return result;
       } catch (err) {
@@ -26471,29 +26991,27 @@ async function ensureLayers(config, hostSetup, opened, o = {}) {
     for (const t of tiers) t.close();
   }
 }
-async function ensureOnce(config, host, key, tiers, holder, rt, hooks) {
+async function ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers) {
   const dir = config.cacheDir;
   const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager, hooks.browserScript);
   const plan = planLayers(config, host, key.publicKey, recipes);
-  const ctx = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel, hooks.timeoutScale), tiers, hooks, holder, pending: [] };
+  const fresh = config.redownload ? [plan.raw, plan.prepared, plan.snapshot, plan.browser, plan.browserSnapshot].map((p) => p.layer) : void 0;
+  if (fresh) log.info("redownload: downloading the image and building every layer anew (no local or remote copy is used)");
+  const ctx = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel, hooks.timeoutScale), tiers, hooks, holder, pending: [], keyTiers, fresh };
   const results = [];
   const at = (f) => path21.join(dir, f);
-  if (config.redownload) {
-    log.info("redownload: removing the raw, prepared and browser layers");
-    for (const p of [plan.raw, plan.prepared, plan.browser]) {
-      await withLayerLock(dir, p.base, lockWaitMs(p.layer, ctx.timeouts), async () => removeLayer(dir, p.base, p.files));
-    }
-  }
-  const prepared = await ensureLayer(ctx, plan.prepared, results, {
+  const prepared = await ensureLayer(ctx, {
+    plan: plan.prepared,
     build: async () => {
       let expectedRaw;
       const expected = () => expectedRaw ??= expectedChecksum(plan.image, config.imageChecksum);
       const rawFile = at(plan.raw.files[0]);
       const recorded = (e, sha256) => ({
         digest: `${e.algorithm}:${e.hex}`,
-        files: [{ name: plan.raw.files[0], size: fs24.statSync(rawFile).size, sha256 }]
+        files: [{ name: plan.raw.files[0], size: fs25.statSync(rawFile).size, sha256 }]
       });
-      const raw = await ensureLayer(ctx, plan.raw, results, {
+      const raw = await ensureLayer(ctx, {
+        plan: plan.raw,
         // The seed's download under the same name is used when its digest is the published one.
         adopt: async () => {
           const e = await expected();
@@ -26507,7 +27025,7 @@ async function ensureOnce(config, host, key, tiers, holder, rt, hooks) {
           const { sha256 } = await download(url, rawFile, `${rawFile}.partial`, e);
           return recorded(e, sha256);
         }
-      });
+      }, results);
       await buildImage(ctx, {
         name: plan.prepared.base,
         base: rawFile,
@@ -26520,13 +27038,14 @@ async function ensureOnce(config, host, key, tiers, holder, rt, hooks) {
       });
       return { parentId: raw.id };
     }
-  });
+  }, results);
   let snap = {};
   if (config.snapshot) snap = await ensureSnapshotLayer(ctx, plan.snapshot, at(plan.prepared.files[0]), prepared, key, results);
   let browserSnap = {};
   let browser;
   if (config.browser) {
-    browser = await ensureLayer(ctx, plan.browser, results, {
+    browser = await ensureLayer(ctx, {
+      plan: plan.browser,
       parentId: prepared.id,
       build: async () => {
         const source = await buildImage(ctx, {
@@ -26543,7 +27062,7 @@ async function ensureOnce(config, host, key, tiers, holder, rt, hooks) {
         log.info(`  browser layer installed from: ${source}`);
         return { source };
       }
-    });
+    }, results);
     if (config.snapshot) browserSnap = await ensureSnapshotLayer(ctx, plan.browserSnapshot, at(plan.browser.files[0]), browser, key, results);
   }
   const { evicted, bytes } = await evict(dir, config.cacheMaxBytes).catch((err) => {
@@ -26557,17 +27076,29 @@ async function ensureOnce(config, host, key, tiers, holder, rt, hooks) {
 
 // src/vms.ts
 var import_proper_lockfile2 = __toESM(require_proper_lockfile(), 1);
-import * as fs25 from "node:fs";
-import * as net4 from "node:net";
+import * as fs26 from "node:fs";
+import * as net5 from "node:net";
 import * as os6 from "node:os";
 import * as path22 from "node:path";
 function vmsDir() {
   return path22.join(runtimeDir(), RuntimeFiles.vms);
 }
 function listVms() {
+  const vms = readVms();
+  pruneSshHosts(vms);
+  return vms;
+}
+function readVms() {
   const dir = vmsDir();
-  if (!fs25.existsSync(dir)) return [];
-  return fs25.readdirSync(dir).map((n) => path22.join(dir, n, GuestFiles.vmRecord)).filter((f) => fs25.existsSync(f)).map((f) => JSON.parse(fs25.readFileSync(f, "utf8"))).map((v) => ({ ...v, running: processNamed(v.pid, v.workDir) })).sort((a, b) => a.name.localeCompare(b.name));
+  if (!fs26.existsSync(dir)) return [];
+  return fs26.readdirSync(dir).map((n) => path22.join(dir, n, GuestFiles.vmRecord)).filter((f) => fs26.existsSync(f)).map((f) => JSON.parse(fs26.readFileSync(f, "utf8"))).map((v) => ({ ...v, running: vmAlive(v) })).sort((a, b) => a.name.localeCompare(b.name));
+}
+function vmAlive(vm) {
+  return processNamed(vm.pid, `${vm.workDir}/`);
+}
+function vmTarget(vm) {
+  if (!vm.hostKey) throw new Error(`VM ${vm.name} was booted by an older ryra-vm that recorded no SSH host key to check: stop it (ryra-vm stop ${vm.name}) and boot it again`);
+  return { port: vm.port, user: vm.user, privateKey: fs26.readFileSync(vm.key, "utf8"), hostKey: vm.hostKey };
 }
 function findVm(name) {
   return listVms().find((v) => v.name === name);
@@ -26598,7 +27129,7 @@ async function checkForwards(forwards) {
     if (seen.has(f.host)) throw new InputError(`invalid forward ${f.host}:${f.guest}: host port ${f.host} is forwarded twice`);
     seen.add(f.host);
     const problem = await new Promise((resolve7) => {
-      const srv = net4.createServer();
+      const srv = net5.createServer();
       srv.once("error", (err) => resolve7(err.code === "EADDRINUSE" ? "another process listens on it" : err.code === "EACCES" ? "ports below 1024 need privileges" : err.message));
       srv.listen(f.host, "127.0.0.1", () => srv.close(() => resolve7(void 0)));
     });
@@ -26621,7 +27152,7 @@ async function holdAll(cacheDir, bases, holder) {
 async function invalidateSnapshot(cacheDir, snap) {
   await withLayerLock(cacheDir, snap.base, 6e4, async () => {
     if (liveHolders(cacheDir, snap.base).some((h) => "dir" in h)) {
-      fs25.rmSync(manifestPath(cacheDir, snap.base), { force: true });
+      fs26.rmSync(manifestPath(cacheDir, snap.base), { force: true });
     } else removeLayer(cacheDir, snap.base, [snap.disk, snap.efivars, snap.seed].map((f) => path22.basename(f)));
   });
 }
@@ -26656,8 +27187,8 @@ async function bootVm(o) {
   const cold = o.browser ? rec.browserCold : rec.cold;
   if (o.browser && !cold) throw new InputError("no browser layer was prepared: run the action with browser: true");
   const workDir = path22.join(vmsDir(), name);
-  fs25.rmSync(workDir, { recursive: true, force: true });
-  fs25.mkdirSync(workDir, { recursive: true });
+  fs26.rmSync(workDir, { recursive: true, force: true });
+  fs26.mkdirSync(workDir, { recursive: true });
   const keyFile = path22.join(workDir, GuestFiles.vmKey);
   const vmKey = generateKeyPair(`ryra-vm ${name}`);
   writeKeyFiles(keyFile, vmKey);
@@ -26668,6 +27199,7 @@ async function bootVm(o) {
   const start = Date.now();
   let machine;
   let mode = "restore";
+  let hostKey = "";
   if (snap) {
     for (const [flag, want, have] of [
       ["--memory", snap.layout.memoryMb, o.memoryMb],
@@ -26678,8 +27210,10 @@ async function bootVm(o) {
       }
     }
     try {
+      const from = restoreFrom(rec, o.browser);
+      hostKey = hostKeyFor(from.key).publicKey;
       ({ machine } = await restoreMachine({
-        ...restoreFrom(rec, o.browser),
+        ...from,
         name,
         workDir,
         sshTimeoutMs: bootTimeout(timeouts.restoreSshMs),
@@ -26701,6 +27235,8 @@ async function bootVm(o) {
   if (!machine) {
     mode = "cold";
     log.info(`cold-booting ${name} from ${path22.basename(cold.image)}`);
+    const coldHostKey = generateKeyPair(`ryra-vm ${name} host key`);
+    hostKey = coldHostKey.publicKey;
     machine = await coldBoot({
       name,
       qemu: rec.qemu,
@@ -26710,6 +27246,7 @@ async function bootVm(o) {
       workDir,
       diskSize: rec.run.diskSize,
       key: vmKey,
+      hostKey: coldHostKey,
       user: out["ssh-user"],
       seed: { hostname: name, ...runnerSeed(rec.guestPackageManager) },
       sshTimeoutMs: bootTimeout(timeouts.bootSshMs),
@@ -26730,6 +27267,7 @@ async function bootVm(o) {
     port: machine.sshPort,
     user: out["ssh-user"],
     key: keyFile,
+    hostKey,
     image: mode === "restore" ? snap.backing : cold.image,
     mode,
     browser: !!o.browser,
@@ -26743,22 +27281,23 @@ async function bootVm(o) {
     holder: holder.id,
     forwards
   };
-  fs25.writeFileSync(path22.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + "\n");
+  fs26.writeFileSync(path22.join(workDir, GuestFiles.knownHosts), knownHostsLine(vm) + "\n", { mode: 384 });
+  fs26.writeFileSync(path22.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + "\n");
   await updateSshHosts();
   if (!job && process.env.GITHUB_ACTIONS === "true") log.warning(`${JOB_ENV} is not set: plain \`ssh ${name}\` reaches this VM from any job of this runner user that has no ${JOB_ENV} either (the action sets it for the job's later steps)`);
   machine.release();
   return vm;
 }
 async function stopVm(vm) {
-  const alive = () => processNamed(vm.pid, vm.workDir);
+  const alive = () => vmAlive(vm);
   if (alive()) {
     process.kill(vm.pid, "SIGTERM");
     for (let i = 0; i < 50 && alive(); i++) await sleep(100);
     if (alive()) process.kill(vm.pid, "SIGKILL");
     for (let i = 0; i < 50 && alive(); i++) await sleep(100);
   }
-  fs25.rmSync(vm.workDir, { recursive: true, force: true });
-  fs25.rmSync(path22.dirname(vm.qmpSocket), { recursive: true, force: true });
+  fs26.rmSync(vm.workDir, { recursive: true, force: true });
+  fs26.rmSync(path22.dirname(vm.qmpSocket), { recursive: true, force: true });
   releaseHolder(vm.cacheDir, vm.holder);
   await updateSshHosts();
 }
@@ -26791,7 +27330,7 @@ function withoutJobBlocks(text, file) {
   for (let i = 0; i < lines.length; i++) {
     const m = BEGIN_RE.exec(lines[i]);
     const j = m ? lines.indexOf(end(m[1]), i) : -1;
-    if (m && j > i && (m[1] === file || !fs25.existsSync(m[1]))) {
+    if (m && j > i && (m[1] === file || !fs26.existsSync(m[1]))) {
       i = j;
       continue;
     }
@@ -26799,23 +27338,51 @@ function withoutJobBlocks(text, file) {
   }
   return out.join("\n");
 }
+function shellPath(p) {
+  configPath(p);
+  if (p.includes("'")) throw new InputError(`the path ${JSON.stringify(p)} holds a ' (ssh's config runs a shell command with it): set RYRA_VM_RUNTIME_DIR to a plainer path`);
+  return `'${p}'`;
+}
+function knownHostsLine(vm) {
+  return `[127.0.0.1]:${vm.port} ${vm.hostKey.trim()}`;
+}
+function refusal(name, why) {
+  return [`  ProxyCommand sh -c 'echo "ryra-vm: the VM ${name} is gone (${why}); boot it again with ryra-vm boot --name ${name}" >&2; exit 1'`, "  LogLevel QUIET"];
+}
 function sshHostBlock(vm) {
   return [
+    `Match originalhost ${vm.name} !exec "grep -qaF -e ${shellPath(`${vm.workDir}/`)} /proc/${vm.pid}/cmdline 2>/dev/null"`,
+    ...refusal(vm.name, `its QEMU, pid ${vm.pid}, exited`),
     `Host ${vm.name}`,
     "  HostName 127.0.0.1",
     `  Port ${vm.port}`,
     `  User ${vm.user}`,
     `  IdentityFile ${configPath(vm.key)}`,
     "  IdentitiesOnly yes",
-    // A fresh VM's host key is new every boot: nothing to pin it to.
-    "  StrictHostKeyChecking no",
-    "  UserKnownHostsFile /dev/null",
+    "  StrictHostKeyChecking yes",
+    `  UserKnownHostsFile ${configPath(path22.join(vm.workDir, GuestFiles.knownHosts))}`,
+    "  GlobalKnownHostsFile /dev/null",
     "  LogLevel ERROR"
   ].join("\n");
 }
+function goneHostBlock(name, why) {
+  return [`Host ${name}`, ...refusal(name, why)].join("\n");
+}
+function jobHostsText(dir, vms, before) {
+  const running = vms.filter((v) => v.running);
+  const names = new Set([...before.matchAll(/^Host (\S+)$/gm)].map((m) => m[1]).concat(vms.map((v) => v.name)));
+  const gone = [...names].filter((n) => !running.some((v) => v.name === n)).sort().map((n) => {
+    const dead = vms.find((v) => v.name === n);
+    return goneHostBlock(n, dead ? `its QEMU, pid ${dead.pid}, exited` : "stopped");
+  });
+  const blocks = [...running.map(sshHostBlock), ...gone];
+  return blocks.length ? `# Host entries of the VMs in ${dir} (ryra-vm writes it)
+${blocks.join("\n")}
+` : "";
+}
 async function withLock(file, fn) {
-  fs25.mkdirSync(path22.dirname(file), { recursive: true, mode: 448 });
-  if (!fs25.existsSync(file)) fs25.writeFileSync(file, "", { mode: 384 });
+  fs26.mkdirSync(path22.dirname(file), { recursive: true, mode: 448 });
+  if (!fs26.existsSync(file)) fs26.writeFileSync(file, "", { mode: 384 });
   const release2 = await import_proper_lockfile2.default.lock(file, { realpath: false, stale: 1e4, retries: { retries: 50, minTimeout: 100, maxTimeout: 200 } });
   try {
     return await fn();
@@ -26825,14 +27392,14 @@ async function withLock(file, fn) {
 }
 function writePrivate(file, text) {
   const tmp = `${file}.tmp-${process.pid}`;
-  fs25.writeFileSync(tmp, text, { mode: 384 });
-  fs25.renameSync(tmp, file);
+  fs26.writeFileSync(tmp, text, { mode: 384 });
+  fs26.renameSync(tmp, file);
 }
 async function editUserSshConfig(edit) {
   const link = userSshConfig();
-  const file = fs25.existsSync(link) ? fs25.realpathSync(link) : link;
+  const file = fs26.existsSync(link) ? fs26.realpathSync(link) : link;
   await withLock(file, () => {
-    const text = fs25.readFileSync(file, "utf8");
+    const text = fs26.readFileSync(file, "utf8");
     const next = edit(text);
     if (next !== text) writePrivate(file, next);
   });
@@ -26841,11 +27408,9 @@ async function updateSshHosts() {
   const file = jobSshConfig();
   const job = jobId();
   await withLock(file, async () => {
-    const vms = listVms();
-    if (vms.length) {
-      writePrivate(file, `# Host entries of the VMs in ${path22.dirname(file)} (ryra-vm writes it)
-${vms.map(sshHostBlock).join("\n")}
-`);
+    const text = jobHostsText(path22.dirname(file), readVms(), fs26.readFileSync(file, "utf8"));
+    if (text) {
+      writePrivate(file, text);
       await editUserSshConfig((t) => `${jobBlock(file, job)}
 ${withoutJobBlocks(t, file)}`);
     } else {
@@ -26854,10 +27419,28 @@ ${withoutJobBlocks(t, file)}`);
     }
   });
 }
+function pruneSshHosts(vms) {
+  const dead = vms.filter((v) => !v.running);
+  const file = jobSshConfig();
+  if (!dead.length || !fs26.existsSync(file)) return;
+  if (!dead.some((v) => fs26.readFileSync(file, "utf8").includes(`Match originalhost ${v.name} `))) return;
+  let release2;
+  try {
+    release2 = import_proper_lockfile2.default.lockSync(file, { realpath: false, stale: 1e4 });
+  } catch {
+    return;
+  }
+  try {
+    const text = jobHostsText(path22.dirname(file), readVms(), fs26.readFileSync(file, "utf8"));
+    if (text) writePrivate(file, text);
+  } finally {
+    release2();
+  }
+}
 async function forgetSshHosts() {
   const file = jobSshConfig();
-  if (fs25.existsSync(userSshConfig())) await editUserSshConfig((t) => withoutJobBlocks(t, file));
-  fs25.rmSync(file, { force: true });
+  if (fs26.existsSync(userSshConfig())) await editUserSshConfig((t) => withoutJobBlocks(t, file));
+  fs26.rmSync(file, { force: true });
 }
 
 export {
@@ -26868,6 +27451,7 @@ export {
   setLogger,
   errorMessage,
   RuntimeFiles,
+  withTimeout,
   jobHolder,
   releaseHolder,
   dirBytes,
@@ -26892,6 +27476,7 @@ export {
   openTiers,
   ensureLayers,
   listVms,
+  vmTarget,
   findVm,
   checkVmName,
   getVm,

@@ -27,7 +27,7 @@ import {
   setupHost,
   stopVm,
   syncTiers
-} from "./chunk-XOBFZAS2.js";
+} from "./chunk-3X57CKPN.js";
 import {
   addPath,
   exportVariable,
@@ -41,7 +41,7 @@ import {
   setSecret,
   summary,
   warning
-} from "./chunk-R3MNE3V3.js";
+} from "./chunk-JPQAZDAJ.js";
 
 // src/action.ts
 import * as fs from "node:fs";
