@@ -181,7 +181,7 @@ describe('hostile Actions cache entries (amd64, TCG)', { timeout: 40 * 60_000 },
     const res = await r.action({ ...configInputs(LIGHT, fx), 'cache-dir': dirE });
     await r.post();
     assert.equal(res.code, 0, res.stdout.slice(-5000));
-    assert.deepEqual(sources(res.record), { prepared: 'local', snapshot: 'built' });
+    assert.deepEqual(sources(res.record), { prepared: 'local', snapshot: 'built' }, `${JSON.stringify(res.record?.layers)}\n${res.stdout.slice(-3000)}`);
     // The base entry (backed by a host file) is refused again, then its successor.
     const said = warnings(res.stdout).filter((l) => /refused/.test(l));
     assert.equal(said.length, 2, warnings(res.stdout).join('\n'));
@@ -193,6 +193,7 @@ describe('hostile Actions cache entries (amd64, TCG)', { timeout: 40 * 60_000 },
   });
 
   test('a cache service that lost its entries gets every layer and the key again from a runner that has them; an empty disk then restores all of them and builds nothing', async () => {
+    fs.mkdirSync(path.join(root.dir, 'lost'));
     const lost = await startCacheServer({ dir: path.join(root.dir, 'lost') });
     try {
       const dirF = path.join(root.dir, 'cache-f');

@@ -123,13 +123,13 @@ describe('ryra-vm run as a step\'s shell (amd64, TCG)', { timeout: 30 * 60_000 }
           const t = setInterval(() => /script started/.test(out) && (clearInterval(t), resolve(true)), 100);
           void exit.then(() => (clearInterval(t), resolve(false)));
         }),
-        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 300_000)),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 300_000).unref()),
       ]);
       assert.ok(started, `the script did not start:\n${out}`);
       await new Promise((res) => setTimeout(res, 5000));
       const t0 = Date.now();
       step.kill('SIGTERM');
-      const code = await Promise.race([exit, new Promise<string>((res) => setTimeout(() => res('still running after 60 s'), 60_000))]);
+      const code = await Promise.race([exit, new Promise<string>((res) => setTimeout(() => res('still running after 60 s'), 60_000).unref())]);
       const secs = (Date.now() - t0) / 1000;
       figures.push(`cancelled step: SIGTERM to exit ${secs.toFixed(1)} s`);
       assert.equal(code, 143, out);
