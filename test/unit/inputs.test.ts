@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import { describe, test } from 'node:test';
 import { Inputs } from '../../src/contract.js';
 import { InputError, defaultCacheDir, parseConfig, type HostFacts } from '../../src/inputs.js';
@@ -127,6 +128,10 @@ describe('inputs', () => {
     const prose = r.stdout.replace(/\s+/g, ' ');
     const none = /The action's (.+?) inputs have no flags/.exec(prose)?.[1].split(/, | and /) ?? [];
     assert.ok(none.length > 0, 'the help names the inputs without flags');
+    // The README's "Outside Actions" says the same.
+    const readme = fs.readFileSync('README.md', 'utf8').replace(/\s+/g, ' ').replaceAll('`', '');
+    const inReadme = /The action's (.+?) inputs have no flags/.exec(readme)?.[1].split(/, | and /) ?? [];
+    assert.deepEqual([...inReadme].sort(), [...none].sort(), 'the README names the same inputs without flags as the help');
     assert.match(prose, /the Actions cache is off/);
     for (const input of Object.values(Inputs)) {
       const covered = flags.has(input) || flags.has(`no-${input}`) || none.includes(input) || input === Inputs.Cache;
