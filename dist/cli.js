@@ -34,7 +34,7 @@ import {
   stopVm,
   vmTarget,
   withTimeout
-} from "./chunks/chunk-3X57CKPN.js";
+} from "./chunks/chunk-TFKJ5YRS.js";
 import "./chunks/chunk-JPQAZDAJ.js";
 
 // src/cli.ts

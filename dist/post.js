@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-EHUF6SYZ.js";
-import "./chunks/chunk-3X57CKPN.js";
+} from "./chunks/chunk-AKE7FL7J.js";
+import "./chunks/chunk-TFKJ5YRS.js";
 import "./chunks/chunk-JPQAZDAJ.js";
 
 // src/post.ts

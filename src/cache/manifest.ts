@@ -5,7 +5,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { isPlainName } from './confine.js';
-import { sameLayout, type VmLayout } from '../vm/spec.js';
+import type { VmLayout } from '../vm/spec.js';
 
 export { MANIFEST_SUFFIX, manifestPath } from '../names.js';
 
@@ -169,22 +169,13 @@ export function manifestMismatch(m: Manifest, e: Expected): Mismatch | undefined
   const named = m.files.map((f) => f.name).sort();
   const planned = [...e.files].sort();
   if (named.join('\0') !== planned.join('\0')) return { field: 'files', why: `it names ${short(named)}, not ${short(planned)}` };
-  if (e.layout ? !m.layout || !sameLayoutSafe(m.layout, e.layout) : m.layout !== undefined) {
+  if (hashOf(m.layout ?? null) !== hashOf(e.layout ?? null)) {
     return { field: 'layout', why: `it records the device layout ${short(m.layout).slice(0, 200)}, not the one this host and configuration give` };
   }
   if (e.backingName ? !m.backing || path.basename(m.backing) !== e.backingName : m.backing !== undefined) {
     return { field: 'backing', why: `it sits on ${short(m.backing)}, not on its parent layer ${short(e.backingName)}` };
   }
   return undefined;
-}
-
-/** sameLayout of a value from a file, which may hold anything of the right outer shape. */
-function sameLayoutSafe(a: VmLayout, b: VmLayout): boolean {
-  try {
-    return sameLayout(a, b) && hashOf(a) === hashOf(b);
-  } catch {
-    return false;
-  }
 }
 
 /** Why a manifest does not describe a usable layer in `dir`, or undefined when it does. Cheap: stats only. */

@@ -114,7 +114,6 @@ export async function checkStagedLayer(s: LayerSpec, staging: string, verified: 
   return {
     ok: {
       ...planned(s, m.buildSeconds),
-      ...(!s.parentId && m.parentId ? { parentId: m.parentId } : {}),
       id: m.id,
       files: described,
       ...(m.digest && p.layer === 'raw' ? { digest: m.digest } : {}),
@@ -164,8 +163,9 @@ async function saveLayer(ctx: LayerContext, s: LayerSpec, key: string): Promise<
   if (!ctx.config.cacheSave) return 'not saved (cache-save: false)';
   const p = s.plan;
   const said: string[] = [];
+  const allowed = tiersFor(ctx, s);
   for (const tier of ctx.tiers.filter((t) => t.on)) {
-    if (!tiersFor(ctx, s).includes(tier)) {
+    if (!allowed.includes(tier)) {
       said.push(`not saved to the ${tier.label}, which holds another SSH key`);
       continue;
     }

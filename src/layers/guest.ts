@@ -3,7 +3,6 @@
 import { runnerSeed } from '../proxy.js';
 import { coldBoot, type ColdBootOptions } from '../vm/boot.js';
 import type { Machine } from '../vm/machine.js';
-import type { VmLayout } from '../vm/spec.js';
 import type { LayerContext } from './context.js';
 import { layoutFor } from './plan.js';
 
@@ -23,11 +22,6 @@ export const BUILD_APT_CFG = { path: '/etc/apt/apt.conf.d/99ryra-vm-build', cont
 /** Both, for an apt guest's build. */
 export const BUILD_APT_FILES = [BUILD_DPKG_CFG, BUILD_APT_CFG];
 
-/** The device layout of a guest of this host: the snapshot's layout when `shareTag` is given. */
-export function hostLayout(ctx: Pick<LayerContext, 'host'>, o: { memoryMb: number; cpus: number; shareTag?: string }): VmLayout {
-  return layoutFor(ctx.host, o);
-}
-
 /**
  * Cold-boots a build's guest. An image build (a scratch disk, packages to install) gets the runner's
  * proxy and local CAs, removed again before the image is kept; a snapshot's guest gets neither (a
@@ -41,7 +35,7 @@ export function bootBuilder(ctx: LayerContext, g: BuilderGuest): Promise<Machine
     ...rest,
     seed: { ...rest.seed, ...network },
     qemu: ctx.host.qemu.path,
-    layout: hostLayout(ctx, { memoryMb, cpus, shareTag }),
+    layout: layoutFor(ctx.host, { memoryMb, cpus, shareTag }),
     firmware: ctx.host.firmware,
     stallMs: ctx.hooks.stallMs,
   });

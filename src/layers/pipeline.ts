@@ -26,9 +26,8 @@ import type { KeyPair } from '../vm/ssh.js';
 import { BROWSER_CPUS, BROWSER_MEMORY_MB, SOURCE_FILE, browserInstallScript } from './browser.js';
 import { timeoutsFor, type LayerContext, type PendingSave } from './context.js';
 import { ensureLayer, syncTiers } from './ensure.js';
-import { hostLayout } from './guest.js';
 import type { Manifest } from '../cache/manifest.js';
-import { planLayers, type LayerPlan, type Plan, type Recipes } from './plan.js';
+import { layoutFor, planLayers, type LayerPlan, type Plan, type Recipes } from './plan.js';
 import { CLEAN_FOR_TEMPLATE, buildImage } from './prepared.js';
 import { adoptRaw, download, expectedChecksum } from './raw.js';
 import { SHRINK_RAM, SNAPSHOT_SETUP, buildSnapshot, type SnapshotBuild } from './snapshot.js';
@@ -234,7 +233,7 @@ async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: Remot
     return { evicted: [] as Eviction[], bytes: dirBytes(dir) };
   });
 
-  const { outputs, record } = runRecord({ config, host, plan, dir, rt, publicKey: key.publicKey, results, evicted, cacheDirBytes: bytes, coldLayout: hostLayout(ctx, { memoryMb: config.memoryMb, cpus: config.cpus }), snapshot: snap.manifest, browser, browserSnapshot: browserSnap.manifest });
+  const { outputs, record } = runRecord({ config, host, plan, dir, rt, publicKey: key.publicKey, results, evicted, cacheDirBytes: bytes, coldLayout: layoutFor(host, { memoryMb: config.memoryMb, cpus: config.cpus }), snapshot: snap.manifest, browser, browserSnapshot: browserSnap.manifest });
   writeRecord(outputs[Outputs.Manifest], record);
   return { outputs, record, layers: results, runtimeDir: rt, plan, host, snapshotBuild: snap.build, evicted, pending: ctx.pending };
 }

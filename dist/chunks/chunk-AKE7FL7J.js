@@ -27,7 +27,7 @@ import {
   setupHost,
   stopVm,
   syncTiers
-} from "./chunk-3X57CKPN.js";
+} from "./chunk-TFKJ5YRS.js";
 import {
   addPath,
   exportVariable,

@@ -21844,96 +21844,6 @@ var RuntimeFiles = {
 import { createHash, randomUUID } from "node:crypto";
 import * as fs2 from "node:fs";
 import * as path2 from "node:path";
-
-// src/vm/spec.ts
-var TOKENS = {
-  disk: "{disk}",
-  efivars: "{efivars}",
-  sshPort: "{ssh-port}",
-  serialLog: "{serial-log}",
-  shareDir: "{share-dir}"
-};
-function sameLayout(a, b) {
-  return JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
-}
-function canonical(l) {
-  return [l.arch, l.machine, l.accel.accel, l.accel.args, l.accel.machineProps, l.memoryMb, l.cpus, l.firmwareFormat, l.seed, l.shareTag ?? null];
-}
-function opt(value) {
-  return value.replaceAll(",", ",,");
-}
-var NIC_MODEL = { aarch64: "", x86_64: "model=virtio-net-pci," };
-function recipe(layout, fixed, o = {}) {
-  if (layout.seed !== !!fixed.seedIso) throw new Error("layout.seed and the seed ISO disagree");
-  const cpuAt = layout.accel.args.indexOf("-cpu");
-  if (cpuAt < 0) throw new Error(`accelerator arguments without -cpu: ${layout.accel.args.join(" ")}`);
-  const fast = o.scratchDisk && layout.arch === "aarch64" && layout.accel.accel === "tcg" && layout.accel.args[cpuAt + 1] === "max";
-  const cpu = fast ? "max,pauth-impdef=on" : layout.accel.args[cpuAt + 1];
-  const accelRest = layout.accel.args.filter((_, i) => i !== cpuAt && i !== cpuAt + 1);
-  const argv = [
-    "-machine",
-    [layout.machine, ...layout.accel.machineProps].join(","),
-    "-cpu",
-    cpu,
-    "-m",
-    String(layout.memoryMb),
-    "-smp",
-    String(layout.cpus),
-    "-drive",
-    `if=pflash,format=${layout.firmwareFormat},file=${opt(fixed.efiCode)},readonly=on`,
-    "-drive",
-    `if=pflash,format=qcow2,file=${TOKENS.efivars}`,
-    // A build's throw-away disk (a failed build is discarded) skips the host's flushes; a snapshot's never.
-    "-drive",
-    `if=virtio,file=${TOKENS.disk},format=qcow2${o.scratchDisk ? ",cache=unsafe" : ""}`
-  ];
-  if (fixed.seedIso) argv.push("-drive", `if=virtio,file=${opt(fixed.seedIso)},format=raw,readonly=on`);
-  argv.push(
-    "-nic",
-    `user,${NIC_MODEL[layout.arch]}hostfwd=tcp:127.0.0.1:${TOKENS.sshPort}-:22`,
-    "-nographic",
-    "-serial",
-    `file:${TOKENS.serialLog}`
-  );
-  if (layout.shareTag) argv.push("-virtfs", `local,path=${TOKENS.shareDir},mount_tag=${layout.shareTag},security_model=none,readonly=on`);
-  argv.push(...accelRest);
-  return argv;
-}
-function fillRecipe(argv, v) {
-  if (v.serialLog.includes(",")) throw new Error(`the serial log path may not contain a comma: ${v.serialLog}`);
-  if (!/^\d+$/.test(v.sshPort)) throw new Error(`not a port: ${v.sshPort}`);
-  const values = {
-    [TOKENS.disk]: opt(v.disk),
-    [TOKENS.efivars]: opt(v.efivars),
-    [TOKENS.sshPort]: v.sshPort,
-    [TOKENS.serialLog]: v.serialLog,
-    [TOKENS.shareDir]: opt(v.shareDir)
-  };
-  return argv.map((a) => a.replace(/\{(disk|efivars|ssh-port|serial-log|share-dir)\}/g, (t) => values[t]));
-}
-function withForwards(argv, forwards) {
-  if (!forwards.length) return [...argv];
-  const at = argv.findIndex((a, i) => argv[i - 1] === "-nic" && a.startsWith("user,"));
-  if (at < 0) throw new Error(`the recipe has no -nic user line to add forwards to: ${argv.join(" ")}`);
-  const out = [...argv];
-  out[at] += forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.host}-:${f.guest}`).join("");
-  return out;
-}
-function controlArgs(o) {
-  return [
-    "-name",
-    opt(o.name),
-    "-qmp",
-    `unix:${opt(o.qmpSocket)},server=on,wait=off`,
-    "-monitor",
-    "none",
-    "-pidfile",
-    o.pidFile,
-    ...o.loadvm ? ["-loadvm", o.loadvm] : []
-  ];
-}
-
-// src/cache/manifest.ts
 function hashOf(value) {
   const stable = (v) => Array.isArray(v) ? v.map(stable) : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b)).map(([k, x]) => [k, stable(x)])) : v;
   return createHash("sha256").update(JSON.stringify(stable(value))).digest("hex").slice(0, 20);
@@ -22012,20 +21922,13 @@ function manifestMismatch(m, e) {
   const named = m.files.map((f) => f.name).sort();
   const planned2 = [...e.files].sort();
   if (named.join("\0") !== planned2.join("\0")) return { field: "files", why: `it names ${short(named)}, not ${short(planned2)}` };
-  if (e.layout ? !m.layout || !sameLayoutSafe(m.layout, e.layout) : m.layout !== void 0) {
+  if (hashOf(m.layout ?? null) !== hashOf(e.layout ?? null)) {
     return { field: "layout", why: `it records the device layout ${short(m.layout).slice(0, 200)}, not the one this host and configuration give` };
   }
   if (e.backingName ? !m.backing || path2.basename(m.backing) !== e.backingName : m.backing !== void 0) {
     return { field: "backing", why: `it sits on ${short(m.backing)}, not on its parent layer ${short(e.backingName)}` };
   }
   return void 0;
-}
-function sameLayoutSafe(a, b) {
-  try {
-    return sameLayout(a, b) && hashOf(a) === hashOf(b);
-  } catch {
-    return false;
-  }
 }
 function invalidReason(m, dir, e) {
   if (!m) return "no manifest";
@@ -25013,6 +24916,90 @@ function newJobId() {
 // src/record.ts
 import * as fs14 from "node:fs";
 import * as path11 from "node:path";
+
+// src/vm/spec.ts
+var TOKENS = {
+  disk: "{disk}",
+  efivars: "{efivars}",
+  sshPort: "{ssh-port}",
+  serialLog: "{serial-log}",
+  shareDir: "{share-dir}"
+};
+function opt(value) {
+  return value.replaceAll(",", ",,");
+}
+var NIC_MODEL = { aarch64: "", x86_64: "model=virtio-net-pci," };
+function recipe(layout, fixed, o = {}) {
+  if (layout.seed !== !!fixed.seedIso) throw new Error("layout.seed and the seed ISO disagree");
+  const cpuAt = layout.accel.args.indexOf("-cpu");
+  if (cpuAt < 0) throw new Error(`accelerator arguments without -cpu: ${layout.accel.args.join(" ")}`);
+  const fast = o.scratchDisk && layout.arch === "aarch64" && layout.accel.accel === "tcg" && layout.accel.args[cpuAt + 1] === "max";
+  const cpu = fast ? "max,pauth-impdef=on" : layout.accel.args[cpuAt + 1];
+  const accelRest = layout.accel.args.filter((_, i) => i !== cpuAt && i !== cpuAt + 1);
+  const argv = [
+    "-machine",
+    [layout.machine, ...layout.accel.machineProps].join(","),
+    "-cpu",
+    cpu,
+    "-m",
+    String(layout.memoryMb),
+    "-smp",
+    String(layout.cpus),
+    "-drive",
+    `if=pflash,format=${layout.firmwareFormat},file=${opt(fixed.efiCode)},readonly=on`,
+    "-drive",
+    `if=pflash,format=qcow2,file=${TOKENS.efivars}`,
+    // A build's throw-away disk (a failed build is discarded) skips the host's flushes; a snapshot's never.
+    "-drive",
+    `if=virtio,file=${TOKENS.disk},format=qcow2${o.scratchDisk ? ",cache=unsafe" : ""}`
+  ];
+  if (fixed.seedIso) argv.push("-drive", `if=virtio,file=${opt(fixed.seedIso)},format=raw,readonly=on`);
+  argv.push(
+    "-nic",
+    `user,${NIC_MODEL[layout.arch]}hostfwd=tcp:127.0.0.1:${TOKENS.sshPort}-:22`,
+    "-nographic",
+    "-serial",
+    `file:${TOKENS.serialLog}`
+  );
+  if (layout.shareTag) argv.push("-virtfs", `local,path=${TOKENS.shareDir},mount_tag=${layout.shareTag},security_model=none,readonly=on`);
+  argv.push(...accelRest);
+  return argv;
+}
+function fillRecipe(argv, v) {
+  if (v.serialLog.includes(",")) throw new Error(`the serial log path may not contain a comma: ${v.serialLog}`);
+  if (!/^\d+$/.test(v.sshPort)) throw new Error(`not a port: ${v.sshPort}`);
+  const values = {
+    [TOKENS.disk]: opt(v.disk),
+    [TOKENS.efivars]: opt(v.efivars),
+    [TOKENS.sshPort]: v.sshPort,
+    [TOKENS.serialLog]: v.serialLog,
+    [TOKENS.shareDir]: opt(v.shareDir)
+  };
+  return argv.map((a) => a.replace(/\{(disk|efivars|ssh-port|serial-log|share-dir)\}/g, (t) => values[t]));
+}
+function withForwards(argv, forwards) {
+  if (!forwards.length) return [...argv];
+  const at = argv.findIndex((a, i) => argv[i - 1] === "-nic" && a.startsWith("user,"));
+  if (at < 0) throw new Error(`the recipe has no -nic user line to add forwards to: ${argv.join(" ")}`);
+  const out = [...argv];
+  out[at] += forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.host}-:${f.guest}`).join("");
+  return out;
+}
+function controlArgs(o) {
+  return [
+    "-name",
+    opt(o.name),
+    "-qmp",
+    `unix:${opt(o.qmpSocket)},server=on,wait=off`,
+    "-monitor",
+    "none",
+    "-pidfile",
+    o.pidFile,
+    ...o.loadvm ? ["-loadvm", o.loadvm] : []
+  ];
+}
+
+// src/record.ts
 function restoreFrom(r, browser = false) {
   const snap = browser ? r.browserRestore : r.restore;
   if (!snap) throw new InputError(`the run record ${r.outputs.manifest} has no ${browser ? "browser " : ""}snapshot`);
@@ -26402,7 +26389,6 @@ async function checkStagedLayer(s, staging, verified, maxBytes) {
   return {
     ok: {
       ...planned(s, m.buildSeconds),
-      ...!s.parentId && m.parentId ? { parentId: m.parentId } : {},
       id: m.id,
       files: described,
       ...m.digest && p.layer === "raw" ? { digest: m.digest } : {},
@@ -26446,8 +26432,9 @@ async function saveLayer(ctx, s, key) {
   if (!ctx.config.cacheSave) return "not saved (cache-save: false)";
   const p = s.plan;
   const said = [];
+  const allowed = tiersFor(ctx, s);
   for (const tier of ctx.tiers.filter((t) => t.on)) {
-    if (!tiersFor(ctx, s).includes(tier)) {
+    if (!allowed.includes(tier)) {
       said.push(`not saved to the ${tier.label}, which holds another SSH key`);
       continue;
     }
@@ -26539,13 +26526,14 @@ async function record(ctx, s, start, extra) {
   });
 }
 
+// src/layers/prepared.ts
+import * as fs21 from "node:fs";
+import * as path17 from "node:path";
+
 // src/layers/guest.ts
 var BUILD_DPKG_CFG = { path: "/etc/dpkg/dpkg.cfg.d/ryra-vm-build", content: "force-unsafe-io\n" };
 var BUILD_APT_CFG = { path: "/etc/apt/apt.conf.d/99ryra-vm-build", content: 'Acquire::Languages "none";\n' };
 var BUILD_APT_FILES = [BUILD_DPKG_CFG, BUILD_APT_CFG];
-function hostLayout(ctx, o) {
-  return layoutFor(ctx.host, o);
-}
 function bootBuilder(ctx, g) {
   const { memoryMb, cpus, shareTag, ...rest } = g;
   const manager = ctx.image.guestPackageManager;
@@ -26554,15 +26542,13 @@ function bootBuilder(ctx, g) {
     ...rest,
     seed: { ...rest.seed, ...network },
     qemu: ctx.host.qemu.path,
-    layout: hostLayout(ctx, { memoryMb, cpus, shareTag }),
+    layout: layoutFor(ctx.host, { memoryMb, cpus, shareTag }),
     firmware: ctx.host.firmware,
     stallMs: ctx.hooks.stallMs
   });
 }
 
 // src/layers/prepared.ts
-import * as fs21 from "node:fs";
-import * as path17 from "node:path";
 var CLEAN_FOR_TEMPLATE = "sudo cloud-init clean --logs && sudo rm -f /etc/ssh/ssh_host_*_key* && sudo truncate -s 0 /etc/machine-id";
 function verifyCommand(manager, packages) {
   const names = packages.map((p) => p.split(/[=:]/)[0]).join(" ");
@@ -27069,7 +27055,7 @@ async function ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers)
     log.warning(`cache eviction failed: ${errorMessage(err)}`);
     return { evicted: [], bytes: dirBytes(dir) };
   });
-  const { outputs, record: record2 } = runRecord({ config, host, plan, dir, rt, publicKey: key.publicKey, results, evicted, cacheDirBytes: bytes, coldLayout: hostLayout(ctx, { memoryMb: config.memoryMb, cpus: config.cpus }), snapshot: snap.manifest, browser, browserSnapshot: browserSnap.manifest });
+  const { outputs, record: record2 } = runRecord({ config, host, plan, dir, rt, publicKey: key.publicKey, results, evicted, cacheDirBytes: bytes, coldLayout: layoutFor(host, { memoryMb: config.memoryMb, cpus: config.cpus }), snapshot: snap.manifest, browser, browserSnapshot: browserSnap.manifest });
   writeRecord(outputs[Outputs.Manifest], record2);
   return { outputs, record: record2, layers: results, runtimeDir: rt, plan, host, snapshotBuild: snap.build, evicted, pending: ctx.pending };
 }
