@@ -394,6 +394,12 @@ function isKeyRefusal(err: unknown): boolean {
 }
 
 /** Connects (and proves a command runs) until it works, the overall timeout passes, or `abort` fires. */
+class NoBannerYet extends Error {
+  constructor() {
+    super('no SSH banner yet');
+  }
+}
+
 export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<SshClient> {
   // A key ssh2 cannot read never logs in: no use waiting (its 31-byte ed25519 keys are such).
   const parsed = utils.parseKey(target.privateKey);
@@ -408,7 +414,7 @@ export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<
     if (left <= 0) break;
     try {
       const attempt = (async () => {
-        if (!(await sshBanner(target.port, Math.min(3000, left), target.host))) throw new Error('no SSH banner yet');
+        if (!(await sshBanner(target.port, Math.min(3000, left), target.host))) throw new NoBannerYet();
         const c = await SshClient.connect(target, Math.min(30_000, Math.max(left, 1000)));
         const r = await c.exec('true', { timeoutMs: 30_000 }).catch((err: Error) => ({ code: -1, stderr: err.message }));
         if (r.code !== 0) {
@@ -421,7 +427,8 @@ export async function waitForSsh(target: SshTarget, opts: WaitOptions): Promise<
       return await Promise.race([attempt, opts.abort]);
     } catch (err) {
       if (aborted) throw aborted;
-      last = err;
+      // An attempt cut short by the deadline says less than the one before it: keep what the guest said last.
+      if (!(err instanceof NoBannerYet) || last === undefined || last instanceof NoBannerYet) last = err;
       log.debug(`ssh 127.0.0.1:${target.port}: ${(err as Error).message}`);
       // Another host key is final once the guest's own is in place (restored, or cloud-init done).
       const hostKeyFinal = err instanceof SshHostKeyError ? opts.refusalFinal?.() : undefined;

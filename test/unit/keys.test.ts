@@ -207,7 +207,7 @@ describe('guest host keys', () => {
       assert.ok(Date.now() - t0 < 10_000);
       assert.match(final.message, /, not the guest's ssh-ed25519 SHA256:\S+, and the guest was restored from a snapshot that holds its key: it is not the VM/);
       // Not final yet (cloud-init may still be writing the key): tried again until the bound.
-      const later = await waitForSsh({ port: wrong.port, user: 'ryra', privateKey: key.privateKey, hostKey: guest.publicKey }, { timeoutMs: 1500, abort: never, retryMs: 10, refusalFinal: () => undefined }).catch((e: Error) => e);
+      const later = await waitForSsh({ port: wrong.port, user: 'ryra', privateKey: key.privateKey, hostKey: guest.publicKey }, { timeoutMs: 2400, abort: never, retryMs: 10, refusalFinal: () => undefined }).catch((e: Error) => e);
       assert.ok(!(later instanceof SshHostKeyError));
       assert.match(String(later), /not ready after 2 s \(last error: refused 127\.0\.0\.1:\d+: its SSH host key is/);
       assert.equal(wrong.logins(), 0);
