@@ -16,7 +16,7 @@ import * as path from 'node:path';
 const HEADS = [['pipeline'], ['deps', 'action']];
 // Then the rest, longest first, by the per-test times this command prints; arm64 third, so that on a
 // fresh machine its image (building in the background in .ci/run) is ready when a lane reaches it.
-const QUEUE = ['browser', 'configs', 'arm64', 'engine', 'hostile-cache', 'readme', 'kvm', 'registry', 'run', 'hostile-guest', 'jobs'];
+const QUEUE = ['browser', 'configs', 'arm64', 'engine', 'follow', 'no-user-bus', 'hostile-cache', 'readme', 'kvm', 'registry', 'run', 'hostile-guest', 'jobs'];
 
 const [kind, filter] = process.argv.slice(2);
 const list = (d) =>

@@ -36,7 +36,8 @@ const USAGE: Record<string, string> = {
   --base-packages B     true | false: the catalogue's list (podman & co.) as well   [true]
   --prepare FILE        a script run once in the prepared layer (part of its key)
   --image-url URL       cloud image: http(s)://, file:// or a path
-  --image-checksum C    sha512:HEX or sha256:HEX (needed with --image-url)
+  --image-checksum C    sha512:HEX or sha256:HEX (with --image-url: this or the next)
+  --image-checksum-url U  with --image-url: its publisher's checksum file, read each run
   --cache-dir DIR       layer cache       [$XDG_CACHE_HOME/ryra-vm or ~/.cache/ryra-vm]
   --cache-max-size S    evict least-recently-used layers over this size (0: never)  [20G]
   --disk-size S         guest disk size                            [20G]
@@ -124,6 +125,7 @@ const PREPARE_OPTIONS = {
   'cache-save': { type: 'string' },
   prepare: { type: 'string' },
   'image-url': { type: 'string' },
+  'image-checksum-url': { type: 'string' },
   'image-checksum': { type: 'string' },
   'cache-dir': { type: 'string' },
   'cache-max-size': { type: 'string' },
@@ -163,6 +165,7 @@ async function prepare(args: string[]): Promise<number> {
     [Inputs.Prepare]: prepareScript,
     [Inputs.ImageUrl]: v['image-url'] as string,
     [Inputs.ImageChecksum]: v['image-checksum'] as string,
+    [Inputs.ImageChecksumUrl]: v['image-checksum-url'] as string,
     [Inputs.CacheDir]: v['cache-dir'] as string,
     [Inputs.CacheMaxSize]: v['cache-max-size'] as string,
     [Inputs.DiskSize]: v['disk-size'] as string,

@@ -18,6 +18,7 @@ export const Inputs = {
   BasePackages: 'base-packages',
   ImageUrl: 'image-url',
   ImageChecksum: 'image-checksum',
+  ImageChecksumUrl: 'image-checksum-url',
   InstallDeps: 'install-deps',
   CacheMaxSize: 'cache-max-size',
   Prepare: 'prepare',

@@ -45,6 +45,8 @@ export interface Config {
   basePackages: boolean;
   imageUrl?: string;
   imageChecksum?: Checksum;
+  /** With imageUrl: its publisher's checksum file, read each run (the image's digest keys its layers). */
+  imageChecksumUrl?: string;
   installDeps: boolean;
   /** Size budget of the local cache dir in bytes (0: none). */
   cacheMaxBytes: number;
@@ -91,6 +93,7 @@ export const INPUT_DEFAULTS: Record<InputName, string> = {
   [Inputs.BasePackages]: 'true',
   [Inputs.ImageUrl]: '',
   [Inputs.ImageChecksum]: '',
+  [Inputs.ImageChecksumUrl]: '',
   [Inputs.InstallDeps]: 'true',
   [Inputs.CacheMaxSize]: '20G',
   [Inputs.Prepare]: '',
@@ -173,7 +176,7 @@ export function parseChecksum(value: string): Checksum {
 }
 
 /** http(s) and file URLs pass through; anything without a scheme is a local path. */
-export function parseImageUrl(value: string, cwd = process.cwd()): string {
+export function parseImageUrl(value: string, cwd = process.cwd(), input: InputName = Inputs.ImageUrl): string {
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(value);
   if (!scheme) return path.resolve(cwd, value);
   const s = scheme[1].toLowerCase();
@@ -181,12 +184,12 @@ export function parseImageUrl(value: string, cwd = process.cwd()): string {
     try {
       new URL(value);
     } catch {
-      return bad(Inputs.ImageUrl, value, 'not a valid URL');
+      return bad(input, value, 'not a valid URL');
     }
     return value;
   }
   if (s === 'file') return value;
-  return bad(Inputs.ImageUrl, value, 'allowed: http://, https://, file:// or a path');
+  return bad(input, value, 'allowed: http://, https://, file:// or a path');
 }
 
 /** A list separated by spaces, commas or newlines, each item checked against `re`. */
@@ -277,11 +280,19 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
 
   const imageUrlValue = raw(Inputs.ImageUrl);
   const checksumValue = raw(Inputs.ImageChecksum);
+  const checksumUrlValue = raw(Inputs.ImageChecksumUrl);
   const imageUrl = imageUrlValue ? parseImageUrl(imageUrlValue) : undefined;
   const imageChecksum = checksumValue ? parseChecksum(checksumValue) : undefined;
-  if (imageUrl && !imageChecksum) {
+  const imageChecksumUrl = checksumUrlValue ? parseImageUrl(checksumUrlValue, process.cwd(), Inputs.ImageChecksumUrl) : undefined;
+  if (imageChecksumUrl && !imageUrl) {
+    throw new InputError(`${Inputs.ImageChecksumUrl} ${checksumUrlValue} without ${Inputs.ImageUrl}: it names the checksum file of a custom image (the catalogue's images use their publisher's own)`);
+  }
+  if (imageChecksum && imageChecksumUrl) {
+    throw new InputError(`both ${Inputs.ImageChecksum} and ${Inputs.ImageChecksumUrl} given: give one (a fixed digest, or the publisher's checksum file the image is followed by)`);
+  }
+  if (imageUrl && !imageChecksum && !imageChecksumUrl) {
     throw new InputError(
-      `missing ${Inputs.ImageChecksum} for ${Inputs.ImageUrl} ${imageUrlValue} (give sha512:HEX or sha256:HEX; images are always verified)`,
+      `missing ${Inputs.ImageChecksum} for ${Inputs.ImageUrl} ${imageUrlValue} (give sha512:HEX or sha256:HEX, or ${Inputs.ImageChecksumUrl} with the publisher's checksum file; images are always verified)`,
     );
   }
 
@@ -317,6 +328,7 @@ export function parseConfig(get: (name: InputName) => string | undefined, host: 
     basePackages: bool(Inputs.BasePackages, raw(Inputs.BasePackages)),
     imageUrl,
     imageChecksum,
+    imageChecksumUrl,
     installDeps: bool(Inputs.InstallDeps, raw(Inputs.InstallDeps)),
     cacheMaxBytes: parseSize(Inputs.CacheMaxSize, raw(Inputs.CacheMaxSize)),
     prepareScript: (get(Inputs.Prepare) ?? '').trim() ? (get(Inputs.Prepare) ?? '') : '',

@@ -15,6 +15,7 @@ import { manifestPath } from '../names.js';
 import type { LayerResult, LayerSource } from '../record.js';
 import { copyFile, rebaseUnsafe } from '../vm/images.js';
 import { backingProblem, imageProblem } from './check.js';
+import { sayOtherBuild } from './drift.js';
 import type { LayerContext, PendingSave, Timeouts } from './context.js';
 import { expectedOf, layerMaxBytes, type LayerPlan } from './plan.js';
 
@@ -241,6 +242,8 @@ export async function ensureLayer(ctx: LayerContext, s: LayerSpec, results: Laye
       pending([found.tier.label]);
       return use(found.value);
     }
+    // A snapshot from another QEMU, CPU or key has another name: say which inputs differ.
+    sayOtherBuild(ctx.dir, p);
     const m = await log.group(`Building the ${p.layer} layer (${p.files[0]})`, async () => {
       removeLayer(ctx.dir, p.base, p.files);
       const built = await record(ctx, s, start, { ...((await s.build()) ?? {}) });

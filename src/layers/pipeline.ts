@@ -29,8 +29,9 @@ import { ensureLayer, syncTiers } from './ensure.js';
 import type { Manifest } from '../cache/manifest.js';
 import { layoutFor, planLayers, type LayerPlan, type Plan, type Recipes } from './plan.js';
 import { CLEAN_FOR_TEMPLATE, buildImage } from './prepared.js';
-import { adoptRaw, download, expectedChecksum } from './raw.js';
-import { SHRINK_RAM, SNAPSHOT_SETUP, buildSnapshot, type SnapshotBuild } from './snapshot.js';
+import { adoptRaw, download } from './raw.js';
+import { imageDigest } from './follow.js';
+import { SHRINK_RAM, SNAPSHOT_SETUP, SNAPSHOT_SETUP_SHELL, buildSnapshot, type SnapshotBuild } from './snapshot.js';
 import { ensureSshKey } from './sshkey.js';
 
 export type { LayerResult, LayerSource } from '../record.js';
@@ -53,7 +54,7 @@ export interface EnsureResult {
 export function recipesFor(config: Config, manager: 'apt' | 'dnf', browserScript?: string): Recipes {
   return {
     cleanForTemplate: CLEAN_FOR_TEMPLATE,
-    snapshotSetup: SNAPSHOT_SETUP,
+    snapshotSetup: `${SNAPSHOT_SETUP_SHELL}\n${SNAPSHOT_SETUP}`,
     shrinkRam: SHRINK_RAM,
     browserScript: browserScript ?? browserInstallScript(config.browserSource, manager),
   };
@@ -130,10 +131,11 @@ export async function ensureLayers(config: Config, hostSetup: Host | Promise<Hos
   const holder = process.env.GITHUB_ACTIONS === 'true' ? jobHolder(rt) : processHolder();
   try {
     const { key, keyTiers } = await withLayerLock(dir, CacheFiles.sshKey, 10 * 60_000, () => ensureSshKey(dir, tiers, config.cacheSave));
+    const digest = await imageDigest(config, dir);
     let host = await hostSetup;
     for (;;) {
       try {
-        const result = await ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers);
+        const result = await ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers, digest);
         if (!o.deferSaves && result.pending.length) await syncTiers(result.pending, tiers);
         return result;
       } catch (err) {
@@ -147,10 +149,10 @@ export async function ensureLayers(config: Config, hostSetup: Host | Promise<Hos
   }
 }
 
-async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: RemoteTier[], holder: LayerContext['holder'], rt: string, hooks: TestHooks, keyTiers: string[]): Promise<EnsureResult> {
+async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: RemoteTier[], holder: LayerContext['holder'], rt: string, hooks: TestHooks, keyTiers: string[], digest: Checksum): Promise<EnsureResult> {
   const dir = config.cacheDir;
   const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager, hooks.browserScript);
-  const plan = planLayers(config, host, key.publicKey, recipes);
+  const plan = planLayers(config, host, key.publicKey, recipes, digest);
   // redownload: the image and every layer above it are made anew, neither a local copy nor a tier's used.
   const fresh = config.redownload ? [plan.raw, plan.prepared, plan.snapshot, plan.browser, plan.browserSnapshot].map((p) => p.layer) : undefined;
   if (fresh) log.info('redownload: downloading the image and building every layer anew (no local or remote copy is used)');
@@ -161,9 +163,8 @@ async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: Remot
   const prepared = await ensureLayer(ctx, {
     plan: plan.prepared,
     build: async () => {
-      // Fetched once: adoption and the download check against the same published digest.
-      let expectedRaw: Promise<Checksum> | undefined;
-      const expected = () => (expectedRaw ??= expectedChecksum(plan.image, config.imageChecksum));
+      // Adoption and the download check against the digest the raw layer is keyed by.
+      const expected = async () => digest;
       // The raw image is read once: the verified digest and the manifest's sha256 come from that read.
       const rawFile = at(plan.raw.files[0]);
       const recorded = (e: Checksum, sha256: string) => ({

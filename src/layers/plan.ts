@@ -6,7 +6,7 @@
 import { distroImage, type DistroImage } from '../distro.js';
 import type { Host } from '../host/setup.js';
 import { Inputs } from '../contract.js';
-import { parseSize, type Config } from '../inputs.js';
+import { parseSize, type Checksum, type Config } from '../inputs.js';
 import { snapshotFileNames } from '../names.js';
 import { userData } from '../vm/seed.js';
 import { HOST_KEY_INFO } from '../vm/ssh.js';
@@ -50,7 +50,7 @@ export interface LayerPlan {
   layout?: VmLayout;
   /** A snapshot: the parent layer's file its disk sits on. */
   backingName?: string;
-  /** The raw layer of an image whose digest is configured: the digest its manifest must record. */
+  /** The raw layer: the image digest its manifest must record. */
   digest?: string;
   /** Manifest base name (the layer's main file without .qcow2). */
   base: string;
@@ -104,23 +104,25 @@ export function expectedOf(p: LayerPlan, parentId?: string): Expected {
 }
 const stripQcow2 = (f: string) => f.replace(/\.qcow2$/, '');
 
-export function planLayers(config: Config, host: Host, publicKey: string, recipes: Recipes): Plan {
+/**
+ * The raw layer of the image whose digest is `digest` (configured, or what its publisher lists this
+ * run): the digest is its key, so a republished image gives new layers on every tier.
+ */
+export function planRaw(config: Pick<Config, 'distro' | 'arch' | 'imageUrl'>, digest: Checksum): LayerPlan {
+  const image = distroImage(config.distro, config.arch);
+  const custom = config.imageUrl !== undefined;
+  const d = `${digest.algorithm}:${digest.hex}`;
+  // The catalogue's image keeps the seed's file name (its downloads are adopted by digest).
+  const raw = plan1('raw', (k) => (custom ? `${stripQcow2(image.rawFile)}-${k}` : stripQcow2(image.rawFile)), qcow2, { url: custom ? 'custom' : image.url, digest: d }, `${config.distro}-${config.arch}`);
+  return { ...raw, digest: d };
+}
+
+export function planLayers(config: Config, host: Host, publicKey: string, recipes: Recipes, digest: Checksum): Plan {
   const image = distroImage(config.distro, config.arch);
   // The list itself is in the prepared layer's key, so base-packages on and off never share a layer.
   const packages = preparedPackages(image, config);
   const id = `${config.distro}-${config.arch}`;
-  const custom = config.imageUrl !== undefined;
-  const raw: LayerPlan = plan1(
-    'raw',
-    (k) => (custom ? `${stripQcow2(image.rawFile)}-${k}` : stripQcow2(image.rawFile)),
-    qcow2,
-    {
-      url: custom ? 'custom' : image.url,
-      checksum: config.imageChecksum ? `${config.imageChecksum.algorithm}:${config.imageChecksum.hex}` : image.checksumUrl,
-    },
-    id,
-  );
-  if (config.imageChecksum) raw.digest = `${config.imageChecksum.algorithm}:${config.imageChecksum.hex}`;
+  const raw = planRaw(config, digest);
   const cloudInit = userData({ publicKey: '<key>', hostname: 'ryra-prepare', packages });
   const prepared = plan1('prepared', (k) => `${stripQcow2(image.preparedFile)}-${k}`, qcow2, {
     raw: raw.key,

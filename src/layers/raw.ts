@@ -22,8 +22,15 @@ export class ChecksumMismatchError extends Error {
   override name = 'ChecksumMismatchError';
 }
 
-/** Finds `file`'s digest in a Debian SHA512SUMS (`HEX  name`) or Fedora CHECKSUM (`SHA256 (name) = HEX`). */
-export function parseChecksumFile(text: string, format: ChecksumFormat, file: string): Checksum | undefined {
+/** Finds `file`'s digest in a Debian SHA512SUMS (`HEX  name`) or Fedora CHECKSUM (`SHA256 (name) = HEX`); any of them when no format is given. */
+export function parseChecksumFile(text: string, format: ChecksumFormat | undefined, file: string): Checksum | undefined {
+  if (format === undefined) {
+    for (const f of ['sha512sums', 'sha256sums', 'fedora-checksum'] as const) {
+      const found = parseChecksumFile(text, f, file);
+      if (found) return found;
+    }
+    return undefined;
+  }
   for (const line of text.split('\n')) {
     if (format === 'sha512sums' || format === 'sha256sums') {
       // `HEX  name` or `HEX *name` (binary mode, as Ubuntu's SHA256SUMS writes it).
@@ -68,12 +75,23 @@ async function openSource(url: string): Promise<{ stream: Readable; total?: numb
   return { stream: res.message, total: len > 0 ? len : undefined, close: () => (res.message.destroy(), c.dispose()) };
 }
 
-async function readText(url: string): Promise<string> {
-  if (!isRemote(url)) return fs.readFileSync(localPath(url), 'utf8');
-  const c = client();
+/** A checksum file is a few KiB; more is not one. */
+const CHECKSUM_FILE_MAX_BYTES = 1 << 20;
+
+async function readText(url: string, boundMs = IDLE_MS): Promise<string> {
+  if (!isRemote(url)) {
+    const p = localPath(url);
+    if (fs.statSync(p).size > CHECKSUM_FILE_MAX_BYTES) throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
+    return fs.readFileSync(p, 'utf8');
+  }
+  const c = new HttpClient('ryra-vm-action', [], { socketTimeout: boundMs, allowRetries: false, keepAlive: false });
   try {
-    const res = await withTimeout(c.get(url), IDLE_MS, `fetching ${url}`);
-    const body = await withTimeout(res.readBody(), IDLE_MS, `reading ${url}`);
+    const res = await withTimeout(c.get(url), boundMs, `fetching ${url}`, () => c.dispose());
+    if (Number(res.message.headers['content-length']) > CHECKSUM_FILE_MAX_BYTES) {
+      res.message.destroy();
+      throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
+    }
+    const body = await withTimeout(res.readBody(), boundMs, `reading ${url}`, () => res.message.destroy());
     if (res.message.statusCode !== 200) throw new Error(`HTTP ${res.message.statusCode} ${res.message.statusMessage ?? ''} for ${url}`);
     return body;
   } finally {
@@ -81,13 +99,31 @@ async function readText(url: string): Promise<string> {
   }
 }
 
-/** The digest to verify against: the given one, else the distro's published checksum file. */
-export async function expectedChecksum(image: DistroImage, given: Checksum | undefined): Promise<Checksum> {
-  if (given) return given;
-  const text = await withRetries(`checksum file ${image.checksumUrl}`, () => readText(image.checksumUrl));
-  const name = path.basename(new URL(image.url).pathname);
-  const found = parseChecksumFile(text, image.checksumFormat, name);
-  if (!found) throw new Error(`${image.checksumUrl} lists no digest for ${name}`);
+/** Where an image's digest is published: the file, how to read it (undefined: any known form) and the image's name in it. */
+export interface PublishedChecksum {
+  url: string;
+  format?: ChecksumFormat;
+  file: string;
+}
+
+/** The catalogue image's checksum file, or the one `image-checksum-url` names for a custom image. */
+export function publishedChecksum(image: DistroImage, imageUrl: string | undefined, checksumUrl: string | undefined): PublishedChecksum | undefined {
+  if (imageUrl === undefined) return { url: image.checksumUrl, format: image.checksumFormat, file: path.basename(new URL(image.url).pathname) };
+  if (checksumUrl === undefined) return undefined;
+  return { url: checksumUrl, file: path.basename(isRemote(imageUrl) || imageUrl.startsWith('file://') ? new URL(imageUrl).pathname : imageUrl) };
+}
+
+/** The per-run read of a checksum file is small; one slow mirror must not hold a run for minutes. */
+export const CHECKSUM_FETCH_MS = 15_000;
+
+/**
+ * The digest the publisher lists now: fetched each run (two attempts, each bounded), so a
+ * republished image gives new layers everywhere. The layers are keyed by what it returns.
+ */
+export async function publishedDigest(src: PublishedChecksum, boundMs = CHECKSUM_FETCH_MS): Promise<Checksum> {
+  const text = await retry(() => readText(src.url, boundMs), { attempts: 2, delayMs: () => 1000 });
+  const found = parseChecksumFile(text, src.format, src.file);
+  if (!found) throw new Error(`${src.url} lists no digest for ${src.file}`);
   return found;
 }
 

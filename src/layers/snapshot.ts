@@ -16,15 +16,25 @@ import { bootBuilder } from './guest.js';
 export { SHARE_TAG } from './plan.js';
 
 /**
- * The seed's setup, exactly: /mnt/images made but NOT mounted (a mounted virtfs export blocks
- * savevm), rootless podman pointed at it, user units reloaded.
+ * The seed's setup, run as a bash script on stdin (`bash -s`): /mnt/images made but NOT mounted (a
+ * mounted virtfs export blocks savevm), and where podman is installed, rootless podman pointed at
+ * it and user units reloaded, the seed's own commands. Without podman (`base-packages: false`) there
+ * is nothing to configure, and a guest without a user session bus could not reload user units
+ * anyway. A failed command stops the script and is named on stderr, which the layer's warning shows.
  */
-export const SNAPSHOT_SETUP =
-  'sudo mkdir -p /mnt/images; ' +
-  'mkdir -p ~/.config/containers && ' +
-  `printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf && ` +
-  `printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf; ` +
-  'systemctl --user daemon-reload';
+export const SNAPSHOT_SETUP = `set -eE
+trap 'echo "snapshot setup: \\\`$BASH_COMMAND\\\` failed (exit $?)" >&2' ERR
+sudo mkdir -p /mnt/images
+if command -v podman >/dev/null; then
+  mkdir -p ~/.config/containers
+  printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf
+  printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf
+  systemctl --user daemon-reload
+fi
+`;
+
+/** The shell the setup runs in, its text on stdin. */
+export const SNAPSHOT_SETUP_SHELL = 'bash -s';
 
 /**
  * QEMU stores no zero pages: drop the caches, then fill free memory with zeros in a tmpfs until
@@ -120,7 +130,7 @@ export async function buildSnapshot(
     let savevmMs: number;
     const stepStart = Date.now();
     try {
-      await m.check(SNAPSHOT_SETUP, 'snapshot setup', { timeoutMs: ctx.timeouts.stepMs });
+      await m.check(SNAPSHOT_SETUP_SHELL, 'snapshot setup', { input: SNAPSHOT_SETUP, timeoutMs: ctx.timeouts.stepMs });
       if (o.shrink !== false) await m.check('sudo sh -s', 'zeroing free guest memory', { input: SHRINK_RAM, timeoutMs: ctx.timeouts.stepMs });
       savevmMs = await m.saveSnapshot(SNAPSHOT_TAG, savevmTimeoutMs(layout.memoryMb));
     } finally {

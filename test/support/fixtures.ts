@@ -1,5 +1,5 @@
 // Debian 13 test images built from Debian packages (cloud.debian.org is unreachable here), cached
-// outside the checkout by the builder's hash. The first build of arm64 takes ~20 min.
+// outside the checkout by the builder's hash. The first build of arm64 takes ~17 min alone, ~45 min at idle priority beside the tests (.ci/run).
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';

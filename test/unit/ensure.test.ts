@@ -1,7 +1,8 @@
 // The one ensure step and the one restore path, with an in-memory tier and no QEMU (qemu-img makes
 // the small images): what a restore hands over is used only where it equals what the plan
 // computes; a refused entry is said once, naming the field, and rebuilt; a later run restores the
-// rebuilt one. Also the SSH key kept in step with the tiers.
+// rebuilt one. Also the SSH key kept in step with the tiers, and ensureLayers' fall back from KVM
+// to TCG (a stand-in QEMU that exits at once under KVM: no guest runs).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -12,6 +13,7 @@ import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import { processHolder } from '../../src/cache/local.js';
 import { hashOf, MANIFEST_MAX_BYTES, readManifest, type Manifest } from '../../src/cache/manifest.js';
 import { NO_HOOKS } from '../../src/env.js';
+import { readVerdict } from '../../src/host/kvm.js';
 import { accelArgs } from '../../src/host/platform.js';
 import type { Host } from '../../src/host/setup.js';
 import { parseConfig } from '../../src/inputs.js';
@@ -19,13 +21,14 @@ import { log, setLogger, type Logger } from '../../src/log.js';
 import { manifestPath } from '../../src/names.js';
 import { timeoutsFor, type LayerContext } from '../../src/layers/context.js';
 import { cacheKeyFor, cachePaths, ensureLayer, syncTiers, type LayerSpec } from '../../src/layers/ensure.js';
-import { recipesFor } from '../../src/layers/pipeline.js';
+import { ensureLayers, recipesFor } from '../../src/layers/pipeline.js';
 import { planLayers, type LayerPlan } from '../../src/layers/plan.js';
 import { ensureSshKey, SSH_KEY_CACHE_KEY } from '../../src/layers/sshkey.js';
 import type { LayerResult } from '../../src/record.js';
 import { generateKeyPair, writeKeyFiles } from '../../src/vm/ssh.js';
 import { recipe } from '../../src/vm/spec.js';
 import { MemoryTier } from '../support/memory-tier.js';
+import { qemuStandIn } from '../support/qemu-stand-in.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ensure-unit-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -57,7 +60,7 @@ function runner(tiers: MemoryTier[], publicKey = 'ssh-ed25519 AAAA test') {
   const dir = fs.mkdtempSync(path.join(tmp, 'runner-'));
   const inputs: Record<string, string> = { arch: 'amd64', 'cache-dir': dir, 'disk-size': '1G', memory: '1024' };
   const config = parseConfig((n) => inputs[n], { arch: 'amd64', env: {}, homedir: '/h' });
-  const plan = planLayers(config, host, publicKey, recipesFor(config, 'apt'));
+  const plan = planLayers(config, host, publicKey, recipesFor(config, 'apt'), { algorithm: 'sha512', hex: 'b'.repeat(128) });
   const ctx: LayerContext = { config, host, image: plan.image, dir, timeouts: timeoutsFor('tcg'), tiers, hooks: NO_HOOKS, holder: processHolder(), pending: [] };
   const builds: string[] = [];
   const results: LayerResult[] = [];
@@ -296,6 +299,83 @@ describe('ensure: the one ensure step', () => {
     const b = runner([tier]);
     const got = await ensureLayer(b.ctx, b.prepared(), b.results);
     assert.equal(got.id, built.id);
+  });
+});
+
+describe('ensure: KVM that fails its first boot falls back to TCG (ensureLayers, no guest)', () => {
+  /**
+   * A cache dir holding the prepared layer and the TCG snapshot the fallback plans (made here, with
+   * the key ensureLayers takes from the dir), and a host whose QEMU exits at once under KVM as on a
+   * host without /dev/kvm (qemu-stand-in.sh, `missing`): the KVM snapshot's build boots it, and
+   * ensureLayers' loop has to catch the KvmBootError that comes out of the one ensure step.
+   */
+  async function kvmRunner(kvmMode: 'auto' | 'true') {
+    const dir = fs.mkdtempSync(path.join(tmp, 'runner-kvm-'));
+    const aside = fs.mkdtempSync(path.join(tmp, 'runner-kvm-host-'));
+    const firmware = { ...host.firmware, code: path.join(aside, 'code.fd'), vars: path.join(aside, 'vars.fd'), size: 1 << 20 };
+    for (const f of [firmware.code, firmware.vars]) fs.writeFileSync(f, Buffer.alloc(1 << 20));
+    const qemu = qemuStandIn('missing', path.join(aside, 'bin')).qemu;
+    const kvmHost: Host = { ...host, qemu: { ...host.qemu, path: qemu }, accel: accelArgs('x86_64', 'kvm'), firmware, cpuIdentity: 'Test CPU', kvmMode, identity: `test host ${kvmMode}`, accelReason: 'probe: KVM works' };
+    // What fallBackToTcg makes of it (its reason line is in no key).
+    const tcgHost: Host = { ...kvmHost, accel: accelArgs('x86_64', 'tcg'), cpuIdentity: 'tcg' };
+    const inputs: Record<string, string> = { arch: 'amd64', 'cache-dir': dir, 'disk-size': '1G', memory: '1024', kvm: kvmMode, 'image-url': path.join(aside, 'none.qcow2'), 'image-checksum': `sha512:${'b'.repeat(128)}` };
+    const config = parseConfig((n) => inputs[n], { arch: 'amd64', env: {}, homedir: '/h' });
+    const { key } = await ensureSshKey(dir, []);
+    const planOn = (h: Host) => planLayers(config, h, key.publicKey, recipesFor(config, 'apt'), config.imageChecksum!);
+    const plan = planOn(tcgHost);
+    const ctx: LayerContext = { config, host: tcgHost, image: plan.image, dir, timeouts: timeoutsFor('tcg'), tiers: [], hooks: NO_HOOKS, holder: processHolder(), pending: [] };
+    const prepared = await ensureLayer(ctx, { plan: plan.prepared, build: async () => void img('-f', 'qcow2', path.join(dir, plan.prepared.files[0]), '1M') }, []);
+    await ensureLayer(ctx, {
+      plan: plan.snapshot,
+      parentId: prepared.id,
+      backing: path.join(dir, plan.prepared.files[0]),
+      keyed: true,
+      build: async () => {
+        for (const f of plan.snapshot.files) fs.writeFileSync(path.join(dir, f), f);
+        return { stateBytes: 1 };
+      },
+    }, []);
+    const rt = fs.mkdtempSync(path.join(tmp, 'runner-kvm-rt-'));
+    const run = async () => {
+      const before = process.env.RYRA_VM_RUNTIME_DIR;
+      process.env.RYRA_VM_RUNTIME_DIR = rt;
+      said = { warnings: [], info: [] };
+      try {
+        return await ensureLayers(config, kvmHost, []);
+      } finally {
+        if (before === undefined) delete process.env.RYRA_VM_RUNTIME_DIR;
+        else process.env.RYRA_VM_RUNTIME_DIR = before;
+      }
+    };
+    return { dir, kvmHost, tcgPlan: plan, kvmPlan: planOn(kvmHost), run };
+  }
+
+  test('kvm: auto: the snapshot build\'s KVM boot fails, the run goes on under TCG once (one warning, the verdict recorded) and takes the TCG layers', async () => {
+    const k = await kvmRunner('auto');
+    assert.notEqual(k.kvmPlan.snapshot.key, k.tcgPlan.snapshot.key, 'the accelerator is in the snapshot key');
+    const r = await k.run();
+    assert.equal(r.host.accel.accel, 'tcg');
+    assert.equal(r.outputs.accel, 'tcg');
+    assert.equal(r.plan.snapshot.key, k.tcgPlan.snapshot.key, 'planned again for the TCG host');
+    assert.deepEqual(r.layers.map((l) => `${l.layer} ${l.source}`), ['prepared local', 'snapshot local'], 'the failed KVM attempt is no layer result of the run');
+    assert.equal(said.warnings.length, 1, said.warnings.join('\n'));
+    assert.match(said.warnings[0], /^KVM is not used: QEMU exited at once under KVM: Could not access KVM kernel module: No such file or directory\. Falling back to TCG/);
+    assert.ok(said.info.some((l) => l.startsWith(`snapshot: building ${k.kvmPlan.snapshot.base} beside the local ${k.tcgPlan.snapshot.base}, which was built with other accel, cpu`)), said.info.join('\n'));
+    const verdict = readVerdict(k.dir, k.kvmHost.identity);
+    assert.equal(verdict?.usable, false);
+    assert.equal(verdict?.source, 'boot');
+    assert.match(verdict!.reason, /^QEMU exited at once under KVM: /);
+    // The failed build left nothing behind: no KVM snapshot recorded, no work dir, no lock.
+    assert.equal(fs.existsSync(manifestPath(k.dir, k.kvmPlan.snapshot.base)), false);
+    assert.deepEqual(fs.readdirSync(k.dir).filter((f) => f.includes('.ryra-tmp-') || f.endsWith('.lock-owner') || f.startsWith(k.kvmPlan.snapshot.base)), []);
+  });
+
+  test('kvm: true: the same failure fails the run, naming the cause and the fix; nothing falls back', async () => {
+    const k = await kvmRunner('true');
+    await assert.rejects(k.run(), /^Error: kvm: true, but KVM cannot run the guest here: QEMU exited at once under KVM: Could not access KVM kernel module: No such file or directory\. Fix: .*; or set kvm: auto to fall back to TCG$/);
+    assert.deepEqual(said.warnings.filter((w) => /KVM is not used/.test(w)), []);
+    assert.equal(readVerdict(k.dir, k.kvmHost.identity), undefined, 'no TCG verdict recorded');
+    assert.equal(fs.existsSync(manifestPath(k.dir, k.kvmPlan.snapshot.base)), false);
   });
 });
 

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { accelArgs } from '../../src/host/platform.js';
 import type { Host } from '../../src/host/setup.js';
-import { parseConfig } from '../../src/inputs.js';
+import { parseConfig, type Checksum } from '../../src/inputs.js';
 import { hashOf, invalidReason, readManifest, writeManifest } from '../../src/cache/manifest.js';
 import { cleanStaleTemps, tempPath, withLayerLock } from '../../src/cache/local.js';
 import { timeoutsFor } from '../../src/layers/context.js';
@@ -28,7 +28,9 @@ const host = (over: Partial<Host> = {}): Host => ({
   accelReason: 'kvm: false',
   ...over,
 });
-const planLayers = (c: ReturnType<typeof cfg>, h: Host, key: string) => plan0(c, h, key, recipesFor(c, 'apt'));
+/** The digest the catalogue's checksum file lists in these tests (the pipeline reads it each run). */
+const LISTED: Checksum = { algorithm: 'sha512', hex: 'b'.repeat(128) };
+const planLayers = (c: ReturnType<typeof cfg>, h: Host, key: string, listed = LISTED) => plan0(c, h, key, recipesFor(c, 'apt'), c.imageChecksum ?? listed);
 const cfg = (inputs: Record<string, string> = {}) => {
   const all: Record<string, string> = { arch: 'arm64', 'cache-dir': tmp, ...inputs };
   return parseConfig((n) => all[n], { arch: 'arm64', env: {}, homedir: '/h' });
@@ -65,6 +67,11 @@ describe('layer plan', () => {
     const img = { 'image-url': '/m/x.qcow2', 'image-checksum': `sha256:${'a'.repeat(64)}` };
     assert.deepEqual(differs(planLayers(cfg(img), host(), 'k')), ['raw', 'prepared', 'snapshot', 'browser']);
     assert.deepEqual(differs(planLayers(cfg({ 'base-packages': 'false' }), host(), 'k')), ['prepared', 'snapshot', 'browser']);
+    // The image republished under the same URL: new layers all the way up, the raw file keeps the seed's name.
+    const republished = planLayers(cfg(), host(), 'k', { algorithm: 'sha512', hex: 'c'.repeat(128) });
+    assert.deepEqual(differs(republished), ['raw', 'prepared', 'snapshot', 'browser']);
+    assert.deepEqual(republished.raw.files, base.raw.files);
+    assert.equal(republished.raw.digest, `sha512:${'c'.repeat(128)}`);
     assert.deepEqual(differs(planLayers(cfg({ prepare: 'echo hi' }), host(), 'k')), ['prepared', 'snapshot', 'browser']);
     assert.deepEqual(differs(planLayers(cfg({ 'disk-size': '40G' }), host(), 'k')), ['snapshot']);
     assert.deepEqual(differs(planLayers(cfg({ 'browser-source': 'registries' }), host(), 'k')), ['browser']);
