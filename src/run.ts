@@ -12,10 +12,11 @@ import type { TestHooks } from './env.js';
 import { INPUT_DEFAULTS, parseSize, type SyncMode } from './inputs.js';
 import { errorMessage, log } from './log.js';
 import { syncBack, syncIn, type Exec, type SyncBackResult } from './sync.js';
+import { Phases } from './util/phases.js';
 import { withTimeout } from './util/time.js';
 import { SshClient } from './vm/ssh.js';
 import type { Forward } from './vm/spec.js';
-import { bootVm, findVm, loadRecord, stopVm, vmTarget } from './vms.js';
+import { bootVm, findVm, loadRecord, stopVm, vmTarget, type VmRecord } from './vms.js';
 
 export interface RunOptions {
   script: string;
@@ -227,6 +228,7 @@ export async function runScript(o: RunOptions): Promise<number> {
   if (!fs.existsSync(o.script)) throw new Error(`no such script: ${o.script}`);
   const workspace = path.resolve(process.env.GITHUB_WORKSPACE || process.cwd());
   const name = o.fresh ? `run-${process.pid}-${randomUUID().slice(0, 6)}` : (o.name ?? 'default');
+  const phases = new Phases();
 
   let vm = findVm(name);
   if (vm && !vm.running) {
@@ -240,9 +242,12 @@ export async function runScript(o: RunOptions): Promise<number> {
   const syncMaxBytes = o.syncMaxBytes ?? record.run.syncMaxBytes ?? parseSize(Inputs.SyncMaxSize, INPUT_DEFAULTS[Inputs.SyncMaxSize]);
   const names = [...record.run.environmentVariables, ...o.env];
   const booted = !vm;
-  const rec = vm ?? (await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards, hooks: o.hooks }));
+  phases.mark('record');
+  const rec: VmRecord & { session?: SshClient } = vm ?? (await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards, hooks: o.hooks, phases, keepSession: true }));
   if (booted) log.info(`${rec.name}: ${rec.mode === 'restore' ? 'restored' : 'cold-booted'} in ${(rec.readyMs / 1000).toFixed(1)} s`);
-  const client = await SshClient.connect(vmTarget(rec), 60_000);
+  // A VM this step booted: the boot's own session (its host key pinned); a running one: a new login.
+  const client = rec.session ?? (await SshClient.connect(vmTarget(rec), 60_000));
+  phases.mark('connect');
   const exec: Exec = (cmd, opts) => client.exec(cmd, opts);
   const id = randomUUID().slice(0, 8);
   const dir = `~/.ryra-run/${id}`;
@@ -251,6 +256,7 @@ export async function runScript(o: RunOptions): Promise<number> {
     const syncOpts = { hostDir: workspace, guestDir: workspace, excludes: o.excludes, maxBytes: syncMaxBytes };
     const t0 = Date.now();
     const before = sync === 'none' ? undefined : await syncIn(exec, syncOpts);
+    phases.mark('sync in');
     if (before) log.info(`synced ${before.guest.size} entries of ${workspace} into ${rec.name} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
     const vars = scriptEnv(process.env, names);
@@ -260,6 +266,7 @@ export async function runScript(o: RunOptions): Promise<number> {
       timeoutMs: 60_000,
     });
     if (setup.code !== 0) throw new Error(`preparing the script in ${rec.name} failed: ${setup.stderr.trim()}`);
+    phases.mark('script setup');
 
     const start = shq(startDir(workspace, o.cwd ?? process.cwd()));
     const cd = sync === 'none' ? `mkdir -p ${start} 2>/dev/null || true; cd ${start} 2>/dev/null || cd` : `cd ${start} || exit 1`;
@@ -276,6 +283,7 @@ export async function runScript(o: RunOptions): Promise<number> {
     });
     running.catch(() => {});
     const r = await Promise.race([running, cancel.requested.then(() => undefined)]);
+    phases.mark('script');
     if (cancel.signal) {
       log.warning(`${cancel.signal}: stopping the script in ${rec.name}, then bringing back the step files and the workspace (at most ${CANCEL_BOUND_MS / 1000} s)`);
       await exec(stopGroup(dir), { timeoutMs: cancel.left() }).catch((err) => log.warning(`stopping the script failed: ${errorMessage(err)}`));
@@ -287,6 +295,7 @@ export async function runScript(o: RunOptions): Promise<number> {
     // bounds both (cancel.bound aborts them when its time is up).
     const failures: string[] = [];
     await copyStepFiles(client, `.ryra-run/${id}`, process.env, cancel.bound).catch((err) => failures.push(errorMessage(err)));
+    phases.mark('step files');
     if (before && sync === 'both') {
       const t1 = Date.now();
       try {
@@ -298,7 +307,10 @@ export async function runScript(o: RunOptions): Promise<number> {
         failures.push(`syncing the workspace back failed: ${errorMessage(err)}`);
       }
     }
-    await exec(`rm -rf ${dir}`, { timeoutMs: cancel.signal ? Math.min(10_000, cancel.left()) : 60_000 }).catch(() => {});
+    phases.mark('sync back');
+    // A fresh VM goes with its files; a reused one keeps no step's.
+    if (!o.fresh) await exec(`rm -rf ${dir}`, { timeoutMs: cancel.signal ? Math.min(10_000, cancel.left()) : 60_000 }).catch(() => {});
+    phases.mark('cleanup');
     if (cancel.signal) {
       // A cancelled step ends with the signal's status whatever else failed; the failures are said.
       for (const f of failures) log.error(f);
@@ -310,5 +322,7 @@ export async function runScript(o: RunOptions): Promise<number> {
     cancel.dispose();
     client.end();
     if (o.fresh) await stopVm(rec);
+    phases.mark('stop');
+    phases.write({ fresh: !!o.fresh, booted });
   }
 }

@@ -2,6 +2,7 @@
 // runtime dir (RUNNER_TEMP in Actions), holding its disk copies, QEMU's files, its own SSH key and
 // vm.json. Boots restore the snapshot (or cold-boot the prepared image) detached from the CLI. A
 // VM holds the layers it depends on, so eviction never takes them while it runs.
+import type { Phases } from './util/phases.js';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -14,7 +15,7 @@ import { InputError } from './inputs.js';
 import { timeoutsFor } from './layers/context.js';
 import { readManifest } from './cache/manifest.js';
 import { errorMessage, log } from './log.js';
-import { GuestFiles, manifestPath, RuntimeFiles, VM_NAME_RE, VM_NAME_RULE } from './names.js';
+import { CacheFiles, GuestFiles, manifestPath, RuntimeFiles, VM_NAME_RE, VM_NAME_RULE } from './names.js';
 import { JOB_ENV, jobId, runtimeDir } from './paths.js';
 import { caSetupScript, proxySetupCommand, runnerCAs, runnerProxy, runnerSeed } from './proxy.js';
 import { newestRecord, readRecord, restoreFrom, type RunRecord, type SnapshotRecord } from './record.js';
@@ -23,7 +24,7 @@ import { sleep } from './util/time.js';
 import { coldBoot, restoreMachine } from './vm/boot.js';
 import { ForwardPortError, logTail, type Machine } from './vm/machine.js';
 import type { Forward } from './vm/spec.js';
-import { generateKeyPair, hostKeyFor, writeKeyFiles, type KeyPair, type SshTarget } from './vm/ssh.js';
+import { generateKeyPair, hostKeyFor, writeKeyFiles, type KeyPair, type SshClient, type SshTarget } from './vm/ssh.js';
 
 export interface VmRecord {
   name: string;
@@ -127,6 +128,10 @@ export interface BootOptions {
   forwards?: Forward[];
   /** The test hooks the entry point read (none: NO_HOOKS). */
   hooks?: TestHooks;
+  /** Marks the boot's phases (the bench's fresh-step rows). */
+  phases?: Phases;
+  /** Hand the boot's own SSH session to the caller (a step uses it: no second handshake). */
+  keepSession?: boolean;
 }
 
 /** Refuses forwards whose host ports repeat or that something on this host already listens on. */
@@ -199,7 +204,7 @@ function personalize(name: string, vmKey: KeyPair, manager: 'apt' | 'dnf'): stri
 }
 
 /** Boots a VM that outlives this process: from the snapshot when there is one, else cold. */
-export async function bootVm(o: BootOptions): Promise<VmRecord> {
+export async function bootVm(o: BootOptions): Promise<VmRecord & { session?: SshClient }> {
   const rec = loadRecord(o);
   const out = rec.outputs;
   const name = checkVmName(o.name ?? freeName());
@@ -226,6 +231,7 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   let machine: Machine | undefined;
   let mode: VmRecord['mode'] = 'restore';
   let hostKey = '';
+  let session: SshClient | undefined;
   if (snap) {
     for (const [flag, want, have] of [
       ['--memory', snap.layout.memoryMb, o.memoryMb],
@@ -244,12 +250,18 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
         name,
         workDir,
         sshTimeoutMs: bootTimeout(timeouts.restoreSshMs),
-        shareDir: path.join(workDir, GuestFiles.share),
+        // The cache dir's `images` folder, read-only, as the snapshot was saved with it (the seed's
+        // podman store for images the host puts there, which the guest may mount at /mnt/images).
+        shareDir: path.join(rec.cacheDir, CacheFiles.share),
         detached: true,
         forwards,
+        phases: o.phases,
       }));
       await machine.check('sh -s', 'setting up the VM (its own key, hostname, clock, network)', { input: personalize(name, vmKey, rec.guestPackageManager), timeoutMs: timeouts.stepMs });
+      // The session that set the key up stays logged in (sshd checks a key only at login).
+      if (o.keepSession) session = machine.handOver();
       machine.useKey(vmKey.privateKey);
+      o.phases?.mark('VM key');
     } catch (err) {
       await machine?.destroy();
       machine = undefined;
@@ -313,8 +325,10 @@ export async function bootVm(o: BootOptions): Promise<VmRecord> {
   fs.writeFileSync(path.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + '\n');
   await updateSshHosts();
   if (!job && process.env.GITHUB_ACTIONS === 'true') log.warning(`${JOB_ENV} is not set: plain \`ssh ${name}\` reaches this VM from any job of this runner user that has no ${JOB_ENV} either (the action sets it for the job's later steps)`);
+  o.phases?.mark('VM records');
+  if (o.keepSession) session ??= machine.handOver();
   machine.release();
-  return vm;
+  return session ? Object.assign(vm, { session }) : vm;
 }
 
 /** Stops a VM's QEMU (SIGTERM, then SIGKILL), removes its directory and its holds; its SSH host entry then says it is gone. */

@@ -1,6 +1,7 @@
 // The two ways a guest is started, shared by the layer builders, the CLI and the tests: a cold
 // boot of an image (overlay disk, fresh UEFI vars, cloud-init seed) and a restore of a saved
 // snapshot from its recipe. Each returns a Machine that answers SSH.
+import type { Phases } from '../util/phases.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GUEST_USER } from '../distro.js';
@@ -152,6 +153,8 @@ export interface RestoreOptions {
   detached?: boolean;
   /** TCP forwards from the host's loopback, beside SSH's (any: they are not part of the saved state). */
   forwards?: Forward[];
+  /** Marks the restore's phases (the bench's fresh-step rows). */
+  phases?: Phases;
 }
 
 /** Restores a snapshot's disk + vars copy into `workDir` and waits for SSH. */
@@ -166,6 +169,7 @@ export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Mach
   // The share is part of the saved device layout; on a runner that restored the layers it may not exist yet.
   const shareDir = o.shareDir ?? path.join(o.workDir, GuestFiles.share);
   fs.mkdirSync(shareDir, { recursive: true });
+  o.phases?.mark('disk copies');
   const machine = await Machine.spawn({
     qemu: o.qemu,
     name: o.name,
@@ -181,8 +185,11 @@ export async function restoreMachine(o: RestoreOptions): Promise<{ machine: Mach
     hostKey: hostKeyFor(o.key).publicKey,
     detached: o.detached,
   });
+  o.phases?.mark('QEMU start');
   try {
-    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, { label: `SSH on restored ${o.name}`, restored: true }) };
+    const readyMs = await machine.waitReady(o.sshTimeoutMs, { label: `SSH on restored ${o.name}`, restored: true });
+    o.phases?.mark('state load → SSH');
+    return { machine, readyMs };
   } catch (err) {
     await machine.destroy();
     throw err;

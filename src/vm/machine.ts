@@ -524,6 +524,13 @@ export class Machine {
   }
 
   /** Lets this process exit while QEMU runs on (CLI `boot`). */
+  /** The logged-in session, now the caller's to use and end (release() no longer ends it). */
+  handOver(): SshClient | undefined {
+    const s = this.ssh;
+    this.ssh = undefined;
+    return s && !s.isClosed ? s : undefined;
+  }
+
   release(): void {
     this.ssh?.end();
     this.qmp.close();
