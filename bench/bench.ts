@@ -14,6 +14,11 @@
 //     layer-like file set (180 MiB incompressible, 150 MiB that zstd shrinks, a few small files)
 //     against Debian's docker-registry on loopback, vs plain `curl | zstd -d` of the very blobs into
 //     files and `zstd` + `curl -T` of them (`--registry`: these rows alone, no guest);
+//   - the whole restore of a layer set on an empty disk (the SSH key's entry, then a layer of a
+//     600 MiB qcow2 through restoreEntry/layerEntry: staging, same-pass hashes, checks, placing)
+//     from each tier (Actions cache and registry, run from src/), vs `zstd -d | tar x` of the stored
+//     archive and `curl | zstd -d` of the stored blobs, and each phase of it (`--whole`: these
+//     rows alone, no guest);
 //   - the all-local action run (dist/main.js), median of 5;
 //   - snapshot RAM state at 2048 and 4096 MiB, restore → SSH for each, cold boot → SSH;
 //   - `ryra-vm run` syncing 5,000 small files + one 100 MB file in and back, vs `tar | ssh`.
@@ -27,10 +32,18 @@ import * as readline from 'node:readline';
 import * as tls from 'node:tls';
 import type { RunRecord } from '../src/record.js';
 import { OciClient } from '../src/cache/oci.js';
-import { pullLayer, pushLayer, type OciManifest } from '../src/cache/registry.js';
-import type { Manifest } from '../src/cache/manifest.js';
-import { checkStagedLayer } from '../src/layers/ensure.js';
-import { layerMaxBytes } from '../src/layers/plan.js';
+import { pullLayer, pushLayer, registryTier, type OciManifest } from '../src/cache/registry.js';
+import { fileDigests, writeManifest, type Manifest } from '../src/cache/manifest.js';
+import { actionsCache } from '../src/cache/actions.js';
+import { placeLayer } from '../src/cache/local.js';
+import { restoreEntry } from '../src/cache/staged.js';
+import type { RemoteTier } from '../src/cache/tier.js';
+import { cachePaths, checkStagedLayer, layerEntry, type LayerSpec } from '../src/layers/ensure.js';
+import { imageProblem } from '../src/layers/check.js';
+import type { LayerContext } from '../src/layers/context.js';
+import { ensureSshKey } from '../src/layers/sshkey.js';
+import { layerMaxBytes, type LayerPlan } from '../src/layers/plan.js';
+import { plainLogger, setLogger } from '../src/log.js';
 import { startCacheServer, TWIRP_SERVICE, type CacheServer } from '../test/support/cache-server.js';
 import { registryMissing, startRegistry } from '../test/support/registry.js';
 import { ensureFixture } from '../test/support/fixtures.js';
@@ -289,6 +302,172 @@ async function stagingFigures() {
 }
 
 /**
+ * The product's whole restore of a layer set on an empty disk, for each tier: the SSH key's entry
+ * (ensureSshKey, as a run starts) and a prepared-like layer (a 600 MiB qcow2 of random data made by
+ * qemu-img, a small efivars qcow2, its manifest) through the one restore path (restoreEntry with
+ * layerEntry: staging, the tier's transfer with its same-pass hashes, the checks, placing), vs the
+ * floor: `zstd -d | tar x` of the very archive the Actions cache stored, and `curl | zstd -d` of the
+ * very blobs the registry holds. Alternated, median of 5. Then each phase of that restore timed on
+ * its own in the same rounds (the tiers run from src/ through tsx, so a row reflects this tree).
+ */
+async function wholeRestoreFigures(server: CacheServer) {
+  const src = fs.mkdtempSync(path.join(root, 'whole-'));
+  const raw = path.join(root, 'whole.raw');
+  const f = fs.openSync(raw, 'w');
+  for (let i = 0; i < 600; i++) fs.writeSync(f, randomBytes(2 ** 20));
+  fs.closeSync(f);
+  const plan: LayerPlan = { layer: 'prepared', base: 'bench-whole', files: ['bench-whole.qcow2', 'bench-whole-efivars.qcow2'], key: 'be0c1', cacheKey: 'unused', inputs: {} };
+  await timed(`qemu-img convert -f raw -O qcow2 ${raw} ${src}/${plan.files[0]} && qemu-img create -q -f qcow2 ${src}/${plan.files[1]} 64M`);
+  fs.rmSync(raw);
+  const sums = spawnSync('sha256sum', plan.files, { cwd: src, encoding: 'utf8' }).stdout.trim().split('\n').map((l) => l.split(/\s+/)[0]);
+  writeManifest(path.join(src, 'bench-whole.manifest.json'), { layer: 'prepared', key: plan.key, inputs: {}, files: plan.files.map((name, i) => ({ name, size: fs.statSync(path.join(src, name)).size, sha256: sums[i]! })), buildSeconds: 1 });
+  const files = cachePaths(plan);
+  const spec: LayerSpec = { plan, build: async () => {} };
+  const bytes = files.reduce((n, x) => n + fs.statSync(path.join(src, x)).size, 0);
+  // Warnings stay; the tiers' info lines (a pull's summary) would fill the table's screen.
+  setLogger({ ...plainLogger(), info: () => {} });
+  const saved = { ...process.env };
+  Object.assign(process.env, server.env('v2'), { RUNNER_TEMP: path.join(root, 'runner-temp') });
+  fs.mkdirSync(process.env.RUNNER_TEMP!, { recursive: true });
+
+  /** The rows of one tier: `tier()` a fresh tier as a run makes it (started, warmed), `floor` the plain tools' time. */
+  const figures = async (label: string, key: string, tier: () => Promise<RemoteTier>, floor: () => Promise<number>, floorName: string, served?: { name: string; run: () => Promise<number> }) => {
+    // The key's entry, saved once as a first run does.
+    const seed = await tier();
+    const keyDir = fs.mkdtempSync(path.join(root, 'key-'));
+    await ensureSshKey(keyDir, [seed], true);
+    seed.close();
+    const whole: number[] = [];
+    const plain: number[] = [];
+    const plainServed: number[] = [];
+    const ph = { lookup: [] as number[], transfer: [] as number[], digests: [] as number[], reread: [] as number[], qcow2: [] as number[], placing: [] as number[], key: [] as number[] };
+    const steps = [
+      async () => {
+        const t = await tier();
+        const dir = fs.mkdtempSync(path.join(root, 'whole-dst-'));
+        const ctx = { config: { diskSize: '20G', memoryMb: 2048 }, dir } as unknown as LayerContext;
+        const t0 = Date.now();
+        const k = await ensureSshKey(dir, [t], false);
+        const found = await restoreEntry(dir, [t], layerEntry(ctx, spec, key), 'failing the bench');
+        whole.push(Date.now() - t0);
+        t.close();
+        if (!found || !k.keyTiers.length || fs.statSync(path.join(dir, plan.files[0])).size !== fs.statSync(path.join(src, plan.files[0])).size) throw new Error(`${label}: the whole restore did not restore the layer and the key`);
+        fs.rmSync(dir, { recursive: true });
+      },
+      async () => plain.push(await floor()),
+      ...(served ? [async () => void plainServed.push(await served.run())] : []),
+      async () => {
+        // The same restore, a phase at a time (its parts as layerEntry and checkStagedLayer run them).
+        const t = await tier();
+        const dir = fs.mkdtempSync(path.join(root, 'phase-dst-'));
+        const staging = fs.mkdtempSync(path.join(dir, 'staging-'));
+        let t0 = Date.now();
+        if ((await t.has?.(key, files)) !== true) throw new Error(`${label}: the lookup missed`);
+        const lookup = Date.now() - t0;
+        ph.lookup.push(lookup);
+        const verified = new Map<string, string>();
+        t0 = Date.now();
+        if ((await t.restore(key, files, staging, { maxBytes: BOUND, verified })) !== 'restored') throw new Error(`${label}: the restore failed`);
+        ph.transfer.push(Date.now() - t0 - lookup);
+        t0 = Date.now();
+        await Promise.all(plan.files.filter((x) => !verified.has(x)).map((x) => fileDigests(path.join(staging, x), ['sha256'])));
+        ph.digests.push(Date.now() - t0);
+        t0 = Date.now();
+        await Promise.all(plan.files.map((x) => fileDigests(path.join(staging, x), ['sha256'])));
+        ph.reread.push(Date.now() - t0);
+        t0 = Date.now();
+        const problems = await Promise.all(plan.files.map((x) => imageProblem(path.join(staging, x))));
+        ph.qcow2.push(Date.now() - t0);
+        if (problems.some(Boolean)) throw new Error(`${label}: ${problems.join(', ')}`);
+        t0 = Date.now();
+        const m = JSON.parse(fs.readFileSync(path.join(staging, 'bench-whole.manifest.json'), 'utf8')) as Manifest;
+        writeManifest(path.join(staging, 'bench-whole.manifest.json'), m);
+        placeLayer(dir, staging, plan);
+        ph.placing.push(Date.now() - t0);
+        const keyDir2 = fs.mkdtempSync(path.join(root, 'key-dst-'));
+        t0 = Date.now();
+        await ensureSshKey(keyDir2, [t], false);
+        ph.key.push(Date.now() - t0);
+        t.close();
+        fs.rmSync(dir, { recursive: true });
+        fs.rmSync(keyDir2, { recursive: true });
+      },
+    ];
+    for (let i = 0; i < 5; i++) for (let j = 0; j < steps.length; j++) await steps[(i + j) % steps.length]!();
+    row(`${label}: whole restore on an empty disk, key + ${mib(bytes)} layer (median of 5)`, median(whole), median(plain), { max: 1.5, of: 'ratio' });
+    row(`  floor: ${floorName}`, median(plain), undefined);
+    if (served) row(`  ${served.name}`, median(plainServed), median(plain));
+    row(`  phase: the key entry (ensureSshKey on an empty dir)`, median(ph.key), undefined);
+    row(`  phase: lookup`, median(ph.lookup), undefined);
+    row(`  phase: transfer + unpack, hashed in the same pass (tier restore less its lookup)`, median(ph.transfer), median(plain));
+    row(`  phase: digests left after the tier's same-pass hashes (vs reading every file again)`, median(ph.digests), median(ph.reread));
+    row(`  phase: qcow2 checks (qemu-img info of each)`, median(ph.qcow2), undefined);
+    row(`  phase: placing (manifest written, files renamed into the cache dir)`, median(ph.placing), undefined);
+  };
+
+  try {
+    // The Actions cache: the entry saved by the tier (the toolkit's tar | zstd), the floor restores the very archive stored.
+    const key = `bench-whole-${Date.now()}`;
+    const first = actionsCache();
+    if ((await first.save(key, files, src)) !== 'saved') throw new Error('the Actions cache tier did not save the layer');
+    first.close();
+    const entry = server.entries().find((e) => e.key === key)!;
+    const blob = path.join(root, 'whole.tar.zst');
+    const download = { U: String((await twirp(server, 'GetCacheEntryDownloadURL', { key, version: entry.version })).signed_download_url) };
+    await timed(`curl -sSf -o ${blob} "$U"`, download);
+    const warmed = async (t: RemoteTier) => {
+      t.prestart?.();
+      // The run starts its tiers beside host setup: the first call's wait is not the restore's.
+      await t.has?.('bench-warm-up', files);
+      return t;
+    };
+    await figures('Actions cache', key, () => warmed(actionsCache()), async () => {
+      const p = fs.mkdtempSync(path.join(root, 'whole-plain-'));
+      const ms = await timed(`zstd -d -q -c ${blob} | tar -xf - -C ${p}`);
+      fs.rmSync(p, { recursive: true });
+      return ms;
+    }, 'zstd -d | tar x of the stored archive', {
+      // What the transfer itself costs here: the service runs in this process, on the same 2 cores.
+      name: 'the shell\'s curl | zstd -d | tar x of it from this service (the transfer\'s own floor)',
+      run: async () => {
+        const p = fs.mkdtempSync(path.join(root, 'whole-served-'));
+        const ms = await timed(`curl -sSf "$U" | zstd -d -q | tar -xf - -C ${p}`, download);
+        fs.rmSync(p, { recursive: true });
+        return ms;
+      },
+    });
+
+    const missing = registryMissing();
+    if (missing) {
+      rows.push({ figure: `OCI registry whole-restore rows skipped: ${missing}`, value: '' });
+      return;
+    }
+    const reg = await startRegistry();
+    try {
+      const repository = `${reg.host}/bench/whole`;
+      const quiet = { ...plainLogger(), info: () => {} };
+      const seed = registryTier({ repository, logger: quiet });
+      if ((await seed.save(key, files, src)) !== 'saved') throw new Error('the registry tier did not push the layer');
+      const m = JSON.parse((await seed.client.getManifest(key, new AbortController().signal))!.toString()) as OciManifest;
+      seed.close();
+      const blobs = [m.config, ...m.layers];
+      await figures(`OCI registry (${blobs.length} blobs)`, key, () => warmed(registryTier({ repository, logger: quiet })), async () => {
+        const dst = fs.mkdtempSync(path.join(root, 'whole-plain-pull-'));
+        const script = blobs.map((b, i) => `curl -sSf http://${reg.host}/v2/bench/whole/blobs/${b.digest} ${b.mediaType.endsWith('+zstd') ? '| zstd -d -q ' : ''}> ${dst}/${i}`).join('\n');
+        const ms = await timed(`set -e\n${script}`);
+        fs.rmSync(dst, { recursive: true });
+        return ms;
+      }, 'curl | zstd -d of the same blobs');
+    } finally {
+      await reg.close();
+    }
+  } finally {
+    process.env = saved;
+    fs.rmSync(src, { recursive: true, force: true });
+  }
+}
+
+/**
  * The registry tier's pull and push of one layer-like file set vs the plain tools on the same
  * blobs, side by side, alternated, medians of 3. Each push goes to a fresh repository (no blob
  * there yet), as does each plain upload.
@@ -381,10 +560,15 @@ async function registryFigures() {
 }
 
 try {
-  // `--registry`, `--staging`: those rows alone (no guest).
-  if (process.argv.includes('--registry') || process.argv.includes('--staging')) {
+  // `--registry`, `--staging`, `--whole`: those rows alone (no guest).
+  if (process.argv.includes('--registry') || process.argv.includes('--staging') || process.argv.includes('--whole')) {
     if (process.argv.includes('--staging')) await stagingFigures();
     if (process.argv.includes('--registry')) await registryFigures();
+    if (process.argv.includes('--whole')) {
+      const server = await startCacheServer({ dir: root });
+      await wholeRestoreFigures(server);
+      await server.close();
+    }
     printRows();
     // No guest ran: the cleanup below is this rm alone.
     fs.rmSync(root, { recursive: true, force: true });
@@ -400,6 +584,8 @@ try {
   await stagingFigures();
   console.error('bench: OCI registry tier…');
   await registryFigures();
+  console.error('bench: whole restores, each tier…');
+  await wholeRestoreFigures(server);
   // `npm run bench -- --cache-only`: the cache tier's figures alone (a few minutes, no guest).
   if (!process.argv.includes('--cache-only')) {
     // Layers of the light configuration at 2048 and 4096 MiB, built by the bundled action (local cache dir).

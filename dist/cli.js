@@ -34,17 +34,17 @@ import {
   stopVm,
   vmTarget,
   withTimeout
-} from "./chunks/chunk-TFKJ5YRS.js";
+} from "./chunks/chunk-QCEXFMZ2.js";
 import "./chunks/chunk-JPQAZDAJ.js";
 
 // src/cli.ts
-import * as fs4 from "node:fs";
+import * as fs5 from "node:fs";
 import * as path4 from "node:path";
 import { parseArgs } from "node:util";
 
 // src/run.ts
 import { randomUUID } from "node:crypto";
-import * as fs2 from "node:fs";
+import * as fs3 from "node:fs";
 import * as path2 from "node:path";
 
 // src/sync.ts
@@ -471,6 +471,27 @@ function removeInside(root, rel) {
   }
 }
 
+// src/util/phases.ts
+import * as fs2 from "node:fs";
+import { performance } from "node:perf_hooks";
+var Phases = class {
+  last = performance.now();
+  start = this.last;
+  ms = {};
+  /** Ends the phase running since the last mark, as `name` (a name marked twice adds up). */
+  mark(name) {
+    const now = performance.now();
+    this.ms[name] = (this.ms[name] ?? 0) + (now - this.last);
+    this.last = now;
+  }
+  /** Appends `{...extra, total, phases}` to RYRA_VM_PHASES, when it is set. */
+  write(extra, file = process.env.RYRA_VM_PHASES) {
+    if (!file) return;
+    const phases = Object.fromEntries(Object.entries(this.ms).map(([k, v]) => [k, Math.round(v)]));
+    fs2.appendFileSync(file, JSON.stringify({ ...extra, total: Math.round(performance.now() - this.start), phases }) + "\n");
+  }
+};
+
 // src/run.ts
 var STEP_FILES = ["GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_PATH", "GITHUB_STEP_SUMMARY"];
 var STEP_FILE_MAX_BYTES = 16 * 2 ** 20;
@@ -486,7 +507,7 @@ function scriptEnv(env, names) {
   }
   return out;
 }
-function startDir(workspace, cwd, real = fs2.realpathSync) {
+function startDir(workspace, cwd, real = fs3.realpathSync) {
   let rel;
   try {
     rel = path2.relative(real(workspace), real(cwd));
@@ -528,7 +549,7 @@ async function copyStepFiles(client, dir, env, bound) {
     sftp = await Promise.race([client.sftp(), timeout]);
     const contents = [];
     for (const f of targets) contents.push(await Promise.race([readGuestFile(sftp, `${dir}/${f}`, STEP_FILE_MAX_BYTES, f), timeout]));
-    targets.forEach((f, i) => contents[i].length && fs2.appendFileSync(env[f], contents[i]));
+    targets.forEach((f, i) => contents[i].length && fs3.appendFileSync(env[f], contents[i]));
   } finally {
     clearTimeout(timer);
     sftp?.end();
@@ -591,23 +612,26 @@ function stopGroup(dir) {
   return `pg=; for i in $(seq 50); do pg=$(cat ${dir}/pgid 2>/dev/null); [ -n "$pg" ] && break; sleep 0.1; done; case $pg in ''|*[!0-9]*) exit 0;; esac; sudo -n sh -c ${shq2(inner)} "$pg" 2>/dev/null || sh -c ${shq2(inner)} "$pg"`;
 }
 async function runScript(o) {
-  if (!fs2.existsSync(o.script)) throw new Error(`no such script: ${o.script}`);
+  if (!fs3.existsSync(o.script)) throw new Error(`no such script: ${o.script}`);
   const workspace = path2.resolve(process.env.GITHUB_WORKSPACE || process.cwd());
   const name = o.fresh ? `run-${process.pid}-${randomUUID().slice(0, 6)}` : o.name ?? "default";
+  const phases = new Phases();
   let vm = findVm(name);
   if (vm && !vm.running) {
     log.info(`VM ${name} had exited; starting it again`);
     await stopVm(vm);
     vm = void 0;
   }
-  const record = loadRecord({ config: o.config ?? (vm && fs2.existsSync(vm.record) ? vm.record : void 0), cacheDir: o.cacheDir });
+  const record = loadRecord({ config: o.config ?? (vm && fs3.existsSync(vm.record) ? vm.record : void 0), cacheDir: o.cacheDir });
   const sync = o.sync ?? record.run.sync;
   const syncMaxBytes = o.syncMaxBytes ?? record.run.syncMaxBytes ?? parseSize(Inputs.SyncMaxSize, INPUT_DEFAULTS[Inputs.SyncMaxSize]);
   const names = [...record.run.environmentVariables, ...o.env];
   const booted = !vm;
-  const rec = vm ?? await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards, hooks: o.hooks });
+  phases.mark("record");
+  const rec = vm ?? await bootVm({ name, browser: o.browser, config: o.config, cacheDir: o.cacheDir, forwards: o.forwards, hooks: o.hooks, phases, keepSession: true });
   if (booted) log.info(`${rec.name}: ${rec.mode === "restore" ? "restored" : "cold-booted"} in ${(rec.readyMs / 1e3).toFixed(1)} s`);
-  const client = await SshClient.connect(vmTarget(rec), 6e4);
+  const client = rec.session ?? await SshClient.connect(vmTarget(rec), 6e4);
+  phases.mark("connect");
   const exec = (cmd, opts) => client.exec(cmd, opts);
   const id = randomUUID().slice(0, 8);
   const dir = `~/.ryra-run/${id}`;
@@ -616,14 +640,16 @@ async function runScript(o) {
     const syncOpts = { hostDir: workspace, guestDir: workspace, excludes: o.excludes, maxBytes: syncMaxBytes };
     const t0 = Date.now();
     const before = sync === "none" ? void 0 : await syncIn(exec, syncOpts);
+    phases.mark("sync in");
     if (before) log.info(`synced ${before.guest.size} entries of ${workspace} into ${rec.name} in ${((Date.now() - t0) / 1e3).toFixed(1)} s`);
     const vars = scriptEnv(process.env, names);
     for (const f of STEP_FILES) if (vars[f]) vars[f] = `/home/${rec.user}/.ryra-run/${id}/${f}`;
     const setup = await exec(`mkdir -p ${dir} && cd ${dir} && touch ${STEP_FILES.join(" ")} && cat > script && printf %s ${shq2(envFile(vars))} > env`, {
-      input: fs2.readFileSync(o.script),
+      input: fs3.readFileSync(o.script),
       timeoutMs: 6e4
     });
     if (setup.code !== 0) throw new Error(`preparing the script in ${rec.name} failed: ${setup.stderr.trim()}`);
+    phases.mark("script setup");
     const start = shq2(startDir(workspace, o.cwd ?? process.cwd()));
     const cd = sync === "none" ? `mkdir -p ${start} 2>/dev/null || true; cd ${start} 2>/dev/null || cd` : `cd ${start} || exit 1`;
     cancel.arm();
@@ -637,6 +663,7 @@ async function runScript(o) {
     running.catch(() => {
     });
     const r = await Promise.race([running, cancel.requested.then(() => void 0)]);
+    phases.mark("script");
     if (cancel.signal) {
       log.warning(`${cancel.signal}: stopping the script in ${rec.name}, then bringing back the step files and the workspace (at most ${CANCEL_BOUND_MS / 1e3} s)`);
       await exec(stopGroup(dir), { timeoutMs: cancel.left() }).catch((err) => log.warning(`stopping the script failed: ${errorMessage(err)}`));
@@ -644,6 +671,7 @@ async function runScript(o) {
     }
     const failures = [];
     await copyStepFiles(client, `.ryra-run/${id}`, process.env, cancel.bound).catch((err) => failures.push(errorMessage(err)));
+    phases.mark("step files");
     if (before && sync === "both") {
       const t1 = Date.now();
       try {
@@ -655,8 +683,10 @@ async function runScript(o) {
         failures.push(`syncing the workspace back failed: ${errorMessage(err)}`);
       }
     }
-    await exec(`rm -rf ${dir}`, { timeoutMs: cancel.signal ? Math.min(1e4, cancel.left()) : 6e4 }).catch(() => {
+    phases.mark("sync back");
+    if (!o.fresh) await exec(`rm -rf ${dir}`, { timeoutMs: cancel.signal ? Math.min(1e4, cancel.left()) : 6e4 }).catch(() => {
     });
+    phases.mark("cleanup");
     if (cancel.signal) {
       for (const f of failures) log.error(f);
       return SIGNAL_STATUS[cancel.signal];
@@ -667,6 +697,8 @@ async function runScript(o) {
     cancel.dispose();
     client.end();
     if (o.fresh) await stopVm(rec);
+    phases.mark("stop");
+    phases.write({ fresh: !!o.fresh, booted });
   }
 }
 
@@ -690,7 +722,8 @@ var package_default = {
     test: "node scripts/test.mjs",
     "test:unit": "node scripts/test.mjs unit",
     "test:e2e": "node scripts/test.mjs e2e",
-    bench: `bash -c 'exec "$(bash scripts/node24.sh)" --import tsx bench/bench.ts "$@"' bench`
+    bench: `bash -c 'exec "$(bash scripts/node24.sh)" --import tsx bench/bench.ts "$@"' bench`,
+    "bench:fresh": `bash -c 'exec "$(bash scripts/node24.sh)" --import tsx bench/fresh-step.ts "$@"' bench`
   },
   dependencies: {
     "@actions/cache": "^6.3.0",
@@ -716,7 +749,7 @@ var package_default = {
 var VERSION = package_default.version;
 
 // src/vm/transfer.ts
-import * as fs3 from "node:fs";
+import * as fs4 from "node:fs";
 import * as path3 from "node:path";
 var p = (fn) => new Promise((resolve3, reject) => fn((err, v) => err ? reject(err) : resolve3(v)));
 async function remoteStat(sftp, file) {
@@ -732,7 +765,7 @@ function checkRemoteName(name, dir) {
 }
 function refuseSymlink(local) {
   try {
-    if (fs3.lstatSync(local).isSymbolicLink()) throw new Error(`refusing to write through the symlink ${local}`);
+    if (fs4.lstatSync(local).isSymbolicLink()) throw new Error(`refusing to write through the symlink ${local}`);
   } catch (err) {
     if (err.code !== "ENOENT") throw err;
   }
@@ -743,18 +776,18 @@ async function upload(sftp, src, dst) {
   return uploadTo(sftp, src, target);
 }
 async function uploadTo(sftp, src, dst) {
-  const st = fs3.statSync(src);
+  const st = fs4.statSync(src);
   if (st.isDirectory()) {
     if (!await remoteStat(sftp, dst)) await p((cb) => sftp.mkdir(dst, { mode: st.mode & 4095 }, (e) => cb(e, void 0)));
     let n = 0;
-    for (const e of fs3.readdirSync(src)) n += await uploadTo(sftp, path3.join(src, e), path3.posix.join(dst, e));
+    for (const e of fs4.readdirSync(src)) n += await uploadTo(sftp, path3.join(src, e), path3.posix.join(dst, e));
     return n;
   }
   await p((cb) => sftp.fastPut(src, dst, { mode: st.mode & 4095 }, (e) => cb(e, void 0)));
   return 1;
 }
 async function download(sftp, src, dst) {
-  const target = fs3.existsSync(dst) && fs3.statSync(dst).isDirectory() ? path3.join(dst, path3.posix.basename(src)) : dst;
+  const target = fs4.existsSync(dst) && fs4.statSync(dst).isDirectory() ? path3.join(dst, path3.posix.basename(src)) : dst;
   return downloadTo(sftp, src, target);
 }
 async function downloadTo(sftp, src, dst, top = true) {
@@ -763,11 +796,11 @@ async function downloadTo(sftp, src, dst, top = true) {
   refuseSymlink(dst);
   if (st.isSymbolicLink()) {
     const target = await p((cb) => sftp.readlink(src, cb));
-    fs3.symlinkSync(target, dst);
+    fs4.symlinkSync(target, dst);
     return 1;
   }
   if (st.isDirectory()) {
-    fs3.mkdirSync(dst, { recursive: true, mode: st.mode & 4095 });
+    fs4.mkdirSync(dst, { recursive: true, mode: st.mode & 4095 });
     const entries = await p((cb) => sftp.readdir(src, cb));
     let n = 0;
     for (const e of entries) {
@@ -777,7 +810,7 @@ async function downloadTo(sftp, src, dst, top = true) {
     return n;
   }
   await p((cb) => sftp.fastGet(src, dst, (e) => cb(e, void 0)));
-  fs3.chmodSync(dst, st.mode & 4095);
+  fs4.chmodSync(dst, st.mode & 4095);
   return 1;
 }
 
@@ -802,7 +835,8 @@ var USAGE = {
   --base-packages B     true | false: the catalogue's list (podman & co.) as well   [true]
   --prepare FILE        a script run once in the prepared layer (part of its key)
   --image-url URL       cloud image: http(s)://, file:// or a path
-  --image-checksum C    sha512:HEX or sha256:HEX (needed with --image-url)
+  --image-checksum C    sha512:HEX or sha256:HEX (with --image-url: this or the next)
+  --image-checksum-url U  with --image-url: its publisher's checksum file, read each run
   --cache-dir DIR       layer cache       [$XDG_CACHE_HOME/ryra-vm or ~/.cache/ryra-vm]
   --cache-max-size S    evict least-recently-used layers over this size (0: never)  [20G]
   --disk-size S         guest disk size                            [20G]
@@ -884,6 +918,7 @@ var PREPARE_OPTIONS = {
   "cache-save": { type: "string" },
   prepare: { type: "string" },
   "image-url": { type: "string" },
+  "image-checksum-url": { type: "string" },
   "image-checksum": { type: "string" },
   "cache-dir": { type: "string" },
   "cache-max-size": { type: "string" },
@@ -902,7 +937,7 @@ async function prepare(args) {
   let prepareScript = "";
   if (v.prepare) {
     try {
-      prepareScript = fs4.readFileSync(v.prepare, "utf8");
+      prepareScript = fs5.readFileSync(v.prepare, "utf8");
     } catch (err) {
       throw new InputError(`invalid --prepare: ${errorMessage(err)}`);
     }
@@ -922,6 +957,7 @@ async function prepare(args) {
     [Inputs.Prepare]: prepareScript,
     [Inputs.ImageUrl]: v["image-url"],
     [Inputs.ImageChecksum]: v["image-checksum"],
+    [Inputs.ImageChecksumUrl]: v["image-checksum-url"],
     [Inputs.CacheDir]: v["cache-dir"],
     [Inputs.CacheMaxSize]: v["cache-max-size"],
     [Inputs.DiskSize]: v["disk-size"],

@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runPost
-} from "./chunks/chunk-AKE7FL7J.js";
-import "./chunks/chunk-TFKJ5YRS.js";
+} from "./chunks/chunk-6HYT4ET3.js";
+import "./chunks/chunk-QCEXFMZ2.js";
 import "./chunks/chunk-JPQAZDAJ.js";
 
 // src/post.ts

@@ -441,9 +441,10 @@ export function planPull(m: OciManifest, key: string, files: readonly string[], 
 
 /**
  * Hashes what a writer appends to `fh` from `from` on while `writing` is pending, then the rest:
- * the digest of the bytes as they are in the file. Fails past `max` bytes.
+ * the digest of the bytes as they are in the file. Fails past `max` bytes. `also` (the whole
+ * file's hash, across its chunks) sees the same bytes in the same pass.
  */
-async function hashAppended(fh: fs.promises.FileHandle, from: number, max: number, writing: Promise<unknown>, what: string, signal: AbortSignal): Promise<{ hex: string; bytes: number }> {
+async function hashAppended(fh: fs.promises.FileHandle, from: number, max: number, writing: Promise<unknown>, what: string, signal: AbortSignal, also?: crypto.Hash): Promise<{ hex: string; bytes: number }> {
   let ended = false;
   writing.then(
     () => (ended = true),
@@ -460,6 +461,7 @@ async function hashAppended(fh: fs.promises.FileHandle, from: number, max: numbe
       bytes += bytesRead;
       if (bytes > max) throw new RegistryError(`${what} is longer than its ${max} bytes`, 'protocol');
       hash.update(buf.subarray(0, bytesRead));
+      also?.update(buf.subarray(0, bytesRead));
     } else if (last) return { hex: hash.digest('hex'), bytes };
     else await sleep(5);
   }
@@ -515,9 +517,10 @@ function unzstd(file: string, out: number, end: number, what: string, signal: Ab
  * curl writes the blob and Node hashes the bytes as they land. A compressed blob lands whole in a
  * temp file in `staging` first, and only once its digest holds is it decompressed into `out`, hashed
  * again as it lands. Every check of a streamed pull holds: the blob's digest and size, the
- * uncompressed sha256 and size, each computed from the bytes as written.
+ * uncompressed sha256 and size, each computed from the bytes as written. `whole`, when given, also
+ * hashes the uncompressed bytes (the file's sha256, for a file of several chunks).
  */
-async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.promises.FileHandle, staging: string, signal: AbortSignal): Promise<{ wire: number }> {
+async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.promises.FileHandle, staging: string, signal: AbortSignal, whole?: crypto.Hash): Promise<{ wire: number }> {
   if (fs.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.chunk} would land at ${fs.fstatSync(out).size}, not ${j.offset}`);
   const what = `${j.file} chunk at ${j.offset}`;
   let blob: { hex: string; bytes: number };
@@ -526,7 +529,7 @@ async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.
     if (b.bytes !== j.blobSize || `sha256:${b.hex}` !== j.digest) throw new RegistryError(`blob ${j.digest} of ${j.file} arrived with sha256:${b.hex} (${b.bytes} bytes): refused`, 'protocol');
   };
   if (!j.compressed) {
-    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client.curlBlob(j.digest, out, sig)), what, sig));
+    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client.curlBlob(j.digest, out, sig)), what, sig, whole));
     refuseBlob(blob);
   } else {
     // Named from the plan's own numbers, not from anything the registry sent.
@@ -536,7 +539,7 @@ async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.
     try {
       blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.blobSize, part(client.curlBlob(j.digest, tmpOut, sig)), `blob ${j.digest}`, sig));
       refuseBlob(blob);
-      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.digest}`, sig)), what, sig));
+      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.digest}`, sig)), what, sig, whole));
     } finally {
       fs.closeSync(tmpOut);
       await tmpIn.close();
@@ -551,8 +554,9 @@ async function pullChunk(client: OciClient, j: PullJob, out: number, reader: fs.
  * Pulls the artifact tagged from `key` into `staging`: exactly `files`, every blob digest and
  * uncompressed sha256 checked. Files go `concurrency` at a time, the chunks of one file in order.
  * 'miss' when the tag does not exist; throws LayerMismatch when it holds something else, or the
- * transfer's error. `verified` gets the sha256 of each single-chunk file, computed from its bytes
- * as written (so the caller need not read it again).
+ * transfer's error. `verified` gets the sha256 of every file, computed from its bytes as written
+ * (so the caller need not read it again): a single chunk's is the file's, and a file of several
+ * chunks is hashed whole in the same pass as its chunks.
  */
 export async function pullLayer(
   client: OciClient,
@@ -587,9 +591,10 @@ export async function pullLayer(
     fs.closeSync(out);
     const append = fs.openSync(target, 'a');
     const reader = await fs.promises.open(target, 'r');
+    const whole = jobs.length > 1 ? crypto.createHash('sha256') : undefined;
     try {
       for (const j of jobs) {
-        const { wire } = await pullChunk(client, j, append, reader, staging, sig);
+        const { wire } = await pullChunk(client, j, append, reader, staging, sig, whole);
         stats.blobs++;
         stats.transferred++;
         stats.wireBytes += wire;
@@ -599,8 +604,9 @@ export async function pullLayer(
       fs.closeSync(append);
       await reader.close();
     }
-    // A single chunk's uncompressed sha256, checked against the bytes in the file, is the file's.
-    if (jobs.length === 1) verified?.set(file, jobs[0].sha256);
+    // A single chunk's uncompressed sha256, checked against the bytes in the file, is the file's;
+    // the chunks of a bigger one went in order, each hashed into `whole` as it landed.
+    verified?.set(file, whole ? whole.digest('hex') : jobs[0].sha256);
   });
   stats.ms = Date.now() - started;
   return { result: 'restored', stats };

@@ -27,7 +27,7 @@ import {
   setupHost,
   stopVm,
   syncTiers
-} from "./chunk-TFKJ5YRS.js";
+} from "./chunk-QCEXFMZ2.js";
 import {
   addPath,
   exportVariable,

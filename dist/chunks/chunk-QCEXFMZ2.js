@@ -46,54 +46,54 @@ var require_polyfills = __commonJS({
     }
     var chdir;
     module.exports = patch;
-    function patch(fs27) {
+    function patch(fs29) {
       if (constants4.hasOwnProperty("O_SYMLINK") && process.version.match(/^v0\.6\.[0-2]|^v0\.5\./)) {
-        patchLchmod(fs27);
+        patchLchmod(fs29);
       }
-      if (!fs27.lutimes) {
-        patchLutimes(fs27);
+      if (!fs29.lutimes) {
+        patchLutimes(fs29);
       }
-      fs27.chown = chownFix(fs27.chown);
-      fs27.fchown = chownFix(fs27.fchown);
-      fs27.lchown = chownFix(fs27.lchown);
-      fs27.chmod = chmodFix(fs27.chmod);
-      fs27.fchmod = chmodFix(fs27.fchmod);
-      fs27.lchmod = chmodFix(fs27.lchmod);
-      fs27.chownSync = chownFixSync(fs27.chownSync);
-      fs27.fchownSync = chownFixSync(fs27.fchownSync);
-      fs27.lchownSync = chownFixSync(fs27.lchownSync);
-      fs27.chmodSync = chmodFixSync(fs27.chmodSync);
-      fs27.fchmodSync = chmodFixSync(fs27.fchmodSync);
-      fs27.lchmodSync = chmodFixSync(fs27.lchmodSync);
-      fs27.stat = statFix(fs27.stat);
-      fs27.fstat = statFix(fs27.fstat);
-      fs27.lstat = statFix(fs27.lstat);
-      fs27.statSync = statFixSync(fs27.statSync);
-      fs27.fstatSync = statFixSync(fs27.fstatSync);
-      fs27.lstatSync = statFixSync(fs27.lstatSync);
-      if (fs27.chmod && !fs27.lchmod) {
-        fs27.lchmod = function(path23, mode, cb) {
+      fs29.chown = chownFix(fs29.chown);
+      fs29.fchown = chownFix(fs29.fchown);
+      fs29.lchown = chownFix(fs29.lchown);
+      fs29.chmod = chmodFix(fs29.chmod);
+      fs29.fchmod = chmodFix(fs29.fchmod);
+      fs29.lchmod = chmodFix(fs29.lchmod);
+      fs29.chownSync = chownFixSync(fs29.chownSync);
+      fs29.fchownSync = chownFixSync(fs29.fchownSync);
+      fs29.lchownSync = chownFixSync(fs29.lchownSync);
+      fs29.chmodSync = chmodFixSync(fs29.chmodSync);
+      fs29.fchmodSync = chmodFixSync(fs29.fchmodSync);
+      fs29.lchmodSync = chmodFixSync(fs29.lchmodSync);
+      fs29.stat = statFix(fs29.stat);
+      fs29.fstat = statFix(fs29.fstat);
+      fs29.lstat = statFix(fs29.lstat);
+      fs29.statSync = statFixSync(fs29.statSync);
+      fs29.fstatSync = statFixSync(fs29.fstatSync);
+      fs29.lstatSync = statFixSync(fs29.lstatSync);
+      if (fs29.chmod && !fs29.lchmod) {
+        fs29.lchmod = function(path24, mode, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs27.lchmodSync = function() {
+        fs29.lchmodSync = function() {
         };
       }
-      if (fs27.chown && !fs27.lchown) {
-        fs27.lchown = function(path23, uid, gid, cb) {
+      if (fs29.chown && !fs29.lchown) {
+        fs29.lchown = function(path24, uid, gid, cb) {
           if (cb) process.nextTick(cb);
         };
-        fs27.lchownSync = function() {
+        fs29.lchownSync = function() {
         };
       }
       if (platform === "win32") {
-        fs27.rename = typeof fs27.rename !== "function" ? fs27.rename : (function(fs$rename) {
+        fs29.rename = typeof fs29.rename !== "function" ? fs29.rename : (function(fs$rename) {
           function rename(from, to, cb) {
             var start = Date.now();
             var backoff = 0;
             fs$rename(from, to, function CB(er) {
               if (er && (er.code === "EACCES" || er.code === "EPERM" || er.code === "EBUSY") && Date.now() - start < 6e4) {
                 setTimeout(function() {
-                  fs27.stat(to, function(stater, st) {
+                  fs29.stat(to, function(stater, st) {
                     if (stater && stater.code === "ENOENT")
                       fs$rename(from, to, CB);
                     else
@@ -109,9 +109,9 @@ var require_polyfills = __commonJS({
           }
           if (Object.setPrototypeOf) Object.setPrototypeOf(rename, fs$rename);
           return rename;
-        })(fs27.rename);
+        })(fs29.rename);
       }
-      fs27.read = typeof fs27.read !== "function" ? fs27.read : (function(fs$read) {
+      fs29.read = typeof fs29.read !== "function" ? fs29.read : (function(fs$read) {
         function read(fd, buffer, offset, length, position, callback_) {
           var callback;
           if (callback_ && typeof callback_ === "function") {
@@ -119,22 +119,22 @@ var require_polyfills = __commonJS({
             callback = function(er, _, __) {
               if (er && er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
-                return fs$read.call(fs27, fd, buffer, offset, length, position, callback);
+                return fs$read.call(fs29, fd, buffer, offset, length, position, callback);
               }
               callback_.apply(this, arguments);
             };
           }
-          return fs$read.call(fs27, fd, buffer, offset, length, position, callback);
+          return fs$read.call(fs29, fd, buffer, offset, length, position, callback);
         }
         if (Object.setPrototypeOf) Object.setPrototypeOf(read, fs$read);
         return read;
-      })(fs27.read);
-      fs27.readSync = typeof fs27.readSync !== "function" ? fs27.readSync : /* @__PURE__ */ (function(fs$readSync) {
+      })(fs29.read);
+      fs29.readSync = typeof fs29.readSync !== "function" ? fs29.readSync : /* @__PURE__ */ (function(fs$readSync) {
         return function(fd, buffer, offset, length, position) {
           var eagCounter = 0;
           while (true) {
             try {
-              return fs$readSync.call(fs27, fd, buffer, offset, length, position);
+              return fs$readSync.call(fs29, fd, buffer, offset, length, position);
             } catch (er) {
               if (er.code === "EAGAIN" && eagCounter < 10) {
                 eagCounter++;
@@ -144,11 +144,11 @@ var require_polyfills = __commonJS({
             }
           }
         };
-      })(fs27.readSync);
-      function patchLchmod(fs28) {
-        fs28.lchmod = function(path23, mode, callback) {
-          fs28.open(
-            path23,
+      })(fs29.readSync);
+      function patchLchmod(fs30) {
+        fs30.lchmod = function(path24, mode, callback) {
+          fs30.open(
+            path24,
             constants4.O_WRONLY | constants4.O_SYMLINK,
             mode,
             function(err, fd) {
@@ -156,80 +156,80 @@ var require_polyfills = __commonJS({
                 if (callback) callback(err);
                 return;
               }
-              fs28.fchmod(fd, mode, function(err2) {
-                fs28.close(fd, function(err22) {
+              fs30.fchmod(fd, mode, function(err2) {
+                fs30.close(fd, function(err22) {
                   if (callback) callback(err2 || err22);
                 });
               });
             }
           );
         };
-        fs28.lchmodSync = function(path23, mode) {
-          var fd = fs28.openSync(path23, constants4.O_WRONLY | constants4.O_SYMLINK, mode);
+        fs30.lchmodSync = function(path24, mode) {
+          var fd = fs30.openSync(path24, constants4.O_WRONLY | constants4.O_SYMLINK, mode);
           var threw = true;
           var ret;
           try {
-            ret = fs28.fchmodSync(fd, mode);
+            ret = fs30.fchmodSync(fd, mode);
             threw = false;
           } finally {
             if (threw) {
               try {
-                fs28.closeSync(fd);
+                fs30.closeSync(fd);
               } catch (er) {
               }
             } else {
-              fs28.closeSync(fd);
+              fs30.closeSync(fd);
             }
           }
           return ret;
         };
       }
-      function patchLutimes(fs28) {
-        if (constants4.hasOwnProperty("O_SYMLINK") && fs28.futimes) {
-          fs28.lutimes = function(path23, at, mt, cb) {
-            fs28.open(path23, constants4.O_SYMLINK, function(er, fd) {
+      function patchLutimes(fs30) {
+        if (constants4.hasOwnProperty("O_SYMLINK") && fs30.futimes) {
+          fs30.lutimes = function(path24, at, mt, cb) {
+            fs30.open(path24, constants4.O_SYMLINK, function(er, fd) {
               if (er) {
                 if (cb) cb(er);
                 return;
               }
-              fs28.futimes(fd, at, mt, function(er2) {
-                fs28.close(fd, function(er22) {
+              fs30.futimes(fd, at, mt, function(er2) {
+                fs30.close(fd, function(er22) {
                   if (cb) cb(er2 || er22);
                 });
               });
             });
           };
-          fs28.lutimesSync = function(path23, at, mt) {
-            var fd = fs28.openSync(path23, constants4.O_SYMLINK);
+          fs30.lutimesSync = function(path24, at, mt) {
+            var fd = fs30.openSync(path24, constants4.O_SYMLINK);
             var ret;
             var threw = true;
             try {
-              ret = fs28.futimesSync(fd, at, mt);
+              ret = fs30.futimesSync(fd, at, mt);
               threw = false;
             } finally {
               if (threw) {
                 try {
-                  fs28.closeSync(fd);
+                  fs30.closeSync(fd);
                 } catch (er) {
                 }
               } else {
-                fs28.closeSync(fd);
+                fs30.closeSync(fd);
               }
             }
             return ret;
           };
-        } else if (fs28.futimes) {
-          fs28.lutimes = function(_a, _b, _c, cb) {
+        } else if (fs30.futimes) {
+          fs30.lutimes = function(_a, _b, _c, cb) {
             if (cb) process.nextTick(cb);
           };
-          fs28.lutimesSync = function() {
+          fs30.lutimesSync = function() {
           };
         }
       }
       function chmodFix(orig) {
         if (!orig) return orig;
         return function(target, mode, cb) {
-          return orig.call(fs27, target, mode, function(er) {
+          return orig.call(fs29, target, mode, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -239,7 +239,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, mode) {
           try {
-            return orig.call(fs27, target, mode);
+            return orig.call(fs29, target, mode);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -248,7 +248,7 @@ var require_polyfills = __commonJS({
       function chownFix(orig) {
         if (!orig) return orig;
         return function(target, uid, gid, cb) {
-          return orig.call(fs27, target, uid, gid, function(er) {
+          return orig.call(fs29, target, uid, gid, function(er) {
             if (chownErOk(er)) er = null;
             if (cb) cb.apply(this, arguments);
           });
@@ -258,7 +258,7 @@ var require_polyfills = __commonJS({
         if (!orig) return orig;
         return function(target, uid, gid) {
           try {
-            return orig.call(fs27, target, uid, gid);
+            return orig.call(fs29, target, uid, gid);
           } catch (er) {
             if (!chownErOk(er)) throw er;
           }
@@ -278,13 +278,13 @@ var require_polyfills = __commonJS({
             }
             if (cb) cb.apply(this, arguments);
           }
-          return options ? orig.call(fs27, target, options, callback) : orig.call(fs27, target, callback);
+          return options ? orig.call(fs29, target, options, callback) : orig.call(fs29, target, callback);
         };
       }
       function statFixSync(orig) {
         if (!orig) return orig;
         return function(target, options) {
-          var stats = options ? orig.call(fs27, target, options) : orig.call(fs27, target);
+          var stats = options ? orig.call(fs29, target, options) : orig.call(fs29, target);
           if (stats) {
             if (stats.uid < 0) stats.uid += 4294967296;
             if (stats.gid < 0) stats.gid += 4294967296;
@@ -313,16 +313,16 @@ var require_legacy_streams = __commonJS({
   "node_modules/graceful-fs/legacy-streams.js"(exports, module) {
     var Stream = __require("stream").Stream;
     module.exports = legacy;
-    function legacy(fs27) {
+    function legacy(fs29) {
       return {
         ReadStream,
         WriteStream
       };
-      function ReadStream(path23, options) {
-        if (!(this instanceof ReadStream)) return new ReadStream(path23, options);
+      function ReadStream(path24, options) {
+        if (!(this instanceof ReadStream)) return new ReadStream(path24, options);
         Stream.call(this);
         var self2 = this;
-        this.path = path23;
+        this.path = path24;
         this.fd = null;
         this.readable = true;
         this.paused = false;
@@ -356,7 +356,7 @@ var require_legacy_streams = __commonJS({
           });
           return;
         }
-        fs27.open(this.path, this.flags, this.mode, function(err, fd) {
+        fs29.open(this.path, this.flags, this.mode, function(err, fd) {
           if (err) {
             self2.emit("error", err);
             self2.readable = false;
@@ -367,10 +367,10 @@ var require_legacy_streams = __commonJS({
           self2._read();
         });
       }
-      function WriteStream(path23, options) {
-        if (!(this instanceof WriteStream)) return new WriteStream(path23, options);
+      function WriteStream(path24, options) {
+        if (!(this instanceof WriteStream)) return new WriteStream(path24, options);
         Stream.call(this);
-        this.path = path23;
+        this.path = path24;
         this.fd = null;
         this.writable = true;
         this.flags = "w";
@@ -395,7 +395,7 @@ var require_legacy_streams = __commonJS({
         this.busy = false;
         this._queue = [];
         if (this.fd === null) {
-          this._open = fs27.open;
+          this._open = fs29.open;
           this._queue.push([this._open, this.path, this.flags, this.mode, void 0]);
           this.flush();
         }
@@ -430,7 +430,7 @@ var require_clone = __commonJS({
 // node_modules/graceful-fs/graceful-fs.js
 var require_graceful_fs = __commonJS({
   "node_modules/graceful-fs/graceful-fs.js"(exports, module) {
-    var fs27 = __require("fs");
+    var fs29 = __require("fs");
     var polyfills = require_polyfills();
     var legacy = require_legacy_streams();
     var clone = require_clone();
@@ -462,12 +462,12 @@ var require_graceful_fs = __commonJS({
         m = "GFS4: " + m.split(/\n/).join("\nGFS4: ");
         console.error(m);
       };
-    if (!fs27[gracefulQueue]) {
+    if (!fs29[gracefulQueue]) {
       queue = global[gracefulQueue] || [];
-      publishQueue(fs27, queue);
-      fs27.close = (function(fs$close) {
+      publishQueue(fs29, queue);
+      fs29.close = (function(fs$close) {
         function close(fd, cb) {
-          return fs$close.call(fs27, fd, function(err) {
+          return fs$close.call(fs29, fd, function(err) {
             if (!err) {
               resetQueue();
             }
@@ -479,48 +479,48 @@ var require_graceful_fs = __commonJS({
           value: fs$close
         });
         return close;
-      })(fs27.close);
-      fs27.closeSync = (function(fs$closeSync) {
+      })(fs29.close);
+      fs29.closeSync = (function(fs$closeSync) {
         function closeSync5(fd) {
-          fs$closeSync.apply(fs27, arguments);
+          fs$closeSync.apply(fs29, arguments);
           resetQueue();
         }
         Object.defineProperty(closeSync5, previousSymbol, {
           value: fs$closeSync
         });
         return closeSync5;
-      })(fs27.closeSync);
+      })(fs29.closeSync);
       if (/\bgfs4\b/i.test(process.env.NODE_DEBUG || "")) {
         process.on("exit", function() {
-          debug2(fs27[gracefulQueue]);
-          __require("assert").equal(fs27[gracefulQueue].length, 0);
+          debug2(fs29[gracefulQueue]);
+          __require("assert").equal(fs29[gracefulQueue].length, 0);
         });
       }
     }
     var queue;
     if (!global[gracefulQueue]) {
-      publishQueue(global, fs27[gracefulQueue]);
+      publishQueue(global, fs29[gracefulQueue]);
     }
-    module.exports = patch(clone(fs27));
-    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs27.__patched) {
-      module.exports = patch(fs27);
-      fs27.__patched = true;
+    module.exports = patch(clone(fs29));
+    if (process.env.TEST_GRACEFUL_FS_GLOBAL_PATCH && !fs29.__patched) {
+      module.exports = patch(fs29);
+      fs29.__patched = true;
     }
-    function patch(fs28) {
-      polyfills(fs28);
-      fs28.gracefulify = patch;
-      fs28.createReadStream = createReadStream4;
-      fs28.createWriteStream = createWriteStream3;
-      var fs$readFile = fs28.readFile;
-      fs28.readFile = readFile;
-      function readFile(path23, options, cb) {
+    function patch(fs30) {
+      polyfills(fs30);
+      fs30.gracefulify = patch;
+      fs30.createReadStream = createReadStream4;
+      fs30.createWriteStream = createWriteStream3;
+      var fs$readFile = fs30.readFile;
+      fs30.readFile = readFile;
+      function readFile(path24, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        return go$readFile(path23, options, cb);
-        function go$readFile(path24, options2, cb2, startTime) {
-          return fs$readFile(path24, options2, function(err) {
+        return go$readFile(path24, options, cb);
+        function go$readFile(path25, options2, cb2, startTime) {
+          return fs$readFile(path25, options2, function(err) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$readFile, [path24, options2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$readFile, [path25, options2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -528,16 +528,16 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$writeFile = fs28.writeFile;
-      fs28.writeFile = writeFile;
-      function writeFile(path23, data, options, cb) {
+      var fs$writeFile = fs30.writeFile;
+      fs30.writeFile = writeFile;
+      function writeFile(path24, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        return go$writeFile(path23, data, options, cb);
-        function go$writeFile(path24, data2, options2, cb2, startTime) {
-          return fs$writeFile(path24, data2, options2, function(err) {
+        return go$writeFile(path24, data, options, cb);
+        function go$writeFile(path25, data2, options2, cb2, startTime) {
+          return fs$writeFile(path25, data2, options2, function(err) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$writeFile, [path24, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$writeFile, [path25, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -545,17 +545,17 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$appendFile = fs28.appendFile;
+      var fs$appendFile = fs30.appendFile;
       if (fs$appendFile)
-        fs28.appendFile = appendFile;
-      function appendFile(path23, data, options, cb) {
+        fs30.appendFile = appendFile;
+      function appendFile(path24, data, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        return go$appendFile(path23, data, options, cb);
-        function go$appendFile(path24, data2, options2, cb2, startTime) {
-          return fs$appendFile(path24, data2, options2, function(err) {
+        return go$appendFile(path24, data, options, cb);
+        function go$appendFile(path25, data2, options2, cb2, startTime) {
+          return fs$appendFile(path25, data2, options2, function(err) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$appendFile, [path24, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$appendFile, [path25, data2, options2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -563,9 +563,9 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$copyFile = fs28.copyFile;
+      var fs$copyFile = fs30.copyFile;
       if (fs$copyFile)
-        fs28.copyFile = copyFile2;
+        fs30.copyFile = copyFile2;
       function copyFile2(src, dest, flags, cb) {
         if (typeof flags === "function") {
           cb = flags;
@@ -583,34 +583,34 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      var fs$readdir = fs28.readdir;
-      fs28.readdir = readdir;
+      var fs$readdir = fs30.readdir;
+      fs30.readdir = readdir;
       var noReaddirOptionVersions = /^v[0-5]\./;
-      function readdir(path23, options, cb) {
+      function readdir(path24, options, cb) {
         if (typeof options === "function")
           cb = options, options = null;
-        var go$readdir = noReaddirOptionVersions.test(process.version) ? function go$readdir2(path24, options2, cb2, startTime) {
-          return fs$readdir(path24, fs$readdirCallback(
-            path24,
+        var go$readdir = noReaddirOptionVersions.test(process.version) ? function go$readdir2(path25, options2, cb2, startTime) {
+          return fs$readdir(path25, fs$readdirCallback(
+            path25,
             options2,
             cb2,
             startTime
           ));
-        } : function go$readdir2(path24, options2, cb2, startTime) {
-          return fs$readdir(path24, options2, fs$readdirCallback(
-            path24,
+        } : function go$readdir2(path25, options2, cb2, startTime) {
+          return fs$readdir(path25, options2, fs$readdirCallback(
+            path25,
             options2,
             cb2,
             startTime
           ));
         };
-        return go$readdir(path23, options, cb);
-        function fs$readdirCallback(path24, options2, cb2, startTime) {
+        return go$readdir(path24, options, cb);
+        function fs$readdirCallback(path25, options2, cb2, startTime) {
           return function(err, files) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
               enqueue([
                 go$readdir,
-                [path24, options2, cb2],
+                [path25, options2, cb2],
                 err,
                 startTime || Date.now(),
                 Date.now()
@@ -625,21 +625,21 @@ var require_graceful_fs = __commonJS({
         }
       }
       if (process.version.substr(0, 4) === "v0.8") {
-        var legStreams = legacy(fs28);
+        var legStreams = legacy(fs30);
         ReadStream = legStreams.ReadStream;
         WriteStream = legStreams.WriteStream;
       }
-      var fs$ReadStream = fs28.ReadStream;
+      var fs$ReadStream = fs30.ReadStream;
       if (fs$ReadStream) {
         ReadStream.prototype = Object.create(fs$ReadStream.prototype);
         ReadStream.prototype.open = ReadStream$open;
       }
-      var fs$WriteStream = fs28.WriteStream;
+      var fs$WriteStream = fs30.WriteStream;
       if (fs$WriteStream) {
         WriteStream.prototype = Object.create(fs$WriteStream.prototype);
         WriteStream.prototype.open = WriteStream$open;
       }
-      Object.defineProperty(fs28, "ReadStream", {
+      Object.defineProperty(fs30, "ReadStream", {
         get: function() {
           return ReadStream;
         },
@@ -649,7 +649,7 @@ var require_graceful_fs = __commonJS({
         enumerable: true,
         configurable: true
       });
-      Object.defineProperty(fs28, "WriteStream", {
+      Object.defineProperty(fs30, "WriteStream", {
         get: function() {
           return WriteStream;
         },
@@ -660,7 +660,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileReadStream = ReadStream;
-      Object.defineProperty(fs28, "FileReadStream", {
+      Object.defineProperty(fs30, "FileReadStream", {
         get: function() {
           return FileReadStream;
         },
@@ -671,7 +671,7 @@ var require_graceful_fs = __commonJS({
         configurable: true
       });
       var FileWriteStream = WriteStream;
-      Object.defineProperty(fs28, "FileWriteStream", {
+      Object.defineProperty(fs30, "FileWriteStream", {
         get: function() {
           return FileWriteStream;
         },
@@ -681,7 +681,7 @@ var require_graceful_fs = __commonJS({
         enumerable: true,
         configurable: true
       });
-      function ReadStream(path23, options) {
+      function ReadStream(path24, options) {
         if (this instanceof ReadStream)
           return fs$ReadStream.apply(this, arguments), this;
         else
@@ -701,7 +701,7 @@ var require_graceful_fs = __commonJS({
           }
         });
       }
-      function WriteStream(path23, options) {
+      function WriteStream(path24, options) {
         if (this instanceof WriteStream)
           return fs$WriteStream.apply(this, arguments), this;
         else
@@ -719,22 +719,22 @@ var require_graceful_fs = __commonJS({
           }
         });
       }
-      function createReadStream4(path23, options) {
-        return new fs28.ReadStream(path23, options);
+      function createReadStream4(path24, options) {
+        return new fs30.ReadStream(path24, options);
       }
-      function createWriteStream3(path23, options) {
-        return new fs28.WriteStream(path23, options);
+      function createWriteStream3(path24, options) {
+        return new fs30.WriteStream(path24, options);
       }
-      var fs$open = fs28.open;
-      fs28.open = open;
-      function open(path23, flags, mode, cb) {
+      var fs$open = fs30.open;
+      fs30.open = open;
+      function open(path24, flags, mode, cb) {
         if (typeof mode === "function")
           cb = mode, mode = null;
-        return go$open(path23, flags, mode, cb);
-        function go$open(path24, flags2, mode2, cb2, startTime) {
-          return fs$open(path24, flags2, mode2, function(err, fd) {
+        return go$open(path24, flags, mode, cb);
+        function go$open(path25, flags2, mode2, cb2, startTime) {
+          return fs$open(path25, flags2, mode2, function(err, fd) {
             if (err && (err.code === "EMFILE" || err.code === "ENFILE"))
-              enqueue([go$open, [path24, flags2, mode2, cb2], err, startTime || Date.now(), Date.now()]);
+              enqueue([go$open, [path25, flags2, mode2, cb2], err, startTime || Date.now(), Date.now()]);
             else {
               if (typeof cb2 === "function")
                 cb2.apply(this, arguments);
@@ -742,20 +742,20 @@ var require_graceful_fs = __commonJS({
           });
         }
       }
-      return fs28;
+      return fs30;
     }
     function enqueue(elem) {
       debug2("ENQUEUE", elem[0].name, elem[1]);
-      fs27[gracefulQueue].push(elem);
+      fs29[gracefulQueue].push(elem);
       retry2();
     }
     var retryTimer;
     function resetQueue() {
       var now = Date.now();
-      for (var i = 0; i < fs27[gracefulQueue].length; ++i) {
-        if (fs27[gracefulQueue][i].length > 2) {
-          fs27[gracefulQueue][i][3] = now;
-          fs27[gracefulQueue][i][4] = now;
+      for (var i = 0; i < fs29[gracefulQueue].length; ++i) {
+        if (fs29[gracefulQueue][i].length > 2) {
+          fs29[gracefulQueue][i][3] = now;
+          fs29[gracefulQueue][i][4] = now;
         }
       }
       retry2();
@@ -763,9 +763,9 @@ var require_graceful_fs = __commonJS({
     function retry2() {
       clearTimeout(retryTimer);
       retryTimer = void 0;
-      if (fs27[gracefulQueue].length === 0)
+      if (fs29[gracefulQueue].length === 0)
         return;
-      var elem = fs27[gracefulQueue].shift();
+      var elem = fs29[gracefulQueue].shift();
       var fn = elem[0];
       var args = elem[1];
       var err = elem[2];
@@ -787,7 +787,7 @@ var require_graceful_fs = __commonJS({
           debug2("RETRY", fn.name, args);
           fn.apply(null, args.concat([startTime]));
         } else {
-          fs27[gracefulQueue].push(elem);
+          fs29[gracefulQueue].push(elem);
         }
       }
       if (retryTimer === void 0) {
@@ -1222,10 +1222,10 @@ var require_mtime_precision = __commonJS({
   "node_modules/proper-lockfile/lib/mtime-precision.js"(exports, module) {
     "use strict";
     var cacheSymbol = /* @__PURE__ */ Symbol();
-    function probe(file, fs27, callback) {
-      const cachedPrecision = fs27[cacheSymbol];
+    function probe(file, fs29, callback) {
+      const cachedPrecision = fs29[cacheSymbol];
       if (cachedPrecision) {
-        return fs27.stat(file, (err, stat) => {
+        return fs29.stat(file, (err, stat) => {
           if (err) {
             return callback(err);
           }
@@ -1233,16 +1233,16 @@ var require_mtime_precision = __commonJS({
         });
       }
       const mtime = new Date(Math.ceil(Date.now() / 1e3) * 1e3 + 5);
-      fs27.utimes(file, mtime, mtime, (err) => {
+      fs29.utimes(file, mtime, mtime, (err) => {
         if (err) {
           return callback(err);
         }
-        fs27.stat(file, (err2, stat) => {
+        fs29.stat(file, (err2, stat) => {
           if (err2) {
             return callback(err2);
           }
           const precision = stat.mtime.getTime() % 1e3 === 0 ? "s" : "ms";
-          Object.defineProperty(fs27, cacheSymbol, { value: precision });
+          Object.defineProperty(fs29, cacheSymbol, { value: precision });
           callback(null, stat.mtime, precision);
         });
       });
@@ -1263,8 +1263,8 @@ var require_mtime_precision = __commonJS({
 var require_lockfile = __commonJS({
   "node_modules/proper-lockfile/lib/lockfile.js"(exports, module) {
     "use strict";
-    var path23 = __require("path");
-    var fs27 = require_graceful_fs();
+    var path24 = __require("path");
+    var fs29 = require_graceful_fs();
     var retry2 = require_retry2();
     var onExit = require_signal_exit();
     var mtimePrecision = require_mtime_precision();
@@ -1274,7 +1274,7 @@ var require_lockfile = __commonJS({
     }
     function resolveCanonicalPath(file, options, callback) {
       if (!options.realpath) {
-        return callback(null, path23.resolve(file));
+        return callback(null, path24.resolve(file));
       }
       options.fs.realpath(file, callback);
     }
@@ -1395,7 +1395,7 @@ var require_lockfile = __commonJS({
         update: null,
         realpath: true,
         retries: 0,
-        fs: fs27,
+        fs: fs29,
         onCompromised: (err) => {
           throw err;
         },
@@ -1439,7 +1439,7 @@ var require_lockfile = __commonJS({
     }
     function unlock(file, options, callback) {
       options = {
-        fs: fs27,
+        fs: fs29,
         realpath: true,
         ...options
       };
@@ -1461,7 +1461,7 @@ var require_lockfile = __commonJS({
       options = {
         stale: 1e4,
         realpath: true,
-        fs: fs27,
+        fs: fs29,
         ...options
       };
       options.stale = Math.max(options.stale || 0, 2e3);
@@ -1500,16 +1500,16 @@ var require_lockfile = __commonJS({
 var require_adapter = __commonJS({
   "node_modules/proper-lockfile/lib/adapter.js"(exports, module) {
     "use strict";
-    var fs27 = require_graceful_fs();
-    function createSyncFs(fs28) {
+    var fs29 = require_graceful_fs();
+    function createSyncFs(fs30) {
       const methods = ["mkdir", "realpath", "stat", "rmdir", "utimes"];
-      const newFs = { ...fs28 };
+      const newFs = { ...fs30 };
       methods.forEach((method) => {
         newFs[method] = (...args) => {
           const callback = args.pop();
           let ret;
           try {
-            ret = fs28[`${method}Sync`](...args);
+            ret = fs30[`${method}Sync`](...args);
           } catch (err) {
             return callback(err);
           }
@@ -1547,7 +1547,7 @@ var require_adapter = __commonJS({
     }
     function toSyncOptions(options) {
       options = { ...options };
-      options.fs = createSyncFs(options.fs || fs27);
+      options.fs = createSyncFs(options.fs || fs29);
       if (typeof options.retries === "number" && options.retries > 0 || options.retries && typeof options.retries.retries === "number" && options.retries.retries > 0) {
         throw Object.assign(new Error("Cannot use retries with the sync api"), { code: "ESYNC" });
       }
@@ -9655,11 +9655,11 @@ var require_agent = __commonJS({
       };
     })();
     var WINDOWS_PIPE_REGEX = /^[/\\][/\\]\.[/\\]pipe[/\\].+/;
-    function createAgent(path23) {
-      if (process.platform === "win32" && !WINDOWS_PIPE_REGEX.test(path23)) {
-        return path23 === "pageant" ? new PageantAgent() : new CygwinAgent(path23);
+    function createAgent(path24) {
+      if (process.platform === "win32" && !WINDOWS_PIPE_REGEX.test(path24)) {
+        return path24 === "pageant" ? new PageantAgent() : new CygwinAgent(path24);
       }
-      return new OpenSSHAgent(path23);
+      return new OpenSSHAgent(path24);
     }
     var AgentProtocol = (() => {
       const SSH_AGENTC_REQUEST_IDENTITIES = 11;
@@ -14634,8 +14634,8 @@ var require_SFTP = __commonJS({
   "node_modules/ssh2/lib/protocol/SFTP.js"(exports, module) {
     "use strict";
     var EventEmitter2 = __require("events");
-    var fs27 = __require("fs");
-    var { constants: constants4 } = fs27;
+    var fs29 = __require("fs");
+    var { constants: constants4 } = fs29;
     var {
       Readable: ReadableStream,
       Writable: WritableStream
@@ -14903,17 +14903,17 @@ var require_SFTP = __commonJS({
       // ===========================================================================
       // Client-specific ===========================================================
       // ===========================================================================
-      createReadStream(path23, options) {
+      createReadStream(path24, options) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        return new ReadStream(this, path23, options);
+        return new ReadStream(this, path24, options);
       }
-      createWriteStream(path23, options) {
+      createWriteStream(path24, options) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        return new WriteStream(this, path23, options);
+        return new WriteStream(this, path24, options);
       }
-      open(path23, flags_, attrs, cb) {
+      open(path24, flags_, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         if (typeof attrs === "function") {
@@ -14932,7 +14932,7 @@ var require_SFTP = __commonJS({
           attrsFlags = attrs.flags;
           attrsLen = attrs.nb;
         }
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen + 4 + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -14940,7 +14940,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         writeUInt32BE(buf, attrsFlags, p += 4);
         if (attrsLen) {
@@ -15064,14 +15064,14 @@ var require_SFTP = __commonJS({
       fastGet(remotePath, localPath2, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(this, fs27, remotePath, localPath2, opts, cb);
+        fastXfer(this, fs29, remotePath, localPath2, opts, cb);
       }
       fastPut(localPath2, remotePath, opts, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        fastXfer(fs27, this, localPath2, remotePath, opts, cb);
+        fastXfer(fs29, this, localPath2, remotePath, opts, cb);
       }
-      readFile(path23, options, callback_) {
+      readFile(path24, options, callback_) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let callback;
@@ -15144,13 +15144,13 @@ var require_SFTP = __commonJS({
             return callback && callback(er, buffer);
           });
         };
-        this.open(path23, flag, 438, (er, handle_) => {
+        this.open(path24, flag, 438, (er, handle_) => {
           if (er)
             return callback && callback(er);
           handle = handle_;
           const tryStat = (er2, st) => {
             if (er2) {
-              this.stat(path23, (er_, st_) => {
+              this.stat(path24, (er_, st_) => {
                 if (er_) {
                   return this.close(handle, () => {
                     callback && callback(er2);
@@ -15171,7 +15171,7 @@ var require_SFTP = __commonJS({
           this.fstat(handle, tryStat);
         });
       }
-      writeFile(path23, data, options, callback_) {
+      writeFile(path24, data, options, callback_) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let callback;
@@ -15190,7 +15190,7 @@ var require_SFTP = __commonJS({
         if (options.encoding && !Buffer.isEncoding(options.encoding))
           throw new Error(`Unknown encoding: ${options.encoding}`);
         const flag = options.flag || "w";
-        this.open(path23, flag, options.mode, (openErr, handle) => {
+        this.open(path24, flag, options.mode, (openErr, handle) => {
           if (openErr) {
             callback && callback(openErr);
           } else {
@@ -15199,7 +15199,7 @@ var require_SFTP = __commonJS({
             if (position === null) {
               const tryStat = (er, st) => {
                 if (er) {
-                  this.stat(path23, (er_, st_) => {
+                  this.stat(path24, (er_, st_) => {
                     if (er_) {
                       return this.close(handle, () => {
                         callback && callback(er);
@@ -15218,7 +15218,7 @@ var require_SFTP = __commonJS({
           }
         });
       }
-      appendFile(path23, data, options, callback_) {
+      appendFile(path24, data, options, callback_) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let callback;
@@ -15236,12 +15236,12 @@ var require_SFTP = __commonJS({
           throw new TypeError("Bad arguments");
         if (!options.flag)
           options = Object.assign({ flag: "a" }, options);
-        this.writeFile(path23, data, options, callback);
+        this.writeFile(path24, data, options, callback);
       }
-      exists(path23, cb) {
+      exists(path24, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        this.stat(path23, (err) => {
+        this.stat(path24, (err) => {
           cb && cb(err ? false : true);
         });
       }
@@ -15284,7 +15284,7 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} RENAME`
         );
       }
-      mkdir(path23, attrs, cb) {
+      mkdir(path24, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let flags = 0;
@@ -15298,7 +15298,7 @@ var require_SFTP = __commonJS({
           flags = attrs.flags;
           attrsLen = attrs.nb;
         }
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15306,7 +15306,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         if (attrsLen) {
           p += 4;
@@ -15322,10 +15322,10 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} MKDIR`
         );
       }
-      rmdir(path23, cb) {
+      rmdir(path24, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15333,7 +15333,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
@@ -15423,10 +15423,10 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} FSTAT`
         );
       }
-      stat(path23, cb) {
+      stat(path24, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15434,17 +15434,17 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} STAT`
         );
       }
-      lstat(path23, cb) {
+      lstat(path24, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15452,17 +15452,17 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} LSTAT`
         );
       }
-      opendir(path23, cb) {
+      opendir(path24, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15470,14 +15470,14 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         this._requests[reqid] = { cb };
         const isBuffered = sendOrBuffer(this, buf);
         this._debug && this._debug(
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} OPENDIR`
         );
       }
-      setstat(path23, attrs, cb) {
+      setstat(path24, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         let flags = 0;
@@ -15489,7 +15489,7 @@ var require_SFTP = __commonJS({
         } else if (typeof attrs === "function") {
           cb = attrs;
         }
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15497,7 +15497,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         if (attrsLen) {
           p += 4;
@@ -15557,8 +15557,8 @@ var require_SFTP = __commonJS({
           mtime: toUnixTimestamp(mtime)
         }, cb);
       }
-      utimes(path23, atime, mtime, cb) {
-        return this.setstat(path23, {
+      utimes(path24, atime, mtime, cb) {
+        return this.setstat(path24, {
           atime: toUnixTimestamp(atime),
           mtime: toUnixTimestamp(mtime)
         }, cb);
@@ -15569,8 +15569,8 @@ var require_SFTP = __commonJS({
           gid
         }, cb);
       }
-      chown(path23, uid, gid, cb) {
-        return this.setstat(path23, {
+      chown(path24, uid, gid, cb) {
+        return this.setstat(path24, {
           uid,
           gid
         }, cb);
@@ -15580,15 +15580,15 @@ var require_SFTP = __commonJS({
           mode
         }, cb);
       }
-      chmod(path23, mode, cb) {
-        return this.setstat(path23, {
+      chmod(path24, mode, cb) {
+        return this.setstat(path24, {
           mode
         }, cb);
       }
-      readlink(path23, cb) {
+      readlink(path24, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15596,7 +15596,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         this._requests[reqid] = {
           cb: (err, names) => {
             if (typeof cb !== "function")
@@ -15641,10 +15641,10 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} SYMLINK`
         );
       }
-      realpath(path23, cb) {
+      realpath(path24, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15652,7 +15652,7 @@ var require_SFTP = __commonJS({
         const reqid = this._writeReqid = this._writeReqid + 1 & MAX_REQID;
         writeUInt32BE(buf, reqid, 5);
         writeUInt32BE(buf, pathLen, p);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         this._requests[reqid] = {
           cb: (err, names) => {
             if (typeof cb !== "function")
@@ -15697,13 +15697,13 @@ var require_SFTP = __commonJS({
           this._debug(`SFTP: Outbound: ${which2} posix-rename@openssh.com`);
         }
       }
-      ext_openssh_statvfs(path23, cb) {
+      ext_openssh_statvfs(path24, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         const ext = this._extensions["statvfs@openssh.com"];
         if (!ext || ext !== "2")
           throw new Error("Server does not support this extended request");
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + 19 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15713,7 +15713,7 @@ var require_SFTP = __commonJS({
         writeUInt32BE(buf, 19, p);
         buf.utf8Write("statvfs@openssh.com", p += 4, 19);
         writeUInt32BE(buf, pathLen, p += 19);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         this._requests[reqid] = { extended: "statvfs@openssh.com", cb };
         const isBuffered = sendOrBuffer(this, buf);
         if (this._debug) {
@@ -15799,7 +15799,7 @@ var require_SFTP = __commonJS({
           `SFTP: Outbound: ${isBuffered ? "Buffered" : "Sending"} fsync@openssh.com`
         );
       }
-      ext_openssh_lsetstat(path23, attrs, cb) {
+      ext_openssh_lsetstat(path24, attrs, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         const ext = this._extensions["lsetstat@openssh.com"];
@@ -15814,7 +15814,7 @@ var require_SFTP = __commonJS({
         } else if (typeof attrs === "function") {
           cb = attrs;
         }
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + 20 + 4 + pathLen + 4 + attrsLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15824,7 +15824,7 @@ var require_SFTP = __commonJS({
         writeUInt32BE(buf, 20, p);
         buf.utf8Write("lsetstat@openssh.com", p += 4, 20);
         writeUInt32BE(buf, pathLen, p += 20);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         writeUInt32BE(buf, flags, p += pathLen);
         if (attrsLen) {
           p += 4;
@@ -15841,13 +15841,13 @@ var require_SFTP = __commonJS({
           this._debug(`SFTP: Outbound: ${status} lsetstat@openssh.com`);
         }
       }
-      ext_openssh_expandPath(path23, cb) {
+      ext_openssh_expandPath(path24, cb) {
         if (this.server)
           throw new Error("Client-only method called in server mode");
         const ext = this._extensions["expand-path@openssh.com"];
         if (ext !== "1")
           throw new Error("Server does not support this extended request");
-        const pathLen = Buffer.byteLength(path23);
+        const pathLen = Buffer.byteLength(path24);
         let p = 9;
         const buf = Buffer.allocUnsafe(4 + 1 + 4 + 4 + 23 + 4 + pathLen);
         writeUInt32BE(buf, buf.length - 4, 0);
@@ -15857,7 +15857,7 @@ var require_SFTP = __commonJS({
         writeUInt32BE(buf, 23, p);
         buf.utf8Write("expand-path@openssh.com", p += 4, 23);
         writeUInt32BE(buf, pathLen, p += 20);
-        buf.utf8Write(path23, p += 4, pathLen);
+        buf.utf8Write(path24, p += 4, pathLen);
         this._requests[reqid] = {
           cb: (err, names) => {
             if (typeof cb !== "function")
@@ -16330,13 +16330,13 @@ var require_SFTP = __commonJS({
             if (--left === 0)
               cb(err);
           };
-          if (srcHandle && (src === fs27 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs29 || src.outgoing.state === "open"))
             ++left;
-          if (dstHandle && (dst === fs27 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs29 || dst.outgoing.state === "open"))
             ++left;
-          if (srcHandle && (src === fs27 || src.outgoing.state === "open"))
+          if (srcHandle && (src === fs29 || src.outgoing.state === "open"))
             src.close(srcHandle, cbfinal);
-          if (dstHandle && (dst === fs27 || dst.outgoing.state === "open"))
+          if (dstHandle && (dst === fs29 || dst.outgoing.state === "open"))
             dst.close(dstHandle, cbfinal);
         } else {
           cb(err);
@@ -16352,7 +16352,7 @@ var require_SFTP = __commonJS({
           tryStat(null, { size: fileSize });
         function tryStat(err2, attrs) {
           if (err2) {
-            if (src !== fs27) {
+            if (src !== fs29) {
               src.stat(srcPath, (err_, attrs_) => {
                 if (err_)
                   return onerror(err2);
@@ -17135,12 +17135,12 @@ var require_SFTP = __commonJS({
       [REQUEST.LSTAT]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path23 = bufferParser.readString(true);
+        const path24 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path23 === void 0)
+        if (path24 === void 0)
           return doFatalSFTPError(sftp, "Malformed LSTAT packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received LSTAT (id:${reqID})`);
-        if (!sftp.emit("LSTAT", reqID, path23)) {
+        if (!sftp.emit("LSTAT", reqID, path24)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17159,13 +17159,13 @@ var require_SFTP = __commonJS({
       [REQUEST.SETSTAT]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path23 = bufferParser.readString(true);
+        const path24 = bufferParser.readString(true);
         const attrs = readAttrs(sftp._biOpt);
         bufferParser.clear();
         if (attrs === void 0)
           return doFatalSFTPError(sftp, "Malformed SETSTAT packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received SETSTAT (id:${reqID})`);
-        if (!sftp.emit("SETSTAT", reqID, path23, attrs)) {
+        if (!sftp.emit("SETSTAT", reqID, path24, attrs)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17187,12 +17187,12 @@ var require_SFTP = __commonJS({
       [REQUEST.OPENDIR]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path23 = bufferParser.readString(true);
+        const path24 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path23 === void 0)
+        if (path24 === void 0)
           return doFatalSFTPError(sftp, "Malformed OPENDIR packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received OPENDIR (id:${reqID})`);
-        if (!sftp.emit("OPENDIR", reqID, path23)) {
+        if (!sftp.emit("OPENDIR", reqID, path24)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17211,63 +17211,63 @@ var require_SFTP = __commonJS({
       [REQUEST.REMOVE]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path23 = bufferParser.readString(true);
+        const path24 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path23 === void 0)
+        if (path24 === void 0)
           return doFatalSFTPError(sftp, "Malformed REMOVE packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received REMOVE (id:${reqID})`);
-        if (!sftp.emit("REMOVE", reqID, path23)) {
+        if (!sftp.emit("REMOVE", reqID, path24)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.MKDIR]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path23 = bufferParser.readString(true);
+        const path24 = bufferParser.readString(true);
         const attrs = readAttrs(sftp._biOpt);
         bufferParser.clear();
         if (attrs === void 0)
           return doFatalSFTPError(sftp, "Malformed MKDIR packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received MKDIR (id:${reqID})`);
-        if (!sftp.emit("MKDIR", reqID, path23, attrs)) {
+        if (!sftp.emit("MKDIR", reqID, path24, attrs)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.RMDIR]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path23 = bufferParser.readString(true);
+        const path24 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path23 === void 0)
+        if (path24 === void 0)
           return doFatalSFTPError(sftp, "Malformed RMDIR packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received RMDIR (id:${reqID})`);
-        if (!sftp.emit("RMDIR", reqID, path23)) {
+        if (!sftp.emit("RMDIR", reqID, path24)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.REALPATH]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path23 = bufferParser.readString(true);
+        const path24 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path23 === void 0)
+        if (path24 === void 0)
           return doFatalSFTPError(sftp, "Malformed REALPATH packet");
         sftp._debug && sftp._debug(
           `SFTP: Inbound: Received REALPATH (id:${reqID})`
         );
-        if (!sftp.emit("REALPATH", reqID, path23)) {
+        if (!sftp.emit("REALPATH", reqID, path24)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
       [REQUEST.STAT]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path23 = bufferParser.readString(true);
+        const path24 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path23 === void 0)
+        if (path24 === void 0)
           return doFatalSFTPError(sftp, "Malformed STAT packet");
         sftp._debug && sftp._debug(`SFTP: Inbound: Received STAT (id:${reqID})`);
-        if (!sftp.emit("STAT", reqID, path23)) {
+        if (!sftp.emit("STAT", reqID, path24)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17287,14 +17287,14 @@ var require_SFTP = __commonJS({
       [REQUEST.READLINK]: (sftp, payload) => {
         bufferParser.init(payload, 1);
         const reqID = bufferParser.readUInt32BE();
-        const path23 = bufferParser.readString(true);
+        const path24 = bufferParser.readString(true);
         bufferParser.clear();
-        if (path23 === void 0)
+        if (path24 === void 0)
           return doFatalSFTPError(sftp, "Malformed READLINK packet");
         sftp._debug && sftp._debug(
           `SFTP: Inbound: Received READLINK (id:${reqID})`
         );
-        if (!sftp.emit("READLINK", reqID, path23)) {
+        if (!sftp.emit("READLINK", reqID, path24)) {
           sftp.status(reqID, STATUS_CODE.OP_UNSUPPORTED);
         }
       },
@@ -17365,7 +17365,7 @@ var require_SFTP = __commonJS({
     function roundUpToMultipleOf8(n) {
       return n + 7 & ~7;
     }
-    function ReadStream(sftp, path23, options) {
+    function ReadStream(sftp, path24, options) {
       if (options === void 0)
         options = {};
       else if (typeof options === "string")
@@ -17379,7 +17379,7 @@ var require_SFTP = __commonJS({
       options.emitClose = false;
       options.autoDestroy = false;
       ReadableStream.call(this, options);
-      this.path = path23;
+      this.path = path24;
       this.flags = options.flags === void 0 ? "r" : options.flags;
       this.mode = options.mode === void 0 ? 438 : options.mode;
       this.start = options.start;
@@ -17510,7 +17510,7 @@ var require_SFTP = __commonJS({
       },
       configurable: true
     });
-    function WriteStream(sftp, path23, options) {
+    function WriteStream(sftp, path24, options) {
       if (options === void 0)
         options = {};
       else if (typeof options === "string")
@@ -17522,7 +17522,7 @@ var require_SFTP = __commonJS({
       options.emitClose = false;
       options.autoDestroy = false;
       WritableStream.call(this, options);
-      this.path = path23;
+      this.path = path24;
       this.flags = options.flags === void 0 ? "w" : options.flags;
       this.mode = options.mode === void 0 ? 438 : options.mode;
       this.start = options.start;
@@ -22331,6 +22331,7 @@ var Inputs = {
   BasePackages: "base-packages",
   ImageUrl: "image-url",
   ImageChecksum: "image-checksum",
+  ImageChecksumUrl: "image-checksum-url",
   InstallDeps: "install-deps",
   CacheMaxSize: "cache-max-size",
   Prepare: "prepare",
@@ -23649,6 +23650,7 @@ var INPUT_DEFAULTS = {
   [Inputs.BasePackages]: "true",
   [Inputs.ImageUrl]: "",
   [Inputs.ImageChecksum]: "",
+  [Inputs.ImageChecksumUrl]: "",
   [Inputs.InstallDeps]: "true",
   [Inputs.CacheMaxSize]: "20G",
   [Inputs.Prepare]: "",
@@ -23711,7 +23713,7 @@ function parseChecksum(value) {
   }
   return { algorithm, hex };
 }
-function parseImageUrl(value, cwd = process.cwd()) {
+function parseImageUrl(value, cwd = process.cwd(), input = Inputs.ImageUrl) {
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(value);
   if (!scheme) return path8.resolve(cwd, value);
   const s = scheme[1].toLowerCase();
@@ -23719,12 +23721,12 @@ function parseImageUrl(value, cwd = process.cwd()) {
     try {
       new URL(value);
     } catch {
-      return bad(Inputs.ImageUrl, value, "not a valid URL");
+      return bad(input, value, "not a valid URL");
     }
     return value;
   }
   if (s === "file") return value;
-  return bad(Inputs.ImageUrl, value, "allowed: http://, https://, file:// or a path");
+  return bad(input, value, "allowed: http://, https://, file:// or a path");
 }
 function list(name, value, re, what) {
   const items = value.split(/[\s,]+/).filter(Boolean);
@@ -23794,11 +23796,19 @@ function parseConfig(get, host = currentHost()) {
   }
   const imageUrlValue = raw(Inputs.ImageUrl);
   const checksumValue = raw(Inputs.ImageChecksum);
+  const checksumUrlValue = raw(Inputs.ImageChecksumUrl);
   const imageUrl = imageUrlValue ? parseImageUrl(imageUrlValue) : void 0;
   const imageChecksum = checksumValue ? parseChecksum(checksumValue) : void 0;
-  if (imageUrl && !imageChecksum) {
+  const imageChecksumUrl = checksumUrlValue ? parseImageUrl(checksumUrlValue, process.cwd(), Inputs.ImageChecksumUrl) : void 0;
+  if (imageChecksumUrl && !imageUrl) {
+    throw new InputError(`${Inputs.ImageChecksumUrl} ${checksumUrlValue} without ${Inputs.ImageUrl}: it names the checksum file of a custom image (the catalogue's images use their publisher's own)`);
+  }
+  if (imageChecksum && imageChecksumUrl) {
+    throw new InputError(`both ${Inputs.ImageChecksum} and ${Inputs.ImageChecksumUrl} given: give one (a fixed digest, or the publisher's checksum file the image is followed by)`);
+  }
+  if (imageUrl && !imageChecksum && !imageChecksumUrl) {
     throw new InputError(
-      `missing ${Inputs.ImageChecksum} for ${Inputs.ImageUrl} ${imageUrlValue} (give sha512:HEX or sha256:HEX; images are always verified)`
+      `missing ${Inputs.ImageChecksum} for ${Inputs.ImageUrl} ${imageUrlValue} (give sha512:HEX or sha256:HEX, or ${Inputs.ImageChecksumUrl} with the publisher's checksum file; images are always verified)`
     );
   }
   const cacheDirValue = raw(Inputs.CacheDir);
@@ -23829,6 +23839,7 @@ function parseConfig(get, host = currentHost()) {
     basePackages: bool(Inputs.BasePackages, raw(Inputs.BasePackages)),
     imageUrl,
     imageChecksum,
+    imageChecksumUrl,
     installDeps: bool(Inputs.InstallDeps, raw(Inputs.InstallDeps)),
     cacheMaxBytes: parseSize(Inputs.CacheMaxSize, raw(Inputs.CacheMaxSize)),
     prepareScript: (get(Inputs.Prepare) ?? "").trim() ? get(Inputs.Prepare) ?? "" : "",
@@ -24104,6 +24115,11 @@ var SshKeyRefusedError = class extends Error {
 function isKeyRefusal(err) {
   return err?.level === "client-authentication" || /All configured authentication methods failed/.test(err?.message ?? "");
 }
+var NoBannerYet = class extends Error {
+  constructor() {
+    super("no SSH banner yet");
+  }
+};
 async function waitForSsh(target, opts) {
   const parsed = utils.parseKey(target.privateKey);
   if (parsed instanceof Error) throw new SshKeyRefusedError(`cannot log in to 127.0.0.1:${target.port} as ${target.user}: the key is broken (${parsed.message})`);
@@ -24117,7 +24133,7 @@ async function waitForSsh(target, opts) {
     if (left <= 0) break;
     try {
       const attempt = (async () => {
-        if (!await sshBanner(target.port, Math.min(3e3, left), target.host)) throw new Error("no SSH banner yet");
+        if (!await sshBanner(target.port, Math.min(3e3, left), target.host)) throw new NoBannerYet();
         const c = await SshClient.connect(target, Math.min(3e4, Math.max(left, 1e3)));
         const r = await c.exec("true", { timeoutMs: 3e4 }).catch((err) => ({ code: -1, stderr: err.message }));
         if (r.code !== 0) {
@@ -24131,7 +24147,7 @@ async function waitForSsh(target, opts) {
       return await Promise.race([attempt, opts.abort]);
     } catch (err) {
       if (aborted) throw aborted;
-      last = err;
+      if (!(err instanceof NoBannerYet) || last === void 0 || last instanceof NoBannerYet) last = err;
       log.debug(`ssh 127.0.0.1:${target.port}: ${err.message}`);
       const hostKeyFinal = err instanceof SshHostKeyError ? opts.refusalFinal?.() : void 0;
       if (hostKeyFinal) throw new SshHostKeyError(target, err.presented, hostKeyFinal);
@@ -24149,8 +24165,8 @@ async function waitForSsh(target, opts) {
 }
 
 // src/layers/pipeline.ts
-import * as fs25 from "node:fs";
-import * as path21 from "node:path";
+import * as fs27 from "node:fs";
+import * as path22 from "node:path";
 
 // src/cache/actions.ts
 import { spawn as spawn4 } from "node:child_process";
@@ -24648,10 +24664,10 @@ function planPull(m, key, files, maxBytes) {
     cs.sort((x, y) => x.chunk.chunk - y.chunk.chunk);
     const fileSize = cs[0].fileSize;
     let offset = 0;
-    cs.forEach(({ chunk, fileSize: fs27, at }, k) => {
+    cs.forEach(({ chunk, fileSize: fs29, at }, k) => {
       if (chunk.chunk !== k) refuse(`${at} annotation ${Annotations.chunk} ${chunk.chunk}: ${f} needs chunks 0 to ${cs.length - 1}, each once`);
       if (chunk.offset !== offset) refuse(`${at} annotation ${Annotations.offset} ${chunk.offset} is not ${offset}, where chunk ${k} of ${f} starts`);
-      if (fs27 !== fileSize) refuse(`${at} annotation ${Annotations.fileSize} ${fs27} disagrees with chunk 0's ${fileSize}`);
+      if (fs29 !== fileSize) refuse(`${at} annotation ${Annotations.fileSize} ${fs29} disagrees with chunk 0's ${fileSize}`);
       offset += chunk.size;
     });
     if (offset !== fileSize) refuse(`${f}: chunks add up to ${offset} bytes, not its ${Annotations.fileSize} ${fileSize}`);
@@ -24661,7 +24677,7 @@ function planPull(m, key, files, maxBytes) {
   if (bytes > maxBytes) refuse(`its files add up to ${bytes} bytes, more than a layer of this configuration holds (${maxBytes})`);
   return { files, entries, bytes };
 }
-async function hashAppended(fh, from, max, writing, what, signal) {
+async function hashAppended(fh, from, max, writing, what, signal, also) {
   let ended = false;
   writing.then(
     () => ended = true,
@@ -24678,6 +24694,7 @@ async function hashAppended(fh, from, max, writing, what, signal) {
       bytes += bytesRead;
       if (bytes > max) throw new RegistryError(`${what} is longer than its ${max} bytes`, "protocol");
       hash.update(buf.subarray(0, bytesRead));
+      also?.update(buf.subarray(0, bytesRead));
     } else if (last) return { hex: hash.digest("hex"), bytes };
     else await sleep2(5);
   }
@@ -24713,7 +24730,7 @@ function unzstd(file, out, end2, what, signal) {
     );
   });
 }
-async function pullChunk(client2, j, out, reader, staging, signal) {
+async function pullChunk(client2, j, out, reader, staging, signal, whole) {
   if (fs12.fstatSync(out).size !== j.offset) throw new Error(`${j.file}: chunk ${j.chunk} would land at ${fs12.fstatSync(out).size}, not ${j.offset}`);
   const what = `${j.file} chunk at ${j.offset}`;
   let blob;
@@ -24722,7 +24739,7 @@ async function pullChunk(client2, j, out, reader, staging, signal) {
     if (b.bytes !== j.blobSize || `sha256:${b.hex}` !== j.digest) throw new RegistryError(`blob ${j.digest} of ${j.file} arrived with sha256:${b.hex} (${b.bytes} bytes): refused`, "protocol");
   };
   if (!j.compressed) {
-    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client2.curlBlob(j.digest, out, sig)), what, sig));
+    blob = raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(client2.curlBlob(j.digest, out, sig)), what, sig, whole));
     refuseBlob(blob);
   } else {
     const tmp = path9.join(staging, `.pull-${j.fileIndex}-${j.chunk}.zst`);
@@ -24731,7 +24748,7 @@ async function pullChunk(client2, j, out, reader, staging, signal) {
     try {
       blob = await together(signal, (sig, part) => hashAppended(tmpIn, 0, j.blobSize, part(client2.curlBlob(j.digest, tmpOut, sig)), `blob ${j.digest}`, sig));
       refuseBlob(blob);
-      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.digest}`, sig)), what, sig));
+      raw = await together(signal, (sig, part) => hashAppended(reader, j.offset, j.size, part(unzstd(tmp, out, j.offset + j.size, `blob ${j.digest}`, sig)), what, sig, whole));
     } finally {
       fs12.closeSync(tmpOut);
       await tmpIn.close();
@@ -24765,9 +24782,10 @@ async function pullLayer(client2, key, files, staging, opts = {}, verified) {
     fs12.closeSync(out);
     const append = fs12.openSync(target, "a");
     const reader = await fs12.promises.open(target, "r");
+    const whole = jobs.length > 1 ? crypto2.createHash("sha256") : void 0;
     try {
       for (const j of jobs) {
-        const { wire } = await pullChunk(client2, j, append, reader, staging, sig);
+        const { wire } = await pullChunk(client2, j, append, reader, staging, sig, whole);
         stats.blobs++;
         stats.transferred++;
         stats.wireBytes += wire;
@@ -24777,7 +24795,7 @@ async function pullLayer(client2, key, files, staging, opts = {}, verified) {
       fs12.closeSync(append);
       await reader.close();
     }
-    if (jobs.length === 1) verified?.set(file, jobs[0].sha256);
+    verified?.set(file, whole ? whole.digest("hex") : jobs[0].sha256);
   });
   stats.ms = Date.now() - started;
   return { result: "restored", stats };
@@ -25576,6 +25594,12 @@ ${list2}`);
     fs16.rmSync(path13.dirname(this.qmpSocket), { recursive: true, force: true });
   }
   /** Lets this process exit while QEMU runs on (CLI `boot`). */
+  /** The logged-in session, now the caller's to use and end (release() no longer ends it). */
+  handOver() {
+    const s = this.ssh;
+    this.ssh = void 0;
+    return s && !s.isClosed ? s : void 0;
+  }
   release() {
     this.ssh?.end();
     this.qmp.close();
@@ -26022,6 +26046,7 @@ async function restoreMachine(o) {
   await rebaseUnsafe(disk, path14.resolve(o.backing));
   const shareDir = o.shareDir ?? path14.join(o.workDir, GuestFiles.share);
   fs18.mkdirSync(shareDir, { recursive: true });
+  o.phases?.mark("disk copies");
   const machine = await Machine.spawn({
     qemu: o.qemu,
     name: o.name,
@@ -26037,8 +26062,11 @@ async function restoreMachine(o) {
     hostKey: hostKeyFor(o.key).publicKey,
     detached: o.detached
   });
+  o.phases?.mark("QEMU start");
   try {
-    return { machine, readyMs: await machine.waitReady(o.sshTimeoutMs, { label: `SSH on restored ${o.name}`, restored: true }) };
+    const readyMs = await machine.waitReady(o.sshTimeoutMs, { label: `SSH on restored ${o.name}`, restored: true });
+    o.phases?.mark("state load \u2192 SSH");
+    return { machine, readyMs };
   } catch (err) {
     await machine.destroy();
     throw err;
@@ -26172,8 +26200,8 @@ function timeoutsFor(accel, scale = 1) {
 }
 
 // src/layers/ensure.ts
-import * as fs20 from "node:fs";
-import * as path16 from "node:path";
+import * as fs21 from "node:fs";
+import * as path17 from "node:path";
 
 // src/cache/staged.ts
 import * as fs19 from "node:fs";
@@ -26240,6 +26268,10 @@ async function backingProblem(disk, backing) {
   return void 0;
 }
 
+// src/layers/drift.ts
+import * as fs20 from "node:fs";
+import * as path16 from "node:path";
+
 // src/layers/plan.ts
 var SHARE_TAG = "images";
 var RECIPE_VERSION = 2;
@@ -26272,22 +26304,18 @@ function expectedOf(p, parentId) {
   return { layer: p.layer, key: p.key, inputs: p.inputs, files: p.files, parentId, layout: p.layout, backingName: p.backingName };
 }
 var stripQcow2 = (f) => f.replace(/\.qcow2$/, "");
-function planLayers(config, host, publicKey, recipes) {
+function planRaw(config, digest) {
+  const image = distroImage(config.distro, config.arch);
+  const custom = config.imageUrl !== void 0;
+  const d = `${digest.algorithm}:${digest.hex}`;
+  const raw = plan1("raw", (k) => custom ? `${stripQcow2(image.rawFile)}-${k}` : stripQcow2(image.rawFile), qcow2, { url: custom ? "custom" : image.url, digest: d }, `${config.distro}-${config.arch}`);
+  return { ...raw, digest: d };
+}
+function planLayers(config, host, publicKey, recipes, digest) {
   const image = distroImage(config.distro, config.arch);
   const packages = preparedPackages(image, config);
   const id = `${config.distro}-${config.arch}`;
-  const custom = config.imageUrl !== void 0;
-  const raw = plan1(
-    "raw",
-    (k) => custom ? `${stripQcow2(image.rawFile)}-${k}` : stripQcow2(image.rawFile),
-    qcow2,
-    {
-      url: custom ? "custom" : image.url,
-      checksum: config.imageChecksum ? `${config.imageChecksum.algorithm}:${config.imageChecksum.hex}` : image.checksumUrl
-    },
-    id
-  );
-  if (config.imageChecksum) raw.digest = `${config.imageChecksum.algorithm}:${config.imageChecksum.hex}`;
+  const raw = planRaw(config, digest);
   const cloudInit = userData({ publicKey: "<key>", hostname: "ryra-prepare", packages });
   const prepared = plan1("prepared", (k) => `${stripQcow2(image.preparedFile)}-${k}`, qcow2, {
     raw: raw.key,
@@ -26329,6 +26357,53 @@ function planLayers(config, host, publicKey, recipes) {
   return { image, packages, raw, prepared, snapshot, browser, browserSnapshot };
 }
 
+// src/layers/drift.ts
+function namePrefix(p) {
+  const k = p.key.slice(0, NAME_KEY_LENGTH);
+  return p.base.endsWith(`-${k}`) ? p.base.slice(0, -k.length) : void 0;
+}
+function otherBuildLine(p, others) {
+  const prefix = namePrefix(p);
+  if (!prefix) return void 0;
+  const name = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}[0-9a-f]{${NAME_KEY_LENGTH}}$`);
+  const other = others.find((o) => o.base !== p.base && name.test(o.base) && o.manifest.layer === p.layer && o.manifest.key !== p.key);
+  if (!other) return void 0;
+  const off = manifestMismatch(other.manifest, { layer: p.layer, key: p.key, inputs: p.inputs, files: p.files });
+  return off ? `${p.layer}: building ${p.base} beside the local ${other.base}, which was ${off.why}` : void 0;
+}
+function localBuilds(dir, p) {
+  const prefix = namePrefix(p);
+  if (!prefix) return [];
+  let names;
+  try {
+    names = fs20.readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const found = [];
+  for (const n of names) {
+    if (!n.startsWith(prefix) || !n.endsWith(MANIFEST_SUFFIX)) continue;
+    const base = n.slice(0, -MANIFEST_SUFFIX.length);
+    if (base === p.base) continue;
+    const file = path16.join(dir, n);
+    const manifest = readManifest(file);
+    if (!manifest) continue;
+    let used = 0;
+    try {
+      used = fs20.statSync(file).mtimeMs;
+    } catch {
+      continue;
+    }
+    found.push({ base, manifest, used });
+  }
+  return found.sort((a, b) => b.used - a.used).map(({ base, manifest }) => ({ base, manifest }));
+}
+function sayOtherBuild(dir, p) {
+  if (!p.layout) return;
+  const line = otherBuildLine(p, localBuilds(dir, p));
+  if (line) log.info(line);
+}
+
 // src/layers/ensure.ts
 var sourceOf = (t) => t.label.startsWith("registry") ? "registry" : "actions cache";
 function cacheKeyFor(p, parentId) {
@@ -26348,7 +26423,7 @@ function lockWaitMs(layer, t) {
   }
 }
 var bytesOf = (m) => m.files.reduce((n, f) => n + f.size, 0);
-var manifestName = (p) => path16.basename(manifestPath("", p.base));
+var manifestName = (p) => path17.basename(manifestPath("", p.base));
 function cachePaths(p) {
   return [...p.files, manifestName(p)];
 }
@@ -26367,7 +26442,7 @@ async function checkStagedLayer(s, staging, verified, maxBytes) {
   if (total > maxBytes) return { field: "files", why: `they add up to ${total} bytes, more than a layer of this configuration holds (${maxBytes})` };
   const recorded = p.files.map((name) => m.files.find((f) => f.name === name));
   for (const f of recorded) {
-    const size = fs20.statSync(at(f.name)).size;
+    const size = fs21.statSync(at(f.name)).size;
     if (size !== f.size) return { field: "files", why: `${f.name} is ${size} bytes, the manifest says ${f.size}` };
   }
   if (p.digest && m.digest !== p.digest) return { field: "digest", why: `${JSON.stringify(m.digest ?? null)}, not the configured ${p.digest}` };
@@ -26478,7 +26553,7 @@ async function ensureLayer(ctx, s, results) {
       pending([]);
       return use(have);
     }
-    const unrecorded = !fs20.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs20.existsSync(path16.join(ctx.dir, f)));
+    const unrecorded = !fs21.existsSync(manifestPath(ctx.dir, p.base)) && p.files.every((f) => fs21.existsSync(path17.join(ctx.dir, f)));
     const adopted = unrecorded && s.adopt && !ctx.fresh?.includes(p.layer) ? await s.adopt() : void 0;
     if (adopted) {
       const m2 = await record(ctx, s, start, adopted);
@@ -26495,6 +26570,7 @@ async function ensureLayer(ctx, s, results) {
       pending([found.tier.label]);
       return use(found.value);
     }
+    sayOtherBuild(ctx.dir, p);
     const m = await log.group(`Building the ${p.layer} layer (${p.files[0]})`, async () => {
       removeLayer(ctx.dir, p.base, p.files);
       const built = await record(ctx, s, start, { ...await s.build() ?? {} });
@@ -26507,11 +26583,11 @@ async function ensureLayer(ctx, s, results) {
 }
 async function pointAt(dir, p, m, backing) {
   if (m.backing === backing) return m;
-  const disk = path16.join(dir, p.files[0]);
+  const disk = path17.join(dir, p.files[0]);
   const tmp = tempPath(dir, p.files[0]);
   copyFile(disk, tmp);
   await rebaseUnsafe(tmp, backing);
-  fs20.renameSync(tmp, disk);
+  fs21.renameSync(tmp, disk);
   const [described] = await describeFiles(dir, [p.files[0]]);
   return writeManifest(manifestPath(dir, p.base), { ...m, backing, files: m.files.map((f) => f.name === described.name ? described : f) });
 }
@@ -26527,8 +26603,8 @@ async function record(ctx, s, start, extra) {
 }
 
 // src/layers/prepared.ts
-import * as fs21 from "node:fs";
-import * as path17 from "node:path";
+import * as fs22 from "node:fs";
+import * as path18 from "node:path";
 
 // src/layers/guest.ts
 var BUILD_DPKG_CFG = { path: "/etc/dpkg/dpkg.cfg.d/ryra-vm-build", content: "force-unsafe-io\n" };
@@ -26557,7 +26633,7 @@ function verifyCommand(manager, packages) {
 var CLEAN_PACKAGE_CACHE = { apt: "sudo apt-get clean", dnf: "sudo dnf clean all" };
 async function buildImage(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
-  fs21.mkdirSync(work, { recursive: true });
+  fs22.mkdirSync(work, { recursive: true });
   let result;
   try {
     const m = await bootBuilder(ctx, {
@@ -26587,19 +26663,19 @@ async function buildImage(ctx, o) {
     } finally {
       await m.destroy();
     }
-    const tmp = tempPath(ctx.dir, path17.basename(o.out));
-    log.info(`  ${o.name}: compressing into ${path17.basename(o.out)}`);
-    await convert(path17.join(work, GuestFiles.disk), tmp, { compress: true });
-    fs21.renameSync(tmp, o.out);
+    const tmp = tempPath(ctx.dir, path18.basename(o.out));
+    log.info(`  ${o.name}: compressing into ${path18.basename(o.out)}`);
+    await convert(path18.join(work, GuestFiles.disk), tmp, { compress: true });
+    fs22.renameSync(tmp, o.out);
     return result;
   } finally {
-    fs21.rmSync(work, { recursive: true, force: true });
+    fs22.rmSync(work, { recursive: true, force: true });
   }
 }
 
 // src/layers/raw.ts
-import * as fs22 from "node:fs";
-import * as path18 from "node:path";
+import * as fs23 from "node:fs";
+import * as path19 from "node:path";
 import { fileURLToPath as fileURLToPath2 } from "node:url";
 var IDLE_MS = 6e4;
 var DOWNLOAD_MS = 60 * 6e4;
@@ -26607,11 +26683,18 @@ var ChecksumMismatchError = class extends Error {
   name = "ChecksumMismatchError";
 };
 function parseChecksumFile(text, format, file) {
+  if (format === void 0) {
+    for (const f of ["sha512sums", "sha256sums", "fedora-checksum"]) {
+      const found = parseChecksumFile(text, f, file);
+      if (found) return found;
+    }
+    return void 0;
+  }
   for (const line of text.split("\n")) {
     if (format === "sha512sums" || format === "sha256sums") {
       const [algorithm, length] = format === "sha512sums" ? ["sha512", 128] : ["sha256", 64];
       const m = /^([0-9a-fA-F]+)\s+\*?(\S+)$/.exec(line.trim());
-      if (m && m[1].length === length && path18.basename(m[2]) === file) return { algorithm, hex: m[1].toLowerCase() };
+      if (m && m[1].length === length && path19.basename(m[2]) === file) return { algorithm, hex: m[1].toLowerCase() };
     } else {
       const m = /^(SHA256|SHA512) \((.+)\) = ([0-9a-fA-F]+)$/.exec(line.trim());
       if (m && m[2] === file) return { algorithm: m[1].toLowerCase(), hex: m[3].toLowerCase() };
@@ -26631,8 +26714,8 @@ function client() {
 async function openSource(url) {
   if (!isRemote(url)) {
     const p = localPath(url);
-    const stream = fs22.createReadStream(p);
-    return { stream, total: fs22.statSync(p).size, close: () => stream.destroy() };
+    const stream = fs23.createReadStream(p);
+    return { stream, total: fs23.statSync(p).size, close: () => stream.destroy() };
   }
   const c = client();
   const res = await withTimeout(c.get(url), IDLE_MS, `connecting to ${url}`);
@@ -26645,24 +26728,37 @@ async function openSource(url) {
   const len = Number(res.message.headers["content-length"]);
   return { stream: res.message, total: len > 0 ? len : void 0, close: () => (res.message.destroy(), c.dispose()) };
 }
-async function readText(url) {
-  if (!isRemote(url)) return fs22.readFileSync(localPath(url), "utf8");
-  const c = client();
+var CHECKSUM_FILE_MAX_BYTES = 1 << 20;
+async function readText(url, boundMs = IDLE_MS) {
+  if (!isRemote(url)) {
+    const p = localPath(url);
+    if (fs23.statSync(p).size > CHECKSUM_FILE_MAX_BYTES) throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
+    return fs23.readFileSync(p, "utf8");
+  }
+  const c = new HttpClient("ryra-vm-action", [], { socketTimeout: boundMs, allowRetries: false, keepAlive: false });
   try {
-    const res = await withTimeout(c.get(url), IDLE_MS, `fetching ${url}`);
-    const body = await withTimeout(res.readBody(), IDLE_MS, `reading ${url}`);
+    const res = await withTimeout(c.get(url), boundMs, `fetching ${url}`, () => c.dispose());
+    if (Number(res.message.headers["content-length"]) > CHECKSUM_FILE_MAX_BYTES) {
+      res.message.destroy();
+      throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
+    }
+    const body = await withTimeout(res.readBody(), boundMs, `reading ${url}`, () => res.message.destroy());
     if (res.message.statusCode !== 200) throw new Error(`HTTP ${res.message.statusCode} ${res.message.statusMessage ?? ""} for ${url}`);
     return body;
   } finally {
     c.dispose();
   }
 }
-async function expectedChecksum(image, given) {
-  if (given) return given;
-  const text = await withRetries(`checksum file ${image.checksumUrl}`, () => readText(image.checksumUrl));
-  const name = path18.basename(new URL(image.url).pathname);
-  const found = parseChecksumFile(text, image.checksumFormat, name);
-  if (!found) throw new Error(`${image.checksumUrl} lists no digest for ${name}`);
+function publishedChecksum(image, imageUrl, checksumUrl) {
+  if (imageUrl === void 0) return { url: image.checksumUrl, format: image.checksumFormat, file: path19.basename(new URL(image.url).pathname) };
+  if (checksumUrl === void 0) return void 0;
+  return { url: checksumUrl, file: path19.basename(isRemote(imageUrl) || imageUrl.startsWith("file://") ? new URL(imageUrl).pathname : imageUrl) };
+}
+var CHECKSUM_FETCH_MS = 15e3;
+async function publishedDigest(src, boundMs = CHECKSUM_FETCH_MS) {
+  const text = await retry(() => readText(src.url, boundMs), { attempts: 2, delayMs: () => 1e3 });
+  const found = parseChecksumFile(text, src.format, src.file);
+  if (!found) throw new Error(`${src.url} lists no digest for ${src.file}`);
   return found;
 }
 function withRetries(what, fn, attempts = 4) {
@@ -26680,7 +26776,7 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
   return withRetries(`download ${url}`, async () => {
     const { stream, total, close } = await openSource(url);
     const hash = digester([expected.algorithm, "sha256"]);
-    const out = fs22.createWriteStream(partial);
+    const out = fs23.createWriteStream(partial);
     const start = Date.now();
     let bytes = 0;
     let lastReport = start;
@@ -26701,7 +26797,7 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
       await new Promise((resolve7, reject) => out.end((err) => err ? reject(err) : resolve7()));
     } catch (err) {
       out.destroy();
-      fs22.rmSync(partial, { force: true });
+      fs23.rmSync(partial, { force: true });
       throw err;
     } finally {
       clearTimeout(bound);
@@ -26710,29 +26806,92 @@ async function download(url, dest, partial, expected, progressEveryMs = 5e3) {
     const digests = hash.hex();
     const actual = digests[expected.algorithm];
     if (actual !== expected.hex) {
-      fs22.rmSync(partial, { force: true });
+      fs23.rmSync(partial, { force: true });
       throw new ChecksumMismatchError(
         `checksum mismatch for ${url}: expected ${expected.algorithm}:${expected.hex}, got ${expected.algorithm}:${actual} (the file was deleted)`
       );
     }
-    fs22.renameSync(partial, dest);
+    fs23.renameSync(partial, dest);
     const secs = (Date.now() - start) / 1e3;
     log.info(`  ${mb2(bytes)} MB in ${secs.toFixed(1)} s, ${expected.algorithm} verified`);
     return { bytes, sha256: digests.sha256 };
   });
 }
 async function adoptRaw(file, expected) {
-  log.info(`${path18.basename(file)} has no manifest: checking its ${expected.algorithm} before using it`);
+  log.info(`${path19.basename(file)} has no manifest: checking its ${expected.algorithm} before using it`);
   const d = await fileDigests(file, [expected.algorithm, "sha256"]);
   if (d[expected.algorithm] === expected.hex) return { sha256: d.sha256 };
   log.info(`  it is not the published image (${expected.algorithm}:${d[expected.algorithm].slice(0, 16)}\u2026): downloading afresh`);
   return void 0;
 }
 
+// src/layers/follow.ts
+import * as fs24 from "node:fs";
+async function imageDigest(config, dir, boundMs = CHECKSUM_FETCH_MS) {
+  if (config.imageChecksum) return config.imageChecksum;
+  const image = distroImage(config.distro, config.arch);
+  const src = publishedChecksum(image, config.imageUrl, config.imageChecksumUrl);
+  if (!src) throw new Error("no digest and no checksum file for the image (image-checksum or image-checksum-url)");
+  try {
+    const d = await publishedDigest(src, boundMs);
+    log.info(`Image ${src.file}: ${d.algorithm}:${d.hex.slice(0, 16)}\u2026 as ${src.url} lists it now`);
+    return d;
+  } catch (err) {
+    const newest = newestLocalRaw(config, dir);
+    if (!newest) {
+      throw new Error(`cannot read the image's checksum file ${src.url} (${errorMessage(err)}), and ${dir} holds no raw layer of ${config.distro} ${config.arch} to go on with; retry when it can be read, or give image-checksum`);
+    }
+    log.warning(
+      `cannot read the image's checksum file ${src.url} (${errorMessage(err)}): going on with the newest raw layer here, ${newest.m.files[0]?.name} of ${age(newest.m.createdAt)} (${newest.m.digest?.slice(0, 23)}\u2026), and the layers built on it; a newer image is not looked for this run`
+    );
+    return newest.digest;
+  }
+}
+function newestLocalRaw(config, dir) {
+  let names;
+  try {
+    names = fs24.readdirSync(dir).filter((n) => n.endsWith(MANIFEST_SUFFIX));
+  } catch {
+    return void 0;
+  }
+  const found = [];
+  for (const n of names) {
+    const m = loadManifest(`${dir}/${n}`);
+    if (typeof m === "string" || m.layer !== "raw" || typeof m.digest !== "string") continue;
+    let digest;
+    try {
+      digest = parseChecksum(m.digest);
+    } catch {
+      continue;
+    }
+    const p = planRaw(config, digest);
+    if (`${p.base}${MANIFEST_SUFFIX}` !== n || invalidReason(m, dir, expectedOf(p))) continue;
+    found.push({ m, digest, at: Date.parse(m.createdAt) || 0 });
+  }
+  found.sort((a, b) => b.at - a.at);
+  return found[0];
+}
+function age(createdAt, now = Date.now()) {
+  const s = Math.max(0, (now - (Date.parse(createdAt) || now)) / 1e3);
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 2 * 86400) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} days ago`;
+}
+
 // src/layers/snapshot.ts
-import * as fs23 from "node:fs";
-import * as path19 from "node:path";
-var SNAPSHOT_SETUP = `sudo mkdir -p /mnt/images; mkdir -p ~/.config/containers && printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf && printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf; systemctl --user daemon-reload`;
+import * as fs25 from "node:fs";
+import * as path20 from "node:path";
+var SNAPSHOT_SETUP = `set -eE
+trap 'echo "snapshot setup: \\\`$BASH_COMMAND\\\` failed (exit $?)" >&2' ERR
+sudo mkdir -p /mnt/images
+if command -v podman >/dev/null; then
+  mkdir -p ~/.config/containers
+  printf '[storage]\\ndriver = "overlay"\\n[storage.options]\\nadditionalimagestores = ["/mnt/images"]\\n' > ~/.config/containers/storage.conf
+  printf 'unqualified-search-registries = ["docker.io"]\\n' > ~/.config/containers/registries.conf
+  systemctl --user daemon-reload
+fi
+`;
+var SNAPSHOT_SETUP_SHELL = "bash -s";
 var SHRINK_RAM = `set -e
 sync
 echo 3 > /proc/sys/vm/drop_caches
@@ -26763,9 +26922,9 @@ function savevmTimeoutMs(memoryMb) {
 }
 async function buildSnapshot(ctx, o) {
   const work = tempPath(ctx.dir, `${o.name}-work`);
-  const share = path19.join(ctx.dir, CacheFiles.share);
-  fs23.mkdirSync(work, { recursive: true });
-  fs23.mkdirSync(share, { recursive: true });
+  const share = path20.join(ctx.dir, CacheFiles.share);
+  fs25.mkdirSync(work, { recursive: true });
+  fs25.mkdirSync(share, { recursive: true });
   try {
     const layout = o.layout;
     const m = await bootBuilder(ctx, {
@@ -26787,16 +26946,16 @@ async function buildSnapshot(ctx, o) {
     let savevmMs;
     const stepStart = Date.now();
     try {
-      await m.check(SNAPSHOT_SETUP, "snapshot setup", { timeoutMs: ctx.timeouts.stepMs });
+      await m.check(SNAPSHOT_SETUP_SHELL, "snapshot setup", { input: SNAPSHOT_SETUP, timeoutMs: ctx.timeouts.stepMs });
       if (o.shrink !== false) await m.check("sudo sh -s", "zeroing free guest memory", { input: SHRINK_RAM, timeoutMs: ctx.timeouts.stepMs });
       savevmMs = await m.saveSnapshot(SNAPSHOT_TAG, savevmTimeoutMs(layout.memoryMb));
     } finally {
       await m.destroy();
     }
     const stepMs = Date.now() - stepStart;
-    const disk = path19.join(work, GuestFiles.disk);
-    const efivars = path19.join(work, GuestFiles.efivars);
-    const seed = path19.join(work, GuestFiles.seed);
+    const disk = path20.join(work, GuestFiles.disk);
+    const efivars = path20.join(work, GuestFiles.efivars);
+    const seed = path20.join(work, GuestFiles.seed);
     if (!(await listSnapshots(disk)).some((x) => x.tag === SNAPSHOT_TAG)) throw new Error(`savevm wrote no '${SNAPSHOT_TAG}' snapshot into ${disk}`);
     const stateBytes = (await listSnapshots(efivars)).find((x) => x.tag === SNAPSHOT_TAG)?.vmStateBytes ?? 0;
     log.info(`  ${o.name}: setup, zeroing and savevm ${(stepMs / 1e3).toFixed(1)} s (savevm ${(savevmMs / 1e3).toFixed(1)} s), RAM state ${(stateBytes / 1048576).toFixed(0)} MiB; verifying by restoring a copy`);
@@ -26806,25 +26965,25 @@ async function buildSnapshot(ctx, o) {
       recipe: recipe(layout, { efiCode: ctx.host.firmware.code, seedIso: seed }),
       files: { disk, efivars },
       backing: o.base,
-      workDir: path19.join(work, "verify"),
+      workDir: path20.join(work, "verify"),
       key: o.key,
       sshTimeoutMs: ctx.timeouts.restoreSshMs,
       shareDir: share
     });
     await machine.destroy();
     log.info(`  ${o.name}: restored copy reached SSH in ${(readyMs / 1e3).toFixed(1)} s`);
-    fs23.renameSync(disk, o.out.disk);
-    fs23.renameSync(efivars, o.out.efivars);
-    fs23.renameSync(seed, o.out.seed);
+    fs25.renameSync(disk, o.out.disk);
+    fs25.renameSync(efivars, o.out.efivars);
+    fs25.renameSync(seed, o.out.seed);
     return { layout, savevmMs, stepMs, verifyRestoreMs: readyMs, stateBytes };
   } finally {
-    fs23.rmSync(work, { recursive: true, force: true });
+    fs25.rmSync(work, { recursive: true, force: true });
   }
 }
 
 // src/layers/sshkey.ts
-import * as fs24 from "node:fs";
-import * as path20 from "node:path";
+import * as fs26 from "node:fs";
+import * as path21 from "node:path";
 var SSH_KEY_CACHE_KEY = `ryra-vm-v${RECIPE_VERSION}-ssh-key`;
 function keyPairProblem(priv, pub) {
   const a = checkedKey(priv);
@@ -26840,7 +26999,7 @@ function keyEntry(names) {
     maxBytes: 64 * 1024,
     what: "the SSH key",
     async accept(staging) {
-      const [privateKey, publicKey] = names.map((n) => fs24.readFileSync(plannedPath(staging, names, n), "utf8"));
+      const [privateKey, publicKey] = names.map((n) => fs26.readFileSync(plannedPath(staging, names, n), "utf8"));
       const why = keyPairProblem(privateKey, publicKey);
       return why ? { field: "key", why } : { ok: { privateKey, publicKey } };
     }
@@ -26848,9 +27007,9 @@ function keyEntry(names) {
 }
 var samePublic = (a, b) => a.trim().split(/\s+/).slice(0, 2).join(" ") === b.trim().split(/\s+/).slice(0, 2).join(" ");
 async function ensureSshKey(dir, tiers, save = true) {
-  const file = path20.join(dir, CacheFiles.sshKey);
+  const file = path21.join(dir, CacheFiles.sshKey);
   const names = [CacheFiles.sshKey, `${CacheFiles.sshKey}.pub`];
-  const had = fs24.existsSync(file) && fs24.existsSync(`${file}.pub`);
+  const had = fs26.existsSync(file) && fs26.existsSync(`${file}.pub`);
   let key = ensureKeyFile(file);
   const on = tiers.filter((t) => t.on);
   const holding = [];
@@ -26898,26 +27057,27 @@ async function ensureSshKey(dir, tiers, save = true) {
 }
 function snapshotsKeyedBy(dir, publicKey) {
   const want = hashOf(publicKey.trim());
-  return fs24.readdirSync(dir).filter((f) => f.endsWith(MANIFEST_SUFFIX)).map((f) => readManifest(path20.join(dir, f))).filter((m) => !!m && (m.layer === "snapshot" || m.layer === "browser-snapshot") && m.inputs.sshKey === want).map((m) => m.files[0].name.replace(/\.qcow2$/, ""));
+  return fs26.readdirSync(dir).filter((f) => f.endsWith(MANIFEST_SUFFIX)).map((f) => readManifest(path21.join(dir, f))).filter((m) => !!m && (m.layer === "snapshot" || m.layer === "browser-snapshot") && m.inputs.sshKey === want).map((m) => m.files[0].name.replace(/\.qcow2$/, ""));
 }
 
 // src/layers/pipeline.ts
 function recipesFor(config, manager, browserScript) {
   return {
     cleanForTemplate: CLEAN_FOR_TEMPLATE,
-    snapshotSetup: SNAPSHOT_SETUP,
+    snapshotSetup: `${SNAPSHOT_SETUP_SHELL}
+${SNAPSHOT_SETUP}`,
     shrinkRam: SHRINK_RAM,
     browserScript: browserScript ?? browserInstallScript(config.browserSource, manager)
   };
 }
 async function ensureSnapshotLayer(ctx, p, base, parent, key, results) {
   let build;
-  const at = (f) => path21.join(ctx.dir, f);
+  const at = (f) => path22.join(ctx.dir, f);
   try {
     const manifest = await ensureLayer(ctx, {
       plan: p,
       parentId: parent.id,
-      backing: path21.resolve(base),
+      backing: path22.resolve(base),
       keyed: true,
       build: async () => {
         build = await buildSnapshot(ctx, {
@@ -26954,17 +27114,18 @@ async function ensureLayers(config, hostSetup, opened, o = {}) {
   Promise.resolve(hostSetup).catch(() => {
   });
   const dir = config.cacheDir;
-  fs25.mkdirSync(dir, { recursive: true });
+  fs27.mkdirSync(dir, { recursive: true });
   cleanStaleTemps(dir);
   const rt = runtimeDir();
-  fs25.mkdirSync(rt, { recursive: true });
+  fs27.mkdirSync(rt, { recursive: true });
   const holder = process.env.GITHUB_ACTIONS === "true" ? jobHolder(rt) : processHolder();
   try {
     const { key, keyTiers } = await withLayerLock(dir, CacheFiles.sshKey, 10 * 6e4, () => ensureSshKey(dir, tiers, config.cacheSave));
+    const digest = await imageDigest(config, dir);
     let host = await hostSetup;
     for (; ; ) {
       try {
-        const result = await ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers);
+        const result = await ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers, digest);
         if (!o.deferSaves && result.pending.length) await syncTiers(result.pending, tiers);
         return result;
       } catch (err) {
@@ -26977,24 +27138,23 @@ async function ensureLayers(config, hostSetup, opened, o = {}) {
     for (const t of tiers) t.close();
   }
 }
-async function ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers) {
+async function ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers, digest) {
   const dir = config.cacheDir;
   const recipes = recipesFor(config, distroImage(config.distro, config.arch).guestPackageManager, hooks.browserScript);
-  const plan = planLayers(config, host, key.publicKey, recipes);
+  const plan = planLayers(config, host, key.publicKey, recipes, digest);
   const fresh = config.redownload ? [plan.raw, plan.prepared, plan.snapshot, plan.browser, plan.browserSnapshot].map((p) => p.layer) : void 0;
   if (fresh) log.info("redownload: downloading the image and building every layer anew (no local or remote copy is used)");
   const ctx = { config, host, image: plan.image, dir, timeouts: timeoutsFor(host.accel.accel, hooks.timeoutScale), tiers, hooks, holder, pending: [], keyTiers, fresh };
   const results = [];
-  const at = (f) => path21.join(dir, f);
+  const at = (f) => path22.join(dir, f);
   const prepared = await ensureLayer(ctx, {
     plan: plan.prepared,
     build: async () => {
-      let expectedRaw;
-      const expected = () => expectedRaw ??= expectedChecksum(plan.image, config.imageChecksum);
+      const expected = async () => digest;
       const rawFile = at(plan.raw.files[0]);
       const recorded = (e, sha256) => ({
         digest: `${e.algorithm}:${e.hex}`,
-        files: [{ name: plan.raw.files[0], size: fs25.statSync(rawFile).size, sha256 }]
+        files: [{ name: plan.raw.files[0], size: fs27.statSync(rawFile).size, sha256 }]
       });
       const raw = await ensureLayer(ctx, {
         plan: plan.raw,
@@ -27062,12 +27222,12 @@ async function ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers)
 
 // src/vms.ts
 var import_proper_lockfile2 = __toESM(require_proper_lockfile(), 1);
-import * as fs26 from "node:fs";
+import * as fs28 from "node:fs";
 import * as net5 from "node:net";
 import * as os6 from "node:os";
-import * as path22 from "node:path";
+import * as path23 from "node:path";
 function vmsDir() {
-  return path22.join(runtimeDir(), RuntimeFiles.vms);
+  return path23.join(runtimeDir(), RuntimeFiles.vms);
 }
 function listVms() {
   const vms = readVms();
@@ -27076,15 +27236,15 @@ function listVms() {
 }
 function readVms() {
   const dir = vmsDir();
-  if (!fs26.existsSync(dir)) return [];
-  return fs26.readdirSync(dir).map((n) => path22.join(dir, n, GuestFiles.vmRecord)).filter((f) => fs26.existsSync(f)).map((f) => JSON.parse(fs26.readFileSync(f, "utf8"))).map((v) => ({ ...v, running: vmAlive(v) })).sort((a, b) => a.name.localeCompare(b.name));
+  if (!fs28.existsSync(dir)) return [];
+  return fs28.readdirSync(dir).map((n) => path23.join(dir, n, GuestFiles.vmRecord)).filter((f) => fs28.existsSync(f)).map((f) => JSON.parse(fs28.readFileSync(f, "utf8"))).map((v) => ({ ...v, running: vmAlive(v) })).sort((a, b) => a.name.localeCompare(b.name));
 }
 function vmAlive(vm) {
   return processNamed(vm.pid, `${vm.workDir}/`);
 }
 function vmTarget(vm) {
   if (!vm.hostKey) throw new Error(`VM ${vm.name} was booted by an older ryra-vm that recorded no SSH host key to check: stop it (ryra-vm stop ${vm.name}) and boot it again`);
-  return { port: vm.port, user: vm.user, privateKey: fs26.readFileSync(vm.key, "utf8"), hostKey: vm.hostKey };
+  return { port: vm.port, user: vm.user, privateKey: fs28.readFileSync(vm.key, "utf8"), hostKey: vm.hostKey };
 }
 function findVm(name) {
   return listVms().find((v) => v.name === name);
@@ -27138,8 +27298,8 @@ async function holdAll(cacheDir, bases, holder) {
 async function invalidateSnapshot(cacheDir, snap) {
   await withLayerLock(cacheDir, snap.base, 6e4, async () => {
     if (liveHolders(cacheDir, snap.base).some((h) => "dir" in h)) {
-      fs26.rmSync(manifestPath(cacheDir, snap.base), { force: true });
-    } else removeLayer(cacheDir, snap.base, [snap.disk, snap.efivars, snap.seed].map((f) => path22.basename(f)));
+      fs28.rmSync(manifestPath(cacheDir, snap.base), { force: true });
+    } else removeLayer(cacheDir, snap.base, [snap.disk, snap.efivars, snap.seed].map((f) => path23.basename(f)));
   });
 }
 function personalize(name, vmKey, manager) {
@@ -27172,10 +27332,10 @@ async function bootVm(o) {
   const snap = o.browser ? rec.browserRestore : rec.restore;
   const cold = o.browser ? rec.browserCold : rec.cold;
   if (o.browser && !cold) throw new InputError("no browser layer was prepared: run the action with browser: true");
-  const workDir = path22.join(vmsDir(), name);
-  fs26.rmSync(workDir, { recursive: true, force: true });
-  fs26.mkdirSync(workDir, { recursive: true });
-  const keyFile = path22.join(workDir, GuestFiles.vmKey);
+  const workDir = path23.join(vmsDir(), name);
+  fs28.rmSync(workDir, { recursive: true, force: true });
+  fs28.mkdirSync(workDir, { recursive: true });
+  const keyFile = path23.join(workDir, GuestFiles.vmKey);
   const vmKey = generateKeyPair(`ryra-vm ${name}`);
   writeKeyFiles(keyFile, vmKey);
   const hooks = o.hooks ?? NO_HOOKS;
@@ -27186,6 +27346,7 @@ async function bootVm(o) {
   let machine;
   let mode = "restore";
   let hostKey = "";
+  let session;
   if (snap) {
     for (const [flag, want, have] of [
       ["--memory", snap.layout.memoryMb, o.memoryMb],
@@ -27203,24 +27364,29 @@ async function bootVm(o) {
         name,
         workDir,
         sshTimeoutMs: bootTimeout(timeouts.restoreSshMs),
-        shareDir: path22.join(workDir, GuestFiles.share),
+        // The cache dir's `images` folder, read-only, as the snapshot was saved with it (the seed's
+        // podman store for images the host puts there, which the guest may mount at /mnt/images).
+        shareDir: path23.join(rec.cacheDir, CacheFiles.share),
         detached: true,
-        forwards
+        forwards,
+        phases: o.phases
       }));
       await machine.check("sh -s", "setting up the VM (its own key, hostname, clock, network)", { input: personalize(name, vmKey, rec.guestPackageManager), timeoutMs: timeouts.stepMs });
+      if (o.keepSession) session = machine.handOver();
       machine.useKey(vmKey.privateKey);
+      o.phases?.mark("VM key");
     } catch (err) {
       await machine?.destroy();
       machine = void 0;
       if (err instanceof ForwardPortError) throw new InputError(err.message);
-      log.warning(`restoring ${name} from ${path22.basename(snap.disk)} failed; marking that snapshot invalid (the next action run rebuilds it) and cold-booting instead: ${errorMessage(err).split("\n")[0]}`);
+      log.warning(`restoring ${name} from ${path23.basename(snap.disk)} failed; marking that snapshot invalid (the next action run rebuilds it) and cold-booting instead: ${errorMessage(err).split("\n")[0]}`);
       await invalidateSnapshot(rec.cacheDir, snap).catch((e) => log.warning(`could not mark the snapshot invalid: ${errorMessage(e)}`));
       await holdAll(rec.cacheDir, [cold.base], processHolder());
     }
   }
   if (!machine) {
     mode = "cold";
-    log.info(`cold-booting ${name} from ${path22.basename(cold.image)}`);
+    log.info(`cold-booting ${name} from ${path23.basename(cold.image)}`);
     const coldHostKey = generateKeyPair(`ryra-vm ${name} host key`);
     hostKey = coldHostKey.publicKey;
     machine = await coldBoot({
@@ -27267,12 +27433,14 @@ async function bootVm(o) {
     holder: holder.id,
     forwards
   };
-  fs26.writeFileSync(path22.join(workDir, GuestFiles.knownHosts), knownHostsLine(vm) + "\n", { mode: 384 });
-  fs26.writeFileSync(path22.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + "\n");
+  fs28.writeFileSync(path23.join(workDir, GuestFiles.knownHosts), knownHostsLine(vm) + "\n", { mode: 384 });
+  fs28.writeFileSync(path23.join(workDir, GuestFiles.vmRecord), JSON.stringify(vm, null, 2) + "\n");
   await updateSshHosts();
   if (!job && process.env.GITHUB_ACTIONS === "true") log.warning(`${JOB_ENV} is not set: plain \`ssh ${name}\` reaches this VM from any job of this runner user that has no ${JOB_ENV} either (the action sets it for the job's later steps)`);
+  o.phases?.mark("VM records");
+  if (o.keepSession) session ??= machine.handOver();
   machine.release();
-  return vm;
+  return session ? Object.assign(vm, { session }) : vm;
 }
 async function stopVm(vm) {
   const alive = () => vmAlive(vm);
@@ -27282,16 +27450,16 @@ async function stopVm(vm) {
     if (alive()) process.kill(vm.pid, "SIGKILL");
     for (let i = 0; i < 50 && alive(); i++) await sleep(100);
   }
-  fs26.rmSync(vm.workDir, { recursive: true, force: true });
-  fs26.rmSync(path22.dirname(vm.qmpSocket), { recursive: true, force: true });
+  fs28.rmSync(vm.workDir, { recursive: true, force: true });
+  fs28.rmSync(path23.dirname(vm.qmpSocket), { recursive: true, force: true });
   releaseHolder(vm.cacheDir, vm.holder);
   await updateSshHosts();
 }
 function userSshConfig() {
-  return path22.join(os6.homedir(), ".ssh", "config");
+  return path23.join(os6.homedir(), ".ssh", "config");
 }
 function jobSshConfig() {
-  return path22.join(runtimeDir(), RuntimeFiles.sshConfig);
+  return path23.join(runtimeDir(), RuntimeFiles.sshConfig);
 }
 var begin = (file) => `# >>> ryra-vm job ${file} (added by ryra-vm boot; removed by ryra-vm stop and the action's post step)`;
 var end = (file) => `# <<< ryra-vm job ${file}`;
@@ -27316,7 +27484,7 @@ function withoutJobBlocks(text, file) {
   for (let i = 0; i < lines.length; i++) {
     const m = BEGIN_RE.exec(lines[i]);
     const j = m ? lines.indexOf(end(m[1]), i) : -1;
-    if (m && j > i && (m[1] === file || !fs26.existsSync(m[1]))) {
+    if (m && j > i && (m[1] === file || !fs28.existsSync(m[1]))) {
       i = j;
       continue;
     }
@@ -27346,7 +27514,7 @@ function sshHostBlock(vm) {
     `  IdentityFile ${configPath(vm.key)}`,
     "  IdentitiesOnly yes",
     "  StrictHostKeyChecking yes",
-    `  UserKnownHostsFile ${configPath(path22.join(vm.workDir, GuestFiles.knownHosts))}`,
+    `  UserKnownHostsFile ${configPath(path23.join(vm.workDir, GuestFiles.knownHosts))}`,
     "  GlobalKnownHostsFile /dev/null",
     "  LogLevel ERROR"
   ].join("\n");
@@ -27367,8 +27535,8 @@ ${blocks.join("\n")}
 ` : "";
 }
 async function withLock(file, fn) {
-  fs26.mkdirSync(path22.dirname(file), { recursive: true, mode: 448 });
-  if (!fs26.existsSync(file)) fs26.writeFileSync(file, "", { mode: 384 });
+  fs28.mkdirSync(path23.dirname(file), { recursive: true, mode: 448 });
+  if (!fs28.existsSync(file)) fs28.writeFileSync(file, "", { mode: 384 });
   const release2 = await import_proper_lockfile2.default.lock(file, { realpath: false, stale: 1e4, retries: { retries: 50, minTimeout: 100, maxTimeout: 200 } });
   try {
     return await fn();
@@ -27378,14 +27546,14 @@ async function withLock(file, fn) {
 }
 function writePrivate(file, text) {
   const tmp = `${file}.tmp-${process.pid}`;
-  fs26.writeFileSync(tmp, text, { mode: 384 });
-  fs26.renameSync(tmp, file);
+  fs28.writeFileSync(tmp, text, { mode: 384 });
+  fs28.renameSync(tmp, file);
 }
 async function editUserSshConfig(edit) {
   const link = userSshConfig();
-  const file = fs26.existsSync(link) ? fs26.realpathSync(link) : link;
+  const file = fs28.existsSync(link) ? fs28.realpathSync(link) : link;
   await withLock(file, () => {
-    const text = fs26.readFileSync(file, "utf8");
+    const text = fs28.readFileSync(file, "utf8");
     const next = edit(text);
     if (next !== text) writePrivate(file, next);
   });
@@ -27394,7 +27562,7 @@ async function updateSshHosts() {
   const file = jobSshConfig();
   const job = jobId();
   await withLock(file, async () => {
-    const text = jobHostsText(path22.dirname(file), readVms(), fs26.readFileSync(file, "utf8"));
+    const text = jobHostsText(path23.dirname(file), readVms(), fs28.readFileSync(file, "utf8"));
     if (text) {
       writePrivate(file, text);
       await editUserSshConfig((t) => `${jobBlock(file, job)}
@@ -27408,8 +27576,8 @@ ${withoutJobBlocks(t, file)}`);
 function pruneSshHosts(vms) {
   const dead = vms.filter((v) => !v.running);
   const file = jobSshConfig();
-  if (!dead.length || !fs26.existsSync(file)) return;
-  if (!dead.some((v) => fs26.readFileSync(file, "utf8").includes(`Match originalhost ${v.name} `))) return;
+  if (!dead.length || !fs28.existsSync(file)) return;
+  if (!dead.some((v) => fs28.readFileSync(file, "utf8").includes(`Match originalhost ${v.name} `))) return;
   let release2;
   try {
     release2 = import_proper_lockfile2.default.lockSync(file, { realpath: false, stale: 1e4 });
@@ -27417,7 +27585,7 @@ function pruneSshHosts(vms) {
     return;
   }
   try {
-    const text = jobHostsText(path22.dirname(file), readVms(), fs26.readFileSync(file, "utf8"));
+    const text = jobHostsText(path23.dirname(file), readVms(), fs28.readFileSync(file, "utf8"));
     if (text) writePrivate(file, text);
   } finally {
     release2();
@@ -27425,8 +27593,8 @@ function pruneSshHosts(vms) {
 }
 async function forgetSshHosts() {
   const file = jobSshConfig();
-  if (fs26.existsSync(userSshConfig())) await editUserSshConfig((t) => withoutJobBlocks(t, file));
-  fs26.rmSync(file, { force: true });
+  if (fs28.existsSync(userSshConfig())) await editUserSshConfig((t) => withoutJobBlocks(t, file));
+  fs28.rmSync(file, { force: true });
 }
 
 export {
