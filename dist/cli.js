@@ -34,7 +34,7 @@ import {
   stopVm,
   vmTarget,
   withTimeout
-} from "./chunks/chunk-QCEXFMZ2.js";
+} from "./chunks/chunk-3KA26JRU.js";
 import "./chunks/chunk-JPQAZDAJ.js";
 
 // src/cli.ts

@@ -6,8 +6,8 @@ const __ryraFilename = __ryraFileURLToPath(import.meta.url);
 const __ryraDirname = __ryraPathDirname(__ryraFilename);
 import {
   runMain
-} from "./chunks/chunk-6HYT4ET3.js";
-import "./chunks/chunk-QCEXFMZ2.js";
+} from "./chunks/chunk-STCWQKLT.js";
+import "./chunks/chunk-3KA26JRU.js";
 import "./chunks/chunk-JPQAZDAJ.js";
 
 // src/main.ts

@@ -163,8 +163,6 @@ async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: Remot
   const prepared = await ensureLayer(ctx, {
     plan: plan.prepared,
     build: async () => {
-      // Adoption and the download check against the digest the raw layer is keyed by.
-      const expected = async () => digest;
       // The raw image is read once: the verified digest and the manifest's sha256 come from that read.
       const rawFile = at(plan.raw.files[0]);
       const recorded = (e: Checksum, sha256: string) => ({
@@ -175,16 +173,15 @@ async function ensureOnce(config: Config, host: Host, key: KeyPair, tiers: Remot
         plan: plan.raw,
         // The seed's download under the same name is used when its digest is the published one.
         adopt: async () => {
-          const e = await expected();
-          const ok = await adoptRaw(rawFile, e);
-          return ok ? recorded(e, ok.sha256) : undefined;
+          // Adoption and the download check against the digest the raw layer is keyed by.
+          const ok = await adoptRaw(rawFile, digest);
+          return ok ? recorded(digest, ok.sha256) : undefined;
         },
         build: async () => {
           const url = config.imageUrl ?? plan.image.url;
-          const e = await expected();
           log.info(`Downloading ${url}`);
-          const { sha256 } = await download(url, rawFile, `${rawFile}.partial`, e);
-          return recorded(e, sha256);
+          const { sha256 } = await download(url, rawFile, `${rawFile}.partial`, digest);
+          return recorded(digest, sha256);
         },
       }, results);
       await buildImage(ctx, {

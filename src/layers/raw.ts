@@ -53,8 +53,8 @@ function localPath(url: string): string {
   return url.startsWith('file://') ? fileURLToPath(url) : url;
 }
 
-function client(): HttpClient {
-  return new HttpClient('ryra-vm-action', [], { socketTimeout: IDLE_MS, allowRetries: false, keepAlive: false });
+function client(idleMs = IDLE_MS): HttpClient {
+  return new HttpClient('ryra-vm-action', [], { socketTimeout: idleMs, allowRetries: false, keepAlive: false });
 }
 
 async function openSource(url: string): Promise<{ stream: Readable; total?: number; close: () => void }> {
@@ -84,16 +84,25 @@ async function readText(url: string, boundMs = IDLE_MS): Promise<string> {
     if (fs.statSync(p).size > CHECKSUM_FILE_MAX_BYTES) throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
     return fs.readFileSync(p, 'utf8');
   }
-  const c = new HttpClient('ryra-vm-action', [], { socketTimeout: boundMs, allowRetries: false, keepAlive: false });
+  const c = client(boundMs);
   try {
     const res = await withTimeout(c.get(url), boundMs, `fetching ${url}`, () => c.dispose());
-    if (Number(res.message.headers['content-length']) > CHECKSUM_FILE_MAX_BYTES) {
+    if (res.message.statusCode !== 200) {
       res.message.destroy();
-      throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
+      throw new Error(`HTTP ${res.message.statusCode} ${res.message.statusMessage ?? ''} for ${url}`);
     }
-    const body = await withTimeout(res.readBody(), boundMs, `reading ${url}`, () => res.message.destroy());
-    if (res.message.statusCode !== 200) throw new Error(`HTTP ${res.message.statusCode} ${res.message.statusMessage ?? ''} for ${url}`);
-    return body;
+    // Read up to the cap, whatever Content-Length says (a chunked body has none).
+    const read = async () => {
+      const chunks: Buffer[] = [];
+      let n = 0;
+      for await (const chunk of res.message) {
+        n += (chunk as Buffer).length;
+        if (n > CHECKSUM_FILE_MAX_BYTES) throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
+        chunks.push(chunk as Buffer);
+      }
+      return Buffer.concat(chunks).toString('utf8');
+    };
+    return await withTimeout(read(), boundMs, `reading ${url}`, () => res.message.destroy());
   } finally {
     c.dispose();
   }

@@ -27,7 +27,7 @@ import {
   setupHost,
   stopVm,
   syncTiers
-} from "./chunk-QCEXFMZ2.js";
+} from "./chunk-3KA26JRU.js";
 import {
   addPath,
   exportVariable,

@@ -26708,8 +26708,8 @@ function isRemote(url) {
 function localPath(url) {
   return url.startsWith("file://") ? fileURLToPath2(url) : url;
 }
-function client() {
-  return new HttpClient("ryra-vm-action", [], { socketTimeout: IDLE_MS, allowRetries: false, keepAlive: false });
+function client(idleMs = IDLE_MS) {
+  return new HttpClient("ryra-vm-action", [], { socketTimeout: idleMs, allowRetries: false, keepAlive: false });
 }
 async function openSource(url) {
   if (!isRemote(url)) {
@@ -26735,16 +26735,24 @@ async function readText(url, boundMs = IDLE_MS) {
     if (fs23.statSync(p).size > CHECKSUM_FILE_MAX_BYTES) throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
     return fs23.readFileSync(p, "utf8");
   }
-  const c = new HttpClient("ryra-vm-action", [], { socketTimeout: boundMs, allowRetries: false, keepAlive: false });
+  const c = client(boundMs);
   try {
     const res = await withTimeout(c.get(url), boundMs, `fetching ${url}`, () => c.dispose());
-    if (Number(res.message.headers["content-length"]) > CHECKSUM_FILE_MAX_BYTES) {
+    if (res.message.statusCode !== 200) {
       res.message.destroy();
-      throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
+      throw new Error(`HTTP ${res.message.statusCode} ${res.message.statusMessage ?? ""} for ${url}`);
     }
-    const body = await withTimeout(res.readBody(), boundMs, `reading ${url}`, () => res.message.destroy());
-    if (res.message.statusCode !== 200) throw new Error(`HTTP ${res.message.statusCode} ${res.message.statusMessage ?? ""} for ${url}`);
-    return body;
+    const read = async () => {
+      const chunks = [];
+      let n = 0;
+      for await (const chunk of res.message) {
+        n += chunk.length;
+        if (n > CHECKSUM_FILE_MAX_BYTES) throw new Error(`${url} is larger than a checksum file (over 1 MiB)`);
+        chunks.push(chunk);
+      }
+      return Buffer.concat(chunks).toString("utf8");
+    };
+    return await withTimeout(read(), boundMs, `reading ${url}`, () => res.message.destroy());
   } finally {
     c.dispose();
   }
@@ -27150,7 +27158,6 @@ async function ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers,
   const prepared = await ensureLayer(ctx, {
     plan: plan.prepared,
     build: async () => {
-      const expected = async () => digest;
       const rawFile = at(plan.raw.files[0]);
       const recorded = (e, sha256) => ({
         digest: `${e.algorithm}:${e.hex}`,
@@ -27160,16 +27167,14 @@ async function ensureOnce(config, host, key, tiers, holder, rt, hooks, keyTiers,
         plan: plan.raw,
         // The seed's download under the same name is used when its digest is the published one.
         adopt: async () => {
-          const e = await expected();
-          const ok = await adoptRaw(rawFile, e);
-          return ok ? recorded(e, ok.sha256) : void 0;
+          const ok = await adoptRaw(rawFile, digest);
+          return ok ? recorded(digest, ok.sha256) : void 0;
         },
         build: async () => {
           const url = config.imageUrl ?? plan.image.url;
-          const e = await expected();
           log.info(`Downloading ${url}`);
-          const { sha256 } = await download(url, rawFile, `${rawFile}.partial`, e);
-          return recorded(e, sha256);
+          const { sha256 } = await download(url, rawFile, `${rawFile}.partial`, digest);
+          return recorded(digest, sha256);
         }
       }, results);
       await buildImage(ctx, {
